@@ -1,0 +1,40 @@
+"""The ``vmshift`` command: one entry point, one subcommand module per area.
+
+Each subcommand lives in its own module under ``vmshift.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
+namespace and returning an exit code. This module only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+#: Subcommand modules, in the order ``vmshift --help`` lists them.
+SUBCOMMANDS = ("dev", "crds", "agent", "operator", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmshift", description=__doc__.splitlines()[0] if __doc__ else None)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"vmshift.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"vmshift.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
