@@ -1,0 +1,48 @@
+"""Closed enumerations shared by the API, the scheduler and the agents.
+
+Pure: no I/O. Users alert on these words, so they are part of the contract (DESIGN.md §2); add
+members only with a note, rename none.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureReason(StrEnum):
+    """Why a migration (or a placement) could not happen."""
+
+    IncompatibleProcessor = "IncompatibleProcessor"
+    InsufficientResources = "InsufficientResources"
+    TargetUnschedulable = "TargetUnschedulable"
+    StorageNotShared = "StorageNotShared"
+    NotConverging = "NotConverging"
+    Timeout = "Timeout"
+    AgentUnreachable = "AgentUnreachable"
+    SourceLost = "SourceLost"
+    TargetLost = "TargetLost"
+    AlreadyMigrating = "AlreadyMigrating"
+    #: Not in DESIGN.md's list but needed: a selector or anti-affinity rule excludes the target,
+    #: or a cancel/delete ended the migration.
+    PlacementConstraint = "PlacementConstraint"
+    Cancelled = "Cancelled"
+
+
+class MigrationMode(StrEnum):
+    Auto = "Auto"
+    Live = "Live"
+    Quick = "Quick"
+
+
+class MigrationPhase(StrEnum):
+    Pending = "Pending"
+    Validating = "Validating"
+    Transferring = "Transferring"
+    SwitchingOver = "SwitchingOver"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    Cancelled = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (MigrationPhase.Succeeded, MigrationPhase.Failed, MigrationPhase.Cancelled)
