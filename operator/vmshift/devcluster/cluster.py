@@ -1,0 +1,295 @@
+"""The embedded local control plane: a real etcd, kube-apiserver and kube-controller-manager on 127.0.0.1.
+
+Starts and stops processes and writes a cluster directory (PKI, etcd data, logs, kubeconfig,
+``state.json`` with the pids); nothing else. Every process runs in a process group of its own and
+is recorded before anything waits on it, so ``down`` (or the stale sweep at the next ``up``) kills
+whole groups and a crashed test run leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vmshift.devcluster import binaries
+from vmshift.devcluster.pki import Pki, ensure_pki
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def default_dir(name: str = "dev") -> Path:
+    return binaries.cache_root() / "clusters" / name
+
+
+@dataclass
+class ClusterState:
+    """What ``state.json`` records about a running control plane."""
+
+    dir: str
+    server: str
+    kubeconfig: str
+    etcd_url: str
+    pids: dict[str, int]
+    bin_dirs: list[str]
+    started_at: float
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState | None:
+        path = directory / "state.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self) -> None:
+        path = Path(self.dir) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a client of this cluster: KUBECONFIG and the matching kubectl first on PATH."""
+        path = os.pathsep.join([*self.bin_dirs, os.environ.get("PATH", "")])
+        return {"KUBECONFIG": self.kubeconfig, "PATH": path}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists": reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _kill_groups(pids: dict[str, int], log: Log, grace: float = 10.0) -> None:
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    for name, pid in pids.items():
+        if _alive(pid):
+            log(f"{name} (pid {pid}) ignored SIGTERM; killing its process group")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ControlPlane:
+    """One embedded control plane living in ``directory``."""
+
+    def __init__(self, directory: Path, *, tie_to_parent: bool = False, log: Log = _stderr) -> None:
+        self.dir = directory
+        self.tie_to_parent = tie_to_parent
+        self.log = log
+        self.pki = Pki(directory / "pki")
+        self.logs = directory / "logs"
+        self.kubeconfig = directory / "kubeconfig"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def up(self, *, fresh: bool = False, timeout: float = 120.0) -> ClusterState:
+        """Start the control plane (or return the running one) and wait until /readyz answers."""
+        state = ClusterState.load(self.dir)
+        if state and not fresh and all(_alive(p) for p in state.pids.values()) and self._ready(state.server):
+            self.log(f"control plane already running at {state.server}")
+            return state
+        self.sweep()
+        if fresh:
+            shutil.rmtree(self.dir / "etcd", ignore_errors=True)
+        bins = binaries.ensure(self.log)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        ensure_pki(self.pki.dir)
+        started = time.monotonic()
+
+        etcd_port, peer_port, api_port, kcm_port = (_free_port() for _ in range(4))
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        server = f"https://127.0.0.1:{api_port}"
+        state = ClusterState(
+            dir=str(self.dir), server=server, kubeconfig=str(self.kubeconfig), etcd_url=etcd_url,
+            pids={}, bin_dirs=[str(d) for d in bins.bin_dirs], started_at=time.time(),
+        )
+        try:
+            self._spawn(state, "etcd", [
+                str(bins.etcd), "--name=vmshift-dev", f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=vmshift-dev=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync", "--quota-backend-bytes=8589934592", "--log-level=warn",
+            ])
+            self._wait(lambda: self._etcd_healthy(etcd_url), "etcd", timeout, "etcd")
+            self._spawn(state, "kube-apiserver", [
+                str(bins.kube_apiserver), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                f"--cert-dir={self.dir / 'apiserver-certs'}",
+                f"--tls-cert-file={self.pki.serving_cert}", f"--tls-private-key-file={self.pki.serving_key}",
+                f"--client-ca-file={self.pki.ca_cert}", "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self.pki.sa_pub}",
+                f"--service-account-signing-key-file={self.pki.sa_key}",
+                "--allow-privileged=true", "--max-requests-inflight=2000",
+                "--max-mutating-requests-inflight=1000", "--v=1",
+            ])
+            self.write_kubeconfig(server)
+            self._wait(lambda: self._ready(server), "kube-apiserver /readyz", timeout, "kube-apiserver")
+            self._spawn(state, "kube-controller-manager", [
+                str(bins.kube_controller_manager), f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", "--leader-elect=false",
+                "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token",
+                f"--service-account-private-key-file={self.pki.sa_key}", f"--root-ca-file={self.pki.ca_cert}",
+                "--use-service-account-credentials=false", "--v=1",
+            ])
+        except BaseException:
+            self.down()
+            raise
+        self.log(f"control plane ready at {server} in {time.monotonic() - started:.1f}s "
+                 f"(KUBECONFIG={self.kubeconfig})")
+        return state
+
+    def down(self) -> None:
+        """Stop every process of this control plane (whole process groups) and forget them."""
+        state = ClusterState.load(self.dir)
+        if state is None:
+            return
+        _kill_groups(state.pids, self.log)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "state.json").unlink()
+
+    def sweep(self) -> None:
+        """Kill what a previous, crashed run left behind in this directory."""
+        state = ClusterState.load(self.dir)
+        if state and any(_alive(p) for p in state.pids.values()):
+            self.log(f"stopping a stale control plane left in {self.dir}")
+        self.down()
+
+    def status(self) -> dict[str, object]:
+        state = ClusterState.load(self.dir)
+        if state is None:
+            return {"running": False, "dir": str(self.dir)}
+        processes = {name: {"pid": pid, "alive": _alive(pid)} for name, pid in state.pids.items()}
+        return {
+            "running": all(p["alive"] for p in processes.values()),
+            "ready": self._ready(state.server),
+            "server": state.server,
+            "kubeconfig": state.kubeconfig,
+            "processes": processes,
+            "dir": str(self.dir),
+        }
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _spawn(self, state: ClusterState, name: str, argv: list[str]) -> None:
+        log_file = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if self.tie_to_parent else None,
+        )
+        log_file.close()
+        state.pids[name] = proc.pid
+        state.save()
+
+    def _wait(self, check: Callable[[], bool], what: str, timeout: float, log_name: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            state = ClusterState.load(self.dir)
+            if state and log_name in state.pids and not _alive(state.pids[log_name]):
+                break
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{what} did not become ready within {timeout:.0f}s; last lines of "
+            f"{self.logs / (log_name + '.log')}:\n{_tail(self.logs / (log_name + '.log'))}"
+        )
+
+    @staticmethod
+    def _etcd_healthy(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return ctx
+
+    def _ready(self, server: str) -> bool:
+        if not self.pki.complete():
+            return False
+        try:
+            with urllib.request.urlopen(f"{server}/readyz", timeout=2, context=self._ssl_context()) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def write_kubeconfig(self, server: str) -> Path:
+        """An admin kubeconfig (client certificate in system:masters) for this cluster."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "vmshift-dev", "cluster": {
+                "server": server, "certificate-authority": str(self.pki.ca_cert)}}],
+            "users": [{"name": "vmshift-admin", "user": {
+                "client-certificate": str(self.pki.admin_cert), "client-key": str(self.pki.admin_key)}}],
+            "contexts": [{"name": "vmshift-dev", "context": {"cluster": "vmshift-dev", "user": "vmshift-admin"}}],
+            "current-context": "vmshift-dev",
+        }
+        tmp = self.kubeconfig.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(self.kubeconfig)
+        return self.kubeconfig
