@@ -97,7 +97,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _kill_groups(pids: dict[str, int], log: Log, grace: float = 10.0) -> None:
+def _kill_groups(pids: dict[str, int], log: Log, grace: float = 5.0) -> None:
+    """SIGTERM each process group, SIGKILL what still lives after ``grace`` seconds."""
     for pid in pids.values():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
@@ -106,7 +107,7 @@ def _kill_groups(pids: dict[str, int], log: Log, grace: float = 10.0) -> None:
         time.sleep(0.1)
     for name, pid in pids.items():
         if _alive(pid):
-            log(f"{name} (pid {pid}) ignored SIGTERM; killing its process group")
+            log(f"{name} (pid {pid}) still running {grace:.0f}s after SIGTERM; killing its process group")
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -181,9 +182,9 @@ class ControlPlane:
             self._spawn(state, "kube-controller-manager", [
                 str(bins.kube_controller_manager), f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}", "--authentication-skip-lookup",
                 "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", "--leader-elect=false",
-                "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token",
+                "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation",
                 f"--service-account-private-key-file={self.pki.sa_key}", f"--root-ca-file={self.pki.ca_cert}",
                 "--use-service-account-credentials=false", "--v=1",
             ])
@@ -199,7 +200,9 @@ class ControlPlane:
         state = ClusterState.load(self.dir)
         if state is None:
             return
-        _kill_groups(state.pids, self.log)
+        # Clients first, etcd last, so that the API server never loses its storage while serving.
+        _kill_groups({n: p for n, p in state.pids.items() if n != "etcd"}, self.log)
+        _kill_groups({n: p for n, p in state.pids.items() if n == "etcd"}, self.log)
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "state.json").unlink()
 

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the operator: one registry, every metric defined here and nowhere else.
+
+No I/O until ``serve`` starts the HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MIGRATIONS = Counter(
+    "vmshift_migrations_total", "Migrations that finished, by mode used and result.", ["mode", "result"]
+)
+MIGRATION_REFUSALS = Counter(
+    "vmshift_migration_refusals_total", "Migrations refused before any transfer, by failure reason.", ["reason"]
+)
+DOWNTIME = Histogram(
+    "vmshift_migration_downtime_seconds", "Switchover downtime of finished migrations.", ["mode"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 1, 3, 10, 30),
+)
+DURATION = Histogram(
+    "vmshift_migration_duration_seconds", "Total duration of finished migrations.", ["mode"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+RECONCILE_ERRORS = Counter(
+    "vmshift_reconcile_errors_total", "Reconcile passes that ended in an error, by kind.", ["kind"]
+)
+HOSTS = Gauge("vmshift_hosts", "Hosts by phase.", ["phase"])
+API_REQUESTS = Counter(
+    "vmshift_api_requests_total", "Direct Kubernetes API calls the operator made (watches excluded).",
+    ["verb", "resource"],
+)
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``addr:port`` from a background thread."""
+    start_http_server(port, addr=addr)
