@@ -22,10 +22,11 @@ class FailureReason(StrEnum):
     SourceLost = "SourceLost"
     TargetLost = "TargetLost"
     AlreadyMigrating = "AlreadyMigrating"
-    #: Not in DESIGN.md's list but needed: a selector or anti-affinity rule excludes the target,
-    #: or a cancel/delete ended the migration.
+    #: Not in DESIGN.md's list but needed: a selector or anti-affinity rule excludes the target;
+    #: a cancel/delete ended the migration; the VM named does not exist or runs nowhere.
     PlacementConstraint = "PlacementConstraint"
     Cancelled = "Cancelled"
+    VirtualMachineNotRunning = "VirtualMachineNotRunning"
 
 
 class MigrationMode(StrEnum):

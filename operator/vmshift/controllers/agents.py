@@ -1,0 +1,154 @@
+"""The operator's directory of agents: one client per Host, and what each agent last reported.
+
+Talks to agents only through HypervisorClient and reads agent tokens from Secrets; keeps in memory
+the last HostInfo and VM list of every agent, so decisions read a snapshot instead of asking again.
+The agents are the truth about where a guest runs: :meth:`AgentDirectory.locate` answers from them.
+Reachability has hysteresis (several failed polls to go Unreachable, several good ones to come back),
+so a host does not flap on one lost request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmshift.controllers import kubeapi
+from vmshift.controllers.views import AgentFacts
+from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
+from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
+
+#: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
+FAILURES_TO_UNREACHABLE = 3
+SUCCESSES_TO_REACHABLE = 2
+
+#: VM states that mean "the guest lives here" (a tombstone or a half-received copy does not).
+RESIDENT = frozenset({VmState.Defined, VmState.Running, VmState.Paused, VmState.Saved, VmState.Stopped})
+
+
+class AgentConfigError(Exception):
+    """The Host's agent settings cannot be used (no endpoint, token Secret missing)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class AgentLink:
+    """One host's agent: its client, its last report, and the reachability bookkeeping."""
+
+    host: str
+    endpoint: str
+    token: str
+    client: HypervisorClient
+    info: HostInfo | None = None
+    vms: dict[str, VmInfo] = field(default_factory=dict)
+    reported_at: float = 0.0
+    failures: int = 0
+    successes: int = 0
+    reachable: bool = False
+    last_error: str = ""
+    boot_id: str | None = None
+
+    def facts(self) -> AgentFacts:
+        if self.info is None:
+            return AgentFacts(reachable=False)
+        return AgentFacts(
+            reachable=self.reachable,
+            healthy=self.info.health.healthy,
+            cpu_model=self.info.cpu_model,
+            vendor=self.info.vendor,
+            features=frozenset(self.info.features),
+        )
+
+
+class AgentDirectory:
+    """Every known agent, keyed by Host name."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, AgentLink] = {}
+
+    async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
+        """The link to ``host``'s agent, (re)built when its endpoint or token changed."""
+        agent = spec.get("agent") or {}
+        endpoint = agent.get("endpoint")
+        if not endpoint:
+            raise AgentConfigError("NoAgentEndpoint", f"Host {host} has no spec.agent.endpoint: set the URL of "
+                                   f"its agent, e.g. http://127.0.0.1:7001.")
+        token = await self._token(host, agent.get("tokenSecretRef"))
+        current = self._links.get(host)
+        if current is None or current.endpoint != endpoint or current.token != token:
+            if current is not None:
+                await current.client.close()
+            current = AgentLink(host=host, endpoint=endpoint, token=token, client=HypervisorClient(endpoint, token))
+            self._links[host] = current
+        return current
+
+    @staticmethod
+    async def _token(host: str, ref: Mapping[str, Any] | None) -> str:
+        if not ref:
+            token = os.environ.get("VMSHIFT_AGENT_TOKEN")
+            if token:
+                return token
+            raise AgentConfigError("AgentTokenMissing", f"Host {host} names no spec.agent.tokenSecretRef and the "
+                                   f"operator has no VMSHIFT_AGENT_TOKEN: create a Secret with the agent's "
+                                   f"token and reference it.")
+        namespace, name, key = ref.get("namespace", "default"), ref.get("name", ""), ref.get("key", "token")
+        token = await kubeapi.read_secret_key(namespace, name, key)
+        if not token:
+            raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) with "
+                                   f"the agent token does not exist or lacks the key; create it.")
+        return token
+
+    def get(self, host: str) -> AgentLink | None:
+        return self._links.get(host)
+
+    def forget(self, host: str) -> AgentLink | None:
+        return self._links.pop(host, None)
+
+    async def poll(self, link: AgentLink) -> bool:
+        """Ask the agent for its host info and VMs; update reachability. True if it answered."""
+        try:
+            info = await link.client.host()
+            vms = await link.client.list_vms()
+        except (AgentUnreachableError, AgentError) as exc:
+            link.failures += 1
+            link.successes = 0
+            link.last_error = str(exc)
+            if link.failures >= FAILURES_TO_UNREACHABLE:
+                link.reachable = False
+            return False
+        link.info = info
+        link.vms = {vm.id: vm for vm in vms.vms}
+        link.reported_at = time.monotonic()
+        link.failures = 0
+        link.successes += 1
+        link.last_error = ""
+        if link.boot_id is None or link.successes >= SUCCESSES_TO_REACHABLE or link.reachable:
+            link.reachable = True
+        link.boot_id = info.boot_id
+        return True
+
+    def facts(self) -> dict[str, AgentFacts]:
+        return {name: link.facts() for name, link in self._links.items()}
+
+    def locate(self, vm_id: str) -> list[tuple[str, VmInfo]]:
+        """Hosts whose agent last reported ``vm_id`` resident, with what they said."""
+        found = []
+        for name, link in sorted(self._links.items()):
+            vm = link.vms.get(vm_id)
+            if vm is not None and vm.state in RESIDENT:
+                found.append((name, vm))
+        return found
+
+    def all_reachable(self) -> bool:
+        return all(link.reachable for link in self._links.values())
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.client.close()
+        self._links.clear()

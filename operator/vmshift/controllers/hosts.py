@@ -1,0 +1,179 @@
+"""Host controller: a daemon per Host polls its agent and mirrors processor, capacity, sensors, reachability.
+
+Thin: the status is computed by :func:`host_status` (pure) from the agent's last report; the daemon
+only polls, compares and patches when something changed, so an idle fleet costs the API server
+nothing. Drains and remediation hang off the same daemon (see ``drains``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from vmshift import metrics
+from vmshift.api import conditions as cond
+from vmshift.controllers import kubeapi
+from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.indexes import GROUP, VERSION
+from vmshift.controllers.runtime import runtime
+from vmshift.hypervisor.protocol import HostInfo
+
+_PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
+_host_phase: dict[str, str] = {}
+
+
+def _sensors(info: HostInfo) -> list[dict[str, Any]]:
+    readings: list[dict[str, Any]] = []
+    for fan in info.sensors.fans:
+        readings.append({"name": f"fan-{fan.index + 1}", "kind": "Fan", "value": 1 if fan.ok else 0,
+                         "health": "OK" if fan.ok else "Critical",
+                         **({} if fan.ok else {"message": f"fan {fan.index + 1} has failed"})})
+    for psu in info.sensors.power_supplies:
+        readings.append({"name": f"psu-{psu.index + 1}", "kind": "PowerSupply", "value": 1 if psu.ok else 0,
+                         "health": "OK" if psu.ok else "Critical",
+                         **({} if psu.ok else {"message": f"power supply {psu.index + 1} has failed"})})
+    problems = {p.signal.value: p for p in info.health.problems}
+    temp = problems.get("Temperature")
+    readings.append({"name": "inlet-temperature", "kind": "Temperature", "value": info.sensors.temperature_c,
+                     "health": temp.severity.value if temp else "OK", **({"message": temp.message} if temp else {})})
+    ecc = problems.get("CorrectedMemoryErrors")
+    readings.append({"name": "corrected-memory-errors", "kind": "CorrectedMemoryErrors",
+                     "value": info.sensors.corrected_memory_errors, "health": ecc.severity.value if ecc else "OK",
+                     **({"message": ecc.message} if ecc else {})})
+    return readings
+
+
+def host_status(
+    name: str,
+    spec: Mapping[str, Any],
+    generation: int,
+    previous: Mapping[str, Any],
+    link: AgentLink | None,
+    config_error: AgentConfigError | None,
+) -> dict[str, Any]:
+    """The Host's status from its spec and its agent's last report (pure).
+
+    Phase precedence: Unreachable, then Maintenance/Draining (owned by the drain, kept from
+    ``previous``), Degraded (hardware unhealthy), Cordoned (unschedulable or quarantined), Ready.
+    """
+    conditions = list(previous.get("conditions") or [])
+    if not conditions:
+        conditions = cond.first_look(conditions, f"Contacting the agent of {name}.", observed_generation=generation)
+    status: dict[str, Any] = {"observedGeneration": generation}
+    info = link.info if link else None
+    reachable = bool(link and link.reachable and info)
+    if config_error is not None:
+        reason, message = config_error.reason, config_error.message
+    elif link is None or info is None:
+        reason, message = "AgentNotContacted", f"The agent of {name} has not answered yet."
+    elif not link.reachable:
+        reason = "AgentUnreachable"
+        message = (f"The agent of {name} at {link.endpoint} stopped answering ({link.last_error}). "
+                   f"Check the agent process and the network; its VMs are not moved until it answers.")
+    else:
+        reason, message = "AgentReachable", f"The agent of {name} answers at {link.endpoint}."
+    healthy = bool(info and info.health.healthy)
+    if info is not None:
+        status["processor"] = {"model": info.cpu_model, "vendor": info.vendor, "features": info.features}
+        status["allocated"] = {"cpus": info.allocated.cpus, "memoryMiB": info.allocated.memory_mib}
+        status["vms"] = info.vms
+        status["sensors"] = _sensors(info)
+    quarantine = (previous.get("remediation") or {}).get("action")
+    cordoned = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or bool(quarantine)
+    drain_state = (previous.get("drain") or {}).get("state")
+    if not reachable:
+        phase = "Unreachable"
+    elif spec.get("maintenance"):
+        phase = "Maintenance" if drain_state in ("Completed",) else "Draining"
+    elif info is not None and not healthy:
+        phase = "Degraded"
+    elif cordoned:
+        phase = "Cordoned"
+    else:
+        phase = "Ready"
+    status["phase"] = phase
+    conditions = cond.ready(conditions, reachable, reason, message, observed_generation=generation)
+    if reachable:
+        conditions = cond.reconciling(conditions, False, "Observed", message, observed_generation=generation)
+        conditions = cond.stalled(conditions, False, "Observed", message, observed_generation=generation)
+    elif config_error is not None:
+        conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
+    if cordoned:
+        why = ("spec.maintenance is true" if spec.get("maintenance") else
+               f"remediation policy {(previous.get('remediation') or {}).get('policy')} quarantined it"
+               if quarantine else "spec.unschedulable is true")
+        conditions = cond.set_condition(conditions, "Schedulable", False, "Cordoned",
+                                        f"{name} takes no new VMs or inbound migrations: {why}.",
+                                        observed_generation=generation)
+    elif not reachable:
+        conditions = cond.set_condition(conditions, "Schedulable", False, "AgentUnreachable",
+                                        f"{name} takes no new VMs while its agent does not answer.",
+                                        observed_generation=generation)
+    else:
+        conditions = cond.set_condition(conditions, "Schedulable", True, "Schedulable",
+                                        f"{name} accepts new VMs and inbound migrations.",
+                                        observed_generation=generation)
+    if info is not None:
+        problems = info.health.problems
+        if problems:
+            worst = max(problems, key=lambda p: p.severity.value == "Critical")
+            text = "; ".join(p.message for p in problems)
+            conditions = cond.set_condition(conditions, "HardwareHealthy", False, f"{worst.signal.value}Failure",
+                                            f"{name} reports hardware trouble: {text}.",
+                                            observed_generation=generation)
+        else:
+            conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
+                                            f"Every sensor of {name} reads normal.", observed_generation=generation)
+    status["conditions"] = cond.dump(conditions)
+    return status
+
+
+def _comparable(status: Mapping[str, Any]) -> Any:
+    """A status without timestamps, to tell whether a patch would change anything."""
+    out = dict(status)
+    out["conditions"] = sorted(
+        (c["type"], c["status"], c["reason"], c["message"]) for c in status.get("conditions") or []
+    )
+    return out
+
+
+@kopf.daemon(GROUP, VERSION, "hosts", cancellation_timeout=10.0)
+async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
+                       stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+    """Poll the agent every few seconds and patch status only when it changes."""
+    rt = runtime()
+    written: Any = None
+    was_reachable: bool | None = None
+    while not stopped:
+        link: AgentLink | None = None
+        config_error: AgentConfigError | None = None
+        try:
+            link = await rt.agents.link(name, spec)
+            await rt.agents.poll(link)
+        except AgentConfigError as exc:
+            config_error = exc
+        new = host_status(name, spec, int(meta.get("generation") or 0), dict(status), link, config_error)
+        if link is not None and was_reachable is not None and link.reachable != was_reachable:
+            if link.reachable:
+                kopf.info(body, reason="AgentReachable", message=f"The agent of {name} answers again.")
+            else:
+                kopf.warn(body, reason="AgentUnreachable",
+                          message=f"The agent of {name} stopped answering: {link.last_error}")
+        was_reachable = link.reachable if link is not None else was_reachable
+        if _comparable(new) != written:
+            await kubeapi.patch_status("hosts", None, name, new)
+            written = _comparable(new)
+        _record_phase(name, new["phase"])
+        await stopped.wait(rt.poll_interval)
+    _host_phase.pop(name, None)
+    rt.agents.forget(name)
+
+
+def _record_phase(name: str, phase: str) -> None:
+    if _host_phase.get(name) == phase:
+        return
+    _host_phase[name] = phase
+    for p in _PHASES:
+        metrics.HOSTS.labels(phase=p).set(sum(1 for v in _host_phase.values() if v == p))

@@ -1,0 +1,481 @@
+"""VirtualMachineMigration controller: a daemon per unfinished migration validates, queues, drives agents.
+
+The decisions are the scheduler's (check_target, pick_target, choose_mode, select_policy, the
+queue's admit); this module sequences them and talks to the two agents. Phases: Pending (validated,
+waiting for slots) -> Validating (admitted: checked again, target prepared) -> Transferring ->
+SwitchingOver -> Succeeded | Failed | Cancelled. Status is written at most about once a second.
+
+Crash safety: the migration id given to the agents is the object's uid, and the agents are the
+truth. A daemon that starts on a migration already past Pending asks the source agent for that id
+and follows it, or, if the agent never heard of it, starts again from validation; a source agent
+that lost it (restarted) makes the migration fail with SourceLost unless the target committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from vmshift import metrics
+from vmshift.api import conditions as cond
+from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.controllers import kubeapi
+from vmshift.controllers.agents import AgentLink
+from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
+from vmshift.controllers.runtime import AlreadyMigratingError, runtime
+from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry, vm_view
+from vmshift.controllers.virtualmachines import definition
+from vmshift.hypervisor.client import AgentError, AgentUnreachableError
+from vmshift.hypervisor.protocol import (
+    AutoConverge,
+    IncomingMigrationRequest,
+    IncomingVm,
+    MigrationRequest,
+    MigrationStatus,
+    MigrationTarget,
+)
+from vmshift.scheduling.compatibility import blocking, check_target
+from vmshift.scheduling.placement import Refusal, pick_target
+from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
+from vmshift.scheduling.queue import MigrationRequest as QueueRequest
+
+#: How long the operator keeps following a migration whose source agent does not answer.
+AGENT_LOST_SECONDS = 20.0
+#: Rounds kept in status.rounds.
+MAX_ROUNDS_IN_STATUS = 20
+#: Seconds between status patches while a migration transfers.
+PATCH_INTERVAL = 1.0
+POLL_INTERVAL = 0.25
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
+    phase = (status or {}).get("phase")
+    return phase is not None and MigrationPhase(phase).finished
+
+
+class MigrationFailedError(Exception):
+    """The migration cannot go on; ``reason`` is from the closed set, ``message`` a sentence to act on."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def progress_status(agent: MigrationStatus) -> dict[str, Any]:
+    """The API's progress and rounds from an agent's report (pure)."""
+    eta = None
+    if agent.throughput_mbps > 0:
+        eta = round(agent.remaining_mib * 8 * 1.048576 / agent.throughput_mbps, 2)
+    return {
+        "progress": {
+            "round": agent.round,
+            "transferredMiB": round(agent.transferred_mib, 2),
+            "remainingMiB": round(agent.remaining_mib, 2),
+            "dirtyRateMiBps": round(agent.dirty_rate_mib_ps, 2),
+            "throughputMbps": round(agent.throughput_mbps, 1),
+            "percent": int(min(max(agent.percent, 0), 100)),
+            "etaSeconds": eta,
+            "throttlePercent": int(agent.throttle_percent),
+        },
+        "rounds": [
+            {"round": r.round, "sentMiB": round(r.sent_mib, 3), "durationMs": round(r.seconds * 1000, 2),
+             "dirtiedMiB": round(r.dirty_mib, 3)}
+            for r in agent.rounds[-MAX_ROUNDS_IN_STATUS:]
+        ],
+    }
+
+
+def _conditions(previous: Mapping[str, Any], phase: MigrationPhase, reason: str, message: str,
+                generation: int) -> list[dict[str, Any]]:
+    conditions = list(previous.get("conditions") or [])
+    if phase is MigrationPhase.Succeeded:
+        conditions = cond.ready(conditions, True, reason, message, observed_generation=generation)
+        conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
+        conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
+    elif phase.finished:
+        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
+        conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
+    else:
+        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
+        conditions = cond.reconciling(conditions, True, reason, message, observed_generation=generation)
+    return cond.dump(conditions)
+
+
+@dataclass
+class Run:
+    """One migration being driven: the object's identity and what has been decided so far."""
+
+    name: str
+    namespace: str
+    uid: str
+    vm_name: str
+    generation: int
+    body: kopf.Body
+    status: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    target: str | None = None
+    mode: MigrationMode | None = None
+    policy: PolicyView = DEFAULT_POLICY
+    vm: VMEntry | None = None
+    started: float = field(default_factory=time.monotonic)
+    last_patch: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def vm_key(self) -> str:
+        return f"{self.namespace}/{self.vm_name}"
+
+    async def patch(self, status: dict[str, Any]) -> None:
+        self.status.update(status)
+        self.last_patch = time.monotonic()
+        await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
+
+    async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
+        await self.patch({"phase": phase.value, "observedGeneration": self.generation,
+                          "conditions": _conditions(self.status, phase, reason, message, self.generation), **extra})
+
+    def vm_ref(self) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
+                "metadata": {"name": self.vm_name, "namespace": self.namespace,
+                             "uid": self.vm.uid if self.vm else ""}}
+
+
+def _link(host: str | None) -> AgentLink:
+    link = runtime().agents.get(host or "")
+    if link is None or not link.reachable:
+        raise MigrationFailedError(FailureReason.AgentUnreachable,
+                                   f"The agent of {host} is not reachable; the VM stays where it is. "
+                                   f"Check the agent, then create the migration again.")
+    return link
+
+
+def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
+    requested = (vm.spec.get("migration") or {}).get("policy")
+    return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
+
+
+async def _validate(run: Run, spec: Mapping[str, Any], indexes: tuple[Any, Any, Any],
+                    policies: list[PolicyView]) -> tuple[str, MigrationMode, str]:
+    """Every check of DESIGN.md §3; returns (target, mode, why) or raises MigrationFailedError."""
+    host_index, vm_index, migration_index = indexes
+    vm = one(vm_index, run.vm_key)
+    if vm is None:
+        raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                   f"There is no VirtualMachine {run.vm_name} in namespace {run.namespace}; "
+                                   f"check spec.vmName.")
+    run.vm = vm
+    if not vm.host:
+        raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                   f"{run.vm_name} runs on no host yet (phase {vm.phase}); migrate it once it runs.")
+    run.source = vm.host
+    run.policy = _policy_for(vm, policies)
+    now = fleet(host_index, vm_index, migration_index)
+    view = vm_view(vm)
+    requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
+    target = spec.get("targetHost")
+    if target:
+        problems = check_target(view, target, now, moving=True)
+    else:
+        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and run.policy.allows_quick)
+        if isinstance(choice, Refusal):
+            raise MigrationFailedError(choice.reason, choice.message)
+        target = choice.host
+        problems = check_target(view, target, now, moving=True)
+    source = now.host(vm.host)
+    target_view = now.host(target)
+    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
+    mode = choose_mode(requested, view, run.policy, problems, bandwidth_mbps=min(links) if links else None)
+    if mode.mode is None:
+        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
+    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
+    if hard:
+        raise MigrationFailedError(hard[0].reason, hard[0].message)
+    return target, mode.mode, mode.message
+
+
+async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped,
+                          indexes: tuple[Any, Any, Any]) -> bool:
+    """Queue for slots on source and target and the cluster limit. False if stopped while waiting."""
+    rt = runtime()
+    vm = run.vm
+    assert vm is not None and run.source is not None
+    created = run.body.get("metadata", {}).get("creationTimestamp") or ""
+    request = QueueRequest(
+        key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
+        created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
+        cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+    )
+    ticket = rt.gate.enqueue(request)
+    told = ""
+    while not ticket.admitted.is_set():
+        if stopped:
+            rt.gate.release(run.key)
+            return False
+        now = fleet(*indexes)
+        hosts = {h.name: h for h in now}
+        rt.gate.admit(hosts, run.policy.parallel_migrations_per_cluster)
+        if ticket.admitted.is_set():
+            break
+        if ticket.waiting_for and ticket.waiting_for != told:
+            told = ticket.waiting_for
+            await run.set_phase(MigrationPhase.Pending, "WaitingForSlot",
+                                f"{run.vm_name} -> {target} waits: {told}", sourceHost=run.source, targetHost=target)
+        await stopped.wait(0.5)
+    return True
+
+
+async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: Mapping[str, Any]) -> None:
+    vm = run.vm
+    assert vm is not None and run.source is not None
+    source_link, target_link = _link(run.source), _link(target)
+    info = await source_link.client.get_vm(vm.uid)
+    base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
+    incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
+                          vendor=source_link.info.vendor if source_link.info else None)
+    grant = await target_link.client.prepare_incoming(
+        IncomingMigrationRequest(migration_id=run.uid, vm=incoming, mode=mode))
+    policy = run.policy
+    memory = int(vm.spec.get("memoryMiB", 1024))
+    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
+    max_downtime = spec.get("maxDowntimeMs") or (vm.spec.get("migration") or {}).get("maxDowntimeMs")
+    request = MigrationRequest(
+        migration_id=run.uid,
+        vm_id=vm.uid,
+        mode=mode,
+        target=MigrationTarget(host=grant.host, port=grant.port, ticket=grant.ticket,
+                               bandwidth_mbps=grant.bandwidth_mbps),
+        threshold_ms=policy.threshold_ms,
+        max_rounds=policy.max_rounds,
+        stall_rounds=policy.stall_rounds,
+        auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder),
+        fallback_to_quick=policy.allows_quick,
+        max_downtime_ms=float(max_downtime) if max_downtime else None,
+        bandwidth_mbps=policy.bandwidth_mbps,
+        timeout_seconds=float(timeout),
+    )
+    await source_link.client.start_migration(request)
+
+
+async def _agent_view(run: Run) -> MigrationStatus | None:
+    """The migration as the source agent reports it; the target's word when the source cannot answer."""
+    rt = runtime()
+    for host in (run.source, run.target):
+        link = rt.agents.get(host or "")
+        if link is None:
+            continue
+        try:
+            return await link.client.get_migration(run.uid)
+        except AgentUnreachableError:
+            continue
+        except AgentError as exc:
+            if exc.status == 404:
+                if host == run.source:
+                    continue
+                return None
+            raise
+    return None
+
+
+async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float) -> MigrationStatus:
+    """Mirror the agent's progress until the migration ends; cancel it if the object is deleted."""
+    rt = runtime()
+    unanswered_since: float | None = None
+    best_transferred = -1.0
+    best_at = time.monotonic()
+    cancelled = False
+    while True:
+        if stopped and not cancelled:
+            cancelled = True
+            link = rt.agents.get(run.source or "")
+            if link is not None:
+                try:
+                    await link.client.cancel_migration(run.uid)
+                except (AgentError, AgentUnreachableError):
+                    pass
+        report = await _agent_view(run)
+        if report is None:
+            unanswered_since = unanswered_since or time.monotonic()
+            if time.monotonic() - unanswered_since > AGENT_LOST_SECONDS:
+                raise MigrationFailedError(FailureReason.SourceLost,
+                                           f"The agent of {run.source} stopped answering during the migration of "
+                                           f"{run.vm_name} and the target {run.target} holds no committed copy. "
+                                           f"Check {run.source}; the VM is reported where the agents find it.")
+            await asyncio.sleep(POLL_INTERVAL)
+            continue
+        unanswered_since = None
+        if report.phase.finished:
+            return report
+        if report.transferred_mib > best_transferred + 0.01:
+            best_transferred, best_at = report.transferred_mib, time.monotonic()
+        elif time.monotonic() - best_at > progress_timeout and not cancelled:
+            link = rt.agents.get(run.source or "")
+            if link is not None:
+                await link.client.cancel_migration(run.uid)
+            raise MigrationFailedError(FailureReason.Timeout,
+                                       f"No data moved for {progress_timeout:.0f} s (progressTimeoutSeconds of policy "
+                                       f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
+                                       f"{run.source}.")
+        if time.monotonic() - run.last_patch >= PATCH_INTERVAL:
+            phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
+                else MigrationPhase.Transferring
+            extra = progress_status(report)
+            if report.mode != run.mode:
+                extra["mode"] = report.mode.value
+            await run.set_phase(phase, phase.value, _progress_message(run, report), **extra)
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def _progress_message(run: Run, report: MigrationStatus) -> str:
+    return (f"Round {report.round}: {report.transferred_mib:.0f} MiB sent, {report.remaining_mib:.1f} MiB left, "
+            f"guest dirties {report.dirty_rate_mib_ps:.0f} MiB/s, link {report.throughput_mbps:.0f} Mbps.")
+
+
+async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | None = None,
+                  failure: MigrationFailedError | None = None) -> None:
+    """Write the end: the migration's status, the VM's status, events and metrics."""
+    rt = runtime()
+    mode = (report.mode if report else run.mode) or MigrationMode.Live
+    extra: dict[str, Any] = {"finishedAt": _now()}
+    if report is not None:
+        extra.update(progress_status(report))
+        extra["downtimeMs"] = round(report.downtime_ms, 3) if report.downtime_ms is not None else None
+        extra["durationMs"] = round(report.duration_ms, 1) if report.duration_ms is not None else None
+        if report.source_digest and report.target_digest:
+            extra["memoryVerified"] = report.source_digest == report.target_digest
+        extra["mode"] = mode.value
+    if phase is MigrationPhase.Succeeded:
+        message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
+                   f"with {extra.get('downtimeMs')} ms of downtime.")
+        await run.set_phase(phase, "Succeeded", message, **extra)
+        kopf.info(run.body, reason="Succeeded", message=message)
+        kopf.info(run.vm_ref(), reason="Migrated", message=message)
+        metrics.MIGRATIONS.labels(mode=mode.value, result="Succeeded").inc()
+        if report and report.downtime_ms is not None:
+            metrics.DOWNTIME.labels(mode=mode.value).observe(report.downtime_ms / 1000)
+        if report and report.duration_ms is not None:
+            metrics.DURATION.labels(mode=mode.value).observe(report.duration_ms / 1000)
+    else:
+        reason = failure.reason if failure else FailureReason.Cancelled
+        text = failure.message if failure else "The migration was cancelled."
+        extra["failure"] = {"reason": reason.value, "message": text}
+        await run.set_phase(phase, reason.value, text, **extra)
+        kopf.warn(run.body, reason=reason.value, message=text)
+        if run.vm is not None:
+            kopf.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
+        metrics.MIGRATIONS.labels(mode=mode.value, result=phase.value).inc()
+        if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
+            metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
+    if run.vm is not None:
+        last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
+                "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
+                "durationMs": extra.get("durationMs"), "finishedAt": extra["finishedAt"]}
+        vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
+        if phase is MigrationPhase.Succeeded:
+            vm_status.update({"host": run.target, "phase": "Running"})
+        elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
+            vm_status["phase"] = "Running"
+        await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
+    rt.gate.release(run.key)
+    rt.gate_changed.set()
+
+
+async def _collect_garbage(run: Run, migrations_by_vm: kopf.Index[str, MigrationEntry]) -> None:
+    """Keep the newest few finished migrations of the VM; never touch unfinished ones."""
+    keep = runtime().keep_finished_migrations
+    finished = sorted((m for m in migrations_by_vm.get(run.vm_key) or [] if m.phase.finished and m.name != run.name),
+                      key=lambda m: (m.created, m.name), reverse=True)
+    for old in finished[max(keep - 1, 0):]:
+        await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
+
+
+@kopf.daemon(GROUP, VERSION, "virtualmachinemigrations", when=lambda status, **_: not _finished(status),
+             cancellation_timeout=120.0)
+async def drive_migration(
+    name: str, namespace: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
+    stopped: kopf.DaemonStopped, logger: kopf.Logger,
+    host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
+    migration_index: kopf.Index[str, MigrationEntry], migrations_by_vm: kopf.Index[str, MigrationEntry],
+    policy_index: kopf.Index[str, PolicyView], **_: Any,
+) -> None:
+    rt = runtime()
+    indexes = (host_index, vm_index, migration_index)
+    vms = values(vm_index)
+    rt.gate.seed(values(migration_index), {v.key: (int(v.spec.get("cpus", 0)), int(v.spec.get("memoryMiB", 0)))
+                                           for v in vms})
+    run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
+              generation=int(meta.get("generation") or 0), body=body, status=dict(status))
+    run.source, run.target = status.get("sourceHost"), status.get("targetHost")
+    run.mode = MigrationMode(status["mode"]) if status.get("mode") else None
+    phase = MigrationPhase(status.get("phase") or MigrationPhase.Pending)
+    run.vm = one(vm_index, run.vm_key)
+    if run.vm is not None:
+        run.policy = _policy_for(run.vm, values(policy_index))
+    try:
+        if phase in (MigrationPhase.Pending, MigrationPhase.Validating):
+            report = await _agent_view(run) if phase is MigrationPhase.Validating else None
+            if report is None:
+                if not status.get("conditions"):
+                    await run.set_phase(MigrationPhase.Pending, "Validating",
+                                        f"Checking whether {run.vm_name} can move.")
+                try:
+                    rt.gate.claim(run.vm_key, run.key)
+                except AlreadyMigratingError as exc:
+                    raise MigrationFailedError(
+                        FailureReason.AlreadyMigrating,
+                        f"{run.vm_name} already has a migration in flight ({exc.holder}); this request is refused. "
+                        f"Wait for it to end, or delete it, then ask again.") from None
+                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
+                run.target, run.mode = target, mode
+                if not await _wait_for_slots(run, target, stopped, indexes):
+                    await _finish(run, MigrationPhase.Cancelled)
+                    return
+                await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
+                                    targetHost=target, mode=mode.value, policy=run.policy.name)
+                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
+                await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
+                    "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
+                await _prepare_and_start(run, target, mode, spec)
+                await run.set_phase(MigrationPhase.Transferring, "Transferring",
+                                    f"Moving {run.vm_name} from {run.source} to {target}: {why}",
+                                    startedAt=_now())
+                kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
+        else:
+            rt.gate.claim(run.vm_key, run.key)
+        report = await _follow(run, stopped, run.policy.progress_timeout_seconds)
+        if report.phase is MigrationPhase.Succeeded:
+            await _finish(run, MigrationPhase.Succeeded, report=report)
+        elif report.phase is MigrationPhase.Cancelled or stopped:
+            await _finish(run, MigrationPhase.Cancelled, report=report,
+                          failure=MigrationFailedError(FailureReason.Cancelled,
+                                                       f"The migration was cancelled before the switchover; "
+                                                       f"{run.vm_name} keeps running on {run.source}, unchanged."))
+        else:
+            failure = report.failure
+            await _finish(run, MigrationPhase.Failed, report=report, failure=MigrationFailedError(
+                failure.reason if failure else FailureReason.TargetLost,
+                (failure.message if failure else "The agents reported a failure without a reason.")
+                + f" {run.vm_name} keeps running on {run.source}."))
+    except MigrationFailedError as exc:
+        logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
+        await _finish(run, MigrationPhase.Failed, failure=exc)
+    except (AgentError, AgentUnreachableError) as exc:
+        reason = FailureReason(exc.code) if isinstance(exc, AgentError) and exc.code in FailureReason.__members__ \
+            else FailureReason.AgentUnreachable
+        await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
+            reason, f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
+                    f"{run.vm_name} stays on {run.source}."))
+    await _collect_garbage(run, migrations_by_vm)

@@ -1,0 +1,150 @@
+"""The operator process's in-memory state: agent links, the migration gate, placements in progress.
+
+No Kubernetes calls here. Everything in it can be re-derived from the API server (the indexes) and
+the agents after a restart: the gate is seeded from migrations in flight, the agents are polled
+again, and the placement overlay only bridges the moment between starting a guest and seeing its
+status in the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from vmshift.controllers.agents import AgentDirectory
+from vmshift.controllers.views import MigrationEntry, Overlay
+from vmshift.scheduling.fleet import HostView
+from vmshift.scheduling.queue import MigrationRequest, admit
+
+
+@dataclass
+class Ticket:
+    """A migration waiting for (or holding) its slots."""
+
+    request: MigrationRequest
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting_for: str = ""
+
+
+class AlreadyMigratingError(Exception):
+    """Another migration of the same VM holds it."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+class MigrationGate:
+    """Admission of migrations: one per VM, per-host slots on source and target, a cluster limit,
+    and the target capacity each admitted migration holds until it ends.
+
+    The decision is :func:`vmshift.scheduling.queue.admit`; this class only keeps the waiting and
+    admitted tickets and wakes the daemons whose turn came.
+    """
+
+    def __init__(self) -> None:
+        self.claims: dict[str, str] = {}  # vm key -> migration key holding it
+        self.pending: dict[str, Ticket] = {}
+        self.in_flight: dict[str, MigrationRequest] = {}
+        self.seeded = False
+
+    def seed(self, migrations: Iterable[MigrationEntry], sizes: dict[str, tuple[int, int]]) -> None:
+        """After a restart: migrations already in flight hold their VM and slots again."""
+        if self.seeded:
+            return
+        self.seeded = True
+        for m in migrations:
+            if not m.in_flight:
+                continue
+            cpus, memory = sizes.get(m.vm_key, (0, 0))
+            self.claims.setdefault(m.vm_key, m.key)
+            self.in_flight[m.key] = MigrationRequest(
+                key=m.key, namespace=m.namespace, vm=m.vm_key, source=m.source or "", target=m.target,
+                created=0.0, cpus=cpus, memory_mib=memory,
+            )
+
+    def claim(self, vm_key: str, migration_key: str) -> None:
+        holder = self.claims.get(vm_key)
+        if holder is not None and holder != migration_key:
+            raise AlreadyMigratingError(holder)
+        self.claims[vm_key] = migration_key
+
+    def holder(self, vm_key: str) -> str | None:
+        return self.claims.get(vm_key)
+
+    def enqueue(self, request: MigrationRequest) -> Ticket:
+        if request.key in self.in_flight:
+            ticket = Ticket(request)
+            ticket.admitted.set()
+            return ticket
+        ticket = self.pending.get(request.key) or Ticket(request)
+        ticket.request = request
+        self.pending[request.key] = ticket
+        return ticket
+
+    def admit(self, hosts: dict[str, HostView], cluster_limit: int | None) -> None:
+        """One admission pass over the waiting tickets against ``hosts``.
+
+        ``hosts`` must not count the reservations of migrations in flight: the gate counts them
+        itself from what it admitted, which is ahead of the indexes.
+        """
+        if not self.pending:
+            return
+        held: dict[str, list[int]] = {}
+        for r in self.in_flight.values():
+            if r.target:
+                h = held.setdefault(r.target, [0, 0])
+                h[0] += r.cpus
+                h[1] += r.memory_mib
+        adjusted = {
+            name: replace(h, reserved_cpus=held.get(name, [0, 0])[0], reserved_memory_mib=held.get(name, [0, 0])[1])
+            for name, h in hosts.items()
+        }
+        answer = admit([t.request for t in self.pending.values()], list(self.in_flight.values()), adjusted,
+                       cluster_limit=cluster_limit)
+        for request in answer.admitted:
+            ticket = self.pending.pop(request.key)
+            self.in_flight[request.key] = request
+            ticket.admitted.set()
+        for key, why in answer.waiting.items():
+            if key in self.pending:
+                self.pending[key].waiting_for = why
+
+    def release(self, migration_key: str, vm_key: str | None = None) -> None:
+        """A migration ended (any outcome) or gave up waiting: free its VM, slots and capacity."""
+        self.pending.pop(migration_key, None)
+        self.in_flight.pop(migration_key, None)
+        for vm, holder in list(self.claims.items()):
+            if holder == migration_key and (vm_key is None or vm == vm_key):
+                del self.claims[vm]
+
+
+@dataclass
+class Runtime:
+    agents: AgentDirectory = field(default_factory=AgentDirectory)
+    gate: MigrationGate = field(default_factory=MigrationGate)
+    overlay: Overlay = field(default_factory=Overlay)
+    placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.monotonic)
+    poll_interval: float = 2.0
+    keep_finished_migrations: int = 5
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process's Runtime, created on first use (inside the operator's event loop)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget all in-memory state (tests that run several operators in one process)."""
+    global _runtime
+    _runtime = None

@@ -1,0 +1,46 @@
+"""Operator start-up: Kopf settings and the registration of every controller module.
+
+Importing this module registers all handlers with Kopf's default registry; ``configure`` is the
+start-up handler. Nothing here decides anything about VMs or hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+# Importing the controller modules registers their handlers.
+from vmshift.controllers import hosts, indexes, migrations, virtualmachines  # noqa: F401
+from vmshift.controllers.runtime import runtime
+
+PREFIX = "vmshift.io"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    # Progress and diff-base live in annotations under our prefix, so status is ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.peering.name = os.environ.get("VMSHIFT_PEERING", "vmshift")
+    settings.peering.mandatory = False
+    rt = runtime()
+    rt.poll_interval = float(os.environ.get("VMSHIFT_AGENT_POLL_SECONDS", rt.poll_interval))
+    rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
+                                                     rt.keep_finished_migrations))
+    logger.info("vmshift operator configured")
+
+
+@kopf.on.cleanup()
+async def close_agents(**_: Any) -> None:
+    await runtime().agents.close()

@@ -1,0 +1,369 @@
+"""VirtualMachine controller: place new VMs, start and stop guests, keep status true, ask for migrations.
+
+Thin and level-triggered: every watch event and a slow timer run :func:`reconcile`, which observes
+(the index and the agents, which are the truth about where a guest runs), decides (placement and
+status are plain functions) and acts (define/start/stop on an agent, a status patch, a migration
+object). A pass can run twice or after a crash and do no harm: the host is written to status before
+the guest starts, so a crash in between leaves a trail the next pass follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from vmshift import metrics
+from vmshift.api import conditions as cond
+from vmshift.controllers import kubeapi
+from vmshift.controllers.agents import RESIDENT
+from vmshift.controllers.indexes import GROUP, VERSION, fleet
+from vmshift.controllers.runtime import runtime
+from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry, index_vm, vm_view
+from vmshift.hypervisor.client import AgentError, AgentUnreachableError
+from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
+from vmshift.scheduling.fleet import Fleet, VMView
+from vmshift.scheduling.placement import Refusal, migratable, plan_placement
+
+#: Annotation an import (or a person) sets to give a new guest its initial driver inventory.
+DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def _lock(key: str) -> asyncio.Lock:
+    return _locks.setdefault(key, asyncio.Lock())
+
+
+def definition(entry: VMEntry, annotations: Mapping[str, str]) -> VmDefinition:
+    """What the agent needs to define the guest (pure)."""
+    spec = entry.spec
+    workload = spec.get("workload") or {}
+    drivers = [d for d in (annotations.get(DRIVERS_ANNOTATION) or "").split(",") if d]
+    return VmDefinition(
+        name=entry.name,
+        namespace=entry.namespace,
+        cpus=int(spec["cpus"]),
+        memory_mib=int(spec["memoryMiB"]),
+        compatibility=bool((spec.get("processor") or {}).get("compatibility", False)),
+        disks=[
+            DiskSpec(name=d["name"], size_gib=float(d.get("sizeGiB", 1)), volume=d.get("volume"),
+                     passthrough_lun=d.get("passthroughLun"), local=bool(d.get("local")))
+            for d in spec.get("disks") or ()
+        ],
+        workload=WorkloadSpec(
+            dirty_rate_mib_ps=float(workload.get("dirtyRateMiBps", 0)),
+            working_set_mib=float(workload.get("workingSetMiB") or 0),
+        ),
+        drivers=drivers or ["vmbus", "netvsc", "storvsc"],
+    )
+
+
+def running_status(
+    vm: VMView,
+    info: VmInfo,
+    host: str,
+    fleet_now: Fleet,
+    generation: int,
+    previous: Mapping[str, Any],
+    *,
+    wants_running: bool = True,
+) -> dict[str, Any]:
+    """Status of a VM whose guest the agent on ``host`` holds (pure)."""
+    conditions = list(previous.get("conditions") or [])
+    phase = {VmState.Running: "Running", VmState.Paused: "Running", VmState.Saved: "Stopped",
+             VmState.Stopped: "Stopped", VmState.Defined: "Starting"}.get(info.state, "Pending")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "host": host,
+        "drivers": info.drivers,
+        "ioCeilings": {"networkMbps": info.io_ceilings.network_mbps, "diskMBps": info.io_ceilings.disk_mbps},
+        "reason": None,
+        "message": None,
+    }
+    host_view = fleet_now.host(host)
+    if info.features:
+        status["processor"] = {
+            "model": host_view.cpu_model if host_view else (previous.get("processor") or {}).get("model"),
+            "vendor": host_view.vendor if host_view else (previous.get("processor") or {}).get("vendor"),
+            "features": sorted(info.features),
+            "compatibility": info.compatibility,
+        }
+        if previous.get("processor") and previous["processor"].get("features") == sorted(info.features):
+            status["processor"]["model"] = previous["processor"].get("model", status["processor"]["model"])
+            status["processor"]["vendor"] = previous["processor"].get("vendor", status["processor"]["vendor"])
+    if phase == "Running":
+        conditions = cond.ready(conditions, True, "Running", f"{vm.name} runs on {host}.",
+                                observed_generation=generation)
+    else:
+        wanted = "stopped" if phase == "Stopped" else "starting"
+        conditions = cond.ready(conditions, phase == "Stopped" and not wants_running,
+                                phase, f"{vm.name} is {wanted} on {host}.", observed_generation=generation)
+    placed, reason, message = placement_check(vm, host, fleet_now)
+    conditions = cond.set_condition(conditions, "Placed", placed, reason, message, observed_generation=generation)
+    m = migratable(vm, fleet_now)
+    conditions = cond.set_condition(conditions, "Migratable", m.migratable, m.reason, m.message,
+                                    observed_generation=generation)
+    if placed:
+        conditions = cond.reconciling(conditions, False, "Reconciled", f"{vm.name} is where its spec asks.",
+                                      observed_generation=generation)
+        conditions = cond.stalled(conditions, False, "Reconciled", f"{vm.name} is where its spec asks.",
+                                  observed_generation=generation)
+    status["conditions"] = cond.dump(conditions)
+    return status
+
+
+def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str, str]:
+    """Does ``host`` satisfy ``vm``'s spec.placement? (pure)"""
+    if vm.desired_host and vm.desired_host != host:
+        return False, "HostMismatch", f"{vm.name} runs on {host} but spec.placement.host asks for {vm.desired_host}."
+    view = fleet_now.host(host)
+    if view is not None and vm.host_selector:
+        missing = {k: v for k, v in vm.host_selector.items() if view.labels.get(k) != v}
+        if missing:
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
+            return False, "SelectorMismatch", f"{host} lacks the labels {wanted} that spec.placement.hostSelector asks."
+    if vm.anti_affinity_group:
+        others = fleet_now.group_members_on(vm.anti_affinity_group, host) - {vm.key}
+        if others:
+            return False, "AntiAffinity", (f"{host} also runs {', '.join(sorted(others))} of anti-affinity group "
+                                           f"{vm.anti_affinity_group}.")
+    return True, "Placed", f"{host} satisfies spec.placement of {vm.name}."
+
+
+def migration_name(vm: str, target: str | None, generation: int) -> str:
+    """A stable name for the migration a VM asks for at one generation of its spec."""
+    base = f"{vm}-to-{target or 'any'}"
+    digest = hashlib.sha256(f"{vm}/{target}/{generation}".encode()).hexdigest()[:6]
+    return f"{base[:240]}-{digest}"
+
+
+async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | bool | None:
+    """Where the guest lives: (host, info); None when nowhere; False when it cannot be known now."""
+    rt = runtime()
+    if entry.host:
+        link = rt.agents.get(entry.host)
+        if link is None or link.info is None:
+            return False
+        try:
+            info = await link.client.get_vm(entry.uid)
+        except AgentUnreachableError:
+            return False
+        except AgentError as exc:
+            if exc.status != 404:
+                return False
+            info = None
+        if info is not None and info.state in RESIDENT:
+            return entry.host, info
+    found = rt.agents.locate(entry.uid)
+    if len(found) >= 1:
+        return found[0]
+    if entry.host and not rt.agents.all_reachable():
+        return False
+    return None
+
+
+async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> None:
+    if _comparable(status, previous):
+        return
+    await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, status)
+
+
+def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when patching ``new`` over ``old`` changes nothing but timestamps."""
+    for key, value in new.items():
+        if key == "conditions":
+            mine = sorted((c["type"], c["status"], c["reason"], c["message"]) for c in value)
+            theirs = sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+                            for c in old.get("conditions") or [])
+            if mine != theirs:
+                return False
+        elif old.get(key) != value:
+            return False
+    return True
+
+
+async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
+                    migration_index: kopf.Index[str, MigrationEntry],
+                    migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger) -> None:
+    entry = index_vm(body)
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    rt = runtime()
+    previous: Mapping[str, Any] = body.get("status") or {}
+    generation = entry.generation
+    if not previous.get("conditions"):
+        first = {"observedGeneration": generation, "phase": "Pending",
+                 "conditions": cond.dump(cond.first_look([], f"Placing {entry.name}.", observed_generation=generation))}
+        await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, first)
+        previous = first
+    async with _lock(entry.key):
+        flights = [m for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
+        if flights or rt.gate.holder(entry.key):
+            return  # the migration's daemon owns the VM's status while it moves
+        located = await _locate(entry)
+        if located is False:
+            return  # the agent that should know is not reachable now; the timer comes back
+        view = vm_view(entry)
+        if located is None:
+            if not entry.spec.get("running", True):
+                status = {"observedGeneration": generation, "phase": "Stopped", "host": None,
+                          "conditions": cond.dump(cond.ready(previous.get("conditions") or [], True, "Stopped",
+                                                             f"{entry.name} is stopped as spec.running asks.",
+                                                             observed_generation=generation))}
+                await _patch(entry, status, previous)
+                return
+            await _place(entry, body, view, (host_index, vm_index, migration_index), previous, logger)
+            return
+        host, info = located
+        if not entry.spec.get("running", True) and info.state == VmState.Running:
+            info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
+        elif entry.spec.get("running", True) and info.state in (VmState.Defined, VmState.Stopped):
+            info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
+        rt.overlay.placed.pop(entry.key, None)
+        now_fleet = fleet(host_index, vm_index, migration_index)
+        view = vm_view(entry, host=host)
+        status = running_status(view, info, host, now_fleet, generation, previous,
+                                wants_running=bool(entry.spec.get("running", True)))
+        await _patch(entry, status, previous)
+        await _ask_for_migration(entry, view, host, status, migrations_by_vm)
+
+
+async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[Any, Any, Any],
+                 previous: Mapping[str, Any], logger: kopf.Logger) -> None:
+    rt = runtime()
+    generation = entry.generation
+    async with rt.placement_lock:
+        now_fleet = fleet(*indexes)  # fresh: placements made while this pass waited for the lock count
+        decision = plan_placement(view, now_fleet)
+        if isinstance(decision, Refusal):
+            conditions = cond.ready(previous.get("conditions") or [], False, "Unschedulable", decision.message,
+                                    observed_generation=generation)
+            conditions = cond.stalled(conditions, True, decision.reason.value, decision.message,
+                                      observed_generation=generation)
+            status = {"observedGeneration": generation, "phase": "Pending", "host": None,
+                      "reason": decision.reason.value, "message": decision.message,
+                      "conditions": cond.dump(conditions)}
+            if not _comparable(status, previous):
+                kopf.warn(body, reason="FailedScheduling", message=decision.message)
+                metrics.MIGRATION_REFUSALS.labels(reason=decision.reason.value).inc()
+            await _patch(entry, status, previous)
+            return
+        host = decision.host
+        rt.overlay.placed[entry.key] = (host, view.cpus, view.memory_mib)
+    conditions = cond.reconciling(previous.get("conditions") or [], True, "Starting",
+                                  f"Starting {entry.name} on {host}.", observed_generation=generation)
+    # The host goes into status before the guest starts: a crash in between leaves a trail.
+    await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
+        "observedGeneration": generation, "phase": "Starting", "host": host, "reason": None, "message": None,
+        "conditions": cond.dump(conditions)})
+    link = rt.agents.get(host)
+    if link is None:
+        raise kopf.TemporaryError(f"no agent link for {host} yet", delay=2)
+    try:
+        await link.client.define_vm(entry.uid, definition(entry, body.get("metadata", {}).get("annotations") or {}))
+        info = await link.client.start_vm(entry.uid)
+    except (AgentError, AgentUnreachableError) as exc:
+        rt.overlay.placed.pop(entry.key, None)
+        message = f"Starting {entry.name} on {host} failed: {exc}. The operator will choose again."
+        kopf.warn(body, reason="FailedStart", message=message)
+        await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
+            "phase": "Pending", "host": None, "reason": "FailedStart", "message": message})
+        return
+    kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
+    logger.info(f"started {entry.key} on {host}")
+    started = {"startedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    status = running_status(view.started_on(now_fleet.host(host)) if now_fleet.host(host) else view, info, host,
+                            now_fleet, generation, {**previous, "conditions": cond.dump(conditions)})
+    await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {**status, **started})
+
+
+async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any],
+                             migrations_by_vm: kopf.Index[str, MigrationEntry]) -> None:
+    """Create the migration the spec implies (desired host differs), once per spec generation."""
+    desired = view.desired_host
+    if not desired or desired == host:
+        return
+    name = migration_name(entry.name, desired, entry.generation)
+    existing = {m.name for m in migrations_by_vm.get(entry.key) or []}
+    if name in existing:
+        return
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VirtualMachineMigration",
+        "metadata": {
+            "name": name,
+            "namespace": entry.namespace,
+            "labels": {"vmshift.io/vm": entry.name},
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
+                                 "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {"vmName": entry.name, "targetHost": desired, "mode": (entry.spec.get("migration") or {}).get(
+            "mode", "Auto"), "reason": f"spec.placement.host changed to {desired}"},
+    }
+    max_downtime = (entry.spec.get("migration") or {}).get("maxDowntimeMs")
+    if max_downtime:
+        body["spec"]["maxDowntimeMs"] = max_downtime
+    await kubeapi.create("virtualmachinemigrations", entry.namespace, body)
+
+
+@kopf.on.event(GROUP, VERSION, "virtualmachines")
+async def vm_event(type: str | None, body: kopf.Body, host_index: kopf.Index[str, HostEntry],
+                   vm_index: kopf.Index[str, VMEntry], migration_index: kopf.Index[str, MigrationEntry],
+                   migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    try:
+        await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
+    except (AgentError, AgentUnreachableError) as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+        logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
+
+
+@kopf.timer(GROUP, VERSION, "virtualmachines", interval=20.0, initial_delay=10.0)
+async def vm_resync(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
+                    migration_index: kopf.Index[str, MigrationEntry],
+                    migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger, **_: Any) -> None:
+    """Catch what no event announces: a guest lost with its host, an agent back after an outage."""
+    try:
+        await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
+    except (AgentError, AgentUnreachableError) as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+        logger.warning(f"resync of {body['metadata']['name']} deferred: {exc}")
+
+
+@kopf.on.delete(GROUP, VERSION, "virtualmachines")
+async def vm_deleted(body: kopf.Body, meta: kopf.Meta, migrations_by_vm: kopf.Index[str, MigrationEntry],
+                     logger: kopf.Logger, **_: Any) -> None:
+    """Stop and delete the guest wherever an agent holds it; cancel a migration in flight first."""
+    rt = runtime()
+    key = f"{meta['namespace']}/{meta['name']}"
+    uid = meta["uid"]
+    for m in migrations_by_vm.get(key) or []:
+        if m.in_flight:
+            await kubeapi.delete("virtualmachinemigrations", m.namespace, m.name)
+    holder = rt.gate.holder(key)
+    if holder is not None:
+        raise kopf.TemporaryError(f"waiting for migration {holder} of {key} to end", delay=1)
+    failures = []
+    for name in sorted({h for h, _ in rt.agents.locate(uid)} | {(body.get("status") or {}).get("host") or ""} - {""}):
+        link = rt.agents.get(name)
+        if link is None:
+            continue
+        try:
+            await link.client.delete_vm(uid, force=True)
+        except AgentError as exc:
+            if exc.status != 404:
+                failures.append(f"{name}: {exc}")
+        except AgentUnreachableError as exc:
+            # A host that is gone takes its guest with it; do not hold the VM's deletion hostage.
+            logger.warning(f"agent of {name} unreachable while deleting {key}: {exc}")
+    if failures:
+        raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
+    rt.overlay.placed.pop(key, None)
+    _locks.pop(key, None)
+
