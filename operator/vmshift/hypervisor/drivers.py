@@ -45,7 +45,12 @@ CATALOG: dict[str, Driver] = {
         Driver("buslogic", DriverKind.Emulated, DeviceClass.Storage, "emulated BusLogic SCSI controller"),
         Driver("ide", DriverKind.Emulated, DeviceClass.Storage, "emulated IDE controller"),
         Driver("ahci", DriverKind.Emulated, DeviceClass.Storage, "emulated SATA AHCI controller"),
+        Driver("e1000e", DriverKind.Emulated, DeviceClass.Network, "emulated Intel 82574 network adapter"),
+        Driver("lsisas", DriverKind.Emulated, DeviceClass.Storage, "emulated LSI Logic SAS controller"),
+        Driver("nvme", DriverKind.Emulated, DeviceClass.Storage, "emulated NVMe controller"),
         Driver("vmxnet3", DriverKind.ThirdParty, DeviceClass.Network, "VMware paravirtual network adapter"),
+        Driver("vmxnet", DriverKind.ThirdParty, DeviceClass.Network,
+               "VMware vmxnet/vmxnet2 paravirtual network adapter"),
         Driver("pvscsi", DriverKind.ThirdParty, DeviceClass.Storage, "VMware paravirtual SCSI controller"),
         Driver("vmci", DriverKind.ThirdParty, DeviceClass.Integration, "VMware VMCI communication device"),
         Driver("vmware-tools", DriverKind.ThirdParty, DeviceClass.Integration, "VMware Tools"),
@@ -53,6 +58,7 @@ CATALOG: dict[str, Driver] = {
                "VirtualBox Guest Additions"),
         Driver("virtio-net", DriverKind.ThirdParty, DeviceClass.Network, "KVM virtio network adapter"),
         Driver("virtio-blk", DriverKind.ThirdParty, DeviceClass.Storage, "KVM virtio block device"),
+        Driver("virtio-scsi", DriverKind.ThirdParty, DeviceClass.Storage, "KVM virtio SCSI controller"),
         Driver("vmshift-agent", DriverKind.Agent, DeviceClass.Integration, "vmshift guest conversion agent"),
     )
 }

@@ -1,0 +1,124 @@
+"""The one way to set a status condition: merge it into a list, keeping kstatus rules.
+
+Pure: no I/O, no clock unless none is given. Every controller builds its conditions here, so the
+rules hold everywhere: one condition per type; ``lastTransitionTime`` moves only when ``status``
+flips; ``Reconciling`` and ``Stalled`` are never both True (setting one True turns the other
+False). Functions return a new list and never change the one they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from vmshift.api.common import Condition, ConditionStatus, ConditionType
+
+ConditionLike = Condition | Mapping[str, Any]
+StatusLike = ConditionStatus | bool
+
+#: The kstatus pair that must never be True together.
+_EXCLUSIVE = {ConditionType.Reconciling.value: ConditionType.Stalled.value,
+              ConditionType.Stalled.value: ConditionType.Reconciling.value}
+
+
+def _status(value: StatusLike) -> ConditionStatus:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return value
+
+
+def _now(now: datetime | None) -> datetime:
+    return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+
+
+def _parse(conditions: Iterable[ConditionLike]) -> list[Condition]:
+    return [c if isinstance(c, Condition) else Condition.model_validate(c) for c in conditions]
+
+
+def find_condition(conditions: Iterable[ConditionLike], type: str) -> Condition | None:
+    """The condition of ``type``, or None."""
+    return next((c for c in _parse(conditions) if c.type == type), None)
+
+
+def is_true(conditions: Iterable[ConditionLike], type: str) -> bool:
+    """Whether the condition of ``type`` is present and True."""
+    found = find_condition(conditions, type)
+    return found is not None and found.status == "True"
+
+
+def set_condition(
+    conditions: Iterable[ConditionLike],
+    type: str,
+    status: StatusLike,
+    reason: str,
+    message: str,
+    *,
+    observed_generation: int | None = None,
+    now: datetime | None = None,
+) -> list[Condition]:
+    """Return ``conditions`` with the condition of ``type`` set (added, or merged in place).
+
+    ``lastTransitionTime`` is ``now`` when the condition is new or its status changes, and is kept
+    otherwise. Setting Reconciling or Stalled to True sets the other to False with the same
+    reason and message, so the pair never reads True-True.
+    """
+    when = _now(now)
+    wanted = _status(status)
+    result: list[Condition] = []
+    found = False
+    for old in _parse(conditions):
+        if old.type == type:
+            found = True
+            moved = old.status != wanted
+            result.append(Condition(
+                type=type, status=wanted, reason=reason, message=message,
+                observedGeneration=observed_generation,
+                lastTransitionTime=when if moved else old.lastTransitionTime,
+            ))
+        else:
+            result.append(old)
+    if not found:
+        result.append(Condition(type=type, status=wanted, reason=reason, message=message,
+                                observedGeneration=observed_generation, lastTransitionTime=when))
+    other = _EXCLUSIVE.get(type)
+    if wanted == "True" and other is not None and is_true(result, other):
+        result = set_condition(result, other, False, reason, message,
+                               observed_generation=observed_generation, now=when)
+    return result
+
+
+def ready(conditions: Iterable[ConditionLike], status: StatusLike, reason: str, message: str, *,
+          observed_generation: int | None = None, now: datetime | None = None) -> list[Condition]:
+    """Set the Ready condition: True when the object is what its spec asks for."""
+    return set_condition(conditions, ConditionType.Ready, status, reason, message,
+                         observed_generation=observed_generation, now=now)
+
+
+def reconciling(conditions: Iterable[ConditionLike], status: StatusLike, reason: str, message: str, *,
+                observed_generation: int | None = None, now: datetime | None = None) -> list[Condition]:
+    """Set the Reconciling condition: True while work toward the spec is under way (clears Stalled)."""
+    return set_condition(conditions, ConditionType.Reconciling, status, reason, message,
+                         observed_generation=observed_generation, now=now)
+
+
+def stalled(conditions: Iterable[ConditionLike], status: StatusLike, reason: str, message: str, *,
+            observed_generation: int | None = None, now: datetime | None = None) -> list[Condition]:
+    """Set the Stalled condition: True when progress needs a person or the world to change
+    (clears Reconciling)."""
+    return set_condition(conditions, ConditionType.Stalled, status, reason, message,
+                         observed_generation=observed_generation, now=now)
+
+
+def first_look(conditions: Iterable[ConditionLike], message: str, *, observed_generation: int | None = None,
+               now: datetime | None = None) -> list[Condition]:
+    """The conditions written the first time the operator sees an object: Ready=Unknown and
+    Reconciling=True at once, so kstatus does not read the object as healthy before it is."""
+    result = ready(conditions, "Unknown", "Reconciling", message,
+                   observed_generation=observed_generation, now=now)
+    return reconciling(result, True, "Reconciling", message, observed_generation=observed_generation, now=now)
+
+
+def dump(conditions: Iterable[ConditionLike]) -> list[dict[str, Any]]:
+    """Conditions in the JSON form for a status patch."""
+    return [c.to_api() for c in _parse(conditions)]

@@ -1,0 +1,327 @@
+"""The Host kind (cluster-scoped): one hypervisor, its capacity, its agent, and what the operator sees on it.
+
+Pure: no I/O. Models only; the host controller fills the status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field
+
+from vmshift.api.common import (
+    AGE_COLUMN,
+    DNS_LABEL,
+    READY_COLUMN,
+    ApiModel,
+    CelRule,
+    ConditionsStatus,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    SecretKeyReference,
+    list_map,
+    list_set,
+)
+from vmshift.api.reasons import FailureReason
+from vmshift.api.remediationpolicy import RemediationAction
+from vmshift.processor import cpu_models
+
+
+def _known_cpu_model(model: str) -> str:
+    if model not in cpu_models():
+        raise ValueError(
+            f"unknown CPU model {model!r}: expected an x86-64 microarchitecture known to archspec, "
+            f"such as haswell, cascadelake, icelake, sapphirerapids, zen2, zen3, zen4"
+        )
+    return model
+
+
+#: A CPU model name: one of archspec's x86-64 microarchitectures (the CRD lists them as an enum).
+CpuModelName = Annotated[str, AfterValidator(_known_cpu_model), Field(json_schema_extra={"enum": list(cpu_models())})]
+
+#: Shared volume and LUN names: DNS labels, so they read the same in every manifest.
+VolumeName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
+class HostCpu(ApiModel):
+    """The host's processor."""
+
+    model: CpuModelName = Field(
+        description="The processor's microarchitecture, as archspec names it (e.g. haswell, cascadelake, "
+        "icelake, sapphirerapids, zen2, zen3, zen4). It fixes the vendor and the instruction-set "
+        "features guests started here can see."
+    )
+    cores: int = Field(
+        description="Logical processors the host offers to guests. Each VM cpu takes one. 1 to 4096.",
+        ge=1,
+        le=4096,
+    )
+
+
+class HostStorage(ApiModel):
+    """The storage this host reaches."""
+
+    sharedVolumes: list[VolumeName] = Field(
+        default_factory=list,
+        description="Cluster Shared Volumes mounted on this host. A VM disk on a shared volume can move "
+        "live to every host that mounts the same volume. Names are DNS labels; at most 64.",
+        max_length=64,
+        json_schema_extra=list_set(),
+    )
+    passthroughLuns: list[VolumeName] = Field(
+        default_factory=list,
+        description="Pass-through SAN LUNs this host sees. A VM disk on a LUN can move to every host "
+        "that sees the same LUN; its path switches at switchover. At most 256.",
+        max_length=256,
+        json_schema_extra=list_set(),
+    )
+
+
+class HostAgent(ApiModel):
+    """How the operator reaches the host's agent (the simulated hypervisor)."""
+
+    endpoint: str = Field(
+        description="Base URL of the agent's HTTP API, e.g. http://h-icelake-1-agent.vmshift-system:8443. "
+        "The agent is the truth about which guests run on the host.",
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+    )
+    tokenSecretRef: SecretKeyReference | None = Field(
+        None,
+        description="Secret key holding the bearer token the agent requires. Unset: no token is sent, "
+        "which only an agent started without authentication accepts.",
+    )
+
+
+#: The Host name appears as a label value and in VM status: keep it a DNS label.
+HOST_NAME_IS_DNS_LABEL = CelRule(
+    rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    message="a Host's name must be a DNS label (at most 63 lowercase letters, digits and '-'), "
+    "because VMs and labels refer to it",
+)
+
+
+class HostSpec(ApiModel):
+    """What the hypervisor host offers and how the operator may use it."""
+
+    cpu: HostCpu = Field(description="The host's processor: model and logical cores.")
+    memoryMiB: int = Field(
+        description="Memory the host offers to guests, in MiB. At least 1; at most 64 TiB (67108864).",
+        ge=1,
+        le=67108864,
+    )
+    migrationBandwidthMbps: int = Field(
+        10000,
+        description="Bandwidth of the host's migration network, in megabits per second, shared by all "
+        "its concurrent migrations. Default 10000 (10 Gbit/s); 1 to 800000.",
+        ge=1,
+        le=800000,
+    )
+    storage: HostStorage = Field(
+        default_factory=HostStorage, description="Shared volumes and pass-through LUNs the host reaches."
+    )
+    unschedulable: bool = Field(
+        False,
+        description="Cordon: when true no new VM is placed here and no migration comes in; VMs already "
+        "here keep running. Default false.",
+    )
+    maintenance: bool = Field(
+        False,
+        description="Maintenance mode: when true the host is cordoned and every VM is moved away (drain). "
+        "Progress is in status.drain. Set it back to false to return the host to service. Default false.",
+    )
+    maxConcurrentMigrations: int = Field(
+        2,
+        description="How many live migrations may run at once to or from this host (as Hyper-V's setting "
+        "of the same meaning). Default 2; 1 to 64.",
+        ge=1,
+        le=64,
+    )
+    agent: HostAgent | None = Field(
+        None,
+        description="The host's agent. Without it the operator cannot start or move guests here and "
+        "reports the host Unreachable.",
+    )
+
+
+class HostPhase(StrEnum):
+    """The host's state in one word, for people."""
+
+    Ready = "Ready"
+    Cordoned = "Cordoned"
+    Draining = "Draining"
+    Maintenance = "Maintenance"
+    Degraded = "Degraded"
+    Unreachable = "Unreachable"
+
+
+class HostResources(ApiModel):
+    """An amount of host resources."""
+
+    cpus: int = Field(0, description="Logical processors.", ge=0)
+    memoryMiB: int = Field(0, description="Memory in MiB.", ge=0)
+
+
+class HostMigrations(ApiModel):
+    """Migrations in flight that involve this host."""
+
+    inbound: int = Field(0, description="Migrations coming in to this host.", ge=0)
+    outbound: int = Field(0, description="Migrations leaving this host.", ge=0)
+
+
+class HostProcessor(ApiModel):
+    """The processor as the operator resolved it from spec.cpu.model."""
+
+    model: str | None = Field(None, description="The microarchitecture the features were read for.")
+    vendor: Literal["Intel", "AMD"] | None = Field(
+        None, description="The processor vendor: Intel or AMD. Guests never move across vendors."
+    )
+    features: list[str] = Field(
+        default_factory=list,
+        description="Instruction-set features of the processor (archspec's flag names), sorted.",
+        json_schema_extra=list_set(),
+    )
+
+
+class SensorKind(StrEnum):
+    """What a hardware sensor measures."""
+
+    Fan = "Fan"
+    PowerSupply = "PowerSupply"
+    Temperature = "Temperature"
+    CorrectedMemoryErrors = "CorrectedMemoryErrors"
+
+
+class SensorHealth(StrEnum):
+    """The verdict on a sensor reading."""
+
+    OK = "OK"
+    Warning = "Warning"
+    Critical = "Critical"
+
+
+class SensorReading(ApiModel):
+    """One hardware sensor of the host, as its agent last reported it."""
+
+    name: str = Field(description="Name of the sensor, unique on the host, e.g. fan-1, psu-2, cpu-temp.",
+                      min_length=1, max_length=63)
+    kind: SensorKind = Field(
+        description="What the sensor measures: Fan, PowerSupply, Temperature or CorrectedMemoryErrors."
+    )
+    value: float | None = Field(
+        None,
+        description="The reading in the sensor's unit: RPM for a fan, watts for a power supply, degrees "
+        "Celsius for a temperature, errors per hour for corrected memory errors.",
+    )
+    health: SensorHealth = Field(description="The agent's verdict on the reading: OK, Warning or Critical.")
+    message: str | None = Field(None, description="What is wrong, when health is not OK.", max_length=1024)
+
+
+class DrainState(StrEnum):
+    """Where a drain stands."""
+
+    Running = "Running"
+    Completed = "Completed"
+    Blocked = "Blocked"
+    Cancelled = "Cancelled"
+
+
+class BlockedVirtualMachine(ApiModel):
+    """A VM the drain cannot move, and why."""
+
+    vm: str = Field(description="The VM, as namespace/name.", min_length=1, max_length=317)
+    reason: FailureReason = Field(description="Why it cannot move, from the closed set of failure reasons.")
+    message: str = Field("", description="What blocks it and what a person can do.", max_length=4096)
+
+
+class DrainStatus(ApiModel):
+    """Progress of the drain started by spec.maintenance (or by a remediation)."""
+
+    state: DrainState | None = Field(
+        None,
+        description="Running (VMs are being moved), Completed (nothing left to move), Blocked (only VMs "
+        "that cannot move are left; see blocked) or Cancelled (maintenance was turned off).",
+    )
+    total: int = Field(0, description="VMs on the host when the drain started.", ge=0)
+    moved: int = Field(0, description="VMs moved away so far.", ge=0)
+    inFlight: int = Field(0, description="VMs being moved right now.", ge=0)
+    failed: int = Field(0, description="Migration attempts that failed (each VM is retried up to a limit).",
+                        ge=0)
+    blocked: list[BlockedVirtualMachine] = Field(
+        default_factory=list,
+        description="VMs the drain cannot move, with the reason; the drain does not spin on them.",
+        json_schema_extra=list_map("vm"),
+    )
+    startedAt: datetime | None = Field(None, description="When the drain started.")
+    finishedAt: datetime | None = Field(None, description="When the drain completed or was cancelled.")
+
+
+class AlertRef(ApiModel):
+    """An alert that contributed to a remediation."""
+
+    alertname: str = Field(description="The alert's alertname label.", min_length=1, max_length=253)
+    severity: str | None = Field(None, description="The alert's severity label.", max_length=63)
+    startsAt: datetime | None = Field(None, description="When Alertmanager says the alert started firing.")
+
+
+class HostRemediation(ApiModel):
+    """The remediation acting on this host, if any."""
+
+    policy: str = Field(description="The RemediationPolicy that acts.", min_length=1, max_length=253)
+    action: RemediationAction = Field(description="What it does: Quarantine, EvacuateCritical or Maintenance.")
+    since: datetime | None = Field(None, description="When the action started.")
+    alerts: list[AlertRef] = Field(default_factory=list, description="The alerts and signals behind it.")
+
+
+class HostStatus(ConditionsStatus):
+    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy,
+    Draining, Reconciling, Stalled."""
+
+    phase: HostPhase | None = Field(
+        None,
+        description="The host's state in one word: Ready, Cordoned (unschedulable), Draining (maintenance "
+        "in progress), Maintenance (drained), Degraded (hardware trouble) or Unreachable (agent silent).",
+    )
+    allocated: HostResources | None = Field(None, description="CPUs and memory taken by the VMs placed here.")
+    vms: int | None = Field(None, description="Number of VMs on this host.", ge=0)
+    migrations: HostMigrations | None = Field(None, description="Migrations in flight to and from this host.")
+    processor: HostProcessor | None = Field(None, description="Vendor and features of the host's processor.")
+    sensors: list[SensorReading] = Field(
+        default_factory=list,
+        description="Hardware sensors as the agent last reported them.",
+        max_length=128,
+        json_schema_extra=list_map("name"),
+    )
+    lastHeartbeatTime: datetime | None = Field(None, description="When the agent last answered.")
+    drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
+    remediation: HostRemediation | None = Field(None, description="The remediation acting on this host.")
+
+
+class Host(Resource):
+    """A hypervisor host: its processor, memory, storage and agent. Cluster-scoped."""
+
+    resource: ClassVar[ResourceInfo] = ResourceInfo(
+        plural="hosts",
+        singular="host",
+        scope="Cluster",
+        shortNames=("hv", "vshost"),
+        printerColumns=(
+            PrinterColumn("Phase", "string", ".status.phase", "The host's state in one word."),
+            PrinterColumn("CPU", "string", ".spec.cpu.model", "Processor microarchitecture."),
+            PrinterColumn("Vendor", "string", ".status.processor.vendor", "Processor vendor."),
+            PrinterColumn("Cores", "integer", ".spec.cpu.cores", "Logical processors.", priority=1),
+            PrinterColumn("Memory", "integer", ".spec.memoryMiB", "Memory in MiB.", priority=1),
+            PrinterColumn("VMs", "integer", ".status.vms", "VMs on the host."),
+            READY_COLUMN,
+            AGE_COLUMN,
+        ),
+        rootRules=(HOST_NAME_IS_DNS_LABEL,),
+    )
+
+    kind: Literal["Host"] = Field("Host", description="Host.")
+    spec: HostSpec = Field(description="What the host offers and how the operator may use it.")
+    status: HostStatus | None = Field(None, description="What the operator observes on the host.")
