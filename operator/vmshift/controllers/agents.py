@@ -17,7 +17,7 @@ from typing import Any
 
 from vmshift.controllers import kubeapi
 from vmshift.controllers.views import AgentFacts
-from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
+from vmshift.hypervisor.client import AgentError, HypervisorClient
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
 
 #: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
@@ -107,15 +107,17 @@ class AgentDirectory:
     def get(self, host: str) -> AgentLink | None:
         return self._links.get(host)
 
-    def forget(self, host: str) -> AgentLink | None:
-        return self._links.pop(host, None)
+    async def forget(self, host: str) -> None:
+        link = self._links.pop(host, None)
+        if link is not None:
+            await link.client.close()
 
     async def poll(self, link: AgentLink) -> bool:
         """Ask the agent for its host info and VMs; update reachability. True if it answered."""
         try:
             info = await link.client.host()
             vms = await link.client.list_vms()
-        except (AgentUnreachableError, AgentError) as exc:
+        except AgentError as exc:  # AgentUnreachableError included
             link.failures += 1
             link.successes = 0
             link.last_error = str(exc)
@@ -123,7 +125,7 @@ class AgentDirectory:
                 link.reachable = False
             return False
         link.info = info
-        link.vms = {vm.id: vm for vm in vms.vms}
+        link.vms = {vm.id: vm for vm in vms}
         link.reported_at = time.monotonic()
         link.failures = 0
         link.successes += 1

@@ -168,7 +168,7 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
         _record_phase(name, new["phase"])
         await stopped.wait(rt.poll_interval)
     _host_phase.pop(name, None)
-    rt.agents.forget(name)
+    await rt.agents.forget(name)
 
 
 def _record_phase(name: str, phase: str) -> None:

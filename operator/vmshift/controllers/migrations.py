@@ -304,8 +304,8 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             if link is not None:
                 try:
                     await link.client.cancel_migration(run.uid)
-                except (AgentError, AgentUnreachableError):
-                    pass
+                except AgentError:
+                    pass  # the follow loop below learns how it ended
         report = await _agent_view(run)
         if report is None:
             unanswered_since = unanswered_since or time.monotonic()
@@ -350,6 +350,10 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
     extra: dict[str, Any] = {"finishedAt": _now()}
+    if run.source:
+        extra["sourceHost"] = run.source
+    if run.target:
+        extra["targetHost"] = run.target
     if report is not None:
         extra.update(progress_status(report))
         extra["downtimeMs"] = round(report.downtime_ms, 3) if report.downtime_ms is not None else None
@@ -438,6 +442,7 @@ async def drive_migration(
                         FailureReason.AlreadyMigrating,
                         f"{run.vm_name} already has a migration in flight ({exc.holder}); this request is refused. "
                         f"Wait for it to end, or delete it, then ask again.") from None
+                run.target = spec.get("targetHost")
                 target, mode, why = await _validate(run, spec, indexes, values(policy_index))
                 run.target, run.mode = target, mode
                 if not await _wait_for_slots(run, target, stopped, indexes):
@@ -472,9 +477,8 @@ async def drive_migration(
     except MigrationFailedError as exc:
         logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
         await _finish(run, MigrationPhase.Failed, failure=exc)
-    except (AgentError, AgentUnreachableError) as exc:
-        reason = FailureReason(exc.code) if isinstance(exc, AgentError) and exc.code in FailureReason.__members__ \
-            else FailureReason.AgentUnreachable
+    except AgentError as exc:  # AgentUnreachableError included
+        reason = FailureReason(exc.code) if exc.code in FailureReason.__members__ else FailureReason.AgentUnreachable
         await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
             reason, f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
                     f"{run.vm_name} stays on {run.source}."))

@@ -142,28 +142,35 @@ def migration_name(vm: str, target: str | None, generation: int) -> str:
     return f"{base[:240]}-{digest}"
 
 
-async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | bool | None:
-    """Where the guest lives: (host, info); None when nowhere; False when it cannot be known now."""
+class _UnknownLocation(Exception):
+    """The agent that would know where the guest lives does not answer now."""
+
+
+async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | None:
+    """Where the guest lives: (host, info), or None when nowhere; _UnknownLocation when it cannot be known now."""
     rt = runtime()
-    if entry.host:
-        link = rt.agents.get(entry.host)
+    # A placement this process just made may not be in the (older) body yet: follow it too.
+    hinted = rt.overlay.placed.get(entry.key)
+    host = entry.host or (hinted[0] if hinted else None)
+    if host:
+        link = rt.agents.get(host)
         if link is None or link.info is None:
-            return False
+            raise _UnknownLocation(host)
         try:
-            info = await link.client.get_vm(entry.uid)
+            info: VmInfo | None = await link.client.get_vm(entry.uid)
         except AgentUnreachableError:
-            return False
+            raise _UnknownLocation(host) from None
         except AgentError as exc:
             if exc.status != 404:
-                return False
+                raise _UnknownLocation(host) from None
             info = None
         if info is not None and info.state in RESIDENT:
-            return entry.host, info
+            return host, info
     found = rt.agents.locate(entry.uid)
     if len(found) >= 1:
         return found[0]
-    if entry.host and not rt.agents.all_reachable():
-        return False
+    if host and not rt.agents.all_reachable():
+        raise _UnknownLocation(host)
     return None
 
 
@@ -205,8 +212,9 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
         flights = [m for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if flights or rt.gate.holder(entry.key):
             return  # the migration's daemon owns the VM's status while it moves
-        located = await _locate(entry)
-        if located is False:
+        try:
+            located = await _locate(entry)
+        except _UnknownLocation:
             return  # the agent that should know is not reachable now; the timer comes back
         view = vm_view(entry)
         if located is None:
@@ -224,7 +232,8 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
         elif entry.spec.get("running", True) and info.state in (VmState.Defined, VmState.Stopped):
             info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
-        rt.overlay.placed.pop(entry.key, None)
+        if entry.host == host:
+            rt.overlay.placed.pop(entry.key, None)  # the index shows the placement now
         now_fleet = fleet(host_index, vm_index, migration_index)
         view = vm_view(entry, host=host)
         status = running_status(view, info, host, now_fleet, generation, previous,
@@ -267,7 +276,7 @@ async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[A
     try:
         await link.client.define_vm(entry.uid, definition(entry, body.get("metadata", {}).get("annotations") or {}))
         info = await link.client.start_vm(entry.uid)
-    except (AgentError, AgentUnreachableError) as exc:
+    except AgentError as exc:
         rt.overlay.placed.pop(entry.key, None)
         message = f"Starting {entry.name} on {host} failed: {exc}. The operator will choose again."
         kopf.warn(body, reason="FailedStart", message=message)
@@ -277,7 +286,8 @@ async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[A
     kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
     logger.info(f"started {entry.key} on {host}")
     started = {"startedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
-    status = running_status(view.started_on(now_fleet.host(host)) if now_fleet.host(host) else view, info, host,
+    chosen = now_fleet.host(host)
+    status = running_status(view.started_on(chosen) if chosen else view, info, host,
                             now_fleet, generation, {**previous, "conditions": cond.dump(conditions)})
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {**status, **started})
 
@@ -292,7 +302,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
     existing = {m.name for m in migrations_by_vm.get(entry.key) or []}
     if name in existing:
         return
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "VirtualMachineMigration",
         "metadata": {
@@ -307,7 +317,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
     }
     max_downtime = (entry.spec.get("migration") or {}).get("maxDowntimeMs")
     if max_downtime:
-        body["spec"]["maxDowntimeMs"] = max_downtime
+        body["spec"] = {**body["spec"], "maxDowntimeMs": max_downtime}
     await kubeapi.create("virtualmachinemigrations", entry.namespace, body)
 
 
@@ -319,7 +329,7 @@ async def vm_event(type: str | None, body: kopf.Body, host_index: kopf.Index[str
         return
     try:
         await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
-    except (AgentError, AgentUnreachableError) as exc:
+    except AgentError as exc:
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
@@ -331,7 +341,7 @@ async def vm_resync(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
     """Catch what no event announces: a guest lost with its host, an agent back after an outage."""
     try:
         await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
-    except (AgentError, AgentUnreachableError) as exc:
+    except AgentError as exc:
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
         logger.warning(f"resync of {body['metadata']['name']} deferred: {exc}")
 
@@ -356,12 +366,12 @@ async def vm_deleted(body: kopf.Body, meta: kopf.Meta, migrations_by_vm: kopf.In
             continue
         try:
             await link.client.delete_vm(uid, force=True)
-        except AgentError as exc:
-            if exc.status != 404:
-                failures.append(f"{name}: {exc}")
         except AgentUnreachableError as exc:
             # A host that is gone takes its guest with it; do not hold the VM's deletion hostage.
             logger.warning(f"agent of {name} unreachable while deleting {key}: {exc}")
+        except AgentError as exc:
+            if exc.status != 404:
+                failures.append(f"{name}: {exc}")
     if failures:
         raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
     rt.overlay.placed.pop(key, None)

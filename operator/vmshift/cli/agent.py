@@ -1,0 +1,76 @@
+"""``vmshift agent``: run one simulated hypervisor host (its API and migration ports) in this process.
+
+Parses the command line into a HostConfig and hands over to vmshift.hypervisor.server.run_agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from vmshift.hypervisor.host import HostConfig
+from vmshift.processor import processor_info
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "agent", help="run a simulated hypervisor host",
+        description="Run one simulated hypervisor host: a management API (HTTP, bearer token) and a "
+                    "migration port (TCP, one-time tickets).",
+    )
+    parser.add_argument("--name", required=True, help="host name")
+    parser.add_argument("--cpu-model", required=True, help="archspec microarchitecture, e.g. icelake, zen3")
+    parser.add_argument("--cores", type=int, default=32, help="physical cores offered to VMs (default 32)")
+    parser.add_argument("--memory-mib", type=int, default=262144, help="memory offered to VMs in MiB")
+    parser.add_argument("--bandwidth-mbps", type=float, default=10000.0,
+                        help="migration link rate in Mbit/s (0: unlimited)")
+    parser.add_argument("--shared-volume", action="append", default=[], metavar="NAME",
+                        help="a Cluster Shared Volume this host mounts (repeatable)")
+    parser.add_argument("--passthrough-lun", action="append", default=[], metavar="NAME",
+                        help="a pass-through LUN this host sees (repeatable)")
+    parser.add_argument("--token-file", required=True, type=Path, help="file holding the API bearer token")
+    parser.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--advertise-host", default=None,
+                        help="address other agents use to reach this one (default: --listen, or 127.0.0.1)")
+    parser.add_argument("--api-port", type=int, default=0, help="API port (0: any free port)")
+    parser.add_argument("--migration-port", type=int, default=0, help="migration port (0: any free port)")
+    parser.add_argument("--reservation-seconds", type=float, default=30.0,
+                        help="how long an incoming migration's reservation waits for its stream")
+    parser.add_argument("--ready-file", type=Path, default=None,
+                        help="write the actual ports here (JSON) once both listeners are up")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="shut down when the process that started the agent dies")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    try:
+        processor_info(args.cpu_model)
+        token = args.token_file.read_text().strip()
+    except (ValueError, OSError) as exc:
+        print(f"vmshift agent: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"vmshift agent: the token file {args.token_file} is empty", file=sys.stderr)
+        return 2
+    if args.cores < 1 or args.memory_mib < 1:
+        print("vmshift agent: --cores and --memory-mib must be positive", file=sys.stderr)
+        return 2
+    advertise = args.advertise_host or (args.listen if args.listen not in ("0.0.0.0", "::") else "127.0.0.1")
+    config = HostConfig(
+        name=args.name, cpu_model=args.cpu_model, cores=args.cores, memory_mib=args.memory_mib,
+        bandwidth_mbps=args.bandwidth_mbps, shared_volumes=tuple(args.shared_volume),
+        passthrough_luns=tuple(args.passthrough_lun), advertise_host=advertise,
+        reservation_seconds=args.reservation_seconds,
+    )
+    from vmshift.hypervisor.server import run_agent
+
+    return asyncio.run(run_agent(config, token, listen=args.listen, api_port=args.api_port,
+                                 migration_port=args.migration_port, ready_file=args.ready_file,
+                                 exit_with_parent=args.exit_with_parent))
