@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    # Kopf logs every successful handler call at INFO; with thousands of objects that is noise.
+    logging.getLogger("kopf.objects").addFilter(
+        lambda record: not record.getMessage().endswith(" succeeded."))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     import vmshift.controllers.startup  # noqa: F401  - registers the handlers
 

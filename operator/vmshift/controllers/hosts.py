@@ -139,7 +139,7 @@ def _comparable(status: Mapping[str, Any]) -> Any:
     return out
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
 async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
                        stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     """Poll the agent every few seconds and patch status only when it changes."""

@@ -361,6 +361,16 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         if report.source_digest and report.target_digest:
             extra["memoryVerified"] = report.source_digest == report.target_digest
         extra["mode"] = mode.value
+    if run.vm is not None:
+        last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
+                "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
+                "durationMs": extra.get("durationMs"), "finishedAt": extra["finishedAt"]}
+        vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
+        if phase is MigrationPhase.Succeeded:
+            vm_status.update({"host": run.target, "phase": "Running"})
+        elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
+            vm_status["phase"] = "Running"
+        await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
                    f"with {extra.get('downtimeMs')} ms of downtime.")
@@ -383,16 +393,6 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         metrics.MIGRATIONS.labels(mode=mode.value, result=phase.value).inc()
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
-    if run.vm is not None:
-        last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
-                "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
-                "durationMs": extra.get("durationMs"), "finishedAt": extra["finishedAt"]}
-        vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
-        if phase is MigrationPhase.Succeeded:
-            vm_status.update({"host": run.target, "phase": "Running"})
-        elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
-            vm_status["phase"] = "Running"
-        await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
     rt.gate.release(run.key)
     rt.gate_changed.set()
 
@@ -406,8 +406,11 @@ async def _collect_garbage(run: Run, migrations_by_vm: kopf.Index[str, Migration
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
 
 
+# The daemon ends itself by writing a final phase (which also stops Kopf's filter from matching);
+# a deletion sets ``stopped`` and the daemon cancels on the agents. Either way it gets a long grace
+# (cancellation_backoff) to finish its writes before Kopf cancels it.
 @kopf.daemon(GROUP, VERSION, "virtualmachinemigrations", when=lambda status, **_: not _finished(status),
-             cancellation_timeout=120.0)
+             cancellation_backoff=90.0, cancellation_timeout=30.0)
 async def drive_migration(
     name: str, namespace: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
     stopped: kopf.DaemonStopped, logger: kopf.Logger,
@@ -435,6 +438,9 @@ async def drive_migration(
                 if not status.get("conditions"):
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
+                run.target = spec.get("targetHost")
+                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
+                run.target, run.mode = target, mode
                 try:
                     rt.gate.claim(run.vm_key, run.key)
                 except AlreadyMigratingError as exc:
@@ -442,9 +448,6 @@ async def drive_migration(
                         FailureReason.AlreadyMigrating,
                         f"{run.vm_name} already has a migration in flight ({exc.holder}); this request is refused. "
                         f"Wait for it to end, or delete it, then ask again.") from None
-                run.target = spec.get("targetHost")
-                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
-                run.target, run.mode = target, mode
                 if not await _wait_for_slots(run, target, stopped, indexes):
                     await _finish(run, MigrationPhase.Cancelled)
                     return

@@ -48,6 +48,8 @@ class MigrationGate:
         self.claims: dict[str, str] = {}  # vm key -> migration key holding it
         self.pending: dict[str, Ticket] = {}
         self.in_flight: dict[str, MigrationRequest] = {}
+        #: Migrations that ended in this process, newest last: the indexes may not show it yet.
+        self.finished: dict[str, None] = {}
         self.seeded = False
 
     def seed(self, migrations: Iterable[MigrationEntry], sizes: dict[str, tuple[int, int]]) -> None:
@@ -73,6 +75,11 @@ class MigrationGate:
 
     def holder(self, vm_key: str) -> str | None:
         return self.claims.get(vm_key)
+
+    def moving(self, vm_key: str, in_flight_keys: Iterable[str]) -> bool:
+        """Whether a migration holds the VM: one this process admitted, or one the index shows in
+        flight that has not ended here already."""
+        return self.holder(vm_key) is not None or any(k not in self.finished for k in in_flight_keys)
 
     def enqueue(self, request: MigrationRequest) -> Ticket:
         if request.key in self.in_flight:
@@ -115,7 +122,10 @@ class MigrationGate:
     def release(self, migration_key: str, vm_key: str | None = None) -> None:
         """A migration ended (any outcome) or gave up waiting: free its VM, slots and capacity."""
         self.pending.pop(migration_key, None)
-        self.in_flight.pop(migration_key, None)
+        if self.in_flight.pop(migration_key, None) is not None or migration_key in self.claims.values():
+            self.finished[migration_key] = None
+            while len(self.finished) > 10_000:
+                del self.finished[next(iter(self.finished))]
         for vm, holder in list(self.claims.items()):
             if holder == migration_key and (vm_key is None or vm == vm_key):
                 del self.claims[vm]

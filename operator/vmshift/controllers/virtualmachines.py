@@ -209,8 +209,8 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
         await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, first)
         previous = first
     async with _lock(entry.key):
-        flights = [m for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
-        if flights or rt.gate.holder(entry.key):
+        flights = [m.key for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
+        if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
         try:
             located = await _locate(entry)

@@ -1,0 +1,221 @@
+"""Which MigrationPolicy governs a VM, and live or quick for a migration. Pure: no I/O.
+
+:func:`select_policy` picks the most specific matching policy with a fixed precedence, so the answer
+never depends on the order the operator's index returns policies in. :func:`choose_mode` turns a
+request (``Auto``/``Live``/``Quick``), the policy and the problems
+:func:`~vmshift.scheduling.compatibility.check_target` found into a mode and a sentence saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from vmshift.api.reasons import FailureReason, MigrationMode
+from vmshift.hypervisor.precopy import predict_precopy, quick_migration_seconds
+from vmshift.scheduling.compatibility import Problem, blocking
+from vmshift.scheduling.fleet import VMView
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Rung(StrEnum):
+    """One step of a policy's fallback ladder, tried in order when pre-copy stops converging."""
+
+    PreCopy = "PreCopy"
+    AutoConverge = "AutoConverge"
+    Quick = "Quick"
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """A MigrationPolicy as the scheduler sees it.
+
+    Selection: ``namespaces`` (names) and ``namespace_selector`` (matchLabels on the namespace's
+    labels) must both hold when given; ``vm_selector`` (matchLabels) must be a subset of the VM's
+    labels. An empty selector matches everything. Settings keep the API's units.
+    ``completion_timeout_per_gib_seconds`` has KubeVirt's meaning: a migration of a guest with
+    ``m`` GiB of memory times out after ``m`` times this many seconds.
+    """
+
+    name: str
+    namespaces: tuple[str, ...] = ()
+    namespace_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    vm_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    threshold_ms: float = 1.0
+    max_downtime_ms: float = 300.0
+    max_rounds: int = 30
+    stall_rounds: int = 3
+    ladder: tuple[Rung, ...] = (Rung.PreCopy, Rung.AutoConverge)
+    bandwidth_mbps: float | None = None
+    parallel_migrations_per_cluster: int = 5
+    progress_timeout_seconds: float = 150.0
+    completion_timeout_per_gib_seconds: float = 150.0
+
+    @property
+    def allows_quick(self) -> bool:
+        return Rung.Quick in self.ladder
+
+    def completion_timeout_seconds(self, memory_mib: float) -> float:
+        """The whole migration's deadline for a guest of ``memory_mib`` (at least one GiB's worth)."""
+        return self.completion_timeout_per_gib_seconds * max(memory_mib / 1024, 1.0)
+
+
+#: The same class under a name that reads well next to the remediation's PolicyView.
+MigrationPolicyView = PolicyView
+
+#: What applies when no MigrationPolicy matches: Hyper-V's switchover threshold, QEMU's default
+#: downtime budget, pre-copy then auto-converge; quick migration only when a policy allows it.
+DEFAULT_POLICY = PolicyView(name="(default)")
+
+
+def _specificity(
+    policy: PolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
+) -> tuple[int, int] | None:
+    """(matched keys in all, matched namespace keys) if ``policy`` selects the VM, else None."""
+    if policy.namespaces and namespace not in policy.namespaces:
+        return None
+    if any(namespace_labels.get(k) != v for k, v in policy.namespace_selector.items()):
+        return None
+    if any(vm_labels.get(k) != v for k, v in policy.vm_selector.items()):
+        return None
+    ns_keys = len(policy.namespace_selector) + (1 if policy.namespaces else 0)
+    return ns_keys + len(policy.vm_selector), ns_keys
+
+
+def select_policy(
+    vm_labels: Mapping[str, str],
+    namespace: str,
+    policies: Sequence[PolicyView],
+    *,
+    namespace_labels: Mapping[str, str] | None = None,
+    requested: str | None = None,
+) -> PolicyView | None:
+    """The policy that governs a VM, or None when none matches (then :data:`DEFAULT_POLICY` applies).
+
+    ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
+    Otherwise the most specific matching policy wins: the most matched keys (VM labels plus
+    namespace labels, a namespace list counting as one key); on a tie the one with more namespace
+    keys; then the name, alphabetically first. Input order never matters.
+    """
+    if requested is not None:
+        named = sorted((p for p in policies if p.name == requested), key=lambda p: repr(p))
+        if named:
+            return named[0]
+    ns_labels = namespace_labels or {}
+    best: tuple[tuple[int, int, str], PolicyView] | None = None
+    for policy in policies:
+        spec = _specificity(policy, vm_labels, namespace, ns_labels)
+        if spec is None:
+            continue
+        key = (-spec[0], -spec[1], policy.name)
+        if best is None or key < best[0]:
+            best = (key, policy)
+    return best[1] if best is not None else None
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode a migration uses, or ``mode=None`` with the reason it cannot run."""
+
+    mode: MigrationMode | None
+    message: str
+    reason: FailureReason | None = None
+    expected_seconds: float | None = None
+    expected_downtime_ms: float | None = None
+
+
+def migration_bandwidth_mbps(policy: PolicyView, *links_mbps: float) -> float:
+    """The rate one migration can get: the slowest of the links it crosses and the policy's cap."""
+    rates = [r for r in (*links_mbps, policy.bandwidth_mbps) if r is not None and r > 0]
+    return min(rates) if rates else 10_000.0
+
+
+def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
+    prediction = predict_precopy(
+        max(vm.memory_mib, 1),
+        vm.dirty_rate_mibps,
+        vm.working_set_mib,
+        bandwidth_mbps,
+        threshold_ms=policy.threshold_ms,
+        max_rounds=policy.max_rounds,
+        stall_rounds=policy.stall_rounds,
+    )
+    return prediction.total_seconds, prediction.downtime_ms, prediction.converges
+
+
+def choose_mode(
+    requested: MigrationMode | str,
+    vm: VMView,
+    policy: PolicyView | None,
+    problems: list[Problem],
+    *,
+    bandwidth_mbps: float | None = None,
+) -> ModeChoice:
+    """Live or Quick for this migration, and why.
+
+    ``problems`` are :func:`check_target`'s for the chosen target; transient ones (busy slots) are
+    the queue's business and ignored here. ``Auto`` picks live migration when it can, and quick
+    migration when live cannot (a local disk) and the policy's ladder allows ``Quick``.
+    ``bandwidth_mbps`` (the link rate) only feeds the estimates in the message.
+    """
+    policy = policy or DEFAULT_POLICY
+    mode = MigrationMode(requested)
+    rate = migration_bandwidth_mbps(policy, *(x for x in (bandwidth_mbps,) if x is not None))
+    hard = blocking(problems, quick=True)
+    if hard:
+        return ModeChoice(None, hard[0].message, hard[0].reason)
+    live_blockers = [p for p in problems if p.live_only and not p.transient]
+    quick_seconds = quick_migration_seconds(vm.memory_mib + vm.local_disk_mib, rate)
+    quick_note = f"the guest pauses for about {quick_seconds:.1f} s while its state is copied"
+
+    if mode is MigrationMode.Quick:
+        return ModeChoice(
+            MigrationMode.Quick,
+            f"Quick migration as requested: {quick_note}.",
+            expected_seconds=quick_seconds,
+            expected_downtime_ms=quick_seconds * 1000,
+        )
+    if not live_blockers:
+        seconds, downtime_ms, converges = _live_estimate(vm, policy, rate)
+        origin = "as requested" if mode is MigrationMode.Live else "chosen by Auto"
+        if converges:
+            detail = f"expected about {seconds:.1f} s with about {downtime_ms:.1f} ms of downtime"
+        else:
+            ladder = ", ".join(r.value for r in policy.ladder)
+            detail = (
+                f"at {rate:.0f} Mbps the guest's dirty rate ({vm.dirty_rate_mibps:.0f} MiB/s) may keep "
+                f"pre-copy from converging; policy {policy.name} then follows its ladder ({ladder})"
+            )
+        return ModeChoice(
+            MigrationMode.Live,
+            f"Live migration {origin}: {detail}.",
+            expected_seconds=seconds,
+            expected_downtime_ms=downtime_ms,
+        )
+    why = live_blockers[0].message
+    if mode is MigrationMode.Live:
+        return ModeChoice(None, f"{why} (mode Live was requested)", live_blockers[0].reason)
+    if policy.allows_quick:
+        return ModeChoice(
+            MigrationMode.Quick,
+            f"Quick migration chosen by Auto because live migration cannot move {vm.name}: "
+            f"{_reason_tail(why)} Policy {policy.name} allows Quick; {quick_note}.",
+            expected_seconds=quick_seconds,
+            expected_downtime_ms=quick_seconds * 1000,
+        )
+    ladder = ", ".join(r.value for r in policy.ladder)
+    return ModeChoice(
+        None,
+        f"{why} Live migration is impossible and policy {policy.name} does not allow Quick (its ladder is "
+        f"{ladder}); add Quick to the policy's ladder or request mode Quick.",
+        live_blockers[0].reason,
+    )
+
+
+def _reason_tail(message: str) -> str:
+    """The part of a refusal after ``... refused: `` (the reason itself)."""
+    marker = "refused: "
+    return message.split(marker, 1)[1] if marker in message else message

@@ -1,0 +1,192 @@
+"""Admission of migrations: which may start now, fairly, without overbooking. Pure: no I/O.
+
+Each pass takes the migrations in flight and the pending ones and answers which may start: every
+host has ``max_concurrent_migrations`` slots, and a migration holds one on its source and one on its
+target (as on Hyper-V); the cluster has a limit too (KubeVirt's ``parallelMigrationsPerCluster``). A
+VM moves once at a time. Requests are served first come, first served within a namespace,
+round-robin across namespaces (the namespace whose oldest request is oldest goes first), so one
+namespace's thousand requests cannot starve another's one; a request that must wait does not block
+later ones that can go (backfilling).
+
+Capacity bookkeeping: :class:`Reservations` records the cpus and memory each admitted migration
+claims on its target until it ends, so two requests that each fit alone but not together are never
+both admitted. ``HostView.reserved_*`` is expected to hold the claims of migrations already in
+flight; the reservations of one pass come on top.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from vmshift.scheduling.fleet import HostView
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """One VirtualMachineMigration as the queue sees it (``key`` is its ``namespace/name``)."""
+
+    key: str
+    namespace: str
+    vm: str
+    source: str
+    target: str | None
+    created: float
+    cpus: int = 0
+    memory_mib: int = 0
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created, self.key)
+
+
+@dataclass(frozen=True)
+class Reservations:
+    """Capacity promised to admitted migrations: host -> (cpus, memory MiB), plus slots in use."""
+
+    cpus: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    memory_mib: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    total: int = 0
+
+    @classmethod
+    def of(cls, in_flight: Iterable[MigrationRequest]) -> Reservations:
+        """The slots migrations in flight hold (their capacity is already in ``HostView.reserved_*``)."""
+        out = cls()
+        for request in in_flight:
+            out = out.add(request, capacity=False)
+        return out
+
+    def add(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+        """These reservations plus ``request``'s: a slot on source and target, and (``capacity``)
+        its cpus and memory on the target."""
+        slots = dict(self.slots)
+        for host in {request.source, request.target} - {None}:
+            assert host is not None
+            slots[host] = slots.get(host, 0) + 1
+        cpus = dict(self.cpus)
+        memory = dict(self.memory_mib)
+        if capacity and request.target is not None:
+            cpus[request.target] = cpus.get(request.target, 0) + request.cpus
+            memory[request.target] = memory.get(request.target, 0) + request.memory_mib
+        return Reservations(
+            cpus=MappingProxyType(cpus),
+            memory_mib=MappingProxyType(memory),
+            slots=MappingProxyType(slots),
+            total=self.total + 1,
+        )
+
+    def release(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+        """These reservations without ``request``'s (when it ends, whatever the outcome)."""
+        slots = dict(self.slots)
+        for host in {request.source, request.target} - {None}:
+            assert host is not None
+            slots[host] = max(slots.get(host, 0) - 1, 0)
+        cpus = dict(self.cpus)
+        memory = dict(self.memory_mib)
+        if capacity and request.target is not None:
+            cpus[request.target] = max(cpus.get(request.target, 0) - request.cpus, 0)
+            memory[request.target] = max(memory.get(request.target, 0) - request.memory_mib, 0)
+        return Reservations(
+            cpus=MappingProxyType(cpus),
+            memory_mib=MappingProxyType(memory),
+            slots=MappingProxyType(slots),
+            total=max(self.total - 1, 0),
+        )
+
+    def free_slots(self, host: HostView) -> int:
+        return host.max_concurrent_migrations - self.slots.get(host.name, 0)
+
+    def free_memory_mib(self, host: HostView) -> int:
+        return host.free_memory_mib - self.memory_mib.get(host.name, 0)
+
+    def free_cpus(self, host: HostView) -> int:
+        return host.free_cpus - self.cpus.get(host.name, 0)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer of one pass: requests that start now (in order), and why each other one waits."""
+
+    admitted: tuple[MigrationRequest, ...]
+    waiting: Mapping[str, str]
+    reservations: Reservations
+
+
+def _why_not(
+    request: MigrationRequest,
+    hosts: Mapping[str, HostView],
+    booked: Reservations,
+    busy_vms: set[str],
+    cluster_limit: int | None,
+) -> str | None:
+    """Why ``request`` cannot start in this pass, or None when it can."""
+    if request.vm in busy_vms:
+        return f"{request.vm} already has a migration in flight; this one waits for it to end."
+    if cluster_limit is not None and booked.total >= cluster_limit:
+        return f"the cluster already runs {booked.total} of its {cluster_limit} concurrent migrations."
+    if request.target is None:
+        return "no target host has been chosen yet."
+    for role, name in (("source", request.source), ("target", request.target)):
+        host = hosts.get(name)
+        if host is None:
+            return f"the {role} host {name} is unknown."
+        if booked.free_slots(host) <= 0:
+            return (
+                f"the {role} {name} already runs {booked.slots.get(name, 0)} of its "
+                f"{host.max_concurrent_migrations} concurrent migrations."
+            )
+    target = hosts[request.target]
+    if request.memory_mib > booked.free_memory_mib(target) or request.cpus > booked.free_cpus(target):
+        return (
+            f"{request.target} has {booked.free_memory_mib(target)} MiB and {booked.free_cpus(target)} cpus "
+            f"left after earlier migrations' reservations; {request.vm} needs {request.memory_mib} MiB and "
+            f"{request.cpus} cpus."
+        )
+    return None
+
+
+def admit(
+    pending: Sequence[MigrationRequest],
+    in_flight: Sequence[MigrationRequest],
+    hosts: Mapping[str, HostView],
+    *,
+    cluster_limit: int | None = None,
+) -> Admission:
+    """Which ``pending`` migrations may start now; never more than any host's slots (counted on source
+    and target) or ``cluster_limit`` in flight, never more memory or cpus than a target has free,
+    never two migrations of one VM.
+
+    Within a pass capacity only shrinks, so a request that cannot start when its turn comes is set
+    aside for the whole pass: the pass is linear in the number of requests.
+    """
+    booked = Reservations.of(in_flight)
+    busy_vms = {r.vm for r in in_flight}
+    queues: dict[str, deque[MigrationRequest]] = {}
+    for request in sorted(pending, key=lambda r: r.order):
+        queues.setdefault(request.namespace, deque()).append(request)
+    turn = deque(sorted(queues, key=lambda ns: (queues[ns][0].order, ns)))
+    admitted: list[MigrationRequest] = []
+    waiting: dict[str, str] = {}
+    while turn:
+        if cluster_limit is not None and booked.total >= cluster_limit:
+            break
+        namespace = turn.popleft()
+        queue = queues[namespace]
+        while queue:
+            request = queue.popleft()
+            why = _why_not(request, hosts, booked, busy_vms, cluster_limit)
+            if why is None:
+                admitted.append(request)
+                booked = booked.add(request)
+                busy_vms.add(request.vm)
+                break
+            waiting[request.key] = why
+        if queue:
+            turn.append(namespace)
+    for queue in queues.values():
+        for request in queue:
+            waiting[request.key] = _why_not(request, hosts, booked, busy_vms, cluster_limit) or "waits its turn."
+    return Admission(admitted=tuple(admitted), waiting=MappingProxyType(waiting), reservations=booked)
