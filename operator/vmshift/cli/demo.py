@@ -1,0 +1,179 @@
+"""``vmshift demo``: the whole product on the embedded control plane, with a live migration and a refused one.
+
+Glue only: brings up the control plane, four agents of mixed CPU generations and vendors, and the
+operator; applies VMs with kubectl; then changes spec.placement.host the way a GitOps commit
+would and prints the migration's progress as the operator reports it. Everything it starts is in
+process groups tied to this process, so Ctrl-C (or any exit) cleans up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vmshift.devcluster.cluster import ControlPlane, default_dir
+from vmshift.devcluster.stack import HostPlan, Stack, wait_until
+
+HOSTS = [
+    HostPlan("h-icelake-1", "icelake", cores=32, memory_mib=65536, bandwidth_mbps=10_000,
+             shared_volumes=("csv-01",), labels={"topology.kubernetes.io/zone": "rack-a"}),
+    HostPlan("h-cascadelake-1", "cascadelake", cores=32, memory_mib=65536, bandwidth_mbps=10_000,
+             shared_volumes=("csv-01",), labels={"topology.kubernetes.io/zone": "rack-a"}),
+    HostPlan("h-haswell-1", "haswell", cores=16, memory_mib=32768, bandwidth_mbps=10_000,
+             shared_volumes=("csv-01",), labels={"topology.kubernetes.io/zone": "rack-b"}),
+    HostPlan("h-zen3-1", "zen3", cores=64, memory_mib=131072, bandwidth_mbps=10_000,
+             shared_volumes=("csv-01",), labels={"topology.kubernetes.io/zone": "rack-b"}),
+]
+NAMESPACE = "vmshift-demo"
+
+
+def _vm(name: str, host: str, *, compatibility: bool, memory: int, dirty: float, working_set: int,
+        priority: int = 100) -> dict[str, Any]:
+    return {
+        "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+        "spec": {"cpus": 2, "memoryMiB": memory, "processor": {"compatibility": compatibility},
+                 "disks": [{"name": "os", "sizeGiB": 40, "volume": "csv-01"}], "priority": priority,
+                 "workload": {"dirtyRateMiBps": dirty, "workingSetMiB": working_set},
+                 "placement": {"host": host}},
+    }
+
+
+VMS = [
+    _vm("web-1", "h-icelake-1", compatibility=True, memory=4096, dirty=60, working_set=64, priority=500),
+    _vm("db-1", "h-icelake-1", compatibility=False, memory=512, dirty=30, working_set=32, priority=900),
+    _vm("analytics-1", "h-zen3-1", compatibility=True, memory=512, dirty=20, working_set=32),
+]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("demo", help="run the demo on the embedded control plane (Ctrl-C ends it)")
+    parser.add_argument("--exit", action="store_true", help="exit after the scenes instead of waiting for Ctrl-C")
+    parser.add_argument("--dir", type=Path, default=None, help="cluster directory (default ~/.cache/vmshift/"
+                                                               "clusters/demo)")
+    parser.set_defaults(func=run)
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+class _Demo:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def get(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict[str, Any]:
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        proc = self.stack.kubectl(*args, check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+
+    def status(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict[str, Any]:
+        return self.get(kind, name, namespace).get("status") or {}
+
+    def show(self, *args: str) -> None:
+        say(self.stack.kubectl("get", *args).stdout.rstrip())
+
+    def follow_migration(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        """Print the migration's progress as the operator reports it, until it ends."""
+        last = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status("vsmig", name)
+            phase = status.get("phase", "Pending")
+            p = status.get("progress") or {}
+            line = f"  {phase:<13}"
+            if p:
+                line += (f" round {p.get('round', 0)}: {p.get('transferredMiB', 0):8.1f} MiB sent, "
+                         f"{p.get('remainingMiB', 0):7.2f} MiB left, guest dirties {p.get('dirtyRateMiBps', 0):5.1f}"
+                         f" MiB/s, link {p.get('throughputMbps', 0) / 1000:5.2f} Gbps, {p.get('percent', 0):3d}%")
+            if line != last:
+                say(line)
+                last = line
+            if phase in ("Succeeded", "Failed", "Cancelled"):
+                return status
+            time.sleep(0.3)
+        raise TimeoutError(f"migration {name} did not finish within {timeout:.0f}s")
+
+    def migration_of(self, vm: str, target: str) -> str:
+        def find() -> str | None:
+            items = json.loads(self.stack.kubectl("get", "vsmig", "-n", NAMESPACE, "-l", f"vmshift.io/vm={vm}",
+                                                  "-o", "json").stdout)["items"]
+            names = [i["metadata"]["name"] for i in items if i["spec"].get("targetHost") == target]
+            return names[-1] if names else None
+        return str(wait_until(find, f"a migration of {vm} to {target}", 30))
+
+
+def run(args: argparse.Namespace) -> int:
+    plane = ControlPlane(args.dir or default_dir("demo"), tie_to_parent=True, log=say)
+    stack: Stack | None = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        say("== vmshift demo: a real etcd and kube-apiserver on 127.0.0.1, four simulated hypervisors ==")
+        state = plane.up(fresh=True)
+        stack = Stack(state, plane.dir / "stack", log=lambda line: say(f"  {line}"))
+        stack.install_crds()
+        stack.start_hosts(HOSTS)
+        stack.start_operator()
+        demo = _Demo(stack)
+        for plan in HOSTS:
+            wait_until(lambda p=plan: demo.status("host", p.name, None).get("phase") == "Ready",
+                       f"host {plan.name} to be Ready", 60)
+        say()
+        demo.show("hosts")
+        stack.kubectl("create", "namespace", NAMESPACE, check=False)
+        stack.apply(VMS)
+        for vm in VMS:
+            wait_until(lambda v=vm: demo.status("vsvm", v["metadata"]["name"]).get("phase") == "Running",
+                       f"{vm['metadata']['name']} to run", 60)
+        say()
+        demo.show("vsvm", "-n", NAMESPACE)
+
+        say("\n== Scene 1: a GitOps change of spec.placement.host moves web-1 (icelake -> haswell) by live "
+            "migration ==")
+        say("   web-1 runs in processor compatibility mode, so an older generation can take it.")
+        stack.kubectl("patch", "vsvm", "web-1", "-n", NAMESPACE, "--type=merge",
+                      "-p", '{"spec":{"placement":{"host":"h-haswell-1"}}}')
+        done = demo.follow_migration(demo.migration_of("web-1", "h-haswell-1"))
+        say(f"  -> {done.get('phase')}: downtime {done.get('downtimeMs')} ms, total {done.get('durationMs')} ms, "
+            f"{len(done.get('rounds') or [])} rounds, memory digest verified: {done.get('memoryVerified')}")
+
+        say("\n== Scene 2: db-1 (full icelake feature set) asked onto haswell: refused, it keeps running ==")
+        stack.kubectl("patch", "vsvm", "db-1", "-n", NAMESPACE, "--type=merge",
+                      "-p", '{"spec":{"placement":{"host":"h-haswell-1"}}}')
+        refused = demo.follow_migration(demo.migration_of("db-1", "h-haswell-1"))
+        failure = refused.get("failure") or {}
+        say(f"  -> {refused.get('phase')} ({failure.get('reason')}): {failure.get('message')}")
+        say(f"  db-1 still runs on {demo.status('vsvm', 'db-1').get('host')}.")
+        try:
+            from vmshift.demo_scenes import fan_failure_scene
+        except ImportError:
+            fan_failure_scene = None  # type: ignore[assignment]
+        if fan_failure_scene is not None:
+            say("\n== Scene 3: a fan fails on a host; the remediation policy evacuates its critical VMs ==")
+            outcome = fan_failure_scene(stack, say)
+            if asyncio.iscoroutine(outcome):
+                asyncio.run(outcome)
+        say()
+        demo.show("vsvm,vsmig", "-n", NAMESPACE)
+        say("\nThe cluster is yours while this runs:")
+        say(f"  export KUBECONFIG={state.kubeconfig}")
+        say(f"  export PATH={':'.join(state.bin_dirs)}:$PATH   # a kubectl matching the server")
+        say("  kubectl get hosts,vsvm,vsmig -A")
+        if args.exit:
+            return 0
+        say("\nPress Ctrl-C to stop the demo and clean up.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("\nstopping")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+        plane.down()
