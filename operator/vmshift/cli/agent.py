@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from vmshift.hypervisor.server import run_agent
 
-    return asyncio.run(run_agent(config, token, listen=args.listen, api_port=args.api_port,
-                                 migration_port=args.migration_port, ready_file=args.ready_file,
-                                 exit_with_parent=args.exit_with_parent))
+    try:
+        return asyncio.run(run_agent(config, token, listen=args.listen, api_port=args.api_port,
+                                     migration_port=args.migration_port, ready_file=args.ready_file,
+                                     exit_with_parent=args.exit_with_parent))
+    except OSError as exc:  # a port in use, an address not on this machine
+        print(f"vmshift agent: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1

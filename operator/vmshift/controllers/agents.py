@@ -9,9 +9,10 @@ so a host does not flap on one lost request.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
 #: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
 FAILURES_TO_UNREACHABLE = 3
 SUCCESSES_TO_REACHABLE = 2
+#: How long a token read from a Secret is reused before it is read again (rotation delay).
+TOKEN_TTL = 300.0
 
 #: VM states that mean "the guest lives here" (a tombstone or a half-received copy does not).
 RESIDENT = frozenset({VmState.Defined, VmState.Running, VmState.Paused, VmState.Saved, VmState.Stopped})
@@ -71,6 +74,7 @@ class AgentDirectory:
 
     def __init__(self) -> None:
         self._links: dict[str, AgentLink] = {}
+        self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
 
     async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
         """The link to ``host``'s agent, (re)built when its endpoint or token changed."""
@@ -88,8 +92,18 @@ class AgentDirectory:
             self._links[host] = current
         return current
 
+    async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
+        """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call)."""
+        key = (ref or {}).get("namespace", "default"), (ref or {}).get("name", ""), (ref or {}).get("key", "token")
+        cached = self._tokens.get(key)
+        if ref and cached is not None and time.monotonic() - cached[0] < TOKEN_TTL:
+            return cached[1]
+        token = await self._read_token(host, ref)
+        self._tokens[key] = (time.monotonic(), token)
+        return token
+
     @staticmethod
-    async def _token(host: str, ref: Mapping[str, Any] | None) -> str:
+    async def _read_token(host: str, ref: Mapping[str, Any] | None) -> str:
         if not ref:
             token = os.environ.get("VMSHIFT_AGENT_TOKEN")
             if token:
@@ -134,6 +148,25 @@ class AgentDirectory:
             link.reachable = True
         link.boot_id = info.boot_id
         return True
+
+    async def wait_synced(self, hosts: Iterable[str], patience: float = 15.0) -> bool:
+        """Wait until every host's agent has answered once or been declared unreachable.
+
+        Until then the operator cannot know that a guest runs nowhere, so it must not place it.
+        """
+        names = list(hosts)
+        deadline = time.monotonic() + patience
+        while True:
+            pending = [n for n in names if not self._settled(n)]
+            if not pending:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+
+    def _settled(self, host: str) -> bool:
+        link = self._links.get(host)
+        return link is not None and (link.info is not None or link.failures >= FAILURES_TO_UNREACHABLE)
 
     def facts(self) -> dict[str, AgentFacts]:
         return {name: link.facts() for name, link in self._links.items()}

@@ -6,6 +6,7 @@ watch-driven and cheap per object. Each entry is a compact frozen view (see ``vi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -68,8 +69,24 @@ def one(index: kopf.Index[Any, Any], key: str) -> Any | None:
     return next(iter(store))
 
 
+#: How old a fleet may be for decisions that tolerate it (conditions, queue passes). Placement
+#: and validation ask for a fresh one.
+FLEET_MAX_AGE = 1.0
+_cached: tuple[float, Fleet] | None = None
+
+
 def fleet(host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-          migration_index: kopf.Index[str, MigrationEntry]) -> Fleet:
-    """The scheduler's fleet as of now: indexes, agent reports, placements in progress."""
+          migration_index: kopf.Index[str, MigrationEntry], *, fresh: bool = False) -> Fleet:
+    """The scheduler's fleet: indexes, agent reports, placements in progress.
+
+    Building it walks every Host, VM and migration, so with 10,000 VMs it is reused for up to
+    FLEET_MAX_AGE seconds unless ``fresh`` is asked.
+    """
+    global _cached
+    now = time.monotonic()
+    if not fresh and _cached is not None and now - _cached[0] < FLEET_MAX_AGE:
+        return _cached[1]
     rt = runtime()
-    return build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(), rt.overlay)
+    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(), rt.overlay)
+    _cached = (now, built)
+    return built

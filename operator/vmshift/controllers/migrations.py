@@ -183,7 +183,7 @@ async def _validate(run: Run, spec: Mapping[str, Any], indexes: tuple[Any, Any, 
                                    f"{run.vm_name} runs on no host yet (phase {vm.phase}); migrate it once it runs.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    now = fleet(host_index, vm_index, migration_index)
+    now = fleet(host_index, vm_index, migration_index, fresh=True)
     view = vm_view(vm)
     requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
     target = spec.get("targetHost")

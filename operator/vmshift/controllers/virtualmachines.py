@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +23,13 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import kubeapi
 from vmshift.controllers.agents import RESIDENT
-from vmshift.controllers.indexes import GROUP, VERSION, fleet
+from vmshift.controllers.indexes import GROUP, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry, index_vm, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.fleet import Fleet, VMView
-from vmshift.scheduling.placement import Refusal, migratable, plan_placement
+from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement
 
 #: Annotation an import (or a person) sets to give a new guest its initial driver inventory.
 DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
@@ -105,7 +107,7 @@ def running_status(
                                 phase, f"{vm.name} is {wanted} on {host}.", observed_generation=generation)
     placed, reason, message = placement_check(vm, host, fleet_now)
     conditions = cond.set_condition(conditions, "Placed", placed, reason, message, observed_generation=generation)
-    m = migratable(vm, fleet_now)
+    m = _migratable(vm, fleet_now)
     conditions = cond.set_condition(conditions, "Migratable", m.migratable, m.reason, m.message,
                                     observed_generation=generation)
     if placed:
@@ -115,6 +117,26 @@ def running_status(
                                   observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
     return status
+
+
+#: Migratable answers by VM shape: VMs alike (same host, processor, size, disks, constraints) get the
+#: same answer, and a fleet changes slowly, so 10,000 VMs do not cost 10,000 scans of every host.
+_MIGRATABLE_TTL = 30.0
+_migratable_cache: dict[tuple[Any, ...], tuple[float, Migratability]] = {}
+
+
+def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
+    key = (vm.host, vm.guest_vendor, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
+           tuple(sorted(vm.host_selector.items())), vm.anti_affinity_group, vm.migration_target)
+    now = time.monotonic()
+    hit = _migratable_cache.get(key)
+    if hit is not None and now - hit[0] < _MIGRATABLE_TTL and not vm.anti_affinity_group:
+        return replace(hit[1], message=hit[1].message.replace("{vm}", vm.name))
+    answer = migratable(replace(vm, name="{vm}"), fleet_now)
+    if len(_migratable_cache) > 50_000:
+        _migratable_cache.clear()
+    _migratable_cache[key] = (now, answer)
+    return replace(answer, message=answer.message.replace("{vm}", vm.name))
 
 
 def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str, str]:
@@ -203,15 +225,12 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
     rt = runtime()
     previous: Mapping[str, Any] = body.get("status") or {}
     generation = entry.generation
-    if not previous.get("conditions"):
-        first = {"observedGeneration": generation, "phase": "Pending",
-                 "conditions": cond.dump(cond.first_look([], f"Placing {entry.name}.", observed_generation=generation))}
-        await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, first)
-        previous = first
     async with _lock(entry.key):
         flights = [m.key for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
+        if not entry.host and not await rt.agents.wait_synced(h.name for h in values(host_index)):
+            return  # an agent not heard from yet may hold this guest (adoption after a restart)
         try:
             located = await _locate(entry)
         except _UnknownLocation:
@@ -225,6 +244,12 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
                                                              observed_generation=generation))}
                 await _patch(entry, status, previous)
                 return
+            if not previous.get("conditions"):
+                # kstatus must not read the VM as healthy while it is being placed.
+                first = {"observedGeneration": generation, "phase": "Pending", "conditions": cond.dump(
+                    cond.first_look([], f"Placing {entry.name}.", observed_generation=generation))}
+                await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, first)
+                previous = first
             await _place(entry, body, view, (host_index, vm_index, migration_index), previous, logger)
             return
         host, info = located
@@ -236,6 +261,11 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
             rt.overlay.placed.pop(entry.key, None)  # the index shows the placement now
         now_fleet = fleet(host_index, vm_index, migration_index)
         view = vm_view(entry, host=host)
+        if info.features:  # the agent is the truth about what the guest was started with
+            where = now_fleet.host(host)
+            view = replace(view, guest_features=frozenset(info.features),
+                           guest_vendor=where.vendor if where else view.guest_vendor,
+                           guest_cpu_model=where.cpu_model if where else view.guest_cpu_model)
         status = running_status(view, info, host, now_fleet, generation, previous,
                                 wants_running=bool(entry.spec.get("running", True)))
         await _patch(entry, status, previous)
@@ -247,7 +277,7 @@ async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[A
     rt = runtime()
     generation = entry.generation
     async with rt.placement_lock:
-        now_fleet = fleet(*indexes)  # fresh: placements made while this pass waited for the lock count
+        now_fleet = fleet(*indexes, fresh=True)  # placements made while this pass waited for the lock count
         decision = plan_placement(view, now_fleet)
         if isinstance(decision, Refusal):
             conditions = cond.ready(previous.get("conditions") or [], False, "Unschedulable", decision.message,
@@ -334,11 +364,27 @@ async def vm_event(type: str | None, body: kopf.Body, host_index: kopf.Index[str
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
 
-@kopf.timer(GROUP, VERSION, "virtualmachines", interval=20.0, initial_delay=10.0)
+def _agrees_with_agents(body: kopf.Body) -> bool:
+    status = body.get("status") or {}
+    link = runtime().agents.get(status.get("host") or "")
+    if link is None or not link.reachable:
+        return False
+    guest = link.vms.get(body["metadata"].get("uid", ""))
+    wanted = VmState.Running if (body.get("spec") or {}).get("running", True) else VmState.Stopped
+    return guest is not None and guest.state == wanted and status.get("phase") in ("Running", "Stopped")
+
+
+@kopf.timer(GROUP, VERSION, "virtualmachines", interval=30.0, initial_delay=15.0)
 async def vm_resync(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
                     migration_index: kopf.Index[str, MigrationEntry],
                     migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger, **_: Any) -> None:
-    """Catch what no event announces: a guest lost with its host, an agent back after an outage."""
+    """Catch what no event announces: a guest lost with its host, an agent back after an outage.
+
+    The common case (the agent's last report shows the guest running where status says) is a few
+    dictionary lookups; only a discrepancy runs the full reconcile.
+    """
+    if _agrees_with_agents(body):
+        return
     try:
         await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
     except AgentError as exc:

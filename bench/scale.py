@@ -1,0 +1,220 @@
+"""Control-plane scale: 1,000 Hosts and 10,000 VMs as objects in a real API server, the real operator.
+
+The agents are a test double (bench/fake_agents.py: one process answering for every host, guests
+without memory), because 1,000 real agents do not fit on two cores; everything else is the product.
+Measured, in one run, beside the targets of DESIGN.md §5:
+  * initial sync: operator start -> every VM Ready (adopted from the agents that already run it);
+  * migration request -> first status written by the operator, p50/p99 over many requests;
+  * operator RSS after sync and after the migrations;
+  * API requests per minute while idle (from kube-apiserver's own request counter).
+
+    .venv/bin/python bench/scale.py [--hosts 1000] [--vms 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from vmshift.devcluster.cluster import ControlPlane, default_dir
+from vmshift.devcluster.stack import Stack, wait_until
+
+GROUP, VERSION = "vmshift.io", "v1alpha1"
+MODELS = ["icelake", "cascadelake", "haswell", "zen3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def apiserver_requests(plane: ControlPlane, server: str) -> dict[str, float]:
+    """kube-apiserver's apiserver_request_total by verb/resource, WATCH and non-resource URLs excluded."""
+    ctx = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
+    ctx.load_cert_chain(str(plane.pki.admin_cert), str(plane.pki.admin_key))
+    text = urllib.request.urlopen(f"{server}/metrics", context=ctx, timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("verb") in ("WATCH", "CONNECT") or not labels.get("resource"):
+            continue
+        key = f"{labels['verb']} {labels.get('group', '')}/{labels['resource']}"
+        totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def create_objects(api: Any, hosts: int, vms: int, endpoint: str) -> list[dict[str, Any]]:
+    host_bodies = [{
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Host", "metadata": {"name": f"h-{i:04d}"},
+        "spec": {"cpu": {"model": MODELS[i % len(MODELS)], "cores": 64}, "memoryMiB": 262144,
+                 "migrationBandwidthMbps": 10000, "storage": {"sharedVolumes": ["csv-1"]},
+                 "agent": {"endpoint": f"{endpoint}/h-{i:04d}",
+                           "tokenSecretRef": {"name": "agent-token", "namespace": "vmshift-system", "key": "token"}}},
+    } for i in range(hosts)]
+    vm_bodies = [{
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
+        "metadata": {"name": f"vm-{i:05d}", "namespace": f"ns-{i % 10}"},
+        "spec": {"cpus": 2, "memoryMiB": 4096, "processor": {"compatibility": True},
+                 "disks": [{"name": "os", "sizeGiB": 20, "volume": "csv-1"}]},
+    } for i in range(vms)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda b: api.create_cluster_custom_object(GROUP, VERSION, "hosts", b), host_bodies))
+        created = list(pool.map(lambda b: api.create_namespaced_custom_object(
+            GROUP, VERSION, b["metadata"]["namespace"], "virtualmachines", b), vm_bodies))
+    return [{"uid": c["metadata"]["uid"], "name": c["metadata"]["name"], "namespace": c["metadata"]["namespace"],
+             "cpus": 2, "memoryMiB": 4096, "host": f"h-{i % hosts:04d}"} for i, c in enumerate(created)]
+
+
+def count_ready(api: Any) -> int:
+    items = api.list_cluster_custom_object(GROUP, VERSION, "virtualmachines", limit=20000)["items"]
+    return sum(1 for i in items if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                       for c in (i.get("status") or {}).get("conditions") or []))
+
+
+def first_status_latencies(api: Any, vms: list[dict[str, Any]], hosts: int, count: int) -> list[float]:
+    """Create ``count`` migrations and time each from creation to the operator's first status."""
+    seen: dict[str, float] = {}
+    created: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        for event in w.stream(api.list_cluster_custom_object, GROUP, VERSION, "virtualmachinemigrations",
+                              timeout_seconds=120):
+            obj = event["object"]
+            name = obj["metadata"]["name"]
+            if (obj.get("status") or {}).get("phase") and name not in seen:
+                seen[name] = time.monotonic()
+            if stop.is_set():
+                w.stop()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(1.0)
+    for i in range(count):
+        vm = vms[i * (len(vms) // count)]
+        target = f"h-{(int(vm['host'][2:]) + 4) % hosts:04d}"  # same CPU model, another host
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachineMigration",
+                "metadata": {"name": f"m-{i:04d}", "namespace": vm["namespace"]},
+                "spec": {"vmName": vm["name"], "targetHost": target}}
+        created[body["metadata"]["name"]] = time.monotonic()
+        api.create_namespaced_custom_object(GROUP, VERSION, vm["namespace"], "virtualmachinemigrations", body)
+        time.sleep(0.05)
+    wait_until(lambda: len(seen) >= count, f"first status of {count} migrations", 120,
+               describe=lambda: f"{len(seen)} seen")
+    stop.set()
+    return [seen[name] - created[name] for name in created]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--vms", type=int, default=10000)
+    parser.add_argument("--migrations", type=int, default=100)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    plane = ControlPlane(default_dir("bench-scale"), tie_to_parent=True)
+    state = plane.up(fresh=True)
+    work = plane.dir / "bench"
+    stack = Stack(state, work)
+    fake: subprocess.Popen[bytes] | None = None
+    try:
+        stack.install_crds()
+        for i in range(10):
+            stack.kubectl("create", "namespace", f"ns-{i}", check=False)
+        kubernetes.config.load_kube_config(state.kubeconfig)
+        client = kubernetes.client.ApiClient()
+        client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
+        api = kubernetes.client.CustomObjectsApi(client)
+        port = free_port()
+        t = time.monotonic()
+        vms = create_objects(api, args.hosts, args.vms, f"http://127.0.0.1:{port}")
+        create_seconds = time.monotonic() - t
+        spec_file = work / "fake-spec.json"
+        spec_file.write_text(json.dumps({
+            "hosts": [{"name": f"h-{i:04d}", "cpu": MODELS[i % len(MODELS)], "cores": 64, "memoryMiB": 262144}
+                      for i in range(args.hosts)],
+            "vms": vms}))
+        port_file = work / "fake-port"
+        port_file.unlink(missing_ok=True)
+        fake = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_agents.py")),
+                                 "--spec", str(spec_file), "--port-file", str(port_file), "--port", str(port)],
+                                start_new_session=True)
+        wait_until(port_file.exists, "the fake agents to listen", 60)
+
+        t0 = time.monotonic()
+        proc = stack.start_operator("--agent-poll-seconds", "30")
+        ready = wait_until(lambda: (n := count_ready(api)) >= args.vms and n, f"{args.vms} VMs Ready", 900,
+                           interval=2.0, describe=lambda: f"{count_ready(api)} Ready\n{stack.operator_log_tail(10)}")
+        sync_seconds = time.monotonic() - t0
+        rss_sync = rss_mib(proc.pid)
+
+        time.sleep(20)  # let the last status events settle before counting idle traffic
+        before = apiserver_requests(plane, state.server)
+        time.sleep(args.idle_seconds)
+        after = apiserver_requests(plane, state.server)
+        idle = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0) > 0}
+        idle_per_minute = sum(idle.values()) * 60 / args.idle_seconds
+
+        latencies = first_status_latencies(api, vms, args.hosts, args.migrations)
+        rss_end = rss_mib(proc.pid)
+
+        rows = [
+            ("objects created (hosts + VMs)", f"{args.hosts} + {args.vms} in {create_seconds:.0f} s", "", ""),
+            ("initial sync (all VMs Ready)", f"{sync_seconds:.1f} s", "<= 60 s",
+             "yes" if sync_seconds <= 60 else "NO"),
+            ("request -> first status p50", f"{statistics.median(latencies) * 1000:.0f} ms", "", ""),
+            ("request -> first status p99", f"{pct(latencies, 0.99) * 1000:.0f} ms", "<= 1000 ms",
+             "yes" if pct(latencies, 0.99) <= 1.0 else "NO"),
+            ("operator RSS after sync", f"{rss_sync:.0f} MiB", "<= 512 MiB", "yes" if rss_sync <= 512 else "NO"),
+            ("operator RSS after migrations", f"{rss_end:.0f} MiB", "<= 512 MiB", "yes" if rss_end <= 512 else "NO"),
+            ("API requests/min when idle", f"{idle_per_minute:.1f}", "0", "yes" if idle_per_minute == 0 else "NO"),
+        ]
+        print(f"\nvmshift scale benchmark ({ready} VMs Ready; fake agents, real kube-apiserver v1.35.4, "
+              f"{os.cpu_count()} cores)")
+        print(f"{'measure':<34} {'measured':>24} {'target':>12} {'met':>5}")
+        for name, measured, target, met in rows:
+            print(f"{name:<34} {measured:>24} {target:>12} {met:>5}")
+        if idle:
+            print("idle requests by verb/resource:", json.dumps(idle))
+        return 0
+    finally:
+        stack.stop()
+        if fake is not None:
+            fake.kill()
+        plane.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

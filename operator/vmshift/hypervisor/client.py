@@ -1,0 +1,248 @@
+"""HypervisorClient: the async (aiohttp) client of an agent's management API, typed by protocol.py.
+
+The only way the operator talks to a hypervisor. One method per API call; every refusal raises
+AgentError(code, message, status) and every transport failure AgentUnreachableError, so callers
+never parse HTTP. Holds one aiohttp session; use it as an async context manager or call close().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from vmshift.api.reasons import MigrationMode
+from vmshift.hypervisor.protocol import (
+    API_PREFIX,
+    AutoConverge,
+    DiskSpec,
+    DriverChange,
+    HostInfo,
+    IncomingMigrationGrant,
+    IncomingMigrationRequest,
+    IncomingVm,
+    MigrationList,
+    MigrationRequest,
+    MigrationStatus,
+    MigrationTarget,
+    SensorChange,
+    VmDefinition,
+    VmInfo,
+    VmList,
+    WorkloadSpec,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class AgentError(Exception):
+    """The agent refused a call: ``code`` (an ErrorCode word), ``message``, HTTP ``status``."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class AgentUnreachableError(AgentError):
+    """The agent did not answer (connection refused or reset, timeout, garbled reply)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("AgentUnreachable", message, 0)
+
+
+class HypervisorClient:
+    """Client of one agent at ``endpoint`` (e.g. ``http://127.0.0.1:8080``) with its bearer token."""
+
+    def __init__(self, endpoint: str, token: str, *, timeout_seconds: float = 10.0) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HypervisorClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self._token}"}, timeout=self._timeout)
+        return self._session
+
+    async def _call(self, method: str, path: str, result: type[M] | None, body: BaseModel | None = None,
+                    params: dict[str, str] | None = None) -> M | None:
+        url = f"{self.endpoint}{API_PREFIX}{path}"
+        data = body.model_dump_json(exclude_none=True).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with self._http().request(method, url, data=data, headers=headers, params=params) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AgentUnreachableError(f"agent {self.endpoint} did not answer {method} {path}: "
+                                        f"{exc!r}") from None
+        if status >= 400:
+            raise _error(status, raw)
+        if result is None:
+            return None
+        try:
+            return result.model_validate_json(raw)
+        except ValidationError as exc:
+            raise AgentUnreachableError(f"agent {self.endpoint} sent an unexpected reply to {method} {path}: "
+                                        f"{exc}") from None
+
+    async def _get(self, method: str, path: str, result: type[M], body: BaseModel | None = None,
+                   params: dict[str, str] | None = None) -> M:
+        value = await self._call(method, path, result, body, params)
+        assert value is not None
+        return value
+
+    # -- host ---------------------------------------------------------------------------------------
+
+    async def host(self) -> HostInfo:
+        """GET /v1/host."""
+        return await self._get("GET", "/host", HostInfo)
+
+    async def set_sensors(self, change: SensorChange) -> HostInfo:
+        """POST /v1/sensors: fail or heal simulated hardware."""
+        return await self._get("POST", "/sensors", HostInfo, change)
+
+    # -- VMs ------------------------------------------------------------------------------------------
+
+    async def list_vms(self) -> list[VmInfo]:
+        return (await self._get("GET", "/vms", VmList)).vms
+
+    async def get_vm(self, vm_id: str) -> VmInfo:
+        return await self._get("GET", f"/vms/{vm_id}", VmInfo)
+
+    async def define_vm(self, vm_id: str, definition: VmDefinition) -> VmInfo:
+        """PUT /v1/vms/{vmId} (idempotent)."""
+        return await self._get("PUT", f"/vms/{vm_id}", VmInfo, definition)
+
+    async def start_vm(self, vm_id: str) -> VmInfo:
+        return await self._get("POST", f"/vms/{vm_id}/start", VmInfo)
+
+    async def stop_vm(self, vm_id: str) -> VmInfo:
+        return await self._get("POST", f"/vms/{vm_id}/stop", VmInfo)
+
+    async def save_vm(self, vm_id: str) -> VmInfo:
+        return await self._get("POST", f"/vms/{vm_id}/save", VmInfo)
+
+    async def restore_vm(self, vm_id: str) -> VmInfo:
+        return await self._get("POST", f"/vms/{vm_id}/restore", VmInfo)
+
+    async def delete_vm(self, vm_id: str, *, force: bool = False) -> None:
+        await self._call("DELETE", f"/vms/{vm_id}", None, params={"force": "true"} if force else None)
+
+    async def change_drivers(self, vm_id: str, change: DriverChange) -> VmInfo:
+        """PUT /v1/vms/{vmId}/drivers: what the guest's conversion agent installs and removes."""
+        return await self._get("PUT", f"/vms/{vm_id}/drivers", VmInfo, change)
+
+    # -- migrations ---------------------------------------------------------------------------------
+
+    async def prepare_incoming(self, request: IncomingMigrationRequest) -> IncomingMigrationGrant:
+        """POST /v1/migrations/incoming on the target: reserve room, get a one-time ticket."""
+        return await self._get("POST", "/migrations/incoming", IncomingMigrationGrant, request)
+
+    async def start_migration(self, request: MigrationRequest) -> MigrationStatus:
+        """POST /v1/migrations on the source (idempotent by migrationId)."""
+        return await self._get("POST", "/migrations", MigrationStatus, request)
+
+    async def list_migrations(self) -> list[MigrationStatus]:
+        return (await self._get("GET", "/migrations", MigrationList)).migrations
+
+    async def get_migration(self, migration_id: str) -> MigrationStatus:
+        return await self._get("GET", f"/migrations/{migration_id}", MigrationStatus)
+
+    async def cancel_migration(self, migration_id: str) -> MigrationStatus:
+        """DELETE /v1/migrations/{id}: abort before the commit point (AgentError PastCommitPoint after)."""
+        return await self._get("DELETE", f"/migrations/{migration_id}", MigrationStatus)
+
+    async def watch_migration(self, migration_id: str) -> AsyncIterator[MigrationStatus]:
+        """GET /v1/migrations/{id}/events: each status line until the migration ends."""
+        url = f"{self.endpoint}{API_PREFIX}/migrations/{migration_id}/events"
+        try:
+            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as response:
+                if response.status >= 400:
+                    raise _error(response.status, await response.read())
+                async for line in response.content:
+                    if line.strip():
+                        yield MigrationStatus.model_validate_json(line)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AgentUnreachableError(f"agent {self.endpoint} broke the event stream of migration "
+                                        f"{migration_id}: {exc!r}") from None
+
+    async def wait_migration(self, migration_id: str, timeout_seconds: float = 300.0,
+                             poll_seconds: float = 0.05) -> MigrationStatus:
+        """Poll until the migration has finished on this agent; AgentError Timeout if it does not."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            status = await self.get_migration(migration_id)
+            if status.phase.finished:
+                return status
+            if time.monotonic() > deadline:
+                raise AgentError("Timeout", f"migration {migration_id} still {status.phase.value} after "
+                                 f"{timeout_seconds:g} s (round {status.round}, {status.percent:.0f} %)", 0)
+            await asyncio.sleep(poll_seconds)
+
+
+def _error(status: int, raw: bytes) -> AgentError:
+    try:
+        body: Any = json.loads(raw)
+        error = body["error"]
+        return AgentError(str(error["code"]), str(error["message"]), status)
+    except (ValueError, KeyError, TypeError):
+        return AgentError(f"HTTP{status}", raw[:500].decode("utf-8", "replace"), status)
+
+
+def incoming_vm(vm: VmInfo, vendor: str | None = None) -> IncomingVm:
+    """The target's view of a VM about to arrive, from the source's VmInfo."""
+    return IncomingVm(
+        vm_id=vm.id, name=vm.name, namespace=vm.namespace, cpus=vm.cpus, memory_mib=vm.memory_mib,
+        compatibility=vm.compatibility,
+        disks=[DiskSpec.model_validate(d.model_dump()) for d in vm.disks],
+        workload=WorkloadSpec.model_validate(vm.workload.model_dump()),
+        drivers=list(vm.drivers), features=list(vm.features), vendor=vendor,
+    )
+
+
+async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
+                          mode: MigrationMode = MigrationMode.Live, *, threshold_ms: float = 1.0,
+                          max_rounds: int = 30, stall_rounds: int = 3,
+                          auto_converge: AutoConverge | None = None, fallback_to_quick: bool = False,
+                          max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
+                          timeout_seconds: float | None = None, reservation_seconds: float | None = None,
+                          target_address: tuple[str, int] | None = None) -> MigrationStatus:
+    """Both calls of a migration: reserve on the target, then start on the source.
+
+    ``target_address`` overrides where the source connects (tests put a proxy there).
+    """
+    vm = await source.get_vm(vm_id)
+    source_host = await source.host()
+    grant = await target.prepare_incoming(IncomingMigrationRequest(
+        migration_id=migration_id, vm=incoming_vm(vm, source_host.vendor), mode=mode,
+        reservation_seconds=reservation_seconds))
+    host, port = target_address or (grant.host, grant.port)
+    return await source.start_migration(MigrationRequest(
+        migration_id=migration_id, vm_id=vm_id, mode=mode,
+        target=MigrationTarget(host=host, port=port, ticket=grant.ticket,
+                               bandwidth_mbps=grant.bandwidth_mbps),
+        threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
+        auto_converge=auto_converge or AutoConverge(), fallback_to_quick=fallback_to_quick,
+        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds))

@@ -1,0 +1,466 @@
+"""The simulated guest: sparse versioned memory pages, an incremental digest, and the workload.
+
+No I/O and no asyncio: plain objects that the agent (host.py) and the migration stream
+(migration.py) drive. Memory is 4 KiB pages that each carry a version; the bytes of a page are
+never stored, they are derived from (VM id, page, version), so any side can rebuild what a page
+must contain and check what it received. Versions live in a private anonymous mapping (4 bytes a
+page, touched only where written), so a 64 GiB guest costs the agent megabytes, not gigabytes.
+
+Page contents: version 0 is a zero page; version v > 0 is the 4 KiB window of a fixed
+pseudo-random pattern (the same in every agent) at an offset chosen by the 64-bit word
+``seed(vm, page, v)``. The memory digest is the sum (mod 2^64) of the seeds of every page, kept up
+to date as the workload writes and as migration frames arrive, so comparing two digests costs
+nothing at switchover. A receiver compares every byte of every page it receives with the window
+its (page, version) header names before it applies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import random
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+
+from vmshift.hypervisor.drivers import io_ceilings
+from vmshift.hypervisor.protocol import (
+    DiskInfo,
+    IoCeilings,
+    VmDefinition,
+    VmInfo,
+    VmState,
+    WorkloadInfo,
+    WorkloadSpec,
+)
+
+PAGE_SIZE = 4096
+PAGES_PER_MIB = 256
+#: Heartbeat ticks per second of guest run time.
+HEARTBEAT_HZ = 100
+#: A guest starved of CPU for longer than this does not catch up on the writes it missed.
+MAX_CATCH_UP_SECONDS = 0.5
+
+_M64 = (1 << 64) - 1
+_K1 = 0x9E3779B97F4A7C15
+_K3 = 0xBF58476D1CE4E5B9
+_MAX_VERSION = 0xFFFFFFFF
+ZERO_PAGE = bytes(PAGE_SIZE)
+#: Page contents are windows of this pattern: a zero page, then pseudo-random bytes.
+PATTERN_BYTES = 256 * 1024  # small enough to stay in a core's cache
+_PATTERN = ZERO_PAGE + hashlib.shake_256(b"vmshift guest page pattern v1").digest(PATTERN_BYTES + PAGE_SIZE)
+_PATTERN_VIEW = memoryview(_PATTERN)
+_OFFSET_MASK = PATTERN_BYTES - 8
+
+
+class CorruptPage(ValueError):
+    """A received page does not hold the bytes its (page, version) header promises."""
+
+
+def vm_key(vm_id: str) -> int:
+    """The 64-bit key that makes one VM's page contents differ from another's."""
+    return int.from_bytes(hashlib.blake2b(vm_id.encode(), digest_size=8).digest(), "little")
+
+
+def page_seed(key: int, page: int, version: int) -> int:
+    """The 64-bit seed of ``page`` at ``version`` (0 for a never-written page).
+
+    It picks the page's bytes (one of 32768 pattern windows, enough to catch corruption) and is the
+    page's share of the digest (all 64 bits, which is what tells versions apart).
+    """
+    if version == 0:
+        return 0
+    x = (((version << 32) | page) ^ key) * _K1 & _M64
+    x ^= x >> 29
+    x = (x * _K3) & _M64
+    return x ^ (x >> 32)
+
+
+def page_content(key: int, page: int, version: int) -> bytes:
+    """The 4 KiB a page holds at ``version``."""
+    offset = _offset(page_seed(key, page, version))
+    return _PATTERN[offset:offset + PAGE_SIZE]
+
+
+class _Lanes:
+    """Constants for hashing ``count`` pages at once: one 128-bit lane per page in a big integer.
+
+    Each lane holds a 64-bit value in its low half, so multiplying the whole integer by a 64-bit
+    constant never carries into the next lane; masking keeps the low halves. This turns the per-page
+    hash into a handful of C-level operations per frame instead of a Python loop.
+    """
+
+    __slots__ = ("key", "mask")
+
+    def __init__(self, key: int, count: int) -> None:
+        self.mask = int.from_bytes(_LANE_MASK * count, "little")
+        self.key = int.from_bytes((key.to_bytes(8, "little") + bytes(8)) * count, "little")
+
+
+_LANE_MASK = b"\xff" * 8 + bytes(8)
+
+
+class GuestMemory:
+    """A guest's memory: per-page versions, the digest, and (during a migration) the dirty set."""
+
+    def __init__(self, vm_id: str, memory_mib: int) -> None:
+        self.vm_id = vm_id
+        self.key = vm_key(vm_id)
+        self.pages = memory_mib * PAGES_PER_MIB
+        self._map = mmap.mmap(-1, max(self.pages * 4, mmap.PAGESIZE),
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._ver = memoryview(self._map).cast("I")
+        self._lanes: dict[int, _Lanes] = {}
+        self.digest = 0
+        #: Pages written since the last take_dirty(); None while nobody tracks them.
+        self.dirty: set[int] | None = None
+        #: Page writes since creation (the workload's, not the migration's).
+        self.writes = 0
+
+    # -- hashing many pages at once ----------------------------------------------------------------
+
+    def seeds(self, idx: array[int], versions: array[int]) -> list[int]:
+        """page_seed() of each (page, version) pair, computed lane-parallel (see _Lanes)."""
+        count = len(idx)
+        if count == 0 or not any(versions):
+            return [0] * count
+        lanes = self._lanes.get(count)
+        if lanes is None:
+            lanes = self._lanes[count] = _Lanes(self.key, count)
+        buf = bytearray(16 * count)
+        words = memoryview(buf).cast("I")
+        words[0::4] = idx
+        words[1::4] = versions
+        words.release()
+        mask = lanes.mask
+        x = int.from_bytes(buf, "little") ^ lanes.key
+        x = (x * _K1) & mask
+        x ^= (x >> 29) & mask
+        x = (x * _K3) & mask
+        x ^= (x >> 32) & mask
+        seeds: list[int] = memoryview(x.to_bytes(16 * count, "little")).cast("Q")[0::2].tolist()
+        if 0 in versions:
+            for i, v in enumerate(versions):
+                if not v:
+                    seeds[i] = 0
+        return seeds
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def version(self, page: int) -> int:
+        return int(self._ver[page])
+
+    def content(self, page: int) -> bytes:
+        return page_content(self.key, page, self._ver[page])
+
+    def digest_hex(self) -> str:
+        return f"{self.digest:016x}"
+
+    def full_digest(self) -> int:
+        """Recompute the digest from every page (for tests and checks)."""
+        total = 0
+        for start in range(0, self.pages, 4096):
+            stop = min(start + 4096, self.pages)
+            total += sum(self.seeds(array("I", range(start, stop)), array("I", self._ver[start:stop])))
+        return total & _M64
+
+    # -- writing (the workload) ------------------------------------------------------------------
+
+    def write(self, page: int) -> None:
+        """One guest write to ``page``: bump its version, update the digest, mark it dirty."""
+        self.write_pages((page,))
+
+    def write_pages(self, pages: Iterable[int]) -> None:
+        ver = self._ver
+        key = self.key
+        digest = self.digest
+        dirty = self.dirty
+        count = 0
+        for p in pages:
+            old = ver[p]
+            v = old + 1 if old < _MAX_VERSION else 1
+            ver[p] = v
+            x = (((v << 32) | p) ^ key) * _K1 & _M64
+            x ^= x >> 29
+            x = (x * _K3) & _M64
+            digest += x ^ (x >> 32)
+            if old:
+                x = (((old << 32) | p) ^ key) * _K1 & _M64
+                x ^= x >> 29
+                x = (x * _K3) & _M64
+                digest -= x ^ (x >> 32)
+            if dirty is not None:
+                dirty.add(p)
+            count += 1
+        self.digest = digest & _M64
+        self.writes += count
+
+    def prefill(self, pages: int) -> None:
+        """Write pages [0, pages) once each, in bulk (the guest's memory after it booted)."""
+        ver = self._ver
+        digest = self.digest
+        for lo in range(0, min(pages, self.pages), 4096):
+            hi = min(lo + 4096, pages, self.pages)
+            idx = array("I", range(lo, hi))
+            old = array("I", ver[lo:hi])
+            new = array("I", [v + 1 if v < _MAX_VERSION else 1 for v in old])
+            ver[lo:hi] = new
+            digest += sum(self.seeds(idx, new)) - sum(self.seeds(idx, old))
+        self.digest = digest & _M64
+
+    def write_random(self, count: int, rng: random.Random, hot_pages: int, hot_fraction: float) -> None:
+        """``count`` writes: uniform in pages [0, hot_pages) with probability ``hot_fraction``, else
+        uniform over the rest of memory (the distribution precopy.py models)."""
+        n = self.pages
+        hot = min(max(hot_pages, 0), n) or n
+        cold = n - hot
+        hf = hot_fraction if cold else 1.0
+        hot_scale = hot / hf if hf > 0 else 0.0
+        cold_scale = cold / (1.0 - hf) if hf < 1.0 else 0.0
+        rnd = rng.random
+        chosen: list[int] = []
+        append = chosen.append
+        for _ in range(count):
+            r = rnd()
+            if r < hf:
+                p = int(r * hot_scale)
+                if p >= hot:
+                    p = hot - 1
+            else:
+                p = hot + int((r - hf) * cold_scale)
+                if p >= n:
+                    p = n - 1
+            append(p)
+        self.write_pages(chosen)
+
+    # -- migration --------------------------------------------------------------------------------
+
+    def take_dirty(self) -> set[int]:
+        """The pages written since the last call (and start tracking if nobody did)."""
+        taken = self.dirty if self.dirty is not None else set()
+        self.dirty = set()
+        return taken
+
+    def dirty_count(self) -> int:
+        return len(self.dirty) if self.dirty is not None else 0
+
+    def stop_tracking(self) -> None:
+        self.dirty = None
+
+    def encode(self, pages: Sequence[int], prefix: bytes) -> bytes:
+        """``prefix`` + page indexes (u32) + versions (u32) + the pages' bytes, as one buffer."""
+        idx = array("I", pages)
+        if isinstance(pages, range) and pages.step == 1:
+            versions = array("I", self._ver[pages.start:pages.stop])
+        else:
+            ver = self._ver
+            versions = array("I", [ver[p] for p in pages])
+        seeds = self.seeds(idx, versions)
+        return b"".join((prefix, idx.tobytes(), versions.tobytes(), _contents(seeds)))
+
+    def apply(self, idx: array[int], versions: array[int], payload: bytes | memoryview) -> None:
+        """Check received pages byte for byte against their (page, version), then store them.
+
+        Raises CorruptPage (and changes nothing) if any page is out of range or holds other bytes.
+        """
+        count = len(idx)
+        if count != len(versions) or len(payload) != count * PAGE_SIZE:
+            raise CorruptPage(f"frame of {count} pages carries {len(versions)} versions and "
+                              f"{len(payload)} bytes")
+        if count == 0:
+            return
+        if max(idx) >= self.pages:
+            raise CorruptPage(f"page {max(idx)} is beyond the guest's {self.pages} pages")
+        seeds = self.seeds(idx, versions)
+        if not _matches(seeds, payload):
+            for i, seed in enumerate(seeds):
+                if not _matches([seed], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
+                    raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
+        ver = self._ver
+        first, last = idx[0], idx[-1]
+        if last - first == count - 1 and idx == array("I", range(first, last + 1)):
+            old = array("I", ver[first:last + 1])
+            ver[first:last + 1] = versions
+        else:
+            old = array("I", [ver[p] for p in idx])
+            for p, v in zip(idx, versions, strict=True):
+                ver[p] = v
+        self.digest = (self.digest + sum(seeds) - sum(self.seeds(idx, old))) & _M64
+
+    def release(self) -> None:
+        """Give the memory back to the host (the object is unusable afterwards)."""
+        try:
+            self._ver.release()
+            self._map.close()
+        except BufferError:  # a view is still alive somewhere; the GC frees the mapping later
+            pass
+
+
+def _offset(seed: int) -> int:
+    """Where in the pattern the page with this seed starts (0, the zero page, for seed 0)."""
+    return PAGE_SIZE + (seed & _OFFSET_MASK) if seed else 0
+
+
+def _offsets(seeds: list[int]) -> list[int]:
+    return [PAGE_SIZE + (s & _OFFSET_MASK) if s else 0 for s in seeds]
+
+
+def _contents(seeds: list[int]) -> bytes:
+    """The bytes of the pages with these seeds, back to back (one copy out of the pattern)."""
+    offsets = _offsets(seeds)
+    windows = map(slice, offsets, map(PAGE_SIZE.__add__, offsets))
+    return b"".join(map(_PATTERN_VIEW.__getitem__, windows))
+
+
+def _matches(seeds: list[int], payload: bytes | memoryview) -> bool:
+    """True when each 4 KiB page of ``payload`` is the pattern window of its seed."""
+    expected = _contents(seeds)
+    return len(payload) == len(expected) and expected.startswith(payload)
+
+
+class Guest:
+    """One VM on one host: its definition, its state, its memory and its running workload."""
+
+    def __init__(self, vm_id: str, definition: VmDefinition) -> None:
+        self.vm_id = vm_id
+        self.definition = definition
+        self.state = VmState.Defined
+        self.features: frozenset[str] = frozenset()
+        self.drivers: list[str] = list(dict.fromkeys(definition.drivers))
+        self.memory: GuestMemory | None = GuestMemory(vm_id, definition.memory_mib)
+        self.heartbeat = 0
+        self.throttle_percent = 0.0
+        self.migration_id: str | None = None
+        self._rng = random.Random(vm_key(vm_id))
+        self._last: float | None = None  # monotonic time of the last advance while running
+        self._write_carry = 0.0
+        self._beat_carry = 0.0
+        self._final_digest = "0" * 16
+
+    # -- the workload ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._last is not None
+
+    def write_rate_pages(self) -> float:
+        """Page writes per second the workload does now (after any auto-converge throttle)."""
+        rate = self.definition.workload.dirty_rate_mib_ps * PAGES_PER_MIB
+        return rate * max(0.0, 1.0 - self.throttle_percent / 100.0)
+
+    def advance(self, now: float | None = None) -> None:
+        """Apply the writes and heartbeats the guest made since the last call (if it runs)."""
+        if self._last is None or self.memory is None:
+            return
+        now = time.monotonic() if now is None else now
+        elapsed = now - self._last
+        if elapsed <= 0:
+            return
+        self._last = now
+        beats = elapsed * HEARTBEAT_HZ + self._beat_carry
+        whole = int(beats)
+        self._beat_carry = beats - whole
+        self.heartbeat += whole
+        rate = self.write_rate_pages()
+        if rate <= 0:
+            return
+        writes = min(elapsed, MAX_CATCH_UP_SECONDS) * rate + self._write_carry
+        count = int(writes)
+        self._write_carry = writes - count
+        if count:
+            workload = self.definition.workload
+            hot = int(workload.working_set_mib * PAGES_PER_MIB)
+            self.memory.write_random(count, self._rng, hot, workload.hot_fraction)
+
+    def set_workload(self, workload: WorkloadSpec) -> None:
+        self.advance()
+        self.definition = self.definition.model_copy(update={"workload": workload})
+
+    def set_throttle(self, percent: float) -> None:
+        self.advance()
+        self.throttle_percent = percent
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    def start(self, features: frozenset[str]) -> None:
+        """Boot: fresh memory, the CPU feature set fixed for the guest's lifetime, the clock running."""
+        if self.memory is None or self.state is VmState.Stopped:
+            self._replace_memory()
+        self.features = features
+        self.heartbeat = 0
+        prefill = int(self.definition.workload.prefill_mib * PAGES_PER_MIB)
+        if prefill and self.memory is not None:
+            self.memory.prefill(prefill)
+        self.state = VmState.Running
+        self._run()
+
+    def _run(self) -> None:
+        self._last = time.monotonic()
+
+    def _halt(self) -> None:
+        self.advance()
+        self._last = None
+
+    def pause(self) -> None:
+        """Stop executing (switchover); memory and state stay."""
+        self._halt()
+        self.state = VmState.Paused
+
+    def save(self) -> None:
+        self._halt()
+        self.state = VmState.Saved
+
+    def resume(self) -> None:
+        """Run again after pause() or save()."""
+        self.state = VmState.Running
+        self._run()
+
+    def stop(self) -> None:
+        """Power off: the memory is gone."""
+        self._halt()
+        self.state = VmState.Stopped
+        self.throttle_percent = 0.0
+        self._replace_memory()
+
+    def release(self, state: VmState) -> None:
+        """Drop the memory (migrated away, or discarded) and keep a tombstone in ``state``."""
+        self._halt()
+        if self.memory is not None:
+            self._final_digest = self.memory.digest_hex()
+            self.memory.release()
+            self.memory = None
+        self.state = state
+
+    def _replace_memory(self) -> None:
+        if self.memory is not None:
+            self.memory.release()
+        self.memory = GuestMemory(self.vm_id, self.definition.memory_mib)
+
+    # -- reporting ------------------------------------------------------------------------------------
+
+    def digest_hex(self) -> str:
+        self.advance()
+        return self.memory.digest_hex() if self.memory is not None else self._final_digest
+
+    def info(self) -> VmInfo:
+        d = self.definition
+        network, disk = io_ceilings(self.drivers)
+        digest = self.digest_hex()
+        return VmInfo(
+            id=self.vm_id,
+            name=d.name,
+            namespace=d.namespace,
+            state=self.state,
+            features=sorted(self.features),
+            digest=digest,
+            heartbeat=self.heartbeat,
+            drivers=list(self.drivers),
+            io_ceilings=IoCeilings(network_mbps=network, disk_mbps=disk),
+            memory_mib=d.memory_mib,
+            cpus=d.cpus,
+            compatibility=d.compatibility,
+            disks=[DiskInfo.model_validate(disk.model_dump()) for disk in d.disks],
+            workload=WorkloadInfo.model_validate(d.workload.model_dump()),
+            throttle_percent=self.throttle_percent,
+            migration_id=self.migration_id,
+        )

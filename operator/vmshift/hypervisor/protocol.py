@@ -1,0 +1,482 @@
+"""The agent's management API, version 1: every request and response body, as pydantic models.
+
+Pure: no I/O. The one place that documents what an agent (one simulated hypervisor host) accepts
+and answers; the server (server.py) validates with these models and the client (client.py) parses
+with them, so both sides always agree. JSON field names are camelCase, units live in the names.
+
+Conventions of the API:
+
+- Base path ``/v1``; every call carries ``Authorization: Bearer <token>``.
+- Errors are ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx status; ``code`` is one
+  of :class:`ErrorCode`.
+- ``GET  /v1/host`` -> :class:`HostInfo`.
+- ``GET  /v1/vms`` -> :class:`VmList`; ``PUT /v1/vms/{vmId}`` (:class:`VmDefinition`, idempotent)
+  -> :class:`VmInfo` (201 when created, 200 when it already existed); ``GET``/``DELETE
+  /v1/vms/{vmId}`` (``?force=true`` deletes a running VM); ``POST /v1/vms/{vmId}/start|stop|save|restore``
+  -> :class:`VmInfo`; ``PUT /v1/vms/{vmId}/drivers`` (:class:`DriverChange`) -> :class:`VmInfo`.
+- ``POST /v1/migrations/incoming`` on the target (:class:`IncomingMigrationRequest`) ->
+  :class:`IncomingMigrationGrant`; ``POST /v1/migrations`` on the source (:class:`MigrationRequest`)
+  -> 202 :class:`MigrationStatus`; ``GET /v1/migrations`` -> :class:`MigrationList`; ``GET
+  /v1/migrations/{id}`` -> :class:`MigrationStatus`; ``GET /v1/migrations/{id}/events`` streams
+  :class:`MigrationStatus` lines (NDJSON) until the migration ends; ``DELETE /v1/migrations/{id}``
+  cancels it (409 once past the commit point).
+- ``POST /v1/sensors`` (:class:`SensorChange`) -> :class:`HostInfo`.
+
+Semantics an operator can rely on:
+
+- Capacity: every VM defined on a host holds its cpus and memory (``allocated``), whatever its
+  state, except tombstones (``MigratedAway``); an incoming migration holds them as ``reserved``
+  until it succeeds (then allocated) or fails (then freed). Define and incoming refuse with 409
+  ``InsufficientResources`` rather than overcommit.
+- A VM's CPU ``features`` are fixed when it starts (the host's set, or the compatibility baseline)
+  and travel with it; a target refuses (409 ``IncompatibleProcessor``) a guest whose features it
+  lacks or whose vendor differs, and (409 ``StorageNotShared``) disks it cannot reach.
+- Migration phases: ``Pending`` (target reserved, no stream yet), ``Transferring``,
+  ``SwitchingOver``, then ``Succeeded``/``Failed``/``Cancelled``. A migration reaches its commit
+  point when the target resumes the guest; before it, any failure or cancel leaves the VM running
+  on the source; after it, the VM belongs to the target and cancel answers 409 ``PastCommitPoint``.
+  ``committed`` says which side of that point a migration ended on.
+- Health: a failed fan is a Warning (Critical when half or more failed); a failed power supply a
+  Warning (Critical when all failed); temperature >= 70 C Warning, >= 85 C Critical; corrected
+  memory errors >= 100 Warning, >= 1000 Critical. ``healthy`` is false while any problem exists.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+
+API_VERSION = "v1"
+API_PREFIX = f"/{API_VERSION}"
+
+#: What a VM id may look like: it appears in URLs and derives the guest's page contents.
+VM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+_VM_ID_RE = re.compile(VM_ID_PATTERN)
+
+
+def valid_vm_id(vm_id: str) -> bool:
+    """True when ``vm_id`` is usable as a VM id (letters, digits, ``.``, ``_``, ``-``)."""
+    return bool(_VM_ID_RE.match(vm_id))
+
+
+def _alias(name: str) -> str:
+    """snake_case -> camelCase, keeping binary units readable (memory_mib -> memoryMiB)."""
+    camel = to_camel(name)
+    for plain, unit in (("Mibps", "MiBps"), ("Mib", "MiB"), ("Gib", "GiB")):
+        camel = camel.replace(plain, unit)
+    return camel
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=_alias,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class Request(_Wire):
+    """A body the agent accepts: unknown fields are refused, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(_Wire):
+    """A body the agent answers with: clients ignore fields they do not know (newer agents)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorCode(StrEnum):
+    """The ``error.code`` values. Failure reasons of migrations reuse FailureReason's words."""
+
+    Unauthorized = "Unauthorized"
+    BadRequest = "BadRequest"
+    Invalid = "Invalid"
+    NotFound = "NotFound"
+    MethodNotAllowed = "MethodNotAllowed"
+    PayloadTooLarge = "PayloadTooLarge"
+    Conflict = "Conflict"
+    InvalidState = "InvalidState"
+    InsufficientResources = "InsufficientResources"
+    IncompatibleProcessor = "IncompatibleProcessor"
+    StorageNotShared = "StorageNotShared"
+    AlreadyMigrating = "AlreadyMigrating"
+    PastCommitPoint = "PastCommitPoint"
+    Internal = "Internal"
+
+
+class ErrorBody(Response):
+    code: str = Field(description="A CamelCase word from ErrorCode that programs can switch on.")
+    message: str = Field(description="A sentence saying what was wrong and what to do about it.")
+
+
+class ErrorResponse(Response):
+    error: ErrorBody
+
+
+# --------------------------------------------------------------------------------------------------
+# Host
+
+
+class Resources(Response):
+    cpus: int = Field(description="Virtual processors.")
+    memory_mib: int = Field(description="Memory in MiB.")
+
+
+class FanStatus(Response):
+    index: int
+    ok: bool
+
+
+class PowerSupplyStatus(Response):
+    index: int
+    ok: bool
+
+
+class Sensors(Response):
+    fans: list[FanStatus]
+    power_supplies: list[PowerSupplyStatus]
+    temperature_c: float = Field(description="Inlet temperature in degrees Celsius.")
+    corrected_memory_errors: int = Field(description="Corrected (ECC) memory errors counted since boot.")
+
+
+class Severity(StrEnum):
+    Warning = "Warning"
+    Critical = "Critical"
+
+
+class HealthSignal(StrEnum):
+    Fan = "Fan"
+    PowerSupply = "PowerSupply"
+    Temperature = "Temperature"
+    CorrectedMemoryErrors = "CorrectedMemoryErrors"
+
+
+class HealthProblem(Response):
+    signal: HealthSignal
+    severity: Severity
+    message: str
+
+
+class Health(Response):
+    healthy: bool = Field(description="False when any sensor reports a problem.")
+    problems: list[HealthProblem]
+
+
+class HostInfo(Response):
+    """``GET /v1/host``: what the host is, what it holds, and how its hardware feels."""
+
+    name: str
+    cpu_model: str = Field(description="archspec microarchitecture name, e.g. icelake.")
+    vendor: str = Field(description="Intel or AMD.")
+    features: list[str] = Field(description="Every CPU feature flag the host offers, sorted.")
+    cores: int
+    memory_mib: int
+    migration_bandwidth_mbps: float = Field(description="The host's migration link rate in Mbit/s (0: unlimited).")
+    shared_volumes: list[str]
+    passthrough_luns: list[str]
+    allocated: Resources = Field(description="Held by VMs defined here (every state but MigratedAway "
+                                 "and Incoming).")
+    reserved: Resources = Field(description="Held for incoming migrations that have not finished.")
+    vms: int = Field(description="VMs defined here (as counted in allocated).")
+    sensors: Sensors
+    health: Health
+    boot_id: str = Field(description="Changes each time the agent process starts.")
+    migration_port: int = Field(description="TCP port of the migration listener.")
+    migrations: int = Field(0, description="Migrations in flight on this host (either role).")
+
+
+# --------------------------------------------------------------------------------------------------
+# Virtual machines
+
+
+class VmState(StrEnum):
+    Defined = "Defined"  # created, never started (or redefined)
+    Running = "Running"
+    Paused = "Paused"  # stopped executing for a moment (switchover of a migration)
+    Saved = "Saved"  # execution state saved, memory kept; restore resumes it
+    Stopped = "Stopped"  # powered off: memory gone
+    Incoming = "Incoming"  # a migration target still receiving; not running anywhere here yet
+    MigratedAway = "MigratedAway"  # tombstone on the source after a committed migration
+
+
+class DiskSpec(Request):
+    """One virtual disk: exactly one of ``volume``, ``passthroughLun`` or ``local``."""
+
+    name: str = Field(min_length=1, max_length=253)
+    size_gib: float = Field(gt=0, description="Size in GiB.")
+    volume: str | None = Field(None, description="A Cluster Shared Volume the disk lives on.")
+    passthrough_lun: str | None = Field(None, description="A pass-through LUN the disk is.")
+    local: bool = Field(False, description="A disk on the host's local storage (cannot move).")
+
+    @model_validator(mode="after")
+    def _one_backing(self) -> Self:
+        backings = [b for b in (self.volume is not None, self.passthrough_lun is not None, self.local) if b]
+        if len(backings) != 1:
+            raise ValueError(f"disk {self.name!r}: set exactly one of volume, passthroughLun, local")
+        return self
+
+
+class WorkloadSpec(Request):
+    """How the simulated guest writes its memory."""
+
+    dirty_rate_mib_ps: float = Field(
+        0.0, ge=0, le=65536, alias="dirtyRateMiBps",
+        description="Page writes per second, in MiB/s (each write dirties one 4 KiB page).",
+    )
+    working_set_mib: float = Field(
+        0.0, ge=0, description="Size of the hot set in MiB; 0 or more than memory means all memory.",
+    )
+    hot_fraction: float = Field(
+        0.95, ge=0, le=1, description="Share of writes that land in the hot set (the rest go anywhere).",
+    )
+    prefill_mib: float = Field(
+        0.0, ge=0, description="MiB of memory (from the start) the guest has written when it boots; the "
+        "rest are zero pages. Lets tests and benchmarks move non-zero memory without a long warm-up.",
+    )
+
+
+class VmDefinition(Request):
+    """``PUT /v1/vms/{vmId}``: define a VM (idempotent; a running VM only accepts workload changes)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = Field("default", min_length=1, max_length=253)
+    cpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=1, le=16 * 1024 * 1024, description="Guest memory in MiB (4 KiB pages).")
+    compatibility: bool = Field(False, description="Processor compatibility mode: the guest sees only "
+                                "the baseline feature set.")
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=256)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    drivers: list[str] = Field(default_factory=list, max_length=256)
+
+
+class IoCeilings(Response):
+    network_mbps: int = Field(description="Best network throughput the guest's drivers allow, Mbit/s.")
+    disk_mbps: int = Field(alias="diskMBps", description="Best disk throughput the drivers allow, MB/s.")
+
+
+class WorkloadInfo(Response):
+    dirty_rate_mib_ps: float = Field(alias="dirtyRateMiBps")
+    working_set_mib: float
+    hot_fraction: float
+    prefill_mib: float = 0.0
+
+
+class DiskInfo(Response):
+    name: str
+    size_gib: float
+    volume: str | None = None
+    passthrough_lun: str | None = None
+    local: bool = False
+
+
+class VmInfo(Response):
+    """``GET /v1/vms/{vmId}``: a VM as this host sees it."""
+
+    id: str
+    name: str
+    namespace: str
+    state: VmState
+    features: list[str] = Field(description="CPU features fixed when the guest started (empty before).")
+    digest: str = Field(description="Incremental digest of guest memory, 16 hex digits.")
+    heartbeat: int = Field(description="Guest heartbeat counter (100 per second of guest run time).")
+    drivers: list[str]
+    io_ceilings: IoCeilings
+    memory_mib: int
+    cpus: int
+    compatibility: bool
+    disks: list[DiskInfo]
+    workload: WorkloadInfo
+    throttle_percent: float = Field(description="Auto-converge throttle applied to the guest's writes.")
+    migration_id: str | None = Field(None, description="The migration in flight for this VM, if any.")
+
+
+class VmList(Response):
+    vms: list[VmInfo]
+
+
+class DriverChange(Request):
+    """``PUT /v1/vms/{vmId}/drivers``: what the guest-side conversion agent installs and removes."""
+
+    install: list[str] = Field(default_factory=list, max_length=256)
+    remove: list[str] = Field(default_factory=list, max_length=256)
+
+
+# --------------------------------------------------------------------------------------------------
+# Migrations
+
+
+class MigrationRole(StrEnum):
+    source = "source"
+    target = "target"
+
+
+class IncomingVm(VmDefinition):
+    """The VM a target must prepare: its definition plus what the running guest is fixed to."""
+
+    vm_id: str = Field(pattern=VM_ID_PATTERN)
+    features: list[str] = Field(description="CPU features the guest was started with.")
+    vendor: str | None = Field(None, description="CPU vendor of the source host; refused if different.")
+
+
+class IncomingMigrationRequest(Request):
+    """``POST /v1/migrations/incoming`` on the target: reserve room and issue a one-time ticket."""
+
+    migration_id: str = Field(pattern=VM_ID_PATTERN)
+    vm: IncomingVm
+    mode: MigrationMode = MigrationMode.Live
+    reservation_seconds: float | None = Field(None, gt=0, le=3600, description="How long the reservation "
+                                              "waits for the stream (default: the agent's setting, 30 s).")
+
+    @model_validator(mode="after")
+    def _concrete_mode(self) -> Self:
+        if self.mode is MigrationMode.Auto:
+            raise ValueError("mode must be Live or Quick: the operator resolves Auto before calling agents")
+        return self
+
+
+class IncomingMigrationGrant(Response):
+    ticket: str = Field(description="One-time HMAC ticket; the stream must present it within expiresInSeconds.")
+    host: str = Field(description="Address of the target's migration listener.")
+    port: int
+    bandwidth_mbps: float = Field(description="The target's configured migration bandwidth, Mbit/s (0: unlimited).")
+    expires_in_seconds: float = Field(30.0, description="The reservation lapses if no stream arrives by then.")
+
+
+class MigrationTarget(Request):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    ticket: str = Field(min_length=1, max_length=1024)
+    bandwidth_mbps: float = Field(ge=0, description="The target's migration bandwidth in Mbit/s (0: "
+                                  "unlimited); the stream is shaped to the slower of the two hosts.")
+
+
+class AutoConverge(Request):
+    """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
+
+    enabled: bool = False
+    step_percent: float = Field(20.0, gt=0, le=100)
+    max_percent: float = Field(90.0, gt=0, le=99.9)
+
+
+class MigrationRequest(Request):
+    """``POST /v1/migrations`` on the source: move a VM to a target that issued a ticket."""
+
+    migration_id: str = Field(pattern=VM_ID_PATTERN)
+    vm_id: str = Field(pattern=VM_ID_PATTERN)
+    mode: MigrationMode = MigrationMode.Live
+    target: MigrationTarget
+    threshold_ms: float = Field(1.0, gt=0, le=60_000, description="Switch over when the remaining dirty "
+                                "set would cross the link in less than this.")
+    max_rounds: int = Field(30, ge=1, le=1000)
+    stall_rounds: int = Field(3, ge=1, le=1000, description="Rounds in a row that shrink the remaining "
+                              "set by less than 5 % before the ladder steps in.")
+    auto_converge: AutoConverge = Field(default_factory=AutoConverge)
+    fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
+                                    "copy the rest (a quick migration of what the target lacks).")
+    max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
+                                          "exceeds this.")
+    bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
+    timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
+
+    @model_validator(mode="after")
+    def _concrete_mode(self) -> Self:
+        if self.mode is MigrationMode.Auto:
+            raise ValueError("mode must be Live or Quick: the operator resolves Auto before calling agents")
+        return self
+
+
+class RoundInfo(Response):
+    round: int
+    sent_mib: float
+    seconds: float
+    dirty_mib: float = Field(description="Distinct MiB dirtied while this round was on the wire.")
+
+
+class MigrationFailure(Response):
+    reason: FailureReason
+    message: str
+
+
+class MigrationStatus(Response):
+    """A migration as one side sees it; both sides answer for the same migrationId."""
+
+    migration_id: str
+    vm_id: str
+    role: MigrationRole
+    mode: MigrationMode = Field(description="The mode in use (Live turns Quick on fallback).")
+    phase: MigrationPhase
+    round: int = 0
+    transferred_mib: float = 0.0
+    remaining_mib: float = 0.0
+    dirty_rate_mib_ps: float = Field(0.0, alias="dirtyRateMiBps")
+    throughput_mbps: float = 0.0
+    percent: float = 0.0
+    throttle_percent: float = 0.0
+    rounds: list[RoundInfo] = Field(default_factory=list, description="The last rounds (at most 64).")
+    downtime_ms: float | None = None
+    duration_ms: float | None = None
+    source_digest: str | None = None
+    target_digest: str | None = None
+    committed: bool = Field(False, description="True once the source released its copy.")
+    failure: MigrationFailure | None = None
+    peer: str | None = Field(None, description="The other host, as host:port when known.")
+
+
+class MigrationList(Response):
+    migrations: list[MigrationStatus]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sensors
+
+
+class ComponentFault(Request):
+    index: int = Field(ge=0, le=64)
+    failed: bool
+
+
+class SensorChange(Request):
+    """``POST /v1/sensors``: simulate hardware trouble (tests and demos) or heal it.
+
+    ``correctedMemoryErrors`` adds to the counter; ``heal`` restores every sensor to normal first.
+    """
+
+    fan: ComponentFault | None = None
+    power_supply: ComponentFault | None = None
+    temperature_c: Annotated[float, Field(ge=-50, le=150)] | None = None
+    corrected_memory_errors: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    heal: bool = False
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not (self.heal or self.fan or self.power_supply or self.temperature_c is not None
+                or self.corrected_memory_errors is not None):
+            raise ValueError("give at least one of fan, powerSupply, temperatureC, correctedMemoryErrors, heal")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The JSON body of an error response."""
+    return {"error": {"code": code, "message": message}}
+
+
+def mib(pages: int) -> float:
+    """4 KiB pages -> MiB."""
+    return pages / 256

@@ -1,0 +1,168 @@
+"""Helpers for the hypervisor tests: polling with deadlines, agent fixtures' building blocks, and a
+TCP proxy that breaks a migration stream at a chosen moment.
+
+Talks to agents only through HypervisorClient and their TCP ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from vmshift.hypervisor.client import AgentError, HypervisorClient
+from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, VmInfo, VmState, WorkloadSpec
+
+T = TypeVar("T")
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], what: str, within: float = 60.0,
+               interval: float = 0.05, describe: Callable[[], Awaitable[str]] | None = None) -> T:
+    """Await ``check`` until it returns something truthy; fail saying what was expected and seen."""
+    deadline = time.monotonic() + within
+    last: object = None
+    while True:
+        try:
+            result = await check()
+        except AgentError as exc:
+            result, last = None, exc
+        else:
+            last = result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            seen = await describe() if describe else repr(last)
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last seen: {seen}")
+        await asyncio.sleep(interval)
+
+
+async def running_vm(client: HypervisorClient, vm_id: str, memory_mib: int = 64, *, dirty: float = 0.0,
+                     working_set: float = 0.0, prefill: float = 0.0, compatibility: bool = False,
+                     cpus: int = 1, disks: list[dict[str, object]] | None = None) -> VmInfo:
+    """Define and start a VM whose workload dirties ``dirty`` MiB/s in a ``working_set`` MiB hot set."""
+    definition = VmDefinition.model_validate({
+        "name": vm_id, "namespace": "tests", "cpus": cpus, "memoryMiB": memory_mib,
+        "compatibility": compatibility, "disks": disks or [],
+        "workload": WorkloadSpec(dirty_rate_mib_ps=dirty, working_set_mib=working_set,
+                                 prefill_mib=prefill).model_dump(),
+    })
+    await client.define_vm(vm_id, definition)
+    return await client.start_vm(vm_id)
+
+
+async def finished(client: HypervisorClient, migration_id: str, within: float = 90.0) -> MigrationStatus:
+    """The migration's status once it has finished on this agent."""
+    async def check() -> MigrationStatus | None:
+        status = await client.get_migration(migration_id)
+        return status if status.phase.finished else None
+
+    async def describe() -> str:
+        return (await client.get_migration(migration_id)).model_dump_json()
+
+    return await poll(check, f"migration {migration_id} to finish on {client.endpoint}", within,
+                      describe=describe)
+
+
+async def vm_state(client: HypervisorClient, vm_id: str) -> VmState | None:
+    """The VM's state on this agent, None when the agent does not have it."""
+    try:
+        return (await client.get_vm(vm_id)).state
+    except AgentError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def heartbeat_grows(client: HypervisorClient, vm_id: str, within: float = 20.0) -> None:
+    """Fail unless the VM's heartbeat moves on this agent (it runs here)."""
+    first = (await client.get_vm(vm_id)).heartbeat
+
+    async def moved() -> bool:
+        vm = await client.get_vm(vm_id)
+        return vm.state is VmState.Running and vm.heartbeat > first
+
+    await poll(moved, f"VM {vm_id}'s heartbeat to grow past {first} on {client.endpoint}", within)
+
+
+_HEADER = struct.Struct("<BBHI")
+
+
+class BreakingProxy:
+    """A TCP proxy from a source agent to a target's migration port that breaks the stream on cue.
+
+    ``cut_after_bytes``: close both sides once that many bytes went source -> target.
+    ``close_on_source_frame``: close both sides, without forwarding it, when the source sends a frame
+    of this type (e.g. SWITCHOVER: the source is left in doubt, the target never heard it).
+    ``close_on_target_frame``: close both sides, without forwarding it, when the target sends its
+    frame number k (1: WELCOME, 2: RESUMED), so the source never hears it.
+    """
+
+    def __init__(self, target_host: str, target_port: int, *, cut_after_bytes: int | None = None,
+                 close_on_source_frame: int | None = None, close_on_target_frame: int | None = None) -> None:
+        self.target = (target_host, target_port)
+        self.cut_after_bytes = cut_after_bytes
+        self.close_on_source_frame = close_on_source_frame
+        self.close_on_target_frame = close_on_target_frame
+        self.forwarded = 0
+        self.target_frames = 0
+        self.broken = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self._break()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _break(self) -> None:
+        self.broken.set()
+        for writer in self._writers:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+
+    async def _serve(self, src_reader: asyncio.StreamReader, src_writer: asyncio.StreamWriter) -> None:
+        dst_reader, dst_writer = await asyncio.open_connection(*self.target)
+        self._writers += [src_writer, dst_writer]
+        await asyncio.gather(self._upstream(src_reader, dst_writer), self._downstream(dst_reader, src_writer),
+                             return_exceptions=True)
+
+    async def _upstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            magic = await reader.readexactly(8)
+            writer.write(magic)
+            while not self.broken.is_set():
+                head = await reader.readexactly(_HEADER.size)
+                kind, _flags, _reserved, length = _HEADER.unpack(head)
+                body = await reader.readexactly(length)
+                if kind == self.close_on_source_frame:
+                    break
+                writer.write(head + body)
+                await writer.drain()
+                self.forwarded += len(head) + len(body)
+                if self.cut_after_bytes is not None and self.forwarded >= self.cut_after_bytes:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self._break()
+
+    async def _downstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self.broken.is_set():
+            try:
+                head = await reader.readexactly(_HEADER.size)
+                body = await reader.readexactly(_HEADER.unpack(head)[3])
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            self.target_frames += 1
+            if self.close_on_target_frame == self.target_frames:
+                break
+            writer.write(head + body)
+            await writer.drain()
+        self._break()

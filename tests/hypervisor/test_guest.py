@@ -1,0 +1,159 @@
+"""The guest model on its own: sparse versioned pages, content checks, the digest, the workload."""
+
+from __future__ import annotations
+
+import random
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmshift.hypervisor.guest import (
+    PAGE_SIZE,
+    PAGES_PER_MIB,
+    CorruptPage,
+    Guest,
+    GuestMemory,
+    page_content,
+)
+from vmshift.hypervisor.migration import pages_prefix, parse_pages
+from vmshift.hypervisor.precopy import distinct_dirtied_mib
+from vmshift.hypervisor.protocol import VmDefinition, VmState, WorkloadSpec
+
+
+def transfer(source: GuestMemory, target: GuestMemory, pages: list[int] | range) -> None:
+    """Encode pages on one side and apply the frame on the other, as the stream does."""
+    for lo in range(0, len(pages), 256):
+        chunk = pages[lo:lo + 256]
+        frame = source.encode(chunk, pages_prefix(0, len(chunk)))
+        _round, idx, versions, payload = parse_pages(memoryview(frame)[8:])
+        target.apply(idx, versions, payload)
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_page_contents_are_derived_from_vm_page_and_version() -> None:
+    a = GuestMemory("vm-a", 4)
+    b = GuestMemory("vm-b", 4)
+    assert page_content(a.key, 3, 0) == bytes(PAGE_SIZE), "a never-written page is a zero page"
+    assert page_content(a.key, 3, 1) == page_content(a.key, 3, 1)
+    assert page_content(a.key, 3, 1) != page_content(a.key, 3, 2), "a new version has new bytes"
+    assert page_content(a.key, 3, 1) != page_content(a.key, 4, 1)
+    assert page_content(a.key, 3, 1) != page_content(b.key, 3, 1), "two VMs' pages differ"
+    assert len(page_content(a.key, 3, 7)) == PAGE_SIZE
+
+
+def test_encoded_frame_carries_exactly_the_derived_bytes() -> None:
+    memory = GuestMemory("vm", 4)
+    memory.write_pages([1, 5, 5, 9])
+    frame = memory.encode([1, 5, 9, 10], pages_prefix(0, 4))
+    _round, idx, versions, payload = parse_pages(memoryview(frame)[8:])
+    assert list(idx) == [1, 5, 9, 10]
+    assert list(versions) == [1, 2, 1, 0]
+    assert bytes(payload) == b"".join(page_content(memory.key, p, v) for p, v in zip(idx, versions, strict=True))
+
+
+def test_digest_is_incremental_and_equals_a_full_recount() -> None:
+    memory = GuestMemory("vm", 16)
+    rng = random.Random(7)
+    assert memory.digest == 0
+    memory.write_random(20_000, rng, hot_pages=256, hot_fraction=0.9)
+    assert memory.digest == memory.full_digest()
+    memory.write_pages(range(memory.pages))
+    assert memory.digest == memory.full_digest()
+
+
+def test_a_full_copy_gives_the_same_digest_and_corrupt_pages_are_refused() -> None:
+    source = GuestMemory("vm", 8)
+    source.prefill(source.pages // 2)
+    source.write_random(5_000, random.Random(1), hot_pages=64, hot_fraction=0.95)
+    target = GuestMemory("vm", 8)
+    transfer(source, target, range(source.pages))
+    assert target.digest == source.digest == target.full_digest()
+
+    source.write_pages([3, 300])
+    frame = bytearray(source.encode([3, 300], pages_prefix(0, 2)))
+    frame[-100] ^= 0xFF  # one flipped bit in the second page
+    _round, idx, versions, payload = parse_pages(memoryview(frame)[8:])
+    before = target.digest
+    with pytest.raises(CorruptPage, match="page 300"):
+        target.apply(idx, versions, payload)
+    assert target.digest == before and target.version(3) != source.version(3), "a refused frame changes nothing"
+
+
+def test_apply_refuses_pages_beyond_the_guest() -> None:
+    memory = GuestMemory("vm", 1)
+    with pytest.raises(CorruptPage, match="beyond"):
+        memory.apply(array("I", [PAGES_PER_MIB]), array("I", [1]), page_content(memory.key, PAGES_PER_MIB, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=st.lists(st.integers(min_value=0, max_value=2 * PAGES_PER_MIB - 1), max_size=300),
+       more=st.lists(st.integers(min_value=0, max_value=2 * PAGES_PER_MIB - 1), max_size=100))
+def test_precopy_rounds_always_converge_to_the_source_digest(writes: list[int], more: list[int]) -> None:
+    """Round 0 sends all, then the dirty set: the target ends with the source's exact memory."""
+    source = GuestMemory("prop", 2)
+    target = GuestMemory("prop", 2)
+    source.write_pages(writes)
+    source.take_dirty()
+    transfer(source, target, range(source.pages))
+    source.write_pages(more)
+    transfer(source, target, sorted(source.take_dirty()))
+    assert target.digest == source.digest == source.full_digest()
+    assert all(target.version(p) == source.version(p) for p in set(writes) | set(more))
+
+
+def test_a_64_gib_guest_costs_megabytes() -> None:
+    before = rss_kib()
+    memory = GuestMemory("big", 64 * 1024)
+    memory.write_random(50_000, random.Random(3), hot_pages=256 * PAGES_PER_MIB, hot_fraction=0.95)
+    memory.take_dirty()
+    memory.write_random(50_000, random.Random(4), hot_pages=256 * PAGES_PER_MIB, hot_fraction=0.95)
+    frame = memory.encode(range(0, 256), b"")  # round 0 reads versions without touching memory
+    grown_mib = (rss_kib() - before) / 1024
+    assert len(frame) > 256 * PAGE_SIZE
+    assert grown_mib < 48, f"a 64 GiB guest with 100k writes grew the process by {grown_mib:.0f} MiB"
+    memory.release()
+
+
+def test_writes_follow_the_distribution_the_precopy_model_assumes() -> None:
+    memory = GuestMemory("dist", 256)
+    hot = 32 * PAGES_PER_MIB
+    rng = random.Random(11)
+    memory.take_dirty()
+    writes = 40 * PAGES_PER_MIB  # 40 MiB of writes: D*t with D = 40 MiB/s over one second
+    memory.write_random(writes, rng, hot_pages=hot, hot_fraction=0.95)
+    dirty = memory.take_dirty()
+    hot_share = sum(1 for p in dirty if p < hot) / len(dirty)
+    predicted = distinct_dirtied_mib(1.0, 40, 32, 256) * PAGES_PER_MIB
+    assert abs(len(dirty) - predicted) / predicted < 0.02, (len(dirty), predicted)
+    predicted_hot = distinct_dirtied_mib(1.0, 40 * 0.95, 32, 32, hot_fraction=1.0) * PAGES_PER_MIB
+    assert abs(hot_share * len(dirty) - predicted_hot) / predicted_hot < 0.02
+
+
+def test_guest_clock_heartbeat_and_writes_run_only_while_running() -> None:
+    definition = VmDefinition(name="g", cpus=1, memory_mib=16,
+                              workload=WorkloadSpec(dirty_rate_mib_ps=4, working_set_mib=1))
+    guest = Guest("g", definition)
+    guest.start(frozenset({"sse2"}))
+    assert guest.features == frozenset({"sse2"}) and guest.state is VmState.Running
+    assert guest._last is not None
+    t0 = guest._last
+    for step in (0.25, 0.5, 0.75, 1.0):  # a guest catches up at most MAX_CATCH_UP_SECONDS at once
+        guest.advance(t0 + step)
+    assert guest.heartbeat == 100
+    assert guest.memory is not None and guest.memory.writes == 4 * PAGES_PER_MIB
+    guest.advance(t0 + 1.5)
+    guest.pause()
+    frozen = (guest.heartbeat, guest.memory.digest)
+    guest.advance(t0 + 9.0)
+    assert (guest.heartbeat, guest.memory.digest) == frozen, "a paused guest neither beats nor writes"
+    guest.set_throttle(75.0)
+    assert guest.write_rate_pages() == pytest.approx(PAGES_PER_MIB)
