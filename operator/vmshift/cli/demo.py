@@ -76,6 +76,11 @@ class _Demo:
     def status(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict[str, Any]:
         return self.get(kind, name, namespace).get("status") or {}
 
+    def wait_phase(self, kind: str, name: str, namespace: str | None, phase: str, timeout: float = 60) -> None:
+        def reached() -> bool:
+            return self.status(kind, name, namespace).get("phase") == phase
+        wait_until(reached, f"{kind} {name} to be {phase}", timeout)
+
     def show(self, *args: str) -> None:
         say(self.stack.kubectl("get", *args).stdout.rstrip())
 
@@ -122,15 +127,13 @@ def run(args: argparse.Namespace) -> int:
         stack.start_operator()
         demo = _Demo(stack)
         for plan in HOSTS:
-            wait_until(lambda p=plan: demo.status("host", p.name, None).get("phase") == "Ready",
-                       f"host {plan.name} to be Ready", 60)
+            demo.wait_phase("host", plan.name, None, "Ready")
         say()
         demo.show("hosts")
         stack.kubectl("create", "namespace", NAMESPACE, check=False)
         stack.apply(VMS)
         for vm in VMS:
-            wait_until(lambda v=vm: demo.status("vsvm", v["metadata"]["name"]).get("phase") == "Running",
-                       f"{vm['metadata']['name']} to run", 60)
+            demo.wait_phase("vsvm", vm["metadata"]["name"], NAMESPACE, "Running")
         say()
         demo.show("vsvm", "-n", NAMESPACE)
 
