@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vmshift.devcluster.cluster import ClusterState
+from vmshift.devcluster.stack import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -23,16 +23,12 @@ T = TypeVar("T")
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2,
              describe: Callable[[], str] | None = None) -> T:
-    """Poll ``check`` until it returns something truthy; fail saying what was expected and seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            seen = describe() if describe else repr(result)
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen}")
-        time.sleep(interval)
+    """Poll ``check`` until it returns something truthy; fail the test saying what was expected and seen."""
+    try:
+        result: T = wait_until(check, what, timeout, interval, describe)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+    return result
 
 
 @dataclass
