@@ -52,7 +52,8 @@ def rss_mib(pid: int) -> float:
 
 
 def apiserver_requests(plane: ControlPlane, server: str) -> dict[str, float]:
-    """kube-apiserver's apiserver_request_total by verb/resource, WATCH and non-resource URLs excluded."""
+    """kube-apiserver's apiserver_request_total for the resources the operator uses, by verb/resource
+    (WATCH excluded: an open watch is not traffic)."""
     ctx = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
     ctx.load_cert_chain(str(plane.pki.admin_cert), str(plane.pki.admin_key))
     text = urllib.request.urlopen(f"{server}/metrics", context=ctx, timeout=10).read().decode()
@@ -62,6 +63,9 @@ def apiserver_requests(plane: ControlPlane, server: str) -> dict[str, float]:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
         if labels.get("verb") in ("WATCH", "CONNECT") or not labels.get("resource"):
+            continue
+        # Only what the operator touches: the control plane's own heartbeats (leases, endpoints) are not it.
+        if labels.get("group") != GROUP and labels["resource"] not in ("secrets", "configmaps", "events"):
             continue
         key = f"{labels['verb']} {labels.get('group', '')}/{labels['resource']}"
         totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])

@@ -406,6 +406,19 @@ async def _collect_garbage(run: Run, migrations_by_vm: kopf.Index[str, Migration
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
 
 
+@kopf.on.event(GROUP, VERSION, "virtualmachinemigrations")
+async def acknowledge(type: str | None, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
+    """Answer a new request at once (phase Pending, Ready=Unknown, Reconciling=True), before Kopf has
+    added its finalizer and started the daemon: the user sees within a moment that it was taken."""
+    if type not in (None, "ADDED") or status.get("phase") or meta.get("deletionTimestamp"):
+        return
+    generation = int(meta.get("generation") or 0)
+    message = f"Accepted: checking whether {body['spec'].get('vmName')} can move."
+    await kubeapi.patch_status("virtualmachinemigrations", meta["namespace"], meta["name"], {
+        "phase": MigrationPhase.Pending.value, "observedGeneration": generation,
+        "conditions": cond.dump(cond.first_look([], message, observed_generation=generation))})
+
+
 # The daemon ends itself by writing a final phase (which also stops Kopf's filter from matching);
 # a deletion sets ``stopped`` and the daemon cancels on the agents. Either way it gets a long grace
 # (cancellation_backoff) to finish its writes before Kopf cancels it.
