@@ -15,6 +15,15 @@ guests that needed auto-converge (their vCPUs slowed) or failed, ours / fixed-2.
 
     .venv/bin/python bench/drain.py                    # every scenario, seeds 1-3, 40 VMs
     .venv/bin/python bench/drain.py --seeds 5 --vms 60 --setup-seconds 0
+    .venv/bin/python bench/drain.py --real --vms 8      # the real thing: control plane, agents, operator
+
+``--real`` runs the product instead of the simulator: the embedded control plane, one agent process
+per host, the operator as a process. Two identical source hosts hold the same VMs (real guests that
+dirty memory; migrations stream it over TCP at the hosts' link rate). One is drained with
+``spec.maintenance: true`` (the planner, through the operator's evacuation engine); from the other
+every VM is asked to move at once, round-robin over the same targets, and the migration queue runs
+them two per host first come first served (fixed-2). Each run has the targets to itself. It prints
+the measured makespans, the planner's estimate and the bandwidth lower bound from ``status.drain``.
 """
 
 from __future__ import annotations
@@ -126,13 +135,105 @@ def throttled(result: SimResult) -> int:
     return sum(1 for outcome in result.outcome.values() if outcome in ("AutoConverge", "Failed"))
 
 
+def real_run(vms: int, link_mbps: int, targets: int) -> int:
+    """Drain a real source with the planner and another with fixed-2; print both makespans."""
+    import json
+    import tempfile
+    from pathlib import Path
+    from typing import Any
+
+    from vmshift.devcluster.cluster import ControlPlane, default_dir
+    from vmshift.devcluster.stack import HostPlan, Stack, wait_until
+
+    rng = random.Random(7)
+    guests = [(f"g{i:02d}", rng.choice([256, 512, 512, 1024]), rng.choice([5, 20, 60, 150]),
+               rng.choice([0, 0, 100, 1000])) for i in range(vms)]
+    plane = ControlPlane(default_dir(f"bench-drain-{time.time_ns()}"), tie_to_parent=True)
+    state = plane.up(fresh=True)
+    stack = Stack(state, Path(tempfile.mkdtemp(prefix="vmshift-bench-drain-")))
+    ns = "bench-drain"
+    hosts = ["src-plan", "src-fixed"] + [f"t{i}" for i in range(targets)]
+
+    def status(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        proc = stack.kubectl(*args, check=False)
+        return dict(json.loads(proc.stdout).get("status") or {}) if proc.returncode == 0 else {}
+
+    def reaches(kind: str, name: str, namespace: str | None, phases: set[str], timeout: float) -> str:
+        def check() -> str | None:
+            phase = status(kind, name, namespace).get("phase")
+            return str(phase) if phase in phases else None
+        return str(wait_until(check, f"{kind} {name} in {sorted(phases)}", timeout))
+
+    def patch_host(name: str, spec: dict[str, Any]) -> None:
+        stack.kubectl("patch", "host", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+    try:
+        stack.install_crds()
+        stack.start_hosts([HostPlan(h, "icelake", bandwidth_mbps=link_mbps, labels={"pool": "bench"}) for h in hosts])
+        stack.start_operator()
+        stack.kubectl("create", "namespace", ns)
+        for h in hosts:
+            reaches("host", h, None, {"Ready"}, 90)
+        for source in ("src-plan", "src-fixed"):
+            stack.apply([{
+                "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": f"{source}-{name}", "namespace": ns},
+                "spec": {"cpus": 1, "memoryMiB": memory, "priority": priority, "processor": {"compatibility": True},
+                         "disks": [{"name": "os", "sizeGiB": 10, "volume": "csv-1"}],
+                         "workload": {"dirtyRateMiBps": dirty, "workingSetMiB": max(memory // 8, 16)},
+                         "placement": {"host": source, "hostSelector": {"matchLabels": {"pool": "bench"}}}},
+            } for name, memory, dirty, priority in guests])
+        for name in [f"{s}-{g[0]}" for s in ("src-plan", "src-fixed") for g in guests]:
+            reaches("vsvm", name, ns, {"Running"}, 180)
+            stack.kubectl("patch", "vsvm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"placement":{"host":null}}}')
+
+        # planner: the other source is cordoned so it takes nothing
+        patch_host("src-fixed", {"unschedulable": True})
+        began = time.monotonic()
+        patch_host("src-plan", {"maintenance": True})
+        reaches("host", "src-plan", None, {"Maintenance"}, 1800)
+        planner = time.monotonic() - began
+        drain = status("host", "src-plan").get("drain") or {}
+
+        # fixed-2: every move asked at once, round-robin over the targets; the queue runs 2 per host
+        began = time.monotonic()
+        stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                      "metadata": {"name": f"fixed-{g[0]}", "namespace": ns},
+                      "spec": {"vmName": f"src-fixed-{g[0]}", "targetHost": f"t{i % targets}"}}
+                     for i, g in enumerate(guests)])
+        results = [reaches("vsmig", f"fixed-{g[0]}", ns, {"Succeeded", "Failed", "Cancelled"}, 1800) for g in guests]
+        fixed = time.monotonic() - began
+        failed = sum(1 for r in results if r != "Succeeded")
+        bound = float(drain.get("lowerBoundSeconds") or 0)
+        planned = float(drain.get("expectedSeconds") or 0)
+        print(f"real drain of one host, {vms} VMs ({sum(g[1] for g in guests)} MiB), links {link_mbps} Mbps, "
+              f"{targets} targets, 2 migration slots per host")
+        print(f"  planner (spec.maintenance)  : {planner:6.1f} s measured, {planned:6.1f} s planned "
+              f"({drain.get('strategy')}), {drain.get('moved')}/{drain.get('total')} moved, "
+              f"{drain.get('failed')} failed attempts")
+        print(f"  fixed-2 (all at once, FCFS) : {fixed:6.1f} s measured, {failed} failed")
+        ratio = planner / bound if bound else 0.0
+        print(f"  bandwidth lower bound       : {bound:6.1f} s; planner {ratio:.2f} x bound, "
+              f"{1 - planner / fixed:.1%} shorter than fixed-2")
+        return 0
+    finally:
+        stack.stop()
+        plane.down()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--vms", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--setup-seconds", type=float, default=2.0,
                         help="time a migration needs before its first byte (creating the VM on the target)")
+    parser.add_argument("--real", action="store_true", help="drain real agents through the operator (see above)")
+    parser.add_argument("--link-mbps", type=int, default=2000, help="with --real: every host's migration link")
+    parser.add_argument("--targets", type=int, default=3, help="with --real: target hosts")
     args = parser.parse_args(argv)
+    if args.real:
+        return real_run(args.vms, args.link_mbps, args.targets)
     header = (
         f"{'scenario':<19} {'seed':>4} {'VMs':>3} {'bound s':>7} {'planner s':>9} {'x bound':>7} "
         f"{'fixed-2 s':>9} {'x bound':>7} {'shorter':>7} {'best':>6} {'throttled':>9}  {'plan (ms to plan)'}"

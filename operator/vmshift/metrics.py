@@ -34,3 +34,18 @@ API_REQUESTS = Counter(
 def serve(port: int, addr: str = "127.0.0.1") -> None:
     """Expose /metrics on ``addr:port`` from a background thread."""
     start_http_server(port, addr=addr)
+DRAINS = Counter(
+    "vmshift_drains_total", "Drains (maintenance or remediation) by what happened: Started, Completed, Blocked, "
+    "Cancelled.", ["result"],
+)
+REMEDIATIONS = Counter(
+    "vmshift_remediation_decisions_total", "RemediationPolicy decisions acted on (Start, End), by policy and action.",
+    ["policy", "action", "decision"],
+)
+HOST_ALERTS = Gauge(
+    "vmshift_host_alerts", "Health alerts firing on hosts (from agents' sensors and Alertmanager), by labels.",
+    ["host", "alertname", "severity", "source"],
+)
+WEBHOOK_REQUESTS = Counter(
+    "vmshift_webhook_requests_total", "Calls to the Alertmanager webhook receiver, by HTTP status code.", ["code"],
+)

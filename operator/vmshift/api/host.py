@@ -244,9 +244,11 @@ class DrainStatus(ApiModel):
     state: DrainState | None = Field(
         None,
         description="Running (VMs are being moved), Completed (nothing left to move), Blocked (only VMs "
-        "that cannot move are left; see blocked) or Cancelled (maintenance was turned off).",
+        "that cannot move are left; see blocked; the Host's Stalled condition is True) or Cancelled "
+        "(maintenance was turned off, or the remediation ended, before the drain completed).",
     )
-    total: int = Field(0, description="VMs on the host when the drain started.", ge=0)
+    total: int = Field(0, description="VMs the drain moves: those moved so far plus those still on the host "
+                       "that it covers (every VM, or those at or above minPriority).", ge=0)
     moved: int = Field(0, description="VMs moved away so far.", ge=0)
     inFlight: int = Field(0, description="VMs being moved right now.", ge=0)
     failed: int = Field(0, description="Migration attempts that failed (each VM is retried up to a limit).",
@@ -258,6 +260,42 @@ class DrainStatus(ApiModel):
     )
     startedAt: datetime | None = Field(None, description="When the drain started.")
     finishedAt: datetime | None = Field(None, description="When the drain completed or was cancelled.")
+    trigger: str | None = Field(
+        None,
+        description="What keeps the drain open: spec.maintenance, or the RemediationPolicy acting on the host "
+        "and its action. Unset once the host is back in service; the numbers then stay as the record of "
+        "the last drain.",
+        max_length=512,
+    )
+    minPriority: int | None = Field(
+        None,
+        description="Only VMs whose spec.priority is at least this leave the host (an EvacuateCritical "
+        "remediation). Unset: every VM leaves.",
+    )
+    strategy: str | None = Field(
+        None,
+        description="How the planner runs the drain: how many migrations at once and how they share the "
+        "host's migration link, chosen by simulating the candidates when the drain started.",
+        max_length=256,
+    )
+    expectedSeconds: float | None = Field(
+        None, description="The planner's estimate of the whole drain when it started, in seconds.", ge=0
+    )
+    lowerBoundSeconds: float | None = Field(
+        None,
+        description="No schedule of the same moves could finish sooner than this, in seconds (the bytes every "
+        "move must send over the host's migration link).",
+        ge=0,
+    )
+
+
+class AlertSource(StrEnum):
+    """Where a health signal came from."""
+
+    #: The host's agent reported it from its hardware sensors.
+    Agent = "Agent"
+    #: Alertmanager posted it to the operator's webhook receiver.
+    Alertmanager = "Alertmanager"
 
 
 class AlertRef(ApiModel):
@@ -265,7 +303,11 @@ class AlertRef(ApiModel):
 
     alertname: str = Field(description="The alert's alertname label.", min_length=1, max_length=253)
     severity: str | None = Field(None, description="The alert's severity label.", max_length=63)
-    startsAt: datetime | None = Field(None, description="When Alertmanager says the alert started firing.")
+    startsAt: datetime | None = Field(None, description="When the alert started firing (as Alertmanager "
+                                      "says, or when the operator first saw the sensor reading).")
+    source: AlertSource | None = Field(
+        None, description="Where the alert came from: Agent (hardware sensors) or Alertmanager (the webhook)."
+    )
 
 
 class HostRemediation(ApiModel):
@@ -275,6 +317,28 @@ class HostRemediation(ApiModel):
     action: RemediationAction = Field(description="What it does: Quarantine, EvacuateCritical or Maintenance.")
     since: datetime | None = Field(None, description="When the action started.")
     alerts: list[AlertRef] = Field(default_factory=list, description="The alerts and signals behind it.")
+    priorityThreshold: int | None = Field(
+        None, description="With EvacuateCritical, the lowest spec.priority of the VMs moved away.", ge=0
+    )
+    reason: str | None = Field(
+        None, description="The policy's last decision about this host, in one CamelCase word (e.g. Triggered, "
+        "AlertsFiring, Holding, AwaitingRelease).", max_length=128
+    )
+    message: str | None = Field(None, description="The last decision as a sentence: what holds the action and "
+                                "what ends it.", max_length=4096)
+
+
+class PastRemediation(ApiModel):
+    """The last remediation that acted on this host and has ended."""
+
+    policy: str = Field(description="The RemediationPolicy that acted.", min_length=1, max_length=253)
+    action: RemediationAction = Field(description="What it did: Quarantine, EvacuateCritical or Maintenance.")
+    since: datetime | None = Field(None, description="When the action started.")
+    endedAt: datetime | None = Field(None, description="When it ended. The policy's cooldownSeconds count from "
+                                     "here.")
+    reason: str | None = Field(None, description="Why it ended, in one CamelCase word (AlertsResolved, "
+                               "ReleasedByAnnotation, Superseded, PolicyDeleted).", max_length=128)
+    message: str | None = Field(None, description="Why it ended, as a sentence.", max_length=4096)
 
 
 class HostStatus(ConditionsStatus):
@@ -298,7 +362,14 @@ class HostStatus(ConditionsStatus):
     )
     lastHeartbeatTime: datetime | None = Field(None, description="When the agent last answered.")
     drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
-    remediation: HostRemediation | None = Field(None, description="The remediation acting on this host.")
+    remediation: HostRemediation | None = Field(
+        None,
+        description="The remediation acting on this host, if any. While it is set the host takes no new VMs "
+        "and no inbound migrations (every action quarantines).",
+    )
+    lastRemediation: PastRemediation | None = Field(
+        None, description="The last remediation that ended on this host, and why."
+    )
 
 
 class Host(Resource):

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from vmshift import metrics
 
@@ -23,6 +24,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="how often each Host's agent is polled (default 2)")
     parser.add_argument("--keep-finished-migrations", type=int, default=None,
                         help="finished migrations kept per VM (default 5)")
+    parser.add_argument("--webhook-port", type=int, default=int(os.environ.get("VMSHIFT_WEBHOOK_PORT") or 0),
+                        help="serve the Alertmanager webhook receiver (POST /alerts) on this port (0: off); the "
+                             "bearer token comes from VMSHIFT_WEBHOOK_TOKEN or --webhook-token-file")
+    parser.add_argument("--webhook-address", default=os.environ.get("VMSHIFT_WEBHOOK_ADDRESS", "0.0.0.0"),
+                        help="address the webhook receiver binds (default 0.0.0.0)")
+    parser.add_argument("--webhook-token-file", default=os.environ.get("VMSHIFT_WEBHOOK_TOKEN_FILE"),
+                        help="file holding the webhook's bearer token (e.g. a mounted Secret)")
+    parser.add_argument("--webhook-max-bytes", type=int, default=None,
+                        help="largest webhook body accepted, in bytes (default 1 MiB)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -34,6 +44,20 @@ def run(args: argparse.Namespace) -> int:
         os.environ["VMSHIFT_AGENT_POLL_SECONDS"] = str(args.agent_poll_seconds)
     if args.keep_finished_migrations is not None:
         os.environ["VMSHIFT_KEEP_FINISHED_MIGRATIONS"] = str(args.keep_finished_migrations)
+    if args.webhook_port:
+        from vmshift.remediation.webhook import WebhookConfigError, load_token
+
+        os.environ["VMSHIFT_WEBHOOK_PORT"] = str(args.webhook_port)
+        os.environ["VMSHIFT_WEBHOOK_ADDRESS"] = args.webhook_address
+        if args.webhook_token_file:
+            os.environ["VMSHIFT_WEBHOOK_TOKEN_FILE"] = args.webhook_token_file
+        if args.webhook_max_bytes is not None:
+            os.environ["VMSHIFT_WEBHOOK_MAX_BYTES"] = str(args.webhook_max_bytes)
+        try:
+            load_token()
+        except WebhookConfigError as exc:
+            print(f"vmshift operator: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

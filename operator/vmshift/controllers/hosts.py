@@ -55,8 +55,12 @@ def host_status(
 ) -> dict[str, Any]:
     """The Host's status from its spec and its agent's last report (pure).
 
-    Phase precedence: Unreachable, then Maintenance/Draining (owned by the drain, kept from
-    ``previous``), Degraded (hardware unhealthy), Cordoned (unschedulable or quarantined), Ready.
+    Phase precedence: Unreachable, then Maintenance/Draining (from ``previous.drain``, which the
+    drain controller writes: Draining while a drain of every VM runs or is blocked, Maintenance once
+    it completed; also Draining while an EvacuateCritical evacuation runs), Degraded (hardware
+    unhealthy), Cordoned (unschedulable or quarantined by a remediation), Ready. The Draining
+    condition and the kstatus pair follow the drain: Reconciling while it runs, Stalled when only
+    VMs that cannot move are left.
     """
     conditions = list(previous.get("conditions") or [])
     if not conditions:
@@ -80,13 +84,21 @@ def host_status(
         status["allocated"] = {"cpus": info.allocated.cpus, "memoryMiB": info.allocated.memory_mib}
         status["vms"] = info.vms
         status["sensors"] = _sensors(info)
-    quarantine = (previous.get("remediation") or {}).get("action")
+    remediation = previous.get("remediation") or {}
+    quarantine = remediation.get("action")
     cordoned = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or bool(quarantine)
-    drain_state = (previous.get("drain") or {}).get("state")
+    drain = previous.get("drain") or {}
+    drain_state = drain.get("state")
+    # A drain is open while its trigger (maintenance or a remediation) holds; the drain controller
+    # clears the trigger when the host returns to service, so an old "Completed" never reads as now.
+    drain_open = bool(drain.get("trigger"))
+    full_drain = bool(spec.get("maintenance")) or quarantine == "Maintenance"
     if not reachable:
         phase = "Unreachable"
-    elif spec.get("maintenance"):
-        phase = "Maintenance" if drain_state in ("Completed",) else "Draining"
+    elif full_drain:
+        phase = "Maintenance" if drain_open and drain_state == "Completed" else "Draining"
+    elif drain_open and drain_state in ("Running", "Blocked"):
+        phase = "Draining"
     elif info is not None and not healthy:
         phase = "Degraded"
     elif cordoned:
@@ -95,14 +107,21 @@ def host_status(
         phase = "Ready"
     status["phase"] = phase
     conditions = cond.ready(conditions, reachable, reason, message, observed_generation=generation)
-    if reachable:
+    drain_reason, drain_message = _drain_condition(name, drain, drain_open)
+    if reachable and drain_open and drain_state == "Running":
+        conditions = cond.reconciling(conditions, True, "Draining", drain_message, observed_generation=generation)
+    elif reachable and drain_open and drain_state == "Blocked":
+        conditions = cond.stalled(conditions, True, "DrainBlocked", drain_message, observed_generation=generation)
+    elif reachable:
         conditions = cond.reconciling(conditions, False, "Observed", message, observed_generation=generation)
         conditions = cond.stalled(conditions, False, "Observed", message, observed_generation=generation)
     elif config_error is not None:
         conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
+    conditions = cond.set_condition(conditions, "Draining", drain_open and drain_state == "Running", drain_reason,
+                                    drain_message, observed_generation=generation)
     if cordoned:
         why = ("spec.maintenance is true" if spec.get("maintenance") else
-               f"remediation policy {(previous.get('remediation') or {}).get('policy')} quarantined it"
+               f"RemediationPolicy {remediation.get('policy')} ({quarantine}) quarantined it"
                if quarantine else "spec.unschedulable is true")
         conditions = cond.set_condition(conditions, "Schedulable", False, "Cordoned",
                                         f"{name} takes no new VMs or inbound migrations: {why}.",
@@ -128,6 +147,26 @@ def host_status(
                                             f"Every sensor of {name} reads normal.", observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
     return status
+
+
+def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> tuple[str, str]:
+    """Reason and message of the Draining condition from ``status.drain`` (pure)."""
+    state = drain.get("state")
+    counts = (f"{drain.get('moved', 0)} of {drain.get('total', 0)} VM(s) moved, {drain.get('inFlight', 0)} in "
+              f"flight, {drain.get('failed', 0)} failed attempt(s)")
+    if not drain_open:
+        if state == "Cancelled":
+            return "DrainCancelled", f"The last drain of {name} was stopped before it completed ({counts})."
+        return "NotDraining", f"No drain runs on {name}."
+    if state == "Running":
+        return "Draining", f"{name} is being drained ({drain.get('trigger')}): {counts}."
+    if state == "Blocked":
+        blocked = drain.get("blocked") or []
+        listed = "; ".join(f"{b.get('vm')} ({b.get('reason')}): {b.get('message')}" for b in blocked[:3])
+        more = f"; and {len(blocked) - 3} more" if len(blocked) > 3 else ""
+        return "DrainBlocked", (f"The drain of {name} ({drain.get('trigger')}) cannot finish: {len(blocked)} VM(s) "
+                                f"cannot move: {listed}{more}. Fix the cause, or end what asked for the drain.")[:4000]
+    return "Drained", f"{name} is drained ({drain.get('trigger')}): {counts}."
 
 
 def _comparable(status: Mapping[str, Any]) -> Any:

@@ -129,3 +129,17 @@ async def read_configmap_key(namespace: str, name: str, key: str) -> str | bytes
     if cm.binary_data and key in cm.binary_data:
         return base64.b64decode(cm.binary_data[key])
     return None
+
+
+async def patch(plural: str, namespace: str | None, name: str, body: dict[str, Any]) -> None:
+    """Merge-patch one of our objects outside its status (e.g. a Host annotation the operator
+    consumes); a vanished object is not an error."""
+    try:
+        if namespace:
+            await _call("patch", plural, _custom().patch_namespaced_custom_object,
+                        GROUP, VERSION, namespace, plural, name, body)
+        else:
+            await _call("patch", plural, _custom().patch_cluster_custom_object, GROUP, VERSION, plural, name, body)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

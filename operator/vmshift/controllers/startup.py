@@ -13,7 +13,15 @@ from typing import Any
 import kopf
 
 # Importing the controller modules registers their handlers.
-from vmshift.controllers import hosts, indexes, migrations, virtualmachines  # noqa: F401
+from vmshift.controllers import (  # noqa: F401
+    drains,
+    hosts,
+    imports,
+    indexes,
+    migrations,
+    remediation,
+    virtualmachines,
+)
 from vmshift.controllers.runtime import runtime
 
 PREFIX = "vmshift.io"

@@ -1,0 +1,393 @@
+"""Drain controller: a daemon per Host runs the evacuation engine for maintenance and remediation.
+
+Thin: the decisions are ``scheduling.evacuation`` (goal, next step) over the indexes; this module
+creates and deletes VirtualMachineMigration objects, patches ``Host.status.drain`` and posts events.
+The existing migration daemon and queue run the migrations it creates.
+
+Each migration a drain creates carries the labels ``vmshift.io/evacuation=<host>`` and
+``vmshift.io/evacuation-id=<drain id>`` (the drain id comes from ``status.drain.startedAt``), an
+owner reference to its VM (a cluster-scoped Host cannot own namespaced objects), and its attempt
+number in an annotation. Progress is derived from those objects through an index on every pass, so
+an operator restart loses nothing: the next daemon reads ``status.drain`` and the index and goes
+on. Finished migrations of a host's earlier drains are deleted when a later drain runs, and every
+one of them when the Host is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from vmshift import metrics
+from vmshift.api.host import DrainState
+from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.controllers import kubeapi
+from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
+from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry
+from vmshift.scheduling.drain import plan_drain
+from vmshift.scheduling.evacuation import (
+    SETUP_SECONDS,
+    Attempt,
+    Create,
+    Goal,
+    Progress,
+    Step,
+    episode_id,
+    evacuation_step,
+    goal_of,
+    wind_down,
+)
+from vmshift.scheduling.fleet import Fleet
+from vmshift.scheduling.moves import DrainLimits
+from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, select_policy
+
+EVACUATION_LABEL = "vmshift.io/evacuation"
+EPISODE_LABEL = "vmshift.io/evacuation-id"
+ATTEMPT_ANNOTATION = "vmshift.io/evacuation-attempt"
+ORDER_ANNOTATION = "vmshift.io/evacuation-order"
+
+#: Seconds between passes while a drain runs (events wake it sooner), and while nothing drains.
+BUSY_SECONDS = 2.0
+IDLE_SECONDS = 60.0
+#: How long a created migration counts as queued while the index does not show it.
+EXPECTATION_SECONDS = 30.0
+#: Blocked VMs listed in an event or a condition message.
+LISTED = 5
+
+_wake: dict[str, asyncio.Event] = {}
+log = logging.getLogger("vmshift.drains")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def wake(host: str) -> None:
+    """Ask the drain daemon of ``host`` for a pass now."""
+    event = _wake.get(host)
+    if event is not None:
+        event.set()
+
+
+def attempt_of(body: Mapping[str, Any]) -> Attempt:
+    """One drain migration as the engine sees it (pure)."""
+    meta = body.get("metadata", {})
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    failure = status.get("failure") or {}
+    reason = failure.get("reason")
+    try:
+        attempt = int((meta.get("annotations") or {}).get(ATTEMPT_ANNOTATION, "1"))
+    except ValueError:
+        attempt = 1
+    return Attempt(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        vm=f"{meta['namespace']}/{spec.get('vmName', '')}",
+        episode=(meta.get("labels") or {}).get(EPISODE_LABEL, ""),
+        attempt=attempt,
+        phase=MigrationPhase(status.get("phase") or MigrationPhase.Pending),
+        target=status.get("targetHost") or spec.get("targetHost"),
+        reason=FailureReason(str(reason)) if reason in FailureReason.__members__ else None,
+        message=failure.get("message") or "",
+    )
+
+
+@kopf.index(GROUP, VERSION, "virtualmachinemigrations", labels={EVACUATION_LABEL: kopf.PRESENT})
+def evacuation_index(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, Attempt]:
+    """The migrations drains created, by the host they drain."""
+    return {labels[EVACUATION_LABEL]: attempt_of(body)}
+
+
+@kopf.on.event(GROUP, VERSION, "virtualmachinemigrations", labels={EVACUATION_LABEL: kopf.PRESENT})
+async def wake_drain_on_migration_event(labels: kopf.Labels, **_: Any) -> None:
+    wake(labels[EVACUATION_LABEL])
+
+
+@kopf.on.event(GROUP, VERSION, "hosts")
+async def wake_drain_on_host_event(name: str, **_: Any) -> None:
+    wake(name)
+
+
+def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VMEntry) -> dict[str, Any]:
+    """The VirtualMachineMigration one move of a drain creates (pure)."""
+    move = create.move
+    retry = f" (attempt {create.attempt}, after {', '.join(move.failed_targets)} failed)" if create.attempt > 1 else ""
+    reason = (f"Drain of {host} ({trigger}): move {move.order + 1} of the plan, priority {move.priority}, to "
+              f"{move.target}{retry}; planned rate {move.bandwidth_mbps:.0f} Mbps.")
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VirtualMachineMigration",
+        "metadata": {
+            "name": create.name,
+            "namespace": create.namespace,
+            "labels": {EVACUATION_LABEL: host, EPISODE_LABEL: episode, "vmshift.io/vm": create.vm_name},
+            "annotations": {ATTEMPT_ANNOTATION: str(create.attempt), ORDER_ANNOTATION: str(move.order)},
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
+                                 "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],
+        },
+        "spec": {"vmName": create.vm_name, "targetHost": move.target, "mode": "Auto", "reason": reason[:1024]},
+    }
+
+
+def drain_status(progress: Progress) -> dict[str, Any]:
+    """The counters of ``status.drain`` from a pass (pure)."""
+    return {
+        "state": progress.state.value,
+        "total": progress.total,
+        "moved": progress.moved,
+        "inFlight": progress.in_flight,
+        "failed": progress.failed,
+        "blocked": [{"vm": b.vm, "reason": b.reason.value, "message": b.message[:4096]} for b in progress.blocked],
+    }
+
+
+def describe_blocked(progress: Progress) -> str:
+    shown = "; ".join(f"{b.vm} ({b.reason.value}): {b.message}" for b in progress.blocked[:LISTED])
+    more = f"; and {len(progress.blocked) - LISTED} more" if len(progress.blocked) > LISTED else ""
+    return shown + more
+
+
+def _vm_policies(fleet_now: Fleet, host: str, vms: kopf.Index[str, VMEntry],
+                 policies: list[PolicyView]) -> dict[str, PolicyView]:
+    out = {}
+    for view in fleet_now.vms_on(host):
+        entry = one(vms, view.key)
+        if entry is None:
+            continue
+        requested = (entry.spec.get("migration") or {}).get("policy")
+        out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested) or DEFAULT_POLICY
+    return out
+
+
+def _limits(fleet_now: Fleet, migrations: kopf.Index[str, MigrationEntry], policies: list[PolicyView],
+            host: str) -> DrainLimits:
+    """The cluster limit the queue applies (the strictest policy's), less what other drains and
+    requests hold now."""
+    limit = min(p.parallel_migrations_per_cluster for p in [DEFAULT_POLICY, *policies])
+    others = sum(1 for m in values(migrations) if m.in_flight and m.source != host)
+    return DrainLimits(cluster_available=max(limit - others, 1))
+
+
+class Evacuator:
+    """The drain of one host: the last ``status.drain`` written, and the passes that advance it."""
+
+    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None) -> None:
+        self.host = host
+        self.body = body
+        self.drain: dict[str, Any] = dict(drain or {})
+        self.written: dict[str, Any] = dict(self.drain)
+        #: Migrations this process created that the index may not show yet (the watch lags the
+        #: create), with when: counted as queued so a pass right after a create does not add more.
+        self.expected: dict[tuple[str, str], tuple[float, Attempt]] = {}
+
+    def seen(self, attempts: list[Attempt]) -> list[Attempt]:
+        """``attempts`` from the index plus the ones created here that it does not show yet."""
+        now = time.monotonic()
+        known = {(a.namespace, a.name) for a in attempts}
+        for key, (at, _) in list(self.expected.items()):
+            if key in known or now - at > EXPECTATION_SECONDS:
+                del self.expected[key]
+        return attempts + [a for _, a in self.expected.values()]
+
+    @property
+    def open(self) -> bool:
+        return bool(self.drain.get("trigger"))
+
+    @property
+    def episode(self) -> str:
+        return episode_id(self.host, str(self.drain.get("startedAt") or ""))
+
+    async def run_pass(self, spec: Mapping[str, Any], status: Mapping[str, Any], hosts: kopf.Index[str, HostEntry],
+                       vms: kopf.Index[str, VMEntry], migrations: kopf.Index[str, MigrationEntry],
+                       policies: kopf.Index[str, PolicyView], attempts: list[Attempt]) -> bool:
+        """One observe-decide-act pass; True while the drain has work under way."""
+        goal = goal_of(self.host, spec, status)
+        attempts = self.seen(attempts)
+        winding_down = (not self.open and self.drain.get("state") == DrainState.Cancelled
+                        and not self.drain.get("finishedAt"))
+        if goal is None and not self.open and not winding_down:
+            await self._delete([a for a in attempts if a.finished and a.episode != self.episode])
+            return False
+        fleet_now = fleet(hosts, vms, migrations)
+        migration_policies = values(policies)
+        if goal is not None and not self.open:
+            await self._start(goal, fleet_now, vms, migrations, migration_policies)
+        episode = self.episode
+        if goal is not None:
+            step = evacuation_step(goal, episode, fleet_now, attempts,
+                                   limits=_limits(fleet_now, migrations, migration_policies, self.host),
+                                   vm_policies=_vm_policies(fleet_now, self.host, vms, migration_policies))
+        else:
+            scope = self.drain.get("minPriority")
+            step = wind_down(DrainState(self.drain["state"]) if self.drain.get("state") else None, episode,
+                             fleet_now, self.host, attempts, min_priority=int(scope) if scope is not None else None)
+        await self._act(step, goal, vms, episode)
+        await self._report(step, goal)
+        return (goal is not None and step.progress.state is DrainState.Running) or step.progress.in_flight > 0
+
+    async def _start(self, goal: Goal, fleet_now: Fleet, vms: kopf.Index[str, VMEntry],
+                     migrations: kopf.Index[str, MigrationEntry], policies: list[PolicyView]) -> None:
+        """Open a new drain: its start time (hence its id), what the planner expects of it, an event."""
+        plan = plan_drain(self.host, fleet_now, _limits(fleet_now, migrations, policies, self.host),
+                          only=goal.covers, vm_policies=_vm_policies(fleet_now, self.host, vms, policies),
+                          setup_seconds=SETUP_SECONDS)
+        count = sum(1 for vm in fleet_now.vms_on(self.host) if goal.covers(vm))
+        self.drain = {
+            "state": DrainState.Running.value, "trigger": goal.trigger, "minPriority": goal.min_priority,
+            "total": count, "moved": 0, "inFlight": 0, "failed": 0, "blocked": [],
+            "startedAt": _now(), "finishedAt": None, "strategy": plan.strategy,
+            "expectedSeconds": round(plan.expected_makespan_seconds, 2),
+            "lowerBoundSeconds": round(plan.lower_bound_seconds, 2),
+        }
+        await self._write()
+        scope = "every VM" if goal.min_priority is None else f"the VMs with priority >= {goal.min_priority}"
+        kopf.info(self.body, reason="DrainStarted",
+                  message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
+                          f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
+                          f"{plan.lower_bound_seconds:.1f} s).")
+        metrics.DRAINS.labels(result="Started").inc()
+
+    async def _act(self, step: Step, goal: Goal | None, vms: kopf.Index[str, VMEntry], episode: str) -> None:
+        await self._delete(list(step.cancel) + list(step.stale))
+        if step.create and step.plan is not None:
+            p = step.progress
+            log.info(f"drain of {self.host}: {p.moved} of {p.total} moved, {p.in_flight - len(step.create)} under "
+                     f"way; plan {step.plan.strategy}; starting "
+                     + ", ".join(f"{c.move.vm} -> {c.move.target}" for c in step.create))
+        for create in step.create:
+            vm = one(vms, create.move.vm)
+            if vm is None:
+                continue
+            trigger = goal.trigger if goal is not None else "spec.maintenance"
+            created = await kubeapi.create("virtualmachinemigrations", create.namespace,
+                                           migration_body(create, self.host, episode, trigger, vm))
+            self.expected[(create.namespace, create.name)] = (time.monotonic(), Attempt(
+                create.namespace, create.name, create.move.vm, episode, create.attempt, MigrationPhase.Pending,
+                create.move.target))
+            if created is None:
+                continue  # made by an earlier pass whose result the index does not show yet
+            move = create.move
+            if create.attempt > 1:
+                kopf.warn(self.body, reason="DrainRetry",
+                          message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
+                                  f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
+            else:
+                kopf.info(self.body, reason="DrainMove",
+                          message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
+                                  f"{move.why or 'chosen by the drain planner.'}"[:1024])
+
+    async def _delete(self, attempts: list[Attempt]) -> None:
+        for a in attempts:
+            await kubeapi.delete("virtualmachinemigrations", a.namespace, a.name)
+
+    async def _report(self, step: Step, goal: Goal | None) -> None:
+        """Write ``status.drain`` when it changed, and an event when the drain's state changed."""
+        before, was_open = self.drain.get("state"), self.open
+        progress = step.progress
+        state = progress.state
+        new = {**self.drain, **drain_status(progress)}
+        if goal is not None:
+            new["trigger"], new["minPriority"] = goal.trigger, goal.min_priority
+            finished = state is not DrainState.Running
+            new["finishedAt"] = (self.drain.get("finishedAt") or _now()) if finished else None
+        else:
+            new["trigger"] = None
+            if progress.in_flight == 0 and not new.get("finishedAt"):
+                new["finishedAt"] = _now()
+        self.drain = new
+        await self._write()
+        if state.value == before and (goal is not None or not was_open):
+            return
+        if state is DrainState.Completed and goal is not None:
+            kopf.info(self.body, reason="DrainCompleted",
+                      message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
+                              f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
+                              f"s), {progress.failed} failed attempt(s).")
+            metrics.DRAINS.labels(result="Completed").inc()
+        elif state is DrainState.Completed:
+            kopf.info(self.body, reason="DrainClosed",
+                      message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
+                              f"else cordons it.")
+        elif state is DrainState.Blocked:
+            kopf.warn(self.body, reason="DrainBlocked",
+                      message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
+                              f"{describe_blocked(progress)}"[:1024])
+            metrics.DRAINS.labels(result="Blocked").inc()
+        elif state is DrainState.Running and before == DrainState.Blocked.value:
+            kopf.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
+        elif state is DrainState.Cancelled and before != DrainState.Cancelled.value:
+            kopf.info(self.body, reason="DrainCancelled",
+                      message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
+                              f"{progress.in_flight} migration(s) already under way finish, queued ones were "
+                              f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
+            metrics.DRAINS.labels(result="Cancelled").inc()
+
+    def _seconds(self) -> float:
+        try:
+            started = datetime.fromisoformat(str(self.drain.get("startedAt")).replace("Z", "+00:00"))
+        except ValueError:
+            return 0.0
+        return (datetime.now(UTC) - started).total_seconds()
+
+    async def _write(self) -> None:
+        if self.drain == self.written:
+            return
+        await kubeapi.patch_status("hosts", None, self.host, {"drain": self.drain})
+        self.written = dict(self.drain)
+
+
+@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
+async def drain_host(
+    name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, stopped: kopf.DaemonStopped,
+    logger: kopf.Logger, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
+    migration_index: kopf.Index[str, MigrationEntry], policy_index: kopf.Index[str, PolicyView],
+    evacuation_index: kopf.Index[str, Attempt], **_: Any,
+) -> None:
+    """Run the host's drain whenever spec.maintenance or a remediation asks for one."""
+    woken = _wake.setdefault(name, asyncio.Event())
+    evacuator = Evacuator(name, body, status.get("drain"))
+    while not stopped:
+        woken.clear()
+        busy = False
+        try:
+            busy = await evacuator.run_pass(spec, status, host_index, vm_index, migration_index, policy_index,
+                                            list(evacuation_index.get(name) or []))
+        except ApiException as exc:
+            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+            logger.warning(f"drain pass of {name} failed, retrying: {exc.status} {exc.reason}")
+            busy = True
+        except Exception:  # a bug must not end the host's drain daemon: log it and try again
+            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+            logger.exception(f"drain pass of {name} failed, retrying")
+            busy = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_either(woken, stopped), BUSY_SECONDS if busy else IDLE_SECONDS)
+        if busy and not stopped:
+            await asyncio.sleep(0.2)  # let a burst of watch events land before the next pass
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        leftovers = list(evacuation_index.get(name) or [])
+        for attempt in leftovers:
+            with contextlib.suppress(ApiException):
+                await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
+        if leftovers:
+            logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
+    _wake.pop(name, None)
+
+
+async def _either(event: asyncio.Event, stopped: kopf.DaemonStopped) -> None:
+    """Return when ``event`` is set or the daemon is asked to stop."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,433 @@
+"""Remediation controller: RemediationPolicies act on hosts' health alerts; the Alertmanager receiver feeds them.
+
+Thin: the decisions are ``remediation.decide`` over the alert book (``remediation.signals``); this
+module gathers the inputs, applies the decisions (``Host.status.remediation``, events, the consumed
+release annotation) and keeps each RemediationPolicy's status. It never moves a VM itself: an
+EvacuateCritical or Maintenance remediation is a goal the drain controller (``drains``) reads from
+``status.remediation``, and every action quarantines the host through the same field (the indexes
+read it as unschedulable).
+
+Inputs: the agents' sensors (as the host controller last polled them) become alerts with the
+labels alertname, host, severity, signal and source=agent; Alertmanager's alerts arrive through the
+webhook receiver started here (``--webhook-port``). Both land in one :class:`AlertBook`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from aiohttp import web
+from kubernetes.client.exceptions import ApiException
+
+from vmshift import metrics
+from vmshift.api import conditions as cond
+from vmshift.api.host import AlertSource
+from vmshift.api.remediationpolicy import RemediationAction
+from vmshift.controllers import drains, kubeapi
+from vmshift.controllers.indexes import GROUP, VERSION, values
+from vmshift.controllers.runtime import runtime
+from vmshift.controllers.views import HostEntry
+from vmshift.remediation.alerts import Alert, host_signals_from_sensors
+from vmshift.remediation.decide import Decision, DecisionKind, HostState, PolicyView, decide
+from vmshift.remediation.signals import (
+    AlertBook,
+    Entry,
+    last_ended_of,
+    policy_view,
+    remediation_of,
+    rfc3339,
+    seed_labels,
+    timestamp,
+)
+from vmshift.remediation.webhook import WebhookConfig, WebhookConfigError, load_token, serve
+
+log = logging.getLogger("vmshift.remediation")
+
+#: Longest sleep of a host's remediation pass when nothing is due sooner (events wake it earlier).
+IDLE_SECONDS = 30.0
+#: Alerts listed in status.remediation.alerts.
+MAX_ALERT_REFS = 16
+#: Unknown-host notices kept per policy until its daemon posts them.
+MAX_NOTICES = 20
+
+
+@dataclass(frozen=True)
+class ActiveEntry:
+    """A host some policy acts on (from the Host's status): what the policy's status lists."""
+
+    host: str
+    since: str | None
+    alerts: tuple[str, ...]
+
+
+@kopf.index(GROUP, VERSION, "remediationpolicies")
+def remediation_policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, PolicyView]:
+    return {name: policy_view(name, spec)}
+
+
+@kopf.index(GROUP, VERSION, "hosts")
+def remediation_by_policy(name: str, status: kopf.Status, **_: Any) -> dict[str, ActiveEntry]:
+    """Hosts under a remediation, by the policy acting on them."""
+    remediation = status.get("remediation") or {}
+    if not remediation.get("policy"):
+        return {}
+    names = tuple(sorted({str(a.get("alertname")) for a in remediation.get("alerts") or []}))
+    return {remediation["policy"]: ActiveEntry(name, remediation.get("since"), names)}
+
+
+# --- the shared state: the alert book and the webhook's view of the fleet --------------------------
+
+
+class Receiver:
+    """The webhook's sink and the book every host's pass reads (one per operator process)."""
+
+    def __init__(self) -> None:
+        self.book = AlertBook()
+        self.hosts: kopf.Index[str, HostEntry] | None = None
+        self.policies: kopf.Index[str, PolicyView] | None = None
+        self.notices: dict[str, list[str]] = {}
+        self.host_wakers: dict[str, asyncio.Event] = {}
+        self.policy_wakers: dict[str, asyncio.Event] = {}
+
+    def capture(self, hosts: kopf.Index[str, HostEntry], policies: kopf.Index[str, PolicyView]) -> None:
+        """Keep the (live) indexes the webhook needs; daemons pass them in."""
+        self.hosts, self.policies = hosts, policies
+
+    def ready(self) -> bool:
+        return self.hosts is not None and self.policies is not None
+
+    def _policies(self) -> list[PolicyView]:
+        return values(self.policies) if self.policies is not None else []
+
+    def hosts_named(self, alert: Alert) -> list[str]:
+        labels = {"host"} | {p.host_label for p in self._policies()}
+        known = self.hosts or {}
+        return sorted({alert.labels[k] for k in labels if alert.labels.get(k) and alert.labels[k] in known})
+
+    def accept(self, host: str, alert: Alert) -> None:
+        if self.book.record(host, alert, time.time()):
+            self.wake_host(host)
+
+    def unknown(self, alert: Alert) -> None:
+        named = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname") or "no labels"
+        text = (f"Alert {alert.alertname or '(no alertname)'} ({alert.status}; {named}) names no known Host, so "
+                f"nothing was done. Check the alert's host label (or the policy's match.hostLabel).")
+        matched = [p for p in self._policies() if p.matches({**alert.labels, p.host_label: "?"}, "?")]
+        if not matched:
+            log.info("webhook: %s", text)
+        for policy in matched:
+            queue = self.notices.setdefault(policy.name, [])
+            if len(queue) < MAX_NOTICES:
+                queue.append(text)
+            self.wake_policy(policy.name)
+
+    def wake_host(self, host: str) -> None:
+        event = self.host_wakers.get(host)
+        if event is not None:
+            event.set()
+
+    def wake_policy(self, policy: str) -> None:
+        event = self.policy_wakers.get(policy)
+        if event is not None:
+            event.set()
+
+    def wake_all_hosts(self) -> None:
+        for event in self.host_wakers.values():
+            event.set()
+
+
+receiver = Receiver()
+_server: dict[str, web.AppRunner] = {}
+
+
+@kopf.on.startup()
+async def start_webhook(logger: kopf.Logger, **_: Any) -> None:
+    """Serve Alertmanager's webhook when VMSHIFT_WEBHOOK_PORT is set (``--webhook-port``)."""
+    port = int(os.environ.get("VMSHIFT_WEBHOOK_PORT") or 0)
+    if not port:
+        return
+    try:
+        token = load_token()
+    except WebhookConfigError as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    config = WebhookConfig(token=token, max_bytes=int(os.environ.get("VMSHIFT_WEBHOOK_MAX_BYTES") or 1024 * 1024))
+    _server["runner"] = await serve(config, receiver, os.environ.get("VMSHIFT_WEBHOOK_ADDRESS", "0.0.0.0"), port)
+    logger.info(f"Alertmanager webhook receiver on port {port}")
+
+
+@kopf.on.cleanup()
+async def stop_webhook(**_: Any) -> None:
+    runner = _server.pop("runner", None)
+    if runner is not None:
+        await runner.cleanup()
+
+
+@kopf.on.event(GROUP, VERSION, "remediationpolicies")
+async def wake_remediation_on_policy_event(name: str, **_: Any) -> None:
+    receiver.wake_all_hosts()
+    receiver.wake_policy(name)
+
+
+@kopf.on.event(GROUP, VERSION, "hosts")
+async def wake_remediation_on_host_event(name: str, status: kopf.Status, **_: Any) -> None:
+    receiver.wake_host(name)
+    for key in ("remediation", "lastRemediation"):
+        policy = (status.get(key) or {}).get("policy")
+        if policy:
+            receiver.wake_policy(policy)
+
+
+# --- a host's remediation -----------------------------------------------------------------------
+
+
+def _ref(entry: Entry) -> dict[str, Any]:
+    labels = entry.state.labels
+    ref: dict[str, Any] = {"alertname": labels.get("alertname") or "(unnamed)",
+                           "startsAt": rfc3339(entry.state.first_seen), "source": entry.source.value}
+    if labels.get("severity"):
+        ref["severity"] = labels["severity"]
+    return ref
+
+
+class HostRemediator:
+    """One host's remediation: the status it last wrote, the events it last told, the decisions."""
+
+    def __init__(self, host: str, body: kopf.Body, status: Mapping[str, Any]) -> None:
+        self.host = host
+        self.body = body
+        self.remediation: dict[str, Any] | None = dict(status["remediation"]) if status.get("remediation") else None
+        self.last: dict[str, Any] | None = dict(status["lastRemediation"]) if status.get("lastRemediation") else None
+        self.last_ended: dict[str, float] = last_ended_of(self.last)
+        self.told: dict[str, str] = {}
+        self.exported: set[tuple[str, str, str, str]] = set()
+
+    def seed(self, policies: Mapping[str, PolicyView]) -> None:
+        """After a restart: the alerts behind the remediation in force count as firing until the
+        agent's next report or Alertmanager says otherwise."""
+        if self.remediation is None:
+            return
+        policy = policies.get(str(self.remediation.get("policy")))
+        for alert in self.remediation.get("alerts") or []:
+            source = AlertSource(alert.get("source") or AlertSource.Alertmanager)
+            started = timestamp(alert.get("startsAt")) or time.time()
+            receiver.book.seed(self.host, source, seed_labels(alert, self.host, policy), started)
+
+    def observe_sensors(self, now: float) -> None:
+        link = runtime().agents.get(self.host)
+        if link is None or not link.reachable or link.info is None:
+            return
+        alerts = host_signals_from_sensors(self.host, link.info.sensors, now=datetime.fromtimestamp(now, UTC))
+        receiver.book.sensors(self.host, alerts, now)
+
+    def export_alerts(self) -> None:
+        """Firing alerts as the vmshift_host_alerts gauge (alertname, host, severity, source)."""
+        active = {(self.host, e.state.labels.get("alertname", ""), e.state.labels.get("severity", ""),
+                   e.source.value) for e in receiver.book.entries(self.host) if e.state.active}
+        for labels in self.exported - active:
+            with contextlib.suppress(KeyError):
+                metrics.HOST_ALERTS.remove(*labels)
+        for labels in active - self.exported:
+            metrics.HOST_ALERTS.labels(*labels).set(1)
+        self.exported = active
+
+    async def run_pass(self, annotations: Mapping[str, str], policies: list[PolicyView]) -> float:
+        """One pass; returns how long to sleep before the next unless woken."""
+        now = time.time()
+        self.observe_sensors(now)
+        self.export_alerts()
+        if not policies and self.remediation is None:
+            return IDLE_SECONDS
+        state = HostState(
+            host=self.host,
+            alerts=receiver.book.signals(self.host),
+            remediation=remediation_of(self.remediation),
+            last_ended=dict(self.last_ended),
+            annotations=dict(annotations),
+        )
+        by_name = {p.name: p for p in policies}
+        decisions = decide(policies, state, now)
+        for decision in decisions:
+            await self.apply(decision, by_name.get(decision.policy), now)
+        waits = [d.wait_until - now for d in decisions if d.wait_until is not None]
+        return min([IDLE_SECONDS, *waits]) if waits else IDLE_SECONDS
+
+    def _alert_refs(self, policy: PolicyView | None, decision: Decision) -> list[dict[str, Any]]:
+        names = set(decision.signals)
+        refs = [
+            _ref(e) for e in receiver.book.entries(self.host)
+            if e.state.active and ((policy is not None and policy.matches(e.state.labels, self.host))
+                                   or e.state.labels.get("alertname") in names
+                                   or e.state.labels.get("signal") in names)
+        ]
+        return refs[:MAX_ALERT_REFS]
+
+    async def apply(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+        if decision.kind is DecisionKind.End:
+            await self._end(decision, policy, now)
+        elif decision.kind is DecisionKind.Start:
+            await self._start(decision, policy, now)
+        elif decision.kind is DecisionKind.Keep:
+            await self._keep(decision, policy)
+        elif self.told.get(decision.policy) != decision.reason:
+            self.told[decision.policy] = decision.reason
+            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+
+    async def _start(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+        remediation: dict[str, Any] = {
+            "policy": decision.policy, "action": decision.action.value, "since": rfc3339(now),
+            "alerts": self._alert_refs(policy, decision), "reason": decision.reason, "message": decision.message,
+            "priorityThreshold": decision.priority_threshold
+            if decision.action is RemediationAction.EvacuateCritical else None,
+        }
+        await kubeapi.patch_status("hosts", None, self.host, {"remediation": remediation})
+        self.remediation = remediation
+        self.told[decision.policy] = decision.reason
+        kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
+        drains.wake(self.host)
+
+    async def _keep(self, decision: Decision, policy: PolicyView | None) -> None:
+        if self.remediation is None:
+            return
+        current = {**self.remediation, "reason": decision.reason, "message": decision.message}
+        refs = self._alert_refs(policy, decision)
+        if refs:
+            current["alerts"] = refs
+        if _comparable(current) != _comparable(self.remediation):
+            await kubeapi.patch_status("hosts", None, self.host, {"remediation": current})
+            self.remediation = current
+        if self.told.get(decision.policy) != decision.reason:
+            self.told[decision.policy] = decision.reason
+            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+
+    async def _end(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+        since = (self.remediation or {}).get("since")
+        last = {"policy": decision.policy, "action": decision.action.value, "since": since,
+                "endedAt": rfc3339(now), "reason": decision.reason, "message": decision.message}
+        await kubeapi.patch_status("hosts", None, self.host, {"remediation": None, "lastRemediation": last})
+        self.remediation, self.last = None, last
+        self.last_ended[decision.policy] = now
+        self.told[decision.policy] = decision.reason
+        kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="End").inc()
+        if decision.reason == "ReleasedByAnnotation" and policy is not None:
+            # The release is consumed, so it cannot end the next remediation at once.
+            await kubeapi.patch("hosts", None, self.host,
+                                {"metadata": {"annotations": {policy.release_annotation: None}}})
+            kopf.info(self.body, reason="RemediationReleaseConsumed",
+                      message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
+                              f"{decision.action.value} of RemediationPolicy {decision.policy}.")
+        drains.wake(self.host)
+
+
+def _comparable(remediation: Mapping[str, Any]) -> Any:
+    """A remediation without the alerts' times (they do not warrant a patch on their own)."""
+    alerts = sorted((a.get("alertname"), a.get("severity"), a.get("source")) for a in remediation.get("alerts") or [])
+    return {**remediation, "alerts": alerts}
+
+
+async def _either(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Return when ``event`` is set, the daemon is asked to stop, or ``seconds`` passed."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
+async def remediate_host(
+    name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, stopped: kopf.DaemonStopped,
+    logger: kopf.Logger, host_index: kopf.Index[str, HostEntry],
+    remediation_policy_index: kopf.Index[str, PolicyView], **_: Any,
+) -> None:
+    """Match the host's alerts against the RemediationPolicies and apply what they decide."""
+    receiver.capture(host_index, remediation_policy_index)
+    woken = receiver.host_wakers.setdefault(name, asyncio.Event())
+    remediator = HostRemediator(name, body, status)
+    remediator.seed({p.name: p for p in values(remediation_policy_index)})
+    while not stopped:
+        woken.clear()
+        try:
+            timeout = await remediator.run_pass(meta.get("annotations") or {}, values(remediation_policy_index))
+        except ApiException as exc:
+            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+            logger.warning(f"remediation pass of {name} failed, retrying: {exc.status} {exc.reason}")
+            timeout = 2.0
+        except Exception:  # a bug must not end the host's remediation daemon: log it and try again
+            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+            logger.exception(f"remediation pass of {name} failed, retrying")
+            timeout = 5.0
+        await _either(woken, stopped, timeout)
+    receiver.host_wakers.pop(name, None)
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        receiver.book.forget_host(name)
+        for labels in remediator.exported:
+            with contextlib.suppress(KeyError):
+                metrics.HOST_ALERTS.remove(*labels)
+
+
+# --- a policy's status ----------------------------------------------------------------------------
+
+
+def policy_status(name: str, spec: Mapping[str, Any], generation: int, previous: Mapping[str, Any],
+                  active: list[ActiveEntry]) -> dict[str, Any]:
+    """A RemediationPolicy's status from the hosts it acts on (pure)."""
+    hosts = sorted(active, key=lambda a: a.host)
+    triggered = [t for t in [previous.get("lastTriggeredAt"), *(a.since for a in hosts)] if t]
+    last = max(triggered, key=lambda t: timestamp(t) or 0.0) if triggered else None
+    if spec.get("suspend"):
+        reason, message = "Suspended", f"RemediationPolicy {name} is suspended: it starts nothing."
+    elif hosts:
+        reason = "Acting"
+        message = f"RemediationPolicy {name} acts on {len(hosts)} host(s): {', '.join(a.host for a in hosts[:10])}."
+    else:
+        reason, message = "Watching", f"RemediationPolicy {name} is accepted and acts on no host now."
+    conditions = cond.ready(previous.get("conditions") or [], True, reason, message, observed_generation=generation)
+    conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
+    conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
+    return {
+        "observedGeneration": generation,
+        "active": [{"host": a.host, "since": a.since, "alerts": list(a.alerts)} for a in hosts],
+        "lastTriggeredAt": last,
+        "conditions": cond.dump(conditions),
+    }
+
+
+def _policy_comparable(status: Mapping[str, Any]) -> Any:
+    return {**status, "conditions": sorted((c["type"], c["status"], c["reason"], c["message"])
+                                           for c in status.get("conditions") or [])}
+
+
+@kopf.daemon(GROUP, VERSION, "remediationpolicies", cancellation_backoff=5.0, cancellation_timeout=5.0)
+async def report_policy(
+    name: str, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
+    stopped: kopf.DaemonStopped, logger: kopf.Logger, remediation_by_policy: kopf.Index[str, ActiveEntry], **_: Any,
+) -> None:
+    """Keep the policy's status (hosts it acts on) and post its unknown-host notices as events."""
+    woken = receiver.policy_wakers.setdefault(name, asyncio.Event())
+    written: Any = None
+    while not stopped:
+        woken.clear()
+        new = policy_status(name, spec, int(meta.get("generation") or 0), status,
+                            list(remediation_by_policy.get(name) or []))
+        try:
+            if _policy_comparable(new) != written:
+                await kubeapi.patch_status("remediationpolicies", None, name, new)
+                written = _policy_comparable(new)
+        except ApiException as exc:
+            logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
+        for text in receiver.notices.pop(name, []):
+            kopf.warn(body, reason="UnknownHost", message=text)
+        await _either(woken, stopped, IDLE_SECONDS)
+    receiver.policy_wakers.pop(name, None)
