@@ -29,6 +29,10 @@ HOSTS = [
 ]
 
 
+PURGE = ["virtualmachineimports.vmshift.io", "virtualmachinemigrations.vmshift.io", "virtualmachines.vmshift.io",
+         "hosts.vmshift.io", "migrationpolicies.vmshift.io", "remediationpolicies.vmshift.io"]
+
+
 class Fleet:
     """What e2e tests drive: kubectl as a user would, and the agents to check the truth."""
 
@@ -132,6 +136,10 @@ def fleet(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flee
     workdir: Path = tmp_path_factory.mktemp("stack")
     stack = Stack(kube.state, workdir)
     stack.install_crds()
+    # Start from an empty fleet: earlier tests of this run (the API tests apply the samples, whose
+    # hosts and VMs share names with this fleet) must not leak into what the operator manages.
+    # No operator has run yet, so nothing carries a finalizer.
+    kube.kubectl("delete", ",".join(PURGE), "--all", "-A", "--wait=true", "--timeout=60s")
     stack.start_hosts(HOSTS)
     stack.start_operator("--keep-finished-migrations", "50")
     f = Fleet(kube, stack)

@@ -153,8 +153,10 @@ def test_concurrency_limit_on_one_target_and_one_migration_per_vm(fleet: Fleet) 
     done.set()
     watcher.join()
     assert max(seen) == 2, f"the target ran {max(seen)} migrations at once (limit 2)"
-    # ten requests for one VM at once: one runs, nine are refused
-    fleet.apply(*[fleet.migration(ns, f"same-{i}", "c0", "h-icelake-1" if i % 2 else "h-icelake-2")
+    # ten requests for one VM at once: one runs, nine are refused. The VM is large and its link
+    # slow (about 8 s of transfer), so every request arrives while the first is still in flight.
+    fleet.running_vm(ns, "large", host="h-slow", compatibility=True, memory=1024, dirty=5)
+    fleet.apply(*[fleet.migration(ns, f"same-{i}", "large", "h-icelake-1" if i % 2 else "h-icelake-2")
                   for i in range(10)])
     results = [fleet.wait_phase("vsmig", f"same-{i}", ns, FINISHED) for i in range(10)]
     succeeded = [r for r in results if r["phase"] == "Succeeded"]
