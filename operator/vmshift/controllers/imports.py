@@ -32,10 +32,8 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import kopf
-import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.vmimport import ImportPhase, StepState
 from vmshift.api.vmimport import ImportStepName as Step
@@ -105,23 +103,13 @@ def imported_vms(body: kopf.Body, **_: Any) -> dict[str, ImportedVm]:
     return {vm.key: vm}
 
 
-_vm_api: list[Any] = []
 #: Clean-ups that outlive the daemon that started them.
 _background: set[asyncio.Task[None]] = set()
 
 
 async def _annotate_vm(namespace: str, name: str, annotations: dict[str, str]) -> None:
-    """Merge ``annotations`` into a VirtualMachine the import owns (kubeapi has no metadata patch)."""
-    if not _vm_api:
-        kubeapi.configure()
-        _vm_api.append(kubernetes.client.CustomObjectsApi())
-    metrics.API_REQUESTS.labels(verb="patch", resource="virtualmachines").inc()
-    try:
-        await asyncio.to_thread(_vm_api[0].patch_namespaced_custom_object, GROUP, VERSION, namespace,
-                                "virtualmachines", name, {"metadata": {"annotations": annotations}})
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    """Merge ``annotations`` into a VirtualMachine the import owns."""
+    await kubeapi.patch("virtualmachines", namespace, name, {"metadata": {"annotations": annotations}})
 
 
 def _api_message(exc: ApiException) -> str:
