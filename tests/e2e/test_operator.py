@@ -216,3 +216,19 @@ def test_operator_killed_at_random_points_leaves_every_vm_on_one_host(fleet: Fle
             wait_for(settled, f"{n} to run on exactly one host, the one its status names", 60,
                      describe=lambda n=n: f"status {fleet.status('vsvm', n, ns)}, copies {list(fleet.copies(uids[n]))}")
             target[n] = "h-icelake-1" if fleet.status("vsvm", n, ns)["host"] == "h-icelake-2" else "h-icelake-2"
+
+
+def test_a_host_that_no_longer_matches_the_selector_is_left_by_migration(fleet: Fleet) -> None:
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "sel", compatibility=True,
+                     placement={"hostSelector": {"matchLabels": {"rack": "r1"}}})
+    first = fleet.status("vsvm", "sel", ns)["host"]
+    assert first in ("h-icelake-1", "h-haswell")
+    fleet.kube.kubectl("patch", "vsvm", "sel", "-n", ns, "--type=merge",
+                       "-p", '{"spec":{"placement":{"hostSelector":{"matchLabels":{"rack":"r2"}}}}}')
+    status = wait_for(lambda: (fleet.status("vsvm", "sel", ns).get("lastMigration") or {}).get("result") and
+                      fleet.status("vsvm", "sel", ns), "a migration off the host that lost the selector", 90)
+    assert status["lastMigration"]["result"] == "Succeeded", status
+    fleet.wait_phase("vsvm", "sel", ns, {"Running"})
+    assert fleet.status("vsvm", "sel", ns)["host"] == "h-icelake-2"  # the only Intel host in rack r2
+    assert list(fleet.copies(fleet.uid(ns, "sel"))) == ["h-icelake-2"]

@@ -324,9 +324,16 @@ async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[A
 
 async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any],
                              migrations_by_vm: kopf.Index[str, MigrationEntry]) -> None:
-    """Create the migration the spec implies (desired host differs), once per spec generation."""
+    """Create the migration the spec implies, once per spec generation: to spec.placement.host when
+    it names another host, or to a host the scheduler picks when the current one no longer matches
+    spec.placement.hostSelector."""
     desired = view.desired_host
-    if not desired or desired == host:
+    placed: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Placed"), {})
+    if desired and desired != host:
+        why = f"spec.placement.host changed to {desired}"
+    elif not desired and placed.get("reason") == "SelectorMismatch":
+        why = f"{host} no longer matches spec.placement.hostSelector"
+    else:
         return
     name = migration_name(entry.name, desired, entry.generation)
     existing = {m.name for m in migrations_by_vm.get(entry.key) or []}
@@ -342,8 +349,8 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
                                  "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": {"vmName": entry.name, "targetHost": desired, "mode": (entry.spec.get("migration") or {}).get(
-            "mode", "Auto"), "reason": f"spec.placement.host changed to {desired}"},
+        "spec": {"vmName": entry.name, "mode": (entry.spec.get("migration") or {}).get("mode", "Auto"),
+                 "reason": why, **({"targetHost": desired} if desired else {})},
     }
     max_downtime = (entry.spec.get("migration") or {}).get("maxDowntimeMs")
     if max_downtime:
