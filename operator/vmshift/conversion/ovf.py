@@ -650,29 +650,28 @@ class _Machine:
         else:
             self.found.warn(f"item {item.label} of ResourceType {rtype} is not understood and is ignored")
 
-    def _cpu(self, item: _Item) -> None:
-        if self._cpu_item is not None:
-            self.found.problem(item.node, f"a second processor item {item.label} (the first is "
-                                          f"{self._cpu_item.label})")
-            return
-        self._cpu_item = item
+    def _quantity(self, item: _Item, kind: str, first: _Item | None) -> int | None:
+        """The VirtualQuantity of the only ``kind`` item, or None (with the problem recorded)."""
+        if first is not None:
+            self.found.problem(item.node, f"a second {kind} item {item.label} (the first is {first.label})")
+            return None
         count = _int(item.get("VirtualQuantity"))
         if count is None or count < 1:
-            self.found.problem(item.node, f"processor item {item.label} has VirtualQuantity "
+            self.found.problem(item.node, f"{kind} item {item.label} has VirtualQuantity "
                                           f"{item.get('VirtualQuantity')!r}, not a positive whole number")
-            return
-        self.cpus = count
+            return None
+        return count
+
+    def _cpu(self, item: _Item) -> None:
+        count = self._quantity(item, "processor", self._cpu_item)
+        self._cpu_item = self._cpu_item or item
+        if count is not None:
+            self.cpus = count
 
     def _memory(self, item: _Item) -> None:
-        if self._memory_item is not None:
-            self.found.problem(item.node, f"a second memory item {item.label} (the first is "
-                                          f"{self._memory_item.label})")
-            return
-        self._memory_item = item
-        quantity = _int(item.get("VirtualQuantity"))
-        if quantity is None or quantity < 1:
-            self.found.problem(item.node, f"memory item {item.label} has VirtualQuantity "
-                                          f"{item.get('VirtualQuantity')!r}, not a positive whole number")
+        quantity = self._quantity(item, "memory", self._memory_item)
+        self._memory_item = self._memory_item or item
+        if quantity is None:
             return
         units = item.get("AllocationUnits")
         if not units:
