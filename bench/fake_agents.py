@@ -35,6 +35,7 @@ from vmshift.hypervisor.protocol import (
     VmList,
     VmState,
     WorkloadInfo,
+    error_body,
 )
 from vmshift.processor import guest_features, processor_info
 
@@ -96,6 +97,9 @@ def app(world: World) -> web.Application:
             raise web.HTTPNotFound()
         return host
 
+    def not_found(message: str) -> web.Response:
+        return web.json_response(error_body("NotFound", message), status=404)
+
     def dump(model: Any) -> web.Response:
         return web.json_response(model.model_dump(mode="json", by_alias=True))
 
@@ -108,10 +112,11 @@ def app(world: World) -> web.Application:
         return dump(VmList(vms=list(host_of(request).vms.values())))
 
     @routes.get("/{host}/v1/vms/{vm}")
+    @routes.post("/{host}/v1/vms/{vm}/{action}")  # start/stop/save/restore: guests here have no life cycle
     async def get_vm(request: web.Request) -> web.Response:
         vm = host_of(request).vms.get(request.match_info["vm"])
         if vm is None:
-            return web.json_response({"error": {"code": "NotFound", "message": "no such VM"}}, status=404)
+            return not_found("no such VM")
         return dump(vm)
 
     @routes.put("/{host}/v1/vms/{vm}")
@@ -122,13 +127,6 @@ def app(world: World) -> web.Application:
                      body["memoryMiB"], host.cpu_model, body.get("compatibility", False))
         host.vms.setdefault(vm.id, vm)
         return dump(host.vms[vm.id])
-
-    @routes.post("/{host}/v1/vms/{vm}/{action}")
-    async def act(request: web.Request) -> web.Response:
-        vm = host_of(request).vms.get(request.match_info["vm"])
-        if vm is None:
-            return web.json_response({"error": {"code": "NotFound", "message": "no such VM"}}, status=404)
-        return dump(vm)
 
     @routes.delete("/{host}/v1/vms/{vm}")
     async def delete(request: web.Request) -> web.Response:
@@ -154,7 +152,7 @@ def app(world: World) -> web.Application:
         host = host_of(request)
         mid = request.match_info["mid"]
         if mid not in world.migrations:
-            return web.json_response({"error": {"code": "NotFound", "message": "no such migration"}}, status=404)
+            return not_found("no such migration")
         return dump(_status(world, mid, host.name))
 
     @routes.get("/{host}/v1/migrations")

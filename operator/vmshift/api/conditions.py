@@ -119,6 +119,15 @@ def first_look(conditions: Iterable[ConditionLike], message: str, *, observed_ge
     return reconciling(result, True, "Reconciling", message, observed_generation=observed_generation, now=now)
 
 
+def without_timestamps(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` with its conditions reduced to (type, status, reason, message), sorted: two statuses
+    that differ only in ``lastTransitionTime`` compare equal, so a controller patches only real change."""
+    conditions = sorted(
+        (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in status.get("conditions") or []
+    )
+    return {**status, "conditions": conditions}
+
+
 def dump(conditions: Iterable[ConditionLike]) -> list[dict[str, Any]]:
     """Conditions in the JSON form for a status patch."""
     return [c.to_api() for c in _parse(conditions)]

@@ -169,15 +169,6 @@ def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> t
     return "Drained", f"{name} is drained ({drain.get('trigger')}): {counts}."
 
 
-def _comparable(status: Mapping[str, Any]) -> Any:
-    """A status without timestamps, to tell whether a patch would change anything."""
-    out = dict(status)
-    out["conditions"] = sorted(
-        (c["type"], c["status"], c["reason"], c["message"]) for c in status.get("conditions") or []
-    )
-    return out
-
-
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
 async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
                        stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
@@ -201,9 +192,9 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
                 kopf.warn(body, reason="AgentUnreachable",
                           message=f"The agent of {name} stopped answering: {link.last_error}")
         was_reachable = link.reachable if link is not None else was_reachable
-        if _comparable(new) != written:
+        if cond.without_timestamps(new) != written:
             await kubeapi.patch_status("hosts", None, name, new)
-            written = _comparable(new)
+            written = cond.without_timestamps(new)
         _record_phase(name, new["phase"])
         await stopped.wait(rt.poll_interval)
     _host_phase.pop(name, None)

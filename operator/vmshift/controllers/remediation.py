@@ -404,11 +404,6 @@ def policy_status(name: str, spec: Mapping[str, Any], generation: int, previous:
     }
 
 
-def _policy_comparable(status: Mapping[str, Any]) -> Any:
-    return {**status, "conditions": sorted((c["type"], c["status"], c["reason"], c["message"])
-                                           for c in status.get("conditions") or [])}
-
-
 @kopf.daemon(GROUP, VERSION, "remediationpolicies", cancellation_backoff=5.0, cancellation_timeout=5.0)
 async def report_policy(
     name: str, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
@@ -422,9 +417,9 @@ async def report_policy(
         new = policy_status(name, spec, int(meta.get("generation") or 0), status,
                             list(remediation_by_policy.get(name) or []))
         try:
-            if _policy_comparable(new) != written:
+            if cond.without_timestamps(new) != written:
                 await kubeapi.patch_status("remediationpolicies", None, name, new)
-                written = _policy_comparable(new)
+                written = cond.without_timestamps(new)
         except ApiException as exc:
             logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
         for text in receiver.notices.pop(name, []):

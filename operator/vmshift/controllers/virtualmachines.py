@@ -203,17 +203,9 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
 
 
 def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """True when patching ``new`` over ``old`` changes nothing but timestamps."""
-    for key, value in new.items():
-        if key == "conditions":
-            mine = sorted((c["type"], c["status"], c["reason"], c["message"]) for c in value)
-            theirs = sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
-                            for c in old.get("conditions") or [])
-            if mine != theirs:
-                return False
-        elif old.get(key) != value:
-            return False
-    return True
+    """True when merge-patching ``new`` over ``old`` changes nothing but timestamps."""
+    mine, theirs = cond.without_timestamps(new), cond.without_timestamps(old)
+    return all(theirs.get(key) == mine[key] for key in new)
 
 
 async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
