@@ -29,9 +29,9 @@ from kubernetes.client.exceptions import ApiException
 from vmshift import metrics
 from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationPhase
-from vmshift.controllers import kubeapi
-from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
-from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry
+from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
+from vmshift.controllers.views import MigrationEntry, VMEntry
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
     SETUP_SECONDS,
@@ -101,20 +101,23 @@ def attempt_of(body: Mapping[str, Any]) -> Attempt:
     )
 
 
-@kopf.index(GROUP, VERSION, "virtualmachinemigrations", labels={EVACUATION_LABEL: kopf.PRESENT})
-def evacuation_index(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, Attempt]:
-    """The migrations drains created, by the host they drain."""
-    return {labels[EVACUATION_LABEL]: attempt_of(body)}
+@MIGRATIONS.index
+def evacuation_index(body: Mapping[str, Any]) -> dict[str, Attempt]:
+    """The migrations drains created (they carry the label), by the host they drain."""
+    host = (body["metadata"].get("labels") or {}).get(EVACUATION_LABEL)
+    return {host: attempt_of(body)} if host else {}
 
 
-@kopf.on.event(GROUP, VERSION, "virtualmachinemigrations", labels={EVACUATION_LABEL: kopf.PRESENT})
-async def wake_drain_on_migration_event(labels: kopf.Labels, **_: Any) -> None:
-    wake(labels[EVACUATION_LABEL])
+@MIGRATIONS.listen
+def wake_drain_on_migration_event(_type: str, body: Mapping[str, Any]) -> None:
+    host = (body["metadata"].get("labels") or {}).get(EVACUATION_LABEL)
+    if host:
+        wake(host)
 
 
-@kopf.on.event(GROUP, VERSION, "hosts")
-async def wake_drain_on_host_event(name: str, **_: Any) -> None:
-    wake(name)
+@HOSTS.listen
+def wake_drain_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
+    wake(body["metadata"]["name"])
 
 
 def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VMEntry) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def describe_blocked(progress: Progress) -> str:
     return shown + more
 
 
-def _vm_policies(fleet_now: Fleet, host: str, vms: kopf.Index[str, VMEntry],
+def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
                  policies: list[PolicyView]) -> dict[str, PolicyView]:
     out = {}
     for view in fleet_now.vms_on(host):
@@ -168,7 +171,7 @@ def _vm_policies(fleet_now: Fleet, host: str, vms: kopf.Index[str, VMEntry],
     return out
 
 
-def _limits(fleet_now: Fleet, migrations: kopf.Index[str, MigrationEntry], policies: list[PolicyView],
+def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[PolicyView],
             host: str) -> DrainLimits:
     """The cluster limit the queue applies (the strictest policy's), less what other drains and
     requests hold now."""
@@ -206,9 +209,8 @@ class Evacuator:
     def episode(self) -> str:
         return episode_id(self.host, str(self.drain.get("startedAt") or ""))
 
-    async def run_pass(self, spec: Mapping[str, Any], status: Mapping[str, Any], hosts: kopf.Index[str, HostEntry],
-                       vms: kopf.Index[str, VMEntry], migrations: kopf.Index[str, MigrationEntry],
-                       policies: kopf.Index[str, PolicyView], attempts: list[Attempt]) -> bool:
+    async def run_pass(self, spec: Mapping[str, Any], status: Mapping[str, Any], vms: Store[VMEntry],
+                       migrations: Store[MigrationEntry], policies: Store[PolicyView], attempts: list[Attempt]) -> bool:
         """One observe-decide-act pass; True while the drain has work under way."""
         goal = goal_of(self.host, spec, status)
         attempts = self.seen(attempts)
@@ -217,7 +219,7 @@ class Evacuator:
         if goal is None and not self.open and not winding_down:
             await self._delete([a for a in attempts if a.finished and a.episode != self.episode])
             return False
-        fleet_now = fleet(hosts, vms, migrations)
+        fleet_now = fleet()
         migration_policies = values(policies)
         if goal is not None and not self.open:
             await self._start(goal, fleet_now, vms, migrations, migration_policies)
@@ -234,8 +236,8 @@ class Evacuator:
         await self._report(step, goal)
         return (goal is not None and step.progress.state is DrainState.Running) or step.progress.in_flight > 0
 
-    async def _start(self, goal: Goal, fleet_now: Fleet, vms: kopf.Index[str, VMEntry],
-                     migrations: kopf.Index[str, MigrationEntry], policies: list[PolicyView]) -> None:
+    async def _start(self, goal: Goal, fleet_now: Fleet, vms: Store[VMEntry],
+                     migrations: Store[MigrationEntry], policies: list[PolicyView]) -> None:
         """Open a new drain: its start time (hence its id), what the planner expects of it, an event."""
         plan = plan_drain(self.host, fleet_now, _limits(fleet_now, migrations, policies, self.host),
                           only=goal.covers, vm_policies=_vm_policies(fleet_now, self.host, vms, policies),
@@ -256,7 +258,7 @@ class Evacuator:
                           f"{plan.lower_bound_seconds:.1f} s).")
         metrics.DRAINS.labels(result="Started").inc()
 
-    async def _act(self, step: Step, goal: Goal | None, vms: kopf.Index[str, VMEntry], episode: str) -> None:
+    async def _act(self, step: Step, goal: Goal | None, vms: Store[VMEntry], episode: str) -> None:
         await self._delete(list(step.cancel) + list(step.stale))
         if step.create and step.plan is not None:
             p = step.progress
@@ -348,19 +350,18 @@ class Evacuator:
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
 async def drain_host(
     name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-    migration_index: kopf.Index[str, MigrationEntry], policy_index: kopf.Index[str, PolicyView],
-    evacuation_index: kopf.Index[str, Attempt], **_: Any,
+    logger: kopf.Logger, **_: Any,
 ) -> None:
     """Run the host's drain whenever spec.maintenance or a remediation asks for one."""
+    await indexes.ready()
     woken = _wake.setdefault(name, asyncio.Event())
     evacuator = Evacuator(name, body, status.get("drain"))
     while not stopped:
         woken.clear()
         busy = False
         try:
-            busy = await evacuator.run_pass(spec, status, host_index, vm_index, migration_index, policy_index,
-                                            list(evacuation_index.get(name) or []))
+            busy = await evacuator.run_pass(spec, status, indexes.vm_index, indexes.migration_index,
+                                            indexes.policy_index, list(evacuation_index.get(name) or []))
         except ApiException as exc:
             metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
             logger.warning(f"drain pass of {name} failed, retrying: {exc.status} {exc.reason}")

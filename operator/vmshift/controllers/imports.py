@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -68,7 +68,7 @@ from vmshift.controllers.importsteps import (
     vm_reference,
     waiting,
 )
-from vmshift.controllers.indexes import one
+from vmshift.controllers.indexes import VMS, Store, one, ready
 from vmshift.controllers.runtime import runtime
 from vmshift.conversion import ConversionPlan, plan_report
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
@@ -96,9 +96,11 @@ class _Stopping(Exception):
     """Kopf asked the daemon to stop: the operator exits, or the import was deleted."""
 
 
-@kopf.index(GROUP, VERSION, "virtualmachines", labels={IMPORT_UID_LABEL: kopf.PRESENT})
-def imported_vms(body: kopf.Body, **_: Any) -> dict[str, ImportedVm]:
+@VMS.index
+def imported_vms(body: Mapping[str, Any]) -> dict[str, ImportedVm]:
     """The VirtualMachines imports created (only those carry the label), by namespace/name."""
+    if IMPORT_UID_LABEL not in (body["metadata"].get("labels") or {}):
+        return {}
     vm = imported_vm(body)
     return {vm.key: vm}
 
@@ -124,7 +126,7 @@ class ImportJob:
     """One import being driven: its identity, the status it writes, and the plan once inspected."""
 
     def __init__(self, *, name: str, namespace: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-                 body: kopf.Body, stopped: kopf.DaemonStopped, index: kopf.Index[str, ImportedVm],
+                 body: kopf.Body, stopped: kopf.DaemonStopped, index: Store[ImportedVm],
                  logger: kopf.Logger) -> None:
         self.name = name
         self.namespace = namespace
@@ -537,7 +539,7 @@ class ImportJob:
 @kopf.daemon(GROUP, VERSION, "virtualmachineimports", when=lambda status, **_: not finished(status),
              backoff=5.0, cancellation_backoff=20.0, cancellation_timeout=10.0)
 async def drive_import(name: str, namespace: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-                       body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger,
-                       imported_vms: kopf.Index[str, ImportedVm], **_: Any) -> None:
+                       body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+    await ready()
     await ImportJob(name=name, namespace=namespace, meta=meta, spec=spec, status=status, body=body, stopped=stopped,
                     index=imported_vms, logger=logger).run()

@@ -1,16 +1,17 @@
-"""Kopf indexes of the fleet: Hosts, VirtualMachines, migrations and MigrationPolicies, kept from the watch streams.
+"""The operator's caches of the fleet: Hosts, VirtualMachines, migrations and both policy kinds.
 
 Decisions read these in-memory copies, never a list from the API server, so the operator stays
-watch-driven and cheap per object. Each entry is a compact frozen view (see ``views``).
+watch-driven and cheap per object. Each entry is a compact frozen view (see ``views``). Other
+controller modules add their own projections (``@VMS.index``) before the operator starts.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
+from vmshift.controllers.informer import Informer, Store, one, values, wait_synced
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import (
     HostEntry,
@@ -26,47 +27,54 @@ from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.policy import PolicyView
 
 GROUP, VERSION = "vmshift.io", "v1alpha1"
+__all__ = ["GROUP", "VERSION", "Store", "fleet", "one", "ready", "values"]
+
+HOSTS = Informer("hosts")
+VMS = Informer("virtualmachines")
+MIGRATIONS = Informer("virtualmachinemigrations")
+POLICIES = Informer("migrationpolicies")
+REMEDIATION_POLICIES = Informer("remediationpolicies")
+INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES]
 
 
-@kopf.index(GROUP, VERSION, "hosts")
-def host_index(body: kopf.Body, **_: Any) -> dict[str, HostEntry]:
+@HOSTS.index
+def host_index(body: Mapping[str, Any]) -> dict[str, HostEntry]:
     return {body["metadata"]["name"]: index_host(body)}
 
 
-@kopf.index(GROUP, VERSION, "virtualmachines")
-def vm_index(body: kopf.Body, **_: Any) -> dict[str, VMEntry]:
+@VMS.index
+def vm_index(body: Mapping[str, Any]) -> dict[str, VMEntry]:
     entry = index_vm(body)
     return {entry.key: entry}
 
 
-@kopf.index(GROUP, VERSION, "virtualmachinemigrations")
-def migration_index(body: kopf.Body, **_: Any) -> dict[str, MigrationEntry]:
+@MIGRATIONS.index
+def migration_index(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
     entry = index_migration(body)
     return {entry.key: entry}
 
 
-@kopf.index(GROUP, VERSION, "virtualmachinemigrations")
-def migrations_by_vm(body: kopf.Body, **_: Any) -> dict[str, MigrationEntry]:
+@MIGRATIONS.index
+def migrations_by_vm(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
     entry = index_migration(body)
     return {entry.vm_key: entry}
 
 
-@kopf.index(GROUP, VERSION, "migrationpolicies")
-def policy_index(body: kopf.Body, **_: Any) -> dict[str, PolicyView]:
+@POLICIES.index
+def policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
 
 
-def values(index: kopf.Index[Any, Any]) -> list[Any]:
-    """Every entry of an index (one object per key for ours)."""
-    return [item for store in index.values() for item in store]
+def start() -> None:
+    """Begin listing and watching every kind (from the operator's start-up handler)."""
+    for informer in INFORMERS:
+        informer.start()
 
 
-def one(index: kopf.Index[Any, Any], key: str) -> Any | None:
-    store = index.get(key)
-    if not store:
-        return None
-    return next(iter(store))
+async def ready() -> None:
+    """Wait until every kind's first listing is in the caches (at once after start-up)."""
+    await wait_synced(INFORMERS)
 
 
 #: How old a fleet may be for decisions that tolerate it (conditions, queue passes). Placement
@@ -75,9 +83,8 @@ FLEET_MAX_AGE = 1.0
 _cached: tuple[float, Fleet] | None = None
 
 
-def fleet(host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-          migration_index: kopf.Index[str, MigrationEntry], *, fresh: bool = False) -> Fleet:
-    """The scheduler's fleet: indexes, agent reports, placements in progress.
+def fleet(*, fresh: bool = False) -> Fleet:
+    """The scheduler's fleet: the caches, agent reports, placements in progress.
 
     Building it walks every Host, VM and migration, so with 10,000 VMs it is reused for up to
     FLEET_MAX_AGE seconds unless ``fresh`` is asked.

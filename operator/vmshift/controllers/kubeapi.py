@@ -143,3 +143,24 @@ async def patch(plural: str, namespace: str | None, name: str, body: dict[str, A
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+# --- for the informers: blocking calls, made from their own threads ---------------------------------
+
+
+def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
+    """One page of every object of a kind, across namespaces (blocking)."""
+    metrics.API_REQUESTS.labels(verb="list", resource=plural).inc()
+    kwargs: dict[str, Any] = {"limit": limit, "_request_timeout": 60}
+    if token:
+        kwargs["_continue"] = token
+    page: dict[str, Any] = _custom().list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+    return page
+
+
+def watch_stream(plural: str, resource_version: str, timeout_seconds: int) -> Any:
+    """An open watch of a kind from ``resource_version``, as the raw streaming response (blocking)."""
+    metrics.API_REQUESTS.labels(verb="watch", resource=plural).inc()
+    return _custom().list_cluster_custom_object(
+        GROUP, VERSION, plural, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+        timeout_seconds=timeout_seconds, _preload_content=False, _request_timeout=(10, timeout_seconds + 30))

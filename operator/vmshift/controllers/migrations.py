@@ -25,11 +25,11 @@ import kopf
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
-from vmshift.controllers import kubeapi
+from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry, vm_view
+from vmshift.controllers.views import VMEntry, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -168,11 +168,9 @@ def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
 
-async def _validate(run: Run, spec: Mapping[str, Any], indexes: tuple[Any, Any, Any],
-                    policies: list[PolicyView]) -> tuple[str, MigrationMode, str]:
+async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView]) -> tuple[str, MigrationMode, str]:
     """Every check of DESIGN.md §3; returns (target, mode, why) or raises MigrationFailedError."""
-    host_index, vm_index, migration_index = indexes
-    vm = one(vm_index, run.vm_key)
+    vm = one(indexes.vm_index, run.vm_key)
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"There is no VirtualMachine {run.vm_name} in namespace {run.namespace}; "
@@ -183,7 +181,7 @@ async def _validate(run: Run, spec: Mapping[str, Any], indexes: tuple[Any, Any, 
                                    f"{run.vm_name} runs on no host yet (phase {vm.phase}); migrate it once it runs.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    now = fleet(host_index, vm_index, migration_index, fresh=True)
+    now = fleet(fresh=True)
     view = vm_view(vm)
     requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
     target = spec.get("targetHost")
@@ -207,8 +205,7 @@ async def _validate(run: Run, spec: Mapping[str, Any], indexes: tuple[Any, Any, 
     return target, mode.mode, mode.message
 
 
-async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped,
-                          indexes: tuple[Any, Any, Any]) -> bool:
+async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
     """Queue for slots on source and target and the cluster limit. False if stopped while waiting."""
     rt = runtime()
     vm = run.vm
@@ -225,7 +222,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped,
         if stopped:
             rt.gate.release(run.key)
             return False
-        now = fleet(*indexes)
+        now = fleet()
         hosts = {h.name: h for h in now}
         rt.gate.admit(hosts, run.policy.parallel_migrations_per_cluster)
         if ticket.admitted.is_set():
@@ -397,10 +394,11 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     rt.gate_changed.set()
 
 
-async def _collect_garbage(run: Run, migrations_by_vm: kopf.Index[str, MigrationEntry]) -> None:
+async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations of the VM; never touch unfinished ones."""
     keep = runtime().keep_finished_migrations
-    finished = sorted((m for m in migrations_by_vm.get(run.vm_key) or [] if m.phase.finished and m.name != run.name),
+    mine = indexes.migrations_by_vm.get(run.vm_key) or []
+    finished = sorted((m for m in mine if m.phase.finished and m.name != run.name),
                       key=lambda m: (m.created, m.name), reverse=True)
     for old in finished[max(keep - 1, 0):]:
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
@@ -426,24 +424,21 @@ async def acknowledge(type: str | None, body: kopf.Body, meta: kopf.Meta, status
              cancellation_backoff=90.0, cancellation_timeout=30.0)
 async def drive_migration(
     name: str, namespace: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
-    stopped: kopf.DaemonStopped, logger: kopf.Logger,
-    host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-    migration_index: kopf.Index[str, MigrationEntry], migrations_by_vm: kopf.Index[str, MigrationEntry],
-    policy_index: kopf.Index[str, PolicyView], **_: Any,
+    stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any,
 ) -> None:
+    await indexes.ready()
     rt = runtime()
-    indexes = (host_index, vm_index, migration_index)
-    vms = values(vm_index)
-    rt.gate.seed(values(migration_index), {v.key: (int(v.spec.get("cpus", 0)), int(v.spec.get("memoryMiB", 0)))
+    vms = values(indexes.vm_index)
+    rt.gate.seed(values(indexes.migration_index), {v.key: (int(v.spec.get("cpus", 0)), int(v.spec.get("memoryMiB", 0)))
                                            for v in vms})
     run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
               generation=int(meta.get("generation") or 0), body=body, status=dict(status))
     run.source, run.target = status.get("sourceHost"), status.get("targetHost")
     run.mode = MigrationMode(status["mode"]) if status.get("mode") else None
     phase = MigrationPhase(status.get("phase") or MigrationPhase.Pending)
-    run.vm = one(vm_index, run.vm_key)
+    run.vm = one(indexes.vm_index, run.vm_key)
     if run.vm is not None:
-        run.policy = _policy_for(run.vm, values(policy_index))
+        run.policy = _policy_for(run.vm, values(indexes.policy_index))
     try:
         if phase in (MigrationPhase.Pending, MigrationPhase.Validating):
             report = await _agent_view(run) if phase is MigrationPhase.Validating else None
@@ -452,7 +447,7 @@ async def drive_migration(
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
                 run.target = spec.get("targetHost")
-                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
+                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
                 run.target, run.mode = target, mode
                 try:
                     rt.gate.claim(run.vm_key, run.key)
@@ -461,12 +456,12 @@ async def drive_migration(
                         FailureReason.AlreadyMigrating,
                         f"{run.vm_name} already has a migration in flight ({exc.holder}); this request is refused. "
                         f"Wait for it to end, or delete it, then ask again.") from None
-                if not await _wait_for_slots(run, target, stopped, indexes):
+                if not await _wait_for_slots(run, target, stopped):
                     await _finish(run, MigrationPhase.Cancelled)
                     return
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
-                target, mode, why = await _validate(run, spec, indexes, values(policy_index))
+                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
                 await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
                     "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
                 await _prepare_and_start(run, target, mode, spec)
@@ -498,4 +493,4 @@ async def drive_migration(
         await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
             reason, f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
                     f"{run.vm_name} stays on {run.source}."))
-    await _collect_garbage(run, migrations_by_vm)
+    await _collect_garbage(run)

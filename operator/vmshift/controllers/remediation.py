@@ -33,7 +33,7 @@ from vmshift.api import conditions as cond
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
 from vmshift.controllers import drains, kubeapi
-from vmshift.controllers.indexes import GROUP, VERSION, values
+from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import HostEntry
 from vmshift.remediation.alerts import Alert, host_signals_from_sensors
@@ -69,19 +69,20 @@ class ActiveEntry:
     alerts: tuple[str, ...]
 
 
-@kopf.index(GROUP, VERSION, "remediationpolicies")
-def remediation_policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, PolicyView]:
-    return {name: policy_view(name, spec)}
+@REMEDIATION_POLICIES.index
+def remediation_policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
+    name = body["metadata"]["name"]
+    return {name: policy_view(name, body.get("spec") or {})}
 
 
-@kopf.index(GROUP, VERSION, "hosts")
-def remediation_by_policy(name: str, status: kopf.Status, **_: Any) -> dict[str, ActiveEntry]:
+@HOSTS.index
+def remediation_by_policy(body: Mapping[str, Any]) -> dict[str, ActiveEntry]:
     """Hosts under a remediation, by the policy acting on them."""
-    remediation = status.get("remediation") or {}
+    remediation = (body.get("status") or {}).get("remediation") or {}
     if not remediation.get("policy"):
         return {}
     names = tuple(sorted({str(a.get("alertname")) for a in remediation.get("alerts") or []}))
-    return {remediation["policy"]: ActiveEntry(name, remediation.get("since"), names)}
+    return {remediation["policy"]: ActiveEntry(body["metadata"]["name"], remediation.get("since"), names)}
 
 
 # --- the shared state: the alert book and the webhook's view of the fleet --------------------------
@@ -90,28 +91,24 @@ def remediation_by_policy(name: str, status: kopf.Status, **_: Any) -> dict[str,
 class Receiver:
     """The webhook's sink and the book every host's pass reads (one per operator process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: Store[HostEntry], policies: Store[PolicyView]) -> None:
         self.book = AlertBook()
-        self.hosts: kopf.Index[str, HostEntry] | None = None
-        self.policies: kopf.Index[str, PolicyView] | None = None
+        self.hosts = hosts
+        self.policies = policies
         self.notices: dict[str, list[str]] = {}
         self.host_wakers: dict[str, asyncio.Event] = {}
         self.policy_wakers: dict[str, asyncio.Event] = {}
 
-    def capture(self, hosts: kopf.Index[str, HostEntry], policies: kopf.Index[str, PolicyView]) -> None:
-        """Keep the (live) indexes the webhook needs; daemons pass them in."""
-        self.hosts, self.policies = hosts, policies
-
     def ready(self) -> bool:
-        return self.hosts is not None and self.policies is not None
+        """Both caches hold their first listing (until then an alert could not be matched)."""
+        return HOSTS.synced.is_set() and REMEDIATION_POLICIES.synced.is_set()
 
     def _policies(self) -> list[PolicyView]:
-        return values(self.policies) if self.policies is not None else []
+        return values(self.policies)
 
     def hosts_named(self, alert: Alert) -> list[str]:
         labels = {"host"} | {p.host_label for p in self._policies()}
-        known = self.hosts or {}
-        return sorted({alert.labels[k] for k in labels if alert.labels.get(k) and alert.labels[k] in known})
+        return sorted({alert.labels[k] for k in labels if alert.labels.get(k) and alert.labels[k] in self.hosts})
 
     def accept(self, host: str, alert: Alert) -> None:
         if self.book.record(host, alert, time.time()):
@@ -145,7 +142,7 @@ class Receiver:
             event.set()
 
 
-receiver = Receiver()
+receiver = Receiver(host_index, remediation_policy_index)
 _server: dict[str, web.AppRunner] = {}
 
 
@@ -171,15 +168,16 @@ async def stop_webhook(**_: Any) -> None:
         await runner.cleanup()
 
 
-@kopf.on.event(GROUP, VERSION, "remediationpolicies")
-async def wake_remediation_on_policy_event(name: str, **_: Any) -> None:
+@REMEDIATION_POLICIES.listen
+def wake_remediation_on_policy_event(_type: str, body: Mapping[str, Any]) -> None:
     receiver.wake_all_hosts()
-    receiver.wake_policy(name)
+    receiver.wake_policy(body["metadata"]["name"])
 
 
-@kopf.on.event(GROUP, VERSION, "hosts")
-async def wake_remediation_on_host_event(name: str, status: kopf.Status, **_: Any) -> None:
-    receiver.wake_host(name)
+@HOSTS.listen
+def wake_remediation_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
+    receiver.wake_host(body["metadata"]["name"])
+    status = body.get("status") or {}
     for key in ("remediation", "lastRemediation"):
         policy = (status.get(key) or {}).get("policy")
         if policy:
@@ -348,11 +346,10 @@ async def _either(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: fl
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
 async def remediate_host(
     name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, host_index: kopf.Index[str, HostEntry],
-    remediation_policy_index: kopf.Index[str, PolicyView], **_: Any,
+    logger: kopf.Logger, **_: Any,
 ) -> None:
     """Match the host's alerts against the RemediationPolicies and apply what they decide."""
-    receiver.capture(host_index, remediation_policy_index)
+    await ready()
     woken = receiver.host_wakers.setdefault(name, asyncio.Event())
     remediator = HostRemediator(name, body, status)
     remediator.seed({p.name: p for p in values(remediation_policy_index)})
@@ -407,9 +404,10 @@ def policy_status(name: str, spec: Mapping[str, Any], generation: int, previous:
 @kopf.daemon(GROUP, VERSION, "remediationpolicies", cancellation_backoff=5.0, cancellation_timeout=5.0)
 async def report_policy(
     name: str, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
-    stopped: kopf.DaemonStopped, logger: kopf.Logger, remediation_by_policy: kopf.Index[str, ActiveEntry], **_: Any,
+    stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any,
 ) -> None:
     """Keep the policy's status (hosts it acts on) and post its unknown-host notices as events."""
+    await ready()
     woken = receiver.policy_wakers.setdefault(name, asyncio.Event())
     written: Any = None
     while not stopped:

@@ -6,6 +6,7 @@ start-up handler. Nothing here decides anything about VMs or hosts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -18,6 +19,7 @@ from vmshift.controllers import (  # noqa: F401
     hosts,
     imports,
     indexes,
+    kubeapi,
     migrations,
     remediation,
     virtualmachines,
@@ -42,13 +44,24 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.peering.name = os.environ.get("VMSHIFT_PEERING", "vmshift")
     settings.peering.mandatory = False
+    kubeapi.configure()
     rt = runtime()
     rt.poll_interval = float(os.environ.get("VMSHIFT_AGENT_POLL_SECONDS", rt.poll_interval))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
+    indexes.start()
+    background.add(asyncio.create_task(virtualmachines.resync_forever(logging.getLogger("vmshift.resync"))))
     logger.info("vmshift operator configured")
+
+
+#: Fleet-wide loops the operator runs beside Kopf's handlers.
+background: set[asyncio.Task[None]] = set()
 
 
 @kopf.on.cleanup()
 async def close_agents(**_: Any) -> None:
+    for task in background:
+        task.cancel()
+    for informer in indexes.INFORMERS:
+        informer.stop()
     await runtime().agents.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -21,11 +22,11 @@ import kopf
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
-from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import RESIDENT
+from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import HostEntry, MigrationEntry, VMEntry, index_vm, vm_view
+from vmshift.controllers.views import VMEntry, index_vm, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.fleet import Fleet, VMView
@@ -208,9 +209,7 @@ def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     return all(theirs.get(key) == mine[key] for key in new)
 
 
-async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-                    migration_index: kopf.Index[str, MigrationEntry],
-                    migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger) -> None:
+async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     entry = index_vm(body)
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
@@ -218,10 +217,10 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
     previous: Mapping[str, Any] = body.get("status") or {}
     generation = entry.generation
     async with _lock(entry.key):
-        flights = [m.key for m in (migrations_by_vm.get(entry.key) or []) if m.in_flight]
+        flights = [m.key for m in (indexes.migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
-        if not entry.host and not await rt.agents.wait_synced(h.name for h in values(host_index)):
+        if not entry.host and not await rt.agents.wait_synced(h.name for h in values(indexes.host_index)):
             return  # an agent not heard from yet may hold this guest (adoption after a restart)
         try:
             located = await _locate(entry)
@@ -242,7 +241,7 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
                     cond.first_look([], f"Placing {entry.name}.", observed_generation=generation))}
                 await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, first)
                 previous = first
-            await _place(entry, body, view, (host_index, vm_index, migration_index), previous, logger)
+            await _place(entry, body, view, previous, logger)
             return
         host, info = located
         if not entry.spec.get("running", True) and info.state == VmState.Running:
@@ -251,7 +250,7 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
             info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
         if entry.host == host:
             rt.overlay.placed.pop(entry.key, None)  # the index shows the placement now
-        now_fleet = fleet(host_index, vm_index, migration_index)
+        now_fleet = fleet()
         view = vm_view(entry, host=host)
         if info.features:  # the agent is the truth about what the guest was started with
             where = now_fleet.host(host)
@@ -261,15 +260,15 @@ async def reconcile(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_
         status = running_status(view, info, host, now_fleet, generation, previous,
                                 wants_running=bool(entry.spec.get("running", True)))
         await _patch(entry, status, previous)
-        await _ask_for_migration(entry, view, host, status, migrations_by_vm)
+        await _ask_for_migration(entry, view, host, status)
 
 
-async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[Any, Any, Any],
-                 previous: Mapping[str, Any], logger: kopf.Logger) -> None:
+async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous: Mapping[str, Any],
+                 logger: kopf.Logger) -> None:
     rt = runtime()
     generation = entry.generation
     async with rt.placement_lock:
-        now_fleet = fleet(*indexes, fresh=True)  # placements made while this pass waited for the lock count
+        now_fleet = fleet(fresh=True)  # placements made while this pass waited for the lock count
         decision = plan_placement(view, now_fleet)
         if isinstance(decision, Refusal):
             conditions = cond.ready(previous.get("conditions") or [], False, "Unschedulable", decision.message,
@@ -314,8 +313,7 @@ async def _place(entry: VMEntry, body: kopf.Body, view: VMView, indexes: tuple[A
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {**status, **started})
 
 
-async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any],
-                             migrations_by_vm: kopf.Index[str, MigrationEntry]) -> None:
+async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any]) -> None:
     """Create the migration the spec implies, once per spec generation: to spec.placement.host when
     it names another host, or to a host the scheduler picks when the current one no longer matches
     spec.placement.hostSelector."""
@@ -328,7 +326,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
     else:
         return
     name = migration_name(entry.name, desired, entry.generation)
-    existing = {m.name for m in migrations_by_vm.get(entry.key) or []}
+    existing = {m.name for m in indexes.migrations_by_vm.get(entry.key) or []}
     if name in existing:
         return
     body: dict[str, Any] = {
@@ -351,54 +349,66 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 
 
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
-async def vm_event(type: str | None, body: kopf.Body, host_index: kopf.Index[str, HostEntry],
-                   vm_index: kopf.Index[str, VMEntry], migration_index: kopf.Index[str, MigrationEntry],
-                   migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger, **_: Any) -> None:
+async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
         return
+    await indexes.ready()
+    await _reconcile_logged(body, logger)
+
+
+async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     try:
-        await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
+        await reconcile(body, logger)
     except AgentError as exc:
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
 
-def _agrees_with_agents(body: kopf.Body) -> bool:
-    status = body.get("status") or {}
-    link = runtime().agents.get(status.get("host") or "")
+def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
+    """Does the agents' last report contradict the VM's status? (pure but for the report it reads)
+
+    False when they agree (the guest runs, or is stopped, where status says, as spec asks) and
+    when the host's agent is not reachable: nothing can be learnt or done until it is back.
+    """
+    link = agents.get(entry.host or "")
     if link is None or not link.reachable:
         return False
-    guest = link.vms.get(body["metadata"].get("uid", ""))
-    wanted = VmState.Running if (body.get("spec") or {}).get("running", True) else VmState.Stopped
-    return guest is not None and guest.state == wanted and status.get("phase") in ("Running", "Stopped")
+    guest = link.vms.get(entry.uid)
+    wanted = VmState.Running if entry.spec.get("running", True) else VmState.Stopped
+    return guest is None or guest.state != wanted or entry.phase not in ("Running", "Stopped")
 
 
-@kopf.timer(GROUP, VERSION, "virtualmachines", interval=30.0, initial_delay=15.0)
-async def vm_resync(body: kopf.Body, host_index: kopf.Index[str, HostEntry], vm_index: kopf.Index[str, VMEntry],
-                    migration_index: kopf.Index[str, MigrationEntry],
-                    migrations_by_vm: kopf.Index[str, MigrationEntry], logger: kopf.Logger, **_: Any) -> None:
+#: How often the whole fleet is compared with the agents' reports.
+RESYNC_SECONDS = 30.0
+
+
+async def resync_forever(logger: logging.Logger) -> None:
     """Catch what no event announces: a guest lost with its host, an agent back after an outage.
 
-    The common case (the agent's last report shows the guest running where status says) is a few
-    dictionary lookups; only a discrepancy runs the full reconcile.
+    One loop for the fleet instead of a timer per VM: a pass compares every cached VM with the
+    agents' last reports (dictionary lookups, no API calls) and reconciles only the VMs they
+    contradict, each read fresh from the API server.
     """
-    if _agrees_with_agents(body):
-        return
-    try:
-        await reconcile(body, host_index, vm_index, migration_index, migrations_by_vm, logger)
-    except AgentError as exc:
-        metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
-        logger.warning(f"resync of {body['metadata']['name']} deferred: {exc}")
+    await indexes.ready()
+    rt = runtime()
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        for entry in values(indexes.vm_index):
+            if entry.host is None or rt.gate.holder(entry.key) or not needs_resync(entry, rt.agents):
+                continue
+            body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
+            if body is not None:
+                await _reconcile_logged(body, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, "virtualmachines")
-async def vm_deleted(body: kopf.Body, meta: kopf.Meta, migrations_by_vm: kopf.Index[str, MigrationEntry],
-                     logger: kopf.Logger, **_: Any) -> None:
+async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
     """Stop and delete the guest wherever an agent holds it; cancel a migration in flight first."""
+    await indexes.ready()
     rt = runtime()
     key = f"{meta['namespace']}/{meta['name']}"
     uid = meta["uid"]
-    for m in migrations_by_vm.get(key) or []:
+    for m in indexes.migrations_by_vm.get(key) or []:
         if m.in_flight:
             await kubeapi.delete("virtualmachinemigrations", m.namespace, m.name)
     holder = rt.gate.holder(key)

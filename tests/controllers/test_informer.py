@@ -1,0 +1,93 @@
+"""The informer caches: stores keyed like Kopf indexes, full re-listings, watch-line framing, and the
+fleet-wide resync's test of a VM against the agents' reports."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from vmshift.controllers.agents import AgentDirectory, AgentLink
+from vmshift.controllers.informer import Informer, lines, one, values
+from vmshift.controllers.views import index_vm
+from vmshift.controllers.virtualmachines import needs_resync
+from vmshift.hypervisor.protocol import VmInfo, VmState
+
+
+def vm(name: str, uid: str, *, host: str | None = None, phase: str | None = None,
+       labels: dict[str, str] | None = None, running: bool = True) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": labels or {}, "generation": 1},
+            "spec": {"cpus": 1, "memoryMiB": 512, "running": running},
+            "status": {"host": host, "phase": phase} if host else {}}
+
+
+def by_host(body: dict[str, Any]) -> dict[str, str]:
+    host = (body.get("status") or {}).get("host")
+    return {host: body["metadata"]["name"]} if host else {}
+
+
+def test_a_store_keeps_one_entry_per_object_and_moves_it_when_its_key_changes() -> None:
+    informer = Informer("virtualmachines")
+    placed = informer.index(by_host)
+    informer.apply("ADDED", vm("a", "u1", host="h1"))
+    informer.apply("ADDED", vm("b", "u2", host="h1"))
+    informer.apply("ADDED", vm("c", "u3"))  # projects onto no key
+    assert sorted(placed["h1"]) == ["a", "b"] and len(placed) == 1
+    informer.apply("MODIFIED", vm("a", "u1", host="h2"))
+    assert placed["h1"] == ["b"] and placed["h2"] == ["a"]
+    informer.apply("DELETED", vm("b", "u2", host="h1"))
+    assert "h1" not in placed and placed.get("h1") is None
+    assert one(placed, "h2") == "a" and one(placed, "h9") is None
+    assert values(placed) == ["a"]
+
+
+def test_every_store_of_a_kind_sees_the_same_event_and_listeners_run_after_it() -> None:
+    informer = Informer("virtualmachines")
+    vms = informer.index(lambda body: {f"ns/{body['metadata']['name']}": index_vm(body)})
+    labelled = informer.index(lambda body: {"x": body["metadata"]["name"]} if body["metadata"]["labels"] else {})
+    heard: list[tuple[str, int]] = []
+    informer.listen(lambda kind, body: heard.append((kind, len(vms))))
+    informer.apply("ADDED", vm("a", "u1", labels={"imported": "yes"}))
+    informer.apply("ADDED", vm("b", "u2"))
+    assert one(vms, "ns/a") is not None and one(vms, "ns/b") is not None
+    assert labelled["x"] == ["a"]
+    assert heard == [("ADDED", 1), ("ADDED", 2)]  # each listener saw the stores already updated
+
+
+def test_a_relisting_forgets_what_it_no_longer_holds_and_marks_the_cache_synced() -> None:
+    async def scenario() -> None:
+        informer = Informer("virtualmachines")
+        names = informer.index(lambda body: {body["metadata"]["name"]: body["metadata"]["uid"]})
+        assert not informer.synced.is_set()
+        informer.replace([vm("a", "u1"), vm("b", "u2")])
+        assert informer.synced.is_set() and sorted(names) == ["a", "b"]
+        # A watch that broke missed b's deletion and c's creation: the next listing mends both.
+        informer.replace([vm("a", "u1"), vm("c", "u3")])
+        assert sorted(names) == ["a", "c"]
+        await asyncio.wait_for(informer.synced.wait(), 1)
+
+    asyncio.run(scenario())
+
+
+def test_watch_lines_are_framed_whatever_the_chunking() -> None:
+    records = [b'{"type":"ADDED","n":1}', b'{"type":"MODIFIED","n":2}', b'{"type":"DELETED","n":3}']
+    stream = b"\n".join(records) + b"\n"
+    for size in (1, 2, 7, 25, len(stream)):
+        chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
+        assert list(lines(iter(chunks))) == records, size
+    assert list(lines(iter([b'{"a":1}\n\n  \n{"b"', b':2}']))) == [b'{"a":1}', b'{"b":2}']  # no trailing newline
+
+
+def test_the_resync_reconciles_only_a_vm_the_agents_contradict() -> None:
+    agents = AgentDirectory()
+    link = AgentLink("h1", "http://127.0.0.1:1", "token", client=None, reachable=True)  # type: ignore[arg-type]
+    agents._links["h1"] = link
+
+    entry = index_vm(vm("a", "u1", host="h1", phase="Running"))
+    assert needs_resync(entry, agents)  # the agent does not hold the guest status puts there
+    link.vms["u1"] = VmInfo.model_construct(state=VmState.Running)
+    assert not needs_resync(entry, agents)
+    assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Running", running=False)), agents)  # should stop
+    assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Starting")), agents)  # status lags the agent
+    assert not needs_resync(index_vm(vm("a", "u1", host="h9", phase="Running")), agents)  # no link to that host
+    link.reachable = False
+    assert not needs_resync(index_vm(vm("b", "u2", host="h1", phase="Running")), agents)  # nothing to learn now
