@@ -9,15 +9,18 @@ from typing import Any
 from vmshift.controllers.agents import AgentDirectory, AgentLink
 from vmshift.controllers.informer import Informer, lines, one, values
 from vmshift.controllers.views import index_vm
-from vmshift.controllers.virtualmachines import needs_resync
+from vmshift.controllers.virtualmachines import needs_resync, resync_candidates
 from vmshift.hypervisor.protocol import VmInfo, VmState
+from vmshift.scheduling.fleet import Fleet
+
+from ..scheduling.strategies import host
 
 
 def vm(name: str, uid: str, *, host: str | None = None, phase: str | None = None,
        labels: dict[str, str] | None = None, running: bool = True) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": labels or {}, "generation": 1},
             "spec": {"cpus": 1, "memoryMiB": 512, "running": running},
-            "status": {"host": host, "phase": phase} if host else {}}
+            "status": {k: v for k, v in (("host", host), ("phase", phase)) if v}}
 
 
 def by_host(body: dict[str, Any]) -> dict[str, str]:
@@ -91,3 +94,31 @@ def test_the_resync_reconciles_only_a_vm_the_agents_contradict() -> None:
     assert not needs_resync(index_vm(vm("a", "u1", host="h9", phase="Running")), agents)  # no link to that host
     link.reachable = False
     assert not needs_resync(index_vm(vm("b", "u2", host="h1", phase="Running")), agents)  # nothing to learn now
+
+
+def test_a_resync_pass_picks_contradicted_vms_and_refused_ones_only_once_room_appears() -> None:
+    agents = AgentDirectory()
+    link = AgentLink("h1", "http://127.0.0.1:1", "token", client=None, reachable=True)  # type: ignore[arg-type]
+    agents._links["h1"] = link
+    link.vms["u-ok"] = VmInfo.model_construct(state=VmState.Running)
+    small = host("h1", memory_mib=8192)
+    fleet_now = Fleet([small], [])
+
+    def entry(name: str, uid: str, **kw: Any) -> Any:
+        body = vm(name, uid, **kw)
+        body["spec"]["memoryMiB"] = 4096
+        body["spec"]["disks"] = [{"name": "os", "sizeGiB": 20, "volume": "csv-1"}]
+        return index_vm(body)
+
+    agreeing = entry("ok", "u-ok", host="h1", phase="Running")
+    lost = entry("lost", "u-lost", host="h1", phase="Running")
+    moving = entry("moving", "u-mv", host="h1", phase="Running")
+    never_seen = entry("new", "u-new")
+    refused = entry("big", "u-big", phase="Pending")
+    refused.spec["memoryMiB"] = 65536  # more than h1 has
+    stopped = entry("off", "u-off", phase="Stopped", running=False)
+    holders = {moving.key: "ns/m-1"}
+    picked = resync_candidates([agreeing, lost, moving, never_seen, refused, stopped], agents, holders.get, fleet_now)
+    assert [e.name for e in picked] == ["lost", "new"]
+    fits = entry("fits", "u-fits", phase="Pending")  # refused earlier, fits now
+    assert [e.name for e in resync_candidates([fits], agents, holders.get, fleet_now)] == ["fits"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ FAILURES_TO_UNREACHABLE = 3
 SUCCESSES_TO_REACHABLE = 2
 #: How long a token read from a Secret is reused before it is read again (rotation delay).
 TOKEN_TTL = 300.0
+#: How long a passed "every agent has answered" check is reused before hosts are looked at again.
+SYNC_RECHECK_SECONDS = 0.5
 
 #: VM states that mean "the guest lives here" (a tombstone or a half-received copy does not).
 RESIDENT = frozenset({VmState.Defined, VmState.Running, VmState.Paused, VmState.Saved, VmState.Stopped})
@@ -75,6 +77,8 @@ class AgentDirectory:
     def __init__(self) -> None:
         self._links: dict[str, AgentLink] = {}
         self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._sync_check: asyncio.Future[bool] | None = None
+        self._sync_checked_at = 0.0
 
     async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
         """The link to ``host``'s agent, (re)built when its endpoint or token changed."""
@@ -149,20 +153,31 @@ class AgentDirectory:
         link.boot_id = info.boot_id
         return True
 
-    async def wait_synced(self, hosts: Iterable[str], patience: float = 15.0) -> bool:
+    async def wait_synced(self, hosts: Callable[[], Iterable[str]], patience: float = 15.0) -> bool:
         """Wait until every host's agent has answered once or been declared unreachable.
 
         Until then the operator cannot know that a guest runs nowhere, so it must not place it.
+        Every caller shares one check (10,000 VMs waiting must not each scan 1,000 hosts); a
+        check that passed is reused for SYNC_RECHECK_SECONDS, one that ran out of patience is not.
         """
-        names = list(hosts)
+        check = self._sync_check
+        stale = check is not None and check.done() and (
+            check.cancelled() or check.exception() is not None or not check.result()
+            or time.monotonic() - self._sync_checked_at > SYNC_RECHECK_SECONDS)
+        if check is None or stale:
+            check = self._sync_check = asyncio.ensure_future(self._until_synced(hosts, patience))
+        return await asyncio.shield(check)
+
+    async def _until_synced(self, hosts: Callable[[], Iterable[str]], patience: float) -> bool:
         deadline = time.monotonic() + patience
-        while True:
-            pending = [n for n in names if not self._settled(n)]
-            if not pending:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.2)
+        try:
+            while not all(self._settled(name) for name in hosts()):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.2)
+            return True
+        finally:
+            self._sync_checked_at = time.monotonic()
 
     def _settled(self, host: str) -> bool:
         link = self._links.get(host)

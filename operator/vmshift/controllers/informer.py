@@ -69,6 +69,13 @@ class Store(Mapping[str, list[T]], Generic[T]):
     def uids(self) -> set[str]:
         return set(self._keys_of)
 
+    def entries(self) -> list[T]:
+        return [entry for bucket in self._by_key.values() for entry in bucket.values()]
+
+    def first(self, key: str) -> T | None:
+        bucket = self._by_key.get(key)
+        return next(iter(bucket.values())) if bucket else None
+
     def __getitem__(self, key: str) -> list[T]:
         return list(self._by_key[key].values())
 
@@ -79,15 +86,14 @@ class Store(Mapping[str, list[T]], Generic[T]):
         return len(self._by_key)
 
 
-def values(store: Mapping[str, list[T]]) -> list[T]:
+def values(store: Store[T]) -> list[T]:
     """Every entry of a store."""
-    return [entry for bucket in store.values() for entry in bucket]
+    return store.entries()
 
 
-def one(store: Mapping[str, list[T]], key: str) -> T | None:
+def one(store: Store[T], key: str) -> T | None:
     """The entry under ``key`` (the first, for keys one object owns), or None."""
-    bucket = store.get(key)
-    return bucket[0] if bucket else None
+    return store.first(key)
 
 
 def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

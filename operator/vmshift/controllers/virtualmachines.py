@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -197,6 +197,10 @@ async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | None:
     return None
 
 
+def _host_names() -> Iterable[str]:
+    return indexes.host_index.keys()
+
+
 async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> None:
     if _comparable(status, previous):
         return
@@ -220,7 +224,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         flights = [m.key for m in (indexes.migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
-        if not entry.host and not await rt.agents.wait_synced(h.name for h in values(indexes.host_index)):
+        if not entry.host and not await rt.agents.wait_synced(_host_names):
             return  # an agent not heard from yet may hold this guest (adoption after a restart)
         try:
             located = await _locate(entry)
@@ -382,20 +386,41 @@ def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
 RESYNC_SECONDS = 30.0
 
 
+def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_holder: Callable[[str], str | None],
+                      fleet_now: Fleet) -> list[VMEntry]:
+    """The VMs a resync pass must reconcile (pure but for the reports it reads).
+
+    A placed VM when the agents contradict its status; a VM on no host when it was never handled,
+    or when the scheduler would now find it a host (one that was refused stays quiet until then).
+    A VM whose migration is in flight belongs to the migration.
+    """
+    out = []
+    for entry in entries:
+        if gate_holder(entry.key):
+            continue
+        if entry.host is not None:
+            if needs_resync(entry, agents):
+                out.append(entry)
+        elif not entry.spec.get("running", True) and entry.phase == "Stopped":
+            continue
+        elif entry.phase is None or not isinstance(plan_placement(vm_view(entry), fleet_now), Refusal):
+            out.append(entry)
+    return out
+
+
 async def resync_forever(logger: logging.Logger) -> None:
-    """Catch what no event announces: a guest lost with its host, an agent back after an outage.
+    """Catch what no event announces: a guest lost with its host, an agent back after an outage,
+    room freed for a VM that was refused.
 
     One loop for the fleet instead of a timer per VM: a pass compares every cached VM with the
-    agents' last reports (dictionary lookups, no API calls) and reconciles only the VMs they
-    contradict, each read fresh from the API server.
+    agents' last reports and the scheduler's view (no API calls) and reconciles only the VMs
+    :func:`resync_candidates` picks, each read fresh from the API server.
     """
     await indexes.ready()
     rt = runtime()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for entry in values(indexes.vm_index):
-            if entry.host is None or rt.gate.holder(entry.key) or not needs_resync(entry, rt.agents):
-                continue
+        for entry in resync_candidates(values(indexes.vm_index), rt.agents, rt.gate.holder, fleet()):
             body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
             if body is not None:
                 await _reconcile_logged(body, logger)
