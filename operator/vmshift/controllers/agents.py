@@ -78,6 +78,8 @@ class AgentDirectory:
         self._links: dict[str, AgentLink] = {}
         self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
+        #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
+        self._where: dict[str, set[str]] = {}
         self._sync_checked_at = 0.0
 
     async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
@@ -91,6 +93,7 @@ class AgentDirectory:
         current = self._links.get(host)
         if current is None or current.endpoint != endpoint or current.token != token:
             if current is not None:
+                self._reindex(host, current.vms, {})
                 await current.client.close()
             current = AgentLink(host=host, endpoint=endpoint, token=token, client=HypervisorClient(endpoint, token))
             self._links[host] = current
@@ -128,6 +131,7 @@ class AgentDirectory:
     async def forget(self, host: str) -> None:
         link = self._links.pop(host, None)
         if link is not None:
+            self._reindex(host, link.vms, {})
             await link.client.close()
 
     async def poll(self, link: AgentLink) -> bool:
@@ -143,6 +147,7 @@ class AgentDirectory:
                 link.reachable = False
             return False
         link.info = info
+        self._reindex(link.host, link.vms, {vm.id: vm for vm in vms})
         link.vms = {vm.id: vm for vm in vms}
         link.reported_at = time.monotonic()
         link.failures = 0
@@ -186,11 +191,22 @@ class AgentDirectory:
     def facts(self) -> dict[str, AgentFacts]:
         return {name: link.facts() for name, link in self._links.items()}
 
+    def _reindex(self, host: str, old: Mapping[str, VmInfo], new: Mapping[str, VmInfo]) -> None:
+        for vm_id in old.keys() - new.keys():
+            holders = self._where.get(vm_id)
+            if holders is not None:
+                holders.discard(host)
+                if not holders:
+                    del self._where[vm_id]
+        for vm_id in new.keys() - old.keys():
+            self._where.setdefault(vm_id, set()).add(host)
+
     def locate(self, vm_id: str) -> list[tuple[str, VmInfo]]:
         """Hosts whose agent last reported ``vm_id`` resident, with what they said."""
         found = []
-        for name, link in sorted(self._links.items()):
-            vm = link.vms.get(vm_id)
+        for name in sorted(self._where.get(vm_id, ())):
+            link = self._links.get(name)
+            vm = link.vms.get(vm_id) if link is not None else None
             if vm is not None and vm.state in RESIDENT:
                 found.append((name, vm))
         return found

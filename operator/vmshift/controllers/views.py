@@ -8,7 +8,8 @@ into a :class:`~vmshift.scheduling.fleet.Fleet`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from vmshift.api.reasons import MigrationPhase
@@ -43,6 +44,11 @@ class VMEntry:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @cached_property
+    def view(self) -> VMView:
+        """The scheduler's view of this VM where status puts it (built once per entry)."""
+        return vm_view(self)
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,9 @@ def build_fleet(
     views = []
     for entry in vm_list:
         host = entry.host or (placed[entry.key][0] if entry.key in placed else None)
-        view = vm_view(entry, migration_target=targets.get(entry.key), host=host)
+        target = targets.get(entry.key)
+        view = entry.view if host == entry.host and target is None else replace(
+            entry.view, host=host, migration_target=target)
         views.append(view)
         if host is not None:
             used = allocated.setdefault(host, [0, 0])

@@ -30,7 +30,7 @@ from vmshift.controllers.views import VMEntry, index_vm, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.fleet import Fleet, VMView
-from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement
+from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement, targets_available
 
 #: Annotation an import (or a person) sets to give a new guest its initial driver inventory.
 DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
@@ -120,24 +120,39 @@ def running_status(
     return status
 
 
-#: Migratable answers by VM shape: VMs alike (same host, processor, size, disks, constraints) get the
-#: same answer, and a fleet changes slowly, so 10,000 VMs do not cost 10,000 scans of every host.
+#: Migratable answers by VM shape: VMs alike (processor, size, disks, constraints) get the same
+#: answer, and a fleet changes slowly, so 10,000 VMs do not cost 10,000 scans of every host. The
+#: shape's answer is computed as if the VM ran on no host of the fleet (SOMEWHERE), then the VM's own
+#: host is taken out: no check of a target depends on which other host the VM leaves. When that
+#: leaves no host, the exact answer (with its reason) is computed and cached per shape and host.
 _MIGRATABLE_TTL = 30.0
+SOMEWHERE = "\x00somewhere"
 _migratable_cache: dict[tuple[Any, ...], tuple[float, Migratability]] = {}
 
 
 def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
-    key = (vm.host, vm.guest_vendor, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
-           tuple(sorted(vm.host_selector.items())), vm.anti_affinity_group, vm.migration_target)
+    if vm.host is None or vm.anti_affinity_group:
+        return migratable(vm, fleet_now)
+    shape = (vm.guest_vendor, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
+             tuple(sorted(vm.host_selector.items())), vm.migration_target)
+    anywhere = _cached(shape, lambda: migratable(replace(vm, name="{vm}", host=SOMEWHERE), fleet_now))
+    hosts = [h for h in anywhere.hosts if h != vm.host]
+    if hosts:
+        return targets_available(vm.name, hosts)
+    exact = _cached((*shape, vm.host), lambda: migratable(replace(vm, name="{vm}"), fleet_now))
+    return replace(exact, message=exact.message.replace("{vm}", vm.name))
+
+
+def _cached(key: tuple[Any, ...], compute: Callable[[], Migratability]) -> Migratability:
     now = time.monotonic()
     hit = _migratable_cache.get(key)
-    if hit is not None and now - hit[0] < _MIGRATABLE_TTL and not vm.anti_affinity_group:
-        return replace(hit[1], message=hit[1].message.replace("{vm}", vm.name))
-    answer = migratable(replace(vm, name="{vm}"), fleet_now)
+    if hit is not None and now - hit[0] < _MIGRATABLE_TTL:
+        return hit[1]
+    answer = compute()
     if len(_migratable_cache) > 50_000:
         _migratable_cache.clear()
     _migratable_cache[key] = (now, answer)
-    return replace(answer, message=answer.message.replace("{vm}", vm.name))
+    return answer
 
 
 def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str, str]:

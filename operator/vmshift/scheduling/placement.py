@@ -211,18 +211,20 @@ def migratable(vm: VMView, fleet: Fleet) -> Migratability:
         return Migratability(False, [], "NotRunning", f"{vm.name} runs on no host, so it cannot migrate.")
     ranked, problems = rank_targets(vm, fleet)
     if ranked:
-        hosts = sorted(p.host for p in ranked)
-        shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
-        noun = "host" if len(hosts) == 1 else "hosts"
-        return Migratability(
-            True, hosts, "TargetsAvailable", f"{len(hosts)} {noun} could take {vm.name} now: {shown}."
-        )
+        return targets_available(vm.name, sorted(p.host for p in ranked))
     refusal = summarize_refusal(vm, problems, what="live migration")
     quick_ranked, _ = rank_targets(vm, fleet, quick=True)
     message = refusal.message
     if quick_ranked:
         message += f" A quick migration could go to {len(quick_ranked)} host(s), such as {quick_ranked[0].host}."
     return Migratability(False, [], refusal.reason.value, message)
+
+
+def targets_available(vm_name: str, hosts: list[str]) -> Migratability:
+    """The ``Migratable`` condition of a VM that ``hosts`` (sorted, not empty) could take."""
+    shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+    noun = "host" if len(hosts) == 1 else "hosts"
+    return Migratability(True, hosts, "TargetsAvailable", f"{len(hosts)} {noun} could take {vm_name} now: {shown}.")
 
 
 def migratable_hosts(vm: VMView, fleet: Fleet) -> list[str]:
