@@ -79,6 +79,7 @@ class AgentDirectory:
         self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
+        self._facts: dict[str, AgentFacts] = {}
         self._where: dict[str, set[str]] = {}
         self._sync_checked_at = 0.0
 
@@ -97,6 +98,7 @@ class AgentDirectory:
                 await current.client.close()
             current = AgentLink(host=host, endpoint=endpoint, token=token, client=HypervisorClient(endpoint, token))
             self._links[host] = current
+            self._facts[host] = current.facts()
         return current
 
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
@@ -130,6 +132,7 @@ class AgentDirectory:
 
     async def forget(self, host: str) -> None:
         link = self._links.pop(host, None)
+        self._facts.pop(host, None)
         if link is not None:
             self._reindex(host, link.vms, {})
             await link.client.close()
@@ -145,6 +148,7 @@ class AgentDirectory:
             link.last_error = str(exc)
             if link.failures >= FAILURES_TO_UNREACHABLE:
                 link.reachable = False
+            self._facts[link.host] = link.facts()
             return False
         link.info = info
         self._reindex(link.host, link.vms, {vm.id: vm for vm in vms})
@@ -156,6 +160,7 @@ class AgentDirectory:
         if link.boot_id is None or link.successes >= SUCCESSES_TO_REACHABLE or link.reachable:
             link.reachable = True
         link.boot_id = info.boot_id
+        self._facts[link.host] = link.facts()
         return True
 
     async def wait_synced(self, hosts: Callable[[], Iterable[str]], patience: float = 15.0) -> bool:
@@ -188,8 +193,9 @@ class AgentDirectory:
         link = self._links.get(host)
         return link is not None and (link.info is not None or link.failures >= FAILURES_TO_UNREACHABLE)
 
-    def facts(self) -> dict[str, AgentFacts]:
-        return {name: link.facts() for name, link in self._links.items()}
+    def facts(self) -> Mapping[str, AgentFacts]:
+        """What each agent last told, by host (kept current by poll, not rebuilt per call)."""
+        return self._facts
 
     def _reindex(self, host: str, old: Mapping[str, VmInfo], new: Mapping[str, VmInfo]) -> None:
         for vm_id in old.keys() - new.keys():

@@ -27,6 +27,7 @@ from vmshift.controllers import (  # noqa: F401
 from vmshift.controllers.runtime import runtime
 
 PREFIX = "vmshift.io"
+WORKER_LIMIT = 200
 
 
 @kopf.on.startup()
@@ -39,6 +40,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
+    # At most this many objects are handled at once; the rest wait in the watch stream. Without a
+    # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies).
+    settings.queueing.worker_limit = WORKER_LIMIT
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from vmshift.api.reasons import MigrationPhase
+from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
 from vmshift.scheduling.policy import PolicyView, Rung
 
@@ -247,8 +248,8 @@ def build_fleet(
         storage = spec.get("storage") or {}
         model = facts.cpu_model or cpu.get("model", "")
         try:
-            base = HostView.of(h.name, model, cores=int(cpu.get("cores", 0)), memory_mib=int(spec.get("memoryMiB", 0)))
-            vendor, features = base.vendor, base.features
+            known = processor_info(model)
+            vendor, features = known.vendor, known.features
         except ValueError:
             vendor, features = facts.vendor or "", facts.features
         cordon = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or h.quarantined

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -216,10 +217,31 @@ def _host_names() -> Iterable[str]:
     return indexes.host_index.keys()
 
 
-async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> None:
+async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> bool:
+    """Write ``status`` unless it changes nothing; True when written."""
     if _comparable(status, previous):
-        return
+        return False
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, status)
+    return True
+
+
+#: Each VM as it was when a reconcile last found nothing to change, so the echoes of our own writes
+#: (the status patch, Kopf's finalizer) cost a comparison instead of a reconcile.
+_settled: dict[str, tuple[Any, ...]] = {}
+
+
+def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a reconcile reads from a VM's body, timestamps aside (pure)."""
+    meta = body.get("metadata") or {}
+    return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
+            json.dumps([meta.get("labels"), meta.get("annotations"), cond.without_timestamps(body.get("status") or {})],
+                       sort_keys=True, default=str))
+
+
+def settled(body: Mapping[str, Any], agents: AgentDirectory) -> bool:
+    """Did a reconcile already find this very body in order, and do the agents still agree?"""
+    key = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
+    return _settled.get(key) == fingerprint(body) and not needs_resync(index_vm(body), agents)
 
 
 def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
@@ -278,7 +300,8 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
                            guest_cpu_model=where.cpu_model if where else view.guest_cpu_model)
         status = running_status(view, info, host, now_fleet, generation, previous,
                                 wants_running=bool(entry.spec.get("running", True)))
-        await _patch(entry, status, previous)
+        if not await _patch(entry, status, previous):
+            _settled[entry.key] = fingerprint(body)
         await _ask_for_migration(entry, view, host, status)
 
 
@@ -370,8 +393,11 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
+        _settled.pop(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}", None)
         return
     await indexes.ready()
+    if settled(body, runtime().agents):
+        return
     await _reconcile_logged(body, logger)
 
 
