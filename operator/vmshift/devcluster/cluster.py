@@ -40,6 +40,12 @@ def default_dir(name: str = "dev") -> Path:
 
 
 @dataclass
+#: Go runtime settings per component. A development API server on two cores spent half its CPU in
+#: garbage collection under 10,000 objects; collecting at 4x the live heap (not 2x) trades memory,
+#: which is plentiful here, for that CPU.
+GO_ENV: dict[str, dict[str, str]] = {"kube-apiserver": {"GOGC": "400"}}
+
+
 class ClusterState:
     """What ``state.json`` records about a running control plane."""
 
@@ -233,6 +239,7 @@ class ControlPlane:
         log_file = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv,
+            env={**os.environ, **GO_ENV.get(name, {})},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
