@@ -39,13 +39,13 @@ def default_dir(name: str = "dev") -> Path:
     return binaries.cache_root() / "clusters" / name
 
 
-@dataclass
 #: Go runtime settings per component. A development API server on two cores spent half its CPU in
 #: garbage collection under 10,000 objects; collecting at 4x the live heap (not 2x) trades memory,
 #: which is plentiful here, for that CPU.
 GO_ENV: dict[str, dict[str, str]] = {"kube-apiserver": {"GOGC": "400"}}
 
 
+@dataclass
 class ClusterState:
     """What ``state.json`` records about a running control plane."""
 
