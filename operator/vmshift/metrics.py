@@ -25,6 +25,10 @@ RECONCILE_ERRORS = Counter(
     "vmshift_reconcile_errors_total", "Reconcile passes that ended in an error, by kind.", ["kind"]
 )
 HOSTS = Gauge("vmshift_hosts", "Hosts by phase.", ["phase"])
+VMS_IN_SYNC = Gauge(
+    "vmshift_virtualmachines_in_sync",
+    "VirtualMachines whose last reconcile found them as their spec asks (nothing to write).",
+)
 API_REQUESTS = Counter(
     "vmshift_api_requests_total", "Direct Kubernetes API calls the operator made (watches excluded).",
     ["verb", "resource"],

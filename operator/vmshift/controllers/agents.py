@@ -80,6 +80,8 @@ class AgentDirectory:
         self._sync_check: asyncio.Future[bool] | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
         self._facts: dict[str, AgentFacts] = {}
+        #: Bumped whenever a host's facts change, so a fleet built before is known to be stale.
+        self.facts_version = 0
         self._where: dict[str, set[str]] = {}
         self._sync_checked_at = 0.0
 
@@ -98,7 +100,7 @@ class AgentDirectory:
                 await current.client.close()
             current = AgentLink(host=host, endpoint=endpoint, token=token, client=HypervisorClient(endpoint, token))
             self._links[host] = current
-            self._facts[host] = current.facts()
+            self._set_facts(host, current.facts())
         return current
 
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
@@ -132,7 +134,8 @@ class AgentDirectory:
 
     async def forget(self, host: str) -> None:
         link = self._links.pop(host, None)
-        self._facts.pop(host, None)
+        if self._facts.pop(host, None) is not None:
+            self.facts_version += 1
         if link is not None:
             self._reindex(host, link.vms, {})
             await link.client.close()
@@ -148,7 +151,7 @@ class AgentDirectory:
             link.last_error = str(exc)
             if link.failures >= FAILURES_TO_UNREACHABLE:
                 link.reachable = False
-            self._facts[link.host] = link.facts()
+            self._set_facts(link.host, link.facts())
             return False
         link.info = info
         self._reindex(link.host, link.vms, {vm.id: vm for vm in vms})
@@ -160,7 +163,7 @@ class AgentDirectory:
         if link.boot_id is None or link.successes >= SUCCESSES_TO_REACHABLE or link.reachable:
             link.reachable = True
         link.boot_id = info.boot_id
-        self._facts[link.host] = link.facts()
+        self._set_facts(link.host, link.facts())
         return True
 
     async def wait_synced(self, hosts: Callable[[], Iterable[str]], patience: float = 15.0) -> bool:
@@ -192,6 +195,11 @@ class AgentDirectory:
     def _settled(self, host: str) -> bool:
         link = self._links.get(host)
         return link is not None and (link.info is not None or link.failures >= FAILURES_TO_UNREACHABLE)
+
+    def _set_facts(self, host: str, facts: AgentFacts) -> None:
+        if self._facts.get(host) != facts:
+            self._facts[host] = facts
+            self.facts_version += 1
 
     def facts(self) -> Mapping[str, AgentFacts]:
         """What each agent last told, by host (kept current by poll, not rebuilt per call)."""

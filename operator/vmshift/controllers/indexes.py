@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from vmshift.controllers.informer import Informer, Store, one, values, wait_synced
@@ -79,22 +80,42 @@ async def ready() -> None:
 
 #: How old a fleet may be for decisions that tolerate it (conditions, queue passes): at least
 #: FLEET_MAX_AGE seconds, and long enough that rebuilding takes at most 1/FLEET_REBUILD_SHARE of
-#: the time (a 10,000-VM fleet takes ~0.1 s to build). Placement and validation ask for a fresh one.
+#: the time (a 10,000-VM fleet takes ~0.1 s to build). A ``fresh`` fleet (placement, validation) is
+#: rebuilt only when something it is built from changed since: a cached object, an agent's facts,
+#: a placement this process made.
 FLEET_MAX_AGE = 1.0
 FLEET_REBUILD_SHARE = 20
-_cached: tuple[float, float, Fleet] | None = None  # (built at, seconds it took, fleet)
+_changes = 0
+
+
+@HOSTS.listen
+@VMS.listen
+@MIGRATIONS.listen
+def _count_change(_type: str, _body: Mapping[str, Any]) -> None:
+    global _changes
+    _changes += 1
+
+
+@dataclass(frozen=True)
+class _Built:
+    at: float
+    took: float
+    inputs: tuple[int, int, int]  # (cache changes, agent facts version, overlay version)
+    fleet: Fleet
+
+
+_cached: _Built | None = None
 
 
 def fleet(*, fresh: bool = False) -> Fleet:
-    """The scheduler's fleet: the caches, agent reports, placements in progress.
-
-    Building it walks every Host, VM and migration, so it is reused unless ``fresh`` is asked.
-    """
+    """The scheduler's fleet: the caches, agent reports, placements in progress."""
     global _cached
-    now = time.monotonic()
-    if not fresh and _cached is not None and now - _cached[0] < max(FLEET_MAX_AGE, _cached[1] * FLEET_REBUILD_SHARE):
-        return _cached[2]
     rt = runtime()
+    now = time.monotonic()
+    inputs = (_changes, rt.agents.facts_version, rt.overlay.version)
+    if _cached is not None and (_cached.inputs == inputs or (
+            not fresh and now - _cached.at < max(FLEET_MAX_AGE, _cached.took * FLEET_REBUILD_SHARE))):
+        return _cached.fleet
     built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(), rt.overlay)
-    _cached = (now, time.monotonic() - now, built)
+    _cached = _Built(now, time.monotonic() - now, inputs, built)
     return built

@@ -428,9 +428,11 @@ async def drive_migration(
 ) -> None:
     await indexes.ready()
     rt = runtime()
-    vms = values(indexes.vm_index)
-    rt.gate.seed(values(indexes.migration_index), {v.key: (int(v.spec.get("cpus", 0)), int(v.spec.get("memoryMiB", 0)))
-                                           for v in vms})
+    if not rt.gate.seeded:
+        flying = [m for m in values(indexes.migration_index) if m.in_flight]
+        sizes = {m.vm_key: (int(vm.spec.get("cpus", 0)), int(vm.spec.get("memoryMiB", 0)))
+                 for m in flying if (vm := one(indexes.vm_index, m.vm_key)) is not None}
+        rt.gate.seed(flying, sizes)
     run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
               generation=int(meta.get("generation") or 0), body=body, status=dict(status))
     run.source, run.target = status.get("sourceHost"), status.get("targetHost")

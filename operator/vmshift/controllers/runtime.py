@@ -105,10 +105,11 @@ class MigrationGate:
                 h = held.setdefault(r.target, [0, 0])
                 h[0] += r.cpus
                 h[1] += r.memory_mib
-        adjusted = {
-            name: replace(h, reserved_cpus=held.get(name, [0, 0])[0], reserved_memory_mib=held.get(name, [0, 0])[1])
-            for name, h in hosts.items()
-        }
+        adjusted = {name: replace(h, reserved_cpus=0, reserved_memory_mib=0) if h.reserved_cpus or h.reserved_memory_mib
+                    else h for name, h in hosts.items()}
+        for name, (cpus, memory) in held.items():
+            if name in adjusted:
+                adjusted[name] = replace(adjusted[name], reserved_cpus=cpus, reserved_memory_mib=memory)
         answer = admit([t.request for t in self.pending.values()], list(self.in_flight.values()), adjusted,
                        cluster_limit=cluster_limit)
         for request in answer.admitted:

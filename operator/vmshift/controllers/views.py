@@ -199,6 +199,15 @@ class Overlay:
     """Capacity the operator has promised but the indexes do not show yet (placements just made)."""
 
     placed: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # vm key -> (host, cpus, memory)
+    version: int = 0  # bumped by every change, so a fleet built before it is known to be stale
+
+    def place(self, vm_key: str, host: str, cpus: int, memory_mib: int) -> None:
+        self.placed[vm_key] = (host, cpus, memory_mib)
+        self.version += 1
+
+    def forget(self, vm_key: str) -> None:
+        if self.placed.pop(vm_key, None) is not None:
+            self.version += 1
 
 
 def build_fleet(

@@ -290,7 +290,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         elif entry.spec.get("running", True) and info.state in (VmState.Defined, VmState.Stopped):
             info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
         if entry.host == host:
-            rt.overlay.placed.pop(entry.key, None)  # the index shows the placement now
+            rt.overlay.forget(entry.key)  # the index shows the placement now
         now_fleet = fleet()
         view = vm_view(entry, host=host)
         if info.features:  # the agent is the truth about what the guest was started with
@@ -302,6 +302,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
                                 wants_running=bool(entry.spec.get("running", True)))
         if not await _patch(entry, status, previous):
             _settled[entry.key] = fingerprint(body)
+            metrics.VMS_IN_SYNC.set(len(_settled))
         await _ask_for_migration(entry, view, host, status)
 
 
@@ -326,7 +327,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
             await _patch(entry, status, previous)
             return
         host = decision.host
-        rt.overlay.placed[entry.key] = (host, view.cpus, view.memory_mib)
+        rt.overlay.place(entry.key, host, view.cpus, view.memory_mib)
     conditions = cond.reconciling(previous.get("conditions") or [], True, "Starting",
                                   f"Starting {entry.name} on {host}.", observed_generation=generation)
     # The host goes into status before the guest starts: a crash in between leaves a trail.
@@ -340,7 +341,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         await link.client.define_vm(entry.uid, definition(entry, body.get("metadata", {}).get("annotations") or {}))
         info = await link.client.start_vm(entry.uid)
     except AgentError as exc:
-        rt.overlay.placed.pop(entry.key, None)
+        rt.overlay.forget(entry.key)
         message = f"Starting {entry.name} on {host} failed: {exc}. The operator will choose again."
         kopf.warn(body, reason="FailedStart", message=message)
         await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
@@ -394,6 +395,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
         _settled.pop(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}", None)
+        metrics.VMS_IN_SYNC.set(len(_settled))
         return
     await indexes.ready()
     if settled(body, runtime().agents):
@@ -402,6 +404,7 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
+    _settled.pop(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}", None)
     try:
         await reconcile(body, logger)
     except AgentError as exc:
@@ -495,6 +498,6 @@ async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_:
                 failures.append(f"{name}: {exc}")
     if failures:
         raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
-    rt.overlay.placed.pop(key, None)
+    rt.overlay.forget(key)
     _locks.pop(key, None)
 
