@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmshift.api.reasons import FailureReason, MigrationMode
+from vmshift.controllers.views import policy_view
 from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Disk, Fleet, VMView
 from vmshift.scheduling.policy import PolicyView, Rung, choose_mode, select_policy
@@ -112,3 +113,22 @@ def test_hard_problem_refuses_every_mode() -> None:
 
 def test_completion_timeout_is_per_gib() -> None:
     assert PolicyView("p", completion_timeout_per_gib_seconds=150).completion_timeout_seconds(6144) == 900
+
+
+def test_precedence_wins_over_specificity_then_specificity_then_name() -> None:
+    broad_high = PolicyView("z-broad", precedence=10)
+    narrow = PolicyView("a-narrow", vm_selector={"tier": "db", "zone": "a"})
+    narrow_too = PolicyView("b-narrow", vm_selector={"tier": "db", "zone": "a"})
+    labels = {"tier": "db", "zone": "a"}
+    assert select_policy(labels, "default", [narrow, broad_high, narrow_too]) is broad_high
+    assert select_policy(labels, "default", [narrow_too, narrow]) is narrow
+    assert select_policy(labels, "default", [PolicyView("one", vm_selector={"tier": "db"}), narrow_too]) is narrow_too
+
+
+def test_a_policy_spec_reads_the_api_defaults_and_its_own_settings() -> None:
+    assert policy_view("p", {}) == PolicyView("p")  # the API model's defaults are the scheduler's
+    view = policy_view("p", {"precedence": 7, "ladder": ["PreCopy", "AutoConverge", "Quick"], "allowQuick": True,
+                             "autoConverge": {"initialPercent": 30, "stepPercent": 5, "maxPercent": 80},
+                             "selector": {"vmSelector": {"matchLabels": {"tier": "db"}}, "namespaces": ["prod"]}})
+    assert (view.precedence, view.throttle, view.allows_quick) == (7, (30, 5, 80), True)
+    assert (view.vm_selector, view.namespaces) == ({"tier": "db"}, ("prod",))

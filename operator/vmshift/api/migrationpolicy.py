@@ -139,7 +139,8 @@ class MigrationPolicySpec(ApiModel):
     precedence: int = Field(
         0,
         description="When several policies select a VM, the one with the highest precedence applies "
-        "(ties: the alphabetically first name). Default 0; 0 to 1000.",
+        "(ties: the most specific selector, the one matching the most labels; then the alphabetically "
+        "first name). Default 0; 0 to 1000.",
         ge=0,
         le=1000,
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from vmshift.api.migrationpolicy import MigrationPolicySpec
 from vmshift.api.reasons import MigrationPhase
 from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
@@ -123,23 +124,26 @@ def index_migration(body: Mapping[str, Any]) -> MigrationEntry:
 
 
 def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
-    """A MigrationPolicy's spec as the scheduler's PolicyView (API defaults where a field is absent)."""
-    selector = spec.get("selector") or {}
-    ladder = tuple(Rung(r) for r in spec.get("ladder") or ("PreCopy", "AutoConverge"))
+    """A MigrationPolicy's spec as the scheduler's PolicyView; the API model fills in its defaults,
+    so they are written once (the API server has already validated the spec)."""
+    model = MigrationPolicySpec.model_validate(dict(spec))
+    selector = model.selector
     return PolicyView(
         name=name,
-        namespaces=tuple(selector.get("namespaces") or ()),
-        namespace_selector=dict((selector.get("namespaceSelector") or {}).get("matchLabels") or {}),
-        vm_selector=dict((selector.get("vmSelector") or {}).get("matchLabels") or {}),
-        threshold_ms=float(spec.get("switchoverThresholdMs", 1)),
-        max_downtime_ms=float(spec.get("maxDowntimeMs", 300)),
-        max_rounds=int(spec.get("maxRounds", 30)),
-        stall_rounds=int(spec.get("stallRounds", 3)),
-        ladder=ladder,
-        bandwidth_mbps=spec.get("bandwidthMbps"),
-        parallel_migrations_per_cluster=int(spec.get("parallelMigrationsPerCluster", 5)),
-        progress_timeout_seconds=float(spec.get("progressTimeoutSeconds", 150)),
-        completion_timeout_per_gib_seconds=float(spec.get("completionTimeoutPerGiBSeconds", 150)),
+        precedence=model.precedence,
+        namespaces=tuple(selector.namespaces or ()),
+        namespace_selector=dict(selector.namespaceSelector.matchLabels) if selector.namespaceSelector else {},
+        vm_selector=dict(selector.vmSelector.matchLabels) if selector.vmSelector else {},
+        threshold_ms=float(model.switchoverThresholdMs),
+        max_downtime_ms=float(model.maxDowntimeMs),
+        max_rounds=model.maxRounds,
+        stall_rounds=model.stallRounds,
+        ladder=tuple(Rung(r.value) for r in model.ladder),
+        throttle=(model.autoConverge.initialPercent, model.autoConverge.stepPercent, model.autoConverge.maxPercent),
+        bandwidth_mbps=model.bandwidthMbps,
+        parallel_migrations_per_cluster=model.parallelMigrationsPerCluster,
+        progress_timeout_seconds=float(model.progressTimeoutSeconds),
+        completion_timeout_per_gib_seconds=float(model.completionTimeoutPerGiBSeconds),
     )
 
 

@@ -694,7 +694,8 @@ class SourceMigration:
             at_limit = round_index + 1 >= request.max_rounds
             if stalled >= request.stall_rounds or at_limit:
                 if auto.enabled and self.guest.throttle_percent < auto.max_percent and not at_limit:
-                    throttle = min(self.guest.throttle_percent + auto.step_percent, auto.max_percent)
+                    current = self.guest.throttle_percent
+                    throttle = min(current + auto.step_percent if current else auto.initial_percent, auto.max_percent)
                     self.guest.set_throttle(throttle)
                     record.throttle_percent = throttle
                     stalled = 0

@@ -367,6 +367,7 @@ class AutoConverge(Request):
     """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
 
     enabled: bool = False
+    initial_percent: float = Field(20.0, gt=0, le=100, description="Throttle of the first auto-converge round.")
     step_percent: float = Field(20.0, gt=0, le=100)
     max_percent: float = Field(90.0, gt=0, le=99.9)
 

@@ -41,6 +41,7 @@ class PolicyView:
     """
 
     name: str
+    precedence: int = 0
     namespaces: tuple[str, ...] = ()
     namespace_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     vm_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
@@ -49,6 +50,7 @@ class PolicyView:
     max_rounds: int = 30
     stall_rounds: int = 3
     ladder: tuple[Rung, ...] = (Rung.PreCopy, Rung.AutoConverge)
+    throttle: tuple[int, int, int] = (20, 10, 99)  # AutoConverge: initial, step, max percent
     bandwidth_mbps: float | None = None
     parallel_migrations_per_cluster: int = 5
     progress_timeout_seconds: float = 150.0
@@ -96,21 +98,22 @@ def select_policy(
     """The policy that governs a VM, or None when none matches (then :data:`DEFAULT_POLICY` applies).
 
     ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
-    Otherwise the most specific matching policy wins: the most matched keys (VM labels plus
-    namespace labels, a namespace list counting as one key); on a tie the one with more namespace
-    keys; then the name, alphabetically first. Input order never matters.
+    Otherwise, among the matching policies, the highest ``precedence`` wins; then the most specific:
+    the most matched keys (VM labels plus namespace labels, a namespace list counting as one key),
+    on a tie the one with more namespace keys; then the name, alphabetically first. Input order
+    never matters.
     """
     if requested is not None:
         named = sorted((p for p in policies if p.name == requested), key=lambda p: repr(p))
         if named:
             return named[0]
     ns_labels = namespace_labels or {}
-    best: tuple[tuple[int, int, str], PolicyView] | None = None
+    best: tuple[tuple[int, int, int, str], PolicyView] | None = None
     for policy in policies:
         spec = _specificity(policy, vm_labels, namespace, ns_labels)
         if spec is None:
             continue
-        key = (-spec[0], -spec[1], policy.name)
+        key = (-policy.precedence, -spec[0], -spec[1], policy.name)
         if best is None or key < best[0]:
             best = (key, policy)
     return best[1] if best is not None else None
