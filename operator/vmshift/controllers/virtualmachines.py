@@ -230,6 +230,10 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
 _settled: dict[str, tuple[Any, ...]] = {}
 
 
+def _key(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
+
+
 def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a reconcile reads from a VM's body, timestamps aside (pure)."""
     meta = body.get("metadata") or {}
@@ -240,8 +244,7 @@ def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def settled(body: Mapping[str, Any], agents: AgentDirectory) -> bool:
     """Did a reconcile already find this very body in order, and do the agents still agree?"""
-    key = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
-    return _settled.get(key) == fingerprint(body) and not needs_resync(index_vm(body), agents)
+    return _settled.get(_key(body)) == fingerprint(body) and not needs_resync(index_vm(body), agents)
 
 
 def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
@@ -394,7 +397,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
-        _settled.pop(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}", None)
+        _settled.pop(_key(body), None)
         metrics.VMS_IN_SYNC.set(len(_settled))
         return
     await indexes.ready()
@@ -404,7 +407,7 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
-    _settled.pop(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}", None)
+    _settled.pop(_key(body), None)
     try:
         await reconcile(body, logger)
     except AgentError as exc:
