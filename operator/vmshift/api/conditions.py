@@ -128,6 +128,12 @@ def without_timestamps(status: Mapping[str, Any]) -> dict[str, Any]:
     return {**status, "conditions": conditions}
 
 
+def changes_nothing(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when merge-patching status ``new`` over ``old`` changes nothing but timestamps."""
+    mine, theirs = without_timestamps(new), without_timestamps(old)
+    return all(theirs.get(key) == mine[key] for key in new)
+
+
 def dump(conditions: Iterable[ConditionLike]) -> list[dict[str, Any]]:
     """Conditions in the JSON form for a status patch."""
     return [c.to_api() for c in _parse(conditions)]

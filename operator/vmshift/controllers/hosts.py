@@ -174,7 +174,7 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
                        stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     """Poll the agent every few seconds and patch status only when it changes."""
     rt = runtime()
-    written: Any = None
+    last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
     was_reachable: bool | None = None
     while not stopped:
         link: AgentLink | None = None
@@ -192,9 +192,9 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
                 kopf.warn(body, reason="AgentUnreachable",
                           message=f"The agent of {name} stopped answering: {link.last_error}")
         was_reachable = link.reachable if link is not None else was_reachable
-        if cond.without_timestamps(new) != written:
+        if not cond.changes_nothing(new, last):
             await kubeapi.patch_status("hosts", None, name, new)
-            written = cond.without_timestamps(new)
+            last = new
         _record_phase(name, new["phase"])
         await stopped.wait(rt.poll_interval)
     _host_phase.pop(name, None)

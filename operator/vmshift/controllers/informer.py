@@ -149,12 +149,15 @@ class Informer:
 
     def replace(self, items: list[Body]) -> None:
         """A full listing: forget objects it no longer holds, take every one it does."""
-        listed = {str(i.get("metadata", {}).get("uid", "")) for i in items}
-        for store in self.stores:
-            for gone in store.uids() - listed:
-                store.drop(gone)
         for item in items:
             self.apply("ADDED", item)
+        self.listed({str(i.get("metadata", {}).get("uid", "")) for i in items})
+
+    def listed(self, uids: set[str]) -> None:
+        """A listing (given page by page to ``apply``) is complete: forget what it did not hold."""
+        for store in self.stores:
+            for gone in store.uids() - uids:
+                store.drop(gone)
         self.synced.set()
 
     # --- read in a thread -----------------------------------------------------------------------
@@ -199,18 +202,21 @@ class Informer:
         self._stopping.wait(seconds)
 
     def _list(self) -> str:
-        items: list[Body] = []
+        """List page by page, each page applied as it comes (10,000 bodies are never held at once)."""
+        uids: set[str] = set()
         token: str | None = None
         version = ""
         while True:
             page = kubeapi.list_page(self.plural, limit=PAGE, token=token)
-            items.extend(page.get("items") or [])
+            for item in page.get("items") or []:
+                uids.add(str(item.get("metadata", {}).get("uid", "")))
+                self._deliver(self.apply, "ADDED", item)
             meta = page.get("metadata") or {}
             version = version or str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
             if not token:
                 break
-        self._deliver(self.replace, items)
+        self._deliver(self.listed, uids)
         return version
 
     def _watch(self, version: str) -> str:

@@ -219,7 +219,7 @@ def _host_names() -> Iterable[str]:
 
 async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> bool:
     """Write ``status`` unless it changes nothing; True when written."""
-    if _comparable(status, previous):
+    if cond.changes_nothing(status, previous):
         return False
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, status)
     return True
@@ -247,12 +247,6 @@ def settled(body: Mapping[str, Any], agents: AgentDirectory) -> bool:
     return _settled.get(_key(body)) == fingerprint(body) and not needs_resync(index_vm(body), agents)
 
 
-def _comparable(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """True when merge-patching ``new`` over ``old`` changes nothing but timestamps."""
-    mine, theirs = cond.without_timestamps(new), cond.without_timestamps(old)
-    return all(theirs.get(key) == mine[key] for key in new)
-
-
 async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     entry = index_vm(body)
     if body.get("metadata", {}).get("deletionTimestamp"):
@@ -264,8 +258,10 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         flights = [m.key for m in (indexes.migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
-        if not entry.host and not await rt.agents.wait_synced(_host_names):
-            return  # an agent not heard from yet may hold this guest (adoption after a restart)
+        if not await rt.agents.wait_synced(_host_names):
+            # An agent not heard from yet may hold this guest (adoption after a restart), and a
+            # Migratable condition computed before every agent answered would undercount hosts.
+            return
         try:
             located = await _locate(entry)
         except _UnknownLocation:
@@ -324,7 +320,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
             status = {"observedGeneration": generation, "phase": "Pending", "host": None,
                       "reason": decision.reason.value, "message": decision.message,
                       "conditions": cond.dump(conditions)}
-            if not _comparable(status, previous):
+            if not cond.changes_nothing(status, previous):
                 kopf.warn(body, reason="FailedScheduling", message=decision.message)
                 metrics.MIGRATION_REFUSALS.labels(reason=decision.reason.value).inc()
             await _patch(entry, status, previous)
