@@ -134,7 +134,7 @@ _migratable_cache: dict[tuple[Any, ...], tuple[float, Migratability]] = {}
 def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
     if vm.host is None or vm.anti_affinity_group:
         return migratable(vm, fleet_now)
-    shape = (vm.guest_vendor, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
+    shape = (vm.guest_vendor, vm.guest_cpu_model, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
              tuple(sorted(vm.host_selector.items())), vm.migration_target)
     anywhere = _cached(shape, lambda: migratable(replace(vm, name="{vm}", host=SOMEWHERE), fleet_now))
     hosts = [h for h in anywhere.hosts if h != vm.host]
