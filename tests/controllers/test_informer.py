@@ -117,8 +117,11 @@ def test_a_resync_pass_picks_contradicted_vms_and_refused_ones_only_once_room_ap
     refused = entry("big", "u-big", phase="Pending")
     refused.spec["memoryMiB"] = 65536  # more than h1 has
     stopped = entry("off", "u-off", phase="Stopped", running=False)
+    deferred_one = entry("waited", "u-w", host="h1", phase="Running")  # its agent did not answer last time
+    link.vms["u-w"] = VmInfo.model_construct(state=VmState.Running)
     holders = {moving.key: "ns/m-1"}
-    picked = resync_candidates([agreeing, lost, moving, never_seen, refused, stopped], agents, holders.get, fleet_now)
-    assert [e.name for e in picked] == ["lost", "new"]
+    everyone = [agreeing, lost, moving, never_seen, refused, stopped, deferred_one]
+    picked = resync_candidates(everyone, agents, holders.get, fleet_now, {deferred_one.key})
+    assert [e.name for e in picked] == ["lost", "waited"]  # the new one belongs to its first event
     fits = entry("fits", "u-fits", phase="Pending")  # refused earlier, fits now
-    assert [e.name for e in resync_candidates([fits], agents, holders.get, fleet_now)] == ["fits"]
+    assert [e.name for e in resync_candidates([fits], agents, holders.get, fleet_now, set())] == ["fits"]

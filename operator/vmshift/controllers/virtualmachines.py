@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -230,6 +230,10 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
 _settled: dict[str, tuple[Any, ...]] = {}
 
 
+#: VMs whose last reconcile could not finish for want of an agent's answer: the resync retries them.
+_deferred: set[str] = set()
+
+
 def _key(body: Mapping[str, Any]) -> str:
     return f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
 
@@ -261,11 +265,13 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not await rt.agents.wait_synced(_host_names):
             # An agent not heard from yet may hold this guest (adoption after a restart), and a
             # Migratable condition computed before every agent answered would undercount hosts.
+            _deferred.add(entry.key)
             return
         try:
             located = await _locate(entry)
         except _UnknownLocation:
-            return  # the agent that should know is not reachable now; the timer comes back
+            _deferred.add(entry.key)  # the agent that should know is not reachable now: the resync comes back
+            return
         view = vm_view(entry)
         if located is None:
             if not entry.spec.get("running", True):
@@ -394,6 +400,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
         _settled.pop(_key(body), None)
+        _deferred.discard(_key(body))
         metrics.VMS_IN_SYNC.set(len(_settled))
         return
     await indexes.ready()
@@ -404,9 +411,11 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     _settled.pop(_key(body), None)
+    _deferred.discard(_key(body))
     try:
         await reconcile(body, logger)
     except AgentError as exc:
+        _deferred.add(_key(body))
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
@@ -430,23 +439,26 @@ RESYNC_SECONDS = 30.0
 
 
 def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_holder: Callable[[str], str | None],
-                      fleet_now: Fleet) -> list[VMEntry]:
+                      fleet_now: Fleet, deferred: Collection[str]) -> list[VMEntry]:
     """The VMs a resync pass must reconcile (pure but for the reports it reads).
 
-    A placed VM when the agents contradict its status; a VM on no host when it was never handled,
-    or when the scheduler would now find it a host (one that was refused stays quiet until then).
-    A VM whose migration is in flight belongs to the migration.
+    A VM whose last reconcile was deferred (an agent did not answer); a placed VM when the agents
+    contradict its status; a VM on no host when the scheduler would now find it a host (one that was
+    refused stays quiet until then). A VM whose migration is in flight belongs to the migration; one
+    never handled yet belongs to its first event.
     """
     out = []
     for entry in entries:
         if gate_holder(entry.key):
             continue
-        if entry.host is not None:
+        if entry.key in deferred:
+            out.append(entry)
+        elif entry.host is not None:
             if needs_resync(entry, agents):
                 out.append(entry)
         elif not entry.spec.get("running", True) and entry.phase == "Stopped":
             continue
-        elif entry.phase is None or not isinstance(plan_placement(vm_view(entry), fleet_now), Refusal):
+        elif entry.phase == "Pending" and not isinstance(plan_placement(vm_view(entry), fleet_now), Refusal):
             out.append(entry)
     return out
 
@@ -463,7 +475,7 @@ async def resync_forever(logger: logging.Logger) -> None:
     rt = runtime()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for entry in resync_candidates(values(indexes.vm_index), rt.agents, rt.gate.holder, fleet()):
+        for entry in resync_candidates(values(indexes.vm_index), rt.agents, rt.gate.holder, fleet(), _deferred):
             body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
             if body is not None:
                 await _reconcile_logged(body, logger)
