@@ -122,6 +122,7 @@ class Informer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._version = ""  # the last resourceVersion seen (listing, event or bookmark)
 
     def index(self, project: Projection[T]) -> Store[T]:
         """Register a projection (decorator); the returned store is filled while the informer runs."""
@@ -178,21 +179,31 @@ class Informer:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _run(self) -> None:
+        """List, then watch from where the listing (or the last event) left off. A watch that ends
+        or breaks is resumed from the last version seen; only a version the server no longer has
+        (410 Gone) costs a new listing."""
         backoff = 1.0
+        version: str | None = None
         while not self._stopping.is_set():
             try:
-                version = self._list()
+                if version is None:
+                    version = self._list()
+                self._version = version
+                self._watch(version)
+                version = self._version
                 backoff = 1.0
-                while not self._stopping.is_set():
-                    version = self._watch(version)
             except Gone:
-                log.info("%s: resourceVersion expired, listing again", self.plural)
+                log.info("%s: resourceVersion %s expired, listing again", self.plural, version)
+                version = None
             except ApiException as exc:
                 if exc.status == 410:
+                    log.info("%s: resourceVersion %s expired, listing again", self.plural, version)
+                    version = None
                     continue
                 self._pause(exc, backoff)
                 backoff = min(backoff * 2, 30.0)
-            except Exception as exc:  # the API server restarting, a network blip: list again
+            except Exception as exc:  # the API server restarting, a network blip: watch again
+                version = self._version or None
                 self._pause(exc, backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -219,7 +230,8 @@ class Informer:
         self._deliver(self.listed, uids)
         return version
 
-    def _watch(self, version: str) -> str:
+    def _watch(self, version: str) -> None:
+        """Follow one watch request; ``self._version`` tracks the last version seen."""
         response = kubeapi.watch_stream(self.plural, version, WATCH_SECONDS)
         try:
             for line in lines(response.stream(65536, decode_content=True)):
@@ -231,12 +243,11 @@ class Informer:
                     if obj.get("code") == 410:
                         raise Gone(obj.get("message"))
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._deliver(self.apply, kind, obj)
         finally:
             response.release_conn()
-        return version
 
 
 async def wait_synced(informers: list[Informer]) -> None:

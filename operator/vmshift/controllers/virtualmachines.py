@@ -475,7 +475,12 @@ async def resync_forever(logger: logging.Logger) -> None:
     rt = runtime()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for entry in resync_candidates(values(indexes.vm_index), rt.agents, rt.gate.holder, fleet(), _deferred):
+        entries = values(indexes.vm_index)
+        candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(), _deferred)
+        if candidates:
+            logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
+                        ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
+        for entry in candidates:
             body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
             if body is not None:
                 await _reconcile_logged(body, logger)
