@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from vmshift.controllers import kubeapi
 from vmshift.controllers.views import AgentFacts
 from vmshift.hypervisor.client import AgentError, HypervisorClient
@@ -78,6 +80,7 @@ class AgentDirectory:
         self._links: dict[str, AgentLink] = {}
         self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
+        self._session: aiohttp.ClientSession | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
         self._facts: dict[str, AgentFacts] = {}
         #: Bumped whenever a host's facts change, so a fleet built before is known to be stale.
@@ -98,7 +101,8 @@ class AgentDirectory:
             if current is not None:
                 self._reindex(host, current.vms, {})
                 await current.client.close()
-            current = AgentLink(host=host, endpoint=endpoint, token=token, client=HypervisorClient(endpoint, token))
+            client = HypervisorClient(endpoint, token, session=self._pool())
+            current = AgentLink(host=host, endpoint=endpoint, token=token, client=client)
             self._links[host] = current
             self._set_facts(host, current.facts())
         return current
@@ -228,7 +232,15 @@ class AgentDirectory:
     def all_reachable(self) -> bool:
         return all(link.reachable for link in self._links.values())
 
+    def _pool(self) -> aiohttp.ClientSession:
+        """One connection pool for every agent (created on the operator's event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+        return self._session
+
     async def close(self) -> None:
         for link in self._links.values():
             await link.client.close()
         self._links.clear()
+        if self._session is not None:
+            await self._session.close()

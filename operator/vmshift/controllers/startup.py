@@ -46,6 +46,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # WORKER_LIMIT / 5 objects a second); a later event simply starts a new one.
     settings.queueing.worker_limit = WORKER_LIMIT
     settings.queueing.idle_timeout = 0.5
+    # Kopf's own initial listing in pages, like the informers': 10,000 VMs in one response are a
+    # few hundred megabytes of parsed bodies at once.
+    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]

@@ -61,10 +61,15 @@ class AgentUnreachableError(AgentError):
 class HypervisorClient:
     """Client of one agent at ``endpoint`` (e.g. ``http://127.0.0.1:8080``) with its bearer token."""
 
-    def __init__(self, endpoint: str, token: str, *, timeout_seconds: float = 10.0) -> None:
+    def __init__(self, endpoint: str, token: str, *, timeout_seconds: float = 10.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        """``session``: a connection pool shared with other clients (the operator's 1,000 agents
+        need not be 1,000 pools); the client then leaves closing it to its owner."""
         self.endpoint = endpoint.rstrip("/")
         self._token = token
+        self._auth = {"Authorization": f"Bearer {token}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._shared = session
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HypervisorClient:
@@ -80,18 +85,20 @@ class HypervisorClient:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._shared is not None:
+            return self._shared
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self._token}"}, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
     async def _call(self, method: str, path: str, result: type[M] | None, body: BaseModel | None = None,
                     params: dict[str, str] | None = None) -> M | None:
         url = f"{self.endpoint}{API_PREFIX}{path}"
         data = body.model_dump_json(exclude_none=True).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = {**self._auth, "Content-Type": "application/json"} if data is not None else self._auth
         try:
-            async with self._http().request(method, url, data=data, headers=headers, params=params) as response:
+            async with self._http().request(method, url, data=data, headers=headers, params=params,
+                                            timeout=self._timeout) as response:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -178,7 +185,8 @@ class HypervisorClient:
         """GET /v1/migrations/{id}/events: each status line until the migration ends."""
         url = f"{self.endpoint}{API_PREFIX}/migrations/{migration_id}/events"
         try:
-            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as response:
+            async with self._http().get(url, headers=self._auth,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as response:
                 if response.status >= 400:
                     raise _error(response.status, await response.read())
                 async for line in response.content:
