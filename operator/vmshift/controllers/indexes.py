@@ -8,7 +8,7 @@ controller modules add their own projections (``@VMS.index``) before the operato
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,14 +86,42 @@ async def ready() -> None:
 FLEET_MAX_AGE = 1.0
 FLEET_REBUILD_SHARE = 20
 _changes = 0
+#: What of each object the fleet is built from, by uid: an event that changes none of it (a VM's
+#: progress in status, a migration queued) leaves a fresh fleet fresh.
+_inputs: dict[str, tuple[Any, ...]] = {}
 
 
-@HOSTS.listen
-@VMS.listen
-@MIGRATIONS.listen
-def _count_change(_type: str, _body: Mapping[str, Any]) -> None:
+def _host_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return meta.get("generation"), meta.get("labels"), bool((status.get("remediation") or {}).get("action"))
+
+
+def _vm_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return meta.get("generation"), meta.get("labels"), status.get("host"), status.get("processor")
+
+
+def _migration_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    entry = index_migration(body)
+    return entry.in_flight, entry.vm_key, entry.source, entry.target
+
+
+def _note(type: str, body: Mapping[str, Any], fleet_input: Callable[[Mapping[str, Any]], tuple[Any, ...]]) -> None:
+    """Count a change when the part of an object the fleet is built from changed (or it went)."""
     global _changes
-    _changes += 1
+    uid = str((body.get("metadata") or {}).get("uid", ""))
+    new = None if type == "DELETED" else fleet_input(body)
+    if _inputs.get(uid) != new:
+        _changes += 1
+        if new is None:
+            _inputs.pop(uid, None)
+        else:
+            _inputs[uid] = new
+
+
+HOSTS.listen(lambda type, body: _note(type, body, _host_input))
+VMS.listen(lambda type, body: _note(type, body, _vm_input))
+MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
 
 
 @dataclass(frozen=True)
