@@ -313,7 +313,7 @@ def owned_by(body: Mapping[str, Any], import_uid: str) -> bool:
 
 @dataclass(frozen=True)
 class ImportedVm:
-    """What the import daemon watches of a VirtualMachine an import created (from a Kopf index)."""
+    """What the import daemon watches of a VirtualMachine an import created (from the VM cache)."""
 
     namespace: str
     name: str
