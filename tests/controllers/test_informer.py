@@ -56,15 +56,22 @@ def test_every_store_of_a_kind_sees_the_same_event_and_listeners_run_after_it() 
     assert heard == [("ADDED", 1), ("ADDED", 2)]  # each listener saw the stores already updated
 
 
+def relist(informer: Informer, items: list[dict[str, Any]]) -> None:
+    """What the reading thread hands the loop for one listing: each item, then the listed uids."""
+    for item in items:
+        informer.apply("ADDED", item)
+    informer.listed({item["metadata"]["uid"] for item in items})
+
+
 def test_a_relisting_forgets_what_it_no_longer_holds_and_marks_the_cache_synced() -> None:
     async def scenario() -> None:
         informer = Informer("virtualmachines")
         names = informer.index(lambda body: {body["metadata"]["name"]: body["metadata"]["uid"]})
         assert not informer.synced.is_set()
-        informer.replace([vm("a", "u1"), vm("b", "u2")])
+        relist(informer, [vm("a", "u1"), vm("b", "u2")])
         assert informer.synced.is_set() and sorted(names) == ["a", "b"]
         # A watch that broke missed b's deletion and c's creation: the next listing mends both.
-        informer.replace([vm("a", "u1"), vm("c", "u3")])
+        relist(informer, [vm("a", "u1"), vm("c", "u3")])
         assert sorted(names) == ["a", "c"]
         await asyncio.wait_for(informer.synced.wait(), 1)
 

@@ -148,12 +148,6 @@ class Informer:
         for listener in self.listeners:
             listener(kind, body)
 
-    def replace(self, items: list[Body]) -> None:
-        """A full listing: forget objects it no longer holds, take every one it does."""
-        for item in items:
-            self.apply("ADDED", item)
-        self.listed({str(i.get("metadata", {}).get("uid", "")) for i in items})
-
     def listed(self, uids: set[str]) -> None:
         """A listing (given page by page to ``apply``) is complete: forget what it did not hold."""
         for store in self.stores:
