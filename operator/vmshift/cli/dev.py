@@ -1,4 +1,4 @@
-"""``vmshift dev``: build, start, stop and inspect the embedded local control plane.
+"""``vmshift dev``: build, start, stop and inspect the embedded local control plane, and a real node.
 
 Glue only: argument parsing around ``vmshift.devcluster``.
 """
@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from vmshift.devcluster import binaries
+from vmshift.devcluster import node as devnode
 from vmshift.devcluster.cluster import ClusterState, ControlPlane, default_dir
 
 
@@ -26,10 +27,50 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_parser("status", help="print the control plane's processes and readiness as JSON")
     actions.add_parser("kubeconfig", help="print the admin kubeconfig's path")
     actions.add_parser("env", help="print shell exports for KUBECONFIG and PATH (eval \"$(vmshift dev env)\")")
+    node = actions.add_parser("node", help="a one-node cluster with real pods: the control plane plus containerd, "
+                                           "kubelet, kube-scheduler, kube-proxy and CoreDNS (root)")
+    node.add_argument("--dir", dest="node_dir", type=Path, default=None,
+                      help="cluster directory (default ~/.cache/vmshift/clusters/kube)")
+    node_actions = node.add_subparsers(dest="node_action", required=True, metavar="ACTION")
+    node_up = node_actions.add_parser("up", help="build what is missing, start everything, wait for the node Ready")
+    node_up.add_argument("--fresh", action="store_true", help="start from an empty etcd")
+    node_actions.add_parser("down", help="stop everything; remove the containers, mounts, rules and bridge made")
+    node_actions.add_parser("status", help="print the node's processes and readiness as JSON")
+    node_actions.add_parser("env", help="print shell exports for KUBECONFIG and PATH")
+    load = node_actions.add_parser("load", help="copy images from the local Docker daemon into the node")
+    load.add_argument("images", nargs="+", help="image references known to `docker images`")
     parser.set_defaults(func=run)
 
 
+def run_node(args: argparse.Namespace) -> int:
+    directory = args.node_dir or devnode.default_dir()
+    node = devnode.Node(directory)
+    if args.node_action == "up":
+        state = node.up(fresh=args.fresh)
+        print(f"export KUBECONFIG={state.kubeconfig}")
+        return 0
+    if args.node_action == "down":
+        node.down()
+        return 0
+    if args.node_action == "status":
+        status = node.status()
+        print(json.dumps(status, indent=2))
+        return 0 if status.get("ready") else 1
+    if args.node_action == "load":
+        node.load_images(args.images)
+        return 0
+    running = ClusterState.load(directory)
+    if running is None:
+        print(f"no cluster in {directory}; start one with: vmshift dev node up")
+        return 1
+    for key, value in running.env().items():
+        print(f"export {key}={value}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "node":
+        return run_node(args)
     directory = args.dir or default_dir(args.name)
     plane = ControlPlane(directory)
     if args.action == "build":

@@ -77,9 +77,9 @@ class ClusterState:
         return {"KUBECONFIG": self.kubeconfig, "PATH": path}
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -125,13 +125,35 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+#: Controllers of the API-only control plane: enough for namespaces, owner references and service accounts.
+API_ONLY_CONTROLLERS = "namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the control plane serves: by default on 127.0.0.1, for API-only use (no nodes, no pods).
+
+    A control plane with a node (``vmshift.devcluster.node``) listens on the node's address, which
+    pods can reach, authorizes kubelets with the Node authorizer, reaches kubelets with a client
+    certificate (logs, exec) and runs every default controller (Deployments, StatefulSets,
+    EndpointSlices, ...).
+    """
+
+    address: str = "127.0.0.1"
+    authorization_modes: str = "RBAC"
+    controllers: str = API_ONLY_CONTROLLERS
+    apiserver_args: tuple[str, ...] = ()
+
+
 class ControlPlane:
     """One embedded control plane living in ``directory``."""
 
-    def __init__(self, directory: Path, *, tie_to_parent: bool = False, log: Log = _stderr) -> None:
+    def __init__(self, directory: Path, *, tie_to_parent: bool = False, log: Log = _stderr,
+                 serve: ServeOptions = ServeOptions()) -> None:
         self.dir = directory
         self.tie_to_parent = tie_to_parent
         self.log = log
+        self.serve = serve
         self.pki = Pki(directory / "pki")
         self.logs = directory / "logs"
         self.kubeconfig = directory / "kubeconfig"
@@ -150,12 +172,13 @@ class ControlPlane:
         bins = binaries.ensure(self.log)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        ensure_pki(self.pki.dir)
+        ensure_pki(self.pki.dir, extra_ips=() if self.serve.address == "127.0.0.1" else (self.serve.address,))
         started = time.monotonic()
 
-        etcd_port, peer_port, api_port, kcm_port = (_free_port() for _ in range(4))
+        etcd_port, peer_port, kcm_port = (_free_port() for _ in range(3))
+        api_port = _free_port(self.serve.address)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{self.serve.address}:{api_port}"
         state = ClusterState(
             dir=str(self.dir), server=server, kubeconfig=str(self.kubeconfig), etcd_url=etcd_url,
             pids={}, bin_dirs=[str(d) for d in bins.bin_dirs], started_at=time.time(),
@@ -171,17 +194,17 @@ class ControlPlane:
             ])
             self._wait(lambda: self._etcd_healthy(etcd_url), "etcd", timeout, "etcd")
             self._spawn(state, "kube-apiserver", [
-                str(bins.kube_apiserver), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                str(bins.kube_apiserver), f"--etcd-servers={etcd_url}", f"--bind-address={self.serve.address}",
+                f"--advertise-address={self.serve.address}", f"--secure-port={api_port}",
                 f"--cert-dir={self.dir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.pki.serving_cert}", f"--tls-private-key-file={self.pki.serving_key}",
-                f"--client-ca-file={self.pki.ca_cert}", "--authorization-mode=RBAC",
+                f"--client-ca-file={self.pki.ca_cert}", f"--authorization-mode={self.serve.authorization_modes}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={self.pki.sa_pub}",
                 f"--service-account-signing-key-file={self.pki.sa_key}",
                 "--allow-privileged=true", "--max-requests-inflight=2000",
-                "--max-mutating-requests-inflight=1000", "--v=1",
+                "--max-mutating-requests-inflight=1000", "--v=1", *self.serve.apiserver_args,
             ])
             self.write_kubeconfig(server)
             self._wait(lambda: self._ready(server), "kube-apiserver /readyz", timeout, "kube-apiserver")
@@ -190,7 +213,7 @@ class ControlPlane:
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}", "--authentication-skip-lookup",
                 "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", "--leader-elect=false",
-                "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation",
+                f"--controllers={self.serve.controllers}",
                 f"--service-account-private-key-file={self.pki.sa_key}", f"--root-ca-file={self.pki.ca_cert}",
                 "--use-service-account-credentials=false", "--v=1",
             ])

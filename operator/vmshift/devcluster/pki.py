@@ -96,10 +96,62 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_pki(directory: Path) -> Pki:
-    """Create the CA, the API server's serving pair, an admin client pair and SA keys if absent."""
+def _serving_sans(extra_ips: tuple[str, ...]) -> list[x509.GeneralName]:
+    return [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1", *extra_ips)] + [
+        x509.DNSName(name) for name in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                        "kubernetes.default.svc.cluster.local")
+    ]
+
+
+def _serving_cert_covers(pki: Pki, extra_ips: tuple[str, ...]) -> bool:
+    cert = x509.load_pem_x509_certificate(pki.serving_cert.read_bytes())
+    ips = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.IPAddress)
+    return all(ipaddress.ip_address(ip) in ips for ip in extra_ips)
+
+
+def issue_pair(pki: Pki, stem: str, common_name: str, organization: str | None = None, *,
+               server_ips: tuple[str, ...] = (), client: bool = True) -> tuple[Path, Path]:
+    """A key and a certificate signed by the cluster's CA, written as ``<stem>.crt`` and ``<stem>.key``.
+
+    ``server_ips`` makes it a serving certificate for those addresses; ``client`` a client one. Kept
+    if both files already exist.
+    """
+    cert_path, key_path = pki.dir / f"{stem}.crt", pki.dir / f"{stem}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{pki.ca_key} is not the EC key this module writes")
+    ca_name = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_ips else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    sans: list[x509.GeneralName] | None = [
+        x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips] or None
+    _write_key(key_path, key)
+    _write_cert(cert_path, _issue(_name(common_name, organization), key, ca_name, ca_key, usage=usage, sans=sans))
+    return cert_path, key_path
+
+
+def ensure_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create the CA, the API server's serving pair, an admin client pair and SA keys if absent.
+
+    ``extra_ips`` are addresses, beside 127.0.0.1, that the API server's certificate must name (a
+    node's address); a serving certificate that lacks one is issued again from the same CA.
+    """
     pki = Pki(directory)
     if pki.complete():
+        if not _serving_cert_covers(pki, extra_ips):
+            ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+            if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{pki.ca_key} is not the EC key this module writes")
+            ca_name = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes()).subject
+            serving_key = ec.generate_private_key(ec.SECP256R1())
+            _write_key(pki.serving_key, serving_key)
+            _write_cert(pki.serving_cert, _issue(_name("kube-apiserver"), serving_key, ca_name, ca_key,
+                                                 usage=[ExtendedKeyUsageOID.SERVER_AUTH],
+                                                 sans=_serving_sans(extra_ips)))
         return pki
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -108,15 +160,7 @@ def ensure_pki(directory: Path) -> Pki:
     _write_cert(pki.ca_cert, _issue(ca_name, ca_key, ca_name, ca_key, ca=True))
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.DNSName("kubernetes.default.svc.cluster.local"),
-    ]
+    sans = _serving_sans(extra_ips)
     _write_key(pki.serving_key, serving_key)
     _write_cert(pki.serving_cert, _issue(_name("kube-apiserver"), serving_key, ca_name, ca_key,
                                          usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans))
