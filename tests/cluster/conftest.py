@@ -1,0 +1,177 @@
+"""vmshift installed into a real cluster from its image and manifests, driven with kubectl as a user would.
+
+The cluster is the one-node cluster of ``vmshift dev node`` (a real kubelet, containerd, CNI
+bridge, kube-proxy and CoreDNS joined to the embedded control plane): the operator and the agents
+run as pods from the ``vmshift:dev`` image (``make image``), installed with ``kubectl apply -k``.
+Needs root and Docker; ``make cluster`` brings the node up and loads the image, this fixture does
+the same if that was not done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.kube import REPO, Kube, wait_for
+from vmshift.devcluster.node import Node, default_dir
+from vmshift.hypervisor.client import HypervisorClient
+from vmshift.hypervisor.protocol import VmInfo, VmState
+
+IMAGE = os.environ.get("VMSHIFT_IMAGE", "vmshift:dev")
+OVERLAY = REPO / "manifests" / "overlays" / "kind"
+SAMPLE_HOSTS = REPO / "manifests" / "samples" / "hosts.yaml"
+SYSTEM_NS = "vmshift-system"
+OPERATOR = "vmshift-operator"
+AGENT_SELECTOR = "app.kubernetes.io/name=vmshift-agent"
+WEBHOOK_SERVICE = "vmshift-alerts"
+WEBHOOK_SECRET = "vmshift-webhook-token"
+FINISHED = {"Succeeded", "Failed", "Cancelled"}
+#: Kinds whose objects the uninstall must leave none of.
+VMSHIFT_CRDS = ["hosts.vmshift.io", "virtualmachines.vmshift.io", "virtualmachinemigrations.vmshift.io",
+                "migrationpolicies.vmshift.io", "remediationpolicies.vmshift.io",
+                "virtualmachineimports.vmshift.io"]
+RESIDENT = {VmState.Running, VmState.Paused, VmState.Saved, VmState.Defined, VmState.Stopped}
+
+
+@dataclass
+class InCluster:
+    """kubectl against the cluster, plus the agents' own word (through their Services) to check the truth."""
+
+    kube: Kube
+    timings: dict[str, float] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120.0) -> Any:
+        return self.kube.kubectl(*args, input=input, check=check, timeout=timeout)
+
+    def apply(self, *objs: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        args = [kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        proc = self.kubectl("get", *args, check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+
+    def status(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return self.get(kind, name, namespace).get("status") or {}
+
+    def operator_log(self, lines: int = 30) -> str:
+        proc = self.kubectl("logs", "-n", SYSTEM_NS, f"deploy/{OPERATOR}", f"--tail={lines}", check=False)
+        return str(proc.stdout or proc.stderr)
+
+    def wait_phase(self, kind: str, name: str, namespace: str | None, phases: set[str],
+                   timeout: float = 120) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.status(kind, name, namespace)
+            return status if status.get("phase") in phases else None
+        return wait_for(check, f"{kind} {namespace}/{name} to reach {sorted(phases)}", timeout, interval=0.5,
+                        describe=lambda: f"{json.dumps(self.status(kind, name, namespace))[:1500]}\n"
+                                         f"operator log:\n{self.operator_log()}")
+
+    def namespace(self) -> str:
+        name = f"c-{uuid.uuid4().hex[:8]}"
+        self.kubectl("create", "namespace", name)
+        self.namespaces.append(name)
+        return name
+
+    def vm(self, namespace: str, name: str, host: str, *, memory: int = 256, dirty: float = 20.0,
+           working_set: int = 32, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "spec": {"cpus": 1, "memoryMiB": memory, "processor": {"compatibility": True},
+                     "disks": [{"name": "root", "sizeGiB": 10, "volume": "csv-01"}],
+                     "workload": {"dirtyRateMiBps": dirty, "workingSetMiB": working_set},
+                     "placement": {"host": host}, **spec},
+        }
+
+    def migration(self, namespace: str, name: str, vm: str, target: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"vmName": vm, "targetHost": target, **spec}}
+
+    def running_vm(self, namespace: str, name: str, host: str, **kw: Any) -> str:
+        """Create a VM on ``host``, wait until it runs, unpin it (so a migration may move it); its uid."""
+        self.apply(self.vm(namespace, name, host, **kw))
+        assert self.wait_phase("vsvm", name, namespace, {"Running"}, timeout=120)["host"] == host
+        self.kubectl("patch", "vsvm", name, "-n", namespace, "--type=merge", "-p",
+                     '{"spec":{"placement":{"host":null}}}')
+        return str(self.get("vsvm", name, namespace)["metadata"]["uid"])
+
+    # -- agents, through their Services --------------------------------------------------------------
+
+    def agent_client(self, host: str) -> HypervisorClient:
+        """A client of the agent behind Host ``host``: its Service's cluster IP, its token from the Secret."""
+        spec = self.get("host", host)["spec"]["agent"]
+        url = urlparse(spec["endpoint"])
+        service, namespace = (url.hostname or "").split(".")[:2]
+        cluster_ip = self.get("service", service, namespace)["spec"]["clusterIP"]
+        ref = spec["tokenSecretRef"]
+        secret = self.get("secret", ref["name"], ref.get("namespace", SYSTEM_NS))
+        token = base64.b64decode(secret["data"][ref.get("key", "token")]).decode()
+        return HypervisorClient(f"{url.scheme}://{cluster_ip}:{url.port}", token, timeout_seconds=10)
+
+    def agent_vms(self, host: str) -> list[VmInfo]:
+        async def call() -> list[VmInfo]:
+            async with self.agent_client(host) as client:
+                return await client.list_vms()
+        return asyncio.run(call())
+
+    def copies(self, uid: str, hosts: list[str]) -> dict[str, VmInfo]:
+        """Every host among ``hosts`` whose agent holds the guest ``uid``; unreachable agents are skipped."""
+        found: dict[str, VmInfo] = {}
+        for host in hosts:
+            try:
+                vms = self.agent_vms(host)
+            except Exception:  # an agent pod being replaced: it holds nothing we can see
+                continue
+            for vm in vms:
+                if vm.id == uid and vm.state in RESIDENT:
+                    found[host] = vm
+        return found
+
+    def hosts(self) -> list[str]:
+        return [h["metadata"]["name"] for h in self.kube.get_json("hosts")["items"]]
+
+    def agent_pod(self, host: str) -> dict[str, Any]:
+        """The agent pod behind Host ``host`` (the pod its Service selects)."""
+        spec = self.get("host", host)["spec"]["agent"]
+        url = urlparse(spec["endpoint"])
+        service, namespace = (url.hostname or "").split(".")[:2]
+        selector = self.get("service", service, namespace)["spec"]["selector"]
+        labels = ",".join(f"{k}={v}" for k, v in selector.items())
+        pods = self.kube.get_json("pods", "-n", namespace, "-l", labels)["items"]
+        assert len(pods) == 1, f"Service {namespace}/{service} selects {len(pods)} pods"
+        return dict(pods[0])
+
+
+def _node_ready(node: Node) -> bool:
+    status = node.status()
+    return bool(status.get("ready"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[InCluster]:
+    """The one-node cluster (brought up if needed) with the image loaded; nothing of vmshift installed yet."""
+    if os.geteuid() != 0:
+        raise AssertionError("tests/cluster needs root (a kubelet, containerd, a bridge); run them as root")
+    node = Node(Path(os.environ.get("VMSHIFT_NODE_DIR", default_dir())))
+    started = time.monotonic()
+    state = node.up()
+    timings = {"node_up_s": time.monotonic() - started}
+    started = time.monotonic()
+    node.load_images([IMAGE])
+    timings["image_load_s"] = time.monotonic() - started
+    yield InCluster(Kube(state), timings=timings)
