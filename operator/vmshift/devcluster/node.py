@@ -65,6 +65,9 @@ PAUSE_IMAGE = "vmshift.local/pause:1"
 #: Short paths for sockets (a unix socket path must stay under 108 bytes).
 RUN_DIR = Path("/run/vmshift-node")
 FORWARD_CHAIN = "VMSHIFT-NODE"
+#: Chains the kubelet makes in (table, chain) form; ``down`` removes them (kube-proxy cleans its own).
+KUBELET_CHAINS = (("filter", "KUBE-FIREWALL"), ("filter", "KUBE-KUBELET-CANARY"), ("nat", "KUBE-KUBELET-CANARY"),
+                  ("mangle", "KUBE-KUBELET-CANARY"), ("mangle", "KUBE-IPTABLES-HINT"))
 CNI_BIN_DIR = Path("/usr/lib/cni")
 HERE = Path(__file__).parent
 COREDNS_MODULE_DIR = HERE / "corednsbuild"
@@ -329,6 +332,15 @@ class Node:
                 pass
             _run(["iptables", "-w", "-F", FORWARD_CHAIN], check=False)
             _run(["iptables", "-w", "-X", FORWARD_CHAIN], check=False)
+        for tool in ("iptables", "ip6tables"):
+            if shutil.which(tool) is None:
+                continue
+            for parent in ("INPUT", "OUTPUT"):
+                while _run([tool, "-w", "-D", parent, "-j", "KUBE-FIREWALL"], check=False).returncode == 0:
+                    pass
+            for table, chain in KUBELET_CHAINS:
+                _run([tool, "-w", "-t", table, "-F", chain], check=False)
+                _run([tool, "-w", "-t", table, "-X", chain], check=False)
         if shutil.which("ip"):
             _run(["ip", "link", "del", BRIDGE], check=False)
 
