@@ -29,11 +29,12 @@ from vmshift.hypervisor.client import HypervisorClient
 from vmshift.hypervisor.protocol import VmInfo, VmState
 
 IMAGE = os.environ.get("VMSHIFT_IMAGE", "vmshift:dev")
-OVERLAY = REPO / "manifests" / "overlays" / "kind"
-SAMPLE_HOSTS = REPO / "manifests" / "samples" / "hosts.yaml"
+OVERLAY = Path(os.environ.get("VMSHIFT_OVERLAY", REPO / "manifests" / "install" / "kind"))
+SAMPLE_HOSTS = Path(os.environ.get("VMSHIFT_SAMPLE_HOSTS", REPO / "manifests" / "samples" / "hosts.yaml"))
 SYSTEM_NS = "vmshift-system"
 OPERATOR = "vmshift-operator"
 AGENT_SELECTOR = "app.kubernetes.io/name=vmshift-agent"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=vmshift-operator"
 WEBHOOK_SERVICE = "vmshift-alerts"
 WEBHOOK_SECRET = "vmshift-webhook-token"
 FINISHED = {"Succeeded", "Failed", "Cancelled"}
@@ -112,16 +113,33 @@ class InCluster:
 
     # -- agents, through their Services --------------------------------------------------------------
 
+    def agent_address(self, host: str) -> str:
+        """Where this machine reaches the agent of Host ``host``, resolved as the cluster's DNS would.
+
+        ``<service>.<namespace>.svc``: the Service's cluster IP (kube-proxy's rules apply on the
+        node too); ``<pod>.<service>.<namespace>.svc`` (a StatefulSet behind a headless Service):
+        that pod's IP on the pod network.
+        """
+        url = urlparse(self.get("host", host)["spec"]["agent"]["endpoint"])
+        labels = (url.hostname or "").split(".")
+        if "svc" not in labels:
+            raise AssertionError(f"Host {host}'s endpoint {url.geturl()} is no in-cluster Service name")
+        names = labels[:labels.index("svc")]
+        if len(names) == 2:
+            ip = self.get("service", names[0], names[1])["spec"]["clusterIP"]
+        elif len(names) == 3:
+            ip = self.get("pod", names[0], names[2])["status"]["podIP"]
+        else:
+            raise AssertionError(f"cannot resolve {url.hostname}: "
+                                 "neither <service>.<ns>.svc nor <pod>.<service>.<ns>.svc")
+        return f"{url.scheme}://{ip}:{url.port}"
+
     def agent_client(self, host: str) -> HypervisorClient:
-        """A client of the agent behind Host ``host``: its Service's cluster IP, its token from the Secret."""
-        spec = self.get("host", host)["spec"]["agent"]
-        url = urlparse(spec["endpoint"])
-        service, namespace = (url.hostname or "").split(".")[:2]
-        cluster_ip = self.get("service", service, namespace)["spec"]["clusterIP"]
-        ref = spec["tokenSecretRef"]
+        """A client of the agent behind Host ``host``, with the token from the Secret the Host names."""
+        ref = self.get("host", host)["spec"]["agent"]["tokenSecretRef"]
         secret = self.get("secret", ref["name"], ref.get("namespace", SYSTEM_NS))
         token = base64.b64decode(secret["data"][ref.get("key", "token")]).decode()
-        return HypervisorClient(f"{url.scheme}://{cluster_ip}:{url.port}", token, timeout_seconds=10)
+        return HypervisorClient(self.agent_address(host), token, timeout_seconds=10)
 
     def agent_vms(self, host: str) -> list[VmInfo]:
         async def call() -> list[VmInfo]:
@@ -146,20 +164,16 @@ class InCluster:
         return [h["metadata"]["name"] for h in self.kube.get_json("hosts")["items"]]
 
     def agent_pod(self, host: str) -> dict[str, Any]:
-        """The agent pod behind Host ``host`` (the pod its Service selects)."""
-        spec = self.get("host", host)["spec"]["agent"]
-        url = urlparse(spec["endpoint"])
-        service, namespace = (url.hostname or "").split(".")[:2]
-        selector = self.get("service", service, namespace)["spec"]["selector"]
-        labels = ",".join(f"{k}={v}" for k, v in selector.items())
-        pods = self.kube.get_json("pods", "-n", namespace, "-l", labels)["items"]
-        assert len(pods) == 1, f"Service {namespace}/{service} selects {len(pods)} pods"
-        return dict(pods[0])
-
-
-def _node_ready(node: Node) -> bool:
-    status = node.status()
-    return bool(status.get("ready"))
+        """The agent pod behind Host ``host``: the pod its endpoint names, or the one its Service selects."""
+        url = urlparse(self.get("host", host)["spec"]["agent"]["endpoint"])
+        labels = (url.hostname or "").split(".")
+        names = labels[:labels.index("svc")]
+        if len(names) == 3:
+            return self.get("pod", names[0], names[2])
+        selector = self.get("service", names[0], names[1])["spec"]["selector"]
+        pods = self.kube.get_json("pods", "-n", names[1], "-l", ",".join(f"{k}={v}" for k, v in selector.items()))
+        assert len(pods["items"]) == 1, f"Service {names[1]}/{names[0]} selects {len(pods['items'])} pods"
+        return dict(pods["items"][0])
 
 
 @pytest.fixture(scope="session")

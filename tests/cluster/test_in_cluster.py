@@ -19,6 +19,7 @@ from tests.cluster.conftest import (
     AGENT_SELECTOR,
     FINISHED,
     OPERATOR,
+    OPERATOR_SELECTOR,
     OVERLAY,
     SAMPLE_HOSTS,
     SYSTEM_NS,
@@ -108,11 +109,11 @@ def test_operator_rollout_restart_mid_transfer_does_not_fail_the_migration(clust
     cluster.apply(cluster.migration(ns, "through-restart", "busy", TARGET, mode="Live"))
     cluster.wait_phase("vsmig", "through-restart", ns, {"Transferring"}, timeout=120)
     old_pods = {p["metadata"]["name"] for p in cluster.kube.get_json(
-        "pods", "-n", SYSTEM_NS, "-l", f"app.kubernetes.io/name={OPERATOR}")["items"]}
+        "pods", "-n", SYSTEM_NS, "-l", OPERATOR_SELECTOR)["items"]}
     cluster.kubectl("rollout", "restart", f"deployment/{OPERATOR}", "-n", SYSTEM_NS)
     cluster.kubectl("rollout", "status", f"deployment/{OPERATOR}", "-n", SYSTEM_NS, "--timeout=180s", timeout=200)
     new_pods = {p["metadata"]["name"] for p in cluster.kube.get_json(
-        "pods", "-n", SYSTEM_NS, "-l", f"app.kubernetes.io/name={OPERATOR}")["items"]}
+        "pods", "-n", SYSTEM_NS, "-l", OPERATOR_SELECTOR)["items"]}
     assert new_pods and not (new_pods & old_pods), (old_pods, new_pods)
     status = cluster.wait_phase("vsmig", "through-restart", ns, FINISHED, timeout=300)
     assert status["phase"] == "Succeeded", (

@@ -140,6 +140,9 @@ class ServeOptions:
     """
 
     address: str = "127.0.0.1"
+    #: 0: a free port, new at each start. A node's cluster keeps one port: the API server's Service
+    #: endpoint (what pods reach as kubernetes.default) keeps the port it was first written with.
+    port: int = 0
     authorization_modes: str = "RBAC"
     controllers: str = API_ONLY_CONTROLLERS
     apiserver_args: tuple[str, ...] = ()
@@ -176,7 +179,7 @@ class ControlPlane:
         started = time.monotonic()
 
         etcd_port, peer_port, kcm_port = (_free_port() for _ in range(3))
-        api_port = _free_port(self.serve.address)
+        api_port = self.serve.port or _free_port(self.serve.address)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         server = f"https://{self.serve.address}:{api_port}"
         state = ClusterState(

@@ -58,6 +58,8 @@ NODE_NAME = "vmshift-node"
 BRIDGE = "vmshift0"
 #: The bridge's address: the pods' gateway and the node's own address.
 NODE_IP = "10.244.0.1"
+#: The API server's port on NODE_IP (the address is the node's alone, so the port is free).
+API_PORT = 6443
 POD_CIDR = "10.244.0.0/24"
 CLUSTER_DOMAIN = "cluster.local"
 COREDNS_VERSION = "v1.14.7"
@@ -87,6 +89,7 @@ def serve_options(pki: Pki) -> ServeOptions:
     """How the control plane of a cluster with a node serves (see ``ServeOptions``)."""
     return ServeOptions(
         address=NODE_IP,
+        port=API_PORT,
         authorization_modes="Node,RBAC",
         controllers="*",
         apiserver_args=(
