@@ -62,7 +62,10 @@ def test_install_from_the_manifests_brings_every_host_ready(cluster: InCluster) 
     hosts = cluster.hosts()
     assert SOURCE in hosts and TARGET in hosts, hosts
     for host in hosts:
-        cluster.wait_phase("host", host, None, {"Ready"}, timeout=180)
+        cordoned = bool(cluster.get("host", host)["spec"].get("unschedulable"))
+        status = cluster.wait_phase("host", host, None, {"Cordoned" if cordoned else "Ready"}, timeout=180)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True" and ready["reason"] == "AgentReachable", ready
     cluster.timings["ready_fleet_s"] = time.monotonic() - started
     print(f"\ncluster timings: {json.dumps({k: round(v, 1) for k, v in cluster.timings.items()})}")
     # every agent is a pod with its own address on the pod network
