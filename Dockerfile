@@ -25,13 +25,16 @@ RUN set -- /wheels/deps/pip-*.whl \
 
 # Runtime: the base and the virtualenv, nothing else (no pip, no wheels, no compiler). Every .pyc is
 # compiled at install time, so the root filesystem can be read-only; only /tmp needs to be writable.
+# The user is numeric, so that Kubernetes' runAsNonRoot can check it, and has a passwd entry: Kopf
+# asks getpass.getuser() for its identity (USER answers it for a pod run as some other uid).
 FROM ${BASE_IMAGE}
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin vmshift
 COPY --from=install /opt/vmshift /opt/vmshift
-ENV PATH=/opt/vmshift/bin:/usr/local/bin:/usr/bin:/bin \
+ENV PATH=/opt/vmshift/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp
-# A numeric user, so that Kubernetes' runAsNonRoot can check it; no passwd entry is needed.
+    HOME=/tmp \
+    USER=vmshift
 USER 10001:10001
 EXPOSE 8080 8081 8443 8444 9443
 ENTRYPOINT ["vmshift"]

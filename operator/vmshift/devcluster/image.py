@@ -201,7 +201,8 @@ def source_files(checkout: Path = CHECKOUT) -> list[Path]:
     """The files vmshift's wheel is built from: pyproject.toml, README.md and the package sources."""
     files = [checkout / "pyproject.toml", checkout / "README.md"]
     for path in sorted((checkout / "operator" / "vmshift").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" \
+                and not any(part.endswith(".egg-info") for part in path.parts):
             files.append(path)
     return files
 
@@ -251,8 +252,15 @@ def ensure_vmshift_wheel(checkout: Path = CHECKOUT) -> Path:
     _say(f"building vmshift's wheel into {directory}")
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    # From a copy of exactly the hashed files: setuptools' in-tree build/ would keep deleted modules.
+    sources = partial / "src"
+    for path in source_files(checkout):
+        target = sources / path.relative_to(checkout)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "--wheel-dir",
-          str(partial), str(checkout)], "building vmshift's wheel", log=partial.with_suffix(".log"))
+          str(partial), str(sources)], "building vmshift's wheel", log=partial / "pip-wheel.log")
+    shutil.rmtree(sources)
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
     return sorted(directory.glob("vmshift-*.whl"))[0]
