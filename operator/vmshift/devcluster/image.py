@@ -261,6 +261,11 @@ def ensure_vmshift_wheel(checkout: Path = CHECKOUT) -> Path:
     _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "--wheel-dir",
           str(partial), str(sources)], "building vmshift's wheel", log=partial / "pip-wheel.log")
     shutil.rmtree(sources)
+    for stale in directory.parent.glob("vmshift-*"):  # wheels of older sources are never used again
+        if stale.is_dir() and stale.name != directory.name and not stale.name.endswith(".partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+        elif stale.suffix == ".log":
+            stale.unlink()
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
     return sorted(directory.glob("vmshift-*.whl"))[0]
