@@ -1,4 +1,5 @@
-"""``vmshift dev``: build, start, stop and inspect the embedded local control plane, and a real node.
+"""``vmshift dev``: build, start, stop and inspect the embedded local control plane and a real node;
+build the image.
 
 Glue only: argument parsing around ``vmshift.devcluster``.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vmshift.devcluster import binaries
@@ -39,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     node_actions.add_parser("env", help="print shell exports for KUBECONFIG and PATH")
     load = node_actions.add_parser("load", help="copy images from the local Docker daemon into the node")
     load.add_argument("images", nargs="+", help="image references known to `docker images`")
+    image = actions.add_parser(
+        "image", help="build the container image vmshift:<version> and vmshift:dev (no registry needed)",
+        description="Build the one image of the operator and the agents from this checkout: a Debian base made "
+                    "with mmdebstrap, wheels fetched on this machine, docker build. Cached under "
+                    "~/.cache/vmshift/image; a second run takes seconds.")
+    image.add_argument("--base-image", default=None,
+                       help="build on this image instead of the local Debian base (CPython 3.11 as python3, "
+                            "e.g. python:3.11-slim)")
     parser.set_defaults(func=run)
 
 
@@ -78,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         for name, path in vars(bins).items():
             print(f"{name}: {path}")
         return 0
+    if args.action == "image":
+        return build_image(args.base_image)
     if args.action == "up":
         state = plane.up(fresh=args.fresh)
         print(f"export KUBECONFIG={state.kubeconfig}")
@@ -98,4 +110,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         for key, value in running.env().items():
             print(f"export {key}={value}")
+    return 0
+
+
+def build_image(base_image: str | None) -> int:
+    from vmshift.devcluster import image
+
+    try:
+        result = image.build(base_image)
+    except image.ImageBuildError as exc:
+        print(f"vmshift dev image: {exc}", file=sys.stderr)
+        return 1
+    steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.steps.items())
+    print(f"built {' '.join(result.tags)} on {result.base_image}: {result.size_bytes / 1e6:.0f} MB, "
+          f"{result.seconds:.1f} s ({steps})")
     return 0

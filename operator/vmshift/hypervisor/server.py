@@ -1,7 +1,8 @@
 """The agent process: the HTTP management API (aiohttp) and the migration listener around one Host.
 
-Maps HTTP to Host methods and nothing more: bearer-token authentication, JSON parsing and
-validation against protocol.py, JSON error bodies for every refusal, and the NDJSON event stream.
+Maps HTTP to Host methods and nothing more: bearer-token authentication (every path but the probes'
+``/healthz`` and ``/readyz``), JSON parsing and validation against protocol.py, JSON error bodies for
+every refusal, and the NDJSON event stream.
 run_agent() is what ``vmshift agent`` runs; it never exits because of what a client sends.
 """
 
@@ -49,6 +50,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOST_KEY = web.AppKey("host", Host)
 TOKEN_KEY = web.AppKey("token", str)
+STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
+#: Answered without a token, for the kubelet's probes: they say "ok" or why not, and nothing about the host.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -97,6 +101,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PROBE_PATHS:
+        return await handler(request)
     expected = f"Bearer {request.app[TOKEN_KEY]}".encode()
     given = request.headers.get("Authorization", "").encode("utf-8", "replace")
     if not hmac.compare_digest(given, expected):
@@ -218,6 +224,18 @@ async def post_sensors(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).change_sensors(body))
 
 
+async def healthz(_: web.Request) -> web.StreamResponse:
+    """Liveness: the event loop answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Readiness: both listeners are up (the app serves only then) and the agent is not shutting down."""
+    if request.app[STOPPING_KEY].is_set():
+        return web.Response(status=503, text="shutting down\n")
+    return web.Response(text="ok\n")
+
+
 def create_app(host: Host, token: str) -> web.Application:
     """The aiohttp application of one agent."""
     if not token:
@@ -225,6 +243,9 @@ def create_app(host: Host, token: str) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware])
     app[HOST_KEY] = host
     app[TOKEN_KEY] = token
+    app[STOPPING_KEY] = asyncio.Event()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     p = API_PREFIX
     app.router.add_get(f"{p}/host", get_host)
     app.router.add_get(f"{p}/vms", list_vms)
@@ -306,7 +327,8 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     host.migration_port = migration_sock.getsockname()[1]
     api_sock = bind_socket(listen, api_port)
     actual_api_port = api_sock.getsockname()[1]
-    runner = web.AppRunner(create_app(host, token), access_log=None, handle_signals=False)
+    app = create_app(host, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, api_sock).start()
     listener = asyncio.create_task(serve_migrations(host, migration_sock), name="migration-listener")
@@ -327,6 +349,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
              host.migration_port)
     await stop.wait()
     log.info("agent %s shutting down", config.name)
+    app[STOPPING_KEY].set()
     await host.shutdown()
     listener.cancel()
     if watcher is not None:
