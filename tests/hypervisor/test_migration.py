@@ -294,6 +294,39 @@ async def test_target_killed_mid_copy_leaves_the_vm_on_the_source(
     assert (await h1.get_vm("survivor")).migration_id is None
 
 
+async def test_target_stopped_mid_copy_fails_the_migration_saying_the_target_went_away(
+        clients: Clients, spawn: Callable[..., AgentProcess]) -> None:
+    """A target agent stopped gracefully (SIGTERM: its pod deleted) is a lost target, not a cancel by anyone."""
+    h1, _ = clients
+    leaving = spawn("mig-leaving-target")
+    await running_vm(h1, "stays", memory_mib=256, dirty=20, working_set=4, prefill=256)
+    async with leaving.client() as target:
+        await begin_migration(h1, target, "stays", "mig-leaving", bandwidth_mbps=100)
+        await wait_transferred(h1, "mig-leaving", 4)
+        leaving.stop()
+    source = await finished(h1, "mig-leaving")
+    assert source.phase is MigrationPhase.Failed and source.failure is not None, source.model_dump_json()
+    assert source.failure.reason is FailureReason.TargetLost, source.model_dump_json()
+    assert "shutting down" in source.failure.message, source.failure.message
+    await heartbeat_grows(h1, "stays")
+    assert (await h1.get_vm("stays")).migration_id is None
+
+
+async def test_source_stopped_mid_copy_is_reported_as_a_lost_source(
+        clients: Clients, spawn: Callable[..., AgentProcess]) -> None:
+    _, h2 = clients
+    leaving = spawn("mig-leaving-source")
+    async with leaving.client() as source:
+        await running_vm(source, "goes", memory_mib=256, dirty=20, working_set=4, prefill=256)
+        await begin_migration(source, h2, "goes", "mig-goes", bandwidth_mbps=100)
+        await wait_transferred(source, "mig-goes", 4)
+        leaving.stop()
+    target = await finished(h2, "mig-goes")
+    assert target.phase is MigrationPhase.Failed and target.failure is not None, target.model_dump_json()
+    assert target.failure.reason is FailureReason.SourceLost, target.model_dump_json()
+    assert await vm_state(h2, "goes") is None
+
+
 async def test_a_cut_stream_leaves_the_vm_on_the_source(clients: Clients,
                                                         pair: tuple[AgentProcess, AgentProcess]) -> None:
     h1, h2 = clients

@@ -144,9 +144,12 @@ class Host:
                 guest.advance()
 
     async def shutdown(self) -> None:
+        """Stop: every migration in flight fails as a lost source or target (nobody cancelled it), so the
+        peer and the operator say that this host went away; then the ticker stops."""
         for migration in list(self.migrations.values()):
             if not migration.record.finished:
-                migration.cancel(FailureReason.Cancelled, f"host {self.config.name} is shutting down")
+                lost = FailureReason.TargetLost if isinstance(migration, TargetMigration) else FailureReason.SourceLost
+                migration.cancel(lost, f"host {self.config.name} is shutting down (its agent was stopped)")
         tasks = [m.task for m in self.migrations.values() if m.task is not None and not m.task.done()]
         if tasks:
             with contextlib.suppress(TimeoutError):

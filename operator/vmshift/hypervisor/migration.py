@@ -516,7 +516,7 @@ class SourceMigration:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            failure = self._cancel or Failure(FailureReason.Cancelled, "the source agent is shutting down")
+            failure = self._cancel or Failure(FailureReason.SourceLost, "the source agent is shutting down")
         except Failure as exc:
             failure = exc
         except (StreamClosed, OSError, ProtocolError) as exc:
@@ -953,7 +953,7 @@ class TargetMigration:
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
-                raise self._cancel or Failure(FailureReason.Cancelled, "the target agent is shutting down") \
+                raise self._cancel or Failure(FailureReason.TargetLost, "the target agent is shutting down") \
                     from None
             self._switchover(switchover)  # no await in there: the guest resumes or the copy is refused
         except Failure as failure:
