@@ -50,6 +50,7 @@ class InCluster:
     """kubectl against the cluster, plus the agents' own word (through their Services) to check the truth."""
 
     kube: Kube
+    node: Node
     timings: dict[str, float] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
 
@@ -188,4 +189,4 @@ def cluster() -> Iterator[InCluster]:
     started = time.monotonic()
     node.load_images([IMAGE])
     timings["image_load_s"] = time.monotonic() - started
-    yield InCluster(Kube(state), timings=timings)
+    yield InCluster(Kube(state), node, timings=timings)

@@ -231,3 +231,7 @@ def test_uninstall_leaves_nothing_behind(cluster: InCluster) -> None:
     assert not [o for o in cluster_scoped if "vmshift" in o], cluster_scoped
     pods = cluster.kube.get_json("pods", "-A")["items"]
     assert not [p["metadata"]["name"] for p in pods if "vmshift" in p["metadata"]["name"]], pods
+    # and on the node: the kubelet removed every container of the operator and the agents
+    wait_for(lambda: not [i for i in cluster.node.container_images() if "vmshift:" in i],
+             "the node's containerd to hold no vmshift container", 120, interval=1.0,
+             describe=lambda: str(cluster.node.container_images()))

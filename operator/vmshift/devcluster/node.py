@@ -309,6 +309,11 @@ class Node:
             self._import(saved.stdout)
             self.log(f"loaded {image} into node {NODE_NAME} ({len(saved.stdout) / 2**20:.0f} MiB)")
 
+    def container_images(self) -> list[str]:
+        """The image of every container the node's containerd holds (pod sandboxes included)."""
+        listing = self._ctr("containers", "list").stdout.decode().splitlines()[1:]
+        return [line.split()[1] for line in listing if len(line.split()) >= 2]
+
     # -- network ---------------------------------------------------------------------------------
 
     def _network_up(self) -> None:
