@@ -95,6 +95,12 @@ class Drains:
     def condition(self, host: str, type: str) -> dict[str, Any]:
         return next((c for c in self.fleet.status("host", host).get("conditions") or [] if c["type"] == type), {})
 
+    def wait_condition(self, host: str, type: str, status: str, timeout: float = 20) -> dict[str, Any]:
+        """The host's own daemon derives its conditions from what other controllers write (a
+        remediation, a drain): they follow within an event, not in the same write."""
+        return wait_for(lambda: (c := self.condition(host, type)).get("status") == status and c,
+                        f"{type}={status} on {host}", timeout, interval=0.3, describe=lambda: self.describe(host))
+
     def maintenance(self, host: str, on: bool) -> None:
         self.fleet.kube.kubectl("patch", "host", host, "--type=merge",
                                 "-p", json.dumps({"spec": {"maintenance": on}}))
@@ -468,7 +474,8 @@ def test_alertmanager_webhook_authenticates_validates_and_drives_remediation(dra
              describe=lambda: drains.describe(src))
     hosts = drains.settled(ns, uids)
     assert hosts["db"] != src and hosts["batch"] == src, hosts
-    assert drains.condition(src, "Schedulable")["status"] == "False"
+    schedulable = drains.wait_condition(src, "Schedulable", "False")
+    assert schedulable["reason"] == "Cordoned" and f"RemediationPolicy {policy}" in schedulable["message"], schedulable
     # resolved: the action ends after the hold
     assert drains.post(payload("resolved", [alert]))[0] == 200
     wait_for(lambda: not drains.fleet.status("host", src).get("remediation"), "the remediation to end", 60,

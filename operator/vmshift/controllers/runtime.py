@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import kopf
+
 from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.views import MigrationEntry, Overlay
 from vmshift.scheduling.fleet import HostView
@@ -159,3 +161,13 @@ def reset_runtime() -> None:
     """Forget all in-memory state (tests that run several operators in one process)."""
     global _runtime
     _runtime = None
+
+
+async def until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """A daemon's sleep: return when ``event`` is set, the daemon is asked to stop, or ``seconds`` passed."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
