@@ -15,7 +15,7 @@ import kopf
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import GROUP, VERSION
 from vmshift.controllers.runtime import runtime
 from vmshift.hypervisor.protocol import HostInfo
@@ -196,7 +196,8 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await kubeapi.patch_status("hosts", None, name, new)
             last = new
         _record_phase(name, new["phase"])
-        await stopped.wait(rt.poll_interval)
+        await stopped.wait(poll_delay(rt.poll_interval, link.failures if link is not None else 0,
+                                      rt.poll_backoff_cap))
     _host_phase.pop(name, None)
     await rt.agents.forget(name)
 

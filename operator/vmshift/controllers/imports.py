@@ -63,6 +63,7 @@ from vmshift.controllers.importsteps import (
     progressing,
     stamp,
     succeeded,
+    target_namespace_refusal,
     throughput,
     vm_manifest,
     vm_reference,
@@ -192,6 +193,9 @@ class ImportJob:
                 Step.InstallSyntheticDrivers: lambda resumed: self._drivers(Step.InstallSyntheticDrivers, resumed),
                 Step.Verify: self._verify,
             }
+            refusal = target_namespace_refusal(self.spec, self.namespace) if not self.vm_uid else None
+            if refusal is not None:
+                raise refusal
             for step in EXECUTION_ORDER:
                 if not self.steps.done(step):
                     await self._run_step(step, actions[step])

@@ -286,10 +286,14 @@ async def serve_migrations(host: Host, sock: socket.socket, slots: HandshakeSlot
             await asyncio.sleep(0.1)
             continue
         task = asyncio.create_task(_serve_migration_connection(host, conn, slots))
-        task.add_done_callback(lambda _, conn=conn: conn.close())  # also when evicted before it ran
+        task.add_done_callback(_closer(conn))  # also when evicted before it ran
         slots.take(task)
         connections.add(task)
         task.add_done_callback(connections.discard)
+
+
+def _closer(conn: socket.socket) -> Callable[[asyncio.Task[None]], None]:
+    return lambda _task: conn.close()
 
 
 class _HandshakeHost:
