@@ -302,7 +302,8 @@ class ImportJob:
         while True:
             fetched = await kubeapi.read_configmap_key(where.namespace, where.name, where.key) if where else None
             try:
-                self.plan = make_plan(self.spec, self.namespace, fetched)
+                # parsing an OVF/OVA (XML, tar, digests of every member) is CPU work: off the event loop
+                self.plan = await asyncio.to_thread(make_plan, self.spec, self.namespace, fetched)
                 return self.plan
             except SourceMissing as exc:
                 if str(exc) != told:
