@@ -176,6 +176,7 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
     rt = runtime()
     last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
     was_reachable: bool | None = None
+    told = ""
     while not stopped:
         link: AgentLink | None = None
         config_error: AgentConfigError | None = None
@@ -184,6 +185,9 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await rt.agents.poll(link)
         except AgentConfigError as exc:
             config_error = exc
+            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
+                kopf.warn(body, reason=exc.reason, message=exc.message)
+        told = config_error.message if config_error is not None else ""
         new = host_status(name, spec, int(meta.get("generation") or 0), dict(status), link, config_error)
         if link is not None and was_reachable is not None and link.reachable != was_reachable:
             if link.reachable:
