@@ -81,10 +81,12 @@ class Alertmanager:
         except OSError:
             return "(no log)"
 
-    def post_alerts(self, labels: Iterable[dict[str, str]], *, resolved: bool = False) -> None:
+    def post_alerts(self, labels: Iterable[dict[str, str]], *, resolved: bool = False,
+                    annotations: dict[str, str] | None = None) -> None:
         """POST alerts to ``/api/v2/alerts``, as Prometheus does; resolved ones carry ``endsAt`` = now."""
         now = _now()
-        body = [{"labels": lab, "annotations": {"summary": f"{lab.get('alertname')} on {lab.get('host')}"},
+        body = [{"labels": lab, "annotations": {"summary": f"{lab.get('alertname')} on {lab.get('host')}",
+                                                **(annotations or {})},
                  "startsAt": now, "generatorURL": "http://prometheus.example/graph",
                  **({"endsAt": now} if resolved else {})} for lab in labels]
         request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(body).encode(),
