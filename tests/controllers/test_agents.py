@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from vmshift.controllers import agents as agents_module
 from vmshift.controllers import kubeapi
 from vmshift.controllers.agents import (
+    AGENT_HOSTS_ANNOTATION,
     FAILURES_TO_UNREACHABLE,
     AgentConfigError,
     AgentDirectory,
@@ -45,16 +46,21 @@ def test_the_token_secret_must_live_in_the_operators_namespace() -> None:
     assert missing.value.reason == "AgentTokenMissing"
 
 
+#: The annotation each test Secret carries (vmshift.io/agent-hosts), by Secret name; "*" otherwise.
+SECRET_HOSTS: dict[str, str] = {"for-h2": "h2,h3", "unbound": ""}
+
+
 @pytest.fixture
 def secrets_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     """Every Secret the directory asks the API server for; each holds TOKEN."""
     read: list[tuple[str, str, str]] = []
 
-    async def read_secret_key(namespace: str, name: str, key: str) -> str | None:
+    async def read_secret(namespace: str, name: str, key: str) -> tuple[str | None, dict[str, str]]:
         read.append((namespace, name, key))
-        return TOKEN
+        hosts = SECRET_HOSTS.get(name, "*")
+        return TOKEN, {AGENT_HOSTS_ANNOTATION: hosts} if hosts else {}
 
-    monkeypatch.setattr(kubeapi, "read_secret_key", read_secret_key)
+    monkeypatch.setattr(kubeapi, "read_secret", read_secret)
     monkeypatch.setenv("VMSHIFT_NAMESPACE", SYSTEM)
     return read
 
@@ -78,6 +84,26 @@ async def test_the_operators_own_credential_is_never_sent_to_a_spec_endpoint(
         await directory.link("h1", {"agent": {"endpoint": "http://collector.example:80"}})
     assert caught.value.reason == "AgentTokenMissing"
     assert directory.get("h1") is None
+    await directory.close()
+
+
+async def test_a_token_goes_only_to_the_hosts_its_secret_names(secrets_read: list[tuple[str, str, str]]) -> None:
+    """Another host's token cannot be sent to an endpoint a Host's author chose."""
+    directory = AgentDirectory()
+
+    async def use(host: str, secret: str) -> str:
+        spec = {"agent": {"endpoint": f"http://{host}.example:80", "tokenSecretRef": {"name": secret}}}
+        try:
+            await directory.link(host, spec)
+        except AgentConfigError as exc:
+            return exc.reason
+        return "ok"
+
+    assert await use("h2", "for-h2") == "ok"
+    assert await use("h3", "for-h2") == "ok"
+    assert await use("h1", "for-h2") == "TokenSecretNotForHost"
+    assert await use("h1", "unbound") == "TokenSecretNotForHost"
+    assert await use("h1", "shared") == "ok"  # annotated *
     await directory.close()
 
 

@@ -50,6 +50,9 @@ def poll_delay(interval: float, failures: int, cap: float = MAX_POLL_BACKOFF_SEC
 
 #: The namespace the operator runs in, where the agents' token Secrets live (and nowhere else).
 DEFAULT_NAMESPACE = "vmshift-system"
+#: Annotation of a token Secret naming the Hosts that may use it: Host names separated by commas, or
+#: ``*`` for every Host. The Secret's owner decides where its token may be sent, not a Host's author.
+AGENT_HOSTS_ANNOTATION = "vmshift.io/agent-hosts"
 #: What of an agent's error message reaches a Host's status and events, at most.
 MAX_ERROR_TEXT = 300
 
@@ -125,12 +128,25 @@ def token_secret(host: str, ref: Mapping[str, Any] | None, namespace: str) -> tu
     return namespace, str(ref["name"]), str(ref.get("key") or "token")
 
 
+def check_secret_serves(host: str, secret: str, allowed: str) -> None:
+    """AgentConfigError unless the Secret's ``vmshift.io/agent-hosts`` annotation (``allowed``) names
+    ``host`` or is ``*`` (pure). Without it, the author of any Host could have another host's token
+    sent to an endpoint of their choosing."""
+    names = {n.strip() for n in allowed.split(",") if n.strip()}
+    if "*" in names or host in names:
+        return
+    raise AgentConfigError("TokenSecretNotForHost",
+                           f"Host {host}: Secret {secret} holds an agent token that is not meant for it: its "
+                           f"annotation {AGENT_HOSTS_ANNOTATION} is {allowed or 'missing'}. An administrator of "
+                           f"the Secret adds {host} to it (Host names separated by commas, or * for every Host).")
+
+
 class AgentDirectory:
     """Every known agent, keyed by Host name."""
 
     def __init__(self) -> None:
         self._links: dict[str, AgentLink] = {}
-        self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._tokens: dict[tuple[str, str, str], tuple[float, str, str]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
@@ -163,14 +179,15 @@ class AgentDirectory:
         """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call)."""
         namespace, name, key = token_secret(host, ref, operator_namespace())
         cached = self._tokens.get((namespace, name, key))
-        if cached is not None and time.monotonic() - cached[0] < TOKEN_TTL:
-            return cached[1]
-        token = await kubeapi.read_secret_key(namespace, name, key)
-        if not token:
-            raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) with "
-                                   f"the agent token does not exist or lacks the key; create it.")
-        self._tokens[(namespace, name, key)] = (time.monotonic(), token)
-        return token
+        if cached is None or time.monotonic() - cached[0] >= TOKEN_TTL:
+            token, annotations = await kubeapi.read_secret(namespace, name, key)
+            if not token:
+                raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) "
+                                       f"with the agent token does not exist or lacks the key; create it.")
+            cached = (time.monotonic(), token, annotations.get(AGENT_HOSTS_ANNOTATION, ""))
+            self._tokens[(namespace, name, key)] = cached
+        check_secret_serves(host, f"{namespace}/{name}", cached[2])
+        return cached[1]
 
     def get(self, host: str) -> AgentLink | None:
         return self._links.get(host)
