@@ -95,3 +95,21 @@ def test_migration_port_handshakes_are_bounded(guarded: AgentProcess, sockets: l
     closed = _count_closed(idle, 5 * LIMIT, within=2.0)  # well inside the 5 s handshake timeout
     assert closed >= 5 * LIMIT, f"only {closed} of {len(idle)} silent migration connections were closed"
     assert guarded.alive
+
+
+def test_an_authenticated_connection_is_kept_past_the_deadline(guarded: AgentProcess,
+                                                               sockets: list[socket.socket]) -> None:
+    """The operator's pooled keep-alive connections authenticate once and stay (bounded by keep-alive only)."""
+    [conn] = _open(guarded.api_port, 1, sockets)
+    conn.setblocking(True)
+    conn.settimeout(10)
+    request = (f"GET /v1/host HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {guarded.token}\r\n\r\n").encode()
+    for _ in range(2):
+        conn.send(request)
+        head = conn.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += conn.recv(65536)
+        time.sleep(AUTH_TIMEOUT + 1)  # the deadline of an unauthenticated connection passes
