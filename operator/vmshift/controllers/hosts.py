@@ -21,7 +21,7 @@ import kopf
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.hypervisor.protocol import HostInfo
@@ -208,6 +208,7 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
     last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
     was_reachable: bool | None = None
     wake = _wake.setdefault(name, asyncio.Event())
+    told = ""
     while not stopped:
         wake.clear()
         link: AgentLink | None = None
@@ -217,6 +218,9 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await rt.agents.poll(link)
         except AgentConfigError as exc:
             config_error = exc
+            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
+                kopf.warn(body, reason=exc.reason, message=exc.message)
+        told = config_error.message if config_error is not None else ""
         fresh = _seen.get(name)  # the informer's copy: Kopf's own view of the body may lag behind it
         stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(status)
         new = host_status(name, spec, int(meta.get("generation") or 0), stored, link, config_error)
@@ -231,7 +235,8 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await kubeapi.patch_status("hosts", None, name, new)
             last = new
         _record_phase(name, new["phase"])
-        await until_woken(wake, stopped, rt.poll_interval)
+        await until_woken(wake, stopped, poll_delay(rt.poll_interval, link.failures if link is not None else 0,
+                                                    rt.poll_backoff_cap))
     _host_phase.pop(name, None)
     _wake.pop(name, None)
     await rt.agents.forget(name)
