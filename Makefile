@@ -2,13 +2,14 @@
 # Both set up what they need on a fresh machine: a virtualenv in .venv and the control plane's
 # binaries and Alertmanager (the webhook tests' peer), built once from the Go module proxy into
 # ~/.cache/vmshift/ (10-20 min cold, seconds warm).
+# `make test` also builds and runs the image (tests marked `image`), so it needs a running Docker.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane alertmanager lint crds crds-check test unit demo bench clean
+.PHONY: all venv controlplane alertmanager image lint crds crds-check test unit demo bench clean
 
 all: test
 
@@ -27,6 +28,11 @@ controlplane: venv
 alertmanager: venv
 	$(BIN)/vmshift dev alertmanager
 
+# The one image of the operator and the agents: vmshift:<version> and vmshift:dev. Needs Docker and,
+# the first time, mmdebstrap (the Debian base is made locally); cached in ~/.cache/vmshift/image.
+image: venv
+	$(BIN)/vmshift dev image
+
 lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
@@ -41,7 +47,7 @@ test: venv controlplane alertmanager lint crds-check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not e2e and not image" $(PYTEST_ARGS)
 
 demo: venv controlplane
 	$(BIN)/vmshift demo

@@ -70,6 +70,18 @@ async def test_every_call_needs_the_token(agent: AgentProcess, token: str | None
         assert body["error"]["code"] == "Unauthorized"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_probes_answer_without_a_token_and_say_nothing_else(agent: AgentProcess, path: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{agent.endpoint}{path}") as response:
+            assert (response.status, await response.text()) == (200, "ok\n")
+        async with session.post(f"{agent.endpoint}{path}", data=b"{}") as response:
+            assert response.status == 405, f"POST {path} answered {response.status}"
+        # The probe paths open nothing else: a path below them still needs the token.
+        async with session.get(f"{agent.endpoint}{path}/host") as response:
+            assert response.status == 401
+
+
 async def test_define_is_idempotent_and_start_fixes_the_feature_set(client: HypervisorClient) -> None:
     first = await client.define_vm("api-a", vm_body("a", cpus=2, memory_mib=32))
     again = await client.define_vm("api-a", vm_body("a", cpus=2, memory_mib=32))

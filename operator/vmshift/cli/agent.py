@@ -18,8 +18,11 @@ from vmshift.processor import processor_info
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "agent", help="run a simulated hypervisor host",
-        description="Run one simulated hypervisor host: a management API (HTTP, bearer token) and a "
-                    "migration port (TCP, one-time tickets).",
+        description="Run one simulated hypervisor host: a management API (HTTP, bearer token; /healthz and "
+                    "/readyz answer probes without it) and a migration port (TCP, one-time tickets). Arguments "
+                    "can also come from a file, one a line: vmshift agent @FILE (as the agents' StatefulSet "
+                    "does, one file per pod).",
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("--name", required=True, help="host name")
     parser.add_argument("--cpu-model", required=True, help="archspec microarchitecture, e.g. icelake, zen3")

@@ -76,13 +76,23 @@ def _path(plural: str, namespace: str | None, name: str | None = None, subresour
     return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
 
 
+def bearer_header(config: Any) -> str | None:
+    """The Authorization header of the loaded credentials, when they are a token (service account or kubeconfig).
+
+    The official client keeps the token under ``BearerToken`` (older versions: ``authorization``);
+    reading it runs the in-cluster loader's hook, which rereads a rotated service-account token.
+    """
+    header: str | None = config.get_api_key_with_prefix("BearerToken", alias="authorization")
+    return header
+
+
 async def _request(verb: str, plural: str, path: str, body: Any = None,
                    content_type: str = "application/json") -> dict[str, Any]:
     metrics.API_REQUESTS.labels(verb=verb, resource=plural).inc()
     session = _session()
     config = _clients["config"]
     headers = {"Accept": "application/json"}
-    token = config.get_api_key_with_prefix("authorization")  # refreshed by the in-cluster hook
+    token = bearer_header(config)
     if token:
         headers["Authorization"] = token
     data = None

@@ -1,7 +1,8 @@
 """The agent process: the HTTP management API (aiohttp) and the migration listener around one Host.
 
-Maps HTTP to Host methods and nothing more: bearer-token authentication, JSON parsing and
-validation against protocol.py, JSON error bodies for every refusal, and the NDJSON event stream.
+Maps HTTP to Host methods and nothing more: bearer-token authentication (every path but the probes'
+``/healthz`` and ``/readyz``), JSON parsing and validation against protocol.py, JSON error bodies for
+every refusal, and the NDJSON event stream.
 run_agent() is what ``vmshift agent`` runs; it never exits because of what a client sends.
 """
 
@@ -55,6 +56,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOST_KEY = web.AppKey("host", Host)
 TOKEN_KEY = web.AppKey("token", str)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
+STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
+#: Answered without a token, for the kubelet's probes: they say "ok" or why not, and nothing about the host.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -103,6 +107,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PROBE_PATHS:
+        return await handler(request)
     expected = f"Bearer {request.app[TOKEN_KEY]}".encode()
     given = request.headers.get("Authorization", "").encode("utf-8", "replace")
     if not hmac.compare_digest(given, expected):
@@ -232,6 +238,18 @@ async def post_sensors(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).change_sensors(body))
 
 
+async def healthz(_: web.Request) -> web.StreamResponse:
+    """Liveness: the event loop answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Readiness: both listeners are up (the app serves only then) and the agent is not shutting down."""
+    if request.app[STOPPING_KEY].is_set():
+        return web.Response(status=503, text="shutting down\n")
+    return web.Response(text="ok\n")
+
+
 def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> web.Application:
     """The aiohttp application of one agent; ``guard`` learns which connections authenticated."""
     if not token:
@@ -241,6 +259,9 @@ def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> 
     app[TOKEN_KEY] = token
     if guard is not None:
         app[GUARD_KEY] = guard
+    app[STOPPING_KEY] = asyncio.Event()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     p = API_PREFIX
     app.router.add_get(f"{p}/host", get_host)
     app.router.add_get(f"{p}/vms", list_vms)
@@ -361,8 +382,8 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     api_sock = bind_socket(listen, api_port)
     actual_api_port = api_sock.getsockname()[1]
     guard = ConnectionGuard()
-    runner = web.AppRunner(create_app(host, token, guard), access_log=None, handle_signals=False,
-                           keepalive_timeout=KEEPALIVE_TIMEOUT)
+    app = create_app(host, token, guard)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
     assert runner.server is not None
     api_server = await loop.create_server(guard.wrap(runner.server), sock=api_sock)
@@ -384,6 +405,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
              host.migration_port)
     await stop.wait()
     log.info("agent %s shutting down", config.name)
+    app[STOPPING_KEY].set()
     await host.shutdown()
     listener.cancel()
     if watcher is not None:
