@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import kopf
@@ -61,6 +62,30 @@ def _now() -> str:
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     phase = (status or {}).get("phase")
     return phase is not None and MigrationPhase(phase).finished
+
+
+class StopAction(StrEnum):
+    """What a migration's daemon does when Kopf sets ``stopped``."""
+
+    Cancel = "Cancel"  # the object is being deleted: cancel on the agents, end as Cancelled
+    Leave = "Leave"  # the operator exits or pauses: stop following, write nothing; the next one resumes
+
+
+def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
+    """Only a deletion cancels a migration (pure).
+
+    Kopf stops a daemon for several reasons, possibly combined: the resource was deleted, the
+    operator exits (SIGTERM in a rolling update) or pauses (a peer with higher priority), the
+    filter stopped matching (the daemon wrote a final phase). Anything but a deletion leaves the
+    migration to the agents, which carry on; the operator that runs next follows it again.
+    """
+    if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
+        return StopAction.Cancel
+    return StopAction.Leave
+
+
+class Leaving(Exception):
+    """The operator exits or pauses: the daemon stops following and changes nothing."""
 
 
 class MigrationFailedError(Exception):
@@ -206,7 +231,8 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
-    """Queue for slots on source and target and the cluster limit. False if stopped while waiting."""
+    """Queue for slots on source and target and the cluster limit. False if deleted while waiting;
+    Leaving if the operator exits or pauses (the request stays Pending for the next operator)."""
     rt = runtime()
     vm = run.vm
     assert vm is not None and run.source is not None
@@ -220,6 +246,8 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     told = ""
     while not ticket.admitted.is_set():
         if stopped:
+            if stop_action(stopped.reason) is StopAction.Leave:
+                raise Leaving()  # still queued: a paused operator that resumes finds its ticket again
             rt.gate.release(run.key)
             return False
         now = fleet()
@@ -289,13 +317,19 @@ async def _agent_view(run: Run) -> MigrationStatus | None:
 
 
 async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float) -> MigrationStatus:
-    """Mirror the agent's progress until the migration ends; cancel it if the object is deleted."""
+    """Mirror the agent's progress until the migration ends; cancel it if the object is deleted.
+
+    When the operator exits or pauses it raises Leaving at once: the agents carry on, and the
+    daemon of the next operator follows the same migration id from status.
+    """
     rt = runtime()
     unanswered_since: float | None = None
     best_transferred = -1.0
     best_at = time.monotonic()
     cancelled = False
     while True:
+        if stopped and stop_action(stopped.reason) is StopAction.Leave:
+            raise Leaving()
         if stopped and not cancelled:
             cancelled = True
             link = rt.agents.get(run.source or "")
@@ -488,6 +522,10 @@ async def drive_migration(
                 failure.reason if failure else FailureReason.TargetLost,
                 (failure.message if failure else "The agents reported a failure without a reason.")
                 + f" {run.vm_name} keeps running on {run.source}."))
+    except Leaving:
+        logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "
+                    f"the next operator follows it")
+        return  # the claim and slots stay held: the migration is still in flight
     except MigrationFailedError as exc:
         logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
         await _finish(run, MigrationPhase.Failed, failure=exc)
