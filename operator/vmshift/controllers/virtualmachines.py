@@ -469,21 +469,34 @@ async def resync_forever(logger: logging.Logger) -> None:
 
     One loop for the fleet instead of a timer per VM: a pass compares every cached VM with the
     agents' last reports and the scheduler's view (no API calls) and reconciles only the VMs
-    :func:`resync_candidates` picks, each read fresh from the API server.
+    :func:`resync_candidates` picks, each read fresh from the API server. It runs under the
+    operator's supervisor (startup.py), which restarts it if anything escapes a pass.
     """
     await indexes.ready()
-    rt = runtime()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        entries = values(indexes.vm_index)
-        candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(), _deferred)
-        if candidates:
-            logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
-                        ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
-        for entry in candidates:
+        await resync_pass(logger)
+
+
+async def resync_pass(logger: logging.Logger) -> None:
+    """One comparison of the fleet with the agents; one VM's failure does not stop the others."""
+    rt = runtime()
+    entries = values(indexes.vm_index)
+    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(), _deferred)
+    if candidates:
+        logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
+                    ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
+    for entry in candidates:
+        try:
             body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
             if body is not None:
                 await _reconcile_logged(body, logger)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an API error, a bug: this VM waits for the next pass
+            _deferred.add(entry.key)
+            metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+            logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
 
 
 @kopf.on.delete(GROUP, VERSION, "virtualmachines")
