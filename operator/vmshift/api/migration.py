@@ -123,7 +123,8 @@ class MigrationFailure(ApiModel):
     reason: FailureReason = Field(
         description="A word from a closed set: IncompatibleProcessor, InsufficientResources, "
         "TargetUnschedulable, StorageNotShared, NotConverging, Timeout, AgentUnreachable, SourceLost, "
-        "TargetLost, AlreadyMigrating, PlacementConstraint, Cancelled."
+        "TargetLost, AlreadyMigrating, PlacementConstraint, Cancelled, VirtualMachineNotRunning, "
+        "MemoryMismatch (the memory that arrived differs from the source's; the target discarded it)."
     )
     message: str = Field(
         "", description="What went wrong, naming the hosts and VM, and what a person can do.", max_length=32768

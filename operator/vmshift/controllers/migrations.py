@@ -14,6 +14,7 @@ that lost it (restarted) makes the migration fail with SourceLost unless the tar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,44 @@ class MigrationFailedError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class Side(StrEnum):
+    source = "source"
+    target = "target"
+
+
+def agent_failure_reason(code: str, side: Side | None) -> FailureReason:
+    """The closed-set reason for an agent's refusal (pure).
+
+    Codes that are failure reasons already (InsufficientResources, IncompatibleProcessor, ...) pass
+    through. The others say what went wrong on which side: a source that does not hold the VM or
+    holds it in a state that cannot move, a target that already holds a copy, a migration id one of
+    them already knows; only an agent that did not answer (or refused our token) is AgentUnreachable.
+    """
+    if code in FailureReason.__members__:
+        return FailureReason(code)
+    if code == "InvalidState":
+        return FailureReason.VirtualMachineNotRunning if side is not Side.target else FailureReason.TargetUnschedulable
+    if code == "NotFound":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    if code == "Conflict":
+        return FailureReason.TargetUnschedulable if side is Side.target else FailureReason.AlreadyMigrating
+    if code == "PastCommitPoint":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    if code == "Internal":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    return FailureReason.AgentUnreachable
+
+
+class AgentRefusedError(Exception):
+    """An agent refused a call of the migration; ``side`` says which."""
+
+    def __init__(self, side: Side, host: str | None, error: AgentError) -> None:
+        super().__init__(str(error))
+        self.side = side
+        self.host = host
+        self.error = error
 
 
 def progress_status(agent: MigrationStatus) -> dict[str, Any]:
@@ -267,12 +306,18 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     vm = run.vm
     assert vm is not None and run.source is not None
     source_link, target_link = _link(run.source), _link(target)
-    info = await source_link.client.get_vm(vm.uid)
+    try:
+        info = await source_link.client.get_vm(vm.uid)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.source, run.source, exc) from None
     base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
     incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
                           vendor=source_link.info.vendor if source_link.info else None)
-    grant = await target_link.client.prepare_incoming(
-        IncomingMigrationRequest(migration_id=run.uid, vm=incoming, mode=mode))
+    try:
+        grant = await target_link.client.prepare_incoming(
+            IncomingMigrationRequest(migration_id=run.uid, vm=incoming, mode=mode))
+    except AgentError as exc:
+        raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
     memory = int(vm.spec.get("memoryMiB", 1024))
     timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
@@ -293,7 +338,12 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
     )
-    await source_link.client.start_migration(request)
+    try:
+        await source_link.client.start_migration(request)
+    except AgentError as exc:
+        with contextlib.suppress(AgentError):  # give the reservation back now, not at its expiry
+            await target_link.client.cancel_migration(run.uid)
+        raise AgentRefusedError(Side.source, run.source, exc) from None
 
 
 async def _agent_view(run: Run) -> MigrationStatus | None:
@@ -529,9 +579,14 @@ async def drive_migration(
     except MigrationFailedError as exc:
         logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
         await _finish(run, MigrationPhase.Failed, failure=exc)
-    except AgentError as exc:  # AgentUnreachableError included
-        reason = FailureReason(exc.code) if exc.code in FailureReason.__members__ else FailureReason.AgentUnreachable
+    except AgentRefusedError as exc:
         await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
-            reason, f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
-                    f"{run.vm_name} stays on {run.source}."))
+            agent_failure_reason(exc.error.code, exc.side),
+            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
+            f"{run.vm_name} stays on {run.source}."))
+    except AgentError as exc:  # AgentUnreachableError included
+        await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
+            agent_failure_reason(exc.code, None),
+            f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
+            f"{run.vm_name} stays on {run.source}."))
     await _collect_garbage(run)

@@ -49,7 +49,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
-from vmshift.hypervisor.guest import PAGE_SIZE, Guest, GuestMemory
+from vmshift.hypervisor.guest import PAGE_SIZE, CorruptPage, Guest, GuestMemory
 from vmshift.hypervisor.protocol import (
     MigrationFailure,
     MigrationRequest,
@@ -1028,6 +1028,10 @@ class TargetMigration:
                     raise _failure_from_peer(payload_json, FailureReason.SourceLost, "the source aborted")
                 else:
                     raise ProtocolError(f"unexpected frame {Frame(frame.kind).name} during transfer")
+        except CorruptPage as exc:
+            raise Failure(FailureReason.MemoryMismatch,
+                          f"a page arrived with other bytes than its version promises ({exc}); the partial VM "
+                          "was discarded and the VM keeps running on the source") from None
         except (StreamClosed, OSError) as exc:
             raise Failure(FailureReason.SourceLost,
                           f"the source went away during the copy after {record.pages_sent / 256:.1f} MiB "
@@ -1047,7 +1051,7 @@ class TargetMigration:
         record.source_digest = str(switchover.get("digest", ""))[:64]
         record.target_digest = digest
         if record.source_digest != digest:
-            raise Failure(FailureReason.TargetLost,
+            raise Failure(FailureReason.MemoryMismatch,
                           f"memory digest mismatch after the copy (source {record.source_digest}, target "
                           f"{digest}); the target discarded its copy and the VM keeps running on the source")
         heartbeat = switchover.get("heartbeat")
