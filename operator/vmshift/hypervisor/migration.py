@@ -947,7 +947,11 @@ class TargetMigration:
         self.resolve_token = token if isinstance(token, str) and 16 <= len(token) <= 128 else None
         try:
             try:
-                await stream.send_control(Frame.WELCOME, {"resolvePort": self.host.migration_port})
+                try:
+                    await stream.send_control(Frame.WELCOME, {"resolvePort": self.host.migration_port})
+                except (StreamClosed, OSError) as exc:
+                    raise Failure(FailureReason.SourceLost, f"the source went away at the handshake ({exc}); "
+                                  "the reservation was released") from None
                 switchover = await self._receive(stream)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -961,6 +965,12 @@ class TargetMigration:
                 await stream.send(control_frame(Frame.ABORT, {
                     "reason": failure.reason.value, "message": failure.message}), within=1.0)
             self._discard(failure)
+            return
+        except Exception as exc:  # a bug must not keep the reservation (or the copy) forever
+            log.exception("incoming migration %s failed unexpectedly", self.migration_id)
+            if not self.committed:
+                self._discard(Failure(FailureReason.SourceLost, f"internal error on the target: {exc!r}; the "
+                                      "partial VM was discarded"))
             return
         with contextlib.suppress(StreamClosed, OSError, ProtocolError, TimeoutError):
             await stream.send_control(Frame.RESUMED, {"digest": record.target_digest,
@@ -1036,7 +1046,7 @@ class TargetMigration:
             raise Failure(FailureReason.SourceLost,
                           f"the source went away during the copy after {record.pages_sent / 256:.1f} MiB "
                           f"({exc}); the partial VM was discarded") from None
-        except (ProtocolError, ValueError, TypeError) as exc:
+        except (ProtocolError, ValueError, TypeError, ArithmeticError) as exc:
             raise Failure(FailureReason.SourceLost,
                           f"the source broke the migration protocol ({exc}); the partial VM was discarded") \
                 from None
