@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 
 from vmshift.api.reasons import FailureReason
-from vmshift.controllers.migrations import Side, StopAction, agent_failure_reason, stop_action
+from vmshift.controllers.migrations import ProgressWatch, Side, StopAction, agent_failure_reason, stop_action
 
 R = kopf.DaemonStoppingReason
 
@@ -35,3 +35,21 @@ def test_agent_refusals_get_words_from_the_closed_set_by_side() -> None:
     for code in ("InvalidState", "NotFound", "Conflict", "Internal", "PastCommitPoint"):
         for side in (Side.source, Side.target, None):
             assert agent_failure_reason(code, side) is not F.AgentUnreachable, (code, side)
+
+
+def test_the_progress_timeout_watches_the_remaining_memory_not_bytes_sent() -> None:
+    watch = ProgressWatch(timeout=10)
+    # A hot guest: the link stays busy (bytes sent grow) but the remaining set hovers at its hot set.
+    assert not watch.stalled(64.0, now=0)
+    assert not watch.stalled(16.0, now=1)
+    for t in range(2, 12):
+        assert not watch.stalled(16.0 + (t % 2), now=t)
+    assert watch.stalled(16.5, now=12), "11 s without shrinking below 16 MiB"
+
+
+def test_a_remaining_set_that_keeps_shrinking_never_times_out() -> None:
+    watch = ProgressWatch(timeout=10)
+    remaining = 1024.0
+    for t in range(0, 100, 5):
+        assert not watch.stalled(remaining, now=t)
+        remaining *= 0.9

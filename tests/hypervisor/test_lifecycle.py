@@ -14,7 +14,7 @@ from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.hypervisor.client import HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration import Frame, FrameStream, open_stream
-from vmshift.hypervisor.protocol import IncomingMigrationRequest, VmState
+from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, VmState
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,3 +95,40 @@ async def test_a_source_gone_at_welcome_releases_the_reservation(clients: Client
         stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         stream.close()  # RST: the WELCOME the target is about to send has nowhere to go
         await _released(h2, "gone", f"mig-gone-{attempt}")
+
+
+async def test_a_hot_guest_ends_not_converging_within_a_few_rounds_not_at_the_timeout(clients: Clients) -> None:
+    """A guest writing 400 MiB/s in a 4 MiB hot set against a 20 Mbit/s link (~2.4 MiB/s), a 1 ms downtime
+    budget, the default ladder's throttle (20 % + 10 % up to 99 %), quick allowed, a 60 s timeout. Even at
+    99 % the guest writes faster than the link, and quick would pause far over 1 ms: it must fail
+    NotConverging after the stall rounds, not climb the throttle round after round into Timeout."""
+    h1, h2 = clients
+    await running_vm(h1, "scorching", memory_mib=8, dirty=400, working_set=4, prefill=8)
+    try:
+        await begin_migration(h1, h2, "scorching", "mig-scorching", bandwidth_mbps=20, stall_rounds=3,
+                              auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                                                         max_percent=99),
+                              fallback_to_quick=True, max_downtime_ms=1, timeout_seconds=60)
+        source = await finished(h1, "mig-scorching", within=75)
+        assert source.phase is MigrationPhase.Failed and source.failure is not None, source.model_dump_json()
+        assert source.failure.reason is FailureReason.NotConverging, source.model_dump_json()
+        assert source.round <= 5, f"{source.round} rounds before giving up"
+        assert "maxDowntimeMs" in source.failure.message and "throttle" in source.failure.message
+        await heartbeat_grows(h1, "scorching")
+        assert (await h1.get_vm("scorching")).throttle_percent == 0
+    finally:
+        await h1.delete_vm("scorching", force=True)
+
+
+async def test_a_guest_that_throttling_can_tame_climbs_the_throttle_every_stalled_round(clients: Clients) -> None:
+    """Auto-converge that can help (100 MiB/s at 99 % is 1 MiB/s, under the link's 4.8): after the stall
+    rounds the throttle rises a step after each round that still does not shrink, and it converges."""
+    h1, h2 = clients
+    await running_vm(h1, "warm", memory_mib=8, dirty=100, working_set=2, prefill=8)
+    await begin_migration(h1, h2, "warm", "mig-warm", bandwidth_mbps=40, stall_rounds=2,
+                          auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                                                     max_percent=99), timeout_seconds=90)
+    source = await finished(h1, "mig-warm", within=100)
+    assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()
+    assert source.throttle_percent >= 20 and source.source_digest == source.target_digest
+    await h2.delete_vm("warm", force=True)

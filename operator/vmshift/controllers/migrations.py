@@ -136,6 +136,27 @@ class AgentRefusedError(Exception):
         self.error = error
 
 
+@dataclass
+class ProgressWatch:
+    """progressTimeoutSeconds as documented: the remaining memory has not shrunk for that long (pure).
+
+    Bytes sent are no measure: a guest that re-dirties its hot set keeps the link busy forever
+    while the remaining set stays where it was.
+    """
+
+    timeout: float
+    best: float = float("inf")
+    since: float | None = None
+
+    def stalled(self, remaining_mib: float, now: float) -> bool:
+        """Record one report; True once ``remaining_mib`` has not gone below its lowest for ``timeout`` s."""
+        if self.since is None or remaining_mib < self.best - 0.01:
+            self.best = min(self.best, remaining_mib)
+            self.since = now
+            return False
+        return now - self.since > self.timeout
+
+
 def progress_status(agent: MigrationStatus) -> dict[str, Any]:
     """The API's progress and rounds from an agent's report (pure)."""
     eta = None
@@ -374,8 +395,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
     """
     rt = runtime()
     unanswered_since: float | None = None
-    best_transferred = -1.0
-    best_at = time.monotonic()
+    watch = ProgressWatch(progress_timeout)
     cancelled = False
     while True:
         if stopped and stop_action(stopped.reason) is StopAction.Leave:
@@ -401,14 +421,20 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
         unanswered_since = None
         if report.phase.finished:
             return report
-        if report.transferred_mib > best_transferred + 0.01:
-            best_transferred, best_at = report.transferred_mib, time.monotonic()
-        elif time.monotonic() - best_at > progress_timeout and not cancelled:
+        if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
+                and report.phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
             if link is not None:
-                await link.client.cancel_migration(run.uid)
+                try:
+                    await link.client.cancel_migration(run.uid)
+                except AgentError as exc:
+                    if exc.code == "PastCommitPoint":  # too late: the target owns the VM; follow to the end
+                        cancelled = True
+                        continue
+                    raise
             raise MigrationFailedError(FailureReason.Timeout,
-                                       f"No data moved for {progress_timeout:.0f} s (progressTimeoutSeconds of policy "
+                                       f"The remaining memory has not shrunk below {watch.best:.1f} MiB for "
+                                       f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
         if time.monotonic() - run.last_patch >= PATCH_INTERVAL:

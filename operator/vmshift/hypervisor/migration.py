@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import PAGE_SIZE, CorruptPage, Guest, GuestMemory
+from vmshift.hypervisor.precopy import Ladder, RoundFacts, Step, next_step
 from vmshift.hypervisor.protocol import (
     MigrationFailure,
     MigrationRequest,
@@ -80,8 +81,6 @@ CONNECT_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
 SEND_STALL_TIMEOUT = 30.0
 RESUMED_TIMEOUT = 10.0
-#: Consecutive rounds that shrink the remaining set by less than this count as stalled.
-STALL_SHRINK = 0.95
 #: Rounds kept in a record's history.
 ROUND_HISTORY = 64
 
@@ -675,44 +674,40 @@ class SourceMigration:
         request = self.request
         record = self.record
         memory = self.memory
+        auto = request.auto_converge
+        ladder = Ladder(threshold_ms=request.threshold_ms, max_rounds=request.max_rounds,
+                        stall_rounds=request.stall_rounds, auto_converge=auto.enabled,
+                        throttle_initial=auto.initial_percent, throttle_step=auto.step_percent,
+                        throttle_max=auto.max_percent, fallback_to_quick=request.fallback_to_quick,
+                        max_downtime_ms=request.max_downtime_ms)
         memory.take_dirty()
         await self._round(0, range(memory.pages))
         sent_last = memory.pages
         round_index = 0
         stalled = 0
-        auto = request.auto_converge
         while True:
             self.guest.advance()
             dirty = memory.dirty_count()
-            if dirty <= self._link_rate() * request.threshold_ms / 1000 / PAGE_SIZE:
+            decision = next_step(RoundFacts(
+                round_index=round_index, remaining_bytes=dirty * PAGE_SIZE, sent_bytes=sent_last * PAGE_SIZE,
+                link_rate=self._link_rate(), write_rate=record.dirty_rate_mib_ps * 2**20,
+                throttle_percent=self.guest.throttle_percent, stalled=stalled), ladder)
+            stalled = decision.stalled
+            if decision.step is Step.SwitchOver:
                 await self._switchover(quick=False)
                 return
-            if round_index >= 1 and dirty > STALL_SHRINK * sent_last:
-                stalled += 1
-            else:
-                stalled = 0
-            at_limit = round_index + 1 >= request.max_rounds
-            if stalled >= request.stall_rounds or at_limit:
-                if auto.enabled and self.guest.throttle_percent < auto.max_percent and not at_limit:
-                    current = self.guest.throttle_percent
-                    throttle = min(current + auto.step_percent if current else auto.initial_percent, auto.max_percent)
-                    self.guest.set_throttle(throttle)
-                    record.throttle_percent = throttle
-                    stalled = 0
-                    log.info("migration %s: auto-converge throttles the guest to %.0f %%",
-                             self.migration_id, throttle)
-                elif request.fallback_to_quick:
-                    predicted_ms = dirty * PAGE_SIZE / self._link_rate() * 1000
-                    if request.max_downtime_ms is not None and predicted_ms > request.max_downtime_ms:
-                        raise Failure(FailureReason.NotConverging, self._not_converging(
-                            dirty, round_index, f"a quick switchover would pause the guest ~{predicted_ms:.0f} ms, "
-                            f"over maxDowntimeMs={request.max_downtime_ms:g}"))
-                    log.info("migration %s: pre-copy does not converge, falling back to quick", self.migration_id)
-                    record.mode = MigrationMode.Quick
-                    await self._switchover(quick=True)
-                    return
-                else:
-                    raise Failure(FailureReason.NotConverging, self._not_converging(dirty, round_index, None))
+            if decision.step is Step.Throttle:
+                self.guest.set_throttle(decision.throttle_percent)
+                record.throttle_percent = decision.throttle_percent
+                log.info("migration %s: %s", self.migration_id, decision.why)
+            elif decision.step is Step.Quick:
+                log.info("migration %s: pre-copy does not converge (%s), falling back to quick", self.migration_id,
+                         decision.why)
+                record.mode = MigrationMode.Quick
+                await self._switchover(quick=True)
+                return
+            elif decision.step is Step.Fail:
+                raise Failure(FailureReason.NotConverging, self._not_converging(dirty, round_index, decision.why))
             round_index += 1
             pages = sorted(memory.take_dirty())
             await self._round(round_index, pages)
