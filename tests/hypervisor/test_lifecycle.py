@@ -9,16 +9,22 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, running_vm, vm_state
+from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationPhase
-from vmshift.hypervisor.client import HypervisorClient, begin_migration, incoming_vm
+from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration import Frame, FrameStream, open_stream
-from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, VmState
+from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, MigrationStatus, VmState
 
 pytestmark = pytest.mark.timeout(180)
 
 Clients = tuple[HypervisorClient, HypervisorClient]
+
+
+async def assert_only_on(owner: HypervisorClient, other: HypervisorClient, vm_id: str) -> None:
+    """The VM runs on ``owner`` (its heartbeat moves there) and nowhere on ``other``."""
+    await heartbeat_grows(owner, vm_id)
+    assert await vm_state(other, vm_id) in (None, VmState.MigratedAway), f"{vm_id} is also on {other.endpoint}"
 
 
 @pytest.fixture
@@ -132,3 +138,76 @@ async def test_a_guest_that_throttling_can_tame_climbs_the_throttle_every_stalle
     assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()
     assert source.throttle_percent >= 20 and source.source_digest == source.target_digest
     await h2.delete_vm("warm", force=True)
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _in_doubt(h1: HypervisorClient, migration_id: str) -> MigrationStatus:
+    async def check() -> MigrationStatus | None:
+        status = await h1.get_migration(migration_id)
+        assert not status.phase.finished, f"the source decided alone: {status.model_dump_json()}"
+        return status if status.in_doubt else None
+    return await poll(check, f"migration {migration_id} to be reported in doubt", 40)
+
+
+async def test_a_switchover_in_doubt_never_resumes_the_source_while_the_target_runs_it(
+        clients: Clients, pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """The target resumed; its RESUMED is lost and the source cannot reach it again (refused: a partition).
+    The source must keep its copy paused and report the migration in doubt, not resume it (two running
+    copies); once told what the target said, it releases its copy."""
+    h1, h2 = clients
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=2, resolve_port=_closed_port())
+    port = await proxy.start()
+    try:
+        await running_vm(h1, "doubt-resumed", memory_mib=32, dirty=5, working_set=1, prefill=32)
+        await begin_migration(h1, h2, "doubt-resumed", "mig-doubt-resumed", bandwidth_mbps=2000,
+                              target_address=("127.0.0.1", port))
+        target = await finished(h2, "mig-doubt-resumed")
+        assert target.phase is MigrationPhase.Succeeded and target.committed, target.model_dump_json()
+        source = await _in_doubt(h1, "mig-doubt-resumed")
+    finally:
+        await proxy.close()
+    assert source.phase is MigrationPhase.SwitchingOver and not source.committed, source.model_dump_json()
+    assert await vm_state(h1, "doubt-resumed") is VmState.Paused, "the source resumed a copy the target runs"
+    with pytest.raises(AgentError) as refused:
+        await h1.cancel_migration("mig-doubt-resumed")
+    assert refused.value.code == "PastCommitPoint"
+    await h1.resolve_migration("mig-doubt-resumed", target_resumed=True)
+    source = await finished(h1, "mig-doubt-resumed")
+    assert source.phase is MigrationPhase.Succeeded and source.committed and not source.in_doubt
+    await assert_only_on(h2, h1, "doubt-resumed")
+    await h2.delete_vm("doubt-resumed", force=True)
+
+
+async def test_a_switchover_in_doubt_resumes_the_source_only_on_the_targets_word(
+        clients: Clients, pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """The SWITCHOVER never reached the target and the source cannot ask it: in doubt, paused. The target,
+    asked by someone who can reach it, cancels (it never resumed and now never will); passed on, the source
+    resumes its copy."""
+    h1, h2 = clients
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_source_frame=Frame.SWITCHOVER,
+                          resolve_port=_closed_port())
+    port = await proxy.start()
+    try:
+        await running_vm(h1, "doubt-kept", memory_mib=32, dirty=5, working_set=1, prefill=32)
+        await begin_migration(h1, h2, "doubt-kept", "mig-doubt-kept", bandwidth_mbps=2000,
+                              target_address=("127.0.0.1", port))
+        await _in_doubt(h1, "mig-doubt-kept")
+    finally:
+        await proxy.close()
+    assert await vm_state(h1, "doubt-kept") is VmState.Paused
+    target = await h2.cancel_migration("mig-doubt-kept")
+    assert not target.committed
+    target = await finished(h2, "mig-doubt-kept")
+    assert target.phase in (MigrationPhase.Failed, MigrationPhase.Cancelled) and not target.committed
+    await h1.resolve_migration("mig-doubt-kept", target_resumed=False)
+    source = await finished(h1, "mig-doubt-kept")
+    assert source.phase is MigrationPhase.Failed and source.failure is not None, source.model_dump_json()
+    assert source.failure.reason is FailureReason.TargetLost and not source.committed
+    await assert_only_on(h1, h2, "doubt-kept")
+    await h1.delete_vm("doubt-kept", force=True)

@@ -506,6 +506,15 @@ class Host:
                            "target and the migration will finish")
         return migration.record.status()
 
+    def resolve_migration(self, migration_id: str, target_resumed: bool) -> MigrationStatus:
+        """Settle a source in doubt with what its target states it did (the operator passes it on)."""
+        migration = self.migration(migration_id)
+        if not isinstance(migration, SourceMigration) or not migration.settle(target_resumed):
+            raise ApiError(409, ErrorCode.InvalidState,
+                           f"migration {migration_id} on host {self.config.name} is not a source in doubt "
+                           f"({migration.record.role.value}, {migration.record.phase.value}); nothing to resolve")
+        return migration.record.status()
+
     def _remember(self, migration: Migration) -> None:
         self.migrations[migration.migration_id] = migration
         finished = [k for k, m in self.migrations.items() if m.record.finished]
