@@ -5,7 +5,15 @@ from __future__ import annotations
 import kopf
 
 from vmshift.api.reasons import FailureReason
-from vmshift.controllers.migrations import ProgressWatch, Side, StopAction, agent_failure_reason, stop_action
+from vmshift.controllers.migrations import (
+    ProgressWatch,
+    Side,
+    StopAction,
+    agent_failure_reason,
+    stop_action,
+    target_verdict,
+)
+from vmshift.hypervisor.protocol import MigrationStatus
 
 R = kopf.DaemonStoppingReason
 
@@ -53,3 +61,21 @@ def test_a_remaining_set_that_keeps_shrinking_never_times_out() -> None:
     for t in range(0, 100, 5):
         assert not watch.stalled(remaining, now=t)
         remaining *= 0.9
+
+
+def _status(phase: str, committed: bool = False) -> MigrationStatus:
+    return MigrationStatus.model_validate({"migrationId": "m", "vmId": "v", "role": "target", "mode": "Live",
+                                           "phase": phase, "committed": committed})
+
+
+def test_only_the_targets_own_word_settles_a_switchover_in_doubt() -> None:
+    assert target_verdict(None, "PastCommitPoint", None) is True
+    assert target_verdict(_status("Succeeded", committed=True), None, None) is True
+    assert target_verdict(_status("Failed"), None, None) is False
+    assert target_verdict(_status("Cancelled"), None, None) is False
+    assert target_verdict(None, "NotFound", False) is False, "a restarted target holds no copy"
+    # Nothing proves anything yet: no answer, a cancel still being applied, an unknown migration with a copy.
+    assert target_verdict(None, "AgentUnreachable", None) is None
+    assert target_verdict(_status("Transferring"), None, None) is None
+    assert target_verdict(None, "NotFound", True) is None
+    assert target_verdict(None, "NotFound", None) is None

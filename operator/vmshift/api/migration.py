@@ -155,6 +155,11 @@ class VirtualMachineMigrationStatus(ConditionsStatus):
     memoryVerified: bool | None = Field(
         None, description="Whether the target's memory digest matched the source's at switchover."
     )
+    inDoubt: bool | None = Field(
+        None, description="True while the switchover is in doubt: the source sent it but cannot ask the target "
+        "whether it resumed the guest (a partition, a dead host), so the guest stays paused on the source until "
+        "the target's agent answers. The condition Ready says what to do.",
+    )
     startedAt: datetime | None = Field(None, description="When the transfer started.")
     finishedAt: datetime | None = Field(None, description="When the migration ended.")
     failure: MigrationFailure | None = Field(None, description="Why it did not succeed, when it did not.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.agents import AgentLink
+from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
 from vmshift.controllers.views import VMEntry, vm_view
@@ -134,6 +135,28 @@ class AgentRefusedError(Exception):
         self.side = side
         self.host = host
         self.error = error
+
+
+def target_verdict(status: MigrationStatus | None, error_code: str | None,
+                   target_holds_vm: bool | None) -> bool | None:
+    """What the target states about a switchover in doubt, from its answer to a cancel (pure).
+
+    True: it resumed the guest (the cancel came past its commit point, or its record is committed).
+    False: it did not and never will (its record ended uncommitted, or it knows no such migration
+    and holds no copy of the VM: it restarted). None: nothing can be concluded yet (unreachable, or
+    the cancel is still being applied).
+    """
+    if error_code == "PastCommitPoint":
+        return True
+    if error_code == "NotFound":
+        return False if target_holds_vm is False else None
+    if error_code is not None or status is None:
+        return None
+    if status.committed or status.phase is MigrationPhase.Succeeded:
+        return True
+    if status.phase.finished:
+        return False
+    return None
 
 
 @dataclass
@@ -396,6 +419,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
     rt = runtime()
     unanswered_since: float | None = None
     watch = ProgressWatch(progress_timeout)
+    doubt = _Doubt()
     cancelled = False
     while True:
         if stopped and stop_action(stopped.reason) is StopAction.Leave:
@@ -421,6 +445,10 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
         unanswered_since = None
         if report.phase.finished:
             return report
+        if report.in_doubt:
+            await _in_doubt(run, report, doubt)
+            await asyncio.sleep(POLL_INTERVAL)
+            continue
         if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
                 and report.phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
@@ -447,6 +475,59 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
         await asyncio.sleep(POLL_INTERVAL)
 
 
+@dataclass
+class _Doubt:
+    reported: bool = False
+    asked_at: float = 0.0
+
+
+#: Seconds between two questions to the target of a migration in doubt.
+DOUBT_ASK_INTERVAL = 2.0
+
+
+async def _in_doubt(run: Run, report: MigrationStatus, doubt: _Doubt) -> None:
+    """The source sent the switchover but cannot ask the target whether it resumed: its copy stays
+    paused. Say so once (a condition and a Warning event a person can act on), then ask the target
+    ourselves (the operator may reach it when the source cannot) and pass its word on to the source."""
+    if not doubt.reported:
+        doubt.reported = True
+        message = (f"In doubt: {run.source} sent the switchover of {run.vm_name} to {run.target} but cannot ask "
+                   f"it whether it resumed the guest, so {run.vm_name} stays paused on {run.source} (resuming it "
+                   f"could run two copies). It is settled as soon as {run.target}'s agent answers; if {run.target} "
+                   f"is gone for good, restore its agent or power the host off and delete its Host.")
+        await run.set_phase(MigrationPhase.SwitchingOver, "InDoubt", message, inDoubt=True)
+        kopf.warn(run.body, reason="InDoubt", message=message)
+        kopf.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
+    if time.monotonic() - doubt.asked_at < DOUBT_ASK_INTERVAL:
+        return
+    doubt.asked_at = time.monotonic()
+    target_link = runtime().agents.get(run.target or "")
+    source_link = runtime().agents.get(run.source or "")
+    if target_link is None or source_link is None:
+        return
+    status: MigrationStatus | None = None
+    code: str | None = None
+    holds: bool | None = None
+    try:
+        status = await target_link.client.cancel_migration(run.uid)
+    except AgentUnreachableError:
+        return
+    except AgentError as exc:
+        code = exc.code
+        if code == "NotFound" and run.vm is not None:
+            try:
+                holds = (await target_link.client.get_vm(run.vm.uid)).state in RESIDENT
+            except AgentError as vm_exc:
+                holds = False if vm_exc.status == 404 else None
+    verdict = target_verdict(status, code, holds)
+    if verdict is None:
+        return
+    try:
+        await source_link.client.resolve_migration(run.uid, verdict)
+    except AgentError as exc:  # it settled itself meanwhile, or cannot be reached: the next report tells
+        logging.getLogger("vmshift.migrations").info("resolving %s on %s: %s", run.key, run.source, exc)
+
+
 def _progress_message(run: Run, report: MigrationStatus) -> str:
     return (f"Round {report.round}: {report.transferred_mib:.0f} MiB sent, {report.remaining_mib:.1f} MiB left, "
             f"guest dirties {report.dirty_rate_mib_ps:.0f} MiB/s, link {report.throughput_mbps:.0f} Mbps.")
@@ -457,7 +538,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": _now()}
+    extra: dict[str, Any] = {"finishedAt": _now(), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
