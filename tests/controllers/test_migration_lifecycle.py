@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import kopf
 
-from vmshift.api.reasons import FailureReason
+from tests.scheduling.strategies import host, vm
+from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.controllers.migrations import (
     ProgressWatch,
     Side,
     StopAction,
     agent_failure_reason,
+    decide_move,
     stop_action,
     target_verdict,
 )
 from vmshift.hypervisor.protocol import MigrationStatus
+from vmshift.scheduling.fleet import Fleet
+from vmshift.scheduling.policy import DEFAULT_POLICY
 
 R = kopf.DaemonStoppingReason
 
@@ -79,3 +83,13 @@ def test_only_the_targets_own_word_settles_a_switchover_in_doubt() -> None:
     assert target_verdict(_status("Transferring"), None, None) is None
     assert target_verdict(None, "NotFound", True) is None
     assert target_verdict(None, "NotFound", None) is None
+
+
+def test_a_second_look_checks_the_admitted_target_and_never_picks_another() -> None:
+    a = host("a", allocated_memory_mib=65_536)
+    b = host("b")  # emptiest: the scheduler's pick
+    c = host("c", allocated_memory_mib=131_072)  # admitted earlier, when it was the emptiest
+    moving = vm("web", on=a, compatibility=True)
+    fleet_now = Fleet([a, b, c])
+    assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, None).target == "b"
+    assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, "c").target == "c"

@@ -44,6 +44,7 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
 )
 from vmshift.scheduling.compatibility import blocking, check_target
+from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
 from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
 from vmshift.scheduling.queue import MigrationRequest as QueueRequest
@@ -276,8 +277,45 @@ def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
 
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView]) -> tuple[str, MigrationMode, str]:
-    """Every check of DESIGN.md §3; returns (target, mode, why) or raises MigrationFailedError."""
+@dataclass(frozen=True)
+class Move:
+    """Where and how a migration goes, and why (the sentence for status)."""
+
+    target: str
+    mode: MigrationMode
+    why: str
+
+
+def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
+    """Every check of DESIGN.md §3 for one move (pure); raises MigrationFailedError when it cannot happen.
+
+    ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
+    that host is checked: a second look never picks another one (status, the queue's slots and the
+    target's reservation all name the first).
+    """
+    if target:
+        problems = check_target(view, target, now, moving=True)
+    else:
+        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and policy.allows_quick)
+        if isinstance(choice, Refusal):
+            raise MigrationFailedError(choice.reason, choice.message)
+        target = choice.host
+        problems = check_target(view, target, now, moving=True)
+    source = now.host(view.host) if view.host else None
+    target_view = now.host(target)
+    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
+    mode = choose_mode(requested, view, policy, problems, bandwidth_mbps=min(links) if links else None)
+    if mode.mode is None:
+        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
+    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
+    if hard:
+        raise MigrationFailedError(hard[0].reason, hard[0].message)
+    return Move(target, mode.mode, mode.message)
+
+
+async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
+                    admitted: str | None = None) -> Move:
+    """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
@@ -287,30 +325,14 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
     if not vm.host:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"{run.vm_name} runs on no host yet (phase {vm.phase}); migrate it once it runs.")
+    if admitted is not None and run.source is not None and vm.host != run.source:
+        raise MigrationFailedError(FailureReason.SourceLost,
+                                   f"{run.vm_name} left {run.source} (it is on {vm.host} now) while this migration "
+                                   f"waited; create the migration again if it should still move.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    now = fleet(fresh=True)
-    view = vm_view(vm)
     requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
-    target = spec.get("targetHost")
-    if target:
-        problems = check_target(view, target, now, moving=True)
-    else:
-        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and run.policy.allows_quick)
-        if isinstance(choice, Refusal):
-            raise MigrationFailedError(choice.reason, choice.message)
-        target = choice.host
-        problems = check_target(view, target, now, moving=True)
-    source = now.host(vm.host)
-    target_view = now.host(target)
-    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
-    mode = choose_mode(requested, view, run.policy, problems, bandwidth_mbps=min(links) if links else None)
-    if mode.mode is None:
-        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
-    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
-    if hard:
-        raise MigrationFailedError(hard[0].reason, hard[0].message)
-    return target, mode.mode, mode.message
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
@@ -641,7 +663,8 @@ async def drive_migration(
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
                 run.target = spec.get("targetHost")
-                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
+                move = await _validate(run, spec, values(indexes.policy_index))
+                target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode
                 try:
                     rt.gate.claim(run.vm_key, run.key)
@@ -655,7 +678,10 @@ async def drive_migration(
                     return
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
-                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
+                # A second look at the admitted target (the fleet moved while this request waited).
+                move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
+                mode, why = move.mode, move.why
+                run.mode = mode
                 await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
                     "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
                 await _prepare_and_start(run, target, mode, spec)
