@@ -7,10 +7,16 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 
+import kopf
 import pytest
 
+from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.controllers import migrations
+from vmshift.controllers.migrations import Run
+from vmshift.controllers.runtime import reset_runtime, runtime
+from vmshift.controllers.views import VMEntry
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration import Frame, FrameStream, open_stream
@@ -211,3 +217,37 @@ async def test_a_switchover_in_doubt_resumes_the_source_only_on_the_targets_word
     assert source.failure.reason is FailureReason.TargetLost and not source.committed
     await assert_only_on(h1, h2, "doubt-kept")
     await h1.delete_vm("doubt-kept", force=True)
+
+
+async def test_the_operator_settles_a_switchover_in_doubt_with_the_targets_word(
+        clients: Clients, pair: tuple[AgentProcess, AgentProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source cannot reach the target, the operator can: it asks the target (which had resumed) and
+    passes its word on; the source releases its paused copy."""
+    h1, h2 = clients
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=2, resolve_port=_closed_port())
+    port = await proxy.start()
+    try:
+        await running_vm(h1, "settled", memory_mib=32, dirty=5, working_set=1, prefill=32)
+        await begin_migration(h1, h2, "settled", "mig-settled", bandwidth_mbps=2000,
+                              target_address=("127.0.0.1", port))
+        report = await _in_doubt(h1, "mig-settled")
+    finally:
+        await proxy.close()
+    monkeypatch.setenv("VMSHIFT_AGENT_TOKEN", TOKEN)
+    reset_runtime()
+    agents = runtime().agents
+    try:
+        for name, agent in (("h1", pair[0]), ("h2", pair[1])):
+            await agents.poll(await agents.link(name, {"agent": {"endpoint": agent.endpoint}}))
+        vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={}, spec={}, host="h1", phase="Migrating",
+                     processor=None, generation=1)
+        run = Run(name="m", namespace="tests", uid="mig-settled", vm_name="settled", generation=1,
+                  body=kopf.Body({}), source="h1", target="h2", vm=vm)
+        await migrations._in_doubt(run, report, migrations._Doubt(reported=True))
+        source = await finished(h1, "mig-settled")
+    finally:
+        await agents.close()
+        reset_runtime()
+    assert source.phase is MigrationPhase.Succeeded and source.committed, source.model_dump_json()
+    await assert_only_on(h2, h1, "settled")
+    await h2.delete_vm("settled", force=True)
