@@ -553,6 +553,12 @@ async def _resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger
             logger.error("resync: %s runs on %s and nothing says which copy is right; a person must stop one",
                          entry.key, ", ".join(hosts))
             continue
+        keeper = rt.agents.get(keep)
+        try:
+            if keeper is None or (await keeper.client.get_vm(vm_id)).state is not VmState.Running:
+                continue  # the reports are a poll old: look again next pass
+        except AgentError:
+            continue
         for host in hosts:
             if host == keep:
                 continue
