@@ -9,6 +9,9 @@ Crash safety: the migration id given to the agents is the object's uid, and the 
 truth. A daemon that starts on a migration already past Pending asks the source agent for that id
 and follows it, or, if the agent never heard of it, starts again from validation; a source agent
 that lost it (restarted) makes the migration fail with SourceLost unless the target committed.
+Only a deletion cancels: an operator that exits or pauses leaves its migrations to the agents
+(stop_action). A switchover in doubt (the source cannot ask the target) stays SwitchingOver with
+reason InDoubt until the target's own word settles it (target_verdict).
 """
 
 from __future__ import annotations
