@@ -63,5 +63,4 @@ def test_the_namespace_comes_from_the_environment_then_the_service_account(tmp_p
     assert operator_namespace({"VMSHIFT_NAMESPACE": "from-env"}, sa_file) == "from-env"
     sa_file.write_text("from-pod\n")
     assert operator_namespace({}, sa_file) == "from-pod"
-    with pytest.raises(TokenSecretError, match="set VMSHIFT_NAMESPACE"):
-        operator_namespace({}, tmp_path / "absent")
+    assert operator_namespace({}, tmp_path / "absent") == "vmshift-system"

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["VMSHIFT_AGENT_POLL_SECONDS"] = str(args.agent_poll_seconds)
     if args.keep_finished_migrations is not None:
         os.environ["VMSHIFT_KEEP_FINISHED_MIGRATIONS"] = str(args.keep_finished_migrations)
+    if args.namespace:  # the one namespace the token Secrets are made and read in
+        os.environ["VMSHIFT_NAMESPACE"] = args.namespace
     if args.agent_token_secret or args.webhook_token_secret:
         try:
             webhook_token = ensure_tokens(args)
@@ -105,7 +107,7 @@ def ensure_tokens(args: argparse.Namespace) -> str | None:
     from vmshift.controllers import kubeapi, tokens
     from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
 
-    namespace = args.namespace or tokens.operator_namespace()
+    namespace = tokens.operator_namespace()
     kubeapi.configure()
     core = kubernetes.client.CoreV1Api()
     log = logging.getLogger("vmshift.tokens")

@@ -13,7 +13,6 @@ so a host does not flap on one lost request.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from vmshift.controllers import kubeapi
+from vmshift.controllers.tokens import operator_namespace
 from vmshift.controllers.views import AgentFacts
 from vmshift.hypervisor.client import AgentError, HypervisorClient, clean, shared_pool
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
@@ -48,17 +48,11 @@ def poll_delay(interval: float, failures: int, cap: float = MAX_POLL_BACKOFF_SEC
         return interval
     return max(interval, min(cap, interval * 2.0 ** (failures - FAILURES_TO_UNREACHABLE + 1)))
 
-#: The namespace the operator runs in, where the agents' token Secrets live (and nowhere else).
-DEFAULT_NAMESPACE = "vmshift-system"
 #: Annotation of a token Secret naming the Hosts that may use it: Host names separated by commas, or
 #: ``*`` for every Host. The Secret's owner decides where its token may be sent, not a Host's author.
 AGENT_HOSTS_ANNOTATION = "vmshift.io/agent-hosts"
 #: What of an agent's error message reaches a Host's status and events, at most.
 MAX_ERROR_TEXT = 300
-
-
-def operator_namespace() -> str:
-    return os.environ.get("VMSHIFT_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 def sanitized(text: str) -> str:

@@ -20,6 +20,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 TOKEN_KEY = "token"
+#: Where the install puts the operator; the namespace of last resort outside a pod.
+DEFAULT_NAMESPACE = "vmshift-system"
 #: The namespace a pod runs in, as Kubernetes mounts it with the service account's credentials.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LABELS = {"app.kubernetes.io/part-of": "vmshift", "app.kubernetes.io/managed-by": "vmshift-operator"}
@@ -30,15 +32,13 @@ class TokenSecretError(Exception):
 
 
 def operator_namespace(env: Mapping[str, str] | None = None, sa_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
-    """``VMSHIFT_NAMESPACE``, else the namespace of the pod's service account; an error outside a pod."""
+    """The operator's own namespace, where its token Secrets live (and the only one it reads Secrets
+    in): ``VMSHIFT_NAMESPACE`` (``--namespace``), else the pod's service account's, else vmshift-system."""
     env = os.environ if env is None else env
     namespace = (env.get("VMSHIFT_NAMESPACE") or "").strip()
     if not namespace and sa_file.exists():
         namespace = sa_file.read_text().strip()
-    if not namespace:
-        raise TokenSecretError("the operator's namespace is unknown: set VMSHIFT_NAMESPACE (or --namespace); in a "
-                               "pod it is read from the service account")
-    return namespace
+    return namespace or DEFAULT_NAMESPACE
 
 
 def new_token() -> str:
