@@ -1,6 +1,7 @@
 # vmshift: `make demo` runs the demo on the embedded control plane; `make test` runs every check.
 # Both set up what they need on a fresh machine: a virtualenv in .venv and the control plane's
-# binaries, built once from the Go module proxy into ~/.cache/vmshift/ (10-20 min cold, seconds warm).
+# binaries and Alertmanager (the webhook tests' peer), built once from the Go module proxy into
+# ~/.cache/vmshift/ (10-20 min cold, seconds warm).
 # `make test` also builds and runs the image (tests marked `image`), so it needs a running Docker, and
 # installs it into a real one-node cluster (tests marked `cluster`, `make cluster`), so it runs as root.
 
@@ -9,7 +10,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane image cluster cluster-down kind lint crds crds-check test unit demo bench clean
+.PHONY: all venv controlplane alertmanager image cluster cluster-down kind lint crds crds-check test unit demo bench \
+	clean
 
 all: test
 
@@ -23,6 +25,10 @@ venv: $(BIN)/.installed
 
 controlplane: venv
 	$(BIN)/vmshift dev build
+
+# Prometheus Alertmanager, the real peer of the webhook receiver's end-to-end test (cached, built once)
+alertmanager: venv
+	$(BIN)/vmshift dev alertmanager
 
 # The one image of the operator and the agents: vmshift:<version> and vmshift:dev. Needs Docker and,
 # the first time, mmdebstrap (the Debian base is made locally); cached in ~/.cache/vmshift/image.
@@ -69,7 +75,7 @@ crds: venv
 crds-check: venv
 	$(BIN)/vmshift crds --check
 
-test: venv controlplane lint crds-check cluster
+test: venv controlplane alertmanager lint crds-check cluster
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv

@@ -6,6 +6,7 @@ Needs Docker (marker ``image``): builds with ``vmshift dev image`` first (second
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.hypervisor.helpers import finished, running_vm
 from tests.install.manifests import INSTALL, REPO
 from tests.kube import Kube, wait_for
 from vmshift.devcluster import image
 from vmshift.devcluster.cluster import ControlPlane, default_dir
 from vmshift.devcluster.stack import _free_port
+from vmshift.hypervisor.client import HypervisorClient, begin_migration
+from vmshift.hypervisor.protocol import MigrationPhase, VmState
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1500)]
 
@@ -69,9 +73,10 @@ def test_both_tags_name_one_small_image(built: image.BuildResult) -> None:
     assert built.size_bytes < 300_000_000, f"the image grew to {built.size_bytes / 1e6:.0f} MB"
     config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", built.tags[0]).stdout)
     assert config["User"] == "10001:10001"
-    listing = docker("run", "--rm", "--entrypoint", "/bin/sh", built.tags[0], "-c",
-                     "ls /opt/vmshift/bin; command -v pip pip3 gcc || true").stdout.split()
-    assert "vmshift" in listing and not {"pip", "pip3", "gcc"} & {Path(p).name for p in listing}, listing
+    found = docker("run", "--rm", "--entrypoint", "/bin/sh", built.tags[0], "-c",
+                   "command -v vmshift pip pip3 gcc || true").stdout.split()
+    assert found[0] == "/opt/vmshift-app/bin/vmshift", found
+    assert not {"pip", "pip3", "gcc"} & {Path(p).name for p in found[1:]}, f"build tools in the runtime: {found}"
 
 
 def test_a_second_build_reuses_every_step(built: image.BuildResult) -> None:
@@ -105,6 +110,44 @@ def test_the_agent_answers_its_probes_without_a_token_and_its_api_only_with_one(
     assert (_http(f"{base}/v1/host") or (0, ""))[0] == 401
     status, body = _http(f"{base}/v1/host", "image-test-token") or (0, "")
     assert status == 200 and json.loads(body)["name"] == "h-test"
+
+
+def _start_agent(tag: str, containers: list[str], token_file: Path, host: str) -> str:
+    """An agent container as the StatefulSet runs one: it advertises its own address, as a pod its pod IP."""
+    name = f"vmshift-agent-test-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    command = ("exec vmshift agent --name=" + host + " --cpu-model=icelake --shared-volume=csv-01 "
+               "--token-file=/var/run/vmshift/agent-token/token --listen=0.0.0.0 --api-port=8443 "
+               '--migration-port=8444 --advertise-host="$(hostname -i)"')
+    docker("run", "-d", "--name", name, *LOCKED_DOWN, "-v", f"{token_file}:/var/run/vmshift/agent-token/token:ro",
+           "--entrypoint", "/bin/sh", tag, "-c", command)
+    address = docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
+    wait_for(lambda: _http(f"http://{address}:8443/readyz"), f"agent container {host} at {address}", 30,
+             describe=lambda: docker("logs", name, check=False).stderr)
+    return f"http://{address}:8443"
+
+
+def test_a_live_migration_streams_from_container_to_container(
+        built: image.BuildResult, containers: list[str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("image-test-token\n")
+    token_file.chmod(0o644)
+    source_url = _start_agent(built.tags[1], containers, token_file, "h-src")
+    target_url = _start_agent(built.tags[1], containers, token_file, "h-dst")
+
+    async def migrate() -> None:
+        async with HypervisorClient(source_url, "image-test-token") as source, \
+                HypervisorClient(target_url, "image-test-token") as target:
+            await running_vm(source, "vm-1", memory_mib=256, dirty=20.0, working_set=32.0, prefill=128.0)
+            await begin_migration(source, target, "vm-1", "mig-1")
+            status = await finished(source, "mig-1")
+            assert status.phase is MigrationPhase.Succeeded, status.model_dump_json()
+            assert status.peer and status.peer.startswith(target_url.removeprefix("http://").split(":")[0]), \
+                f"the stream went to {status.peer}, not to the target container"
+            assert status.source_digest == status.target_digest and status.transferred_mib >= 128
+            assert (await target.get_vm("vm-1")).state is VmState.Running
+            assert (await source.get_vm("vm-1")).state is VmState.MigratedAway
+    asyncio.run(migrate())
 
 
 @pytest.fixture(scope="module")

@@ -83,9 +83,11 @@ def test_one_apply_installs_everything_on_an_empty_cluster(installed: Kube) -> N
         assert got.returncode == 0, f"{obj['kind']} {meta['name']} was not created: {got.stderr}"
 
 
+@pytest.mark.parametrize("apply", [[], ["--server-side", "--force-conflicts"]], ids=["client-side", "server-side"])
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_server_admits_every_overlay(installed: Kube, overlay: str) -> None:
-    proc = installed.kubectl("apply", "-k", str(INSTALL / overlay), "--dry-run=server", check=False)
+def test_the_server_admits_every_overlay(installed: Kube, overlay: str, apply: list[str]) -> None:
+    """As kubectl and Argo CD apply (client-side) and as Flux does (server-side apply)."""
+    proc = installed.kubectl("apply", *apply, "-k", str(INSTALL / overlay), "--dry-run=server", check=False)
     assert proc.returncode == 0, f"the API server refuses {overlay}:\n{proc.stderr}"
 
 

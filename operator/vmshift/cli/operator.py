@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["VMSHIFT_AGENT_POLL_SECONDS"] = str(args.agent_poll_seconds)
     if args.keep_finished_migrations is not None:
         os.environ["VMSHIFT_KEEP_FINISHED_MIGRATIONS"] = str(args.keep_finished_migrations)
+    if args.namespace:  # the one namespace the token Secrets are made and read in
+        os.environ["VMSHIFT_NAMESPACE"] = args.namespace
     if args.agent_token_secret or args.webhook_token_secret:
         try:
             webhook_token = ensure_tokens(args)
@@ -103,8 +105,9 @@ def ensure_tokens(args: argparse.Namespace) -> str | None:
     import kubernetes
 
     from vmshift.controllers import kubeapi, tokens
+    from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
 
-    namespace = args.namespace or tokens.operator_namespace()
+    namespace = tokens.operator_namespace()
     kubeapi.configure()
     core = kubernetes.client.CoreV1Api()
     log = logging.getLogger("vmshift.tokens")
@@ -112,7 +115,9 @@ def ensure_tokens(args: argparse.Namespace) -> str | None:
     for name, is_webhook in ((args.agent_token_secret, False), (args.webhook_token_secret, True)):
         if not name:
             continue
-        token, created = tokens.ensure_token_secret(core, namespace, name)
+        # the fleet's own agent token serves every Host (a person binds other Secrets to named Hosts)
+        annotations = {} if is_webhook else {AGENT_HOSTS_ANNOTATION: "*"}
+        token, created = tokens.ensure_token_secret(core, namespace, name, annotations=annotations)
         log.info("%s Secret %s/%s", "made" if created else "using", namespace, name)
         if is_webhook:
             webhook_token = token

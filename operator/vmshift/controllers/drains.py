@@ -31,6 +31,7 @@ from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
+from vmshift.controllers.runtime import until_woken
 from vmshift.controllers.views import MigrationEntry, VMEntry
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
@@ -370,8 +371,7 @@ async def drain_host(
             metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
             logger.exception(f"drain pass of {name} failed, retrying")
             busy = True
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(_either(woken, stopped), BUSY_SECONDS if busy else IDLE_SECONDS)
+        await until_woken(woken, stopped, BUSY_SECONDS if busy else IDLE_SECONDS)
         if busy and not stopped:
             await asyncio.sleep(0.2)  # let a burst of watch events land before the next pass
     if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
@@ -383,12 +383,3 @@ async def drain_host(
             logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
     _wake.pop(name, None)
 
-
-async def _either(event: asyncio.Event, stopped: kopf.DaemonStopped) -> None:
-    """Return when ``event`` is set or the daemon is asked to stop."""
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -3,10 +3,16 @@
 Thin: the status is computed by :func:`host_status` (pure) from the agent's last report; the daemon
 only polls, compares and patches when something changed, so an idle fleet costs the API server
 nothing. Drains and remediation hang off the same daemon (see ``drains``).
+
+Phase and conditions also derive from what other controllers write into the same status
+(``remediation``, ``drain``) and from the spec. A change of those wakes the daemon at once (from the
+informer cache, which is also what it reads them from), so a quarantine reads as
+``Schedulable=False`` within one event, not one agent poll later.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,13 +21,38 @@ import kopf
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink
-from vmshift.controllers.indexes import GROUP, VERSION
-from vmshift.controllers.runtime import runtime
+from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
+from vmshift.controllers.indexes import GROUP, HOSTS, VERSION
+from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.hypervisor.protocol import HostInfo
 
 _PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
 _host_phase: dict[str, str] = {}
+#: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
+_seen: dict[str, Mapping[str, Any]] = {}
+_wake: dict[str, asyncio.Event] = {}
+
+
+def status_inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a Host, other than its agent's report, that its phase and conditions derive from (pure)."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    drain = status.get("drain") or {}
+    return (meta.get("generation"), (status.get("remediation") or {}).get("action"),
+            (status.get("remediation") or {}).get("policy"), drain.get("trigger"), drain.get("state"))
+
+
+@HOSTS.listen
+def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
+    name = str((body.get("metadata") or {}).get("name", ""))
+    if type == "DELETED":
+        _seen.pop(name, None)
+        return
+    before = _seen.get(name)
+    _seen[name] = body
+    if before is None or status_inputs(before) != status_inputs(body):
+        event = _wake.get(name)
+        if event is not None:
+            event.set()
 
 
 def _sensors(info: HostInfo) -> list[dict[str, Any]]:
@@ -176,7 +207,10 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
     rt = runtime()
     last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
     was_reachable: bool | None = None
+    wake = _wake.setdefault(name, asyncio.Event())
+    told = ""
     while not stopped:
+        wake.clear()
         link: AgentLink | None = None
         config_error: AgentConfigError | None = None
         try:
@@ -184,7 +218,12 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await rt.agents.poll(link)
         except AgentConfigError as exc:
             config_error = exc
-        new = host_status(name, spec, int(meta.get("generation") or 0), dict(status), link, config_error)
+            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
+                kopf.warn(body, reason=exc.reason, message=exc.message)
+        told = config_error.message if config_error is not None else ""
+        fresh = _seen.get(name)  # the informer's copy: Kopf's own view of the body may lag behind it
+        stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(status)
+        new = host_status(name, spec, int(meta.get("generation") or 0), stored, link, config_error)
         if link is not None and was_reachable is not None and link.reachable != was_reachable:
             if link.reachable:
                 kopf.info(body, reason="AgentReachable", message=f"The agent of {name} answers again.")
@@ -196,8 +235,10 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await kubeapi.patch_status("hosts", None, name, new)
             last = new
         _record_phase(name, new["phase"])
-        await stopped.wait(rt.poll_interval)
+        await until_woken(wake, stopped, poll_delay(rt.poll_interval, link.failures if link is not None else 0,
+                                                    rt.poll_backoff_cap))
     _host_phase.pop(name, None)
+    _wake.pop(name, None)
     await rt.agents.forget(name)
 
 

@@ -34,7 +34,7 @@ from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
 from vmshift.controllers import drains, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
-from vmshift.controllers.runtime import runtime
+from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
 from vmshift.remediation.alerts import Alert, host_signals_from_sensors
 from vmshift.remediation.decide import Decision, DecisionKind, HostState, PolicyView, decide
@@ -333,16 +333,6 @@ def _comparable(remediation: Mapping[str, Any]) -> Any:
     return {**remediation, "alerts": alerts}
 
 
-async def _either(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    """Return when ``event`` is set, the daemon is asked to stop, or ``seconds`` passed."""
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
 async def remediate_host(
     name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, stopped: kopf.DaemonStopped,
@@ -365,7 +355,7 @@ async def remediate_host(
             metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
             logger.exception(f"remediation pass of {name} failed, retrying")
             timeout = 5.0
-        await _either(woken, stopped, timeout)
+        await until_woken(woken, stopped, timeout)
     receiver.host_wakers.pop(name, None)
     if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
         receiver.book.forget_host(name)
@@ -422,5 +412,5 @@ async def report_policy(
             logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
         for text in receiver.notices.pop(name, []):
             kopf.warn(body, reason="UnknownHost", message=text)
-        await _either(woken, stopped, IDLE_SECONDS)
+        await until_woken(woken, stopped, IDLE_SECONDS)
     receiver.policy_wakers.pop(name, None)

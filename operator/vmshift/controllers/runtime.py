@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import kopf
+
 from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.views import MigrationEntry, Overlay
 from vmshift.scheduling.fleet import HostView
@@ -141,6 +143,8 @@ class Runtime:
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     poll_interval: float = 2.0
+    #: The longest wait between two polls of an unreachable agent (they back off from poll_interval).
+    poll_backoff_cap: float = 16.0
     keep_finished_migrations: int = 5
 
 
@@ -159,3 +163,13 @@ def reset_runtime() -> None:
     """Forget all in-memory state (tests that run several operators in one process)."""
     global _runtime
     _runtime = None
+
+
+async def until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """A daemon's sleep: return when ``event`` is set, the daemon is asked to stop, or ``seconds`` passed."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -20,6 +20,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 TOKEN_KEY = "token"
+#: Where the install puts the operator; the namespace of last resort outside a pod.
+DEFAULT_NAMESPACE = "vmshift-system"
 #: The namespace a pod runs in, as Kubernetes mounts it with the service account's credentials.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LABELS = {"app.kubernetes.io/part-of": "vmshift", "app.kubernetes.io/managed-by": "vmshift-operator"}
@@ -30,15 +32,13 @@ class TokenSecretError(Exception):
 
 
 def operator_namespace(env: Mapping[str, str] | None = None, sa_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
-    """``VMSHIFT_NAMESPACE``, else the namespace of the pod's service account; an error outside a pod."""
+    """The operator's own namespace, where its token Secrets live (and the only one it reads Secrets
+    in): ``VMSHIFT_NAMESPACE`` (``--namespace``), else the pod's service account's, else vmshift-system."""
     env = os.environ if env is None else env
     namespace = (env.get("VMSHIFT_NAMESPACE") or "").strip()
     if not namespace and sa_file.exists():
         namespace = sa_file.read_text().strip()
-    if not namespace:
-        raise TokenSecretError("the operator's namespace is unknown: set VMSHIFT_NAMESPACE (or --namespace); in a "
-                               "pod it is read from the service account")
-    return namespace
+    return namespace or DEFAULT_NAMESPACE
 
 
 def new_token() -> str:
@@ -54,9 +54,10 @@ def _decode(secret: Any, namespace: str, name: str) -> str:
     return token
 
 
-def ensure_token_secret(core: Any, namespace: str, name: str, *,
+def ensure_token_secret(core: Any, namespace: str, name: str, *, annotations: Mapping[str, str] | None = None,
                         generate: Callable[[], str] = new_token) -> tuple[str, bool]:
-    """The token in Secret ``namespace/name``, made with a fresh random token when the Secret is missing.
+    """The token in Secret ``namespace/name``, made with a fresh random token (and ``annotations``)
+    when the Secret is missing.
 
     ``core`` is a ``kubernetes.client.CoreV1Api``. Returns ``(token, created)``. Two operators that
     start at once both end with the same token: the loser of the create reads the winner's Secret.
@@ -70,7 +71,8 @@ def ensure_token_secret(core: Any, namespace: str, name: str, *,
         raise TokenSecretError(f"cannot reach the API server to read Secret {namespace}/{name}: {exc}") from None
     token = generate()
     body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": dict(LABELS)},
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(LABELS),
+                         "annotations": dict(annotations or {})},
             "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
     try:
         core.create_namespaced_secret(namespace, body)

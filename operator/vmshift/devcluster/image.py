@@ -167,8 +167,14 @@ def _image_exists(tag: str) -> bool:
 def ensure_base(recipe: BaseRecipe | None = None) -> str:
     """The Debian base image's tag, imported from the cached rootfs tarball (made once with mmdebstrap)."""
     recipe = recipe or BaseRecipe()
-    if _image_exists(recipe.tag):
-        return recipe.tag
+    if not _image_exists(recipe.tag):
+        _import_base(recipe)
+    # Also under the Dockerfile's default BASE_IMAGE, for a plain `docker build` of a prepared context.
+    _run(["docker", "tag", recipe.tag, f"{IMAGE_NAME}-base:{recipe.suite}"], "docker tag")
+    return recipe.tag
+
+
+def _import_base(recipe: BaseRecipe) -> None:
     directory = image_dir() / "base" / f"{recipe.suite}-{recipe.key}"
     tarball = directory / "rootfs.tar"
     if not tarball.exists():
@@ -185,7 +191,6 @@ def ensure_base(recipe: BaseRecipe | None = None) -> str:
         partial.rename(tarball)
     _say(f"importing {tarball} as {recipe.tag}")
     _run(["docker", "import", "--change", 'CMD ["/usr/bin/python3"]', str(tarball), recipe.tag], "docker import")
-    return recipe.tag
 
 
 # -- step 2: the wheels --------------------------------------------------------------------------------
