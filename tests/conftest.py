@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.kube import Kube
+from tests.kube import Kube, own_control_plane
 from vmshift.devcluster.cluster import ControlPlane, _alive, default_dir
 
 
@@ -16,7 +15,7 @@ def _sweep_dead_runs() -> None:
     """Remove the control planes of earlier test runs whose pytest process is gone."""
     parent = default_dir("x").parent
     for directory in parent.glob("pytest-*"):
-        owner = directory.name.removeprefix("pytest-")
+        owner = directory.name.removeprefix("pytest-").split("-")[0]
         if owner.isdigit() and not _alive(int(owner)):
             ControlPlane(directory).sweep()
             shutil.rmtree(directory, ignore_errors=True)
@@ -30,11 +29,5 @@ def kube() -> Iterator[Kube]:
     of crashed runs are swept at the next start.
     """
     _sweep_dead_runs()
-    directory = default_dir(f"pytest-{os.getpid()}")
-    plane = ControlPlane(directory, tie_to_parent=True)
-    state = plane.up(fresh=True)
-    try:
-        yield Kube(state)
-    finally:
-        plane.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with own_control_plane() as kube:
+        yield kube

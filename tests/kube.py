@@ -6,19 +6,36 @@ official client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmshift.devcluster.cluster import ClusterState
+from vmshift.devcluster.cluster import ClusterState, ControlPlane, default_dir
 from vmshift.devcluster.stack import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def own_control_plane(label: str = "") -> Iterator[Kube]:
+    """A real etcd + kube-apiserver + kube-controller-manager of this pytest process, started fresh and
+    removed after. Its directory is named ``pytest-<pid>[-label]``, so the ones of crashed runs are
+    swept at the next start (``conftest``)."""
+    directory = default_dir(f"pytest-{os.getpid()}" + (f"-{label}" if label else ""))
+    plane = ControlPlane(directory, tie_to_parent=True)
+    state = plane.up(fresh=True)
+    try:
+        yield Kube(state)
+    finally:
+        plane.down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2,

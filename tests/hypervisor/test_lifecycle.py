@@ -13,7 +13,8 @@ import pytest
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationPhase
-from vmshift.controllers import migrations
+from vmshift.controllers import kubeapi, migrations
+from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
 from vmshift.controllers.migrations import Run
 from vmshift.controllers.runtime import reset_runtime, runtime
 from vmshift.controllers.views import VMEntry
@@ -233,12 +234,16 @@ async def test_the_operator_settles_a_switchover_in_doubt_with_the_targets_word(
         report = await _in_doubt(h1, "mig-settled")
     finally:
         await proxy.close()
-    monkeypatch.setenv("VMSHIFT_AGENT_TOKEN", TOKEN)
+    async def read_secret(namespace: str, name: str, key: str) -> tuple[str | None, dict[str, str]]:
+        return TOKEN, {AGENT_HOSTS_ANNOTATION: "*"}  # the fleet's agent token Secret, as the install makes it
+
+    monkeypatch.setattr(kubeapi, "read_secret", read_secret)
     reset_runtime()
     agents = runtime().agents
     try:
         for name, agent in (("h1", pair[0]), ("h2", pair[1])):
-            await agents.poll(await agents.link(name, {"agent": {"endpoint": agent.endpoint}}))
+            spec = {"agent": {"endpoint": agent.endpoint, "tokenSecretRef": {"name": "vmshift-agent-token"}}}
+            await agents.poll(await agents.link(name, spec))
         vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={}, spec={}, host="h1", phase="Migrating",
                      processor=None, generation=1)
         run = Run(name="m", namespace="tests", uid="mig-settled", vm_name="settled", generation=1,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import urllib.error
@@ -21,9 +20,8 @@ import pytest
 
 from tests.hypervisor.helpers import finished, running_vm
 from tests.install.manifests import INSTALL, REPO
-from tests.kube import Kube, wait_for
+from tests.kube import Kube, own_control_plane, wait_for
 from vmshift.devcluster import image
-from vmshift.devcluster.cluster import ControlPlane, default_dir
 from vmshift.devcluster.stack import _free_port
 from vmshift.hypervisor.client import HypervisorClient, begin_migration
 from vmshift.hypervisor.protocol import MigrationPhase, VmState
@@ -152,14 +150,8 @@ def test_a_live_migration_streams_from_container_to_container(
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Kube]:
-    directory = default_dir(f"pytest-image-{os.getpid()}")
-    control_plane = ControlPlane(directory, tie_to_parent=True)
-    state = control_plane.up(fresh=True)
-    try:
-        yield Kube(state)
-    finally:
-        control_plane.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with own_control_plane("image") as kube:
+        yield kube
 
 
 def test_the_operator_runs_in_the_image_with_in_cluster_credentials(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,7 @@ import pytest
 import yaml
 
 from tests.install.manifests import INSTALL, OVERLAYS, REPO
-from tests.kube import Kube, wait_for
-from vmshift.devcluster.cluster import ControlPlane, default_dir
+from tests.kube import Kube, own_control_plane, wait_for
 from vmshift.devcluster.stack import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -38,14 +36,8 @@ SA = "vmshift-operator"
 @pytest.fixture(scope="module")
 def empty() -> Iterator[Kube]:
     """A control plane of this module's own: empty, and no other test's operator watching it."""
-    directory = default_dir(f"pytest-install-{os.getpid()}")
-    plane = ControlPlane(directory, tie_to_parent=True)
-    state = plane.up(fresh=True)
-    try:
-        yield Kube(state)
-    finally:
-        plane.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with own_control_plane("install") as kube:
+        yield kube
 
 
 def build(kube: Kube, overlay: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Closed enumerations shared by the API, the scheduler and the agents.
 
-Pure: no I/O. Users alert on these words, so they are part of the contract (DESIGN.md §2); add
+Pure: no I/O. Users alert on these words, so they are part of the API; add
 members only with a note, rename none.
 """
 
@@ -22,7 +22,7 @@ class FailureReason(StrEnum):
     SourceLost = "SourceLost"
     TargetLost = "TargetLost"
     AlreadyMigrating = "AlreadyMigrating"
-    #: Not in DESIGN.md's list but needed: a selector or anti-affinity rule excludes the target;
+    #: Added to the first list because needed: a selector or anti-affinity rule excludes the target;
     #: a cancel/delete ended the migration; the VM named does not exist or runs nowhere.
     PlacementConstraint = "PlacementConstraint"
     Cancelled = "Cancelled"

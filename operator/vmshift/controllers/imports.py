@@ -4,14 +4,14 @@ Acts only: the decisions (what the source is, which drivers each step changes, w
 accepts, the conditions) are plain functions in ``importsteps``. Talks to the API server through
 ``kubeapi`` and to agents only through HypervisorClient (via the runtime's agent directory).
 
-How the steps map to actions. DESIGN.md fixes the names and their order in status (Inspect,
+How the steps map to actions. The API fixes the names and their order in status (Inspect,
 InstallAgent, RemoveThirdPartyDrivers, InstallSyntheticDrivers, CreateVirtualMachine, Verify), but
 an agent can only change the drivers of a guest that exists, so the daemon runs them in
 ``EXECUTION_ORDER``: Inspect reads the source and plans; CreateVirtualMachine creates the
 VirtualMachine (owned by the import, annotated with the source's drivers so the guest arrives with
 them), waits until the VM controller runs it, and records ``throughputBefore`` from the agent; the
 three driver steps then call ``change_drivers`` on the agent holding that guest; Verify asks the agent
-again and records ``throughputAfter``. Status keeps DESIGN's order; each step's ``startedAt`` and
+again and records ``throughputAfter``. Status keeps the API's order; each step's ``startedAt`` and
 ``finishedAt`` say when it really ran, and its message names the guest and host it acted on.
 
 Status is patched at most about once a second, so each step stays visible while it runs.

@@ -4,7 +4,7 @@ Pure: no I/O, no clock unless none is given. The import daemon (``imports``) fet
 functions need (a ConfigMap's key, the agent's driver inventory, the indexed VirtualMachine),
 calls them, and carries out what they return. Nothing here talks to Kubernetes or to an agent.
 
-The steps and their order in status are DESIGN.md's: Inspect, InstallAgent,
+The steps and their order in status are part of the API: Inspect, InstallAgent,
 RemoveThirdPartyDrivers, InstallSyntheticDrivers, CreateVirtualMachine, Verify. The driver steps
 change a guest's drivers through its agent, so the guest must exist first: the daemon runs them in
 ``EXECUTION_ORDER`` (CreateVirtualMachine right after Inspect) and each step's timestamps tell
@@ -56,7 +56,7 @@ EXECUTION_ORDER: tuple[ImportStepName, ...] = (
     ImportStepName.InstallSyntheticDrivers,
     ImportStepName.Verify,
 )
-#: The order status lists them in (DESIGN.md §2).
+#: The order status lists them in (the API's order).
 STATUS_ORDER: tuple[ImportStepName, ...] = tuple(ImportStepName)
 DONE_STATES = frozenset({StepState.Succeeded, StepState.Skipped})
 #: Emulated drivers the synthetic step removes: the devices they drive are replaced by VMBus ones.
@@ -176,7 +176,7 @@ class Steps:
         self._end(name, StepState.Failed, message, now)
 
     def dump(self) -> list[dict[str, Any]]:
-        """``status.steps`` in DESIGN order, without unset fields."""
+        """``status.steps`` in the API's order, without unset fields."""
         return [{k: v for k, v in self._steps[n.value].items() if v is not None} for n in STATUS_ORDER]
 
 

@@ -290,7 +290,7 @@ class Move:
 
 
 def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
-    """Every check of DESIGN.md §3 for one move (pure); raises MigrationFailedError when it cannot happen.
+    """Every compatibility check for one move (pure); raises MigrationFailedError when it cannot happen.
 
     ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
     that host is checked: a second look never picks another one (status, the queue's slots and the

@@ -3,7 +3,7 @@
 ``plan_conversion`` decides everything a VirtualMachineImport will do (which drivers
 go, which come, which emulated or foreign devices become synthetic ones, the VirtualMachine to
 create) and ``vm_spec`` renders the VirtualMachine spec in the API's camelCase shape. The steps
-are the contract of DESIGN.md §2: Inspect, InstallAgent, RemoveThirdPartyDrivers,
+are part of the API: Inspect, InstallAgent, RemoveThirdPartyDrivers,
 InstallSyntheticDrivers, CreateVirtualMachine, Verify. The driver inventory and the I/O ceilings
 before and after come from the driver catalog, so the benefit of the conversion shows in numbers.
 """

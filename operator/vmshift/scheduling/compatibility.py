@@ -1,4 +1,4 @@
-"""Can this VM run on (or move to) that host? Every check of DESIGN.md §3. Pure: no I/O.
+"""Can this VM run on (or move to) that host? Every check before a placement or a move. Pure: no I/O.
 
 :func:`check_target` is the one gate before every placement and every migration: same processor
 vendor, the guest's features on the target, free memory and cpus (counting reservations), every disk
