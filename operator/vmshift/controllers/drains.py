@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,6 +99,7 @@ def attempt_of(body: Mapping[str, Any]) -> Attempt:
         target=status.get("targetHost") or spec.get("targetHost"),
         reason=FailureReason(str(reason)) if reason in FailureReason.__members__ else None,
         message=failure.get("message") or "",
+        resource_version=str(meta.get("resourceVersion") or ""),
     )
 
 
@@ -260,7 +261,8 @@ class Evacuator:
         metrics.DRAINS.labels(result="Started").inc()
 
     async def _act(self, step: Step, goal: Goal | None, vms: Store[VMEntry], episode: str) -> None:
-        await self._delete(list(step.cancel) + list(step.stale))
+        await self._withdraw(step.cancel)
+        await self._delete(list(step.stale))
         if step.create and step.plan is not None:
             p = step.progress
             log.info(f"drain of {self.host}: {p.moved} of {p.total} moved, {p.in_flight - len(step.create)} under "
@@ -291,6 +293,14 @@ class Evacuator:
     async def _delete(self, attempts: list[Attempt]) -> None:
         for a in attempts:
             await kubeapi.delete("virtualmachinemigrations", a.namespace, a.name)
+
+    async def _withdraw(self, queued: Sequence[Attempt]) -> None:
+        """Delete queued migrations, each only as it was seen queued: one the migration controller
+        admitted meanwhile (it may already be sending memory) runs to its end and counts."""
+        for a in queued:
+            if not await kubeapi.delete("virtualmachinemigrations", a.namespace, a.name,
+                                        resource_version=a.resource_version or None):
+                log.info(f"drain of {self.host}: {a.name} was admitted before its withdrawal; it runs to its end")
 
     async def _report(self, step: Step, goal: Goal | None) -> None:
         """Write ``status.drain`` when it changed, and an event when the drain's state changed."""

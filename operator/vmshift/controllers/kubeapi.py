@@ -140,12 +140,20 @@ async def create(plural: str, namespace: str, body: dict[str, Any]) -> dict[str,
         raise
 
 
-async def delete(plural: str, namespace: str, name: str) -> None:
+async def delete(plural: str, namespace: str, name: str, *, resource_version: str | None = None) -> bool:
+    """Delete an object (gone already counts as deleted). With ``resource_version``, only if it is still
+    at that version: False when it changed meanwhile (409), so a decision taken on what was seen
+    never lands on something else."""
+    options = None if resource_version is None else {
+        "apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": resource_version}}
     try:
-        await _request("delete", plural, _path(plural, namespace, name))
+        await _request("delete", plural, _path(plural, namespace, name), options)
     except ApiException as exc:
+        if exc.status == 409 and resource_version is not None:
+            return False
         if exc.status != 404:
             raise
+    return True
 
 
 async def get(plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -685,6 +685,11 @@ async def drive_migration(
                 move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
                 run.mode = mode
+                if stopped and stop_action(stopped.reason) is StopAction.Cancel:
+                    # Deleted while it was being admitted (a drain withdrawing it, a person): nothing
+                    # was sent yet, so it ends here rather than starting a move nobody wants.
+                    await _finish(run, MigrationPhase.Cancelled)
+                    return
                 await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
                     "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
                 await _prepare_and_start(run, target, mode, spec)

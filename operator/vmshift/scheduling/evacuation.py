@@ -82,6 +82,8 @@ class Attempt:
     target: str | None = None
     reason: FailureReason | None = None
     message: str = ""
+    #: The version this view was taken at: a withdrawal deletes only that version (not one admitted since).
+    resource_version: str = ""
 
     @property
     def finished(self) -> bool:
