@@ -1,0 +1,612 @@
+"""Randomized, seed-reproducible fault-injection trials on the real product; shared by tests/chaos and bench/chaos.py.
+
+One ``Campaign`` owns a control plane, the operator process and the proxies; each trial brings up
+its own hosts (fresh agent processes, each behind a MigrationProxy), its own namespace and VMs,
+asks for migrations (or a drain), injects one fault from its plan, heals, lets the product settle,
+and checks the invariants from the agents themselves (invariants.py), then removes its hosts. The
+plan of a trial is a pure function of its seed (``plan_trial``), so a failing seed replays:
+
+    .venv/bin/python bench/chaos.py --seed 4711 --trials 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.invariants import AgentView, ExpectedVM, api_migration_problems, settled_problems, two_running
+from tests.chaos.proxy import Fault, MigrationProxy, Phase, ProxyLoop, Trigger, precopy_frame
+from vmshift.devcluster.cluster import ControlPlane
+from vmshift.devcluster.stack import HostPlan, Stack
+from vmshift.hypervisor.client import AgentError
+from vmshift.hypervisor.launcher import AgentProcess
+
+#: Every migration a trial asks for carries this timeout; its bound adds the faults' downtime and SLACK.
+MIGRATION_TIMEOUT_SECONDS = 20
+#: Time a trial's migrations get beyond their own timeout and the fault's downtime: the operator
+#: declares a silent source lost after 20 s, a restart of the operator takes a few seconds.
+SLACK_SECONDS = 40.0
+#: How long a trial waits for every VM to sit on one host once its migrations ended.
+SETTLE_SECONDS = 45.0
+RESERVATION_SECONDS = 5.0
+OPERATOR_ARGS = ("--agent-poll-seconds", "0.5", "--keep-finished-migrations", "50")
+
+
+class Kind(StrEnum):
+    """The fault kinds; a trial's kind is its seed modulo their number, so a campaign covers each evenly."""
+
+    OperatorKill = "operator-sigkill"
+    OperatorTerm = "operator-sigterm"
+    SourceAgentKill = "source-agent-kill"
+    TargetAgentKill = "target-agent-kill"
+    ApiServerRestart = "apiserver-restart"
+    Partition = "partition"
+    Blackhole = "blackhole"
+    DeleteMigration = "delete-migration"
+    DeleteVM = "delete-vm"
+    DrainRace = "drain-race"
+
+
+KINDS = list(Kind)
+#: Phases at which a stream-driven fault falls; None: a random moment after the requests.
+PHASES: list[Phase | None] = [None, *Phase]
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    name: str
+    memory_mib: int
+    dirty_mib_ps: float
+    mode: str  # Auto, Live, Quick
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Everything random about one trial, drawn from its seed."""
+
+    seed: int
+    kind: Kind
+    phase: Phase | None  # the stream phase that triggers the fault (None: ``delay`` after the requests)
+    delay: float  # seconds after the requests (phase None) before the fault
+    downtime: float  # how long the killed process stays down or the partition lasts
+    bandwidth_mbps: int
+    vms: tuple[VmPlan, ...]
+    drain_first: bool = False  # drain-race: maintenance before the manual migrations
+    drain_gap: float = 0.0  # drain-race: seconds between the two
+    precopy_frame: int = 1
+
+    def describe(self) -> str:
+        at = self.phase.value if self.phase else f"+{self.delay:.2f}s"
+        vms = ", ".join(f"{v.name}:{v.memory_mib}MiB/{v.dirty_mib_ps:g}MiBps/{v.mode}" for v in self.vms)
+        return (f"seed {self.seed}: {self.kind.value} at {at}, down {self.downtime:.2f}s, "
+                f"{self.bandwidth_mbps} Mbps, vms [{vms}]")
+
+
+def plan_trial(seed: int) -> TrialPlan:
+    """The trial of ``seed`` (pure)."""
+    rng = random.Random(seed)
+    kind = KINDS[seed % len(KINDS)]
+    count = rng.choice([1, 1, 2])
+    vms = tuple(VmPlan(f"vm{i}", rng.choice([64, 96, 128, 160]), rng.choice([0.0, 2.0, 8.0, 20.0]),
+                       rng.choice(["Auto", "Live", "Live", "Quick"])) for i in range(count))
+    phase: Phase | None
+    if kind in (Kind.Partition, Kind.Blackhole):
+        phase = rng.choice(list(Phase))
+    elif kind in (Kind.DeleteMigration, Kind.DeleteVM, Kind.DrainRace):
+        phase = None
+    else:
+        phase = rng.choice(PHASES)
+    downtime = {Kind.Partition: rng.uniform(0.3, 6.0), Kind.Blackhole: rng.uniform(0.3, 6.0),
+                Kind.ApiServerRestart: rng.uniform(0.0, 3.0)}.get(kind, rng.uniform(0.0, 2.0))
+    return TrialPlan(
+        seed=seed, kind=kind, phase=phase, delay=rng.uniform(0.0, 2.5), downtime=downtime,
+        bandwidth_mbps=rng.choice([600, 1000, 1500]), vms=vms, drain_first=rng.random() < 0.5,
+        drain_gap=rng.uniform(0.0, 1.5), precopy_frame=precopy_frame(rng, min(v.memory_mib for v in vms)),
+    )
+
+
+@dataclass
+class TrialResult:
+    plan: TrialPlan
+    violations: list[str] = field(default_factory=list)
+    hit: bool = False  # the fault fell where planned (the stream reached the phase)
+    seconds: float = 0.0
+    outcomes: list[str] = field(default_factory=list)  # how each migration ended
+    notes: list[str] = field(default_factory=list)
+
+
+class LoopThread(ProxyLoop):
+    """An event loop in a daemon thread for the agents' API calls (the same shape as the proxies')."""
+
+
+class Campaign:
+    """The shared installation trials run on: a control plane, the operator process, the proxies."""
+
+    def __init__(self, plane: ControlPlane, workdir: Path, *, log: Callable[[str], None] = lambda line: None) -> None:
+        state = plane.up(fresh=True)  # started here, so that restart() can restart its API server
+        self.plane = plane
+        self.workdir = workdir
+        self.log = log
+        self.stack = Stack(state, workdir)
+        self.stack.install_crds()
+        self.proxy_loop = ProxyLoop()
+        self.agent_loop = LoopThread()
+        self.stack.start_operator(*OPERATOR_ARGS)
+        self.results: list[TrialResult] = []
+
+    def close(self) -> None:
+        self.stack.stop()
+        self.proxy_loop.close()
+        self.agent_loop.close()
+
+    # -- the API server, with patience for its restarts -------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                patience: float = 60.0) -> subprocess.CompletedProcess[str]:
+        deadline = time.monotonic() + patience
+        while True:
+            proc = self.stack.kubectl(*args, input=input, check=False, timeout=60)
+            transient = proc.returncode != 0 and any(
+                s in proc.stderr for s in ("connection refused", "connect: connection reset", "EOF",
+                                           "the server is currently unable", "TLS handshake", "i/o timeout"))
+            if not transient or time.monotonic() > deadline:
+                if check and proc.returncode != 0:
+                    raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+                return proc
+            time.sleep(0.3)
+
+    def apply(self, *objs: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+
+    def items(self, kinds: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kinds, "-o", "json"] + (["-n", namespace] if namespace else [])
+        return list(json.loads(self.kubectl(*args).stdout).get("items", []))
+
+    # -- agents ----------------------------------------------------------------------------------
+
+    def views(self, agents: dict[str, AgentProcess], order: Iterable[str], *, full: bool = True) -> list[AgentView]:
+        async def read(host: str) -> AgentView:
+            agent = agents[host]
+            if not agent.alive:
+                return AgentView(host, False)
+            try:
+                async with agent.client(timeout_seconds=5) as client:
+                    vms = tuple(await client.list_vms())
+                    if not full:
+                        return AgentView(host, True, vms)
+                    return AgentView(host, True, vms, await client.host(), tuple(await client.list_migrations()))
+            except AgentError:
+                return AgentView(host, False)
+
+        async def sweep() -> list[AgentView]:
+            return [await read(h) for h in order]  # one after the other: the order matters (two_running)
+
+        return list(self.agent_loop.call(sweep(), timeout=60))
+
+    # -- one trial -------------------------------------------------------------------------------
+
+    def run(self, plan: TrialPlan) -> TrialResult:
+        result = TrialResult(plan)
+        started = time.monotonic()
+        try:
+            _Trial(self, plan, result).run()
+        except Exception as exc:  # the harness itself failed: report, never hide
+            result.violations.append(f"harness error: {type(exc).__name__}: {exc}")
+        result.seconds = time.monotonic() - started
+        self.results.append(result)
+        self.log(f"{'FAIL' if result.violations else 'ok  '} {result.seconds:5.1f}s {plan.describe()}"
+                 f"{' (hit)' if result.hit else ''} -> {', '.join(result.outcomes)}"
+                 + "".join(f"\n      {v}" for v in result.violations))
+        return result
+
+    def ensure_operator(self) -> None:
+        if self.stack.operator is None or self.stack.operator.poll() is not None:
+            self.stack.start_operator(*OPERATOR_ARGS)
+
+
+class _Trial:
+    """The steps of one trial; every wait has a deadline and says what it waited for."""
+
+    def __init__(self, campaign: Campaign, plan: TrialPlan, result: TrialResult) -> None:
+        self.c = campaign
+        self.plan = plan
+        self.result = result
+        tag = f"{plan.seed}-{uuid.uuid4().hex[:4]}"
+        self.ns = f"chaos-{tag}"
+        self.hosts = [f"c{tag}-{x}" for x in ("a", "b", "c")]
+        self.source, self.target, self.spare = self.hosts
+        self.proxies: dict[str, MigrationProxy] = {}
+        self.uids: dict[str, str] = {}
+        self.deleted: set[str] = set()
+        self.mig_names: list[str] = []
+        self.mig_created: dict[str, float] = {}
+        self.mig_ended: dict[str, float] = {}
+        self.downtime_total = 0.0
+        self.stop_sampling = threading.Event()
+        self.sampled: list[str] = []
+        self.rng = random.Random(plan.seed * 7919 + 1)
+
+    @property
+    def agents(self) -> dict[str, AgentProcess]:
+        return {h: self.c.stack.agents[h] for h in self.hosts if h in self.c.stack.agents}
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        plans = []
+        for i, host in enumerate(self.hosts):
+            proxy = MigrationProxy(self.c.proxy_loop, host)
+            port = proxy.start()
+            self.proxies[host] = proxy
+            plans.append(HostPlan(host, "icelake", cores=16, memory_mib=8192, bandwidth_mbps=self.plan.bandwidth_mbps,
+                                  shared_volumes=("csv-1",), labels={"chaos": self.ns, "slot": str(i)},
+                                  advertise_migration_port=port, reservation_seconds=RESERVATION_SECONDS))
+        self.c.stack.start_hosts(plans, apply=False)
+        for host, agent in self.agents.items():
+            self.proxies[host].set_upstream(agent.migration_port)
+        self.c.apply(*[p.manifest(self.c.stack.agents[p.name].endpoint) for p in plans])
+        self.c.kubectl("create", "namespace", self.ns)
+        self.wait("hosts Ready", 60, lambda: all(
+            (h.get("status") or {}).get("phase") == "Ready"
+            for h in self.c.items("hosts.vmshift.io") if h["metadata"]["name"] in self.hosts)
+            and len([h for h in self.c.items("hosts.vmshift.io") if h["metadata"]["name"] in self.hosts]) == 3)
+        self.c.apply(*[self.vm_manifest(v) for v in self.plan.vms])
+        self.wait("VMs Running", 60, lambda: self._all_running())
+        for v in self.plan.vms:
+            self.c.kubectl("patch", "vsvm", v.name, "-n", self.ns, "--type=merge",
+                           "-p", '{"spec":{"placement":{"host":null}}}')
+        self.uids = {v["metadata"]["name"]: v["metadata"]["uid"] for v in self.c.items("vsvm", self.ns)}
+
+    def _all_running(self) -> bool:
+        vms = self.c.items("vsvm", self.ns)
+        return len(vms) == len(self.plan.vms) and all((v.get("status") or {}).get("phase") == "Running" for v in vms)
+
+    def vm_manifest(self, v: VmPlan) -> dict[str, Any]:
+        return {"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": v.name, "namespace": self.ns, "labels": {"app": v.name}},
+                "spec": {"cpus": 1, "memoryMiB": v.memory_mib, "processor": {"compatibility": True},
+                         "disks": [{"name": "root", "sizeGiB": 1, "volume": "csv-1"}],
+                         "workload": {"dirtyRateMiBps": v.dirty_mib_ps, "workingSetMiB": 16},
+                         "placement": {"host": self.source}}}
+
+    def migrate(self, v: VmPlan, target: str) -> None:
+        name = f"{v.name}-to-{target.rsplit('-', 1)[-1]}-{len(self.mig_names)}"
+        self.mig_names.append(name)
+        self.mig_created[name] = time.monotonic()
+        self.c.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                      "metadata": {"name": name, "namespace": self.ns},
+                      "spec": {"vmName": v.name, "targetHost": target, "mode": v.mode,
+                               "timeoutSeconds": MIGRATION_TIMEOUT_SECONDS}})
+
+    def drain(self) -> None:
+        self.c.kubectl("patch", "hosts.vmshift.io", self.source, "--type=merge", "-p", '{"spec":{"maintenance":true}}')
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _kill_agent(self, host: str) -> None:
+        agent = self.c.stack.agents.get(host)
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(agent.process.pid, signal.SIGKILL)
+
+    def _signal_operator(self, sig: signal.Signals) -> None:
+        proc = self.c.stack.operator
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+    def immediate_action(self) -> Callable[[], None] | None:
+        """What runs the instant the fault falls (in the proxy's thread when a stream phase triggers it)."""
+        kind = self.plan.kind
+        if kind is Kind.OperatorKill:
+            return lambda: self._signal_operator(signal.SIGKILL)
+        if kind is Kind.OperatorTerm:
+            return lambda: self._signal_operator(signal.SIGTERM)
+        if kind is Kind.SourceAgentKill:
+            return lambda: self._kill_agent(self.source)
+        if kind is Kind.TargetAgentKill:
+            return lambda: self._kill_agent(self.target)
+        return None
+
+    def recover(self) -> None:
+        """After the fault (and its downtime): bring back what was killed."""
+        kind, down = self.plan.kind, self.plan.downtime
+        if kind in (Kind.OperatorKill, Kind.OperatorTerm):
+            proc = self.c.stack.operator
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)  # SIGTERM: the operator finishes its shutdown first
+                if proc.poll() is None:
+                    self.result.violations.append("the operator did not exit within 30 s of SIGTERM")
+                    self._signal_operator(signal.SIGKILL)
+                    proc.wait(10)
+            time.sleep(down)
+            self.c.stack.operator = None
+            self.c.ensure_operator()
+        elif kind in (Kind.SourceAgentKill, Kind.TargetAgentKill):
+            host = self.source if kind is Kind.SourceAgentKill else self.target
+            time.sleep(down)
+            agent = self.c.stack.restart_agent(host)  # a rebooted host: empty, Host re-pointed at it
+            self.proxies[host].set_upstream(agent.migration_port)
+        elif kind is Kind.ApiServerRestart:
+            self.c.plane.restart("kube-apiserver", down_seconds=down)
+        self.downtime_total += down
+
+    def inject(self) -> None:
+        """Ask for the moves and let the planned fault fall."""
+        plan = self.plan
+        action = self.immediate_action()
+        trigger: Trigger | None = None
+        if plan.phase is not None:
+            fault = {Kind.Partition: Fault.Cut, Kind.Blackhole: Fault.Blackhole}.get(plan.kind)
+            trigger = Trigger(plan.phase, fault=fault, seconds=plan.downtime, action=action,
+                              pages=plan.precopy_frame)
+            if plan.kind is Kind.ApiServerRestart:
+                trigger.action = None
+            self.proxies[self.target].arm(trigger)
+        if plan.kind is Kind.DrainRace:
+            if plan.drain_first:
+                self.drain()
+                time.sleep(plan.drain_gap)
+            for v in plan.vms:
+                self.migrate(v, self.target if self.rng.random() < 0.5 else self.spare)
+            if not plan.drain_first:
+                time.sleep(plan.drain_gap)
+                self.drain()
+            self.result.hit = True
+            return
+        for v in plan.vms:
+            self.migrate(v, self.target)
+        if trigger is not None:
+            # Wait for the stream to reach the phase; if every migration ends first, the fault falls late.
+            deadline = time.monotonic() + 30
+            while not trigger.fired.wait(0.1):
+                if time.monotonic() > deadline or self._migrations_over():
+                    break
+            self.result.hit = trigger.fired.is_set()
+            if not trigger.fired.is_set():
+                self.proxies[self.target].arm(Trigger(Phase.Handshake))  # disarm
+                self.result.notes.append(f"the stream never reached {plan.phase.value}; the fault fell after it")
+                if trigger.fault is not None:
+                    self.proxies[self.target].partition(trigger.fault, plan.downtime)
+                elif action is not None:
+                    action()
+            if plan.kind is Kind.ApiServerRestart or action is not None:
+                self.recover()
+            return
+        time.sleep(plan.delay)
+        self.result.hit = True
+        if plan.kind is Kind.DeleteMigration:
+            victim = self.rng.choice(self.mig_names)
+            self.c.kubectl("delete", "vsmig", victim, "-n", self.ns, "--wait=false")
+            self.result.notes.append(f"deleted migration {victim}")
+        elif plan.kind is Kind.DeleteVM:
+            victim = self.rng.choice(self.plan.vms).name
+            self.c.kubectl("delete", "vsvm", victim, "-n", self.ns, "--wait=false")
+            self.deleted.add(victim)
+            self.result.notes.append(f"deleted VM {victim}")
+        elif action is not None:
+            action()
+            self.recover()
+        elif plan.kind is Kind.ApiServerRestart:
+            self.recover()
+
+    # -- watching and settling -------------------------------------------------------------------
+
+    def _migrations_over(self) -> bool:
+        finished = {"Succeeded", "Failed", "Cancelled"}
+        items = {m["metadata"]["name"]: m for m in self.c.items("vsmig", self.ns)}
+        now = time.monotonic()
+        for name in self.mig_names:
+            m = items.get(name)
+            if name not in self.mig_ended and (m is None or (m.get("status") or {}).get("phase") in finished):
+                self.mig_ended[name] = now
+        return all(n in self.mig_ended for n in self.mig_names) and all(
+            (m.get("status") or {}).get("phase") in finished for m in items.values())
+
+    def sample(self) -> None:
+        """Until the trial settles: two sweeps of the agents in opposite orders, looking for two running copies."""
+        names = {uid: name for name, uid in self.uids.items()}
+        while not self.stop_sampling.wait(0.15):
+            try:
+                order = list(self.agents)
+                agents = self.agents
+                forward = self.c.views(agents, order, full=False)
+                backward = self.c.views(agents, list(reversed(order)), full=False)
+            except Exception:  # an agent restarting under our feet: next sweep
+                continue
+            for problem in two_running(forward, backward, names):
+                if problem not in self.sampled:
+                    self.sampled.append(problem)
+
+    def settle(self) -> list[str]:
+        bound = MIGRATION_TIMEOUT_SECONDS + self.downtime_total + SLACK_SECONDS
+        deadline = time.monotonic() + bound
+        while not self._migrations_over() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        problems: list[str] = []
+        for name in self.mig_names:
+            ended = self.mig_ended.get(name)
+            if ended is None:
+                problems.append(f"migration {name} did not end within {bound:.0f} s")
+            elif ended - self.mig_created[name] > bound:
+                problems.append(f"migration {name} took {ended - self.mig_created[name]:.0f} s (bound {bound:.0f} s)")
+        deadline = time.monotonic() + SETTLE_SECONDS + RESERVATION_SECONDS
+        while True:
+            last = self.check()
+            if not last or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        return problems + last
+
+    def check(self) -> list[str]:
+        vms = {v["metadata"]["name"]: v for v in self.c.items("vsvm", self.ns)}
+        migrations = self.c.items("vsmig", self.ns)
+        expected = []
+        for name, uid in self.uids.items():
+            obj = vms.get(name)
+            mine = tuple(m for m in migrations if (m.get("spec") or {}).get("vmName") == name)
+            expected.append(ExpectedVM(name, uid, deleted=name in self.deleted, exists=obj is not None,
+                                       status=(obj or {}).get("status") or {}, migrations=mine))
+        problems = settled_problems(self.c.views(self.agents, list(self.agents)), expected)
+        problems += api_migration_problems(migrations)
+        for name, obj in vms.items():
+            phase = (obj.get("status") or {}).get("phase")
+            if name not in self.deleted and phase != "Running":
+                problems.append(f"VM {name} is {phase}, not Running")
+        return problems
+
+    def outcomes(self) -> list[str]:
+        out = []
+        for m in self.c.items("vsmig", self.ns):
+            status = m.get("status") or {}
+            reason = (status.get("failure") or {}).get("reason")
+            out.append(f"{m['metadata']['name']}={status.get('phase')}{'/' + reason if reason else ''}")
+        return sorted(out)
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        self.stop_sampling.set()
+        for proxy in self.proxies.values():
+            proxy.arm(Trigger(Phase.Handshake))  # nothing armed any more
+        with contextlib.suppress(Exception):
+            for proxy in self.proxies.values():
+                proxy.heal()
+        self.c.ensure_operator()
+        proc = self.c.kubectl("delete", "vsmig,vsvm", "--all", "-n", self.ns, "--wait=true", "--timeout=40s",
+                              check=False)
+        if proc.returncode != 0:
+            self.result.violations.append(f"deleting the trial's VMs hung: {proc.stderr.strip()[:300]}")
+            for kind in ("vsmig", "vsvm"):
+                for obj in self.c.items(kind, self.ns):
+                    self.c.kubectl("patch", kind, obj["metadata"]["name"], "-n", self.ns, "--type=merge",
+                                   "-p", '{"metadata":{"finalizers":null}}', check=False)
+        with contextlib.suppress(Exception):
+            self.c.stack.remove_hosts([h for h in self.hosts if h in self.c.stack.agents])
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.c.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
+
+    def wait(self, what: str, timeout: float, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not reached within {timeout:.0f} s; operator log:\n"
+                                   f"{self.c.stack.operator_log_tail(15)}")
+            time.sleep(0.2)
+
+    def run(self) -> None:
+        sampler = threading.Thread(target=self.sample, name=f"sampler-{self.plan.seed}", daemon=True)
+        try:
+            self.c.ensure_operator()
+            self.setup()
+            sampler.start()
+            self.inject()
+            problems = self.settle()
+            self.stop_sampling.set()
+            sampler.join(10)
+            self.result.violations += self.sampled + problems
+            self.result.outcomes = self.outcomes()
+        finally:
+            self.stop_sampling.set()
+            self.teardown()
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+
+def table(results: list[TrialResult]) -> str:
+    """Trials per fault kind, how many hit the planned phase, violations, and the seeds that reproduce them."""
+    rows = [f"{'fault kind':<20} {'trials':>6} {'hit':>5} {'violations':>10} {'mean s':>7}  reproducing seeds"]
+    for kind in KINDS:
+        mine = [r for r in results if r.plan.kind is kind]
+        if not mine:
+            continue
+        bad = [r for r in mine if r.violations]
+        seeds = " ".join(str(r.plan.seed) for r in bad[:12]) + (" ..." if len(bad) > 12 else "")
+        rows.append(f"{kind.value:<20} {len(mine):>6} {sum(r.hit for r in mine):>5} {len(bad):>10} "
+                    f"{sum(r.seconds for r in mine) / len(mine):>7.1f}  {seeds}")
+    bad = [r for r in results if r.violations]
+    rows.append(f"{'total':<20} {len(results):>6} {sum(r.hit for r in results):>5} {len(bad):>10} "
+                f"{sum(r.seconds for r in results) / max(len(results), 1):>7.1f}")
+    return "\n".join(rows)
+
+
+def violations_report(results: list[TrialResult]) -> str:
+    lines = []
+    for r in results:
+        if r.violations:
+            lines.append(f"{r.plan.describe()}  [{', '.join(r.outcomes)}]")
+            lines += [f"    - {v}" for v in r.violations]
+            lines += [f"    note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def run_trials(campaign: Campaign, seeds: Iterable[int], *, lanes: int = 1) -> list[TrialResult]:
+    """Run the trials of ``seeds``; with ``lanes`` > 1, trials whose faults touch only their own hosts
+    run side by side (the operator and API server faults always run alone)."""
+    seeds = list(seeds)
+    if lanes <= 1:
+        return [campaign.run(plan_trial(s)) for s in seeds]
+    shared = _SharedLock()
+    global_kinds = {Kind.OperatorKill, Kind.OperatorTerm, Kind.ApiServerRestart}
+
+    def one(seed: int) -> TrialResult:
+        plan = plan_trial(seed)
+        with shared.exclusive() if plan.kind in global_kinds else shared.shared():
+            return campaign.run(plan)
+
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        return list(pool.map(one, seeds))
+
+
+class _SharedLock:
+    """Many readers or one writer: local trials share the installation, global faults have it alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Any:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Any:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
