@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -52,14 +53,14 @@ def main() -> int:
         seed += 1
     plane = ControlPlane(default_dir(f"chaos-{os.getpid()}"), tie_to_parent=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="vmshift-chaos-") as tmp:
-        campaign = Campaign(plane, Path(tmp), log=(lambda line: None) if args.quiet else
-                            (lambda line: print(line, flush=True)))
-        try:
-            results = run_trials(campaign, seeds, lanes=args.lanes)
-        finally:
-            campaign.close()
-            plane.down()
+    workdir = Path(tempfile.mkdtemp(prefix="vmshift-chaos-"))
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    campaign = Campaign(plane, workdir, log=log)
+    try:
+        results = run_trials(campaign, seeds, lanes=args.lanes)
+    finally:
+        campaign.close()
+        plane.down()
     elapsed = time.monotonic() - started
     print()
     print(f"chaos campaign: {len(results)} trials, seeds {seeds[0]}..{seeds[-1]}, {elapsed / 60:.1f} min "
@@ -69,6 +70,9 @@ def main() -> int:
     if report:
         print("\nviolations (replay one with: .venv/bin/python bench/chaos.py --trials 1 --seed SEED):")
         print(report)
+        print(f"\nlogs of the operator and the agents are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 1 if report else 0
 
 

@@ -126,6 +126,7 @@ class TrialResult:
     seconds: float = 0.0
     outcomes: list[str] = field(default_factory=list)  # how each migration ended
     notes: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds spent in setup, fault, settle, teardown
 
 
 class LoopThread(ProxyLoop):
@@ -208,8 +209,10 @@ class Campaign:
         result.seconds = time.monotonic() - started
         self.results.append(result)
         self.log(f"{'FAIL' if result.violations else 'ok  '} {result.seconds:5.1f}s {plan.describe()}"
-                 f"{' (hit)' if result.hit else ''} -> {', '.join(result.outcomes)}"
-                 + "".join(f"\n      {v}" for v in result.violations))
+                 f"{' (hit)' if result.hit else ''} -> {', '.join(result.outcomes)} "
+                 f"[{' '.join(f'{k} {v:.1f}' for k, v in result.steps.items())}]"
+                 + "".join(f"\n      {v}" for v in result.violations)
+                 + "".join(f"\n      note: {n}" for n in result.notes))
         return result
 
     def ensure_operator(self) -> None:
@@ -437,6 +440,7 @@ class _Trial:
         deadline = time.monotonic() + bound
         while not self._migrations_over() and time.monotonic() < deadline:
             time.sleep(0.3)
+        self.result.steps["migrations"] = time.monotonic() - (deadline - bound)
         problems: list[str] = []
         for name in self.mig_names:
             ended = self.mig_ended.get(name)
@@ -444,11 +448,16 @@ class _Trial:
                 problems.append(f"migration {name} did not end within {bound:.0f} s")
             elif ended - self.mig_created[name] > bound:
                 problems.append(f"migration {name} took {ended - self.mig_created[name]:.0f} s (bound {bound:.0f} s)")
-        deadline = time.monotonic() + SETTLE_SECONDS + RESERVATION_SECONDS
+        started = time.monotonic()
+        deadline = started + SETTLE_SECONDS + RESERVATION_SECONDS
+        told = started
         while True:
             last = self.check()
             if not last or time.monotonic() > deadline:
                 break
+            if time.monotonic() - told > 10:
+                told = time.monotonic()
+                self.result.notes.append(f"still settling after {told - started:.0f} s: {'; '.join(last)[:300]}")
             time.sleep(0.5)
         return problems + last
 
@@ -467,6 +476,21 @@ class _Trial:
             phase = (obj.get("status") or {}).get("phase")
             if name not in self.deleted and phase != "Running":
                 problems.append(f"VM {name} is {phase}, not Running")
+        return problems
+
+    def wrong_words(self) -> list[str]:
+        """A migration may blame an agent only if that agent was really lost in this trial."""
+        lost = {Kind.SourceAgentKill: {"SourceLost", "AgentUnreachable"},
+                Kind.TargetAgentKill: {"TargetLost", "AgentUnreachable"},
+                Kind.Partition: {"TargetLost", "SourceLost", "Timeout", "AgentUnreachable"},
+                Kind.Blackhole: {"TargetLost", "SourceLost", "Timeout", "AgentUnreachable"}}.get(self.plan.kind, set())
+        problems = []
+        for m in self.c.items("vsmig", self.ns):
+            failure = (m.get("status") or {}).get("failure") or {}
+            reason = failure.get("reason")
+            if reason in {"SourceLost", "TargetLost", "AgentUnreachable"} and reason not in lost:
+                problems.append(f"migration {m['metadata']['name']} failed with {reason} although no agent was lost "
+                                f"({self.plan.kind.value}): {str(failure.get('message'))[:200]}")
         return problems
 
     def outcomes(self) -> list[str]:
@@ -509,21 +533,29 @@ class _Trial:
                                    f"{self.c.stack.operator_log_tail(15)}")
             time.sleep(0.2)
 
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self.result.steps[name] = time.monotonic() - started
+
     def run(self) -> None:
         sampler = threading.Thread(target=self.sample, name=f"sampler-{self.plan.seed}", daemon=True)
         try:
             self.c.ensure_operator()
-            self.setup()
+            self.step("setup", self.setup)
             sampler.start()
-            self.inject()
-            problems = self.settle()
+            self.step("fault", self.inject)
+            problems = self.step("settle", self.settle)
             self.stop_sampling.set()
             sampler.join(10)
             self.result.violations += self.sampled + problems
             self.result.outcomes = self.outcomes()
+            self.result.violations += self.wrong_words()
         finally:
             self.stop_sampling.set()
-            self.teardown()
+            self.step("teardown", self.teardown)
 
 
 # -- the table ---------------------------------------------------------------------------------------
