@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -147,8 +147,13 @@ class Campaign:
         self.agent_loop = LoopThread()
         self.stack.start_operator(*OPERATOR_ARGS)
         self.results: list[TrialResult] = []
+        self._janitor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chaos-janitor")
+        self._cleanups: list[Future[None]] = []
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.drain_janitor()
+        self._janitor.shutdown()
         self.stack.stop()
         self.proxy_loop.close()
         self.agent_loop.close()
@@ -214,6 +219,20 @@ class Campaign:
                  + "".join(f"\n      {v}" for v in result.violations)
                  + "".join(f"\n      note: {n}" for n in result.notes))
         return result
+
+    def janitor_work(self, teardown: Callable[[], None], result: TrialResult) -> None:
+        """Tear a finished trial down in the background while the next one starts."""
+        def work() -> None:
+            try:
+                teardown()
+            except Exception as exc:
+                result.violations.append(f"tearing the trial down failed: {type(exc).__name__}: {exc}")
+        self._cleanups.append(self._janitor.submit(work))
+
+    def drain_janitor(self) -> None:
+        for future in self._cleanups:
+            future.result()
+        self._cleanups.clear()
 
     def ensure_operator(self) -> None:
         if self.stack.operator is None or self.stack.operator.poll() is not None:
@@ -511,7 +530,7 @@ class _Trial:
             for proxy in self.proxies.values():
                 proxy.heal()
         self.c.ensure_operator()
-        proc = self.c.kubectl("delete", "vsmig,vsvm", "--all", "-n", self.ns, "--wait=true", "--timeout=40s",
+        proc = self.c.kubectl("delete", "vsmig,vsvm", "--all", "-n", self.ns, "--wait=true", "--timeout=120s",
                               check=False)
         if proc.returncode != 0:
             self.result.violations.append(f"deleting the trial's VMs hung: {proc.stderr.strip()[:300]}")
@@ -555,7 +574,7 @@ class _Trial:
             self.result.violations += self.wrong_words()
         finally:
             self.stop_sampling.set()
-            self.step("teardown", self.teardown)
+            self.c.janitor_work(lambda: self.step("teardown", self.teardown), self.result)
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -593,7 +612,9 @@ def run_trials(campaign: Campaign, seeds: Iterable[int], *, lanes: int = 1) -> l
     run side by side (the operator and API server faults always run alone)."""
     seeds = list(seeds)
     if lanes <= 1:
-        return [campaign.run(plan_trial(s)) for s in seeds]
+        results = [campaign.run(plan_trial(s)) for s in seeds]
+        campaign.drain_janitor()
+        return results
     shared = _SharedLock()
     global_kinds = {Kind.OperatorKill, Kind.OperatorTerm, Kind.ApiServerRestart}
 
@@ -603,7 +624,9 @@ def run_trials(campaign: Campaign, seeds: Iterable[int], *, lanes: int = 1) -> l
             return campaign.run(plan)
 
     with ThreadPoolExecutor(max_workers=lanes) as pool:
-        return list(pool.map(one, seeds))
+        results = list(pool.map(one, seeds))
+    campaign.drain_janitor()
+    return results
 
 
 class _SharedLock:
