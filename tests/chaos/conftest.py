@@ -18,8 +18,7 @@ from vmshift.devcluster.cluster import ControlPlane, default_dir
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     directory = default_dir(f"pytest-chaos-{os.getpid()}")
     plane = ControlPlane(directory, tie_to_parent=True)
-    lines: list[str] = []
-    c = Campaign(plane, tmp_path_factory.mktemp("chaos"), log=lines.append)
+    c = Campaign(plane, tmp_path_factory.mktemp("chaos"), log=lambda line: print(line, flush=True))
     try:
         yield c
     finally:
