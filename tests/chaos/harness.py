@@ -12,7 +12,6 @@ plan of a trial is a pure function of its seed (``plan_trial``), so a failing se
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -27,11 +26,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
 from tests.chaos.invariants import AgentView, ExpectedVM, api_migration_problems, settled_problems, two_running
 from tests.chaos.proxy import Fault, MigrationProxy, Phase, ProxyLoop, Trigger, precopy_frame
 from vmshift.devcluster.cluster import ControlPlane
 from vmshift.devcluster.stack import HostPlan, Stack
-from vmshift.hypervisor.client import AgentError
+from vmshift.hypervisor.client import AgentError, HypervisorClient
 from vmshift.hypervisor.launcher import AgentProcess
 
 #: Every migration a trial asks for carries this timeout; its bound adds the faults' downtime and SLACK.
@@ -42,6 +46,8 @@ SLACK_SECONDS = 40.0
 #: How long a trial waits for every VM to sit on one host once its migrations ended.
 SETTLE_SECONDS = 45.0
 RESERVATION_SECONDS = 5.0
+GROUP, VERSION = "vmshift.io", "v1alpha1"
+PLURALS = {"Host": "hosts", "VirtualMachine": "virtualmachines", "VirtualMachineMigration": "virtualmachinemigrations"}
 OPERATOR_ARGS = ("--agent-poll-seconds", "0.5", "--keep-finished-migrations", "50")
 
 
@@ -142,11 +148,15 @@ class Campaign:
         self.workdir = workdir
         self.log = log
         self.stack = Stack(state, workdir)
+        client = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
         self.stack.install_crds()
         self.proxy_loop = ProxyLoop()
         self.agent_loop = LoopThread()
         self.stack.start_operator(*OPERATOR_ARGS)
         self.results: list[TrialResult] = []
+        self._session: aiohttp.ClientSession | None = None
         self._janitor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chaos-janitor")
         self._cleanups: list[Future[None]] = []
 
@@ -154,51 +164,93 @@ class Campaign:
         with contextlib.suppress(Exception):
             self.drain_janitor()
         self._janitor.shutdown()
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                self.agent_loop.call(self._session.close())
         self.stack.stop()
         self.proxy_loop.close()
         self.agent_loop.close()
 
-    # -- the API server, with patience for its restarts -------------------------------------------
+    # -- the API server (the official client: a kubectl process per poll cost more CPU than the trial),
+    #    with patience for its restarts ---------------------------------------------------------
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                patience: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def _call(self, fn: Callable[..., Any], *args: Any, patience: float = 60.0, **kwargs: Any) -> Any:
         deadline = time.monotonic() + patience
         while True:
-            proc = self.stack.kubectl(*args, input=input, check=False, timeout=60)
-            transient = proc.returncode != 0 and any(
-                s in proc.stderr for s in ("connection refused", "connect: connection reset", "EOF",
-                                           "the server is currently unable", "TLS handshake", "i/o timeout"))
-            if not transient or time.monotonic() > deadline:
-                if check and proc.returncode != 0:
-                    raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-                return proc
+            try:
+                return fn(*args, _request_timeout=30, **kwargs)
+            except ApiException as exc:
+                if exc.status not in (429, 500, 502, 503, 504) or time.monotonic() > deadline:
+                    raise
+            except (urllib3.exceptions.HTTPError, OSError):
+                if time.monotonic() > deadline:
+                    raise
             time.sleep(0.3)
 
-    def apply(self, *objs: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+    def create(self, body: dict[str, Any]) -> None:
+        plural = PLURALS[body["kind"]]
+        namespace = body["metadata"].get("namespace")
+        try:
+            if namespace:
+                self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body)
+            else:
+                self._call(self.custom.create_cluster_custom_object, GROUP, VERSION, plural, body)
+        except ApiException as exc:
+            if exc.status != 409:  # a retry after a restart found the first attempt's object
+                raise
 
-    def items(self, kinds: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        args = ["get", kinds, "-o", "json"] + (["-n", namespace] if namespace else [])
-        return list(json.loads(self.kubectl(*args).stdout).get("items", []))
+    def patch(self, plural: str, namespace: str | None, name: str, body: dict[str, Any]) -> None:
+        if namespace:
+            self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body)
+        else:
+            self._call(self.custom.patch_cluster_custom_object, GROUP, VERSION, plural, name, body)
+
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        try:
+            self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def items(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace:
+            listed = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural)
+        else:
+            listed = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        return list(listed.get("items", []))
+
+    def namespace(self, name: str, *, delete: bool = False) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        try:
+            if delete:
+                self._call(self.core.delete_namespace, name)
+            else:
+                self._call(self.core.create_namespace, body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     # -- agents ----------------------------------------------------------------------------------
 
     def views(self, agents: dict[str, AgentProcess], order: Iterable[str], *, full: bool = True) -> list[AgentView]:
-        async def read(host: str) -> AgentView:
+        """Read the agents one after the other in ``order`` (the order matters to two_running)."""
+        async def read(host: str, session: aiohttp.ClientSession) -> AgentView:
             agent = agents[host]
             if not agent.alive:
                 return AgentView(host, False)
+            client = HypervisorClient(agent.endpoint, agent.token, timeout_seconds=5, session=session)
             try:
-                async with agent.client(timeout_seconds=5) as client:
-                    vms = tuple(await client.list_vms())
-                    if not full:
-                        return AgentView(host, True, vms)
-                    return AgentView(host, True, vms, await client.host(), tuple(await client.list_migrations()))
+                vms = tuple(await client.list_vms())
+                if not full:
+                    return AgentView(host, True, vms)
+                return AgentView(host, True, vms, await client.host(), tuple(await client.list_migrations()))
             except AgentError:
                 return AgentView(host, False)
 
         async def sweep() -> list[AgentView]:
-            return [await read(h) for h in order]  # one after the other: the order matters (two_running)
+            if self._session is None:  # one pool, made on the loop that uses it
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            return [await read(h, self._session) for h in order]
 
         return list(self.agent_loop.call(sweep(), timeout=60))
 
@@ -248,8 +300,8 @@ class _Trial:
         self.result = result
         tag = f"{plan.seed}-{uuid.uuid4().hex[:4]}"
         self.ns = f"chaos-{tag}"
-        self.hosts = [f"c{tag}-{x}" for x in ("a", "b", "c")]
-        self.source, self.target, self.spare = self.hosts
+        self.hosts = [f"c{tag}-{x}" for x in ("a", "b", "c")[:3 if plan.kind is Kind.DrainRace else 2]]
+        self.source, self.target, self.spare = self.hosts[0], self.hosts[1], self.hosts[-1]
         self.proxies: dict[str, MigrationProxy] = {}
         self.uids: dict[str, str] = {}
         self.deleted: set[str] = set()
@@ -279,21 +331,20 @@ class _Trial:
         self.c.stack.start_hosts(plans, apply=False)
         for host, agent in self.agents.items():
             self.proxies[host].set_upstream(agent.migration_port)
-        self.c.apply(*[p.manifest(self.c.stack.agents[p.name].endpoint) for p in plans])
-        self.c.kubectl("create", "namespace", self.ns)
-        self.wait("hosts Ready", 60, lambda: all(
-            (h.get("status") or {}).get("phase") == "Ready"
-            for h in self.c.items("hosts.vmshift.io") if h["metadata"]["name"] in self.hosts)
-            and len([h for h in self.c.items("hosts.vmshift.io") if h["metadata"]["name"] in self.hosts]) == 3)
-        self.c.apply(*[self.vm_manifest(v) for v in self.plan.vms])
+        for p in plans:
+            self.c.create(p.manifest(self.c.stack.agents[p.name].endpoint))
+        self.c.namespace(self.ns)
+        self.wait("hosts Ready", 60, lambda: [(h.get("status") or {}).get("phase") for h in self.c.items("hosts")
+                                              if h["metadata"]["name"] in self.hosts] == ["Ready"] * len(self.hosts))
+        for v in self.plan.vms:
+            self.c.create(self.vm_manifest(v))
         self.wait("VMs Running", 60, lambda: self._all_running())
         for v in self.plan.vms:
-            self.c.kubectl("patch", "vsvm", v.name, "-n", self.ns, "--type=merge",
-                           "-p", '{"spec":{"placement":{"host":null}}}')
-        self.uids = {v["metadata"]["name"]: v["metadata"]["uid"] for v in self.c.items("vsvm", self.ns)}
+            self.c.patch("virtualmachines", self.ns, v.name, {"spec": {"placement": {"host": None}}})
+        self.uids = {v["metadata"]["name"]: v["metadata"]["uid"] for v in self.c.items("virtualmachines", self.ns)}
 
     def _all_running(self) -> bool:
-        vms = self.c.items("vsvm", self.ns)
+        vms = self.c.items("virtualmachines", self.ns)
         return len(vms) == len(self.plan.vms) and all((v.get("status") or {}).get("phase") == "Running" for v in vms)
 
     def vm_manifest(self, v: VmPlan) -> dict[str, Any]:
@@ -308,13 +359,13 @@ class _Trial:
         name = f"{v.name}-to-{target.rsplit('-', 1)[-1]}-{len(self.mig_names)}"
         self.mig_names.append(name)
         self.mig_created[name] = time.monotonic()
-        self.c.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+        self.c.create({"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
                       "metadata": {"name": name, "namespace": self.ns},
                       "spec": {"vmName": v.name, "targetHost": target, "mode": v.mode,
                                "timeoutSeconds": MIGRATION_TIMEOUT_SECONDS}})
 
     def drain(self) -> None:
-        self.c.kubectl("patch", "hosts.vmshift.io", self.source, "--type=merge", "-p", '{"spec":{"maintenance":true}}')
+        self.c.patch("hosts", None, self.source, {"spec": {"maintenance": True}})
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -413,11 +464,11 @@ class _Trial:
         self.result.hit = True
         if plan.kind is Kind.DeleteMigration:
             victim = self.rng.choice(self.mig_names)
-            self.c.kubectl("delete", "vsmig", victim, "-n", self.ns, "--wait=false")
+            self.c.delete("virtualmachinemigrations", self.ns, victim)
             self.result.notes.append(f"deleted migration {victim}")
         elif plan.kind is Kind.DeleteVM:
             victim = self.rng.choice(self.plan.vms).name
-            self.c.kubectl("delete", "vsvm", victim, "-n", self.ns, "--wait=false")
+            self.c.delete("virtualmachines", self.ns, victim)
             self.deleted.add(victim)
             self.result.notes.append(f"deleted VM {victim}")
         elif action is not None:
@@ -430,7 +481,7 @@ class _Trial:
 
     def _migrations_over(self) -> bool:
         finished = {"Succeeded", "Failed", "Cancelled"}
-        items = {m["metadata"]["name"]: m for m in self.c.items("vsmig", self.ns)}
+        items = {m["metadata"]["name"]: m for m in self.c.items("virtualmachinemigrations", self.ns)}
         now = time.monotonic()
         for name in self.mig_names:
             m = items.get(name)
@@ -442,7 +493,7 @@ class _Trial:
     def sample(self) -> None:
         """Until the trial settles: two sweeps of the agents in opposite orders, looking for two running copies."""
         names = {uid: name for name, uid in self.uids.items()}
-        while not self.stop_sampling.wait(0.15):
+        while not self.stop_sampling.wait(0.25):
             try:
                 order = list(self.agents)
                 agents = self.agents
@@ -481,8 +532,8 @@ class _Trial:
         return problems + last
 
     def check(self) -> list[str]:
-        vms = {v["metadata"]["name"]: v for v in self.c.items("vsvm", self.ns)}
-        migrations = self.c.items("vsmig", self.ns)
+        vms = {v["metadata"]["name"]: v for v in self.c.items("virtualmachines", self.ns)}
+        migrations = self.c.items("virtualmachinemigrations", self.ns)
         expected = []
         for name, uid in self.uids.items():
             obj = vms.get(name)
@@ -504,7 +555,7 @@ class _Trial:
                 Kind.Partition: {"TargetLost", "SourceLost", "Timeout", "AgentUnreachable"},
                 Kind.Blackhole: {"TargetLost", "SourceLost", "Timeout", "AgentUnreachable"}}.get(self.plan.kind, set())
         problems = []
-        for m in self.c.items("vsmig", self.ns):
+        for m in self.c.items("virtualmachinemigrations", self.ns):
             failure = (m.get("status") or {}).get("failure") or {}
             reason = failure.get("reason")
             if reason in {"SourceLost", "TargetLost", "AgentUnreachable"} and reason not in lost:
@@ -514,7 +565,7 @@ class _Trial:
 
     def outcomes(self) -> list[str]:
         out = []
-        for m in self.c.items("vsmig", self.ns):
+        for m in self.c.items("virtualmachinemigrations", self.ns):
             status = m.get("status") or {}
             reason = (status.get("failure") or {}).get("reason")
             out.append(f"{m['metadata']['name']}={status.get('phase')}{'/' + reason if reason else ''}")
@@ -530,19 +581,26 @@ class _Trial:
             for proxy in self.proxies.values():
                 proxy.heal()
         self.c.ensure_operator()
-        proc = self.c.kubectl("delete", "vsmig,vsvm", "--all", "-n", self.ns, "--wait=true", "--timeout=120s",
-                              check=False)
-        if proc.returncode != 0:
-            self.result.violations.append(f"deleting the trial's VMs hung: {proc.stderr.strip()[:300]}")
-            for kind in ("vsmig", "vsvm"):
-                for obj in self.c.items(kind, self.ns):
-                    self.c.kubectl("patch", kind, obj["metadata"]["name"], "-n", self.ns, "--type=merge",
-                                   "-p", '{"metadata":{"finalizers":null}}', check=False)
+        for plural in ("virtualmachinemigrations", "virtualmachines"):
+            for obj in self.c.items(plural, self.ns):
+                self.c.delete(plural, self.ns, obj["metadata"]["name"])
+        deadline = time.monotonic() + 120
+        while self.c.items("virtualmachines", self.ns) or self.c.items("virtualmachinemigrations", self.ns):
+            if time.monotonic() > deadline:
+                left = [o["metadata"]["name"] for p in ("virtualmachines", "virtualmachinemigrations")
+                        for o in self.c.items(p, self.ns)]
+                self.result.violations.append(f"deleting the trial's objects hung for 120 s: {left}")
+                for plural in ("virtualmachinemigrations", "virtualmachines"):
+                    for obj in self.c.items(plural, self.ns):
+                        self.c.patch(plural, self.ns, obj["metadata"]["name"], {"metadata": {"finalizers": None}})
+                break
+            time.sleep(0.5)
         with contextlib.suppress(Exception):
             self.c.stack.remove_hosts([h for h in self.hosts if h in self.c.stack.agents])
         for proxy in self.proxies.values():
             proxy.close()
-        self.c.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
+        with contextlib.suppress(Exception):
+            self.c.namespace(self.ns, delete=True)
 
     def wait(self, what: str, timeout: float, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + timeout

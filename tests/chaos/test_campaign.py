@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 TRIALS = 3 * len(KINDS)
 
 
+@pytest.mark.timeout(1800)
 def test_short_campaign_keeps_every_vm_on_exactly_one_host(campaign: Campaign) -> None:
     first = int(os.environ.get("VMSHIFT_CHAOS_SEED", "1000"))
     results = run_trials(campaign, range(first, first + TRIALS), lanes=int(os.environ.get("VMSHIFT_CHAOS_LANES", "3")))
