@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -98,11 +99,19 @@ class BreakingProxy:
     of this type (e.g. SWITCHOVER: the source is left in doubt, the target never heard it).
     ``close_on_target_frame``: close both sides, without forwarding it, when the target sends its
     frame number k (1: WELCOME, 2: RESUMED), so the source never hears it.
+    ``drop_source_frame``: (type, k): silently drop the source's k-th frame of that type and forward the
+    rest (e.g. a PAGES frame: the target misses those pages without knowing it).
+    ``resolve_port``: tell the source (in the target's WELCOME) to re-dial this port to resolve a broken
+    switchover, e.g. a closed one: the source cannot ask the target (a partition).
     """
 
     def __init__(self, target_host: str, target_port: int, *, cut_after_bytes: int | None = None,
-                 close_on_source_frame: int | None = None, close_on_target_frame: int | None = None) -> None:
+                 close_on_source_frame: int | None = None, close_on_target_frame: int | None = None,
+                 drop_source_frame: tuple[int, int] | None = None, resolve_port: int | None = None) -> None:
         self.target = (target_host, target_port)
+        self.resolve_port = resolve_port
+        self.drop_source_frame = drop_source_frame
+        self.source_frames: dict[int, int] = {}
         self.cut_after_bytes = cut_after_bytes
         self.close_on_source_frame = close_on_source_frame
         self.close_on_target_frame = close_on_target_frame
@@ -144,6 +153,9 @@ class BreakingProxy:
                 body = await reader.readexactly(length)
                 if kind == self.close_on_source_frame:
                     break
+                self.source_frames[kind] = self.source_frames.get(kind, 0) + 1
+                if self.drop_source_frame == (kind, self.source_frames[kind]):
+                    continue
                 writer.write(head + body)
                 await writer.drain()
                 self.forwarded += len(head) + len(body)
@@ -163,6 +175,9 @@ class BreakingProxy:
             self.target_frames += 1
             if self.close_on_target_frame == self.target_frames:
                 break
+            if self.target_frames == 1 and self.resolve_port is not None:  # WELCOME
+                body = json.dumps({"resolvePort": self.resolve_port}).encode()
+                head = _HEADER.pack(*_HEADER.unpack(head)[:3], len(body))
             writer.write(head + body)
             await writer.drain()
         self._break()

@@ -123,7 +123,8 @@ class MigrationFailure(ApiModel):
     reason: FailureReason = Field(
         description="A word from a closed set: IncompatibleProcessor, InsufficientResources, "
         "TargetUnschedulable, StorageNotShared, NotConverging, Timeout, AgentUnreachable, SourceLost, "
-        "TargetLost, AlreadyMigrating, PlacementConstraint, Cancelled."
+        "TargetLost, AlreadyMigrating, PlacementConstraint, Cancelled, VirtualMachineNotRunning, "
+        "MemoryMismatch (the memory that arrived differs from the source's; the target discarded it)."
     )
     message: str = Field(
         "", description="What went wrong, naming the hosts and VM, and what a person can do.", max_length=32768
@@ -153,6 +154,11 @@ class VirtualMachineMigrationStatus(ConditionsStatus):
     durationMs: float | None = Field(None, description="How long the migration took, in milliseconds.", ge=0)
     memoryVerified: bool | None = Field(
         None, description="Whether the target's memory digest matched the source's at switchover."
+    )
+    inDoubt: bool | None = Field(
+        None, description="True while the switchover is in doubt: the source sent it but cannot ask the target "
+        "whether it resumed the guest (a partition, a dead host), so the guest stays paused on the source until "
+        "the target's agent answers. The condition Ready says what to do.",
     )
     startedAt: datetime | None = Field(None, description="When the transfer started.")
     finishedAt: datetime | None = Field(None, description="When the migration ended.")

@@ -27,6 +27,9 @@ class FailureReason(StrEnum):
     PlacementConstraint = "PlacementConstraint"
     Cancelled = "Cancelled"
     VirtualMachineNotRunning = "VirtualMachineNotRunning"
+    #: Added: the memory that arrived is not the memory the source paused with (a digest mismatch,
+    #: or a page whose bytes do not match its version); the target discarded its copy.
+    MemoryMismatch = "MemoryMismatch"
 
 
 class MigrationMode(StrEnum):

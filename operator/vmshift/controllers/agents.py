@@ -229,6 +229,28 @@ class AgentDirectory:
                 found.append((name, vm))
         return found
 
+    def reports(self) -> dict[str, Mapping[str, VmInfo]]:
+        """What every reachable agent last reported, by host: its guests by VM id."""
+        return {name: link.vms for name, link in self._links.items() if link.reachable}
+
+    async def live_locate(self, vm_id: str, concurrency: int = 50) -> list[tuple[str, VmInfo]] | None:
+        """Ask every agent now (not its last report) whether it holds ``vm_id``: the hosts that do, with
+        what they said; None when any agent does not answer (then nobody can say the guest runs nowhere)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def ask(link: AgentLink) -> tuple[str, VmInfo | None] | None:
+            async with gate:
+                try:
+                    return link.host, await link.client.get_vm(vm_id)
+                except AgentError as exc:
+                    return (link.host, None) if exc.status == 404 else None
+
+        answers = await asyncio.gather(*(ask(link) for link in list(self._links.values())))
+        if any(answer is None for answer in answers):
+            return None
+        return [(host, info) for host, info in (a for a in answers if a is not None)
+                if info is not None and info.state in RESIDENT]
+
     def all_reachable(self) -> bool:
         return all(link.reachable for link in self._links.values())
 

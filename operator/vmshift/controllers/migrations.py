@@ -9,15 +9,21 @@ Crash safety: the migration id given to the agents is the object's uid, and the 
 truth. A daemon that starts on a migration already past Pending asks the source agent for that id
 and follows it, or, if the agent never heard of it, starts again from validation; a source agent
 that lost it (restarted) makes the migration fail with SourceLost unless the target committed.
+Only a deletion cancels: an operator that exits or pauses leaves its migrations to the agents
+(stop_action). A switchover in doubt (the source cannot ask the target) stays SwitchingOver with
+reason InDoubt until the target's own word settles it (target_verdict).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import kopf
@@ -26,7 +32,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.agents import AgentLink
+from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
 from vmshift.controllers.views import VMEntry, vm_view
@@ -41,6 +47,7 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
 )
 from vmshift.scheduling.compatibility import blocking, check_target
+from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
 from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
 from vmshift.scheduling.queue import MigrationRequest as QueueRequest
@@ -63,6 +70,30 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return phase is not None and MigrationPhase(phase).finished
 
 
+class StopAction(StrEnum):
+    """What a migration's daemon does when Kopf sets ``stopped``."""
+
+    Cancel = "Cancel"  # the object is being deleted: cancel on the agents, end as Cancelled
+    Leave = "Leave"  # the operator exits or pauses: stop following, write nothing; the next one resumes
+
+
+def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
+    """Only a deletion cancels a migration (pure).
+
+    Kopf stops a daemon for several reasons, possibly combined: the resource was deleted, the
+    operator exits (SIGTERM in a rolling update) or pauses (a peer with higher priority), the
+    filter stopped matching (the daemon wrote a final phase). Anything but a deletion leaves the
+    migration to the agents, which carry on; the operator that runs next follows it again.
+    """
+    if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
+        return StopAction.Cancel
+    return StopAction.Leave
+
+
+class Leaving(Exception):
+    """The operator exits or pauses: the daemon stops following and changes nothing."""
+
+
 class MigrationFailedError(Exception):
     """The migration cannot go on; ``reason`` is from the closed set, ``message`` a sentence to act on."""
 
@@ -70,6 +101,87 @@ class MigrationFailedError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class Side(StrEnum):
+    source = "source"
+    target = "target"
+
+
+def agent_failure_reason(code: str, side: Side | None) -> FailureReason:
+    """The closed-set reason for an agent's refusal (pure).
+
+    Codes that are failure reasons already (InsufficientResources, IncompatibleProcessor, ...) pass
+    through. The others say what went wrong on which side: a source that does not hold the VM or
+    holds it in a state that cannot move, a target that already holds a copy, a migration id one of
+    them already knows; only an agent that did not answer (or refused our token) is AgentUnreachable.
+    """
+    if code in FailureReason.__members__:
+        return FailureReason(code)
+    if code == "InvalidState":
+        return FailureReason.VirtualMachineNotRunning if side is not Side.target else FailureReason.TargetUnschedulable
+    if code == "NotFound":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    if code == "Conflict":
+        return FailureReason.TargetUnschedulable if side is Side.target else FailureReason.AlreadyMigrating
+    if code == "PastCommitPoint":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    if code == "Internal":
+        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
+    return FailureReason.AgentUnreachable
+
+
+class AgentRefusedError(Exception):
+    """An agent refused a call of the migration; ``side`` says which."""
+
+    def __init__(self, side: Side, host: str | None, error: AgentError) -> None:
+        super().__init__(str(error))
+        self.side = side
+        self.host = host
+        self.error = error
+
+
+def target_verdict(status: MigrationStatus | None, error_code: str | None,
+                   target_holds_vm: bool | None) -> bool | None:
+    """What the target states about a switchover in doubt, from its answer to a cancel (pure).
+
+    True: it resumed the guest (the cancel came past its commit point, or its record is committed).
+    False: it did not and never will (its record ended uncommitted, or it knows no such migration
+    and holds no copy of the VM: it restarted). None: nothing can be concluded yet (unreachable, or
+    the cancel is still being applied).
+    """
+    if error_code == "PastCommitPoint":
+        return True
+    if error_code == "NotFound":
+        return False if target_holds_vm is False else None
+    if error_code is not None or status is None:
+        return None
+    if status.committed or status.phase is MigrationPhase.Succeeded:
+        return True
+    if status.phase.finished:
+        return False
+    return None
+
+
+@dataclass
+class ProgressWatch:
+    """progressTimeoutSeconds as documented: the remaining memory has not shrunk for that long (pure).
+
+    Bytes sent are no measure: a guest that re-dirties its hot set keeps the link busy forever
+    while the remaining set stays where it was.
+    """
+
+    timeout: float
+    best: float = float("inf")
+    since: float | None = None
+
+    def stalled(self, remaining_mib: float, now: float) -> bool:
+        """Record one report; True once ``remaining_mib`` has not gone below its lowest for ``timeout`` s."""
+        if self.since is None or remaining_mib < self.best - 0.01:
+            self.best = min(self.best, remaining_mib)
+            self.since = now
+            return False
+        return now - self.since > self.timeout
 
 
 def progress_status(agent: MigrationStatus) -> dict[str, Any]:
@@ -168,8 +280,45 @@ def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
 
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView]) -> tuple[str, MigrationMode, str]:
-    """Every check of DESIGN.md §3; returns (target, mode, why) or raises MigrationFailedError."""
+@dataclass(frozen=True)
+class Move:
+    """Where and how a migration goes, and why (the sentence for status)."""
+
+    target: str
+    mode: MigrationMode
+    why: str
+
+
+def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
+    """Every check of DESIGN.md §3 for one move (pure); raises MigrationFailedError when it cannot happen.
+
+    ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
+    that host is checked: a second look never picks another one (status, the queue's slots and the
+    target's reservation all name the first).
+    """
+    if target:
+        problems = check_target(view, target, now, moving=True)
+    else:
+        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and policy.allows_quick)
+        if isinstance(choice, Refusal):
+            raise MigrationFailedError(choice.reason, choice.message)
+        target = choice.host
+        problems = check_target(view, target, now, moving=True)
+    source = now.host(view.host) if view.host else None
+    target_view = now.host(target)
+    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
+    mode = choose_mode(requested, view, policy, problems, bandwidth_mbps=min(links) if links else None)
+    if mode.mode is None:
+        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
+    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
+    if hard:
+        raise MigrationFailedError(hard[0].reason, hard[0].message)
+    return Move(target, mode.mode, mode.message)
+
+
+async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
+                    admitted: str | None = None) -> Move:
+    """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
@@ -179,34 +328,19 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
     if not vm.host:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"{run.vm_name} runs on no host yet (phase {vm.phase}); migrate it once it runs.")
+    if admitted is not None and run.source is not None and vm.host != run.source:
+        raise MigrationFailedError(FailureReason.SourceLost,
+                                   f"{run.vm_name} left {run.source} (it is on {vm.host} now) while this migration "
+                                   f"waited; create the migration again if it should still move.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    now = fleet(fresh=True)
-    view = vm_view(vm)
     requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
-    target = spec.get("targetHost")
-    if target:
-        problems = check_target(view, target, now, moving=True)
-    else:
-        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and run.policy.allows_quick)
-        if isinstance(choice, Refusal):
-            raise MigrationFailedError(choice.reason, choice.message)
-        target = choice.host
-        problems = check_target(view, target, now, moving=True)
-    source = now.host(vm.host)
-    target_view = now.host(target)
-    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
-    mode = choose_mode(requested, view, run.policy, problems, bandwidth_mbps=min(links) if links else None)
-    if mode.mode is None:
-        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
-    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
-    if hard:
-        raise MigrationFailedError(hard[0].reason, hard[0].message)
-    return target, mode.mode, mode.message
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
-    """Queue for slots on source and target and the cluster limit. False if stopped while waiting."""
+    """Queue for slots on source and target and the cluster limit. False if deleted while waiting;
+    Leaving if the operator exits or pauses (the request stays Pending for the next operator)."""
     rt = runtime()
     vm = run.vm
     assert vm is not None and run.source is not None
@@ -220,6 +354,8 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     told = ""
     while not ticket.admitted.is_set():
         if stopped:
+            if stop_action(stopped.reason) is StopAction.Leave:
+                raise Leaving()  # still queued: a paused operator that resumes finds its ticket again
             rt.gate.release(run.key)
             return False
         now = fleet()
@@ -239,12 +375,18 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     vm = run.vm
     assert vm is not None and run.source is not None
     source_link, target_link = _link(run.source), _link(target)
-    info = await source_link.client.get_vm(vm.uid)
+    try:
+        info = await source_link.client.get_vm(vm.uid)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.source, run.source, exc) from None
     base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
     incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
                           vendor=source_link.info.vendor if source_link.info else None)
-    grant = await target_link.client.prepare_incoming(
-        IncomingMigrationRequest(migration_id=run.uid, vm=incoming, mode=mode))
+    try:
+        grant = await target_link.client.prepare_incoming(
+            IncomingMigrationRequest(migration_id=run.uid, vm=incoming, mode=mode))
+    except AgentError as exc:
+        raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
     memory = int(vm.spec.get("memoryMiB", 1024))
     timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
@@ -265,7 +407,12 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
     )
-    await source_link.client.start_migration(request)
+    try:
+        await source_link.client.start_migration(request)
+    except AgentError as exc:
+        with contextlib.suppress(AgentError):  # give the reservation back now, not at its expiry
+            await target_link.client.cancel_migration(run.uid)
+        raise AgentRefusedError(Side.source, run.source, exc) from None
 
 
 async def _agent_view(run: Run) -> MigrationStatus | None:
@@ -289,13 +436,19 @@ async def _agent_view(run: Run) -> MigrationStatus | None:
 
 
 async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float) -> MigrationStatus:
-    """Mirror the agent's progress until the migration ends; cancel it if the object is deleted."""
+    """Mirror the agent's progress until the migration ends; cancel it if the object is deleted.
+
+    When the operator exits or pauses it raises Leaving at once: the agents carry on, and the
+    daemon of the next operator follows the same migration id from status.
+    """
     rt = runtime()
     unanswered_since: float | None = None
-    best_transferred = -1.0
-    best_at = time.monotonic()
+    watch = ProgressWatch(progress_timeout)
+    doubt = _Doubt()
     cancelled = False
     while True:
+        if stopped and stop_action(stopped.reason) is StopAction.Leave:
+            raise Leaving()
         if stopped and not cancelled:
             cancelled = True
             link = rt.agents.get(run.source or "")
@@ -317,14 +470,24 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
         unanswered_since = None
         if report.phase.finished:
             return report
-        if report.transferred_mib > best_transferred + 0.01:
-            best_transferred, best_at = report.transferred_mib, time.monotonic()
-        elif time.monotonic() - best_at > progress_timeout and not cancelled:
+        if report.in_doubt:
+            await _in_doubt(run, report, doubt)
+            await asyncio.sleep(POLL_INTERVAL)
+            continue
+        if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
+                and report.phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
             if link is not None:
-                await link.client.cancel_migration(run.uid)
+                try:
+                    await link.client.cancel_migration(run.uid)
+                except AgentError as exc:
+                    if exc.code == "PastCommitPoint":  # too late: the target owns the VM; follow to the end
+                        cancelled = True
+                        continue
+                    raise
             raise MigrationFailedError(FailureReason.Timeout,
-                                       f"No data moved for {progress_timeout:.0f} s (progressTimeoutSeconds of policy "
+                                       f"The remaining memory has not shrunk below {watch.best:.1f} MiB for "
+                                       f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
         if time.monotonic() - run.last_patch >= PATCH_INTERVAL:
@@ -337,6 +500,59 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
         await asyncio.sleep(POLL_INTERVAL)
 
 
+@dataclass
+class _Doubt:
+    reported: bool = False
+    asked_at: float = 0.0
+
+
+#: Seconds between two questions to the target of a migration in doubt.
+DOUBT_ASK_INTERVAL = 2.0
+
+
+async def _in_doubt(run: Run, report: MigrationStatus, doubt: _Doubt) -> None:
+    """The source sent the switchover but cannot ask the target whether it resumed: its copy stays
+    paused. Say so once (a condition and a Warning event a person can act on), then ask the target
+    ourselves (the operator may reach it when the source cannot) and pass its word on to the source."""
+    if not doubt.reported:
+        doubt.reported = True
+        message = (f"In doubt: {run.source} sent the switchover of {run.vm_name} to {run.target} but cannot ask "
+                   f"it whether it resumed the guest, so {run.vm_name} stays paused on {run.source} (resuming it "
+                   f"could run two copies). It is settled as soon as {run.target}'s agent answers; if {run.target} "
+                   f"is gone for good, restore its agent or power the host off and delete its Host.")
+        await run.set_phase(MigrationPhase.SwitchingOver, "InDoubt", message, inDoubt=True)
+        kopf.warn(run.body, reason="InDoubt", message=message)
+        kopf.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
+    if time.monotonic() - doubt.asked_at < DOUBT_ASK_INTERVAL:
+        return
+    doubt.asked_at = time.monotonic()
+    target_link = runtime().agents.get(run.target or "")
+    source_link = runtime().agents.get(run.source or "")
+    if target_link is None or source_link is None:
+        return
+    status: MigrationStatus | None = None
+    code: str | None = None
+    holds: bool | None = None
+    try:
+        status = await target_link.client.cancel_migration(run.uid)
+    except AgentUnreachableError:
+        return
+    except AgentError as exc:
+        code = exc.code
+        if code == "NotFound" and run.vm is not None:
+            try:
+                holds = (await target_link.client.get_vm(run.vm.uid)).state in RESIDENT
+            except AgentError as vm_exc:
+                holds = False if vm_exc.status == 404 else None
+    verdict = target_verdict(status, code, holds)
+    if verdict is None:
+        return
+    try:
+        await source_link.client.resolve_migration(run.uid, verdict)
+    except AgentError as exc:  # it settled itself meanwhile, or cannot be reached: the next report tells
+        logging.getLogger("vmshift.migrations").info("resolving %s on %s: %s", run.key, run.source, exc)
+
+
 def _progress_message(run: Run, report: MigrationStatus) -> str:
     return (f"Round {report.round}: {report.transferred_mib:.0f} MiB sent, {report.remaining_mib:.1f} MiB left, "
             f"guest dirties {report.dirty_rate_mib_ps:.0f} MiB/s, link {report.throughput_mbps:.0f} Mbps.")
@@ -347,7 +563,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": _now()}
+    extra: dict[str, Any] = {"finishedAt": _now(), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
@@ -450,7 +666,8 @@ async def drive_migration(
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
                 run.target = spec.get("targetHost")
-                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
+                move = await _validate(run, spec, values(indexes.policy_index))
+                target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode
                 try:
                     rt.gate.claim(run.vm_key, run.key)
@@ -464,7 +681,10 @@ async def drive_migration(
                     return
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
-                target, mode, why = await _validate(run, spec, values(indexes.policy_index))
+                # A second look at the admitted target (the fleet moved while this request waited).
+                move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
+                mode, why = move.mode, move.why
+                run.mode = mode
                 await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
                     "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
                 await _prepare_and_start(run, target, mode, spec)
@@ -488,12 +708,21 @@ async def drive_migration(
                 failure.reason if failure else FailureReason.TargetLost,
                 (failure.message if failure else "The agents reported a failure without a reason.")
                 + f" {run.vm_name} keeps running on {run.source}."))
+    except Leaving:
+        logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "
+                    f"the next operator follows it")
+        return  # the claim and slots stay held: the migration is still in flight
     except MigrationFailedError as exc:
         logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
         await _finish(run, MigrationPhase.Failed, failure=exc)
-    except AgentError as exc:  # AgentUnreachableError included
-        reason = FailureReason(exc.code) if exc.code in FailureReason.__members__ else FailureReason.AgentUnreachable
+    except AgentRefusedError as exc:
         await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
-            reason, f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
-                    f"{run.vm_name} stays on {run.source}."))
+            agent_failure_reason(exc.error.code, exc.side),
+            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
+            f"{run.vm_name} stays on {run.source}."))
+    except AgentError as exc:  # AgentUnreachableError included
+        await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
+            agent_failure_reason(exc.code, None),
+            f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
+            f"{run.vm_name} stays on {run.source}."))
     await _collect_garbage(run)

@@ -6,7 +6,6 @@ start-up handler. Nothing here decides anything about VMs or hosts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any
@@ -25,6 +24,7 @@ from vmshift.controllers import (  # noqa: F401
     virtualmachines,
 )
 from vmshift.controllers.runtime import runtime
+from vmshift.controllers.supervisor import Supervisor
 
 PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
@@ -60,18 +60,18 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
     indexes.start()
-    background.add(asyncio.create_task(virtualmachines.resync_forever(logging.getLogger("vmshift.resync"))))
+    resync_log = logging.getLogger("vmshift.resync")
+    background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
     logger.info("vmshift operator configured")
 
 
-#: Fleet-wide loops the operator runs beside Kopf's handlers.
-background: set[asyncio.Task[None]] = set()
+#: Fleet-wide loops the operator runs beside Kopf's handlers, each restarted when it fails.
+background = Supervisor()
 
 
 @kopf.on.cleanup()
 async def close_agents(**_: Any) -> None:
-    for task in background:
-        task.cancel()
+    await background.stop()
     for informer in indexes.INFORMERS:
         informer.stop()
     await runtime().agents.close()

@@ -10,6 +10,7 @@ the guest starts, so a crash in between leaves a trail the next pass follows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -185,8 +186,12 @@ class _UnknownLocation(Exception):
     """The agent that would know where the guest lives does not answer now."""
 
 
-async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | None:
-    """Where the guest lives: (host, info), or None when nowhere; _UnknownLocation when it cannot be known now."""
+async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | None:
+    """Where the guest lives: (host, info), or None when nowhere; _UnknownLocation when it cannot be known now.
+
+    ``ever``: the VM had a host once. Then "nowhere" needs a live look at every agent (the reports
+    may be a poll old), and any agent that does not answer makes the location unknown.
+    """
     rt = runtime()
     # A placement this process just made may not be in the (older) body yet: follow it too.
     hinted = rt.overlay.placed.get(entry.key)
@@ -210,6 +215,12 @@ async def _locate(entry: VMEntry) -> tuple[str, VmInfo] | None:
         return found[0]
     if host and not rt.agents.all_reachable():
         raise _UnknownLocation(host)
+    if host or ever:
+        live = await rt.agents.live_locate(entry.uid)
+        if live is None:
+            raise _UnknownLocation(host or "an agent")
+        if live:
+            return live[0]
     return None
 
 
@@ -268,7 +279,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             _deferred.add(entry.key)
             return
         try:
-            located = await _locate(entry)
+            located = await _locate(entry, ever_placed(previous))
         except _UnknownLocation:
             _deferred.add(entry.key)  # the agent that should know is not reachable now: the resync comes back
             return
@@ -311,6 +322,17 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         await _ask_for_migration(entry, view, host, status)
 
 
+def start_outcome_unknown(exc: AgentError) -> bool:
+    """Whether a failed define/start may still have started the guest (pure): no answer, or the agent
+    failed inside. A refusal (4xx) changed nothing."""
+    return isinstance(exc, AgentUnreachableError) or exc.status == 0 or exc.status >= 500
+
+
+def ever_placed(status: Mapping[str, Any]) -> bool:
+    """Whether a VM ever had a host (pure): then a guest of it may run somewhere the cache does not show."""
+    return bool(status.get("host") or status.get("startedAt") or status.get("lastMigration"))
+
+
 async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous: Mapping[str, Any],
                  logger: kopf.Logger) -> None:
     rt = runtime()
@@ -346,6 +368,18 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         await link.client.define_vm(entry.uid, definition(entry, body.get("metadata", {}).get("annotations") or {}))
         info = await link.client.start_vm(entry.uid)
     except AgentError as exc:
+        if start_outcome_unknown(exc):
+            # The agent may have started the guest before the answer was lost: keep the host in status
+            # so the next pass asks that agent, and place nowhere else until it has answered.
+            _deferred.add(entry.key)
+            message = (f"Starting {entry.name} on {host}: no answer from its agent ({exc}). The guest may be "
+                       f"running there; the operator asks again before it chooses another host.")
+            kopf.warn(body, reason="StartUnconfirmed", message=message)
+            await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
+                "reason": "StartUnconfirmed", "message": message})
+            return
+        with contextlib.suppress(AgentError):  # a definite refusal: undo a definition it may have kept
+            await link.client.delete_vm(entry.uid)
         rt.overlay.forget(entry.key)
         message = f"Starting {entry.name} on {host} failed: {exc}. The operator will choose again."
         kopf.warn(body, reason="FailedStart", message=message)
@@ -463,27 +497,153 @@ def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_h
     return out
 
 
+def running_copies(reports: Mapping[str, Mapping[str, VmInfo]]) -> dict[str, list[str]]:
+    """VM ids that more than one agent reports Running, with the hosts (pure)."""
+    where: dict[str, list[str]] = {}
+    for host, guests in reports.items():
+        for vm_id, info in guests.items():
+            if info.state is VmState.Running:
+                where.setdefault(vm_id, []).append(host)
+    return {vm_id: sorted(hosts) for vm_id, hosts in where.items() if len(hosts) > 1}
+
+
+def choose_copy(hosts: Collection[str], completed_target: str | None, status_host: str | None) -> str | None:
+    """Which of a VM's running copies to keep (pure): the one on the target that completed the VM's
+    last migration, else the one its status names; None when nothing says (a person decides)."""
+    for choice in (completed_target, status_host):
+        if choice is not None and choice in hosts:
+            return choice
+    return None
+
+
+def orphan_guests(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection[str]) -> list[tuple[str, VmInfo]]:
+    """Guests the agents hold whose VirtualMachine the API no longer has, by the cache (pure).
+
+    Only settled guests count: one that is arriving or leaving by migration belongs to it. The
+    caller confirms each with a live read before it acts (the cache may lag a VM just created).
+    """
+    return [(host, info) for host, guests in sorted(reports.items()) for vm_id, info in sorted(guests.items())
+            if vm_id not in known and info.state in RESIDENT and info.migration_id is None]
+
+
+async def _resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger) -> None:
+    """Two agents run the same guest (a switchover settled wrongly, a host back from a partition): keep the
+    copy the VM's last migration completed on (or the one status names) and stop the others."""
+    rt = runtime()
+    by_uid = {e.uid: e for e in entries}
+    for vm_id, hosts in running_copies(rt.agents.reports()).items():
+        entry = by_uid.get(vm_id)
+        if entry is None or rt.gate.holder(entry.key) is not None:
+            continue  # an orphan (collected below) or a migration in flight (its switchover window)
+        mine = indexes.migrations_by_vm.get(entry.key) or []
+        if any(m.in_flight for m in mine):
+            continue
+        completed: str | None = None
+        for m in sorted(mine, key=lambda m: (m.created, m.name), reverse=True):
+            link = rt.agents.get(m.target or "")
+            if m.target in hosts and link is not None:
+                try:
+                    if (await link.client.get_migration(m.uid)).committed:
+                        completed = m.target
+                        break
+                except AgentError:
+                    continue
+        keep = choose_copy(hosts, completed, entry.host)
+        if keep is None:
+            logger.error("resync: %s runs on %s and nothing says which copy is right; a person must stop one",
+                         entry.key, ", ".join(hosts))
+            continue
+        keeper = rt.agents.get(keep)
+        try:
+            if keeper is None or (await keeper.client.get_vm(vm_id)).state is not VmState.Running:
+                continue  # the reports are a poll old: look again next pass
+        except AgentError:
+            continue
+        for host in hosts:
+            if host == keep:
+                continue
+            link = rt.agents.get(host)
+            if link is None:
+                continue
+            try:
+                info = await link.client.get_vm(vm_id)
+                if info.state is not VmState.Running or info.migration_id is not None:
+                    continue
+                await link.client.delete_vm(vm_id, force=True)
+            except AgentError as exc:
+                logger.warning("resync: stopping the second copy of %s on %s failed: %s", entry.key, host, exc)
+                continue
+            why = "it completed the last migration" if keep == completed else "status names it"
+            message = (f"{entry.name} ran on both {keep} and {host}; the copy on {host} was stopped and deleted and "
+                       f"the one on {keep} kept ({why}).")
+            logger.warning("resync: %s", message)
+            kopf.warn(_ref(entry), reason="DuplicateStopped", message=message)
+        if entry.host != keep:
+            await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": keep})
+
+
+async def _collect_orphans(entries: Iterable[VMEntry], logger: logging.Logger) -> None:
+    """Stop and delete guests whose VirtualMachine was deleted while their agent could not be reached."""
+    rt = runtime()
+    known = {e.uid for e in entries}
+    for host, info in orphan_guests(rt.agents.reports(), known):
+        body = await kubeapi.get("virtualmachines", info.namespace, info.name)
+        if body is not None and body.get("metadata", {}).get("uid") == info.id:
+            continue  # the cache lags: the VM exists
+        link = rt.agents.get(host)
+        if link is None:
+            continue
+        try:
+            await link.client.delete_vm(info.id, force=True)
+        except AgentError as exc:
+            if exc.status != 404:
+                logger.warning("resync: deleting orphan guest %s on %s failed: %s", info.id, host, exc)
+            continue
+        logger.warning("resync: deleted guest %s (%s/%s) on %s: its VirtualMachine no longer exists", info.id,
+                       info.namespace, info.name, host)
+
+
+def _ref(entry: VMEntry) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
+            "metadata": {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}}
+
+
 async def resync_forever(logger: logging.Logger) -> None:
     """Catch what no event announces: a guest lost with its host, an agent back after an outage,
     room freed for a VM that was refused.
 
     One loop for the fleet instead of a timer per VM: a pass compares every cached VM with the
     agents' last reports and the scheduler's view (no API calls) and reconciles only the VMs
-    :func:`resync_candidates` picks, each read fresh from the API server.
+    :func:`resync_candidates` picks, each read fresh from the API server. It runs under the
+    operator's supervisor (startup.py), which restarts it if anything escapes a pass.
     """
     await indexes.ready()
-    rt = runtime()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        entries = values(indexes.vm_index)
-        candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(), _deferred)
-        if candidates:
-            logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
-                        ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
-        for entry in candidates:
+        await resync_pass(logger)
+
+
+async def resync_pass(logger: logging.Logger) -> None:
+    """One comparison of the fleet with the agents; one VM's failure does not stop the others."""
+    rt = runtime()
+    entries = values(indexes.vm_index)
+    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(), _deferred)
+    if candidates:
+        logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
+                    ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
+    for entry in candidates:
+        try:
             body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
             if body is not None:
                 await _reconcile_logged(body, logger)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an API error, a bug: this VM waits for the next pass
+            _deferred.add(entry.key)
+            metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+            logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
+    await _resolve_duplicates(entries, logger)
+    await _collect_orphans(entries, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, "virtualmachines")

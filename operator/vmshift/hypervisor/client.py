@@ -31,6 +31,7 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
+    ResolveRequest,
     SensorChange,
     VmDefinition,
     VmInfo,
@@ -180,6 +181,11 @@ class HypervisorClient:
     async def cancel_migration(self, migration_id: str) -> MigrationStatus:
         """DELETE /v1/migrations/{id}: abort before the commit point (AgentError PastCommitPoint after)."""
         return await self._get("DELETE", f"/migrations/{migration_id}", MigrationStatus)
+
+    async def resolve_migration(self, migration_id: str, target_resumed: bool) -> MigrationStatus:
+        """POST /v1/migrations/{id}/resolve: settle a source in doubt with the target's statement."""
+        return await self._get("POST", f"/migrations/{migration_id}/resolve", MigrationStatus,
+                               ResolveRequest(target_resumed=target_resumed))
 
     async def watch_migration(self, migration_id: str) -> AsyncIterator[MigrationStatus]:
         """GET /v1/migrations/{id}/events: each status line until the migration ends."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ class HostConfig:
     reservation_seconds: float = 30.0
     fans: int = 4
     power_supplies: int = 2
+    #: How long, and how many, tombstones of VMs that migrated away are kept (GET /v1/vms/{id} says
+    #: MigratedAway for them); older or more are forgotten.
+    tombstone_seconds: float = 3600.0
+    max_tombstones: int = 1000
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Host:
         self.ingress = TokenBucket.mbps(config.bandwidth_mbps, burst_seconds=0.05)
         self.migration_port = 0
         self._ticker: asyncio.Task[None] | None = None
+        #: VMs that migrated away, oldest first, with when (monotonic): bounded by prune_tombstones.
+        self._tombstones: OrderedDict[str, float] = OrderedDict()
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -141,10 +148,29 @@ class Host:
         self._ticker = asyncio.create_task(self._tick(), name="workloads")
 
     async def _tick(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_SECONDS)
             for guest in list(self.vms.values()):
                 guest.advance()
+            ticks += 1
+            if ticks % 100 == 0:
+                self.prune_tombstones()
+
+    def prune_tombstones(self, now: float | None = None) -> int:
+        """Forget tombstones past their age or beyond their count; return how many were forgotten."""
+        now = time.monotonic() if now is None else now
+        forgotten = 0
+        while self._tombstones:
+            vm_id, since = next(iter(self._tombstones.items()))
+            if len(self._tombstones) <= self.config.max_tombstones and now - since < self.config.tombstone_seconds:
+                break
+            del self._tombstones[vm_id]
+            guest = self.vms.get(vm_id)
+            if guest is not None and guest.state is VmState.MigratedAway:
+                del self.vms[vm_id]
+                forgotten += 1
+        return forgotten
 
     async def shutdown(self) -> None:
         for migration in list(self.migrations.values()):
@@ -509,6 +535,15 @@ class Host:
                            "target and the migration will finish")
         return migration.record.status()
 
+    def resolve_migration(self, migration_id: str, target_resumed: bool) -> MigrationStatus:
+        """Settle a source in doubt with what its target states it did (the operator passes it on)."""
+        migration = self.migration(migration_id)
+        if not isinstance(migration, SourceMigration) or not migration.settle(target_resumed):
+            raise ApiError(409, ErrorCode.InvalidState,
+                           f"migration {migration_id} on host {self.config.name} is not a source in doubt "
+                           f"({migration.record.role.value}, {migration.record.phase.value}); nothing to resolve")
+        return migration.record.status()
+
     def _remember(self, migration: Migration) -> None:
         self.migrations[migration.migration_id] = migration
         finished = [k for k, m in self.migrations.items() if m.record.finished]
@@ -519,6 +554,9 @@ class Host:
 
     def release_source_vm(self, guest: Guest) -> None:
         guest.release(VmState.MigratedAway)
+        self._tombstones.pop(guest.vm_id, None)
+        self._tombstones[guest.vm_id] = time.monotonic()
+        self.prune_tombstones()
         log.info("VM %s migrated away; its memory was released", guest.vm_id)
 
     def discard_incoming(self, guest: Guest) -> None:

@@ -25,8 +25,9 @@ after it holds verified memory, and the source releases its (paused) copy only a
 target resumed. Any failure before SWITCHOVER resumes the guest on the source and makes the target
 discard its partial copy. If the stream breaks after SWITCHOVER, the source keeps its guest paused
 and re-dials the target's migration port with RESOLVE: the target answers whether it resumed (and,
-if it had not, never will); a target that refuses the connection has died with whatever it ran,
-so the source resumes its own copy.
+if it had not, never will). Until the target answers (refused connections and silence prove
+nothing: a partition looks like a dead host) the source keeps its copy paused and reports the
+migration in doubt; the operator may pass on the target's answer when it can reach the target.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
-from vmshift.hypervisor.guest import PAGE_SIZE, Guest, GuestMemory
+from vmshift.hypervisor.guest import PAGE_SIZE, CorruptPage, Guest, GuestMemory
+from vmshift.hypervisor.precopy import Ladder, RoundFacts, Step, next_step
 from vmshift.hypervisor.protocol import (
     MigrationFailure,
     MigrationRequest,
@@ -80,8 +82,10 @@ CONNECT_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
 SEND_STALL_TIMEOUT = 30.0
 RESUMED_TIMEOUT = 10.0
-#: Consecutive rounds that shrink the remaining set by less than this count as stalled.
-STALL_SHRINK = 0.95
+#: How long the source asks the target after a broken switchover before it reports the migration in doubt.
+IN_DOUBT_AFTER = 10.0
+#: The longest pause between two questions to a target that cannot be asked.
+IN_DOUBT_RETRY_MAX = 5.0
 #: Rounds kept in a record's history.
 ROUND_HISTORY = 64
 
@@ -362,6 +366,7 @@ class MigrationRecord:
         self.source_digest: str | None = None
         self.target_digest: str | None = None
         self.committed = False
+        self.in_doubt = False
         self.failure: MigrationFailure | None = None
         self.peer: str | None = None
         self.created = time.monotonic()
@@ -423,6 +428,7 @@ class MigrationRecord:
             source_digest=self.source_digest,
             target_digest=self.target_digest,
             committed=self.committed,
+            in_doubt=self.in_doubt and not self.finished,
             failure=self.failure,
             peer=self.peer,
         )
@@ -462,6 +468,7 @@ class SourceMigration:
         self.resolve_token = secrets.token_hex(16)
         self.committed = False
         self.in_doubt = False  # SWITCHOVER sent: only the target's answer decides from here
+        self._verdict: asyncio.Future[bool] | None = None  # the target's statement, passed on by the operator
         self._resolve_port: int | None = None
         self.task: asyncio.Task[None] | None = None
         self._cancel: Failure | None = None
@@ -493,6 +500,13 @@ class SourceMigration:
         if self._cancel is None:
             self._cancel = Failure(reason, message)
             self.task.cancel()
+        return True
+
+    def settle(self, target_resumed: bool) -> bool:
+        """The operator passes on the target's statement while this side is in doubt (False if it is not)."""
+        if not self.record.in_doubt or self._verdict is None or self._verdict.done():
+            return False
+        self._verdict.set_result(target_resumed)
         return True
 
     # -- the run ---------------------------------------------------------------------------------
@@ -675,44 +689,40 @@ class SourceMigration:
         request = self.request
         record = self.record
         memory = self.memory
+        auto = request.auto_converge
+        ladder = Ladder(threshold_ms=request.threshold_ms, max_rounds=request.max_rounds,
+                        stall_rounds=request.stall_rounds, auto_converge=auto.enabled,
+                        throttle_initial=auto.initial_percent, throttle_step=auto.step_percent,
+                        throttle_max=auto.max_percent, fallback_to_quick=request.fallback_to_quick,
+                        max_downtime_ms=request.max_downtime_ms)
         memory.take_dirty()
         await self._round(0, range(memory.pages))
         sent_last = memory.pages
         round_index = 0
         stalled = 0
-        auto = request.auto_converge
         while True:
             self.guest.advance()
             dirty = memory.dirty_count()
-            if dirty <= self._link_rate() * request.threshold_ms / 1000 / PAGE_SIZE:
+            decision = next_step(RoundFacts(
+                round_index=round_index, remaining_bytes=dirty * PAGE_SIZE, sent_bytes=sent_last * PAGE_SIZE,
+                link_rate=self._link_rate(), write_rate=record.dirty_rate_mib_ps * 2**20,
+                throttle_percent=self.guest.throttle_percent, stalled=stalled), ladder)
+            stalled = decision.stalled
+            if decision.step is Step.SwitchOver:
                 await self._switchover(quick=False)
                 return
-            if round_index >= 1 and dirty > STALL_SHRINK * sent_last:
-                stalled += 1
-            else:
-                stalled = 0
-            at_limit = round_index + 1 >= request.max_rounds
-            if stalled >= request.stall_rounds or at_limit:
-                if auto.enabled and self.guest.throttle_percent < auto.max_percent and not at_limit:
-                    current = self.guest.throttle_percent
-                    throttle = min(current + auto.step_percent if current else auto.initial_percent, auto.max_percent)
-                    self.guest.set_throttle(throttle)
-                    record.throttle_percent = throttle
-                    stalled = 0
-                    log.info("migration %s: auto-converge throttles the guest to %.0f %%",
-                             self.migration_id, throttle)
-                elif request.fallback_to_quick:
-                    predicted_ms = dirty * PAGE_SIZE / self._link_rate() * 1000
-                    if request.max_downtime_ms is not None and predicted_ms > request.max_downtime_ms:
-                        raise Failure(FailureReason.NotConverging, self._not_converging(
-                            dirty, round_index, f"a quick switchover would pause the guest ~{predicted_ms:.0f} ms, "
-                            f"over maxDowntimeMs={request.max_downtime_ms:g}"))
-                    log.info("migration %s: pre-copy does not converge, falling back to quick", self.migration_id)
-                    record.mode = MigrationMode.Quick
-                    await self._switchover(quick=True)
-                    return
-                else:
-                    raise Failure(FailureReason.NotConverging, self._not_converging(dirty, round_index, None))
+            if decision.step is Step.Throttle:
+                self.guest.set_throttle(decision.throttle_percent)
+                record.throttle_percent = decision.throttle_percent
+                log.info("migration %s: %s", self.migration_id, decision.why)
+            elif decision.step is Step.Quick:
+                log.info("migration %s: pre-copy does not converge (%s), falling back to quick", self.migration_id,
+                         decision.why)
+                record.mode = MigrationMode.Quick
+                await self._switchover(quick=True)
+                return
+            elif decision.step is Step.Fail:
+                raise Failure(FailureReason.NotConverging, self._not_converging(dirty, round_index, decision.why))
             round_index += 1
             pages = sorted(memory.take_dirty())
             await self._round(round_index, pages)
@@ -810,15 +820,50 @@ class SourceMigration:
         record.downtime_ms = (time.monotonic() - self._paused_at) * 1000
 
     async def _resolve(self, why: str) -> None:
-        """Ask the target whether it resumed the guest; return if it did, raise Failure if not."""
+        """Ask the target whether it resumed the guest; return if it did, raise Failure if it says it did not.
+
+        Only the target's statement decides. While it cannot be asked (connections refused, silence:
+        a partition or a dead host) the guest stays paused here and the migration is in doubt: resuming
+        it could make two running copies. The source asks again and again, and the operator may pass on
+        the target's answer (``settle``) when it can reach the target and this host cannot.
+        """
         target = self.request.target
         port = self._resolve_port or target.port
-        resumed = await resolve_with_target(target.host, port, self.migration_id, self.resolve_token)
+        self._verdict = asyncio.get_running_loop().create_future()
+        asker = asyncio.create_task(self._ask_until_answered(target.host, port, why))
+        try:
+            await asyncio.wait({asker, self._verdict}, return_when=asyncio.FIRST_COMPLETED)
+            resumed = self._verdict.result() if self._verdict.done() else asker.result()
+        finally:
+            asker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asker
+        if self.record.in_doubt:
+            log.warning("migration %s: no longer in doubt: the target %s the VM", self.migration_id,
+                        "resumed" if resumed else "did not resume")
+            self.record.in_doubt = False
+            self.record.touch()
         if not resumed:
             raise Failure(FailureReason.TargetLost,
                           f"the stream to the target broke during the switchover ({why}) and the target had "
                           "not resumed the VM; it keeps running on the source")
         log.info("migration %s: the target confirms it resumed the VM", self.migration_id)
+
+    async def _ask_until_answered(self, host: str, port: int, why: str) -> bool:
+        delay = 1.0
+        while True:
+            answer = await resolve_with_target(host, port, self.migration_id, self.resolve_token,
+                                               give_up_after=IN_DOUBT_AFTER)
+            if answer is not None:
+                return answer
+            if not self.record.in_doubt:
+                log.error("migration %s is in doubt: the switchover was sent (%s) and the target %s:%d cannot be "
+                          "asked whether it resumed the VM; the VM stays paused here until it answers",
+                          self.migration_id, why, host, port)
+                self.record.in_doubt = True
+                self.record.touch()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, IN_DOUBT_RETRY_MAX)
 
     async def _commit_tail(self) -> None:
         record = self.record
@@ -947,7 +992,11 @@ class TargetMigration:
         self.resolve_token = token if isinstance(token, str) and 16 <= len(token) <= 128 else None
         try:
             try:
-                await stream.send_control(Frame.WELCOME, {"resolvePort": self.host.migration_port})
+                try:
+                    await stream.send_control(Frame.WELCOME, {"resolvePort": self.host.migration_port})
+                except (StreamClosed, OSError) as exc:
+                    raise Failure(FailureReason.SourceLost, f"the source went away at the handshake ({exc}); "
+                                  "the reservation was released") from None
                 switchover = await self._receive(stream)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -961,6 +1010,12 @@ class TargetMigration:
                 await stream.send(control_frame(Frame.ABORT, {
                     "reason": failure.reason.value, "message": failure.message}), within=1.0)
             self._discard(failure)
+            return
+        except Exception as exc:  # a bug must not keep the reservation (or the copy) forever
+            log.exception("incoming migration %s failed unexpectedly", self.migration_id)
+            if not self.committed:
+                self._discard(Failure(FailureReason.SourceLost, f"internal error on the target: {exc!r}; the "
+                                      "partial VM was discarded"))
             return
         with contextlib.suppress(StreamClosed, OSError, ProtocolError, TimeoutError):
             await stream.send_control(Frame.RESUMED, {"digest": record.target_digest,
@@ -1028,11 +1083,15 @@ class TargetMigration:
                     raise _failure_from_peer(payload_json, FailureReason.SourceLost, "the source aborted")
                 else:
                     raise ProtocolError(f"unexpected frame {Frame(frame.kind).name} during transfer")
+        except CorruptPage as exc:
+            raise Failure(FailureReason.MemoryMismatch,
+                          f"a page arrived with other bytes than its version promises ({exc}); the partial VM "
+                          "was discarded and the VM keeps running on the source") from None
         except (StreamClosed, OSError) as exc:
             raise Failure(FailureReason.SourceLost,
                           f"the source went away during the copy after {record.pages_sent / 256:.1f} MiB "
                           f"({exc}); the partial VM was discarded") from None
-        except (ProtocolError, ValueError, TypeError) as exc:
+        except (ProtocolError, ValueError, TypeError, ArithmeticError) as exc:
             raise Failure(FailureReason.SourceLost,
                           f"the source broke the migration protocol ({exc}); the partial VM was discarded") \
                 from None
@@ -1047,7 +1106,7 @@ class TargetMigration:
         record.source_digest = str(switchover.get("digest", ""))[:64]
         record.target_digest = digest
         if record.source_digest != digest:
-            raise Failure(FailureReason.TargetLost,
+            raise Failure(FailureReason.MemoryMismatch,
                           f"memory digest mismatch after the copy (source {record.source_digest}, target "
                           f"{digest}); the target discarded its copy and the VM keeps running on the source")
         heartbeat = switchover.get("heartbeat")
@@ -1083,21 +1142,21 @@ class TargetMigration:
 
 
 async def resolve_with_target(host: str, port: int, migration_id: str, token: str,
-                              give_up_after: float = 60.0) -> bool:
-    """Ask the target whether it resumed the guest; False when it says no or has died."""
+                              give_up_after: float = 60.0) -> bool | None:
+    """Ask the target whether it resumed the guest: True or False as it states, None when it cannot be
+    asked within ``give_up_after`` seconds (refused connections and silence prove nothing: a partition
+    looks the same as a dead host). A target that does not know the migration has restarted since,
+    with whatever it ran: the guest cannot run there (False)."""
     deadline = time.monotonic() + give_up_after
     delay = 0.05
     while True:
         try:
             stream = await open_stream(host, port, within=2.0)
-        except ConnectionRefusedError:
-            log.warning("migration %s: the target refuses connections, so it has died", migration_id)
-            return False
         except (OSError, TimeoutError) as exc:
             if time.monotonic() > deadline:
-                log.error("migration %s: cannot reach the target for %.0f s (%s); treating it as dead",
-                          migration_id, give_up_after, exc)
-                return False
+                log.warning("migration %s: cannot reach the target for %.0f s (%s)", migration_id, give_up_after,
+                            exc)
+                return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
             continue
@@ -1106,14 +1165,13 @@ async def resolve_with_target(host: str, port: int, migration_id: str, token: st
             frame = await stream.read_frame(10.0, MAX_CONTROL_BYTES)
             payload = parse_control(frame.body)
             if frame.kind == Frame.DECISION:
-                # An agent that does not know the migration restarted: the guest cannot run there.
                 return bool(payload.get("known")) and bool(payload.get("resumed"))
         except (StreamClosed, OSError, ProtocolError):
             pass
         finally:
             stream.close()
         if time.monotonic() > deadline:
-            return False
+            return None
         await asyncio.sleep(delay)
 
 

@@ -432,8 +432,22 @@ class MigrationStatus(Response):
     source_digest: str | None = None
     target_digest: str | None = None
     committed: bool = Field(False, description="True once the source released its copy.")
+    in_doubt: bool = Field(False, description="Source only: the switchover was sent but the target cannot be "
+                           "asked whether it resumed the guest (a partition, a dead host). The source keeps its "
+                           "copy paused and asks again until the target answers, or until POST "
+                           "/v1/migrations/{id}/resolve tells it what the target did.")
     failure: MigrationFailure | None = None
     peer: str | None = Field(None, description="The other host, as host:port when known.")
+
+
+class ResolveRequest(Request):
+    """``POST /v1/migrations/{id}/resolve`` on a source in doubt: what the target says it did.
+
+    Only the target's own statement may be passed on: ``targetResumed`` false means the target
+    answered that it had not resumed the guest and never will (it discarded its copy).
+    """
+
+    target_resumed: bool
 
 
 class MigrationList(Response):

@@ -32,6 +32,7 @@ from vmshift.hypervisor.protocol import (
     IncomingMigrationRequest,
     MigrationList,
     MigrationRequest,
+    ResolveRequest,
     SensorChange,
     VmDefinition,
     VmList,
@@ -195,6 +196,11 @@ async def delete_migration(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).cancel_migration(request.match_info["migration_id"]))
 
 
+async def resolve_migration(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, ResolveRequest)
+    return json_response(_host(request).resolve_migration(request.match_info["migration_id"], body.target_resumed))
+
+
 async def migration_events(request: web.Request) -> web.StreamResponse:
     record = _host(request).migration(request.match_info["migration_id"]).record
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
@@ -239,6 +245,7 @@ def create_app(host: Host, token: str) -> web.Application:
     app.router.add_get(f"{p}/migrations/{{migration_id}}", get_migration)
     app.router.add_get(f"{p}/migrations/{{migration_id}}/events", migration_events)
     app.router.add_delete(f"{p}/migrations/{{migration_id}}", delete_migration)
+    app.router.add_post(f"{p}/migrations/{{migration_id}}/resolve", resolve_migration)
     app.router.add_post(f"{p}/sensors", post_sensors)
     return app
 

@@ -1,0 +1,95 @@
+"""The migration controller's lifecycle decisions: what stops it, what words its failures get."""
+
+from __future__ import annotations
+
+import kopf
+
+from tests.scheduling.strategies import host, vm
+from vmshift.api.reasons import FailureReason, MigrationMode
+from vmshift.controllers.migrations import (
+    ProgressWatch,
+    Side,
+    StopAction,
+    agent_failure_reason,
+    decide_move,
+    stop_action,
+    target_verdict,
+)
+from vmshift.hypervisor.protocol import MigrationStatus
+from vmshift.scheduling.fleet import Fleet
+from vmshift.scheduling.policy import DEFAULT_POLICY
+
+R = kopf.DaemonStoppingReason
+
+
+def test_only_a_deletion_cancels_a_migration() -> None:
+    assert stop_action(R.RESOURCE_DELETED) is StopAction.Cancel
+    assert stop_action(R.RESOURCE_DELETED | R.OPERATOR_EXITING) is StopAction.Cancel
+
+
+def test_operator_exit_pause_and_filter_leave_the_migration_to_the_agents() -> None:
+    for reason in (R.OPERATOR_EXITING, R.OPERATOR_PAUSING, R.FILTERS_MISMATCH, R.OPERATOR_EXITING | R.OPERATOR_PAUSING,
+                   R.DAEMON_SIGNALLED, None):
+        assert stop_action(reason) is StopAction.Leave, reason
+
+
+def test_agent_refusals_get_words_from_the_closed_set_by_side() -> None:
+    F = FailureReason
+    assert agent_failure_reason("InvalidState", Side.source) is F.VirtualMachineNotRunning
+    assert agent_failure_reason("NotFound", Side.source) is F.SourceLost
+    assert agent_failure_reason("NotFound", Side.target) is F.TargetLost
+    assert agent_failure_reason("Conflict", Side.target) is F.TargetUnschedulable
+    assert agent_failure_reason("Conflict", Side.source) is F.AlreadyMigrating
+    assert agent_failure_reason("InsufficientResources", Side.target) is F.InsufficientResources
+    assert agent_failure_reason("IncompatibleProcessor", Side.target) is F.IncompatibleProcessor
+    assert agent_failure_reason("AgentUnreachable", Side.source) is F.AgentUnreachable
+    assert agent_failure_reason("Unauthorized", Side.target) is F.AgentUnreachable
+    for code in ("InvalidState", "NotFound", "Conflict", "Internal", "PastCommitPoint"):
+        for side in (Side.source, Side.target, None):
+            assert agent_failure_reason(code, side) is not F.AgentUnreachable, (code, side)
+
+
+def test_the_progress_timeout_watches_the_remaining_memory_not_bytes_sent() -> None:
+    watch = ProgressWatch(timeout=10)
+    # A hot guest: the link stays busy (bytes sent grow) but the remaining set hovers at its hot set.
+    assert not watch.stalled(64.0, now=0)
+    assert not watch.stalled(16.0, now=1)
+    for t in range(2, 12):
+        assert not watch.stalled(16.0 + (t % 2), now=t)
+    assert watch.stalled(16.5, now=12), "11 s without shrinking below 16 MiB"
+
+
+def test_a_remaining_set_that_keeps_shrinking_never_times_out() -> None:
+    watch = ProgressWatch(timeout=10)
+    remaining = 1024.0
+    for t in range(0, 100, 5):
+        assert not watch.stalled(remaining, now=t)
+        remaining *= 0.9
+
+
+def _status(phase: str, committed: bool = False) -> MigrationStatus:
+    return MigrationStatus.model_validate({"migrationId": "m", "vmId": "v", "role": "target", "mode": "Live",
+                                           "phase": phase, "committed": committed})
+
+
+def test_only_the_targets_own_word_settles_a_switchover_in_doubt() -> None:
+    assert target_verdict(None, "PastCommitPoint", None) is True
+    assert target_verdict(_status("Succeeded", committed=True), None, None) is True
+    assert target_verdict(_status("Failed"), None, None) is False
+    assert target_verdict(_status("Cancelled"), None, None) is False
+    assert target_verdict(None, "NotFound", False) is False, "a restarted target holds no copy"
+    # Nothing proves anything yet: no answer, a cancel still being applied, an unknown migration with a copy.
+    assert target_verdict(None, "AgentUnreachable", None) is None
+    assert target_verdict(_status("Transferring"), None, None) is None
+    assert target_verdict(None, "NotFound", True) is None
+    assert target_verdict(None, "NotFound", None) is None
+
+
+def test_a_second_look_checks_the_admitted_target_and_never_picks_another() -> None:
+    a = host("a", allocated_memory_mib=65_536)
+    b = host("b")  # emptiest: the scheduler's pick
+    c = host("c", allocated_memory_mib=131_072)  # admitted earlier, when it was the emptiest
+    moving = vm("web", on=a, compatibility=True)
+    fleet_now = Fleet([a, b, c])
+    assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, None).target == "b"
+    assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, "c").target == "c"

@@ -1,0 +1,47 @@
+"""The supervisor of background loops: a loop that fails is logged, backed off and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from vmshift.controllers import startup
+from vmshift.controllers.supervisor import Supervisor, backoff
+
+
+def test_backoff_grows_then_stays_at_its_last_step() -> None:
+    delays = (1.0, 2.0, 5.0)
+    assert [backoff(n, delays) for n in (1, 2, 3, 4, 10)] == [1.0, 2.0, 5.0, 5.0, 5.0]
+
+
+async def test_a_failing_loop_is_logged_backed_off_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[int] = []
+    again = asyncio.Event()
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("the API server said 500")  # what one API error did to the resync loop
+        if len(runs) == 2:
+            return  # a loop that ends is a failure too
+        again.set()
+        await asyncio.Event().wait()
+
+    supervisor = Supervisor()
+    with caplog.at_level(logging.WARNING, logger="vmshift.supervisor"):
+        task = supervisor.start("demo", loop, delays=(0.01, 0.02))
+        await asyncio.wait_for(again.wait(), 5)
+        assert not task.done()
+        await supervisor.stop()
+    assert task.cancelled()
+    assert len(runs) == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("demo failed" in m for m in messages), messages
+    assert any("the API server said 500" in m and "restarting" in m for m in messages), messages
+    assert any("demo returned" in m for m in messages), messages
+
+
+def test_the_operator_runs_its_background_loops_under_the_supervisor() -> None:
+    assert isinstance(startup.background, Supervisor)
