@@ -1,13 +1,14 @@
 # vmshift: `make demo` runs the demo on the embedded control plane; `make test` runs every check.
 # Both set up what they need on a fresh machine: a virtualenv in .venv and the control plane's
-# binaries, built once from the Go module proxy into ~/.cache/vmshift/ (10-20 min cold, seconds warm).
+# binaries and Alertmanager (the webhook tests' peer), built once from the Go module proxy into
+# ~/.cache/vmshift/ (10-20 min cold, seconds warm).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane lint crds crds-check test unit demo bench clean
+.PHONY: all venv controlplane alertmanager lint crds crds-check test unit demo bench clean
 
 all: test
 
@@ -22,6 +23,10 @@ venv: $(BIN)/.installed
 controlplane: venv
 	$(BIN)/vmshift dev build
 
+# Prometheus Alertmanager, the real peer of the webhook receiver's end-to-end test (cached, built once)
+alertmanager: venv
+	$(BIN)/vmshift dev alertmanager
+
 lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
@@ -32,7 +37,7 @@ crds: venv
 crds-check: venv
 	$(BIN)/vmshift crds --check
 
-test: venv controlplane lint crds-check
+test: venv controlplane alertmanager lint crds-check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv

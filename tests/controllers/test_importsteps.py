@@ -323,3 +323,11 @@ def test_conditions_follow_kstatus() -> None:
 
 def test_shared_testdata_is_there() -> None:
     assert Path(shared_dir(), "testdata", "ovf", "vmware.ovf").is_file()
+
+
+def test_an_import_creates_its_vm_in_its_own_namespace_only() -> None:
+    assert steps_mod.target_namespace_refusal({"target": {"name": "vm"}}, "team-a") is None
+    assert steps_mod.target_namespace_refusal({"target": {"name": "vm", "namespace": "team-a"}}, "team-a") is None
+    refusal = steps_mod.target_namespace_refusal({"target": {"name": "vm", "namespace": "kube-system"}}, "team-a")
+    assert refusal is not None and refusal.reason is steps_mod.ImportFailure.TargetNamespaceNotAllowed
+    assert "kube-system" in refusal.message and "team-a" in refusal.message

@@ -182,3 +182,43 @@ def test_oversized_pax_header_is_refused_before_tarfile_reads_it(tmp_path: Path,
 def test_missing_archive(tmp_path: Path) -> None:
     with pytest.raises(OvaError, match="cannot be read: No such file or directory"):
         read_ova(tmp_path / "nope.ova")
+
+
+TiB = 1024**4
+
+
+def sparse_ova(ovf: bytes, declared: int) -> bytes:
+    """An OVA whose disk is a GNU sparse member (PAX 1.0): a few bytes stored, ``declared`` bytes long,
+    with a manifest that asks for its digest. Small enough to sit in a ConfigMap."""
+    stored = b"real bytes"
+    sparse_map = f"1\n0\n{len(stored)}\n".encode().ljust(512, b"\0")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("a.ovf", ovf), ("a.mf", manifest({"input.vmdk": b"never hashed"}))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        disk = tarfile.TarInfo("GNUSparseFile.0/input.vmdk")
+        disk.size = len(sparse_map) + len(stored)
+        disk.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "input.vmdk",
+                            "GNU.sparse.realsize": str(declared)}
+        tar.addfile(disk, io.BytesIO(sparse_map + stored))
+    return buf.getvalue()
+
+
+def test_a_sparse_member_is_refused_without_being_hashed(ovf_dir: Path) -> None:
+    """4 TiB declared in a few KiB: tarfile would hand the hash terabytes of zeros (hours of CPU)."""
+    data = sparse_ova(vmware_ovf(ovf_dir), 4 * TiB)
+    assert len(data) < 64 * 1024
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:  # the archive really declares 4 TiB
+        assert tar.getmember("input.vmdk").issparse() and tar.getmember("input.vmdk").size == 4 * TiB
+    with pytest.raises(OvaError, match=r"member 'input.vmdk' is a sparse file \(it declares 4398046511104 bytes"):
+        read_ova(io.BytesIO(data), limits=OvaLimits(max_member_bytes=8 * TiB))
+
+
+def test_a_member_that_claims_more_than_the_archive_holds_is_refused(tmp_path: Path, ovf_dir: Path) -> None:
+    ova = build(tmp_path / "a.ova", [("a.ovf", vmware_ovf(ovf_dir)), ("input.vmdk", DISK)])
+    data = bytearray(ova.read_bytes())
+    data = data[: data.index(DISK[:64]) + 1024]  # cut inside the disk: its header still says the full size
+    with pytest.raises(OvaError, match=r"member 'input.vmdk' declares 18000 bytes, but the archive ends 1024 bytes"):
+        read_ova(io.BytesIO(bytes(data)))

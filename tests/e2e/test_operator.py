@@ -232,3 +232,57 @@ def test_a_host_that_no_longer_matches_the_selector_is_left_by_migration(fleet: 
     fleet.wait_phase("vsvm", "sel", ns, {"Running"})
     assert fleet.status("vsvm", "sel", ns)["host"] == "h-icelake-2"  # the only Intel host in rack r2
     assert list(fleet.copies(fleet.uid(ns, "sel"))) == ["h-icelake-2"]
+
+
+def test_a_vm_the_agents_cannot_define_is_refused_and_starts_once_fixed(fleet: Fleet) -> None:
+    """The drivers annotation has no schema: too many drivers must not leave the VM Starting forever."""
+    ns = fleet.namespace()
+    vm = fleet.vm(ns, "many-drivers")
+    vm["metadata"]["annotations"] = {"vmshift.io/initial-drivers": ",".join(f"drv{i}" for i in range(300))}
+    fleet.apply(vm)
+
+    def refused() -> dict[str, Any] | None:
+        status = fleet.status("vsvm", "many-drivers", ns)
+        return status if status.get("reason") == "InvalidDefinition" else None
+
+    status = wait_for(refused, "the VM to be refused with InvalidDefinition", 60,
+                      describe=lambda: f"{fleet.status('vsvm', 'many-drivers', ns)}\n"
+                                       f"{fleet.stack.operator_log_tail(20)}")
+    assert status["phase"] == "Pending" and not status.get("host"), status
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Stalled"]["status"] == "True" and conditions["Ready"]["status"] == "False"
+    assert "300 drivers; at most 256" in status["message"], status["message"]
+    assert fleet.copies(fleet.uid(ns, "many-drivers")) == {}
+    events = fleet.kube.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=many-drivers",
+                                "-o", "jsonpath={.items[*].reason}").stdout
+    assert "InvalidDefinition" in events, events
+    fleet.kube.kubectl("annotate", "--overwrite", "vsvm", "many-drivers", "-n", ns,
+                       "vmshift.io/initial-drivers=vmbus,netvsc,storvsc,e1000")
+    status = fleet.wait_phase("vsvm", "many-drivers", ns, {"Running"}, timeout=60)
+    assert status["drivers"] == ["vmbus", "netvsc", "storvsc", "e1000"], status
+
+
+def test_a_host_cannot_make_the_operator_read_a_secret_elsewhere(fleet: Fleet) -> None:
+    """A Host author points tokenSecretRef at a tenant's Secret: the operator refuses to read it."""
+    ns = fleet.namespace()
+    fleet.kube.kubectl("create", "secret", "generic", "db-password", "-n", ns, "--from-literal=token=hunter2")
+    name = f"h-probe-{ns[2:]}"
+    fleet.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "Host", "metadata": {"name": name},
+                 "spec": {"cpu": {"model": "icelake", "cores": 4}, "memoryMiB": 4096,
+                          "migrationBandwidthMbps": 1000, "unschedulable": True,
+                          "agent": {"endpoint": "http://127.0.0.1:9",
+                                    "tokenSecretRef": {"name": "db-password", "namespace": ns}}}})
+    try:
+        def refused() -> dict[str, Any] | None:
+            ready = next((c for c in fleet.status("host", name).get("conditions") or [] if c["type"] == "Ready"), {})
+            return ready if ready.get("reason") == "TokenSecretOutsideOperatorNamespace" else None
+
+        ready = wait_for(refused, "the Host to be refused with TokenSecretOutsideOperatorNamespace", 60,
+                         describe=lambda: f"{fleet.status('host', name)}")
+        assert ready["status"] == "False" and f"{ns}/db-password" in ready["message"], ready
+        assert "hunter2" not in str(fleet.get("host", name))
+        events = fleet.kube.kubectl("get", "events", "-A", "--field-selector", f"involvedObject.name={name}",
+                                    "-o", "jsonpath={.items[*].reason}").stdout
+        assert "TokenSecretOutsideOperatorNamespace" in events, events
+    finally:
+        fleet.kube.kubectl("delete", "host", name, "--wait=false", check=False)

@@ -20,7 +20,6 @@ ALLOWED = [
     ("patch", "hosts.vmshift.io/status"),
     ("create", "virtualmachinemigrations.vmshift.io"),
     ("delete", "virtualmachinemigrations.vmshift.io"),
-    ("get", "secrets"),
     ("create", "events"),
 ]
 DENIED = [
@@ -35,10 +34,10 @@ DENIED = [
 
 def test_the_operator_role_names_no_wildcards() -> None:
     docs = list(yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()))
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    for rule in role["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], f"wildcard in {field} of {rule}"
+    for role in (d for d in docs if d["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"wildcard in {field} of {rule}"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +57,17 @@ def test_the_operator_may(rbac: Kube, verb: str, resource: str) -> None:
 def test_the_operator_may_not(rbac: Kube, verb: str, resource: str) -> None:
     answer = rbac.kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-A", check=False)
     assert answer.stdout.strip() == "no", f"{SA} can {verb} {resource}, which it must not"
+
+
+def test_the_operator_reads_secrets_only_in_its_own_namespace(rbac: Kube) -> None:
+    """Agent tokens live in vmshift-system; a Host's tokenSecretRef cannot make it read any other Secret."""
+    def can(namespace: str) -> str:
+        answer = rbac.kubectl("auth", "can-i", "get", "secrets", f"--as={SA}", "-n", namespace, check=False)
+        return answer.stdout.strip()
+
+    assert can("vmshift-system") == "yes"
+    for other in ("default", "kube-system", "tenant-a"):
+        assert can(other) == "no", f"{SA} can read Secrets in {other}"
+    docs = list(yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()))
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert not [r for r in cluster_role["rules"] if "secrets" in r["resources"]], "secrets in the ClusterRole"

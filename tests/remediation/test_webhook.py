@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -118,3 +119,33 @@ def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
         load_token({})
     with pytest.raises(WebhookConfigError, match="cannot read"):
         load_token({}, str(tmp_path / "missing"))
+
+
+async def _in_pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """A body sent chunked, a piece at a time, as a large notification arrives over TCP."""
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+        await asyncio.sleep(0)
+
+
+async def test_a_large_group_sent_in_pieces_is_read_whole() -> None:
+    """500 alerts (about 150 KiB) arrive in many TCP reads: the receiver reads to the end, not one read's worth."""
+    sink = Sink({f"h{i}" for i in range(500)})
+    alerts = [{"alertname": "FanFailure", "host": f"h{i}", "rack": "r" * 200} for i in range(500)]
+    data = body(*alerts).encode()
+    assert len(data) > 100_000
+    async with TestClient(TestServer(make_app(WebhookConfig(TOKEN), sink))) as c:
+        response = await c.post("/alerts", data=_in_pieces(data, 4096), headers=AUTH)
+        assert response.status == 200, await response.text()
+        assert len((await response.json())["accepted"]) == 500
+    assert len(sink.accepted) == 500
+
+
+async def test_a_chunked_body_over_the_limit_gets_413_without_a_length() -> None:
+    """No Content-Length to check up front: the limit holds while reading."""
+    sink = Sink({"h1"})
+    async with TestClient(TestServer(make_app(WebhookConfig(TOKEN, max_bytes=4096), sink))) as c:
+        response = await c.post("/alerts", data=_in_pieces(b"x" * 20_000, 1000), headers=AUTH)
+        assert response.status == 413
+        assert "over the limit of 4096 bytes" in (await response.json())["error"]
+    assert sink.accepted == []

@@ -92,8 +92,12 @@ class HostAgent(ApiModel):
     )
     tokenSecretRef: SecretKeyReference | None = Field(
         None,
-        description="Secret key holding the bearer token the agent requires. Unset: no token is sent, "
-        "which only an agent started without authentication accepts.",
+        description="The key of a Secret in the operator's namespace (vmshift-system) holding this host's agent "
+        "token, sent as a bearer token to spec.agent.endpoint and nowhere else. Required to reach the agent: "
+        "the operator reads tokens from no other namespace and sends no other credential (a Secret "
+        "elsewhere fails with TokenSecretOutsideOperatorNamespace, none with AgentTokenMissing). The Secret's "
+        "annotation vmshift.io/agent-hosts must name this Host (names separated by commas, or *), so a "
+        "Host's author cannot have another host's token sent elsewhere (TokenSecretNotForHost).",
     )
 
 

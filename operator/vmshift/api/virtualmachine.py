@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from vmshift import limits
 from vmshift.api.common import (
     AGE_COLUMN,
     DNS_LABEL,
@@ -29,10 +30,11 @@ from vmshift.api.common import (
 )
 from vmshift.api.host import VolumeName
 from vmshift.api.reasons import MigrationMode, MigrationPhase
+from vmshift.limits import MAX_DIRTY_RATE_MIBPS, MAX_DISK_GIB, MAX_VM_DISKS
 
-#: The largest guest: 240 virtual processors and 12 TiB, as a Hyper-V generation 2 VM.
-MAX_CPUS = 240
-MAX_MEMORY_MIB = 12 * 1024 * 1024
+#: The largest guest (vmshift.limits): 240 virtual processors and 12 TiB, as a Hyper-V generation 2 VM.
+MAX_CPUS = limits.MAX_VM_CPUS
+MAX_MEMORY_MIB = limits.MAX_VM_MEMORY_MIB
 
 DISK_HAS_ONE_BACKING = CelRule(
     rule="[has(self.volume), has(self.passthroughLun), has(self.local) && self.local]"
@@ -56,8 +58,8 @@ class VirtualMachineDisk(ApiModel):
 
     name: str = Field(description="Name of the disk, unique in the VM; a DNS label.", min_length=1,
                       max_length=63, pattern=DNS_LABEL)
-    sizeGiB: int = Field(description="Size of the disk in GiB. 1 to 65536 (64 TiB, the VHDX limit).",
-                         ge=1, le=65536)
+    sizeGiB: int = Field(description=f"Size of the disk in GiB. 1 to {MAX_DISK_GIB} (64 TiB, the VHDX limit).",
+                         ge=1, le=MAX_DISK_GIB)
     volume: VolumeName | None = Field(
         None,
         description="The Cluster Shared Volume holding the disk; the VM can then run on, and move live "
@@ -100,9 +102,10 @@ class Workload(ApiModel):
     dirtyRateMiBps: float = Field(
         0,
         description="Memory the guest writes per second, in MiB/s. Live migration converges when this is "
-        "well below the migration bandwidth. Default 0 (an idle guest); 0 to 1048576.",
+        "well below the migration bandwidth. Default 0 (an idle guest); "
+        f"0 to {MAX_DIRTY_RATE_MIBPS} (64 GiB/s).",
         ge=0,
-        le=1048576,
+        le=MAX_DIRTY_RATE_MIBPS,
     )
     workingSetMiB: int | None = Field(
         None,
@@ -176,8 +179,8 @@ class VirtualMachineSpec(ApiModel):
     disks: list[VirtualMachineDisk] = Field(
         default_factory=list,
         description="Virtual disks, each on a shared volume, a pass-through LUN or local storage. Names are "
-        "unique; at most 64.",
-        max_length=64,
+        f"unique; at most {MAX_VM_DISKS}.",
+        max_length=MAX_VM_DISKS,
         json_schema_extra=list_map("name"),
     )
     priority: int = Field(

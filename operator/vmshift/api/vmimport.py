@@ -182,7 +182,9 @@ class ImportTarget(ApiModel):
     name: str = Field(description="Name of the VirtualMachine to create.", min_length=1, max_length=253,
                       pattern=DNS_SUBDOMAIN)
     namespace: str | None = Field(
-        None, description="Namespace of the VirtualMachine. Unset: the import's namespace.", max_length=63,
+        None, description="Namespace of the VirtualMachine: unset, or the import's own namespace (an import "
+        "never creates a VM in another namespace; one that names another fails with "
+        "TargetNamespaceNotAllowed).", max_length=63,
         pattern=DNS_LABEL,
     )
     volume: VolumeName = Field(description="The shared volume the converted disks are written to.")

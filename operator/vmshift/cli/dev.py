@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vmshift.devcluster import binaries
+from vmshift.devcluster import alertmanager, binaries
 from vmshift.devcluster.cluster import ClusterState, ControlPlane, default_dir
 
 
@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--name", default="dev", help="cluster name, used for the default directory")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("build", help="build (or find) etcd, kube-apiserver, kube-controller-manager, kubectl")
+    actions.add_parser("alertmanager", help="build (or find) Prometheus Alertmanager, the webhook tests' real peer")
     up = actions.add_parser("up", help="start the control plane and wait until /readyz answers")
     up.add_argument("--fresh", action="store_true", help="start from an empty etcd")
     actions.add_parser("down", help="stop every process of the control plane")
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         bins = binaries.ensure()
         for name, path in vars(bins).items():
             print(f"{name}: {path}")
+        return 0
+    if args.action == "alertmanager":
+        print(f"alertmanager: {alertmanager.ensure()}")
         return 0
     if args.action == "up":
         state = plane.up(fresh=args.fresh)

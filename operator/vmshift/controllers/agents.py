@@ -1,6 +1,9 @@
 """The operator's directory of agents: one client per Host, and what each agent last reported.
 
-Talks to agents only through HypervisorClient and reads agent tokens from Secrets; keeps in memory
+Talks to agents only through HypervisorClient and reads agent tokens from Secrets in the operator's
+own namespace only (``VMSHIFT_NAMESPACE``, default vmshift-system): a Host's author chooses its
+endpoint, so the only credential ever sent there is the one its tokenSecretRef names in that
+namespace, which only the operator's administrators can write; keeps in memory
 the last HostInfo and VM list of every agent, so decisions read a snapshot instead of asking again.
 The agents are the truth about where a guest runs: :meth:`AgentDirectory.locate` answers from them.
 Reachability has hysteresis (several failed polls to go Unreachable, several good ones to come back),
@@ -20,7 +23,7 @@ import aiohttp
 
 from vmshift.controllers import kubeapi
 from vmshift.controllers.views import AgentFacts
-from vmshift.hypervisor.client import AgentError, HypervisorClient
+from vmshift.hypervisor.client import AgentError, HypervisorClient, clean, shared_pool
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
 
 #: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
@@ -30,6 +33,38 @@ SUCCESSES_TO_REACHABLE = 2
 TOKEN_TTL = 300.0
 #: How long a passed "every agent has answered" check is reused before hosts are looked at again.
 SYNC_RECHECK_SECONDS = 0.5
+#: The longest wait between two polls of an unreachable agent (VMSHIFT_AGENT_POLL_MAX_SECONDS).
+MAX_POLL_BACKOFF_SECONDS = 16.0
+
+
+def poll_delay(interval: float, failures: int, cap: float = MAX_POLL_BACKOFF_SECONDS) -> float:
+    """Seconds until the next poll of an agent that failed ``failures`` polls in a row (pure).
+
+    Every ``interval`` while it answers and while it is merely late (before it counts as
+    Unreachable, so detection is not slowed); then doubling per failed poll, up to ``cap``; back to
+    ``interval`` after the first answer (``failures`` is reset by a good poll).
+    """
+    if failures < FAILURES_TO_UNREACHABLE:
+        return interval
+    return max(interval, min(cap, interval * 2.0 ** (failures - FAILURES_TO_UNREACHABLE + 1)))
+
+#: The namespace the operator runs in, where the agents' token Secrets live (and nowhere else).
+DEFAULT_NAMESPACE = "vmshift-system"
+#: Annotation of a token Secret naming the Hosts that may use it: Host names separated by commas, or
+#: ``*`` for every Host. The Secret's owner decides where its token may be sent, not a Host's author.
+AGENT_HOSTS_ANNOTATION = "vmshift.io/agent-hosts"
+#: What of an agent's error message reaches a Host's status and events, at most.
+MAX_ERROR_TEXT = 300
+
+
+def operator_namespace() -> str:
+    return os.environ.get("VMSHIFT_NAMESPACE") or DEFAULT_NAMESPACE
+
+
+def sanitized(text: str) -> str:
+    """Text from an agent (or whatever answers at a Host's endpoint) as a Host's status may hold it."""
+    return clean(text, MAX_ERROR_TEXT)
+
 
 #: VM states that mean "the guest lives here" (a tombstone or a half-received copy does not).
 RESIDENT = frozenset({VmState.Defined, VmState.Running, VmState.Paused, VmState.Saved, VmState.Stopped})
@@ -73,12 +108,45 @@ class AgentLink:
         )
 
 
+def token_secret(host: str, ref: Mapping[str, Any] | None, namespace: str) -> tuple[str, str, str]:
+    """(namespace, name, key) of the Secret holding ``host``'s agent token (pure), or AgentConfigError.
+
+    The Secret must live in the operator's ``namespace``: a Host author cannot make the operator read
+    (and send to an endpoint of their choosing) a Secret anywhere else. Without a tokenSecretRef
+    nothing is sent: the operator has no fleet-wide credential to fall back on.
+    """
+    if not ref or not ref.get("name"):
+        raise AgentConfigError("AgentTokenMissing", f"Host {host} names no spec.agent.tokenSecretRef: create a "
+                               f"Secret with the agent's token in namespace {namespace} and reference it; the "
+                               f"operator sends no credential to an agent otherwise.")
+    given = ref.get("namespace") or namespace
+    if given != namespace:
+        raise AgentConfigError("TokenSecretOutsideOperatorNamespace",
+                               f"Host {host}: spec.agent.tokenSecretRef names Secret {given}/{ref['name']}, but "
+                               f"the operator reads agent tokens only from its own namespace {namespace}: move the "
+                               f"Secret there and set tokenSecretRef.namespace to {namespace}.")
+    return namespace, str(ref["name"]), str(ref.get("key") or "token")
+
+
+def check_secret_serves(host: str, secret: str, allowed: str) -> None:
+    """AgentConfigError unless the Secret's ``vmshift.io/agent-hosts`` annotation (``allowed``) names
+    ``host`` or is ``*`` (pure). Without it, the author of any Host could have another host's token
+    sent to an endpoint of their choosing."""
+    names = {n.strip() for n in allowed.split(",") if n.strip()}
+    if "*" in names or host in names:
+        return
+    raise AgentConfigError("TokenSecretNotForHost",
+                           f"Host {host}: Secret {secret} holds an agent token that is not meant for it: its "
+                           f"annotation {AGENT_HOSTS_ANNOTATION} is {allowed or 'missing'}. An administrator of "
+                           f"the Secret adds {host} to it (Host names separated by commas, or * for every Host).")
+
+
 class AgentDirectory:
     """Every known agent, keyed by Host name."""
 
     def __init__(self) -> None:
         self._links: dict[str, AgentLink] = {}
-        self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._tokens: dict[tuple[str, str, str], tuple[float, str, str]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
@@ -109,29 +177,17 @@ class AgentDirectory:
 
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
         """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call)."""
-        key = (ref or {}).get("namespace", "default"), (ref or {}).get("name", ""), (ref or {}).get("key", "token")
-        cached = self._tokens.get(key)
-        if ref and cached is not None and time.monotonic() - cached[0] < TOKEN_TTL:
-            return cached[1]
-        token = await self._read_token(host, ref)
-        self._tokens[key] = (time.monotonic(), token)
-        return token
-
-    @staticmethod
-    async def _read_token(host: str, ref: Mapping[str, Any] | None) -> str:
-        if not ref:
-            token = os.environ.get("VMSHIFT_AGENT_TOKEN")
-            if token:
-                return token
-            raise AgentConfigError("AgentTokenMissing", f"Host {host} names no spec.agent.tokenSecretRef and the "
-                                   f"operator has no VMSHIFT_AGENT_TOKEN: create a Secret with the agent's "
-                                   f"token and reference it.")
-        namespace, name, key = ref.get("namespace", "default"), ref.get("name", ""), ref.get("key", "token")
-        token = await kubeapi.read_secret_key(namespace, name, key)
-        if not token:
-            raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) with "
-                                   f"the agent token does not exist or lacks the key; create it.")
-        return token
+        namespace, name, key = token_secret(host, ref, operator_namespace())
+        cached = self._tokens.get((namespace, name, key))
+        if cached is None or time.monotonic() - cached[0] >= TOKEN_TTL:
+            token, annotations = await kubeapi.read_secret(namespace, name, key)
+            if not token:
+                raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) "
+                                       f"with the agent token does not exist or lacks the key; create it.")
+            cached = (time.monotonic(), token, annotations.get(AGENT_HOSTS_ANNOTATION, ""))
+            self._tokens[(namespace, name, key)] = cached
+        check_secret_serves(host, f"{namespace}/{name}", cached[2])
+        return cached[1]
 
     def get(self, host: str) -> AgentLink | None:
         return self._links.get(host)
@@ -152,7 +208,7 @@ class AgentDirectory:
         except AgentError as exc:  # AgentUnreachableError included
             link.failures += 1
             link.successes = 0
-            link.last_error = str(exc)
+            link.last_error = sanitized(str(exc))
             if link.failures >= FAILURES_TO_UNREACHABLE:
                 link.reachable = False
             self._set_facts(link.host, link.facts())
@@ -255,9 +311,9 @@ class AgentDirectory:
         return all(link.reachable for link in self._links.values())
 
     def _pool(self) -> aiohttp.ClientSession:
-        """One connection pool for every agent (created on the operator's event loop)."""
+        """One connection pool for every agent (created on the operator's event loop), bounded per agent."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+            self._session = shared_pool()
         return self._session
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ import kopf
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import GROUP, VERSION
 from vmshift.controllers.runtime import runtime
 from vmshift.hypervisor.protocol import HostInfo
@@ -176,6 +176,7 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
     rt = runtime()
     last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
     was_reachable: bool | None = None
+    told = ""
     while not stopped:
         link: AgentLink | None = None
         config_error: AgentConfigError | None = None
@@ -184,6 +185,9 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await rt.agents.poll(link)
         except AgentConfigError as exc:
             config_error = exc
+            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
+                kopf.warn(body, reason=exc.reason, message=exc.message)
+        told = config_error.message if config_error is not None else ""
         new = host_status(name, spec, int(meta.get("generation") or 0), dict(status), link, config_error)
         if link is not None and was_reachable is not None and link.reachable != was_reachable:
             if link.reachable:
@@ -196,7 +200,8 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
             await kubeapi.patch_status("hosts", None, name, new)
             last = new
         _record_phase(name, new["phase"])
-        await stopped.wait(rt.poll_interval)
+        await stopped.wait(poll_delay(rt.poll_interval, link.failures if link is not None else 0,
+                                      rt.poll_backoff_cap))
     _host_phase.pop(name, None)
     await rt.agents.forget(name)
 

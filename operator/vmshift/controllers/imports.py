@@ -63,6 +63,7 @@ from vmshift.controllers.importsteps import (
     progressing,
     stamp,
     succeeded,
+    target_namespace_refusal,
     throughput,
     vm_manifest,
     vm_reference,
@@ -192,6 +193,9 @@ class ImportJob:
                 Step.InstallSyntheticDrivers: lambda resumed: self._drivers(Step.InstallSyntheticDrivers, resumed),
                 Step.Verify: self._verify,
             }
+            refusal = target_namespace_refusal(self.spec, self.namespace) if not self.vm_uid else None
+            if refusal is not None:
+                raise refusal
             for step in EXECUTION_ORDER:
                 if not self.steps.done(step):
                     await self._run_step(step, actions[step])
@@ -298,7 +302,8 @@ class ImportJob:
         while True:
             fetched = await kubeapi.read_configmap_key(where.namespace, where.name, where.key) if where else None
             try:
-                self.plan = make_plan(self.spec, self.namespace, fetched)
+                # parsing an OVF/OVA (XML, tar, digests of every member) is CPU work: off the event loop
+                self.plan = await asyncio.to_thread(make_plan, self.spec, self.namespace, fetched)
                 return self.plan
             except SourceMissing as exc:
                 if str(exc) != told:

@@ -74,6 +74,7 @@ class ImportFailure(StrEnum):
     SourceTooLarge = "SourceTooLarge"  # the source cannot fit a VirtualMachine
     SourceNotFound = "SourceNotFound"  # the ConfigMap or its key is missing (waits; not final)
     TargetNamespaceNotFound = "TargetNamespaceNotFound"  # spec.target.namespace does not exist (waits; not final)
+    TargetNamespaceNotAllowed = "TargetNamespaceNotAllowed"  # spec.target.namespace is not the import's own
     TargetExists = "TargetExists"  # a VirtualMachine of the target name exists and is not this import's
     VirtualMachineRejected = "VirtualMachineRejected"  # the API server refused the VirtualMachine (schema, CEL)
     VirtualMachineLost = "VirtualMachineLost"  # the VirtualMachine created was deleted or replaced
@@ -252,6 +253,23 @@ def inspect_source(spec: Mapping[str, Any], namespace: str, fetched: str | bytes
     except OvfError as exc:  # OvaError included
         raise ImportFailed(ImportFailure.InvalidDescriptor,
                            f"{exc}. Nothing was created: fix the descriptor and create the import again.") from None
+
+
+def target_namespace_refusal(spec: Mapping[str, Any], namespace: str) -> ImportFailed | None:
+    """Why the import may not create its VM where spec.target.namespace says, or None (pure).
+
+    The operator can create VMs in any namespace, the import's author perhaps not: creating one in
+    another namespace on their behalf would hand them rights they lack (as KubeVirt's and CDI's
+    imports do, a VirtualMachineImport fills its own namespace only).
+    """
+    wanted = (spec.get("target") or {}).get("namespace")
+    if not wanted or wanted == namespace:
+        return None
+    return ImportFailed(ImportFailure.TargetNamespaceNotAllowed,
+                        f"spec.target.namespace is {wanted}, but an import creates its VirtualMachine in its own "
+                        f"namespace {namespace} only: creating it in {wanted} would need rights there that the "
+                        f"operator cannot check. Remove spec.target.namespace, or create the "
+                        f"VirtualMachineImport in namespace {wanted}.")
 
 
 def conversion_target(spec: Mapping[str, Any], namespace: str) -> ImportTarget:

@@ -182,13 +182,14 @@ async def get(plural: str, namespace: str | None, name: str) -> dict[str, Any] |
         raise
 
 
-async def read_secret_key(namespace: str, name: str, key: str) -> str | None:
-    """One key of a Secret, decoded; None when the Secret or the key is missing."""
-    secret = await get("secrets", namespace, name)
-    data = (secret or {}).get("data") or {}
+async def read_secret(namespace: str, name: str, key: str) -> tuple[str | None, dict[str, str]]:
+    """One key of a Secret, decoded (None when the Secret or the key is missing), and the Secret's annotations."""
+    secret = await get("secrets", namespace, name) or {}
+    annotations = dict((secret.get("metadata") or {}).get("annotations") or {})
+    data = secret.get("data") or {}
     if key not in data:
-        return None
-    return base64.b64decode(data[key]).decode().strip()
+        return None, annotations
+    return base64.b64decode(data[key]).decode().strip(), annotations
 
 
 async def read_configmap_key(namespace: str, name: str, key: str) -> str | bytes | None:

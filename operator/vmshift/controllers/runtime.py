@@ -141,6 +141,8 @@ class Runtime:
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     poll_interval: float = 2.0
+    #: The longest wait between two polls of an unreachable agent (they back off from poll_interval).
+    poll_backoff_cap: float = 16.0
     keep_finished_migrations: int = 5
 
 

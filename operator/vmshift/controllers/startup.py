@@ -57,6 +57,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     kubeapi.configure()
     rt = runtime()
     rt.poll_interval = float(os.environ.get("VMSHIFT_AGENT_POLL_SECONDS", rt.poll_interval))
+    rt.poll_backoff_cap = float(os.environ.get("VMSHIFT_AGENT_POLL_MAX_SECONDS", rt.poll_backoff_cap))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
     indexes.start()

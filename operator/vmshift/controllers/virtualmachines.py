@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from vmshift import metrics
+from vmshift import limits, metrics
 from vmshift.api import conditions as cond
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, values
@@ -43,11 +45,38 @@ def _lock(key: str) -> asyncio.Lock:
     return _locks.setdefault(key, asyncio.Lock())
 
 
+class DefinitionError(ValueError):
+    """The VM cannot be defined on an agent as it stands; the message names what is wrong."""
+
+
 def definition(entry: VMEntry, annotations: Mapping[str, str]) -> VmDefinition:
-    """What the agent needs to define the guest (pure)."""
+    """What the agent needs to define the guest (pure); :class:`DefinitionError` when the VM's spec or
+    its ``vmshift.io/initial-drivers`` annotation is outside the limits the agents accept
+    (vmshift.limits: the CRD admits no more than that, but an annotation has no schema, and an object
+    stored before a limit was lowered keeps its old values)."""
     spec = entry.spec
     workload = spec.get("workload") or {}
-    drivers = [d for d in (annotations.get(DRIVERS_ANNOTATION) or "").split(",") if d]
+    try:
+        drivers = limits.parse_driver_list(annotations.get(DRIVERS_ANNOTATION) or "",
+                                           where=f"annotation {DRIVERS_ANNOTATION}")
+    except limits.DriverListError as exc:
+        raise DefinitionError(str(exc)) from None
+    try:
+        VirtualMachineSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise DefinitionError(_problems("spec", exc)) from None
+    try:
+        return _definition(entry, spec, workload, drivers)
+    except ValidationError as exc:
+        raise DefinitionError(_problems("the agent's VM definition", exc)) from None
+
+
+def _problems(where: str, exc: ValidationError) -> str:
+    return "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def _definition(entry: VMEntry, spec: Mapping[str, Any], workload: Mapping[str, Any],
+                drivers: list[str]) -> VmDefinition:
     return VmDefinition(
         name=entry.name,
         namespace=entry.namespace,
@@ -337,6 +366,11 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
                  logger: kopf.Logger) -> None:
     rt = runtime()
     generation = entry.generation
+    try:
+        wanted = definition(entry, body.get("metadata", {}).get("annotations") or {})
+    except DefinitionError as exc:
+        await _refuse_definition(entry, body, previous, str(exc))
+        return
     async with rt.placement_lock:
         now_fleet = fleet(fresh=True)  # placements made while this pass waited for the lock count
         decision = plan_placement(view, now_fleet)
@@ -365,7 +399,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
     if link is None:
         raise kopf.TemporaryError(f"no agent link for {host} yet", delay=2)
     try:
-        await link.client.define_vm(entry.uid, definition(entry, body.get("metadata", {}).get("annotations") or {}))
+        await link.client.define_vm(entry.uid, wanted)
         info = await link.client.start_vm(entry.uid)
     except AgentError as exc:
         if start_outcome_unknown(exc):
@@ -393,6 +427,23 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
     status = running_status(view.started_on(chosen) if chosen else view, info, host,
                             now_fleet, generation, {**previous, "conditions": cond.dump(conditions)})
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {**status, **started})
+
+
+async def _refuse_definition(entry: VMEntry, body: Mapping[str, Any], previous: Mapping[str, Any],
+                             problem: str) -> None:
+    """The VM cannot be started as it stands: say so (Pending, Stalled, a Warning event), start nothing.
+    A new pass after the person fixes the spec or the annotation places it as usual."""
+    generation = entry.generation
+    message = (f"{entry.name} cannot be started: {problem}. Fix the VM (its spec or its "
+               f"{DRIVERS_ANNOTATION} annotation); it stays Pending until then.")
+    conditions = cond.ready(previous.get("conditions") or [], False, "InvalidDefinition", message,
+                            observed_generation=generation)
+    conditions = cond.stalled(conditions, True, "InvalidDefinition", message, observed_generation=generation)
+    status = {"observedGeneration": generation, "phase": "Pending", "host": None,
+              "reason": "InvalidDefinition", "message": message, "conditions": cond.dump(conditions)}
+    if not cond.changes_nothing(status, previous):
+        kopf.warn(body, reason="InvalidDefinition", message=message)
+    await _patch(entry, status, previous)
 
 
 async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any]) -> None:

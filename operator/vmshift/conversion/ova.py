@@ -3,8 +3,12 @@
 Members are read, never extracted, and each one is checked before it is used: names that could
 climb out of a directory (``../``, absolute paths, drive letters, backslashes), links and device
 files, duplicates, too many members, members larger than the limits and oversized tar metadata
-(which tarfile would read into memory whole) are refused. The manifest's SHA-1/SHA-256/SHA-512 digests are verified for
-every listed member present, streaming in chunks. The result is the ``OvfDescriptor`` of the
+(which tarfile would read into memory whole) are refused, and so are sparse members (a few bytes
+in the archive that tarfile would expand into terabytes of zeros to hash) and members that claim
+more bytes than the archive holds after them: what is hashed is bounded by the archive's size.
+Parsing is CPU work: callers on an event loop run it in a thread (``asyncio.to_thread``). The
+manifest's SHA-1/SHA-256/SHA-512 digests are verified for every listed member present, streaming
+in chunks. The result is the ``OvfDescriptor`` of the
 package, with ``package`` saying which members were verified.
 """
 
@@ -82,13 +86,14 @@ def read_ova(archive: str | os.PathLike[str] | IO[bytes], *, configuration: str 
         raise OvaError(label, [f"cannot be read: {exc.strerror or exc}"]) from None
     with opened as stream:
         try:
+            archive_bytes = stream.seek(0, os.SEEK_END)
             _check_headers(stream, limits, label)
             stream.seek(0)
             tar = tarfile.open(fileobj=stream, mode="r:")
         except (tarfile.TarError, OSError) as exc:
             raise OvaError(label, [f"not a readable tar archive (an OVA is an uncompressed tar): {exc}"]) from None
         with tar:
-            return _read(tar, label, configuration, virtual_system, limits, xml_limits)
+            return _read(tar, label, configuration, virtual_system, limits, xml_limits, archive_bytes)
 
 
 @contextmanager
@@ -131,7 +136,7 @@ def _header_size(field: bytes) -> int | None:
 
 
 def _read(tar: tarfile.TarFile, label: str, configuration: str | None, virtual_system: str | None,
-          limits: OvaLimits, xml_limits: XmlLimits) -> OvfDescriptor:
+          limits: OvaLimits, xml_limits: XmlLimits, archive_bytes: int) -> OvfDescriptor:
     problems: list[str] = []
     warnings: list[str] = []
     members: dict[str, tarfile.TarInfo] = {}
@@ -153,9 +158,18 @@ def _read(tar: tarfile.TarFile, label: str, configuration: str | None, virtual_s
                 kind = "a symbolic link" if info.issym() else "a hard link" if info.islnk() else "a device or fifo"
                 problems.append(f"member {info.name!r} is {kind}; an OVA holds only regular files")
                 continue
+            if info.issparse():
+                problems.append(f"member {info.name!r} is a sparse file (it declares {info.size} bytes but stores "
+                                f"only part of them); an OVA's disks are stored whole")
+                continue
             if info.size > limits.max_member_bytes:
                 problems.append(f"member {info.name!r} holds {info.size} bytes, more than the limit of "
                                 f"{limits.max_member_bytes} bytes")
+                continue
+            if info.offset_data + info.size > archive_bytes:
+                problems.append(f"member {info.name!r} declares {info.size} bytes, but the archive ends "
+                                f"{max(0, archive_bytes - info.offset_data)} bytes after its header: the "
+                                f"package is truncated or its header lies")
                 continue
             if name in members:
                 problems.append(f"member {name!r} appears twice")
@@ -198,10 +212,14 @@ def _read(tar: tarfile.TarFile, label: str, configuration: str | None, virtual_s
         warnings.append("the package has no manifest (.mf): its members are not verified")
 
     verified: dict[str, str] = {}
+    budget = archive_bytes  # members lie within the archive and do not overlap: never hash more than it
     for name, (algorithm, expected) in digests.items():
         if name not in members:
             warnings.append(f"the manifest lists {name}, which the package does not hold: not verified")
             continue
+        if members[name].size > budget:
+            raise OvaError(label, [f"verifying {name} would hash more bytes than the archive holds"])
+        budget -= members[name].size
         actual = _hash_member(tar, members[name], algorithm, limits.chunk_bytes)
         if actual != expected.lower():
             problems.append(f"member {name} does not match the manifest: {algorithm} is {actual}, "

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vmshift import limits
 from vmshift.conversion.source import (
     Bus,
     GuestOs,
@@ -27,6 +28,7 @@ from vmshift.conversion.source import (
     os_family,
 )
 from vmshift.hypervisor import drivers as catalog
+from vmshift.hypervisor.protocol import DriverName
 
 GiB = 1024**3
 
@@ -73,7 +75,8 @@ class PhysicalNic(_Inventory):
     mac_address: str = Field(alias="macAddress", pattern=r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$",
                              description="The MAC address, six hex pairs separated by ':' or '-'.")
     speed_mbps: int = Field(alias="speedMbps", ge=0, le=1_000_000, description="Link speed in Mbit/s.")
-    driver: str = Field(min_length=1, max_length=64, description="The driver bound to it, e.g. e1000e, igb.")
+    driver: str = Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH,
+                        description="The driver bound to it, e.g. e1000e, igb.")
 
 
 class PhysicalInventory(_Inventory):
@@ -86,8 +89,8 @@ class PhysicalInventory(_Inventory):
     memory_mib: int = Field(alias="memoryMiB", ge=1, le=64 * 1024 * 1024, description="Installed memory in MiB.")
     disks: list[PhysicalDisk] = Field(default_factory=list, max_length=256)
     nics: list[PhysicalNic] = Field(default_factory=list, max_length=64)
-    drivers: list[str] = Field(default_factory=list, max_length=4096,
-                               description="Installed driver names, as the OS lists them.")
+    drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS,
+                                      description="Installed driver names, as the OS lists them.")
     os: str = Field(min_length=1, max_length=256, description="The operating system, e.g. Windows Server 2019.")
 
     @model_validator(mode="after")
@@ -144,6 +147,10 @@ def inspect_physical(inventory: Mapping[str, Any] | PhysicalInventory) -> Physic
         if disk.bus not in buses:
             buses.append(disk.bus)
 
+    if len(evidence) > limits.MAX_DRIVERS:
+        raise PhysicalInventoryError(
+            f"physical inventory refused: drivers and NIC drivers name {len(evidence)} distinct drivers; a "
+            f"guest holds at most {limits.MAX_DRIVERS}")
     unknown = [d for d in evidence if d not in catalog.CATALOG]
     if unknown:
         warnings.append(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
+from vmshift import limits
 from vmshift.conversion.source import OsFamily, OvfDescriptor, SourceKind, SourceMachine
 from vmshift.hypervisor import drivers as catalog
 
@@ -24,11 +25,10 @@ AGENT = "vmshift-agent"
 #: Names the API accepts: an RFC 1123 label (namespace, volume, disk) and subdomain (VM).
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-#: The largest VM the API accepts (the same numbers as vmshift.api.virtualmachine: a Hyper-V
-#: generation 2 VM, and the VHDX size limit). A test keeps them equal.
-MAX_CPUS = 240
-MAX_MEMORY_MIB = 12 * 1024 * 1024
-MAX_DISK_GIB = 65536
+#: The largest VM the API accepts (vmshift.limits: a Hyper-V generation 2 VM, and the VHDX size limit).
+MAX_CPUS = limits.MAX_VM_CPUS
+MAX_MEMORY_MIB = limits.MAX_VM_MEMORY_MIB
+MAX_DISK_GIB = limits.MAX_DISK_GIB
 
 
 class StepName(StrEnum):

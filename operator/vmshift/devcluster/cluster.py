@@ -27,6 +27,7 @@ from pathlib import Path
 
 from vmshift.devcluster import binaries
 from vmshift.devcluster.pki import Pki, ensure_pki
+from vmshift.privatefile import write_private
 
 Log = Callable[[str], None]
 
@@ -327,8 +328,5 @@ class ControlPlane:
             "contexts": [{"name": "vmshift-dev", "context": {"cluster": "vmshift-dev", "user": "vmshift-admin"}}],
             "current-context": "vmshift-dev",
         }
-        tmp = self.kubeconfig.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(self.kubeconfig)
+        write_private(self.kubeconfig, json.dumps(config, indent=2))
         return self.kubeconfig

@@ -120,6 +120,9 @@ class Stack:
         self.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
         self.kubectl("create", "secret", "generic", TOKEN_SECRET, "-n", SYSTEM_NAMESPACE,
                      f"--from-literal=token={self.token}", check=False)
+        # every agent of this stack shares the one token, so every Host may use it
+        self.kubectl("annotate", "--overwrite", "secret", TOKEN_SECRET, "-n", SYSTEM_NAMESPACE,
+                     "vmshift.io/agent-hosts=*")
 
     # -- agents --------------------------------------------------------------------------------
 

@@ -3,12 +3,18 @@
 The only way the operator talks to a hypervisor. One method per API call; every refusal raises
 AgentError(code, message, status) and every transport failure AgentUnreachableError, so callers
 never parse HTTP. Holds one aiohttp session; use it as an async context manager or call close().
+
+Whatever answers at an endpoint is untrusted until it parses: a reply is read up to
+:data:`MAX_RESPONSE_BYTES`, and an error's text is reduced to one printable line of at most
+:data:`MAX_MESSAGE_CHARS` (a body that is not the agent's JSON error is never quoted), because
+these messages end up in status and events that many people can read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -41,6 +47,24 @@ from vmshift.hypervisor.protocol import (
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The largest reply the client reads (a list of VMs of a full host is far smaller).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The longest error text kept from a reply, and the shape of an error code.
+MAX_MESSAGE_CHARS = 1000
+_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+#: Seconds to wait for an agent's TCP connection before the call fails as unreachable.
+CONNECT_TIMEOUT_SECONDS = 3.0
+#: Connections the operator's shared pool opens to one agent at most, so that a host that does not
+#: answer holds a few of them and never the slots every other host needs.
+CONNECTIONS_PER_AGENT = 8
+
+
+def shared_pool() -> aiohttp.ClientSession:
+    """A connection pool for many agents: bounded per agent, not in total (a total bound is what one
+    black-holed rack fills, making every healthy host look unreachable). Create it on the loop that uses it."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=CONNECTIONS_PER_AGENT))
+
 
 class AgentError(Exception):
     """The agent refused a call: ``code`` (an ErrorCode word), ``message``, HTTP ``status``."""
@@ -63,13 +87,17 @@ class HypervisorClient:
     """Client of one agent at ``endpoint`` (e.g. ``http://127.0.0.1:8080``) with its bearer token."""
 
     def __init__(self, endpoint: str, token: str, *, timeout_seconds: float = 10.0,
+                 connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
                  session: aiohttp.ClientSession | None = None) -> None:
         """``session``: a connection pool shared with other clients (the operator's 1,000 agents
-        need not be 1,000 pools); the client then leaves closing it to its owner."""
+        need not be 1,000 pools); the client then leaves closing it to its owner. A call fails after
+        ``timeout_seconds`` in all, or ``connect_timeout_seconds`` without a TCP connection (an agent
+        behind a black hole gives up its pool slot quickly)."""
         self.endpoint = endpoint.rstrip("/")
         self._token = token
         self._auth = {"Authorization": f"Bearer {token}"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds,
+                                              sock_connect=min(connect_timeout_seconds, timeout_seconds))
         self._shared = session
         self._session: aiohttp.ClientSession | None = None
 
@@ -100,11 +128,14 @@ class HypervisorClient:
         try:
             async with self._http().request(method, url, data=data, headers=headers, params=params,
                                             timeout=self._timeout) as response:
-                raw = await response.read()
+                raw = await _read_bounded(response)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AgentUnreachableError(f"agent {self.endpoint} did not answer {method} {path}: "
-                                        f"{exc!r}") from None
+                                        f"{clean(repr(exc))}") from None
+        if raw is None:
+            raise AgentUnreachableError(f"agent {self.endpoint} sent a reply to {method} {path} larger than "
+                                        f"{MAX_RESPONSE_BYTES} bytes")
         if status >= 400:
             raise _error(status, raw)
         if result is None:
@@ -113,7 +144,7 @@ class HypervisorClient:
             return result.model_validate_json(raw)
         except ValidationError as exc:
             raise AgentUnreachableError(f"agent {self.endpoint} sent an unexpected reply to {method} {path}: "
-                                        f"{exc}") from None
+                                        f"{_shape(exc)}") from None
 
     async def _get(self, method: str, path: str, result: type[M], body: BaseModel | None = None,
                    params: dict[str, str] | None = None) -> M:
@@ -194,7 +225,7 @@ class HypervisorClient:
             async with self._http().get(url, headers=self._auth,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as response:
                 if response.status >= 400:
-                    raise _error(response.status, await response.read())
+                    raise _error(response.status, await _read_bounded(response) or b"")
                 async for line in response.content:
                     if line.strip():
                         yield MigrationStatus.model_validate_json(line)
@@ -216,13 +247,42 @@ class HypervisorClient:
             await asyncio.sleep(poll_seconds)
 
 
+def clean(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (pure)."""
+    flat = re.sub(r"[^\x20-\x7e]+", " ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _shape(exc: ValidationError) -> str:
+    """What was wrong with a reply, by field, without quoting it."""
+    wrong = [f"{'.'.join(str(p) for p in e['loc']) or 'body'} ({e['type']})" for e in exc.errors()[:5]]
+    return clean(f"{exc.error_count()} problem(s): {', '.join(wrong)}")
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body, or None past MAX_RESPONSE_BYTES."""
+    if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _error(status: int, raw: bytes) -> AgentError:
+    """The agent's JSON error, its text cleaned; anything else is described, never quoted."""
     try:
         body: Any = json.loads(raw)
         error = body["error"]
-        return AgentError(str(error["code"]), str(error["message"]), status)
+        code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        return AgentError(f"HTTP{status}", raw[:500].decode("utf-8", "replace"), status)
+        return AgentError(f"HTTP{status}", f"HTTP {status} with a body that is not an agent error ({len(raw)} "
+                          f"bytes): is this endpoint a vmshift agent?", status)
+    return AgentError(code if _CODE.match(code) else f"HTTP{status}", clean(message), status)
 
 
 def incoming_vm(vm: VmInfo, vendor: str | None = None) -> IncomingVm:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.hypervisor.client import HypervisorClient
+from vmshift.privatefile import write_private
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -128,8 +129,7 @@ def start_agent(config: AgentConfig, token: str | None, workdir: Path, *,
     workdir.mkdir(parents=True, exist_ok=True)
     token = token or secrets.token_urlsafe(24)
     token_file = workdir / f"{config.name}.token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
+    write_private(token_file, token)
     ready_file = workdir / f"{config.name}.ready.json"
     ready_file.unlink(missing_ok=True)
     log_path = workdir / f"{config.name}.log"

@@ -50,6 +50,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 
 API_VERSION = "v1"
@@ -58,6 +59,8 @@ API_PREFIX = f"/{API_VERSION}"
 #: What a VM id may look like: it appears in URLs and derives the guest's page contents.
 VM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 _VM_ID_RE = re.compile(VM_ID_PATTERN)
+#: A driver's name (vmshift.limits): what the API's initial-drivers annotation and an import admit.
+DriverName = Annotated[str, Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH)]
 
 
 def valid_vm_id(vm_id: str) -> bool:
@@ -216,7 +219,7 @@ class DiskSpec(Request):
     """One virtual disk: exactly one of ``volume``, ``passthroughLun`` or ``local``."""
 
     name: str = Field(min_length=1, max_length=253)
-    size_gib: float = Field(gt=0, description="Size in GiB.")
+    size_gib: float = Field(gt=0, le=limits.MAX_DISK_GIB, description="Size in GiB.")
     volume: str | None = Field(None, description="A Cluster Shared Volume the disk lives on.")
     passthrough_lun: str | None = Field(None, description="A pass-through LUN the disk is.")
     local: bool = Field(False, description="A disk on the host's local storage (cannot move).")
@@ -233,7 +236,7 @@ class WorkloadSpec(Request):
     """How the simulated guest writes its memory."""
 
     dirty_rate_mib_ps: float = Field(
-        0.0, ge=0, le=65536, alias="dirtyRateMiBps",
+        0.0, ge=0, le=limits.MAX_DIRTY_RATE_MIBPS, alias="dirtyRateMiBps",
         description="Page writes per second, in MiB/s (each write dirties one 4 KiB page).",
     )
     working_set_mib: float = Field(
@@ -253,13 +256,13 @@ class VmDefinition(Request):
 
     name: str = Field(min_length=1, max_length=253)
     namespace: str = Field("default", min_length=1, max_length=253)
-    cpus: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=1, le=16 * 1024 * 1024, description="Guest memory in MiB (4 KiB pages).")
+    cpus: int = Field(ge=1, le=limits.MAX_VM_CPUS)
+    memory_mib: int = Field(ge=1, le=limits.MAX_VM_MEMORY_MIB, description="Guest memory in MiB (4 KiB pages).")
     compatibility: bool = Field(False, description="Processor compatibility mode: the guest sees only "
                                 "the baseline feature set.")
-    disks: list[DiskSpec] = Field(default_factory=list, max_length=256)
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=limits.MAX_VM_DISKS)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
-    drivers: list[str] = Field(default_factory=list, max_length=256)
+    drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
 
 
 class IoCeilings(Response):
@@ -310,8 +313,8 @@ class VmList(Response):
 class DriverChange(Request):
     """``PUT /v1/vms/{vmId}/drivers``: what the guest-side conversion agent installs and removes."""
 
-    install: list[str] = Field(default_factory=list, max_length=256)
-    remove: list[str] = Field(default_factory=list, max_length=256)
+    install: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
+    remove: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
 
 
 # --------------------------------------------------------------------------------------------------

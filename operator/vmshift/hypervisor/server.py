@@ -18,11 +18,12 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from vmshift.hypervisor.admission import ConnectionGuard, HandshakeSlots
 from vmshift.hypervisor.host import ApiError, Host, HostConfig
 from vmshift.hypervisor.migration import handle_connection
 from vmshift.hypervisor.protocol import (
@@ -42,6 +43,10 @@ from vmshift.hypervisor.protocol import (
 log = logging.getLogger("vmshift.agent")
 
 MAX_BODY_BYTES = 1024 * 1024
+#: Seconds an authenticated request has to send its whole body.
+BODY_TIMEOUT = 30.0
+#: Seconds an idle keep-alive connection stays open (the operator's pool keeps its own for 15 s).
+KEEPALIVE_TIMEOUT = 75.0
 #: At most this many NDJSON lines per second on an event stream.
 EVENT_INTERVAL = 0.1
 
@@ -50,6 +55,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOST_KEY = web.AppKey("host", Host)
 TOKEN_KEY = web.AppKey("token", str)
+GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -104,6 +110,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return json_error(401, ErrorCode.Unauthorized,
                           "missing or wrong bearer token: send 'Authorization: Bearer <token>' with the "
                           "agent's token")
+    guard = request.app.get(GUARD_KEY)
+    if guard is not None:
+        guard.authenticated(request.transport)
     return await handler(request)
 
 
@@ -117,7 +126,12 @@ def describe_validation(exc: ValidationError) -> str:
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, ErrorCode.BadRequest, f"the request body did not arrive within {BODY_TIMEOUT:.0f} s") \
+            from None
     if not raw.strip():
         raise ApiError(400, ErrorCode.BadRequest, f"{request.method} {request.path} needs a JSON body")
     try:
@@ -224,13 +238,15 @@ async def post_sensors(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).change_sensors(body))
 
 
-def create_app(host: Host, token: str) -> web.Application:
-    """The aiohttp application of one agent."""
+def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> web.Application:
+    """The aiohttp application of one agent; ``guard`` learns which connections authenticated."""
     if not token:
         raise ValueError("the agent needs a non-empty bearer token")
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware])
     app[HOST_KEY] = host
     app[TOKEN_KEY] = token
+    if guard is not None:
+        app[GUARD_KEY] = guard
     p = API_PREFIX
     app.router.add_get(f"{p}/host", get_host)
     app.router.add_get(f"{p}/vms", list_vms)
@@ -263,9 +279,11 @@ def bind_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_migrations(host: Host, sock: socket.socket) -> None:
-    """Accept connections on the migration port forever; each is served in its own task."""
+async def serve_migrations(host: Host, sock: socket.socket, slots: HandshakeSlots | None = None) -> None:
+    """Accept connections on the migration port forever; each is served in its own task, and at most
+    ``slots.limit`` of them may be in their opening handshake at once (admission.py)."""
     loop = asyncio.get_running_loop()
+    slots = slots or HandshakeSlots()
     connections: set[asyncio.Task[None]] = set()
     while True:
         try:
@@ -274,9 +292,45 @@ async def serve_migrations(host: Host, sock: socket.socket) -> None:
             log.warning("migration port: accept failed: %s", exc)
             await asyncio.sleep(0.1)
             continue
-        task = asyncio.create_task(handle_connection(host, host.tickets, conn))
+        task = asyncio.create_task(_serve_migration_connection(host, conn, slots))
+        task.add_done_callback(_closer(conn))  # also when evicted before it ran
+        slots.take(task)
         connections.add(task)
         task.add_done_callback(connections.discard)
+
+
+def _closer(conn: socket.socket) -> Callable[[asyncio.Task[None]], None]:
+    return lambda _task: conn.close()
+
+
+class _HandshakeHost:
+    """The host as one migration connection sees it: looking up its migration ends the handshake
+    (the opening frame has arrived), which gives the connection's handshake slot back."""
+
+    def __init__(self, host: Host, release: Callable[[], None]) -> None:
+        self._host = host
+        self._release = release
+
+    def find_incoming(self, migration_id: str) -> Any:
+        self._release()
+        return self._host.find_incoming(migration_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+async def _serve_migration_connection(host: Host, conn: socket.socket, slots: HandshakeSlots) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+
+    def release() -> None:
+        slots.give_back(task)
+
+    try:
+        await handle_connection(cast(Host, _HandshakeHost(host, release)), host.tickets, conn)
+    finally:
+        release()
+        conn.close()
 
 
 def tune_allocator() -> None:
@@ -315,9 +369,12 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     host.migration_port = config.advertise_migration_port or bound_migration_port
     api_sock = bind_socket(listen, api_port)
     actual_api_port = api_sock.getsockname()[1]
-    runner = web.AppRunner(create_app(host, token), access_log=None, handle_signals=False)
+    guard = ConnectionGuard()
+    runner = web.AppRunner(create_app(host, token, guard), access_log=None, handle_signals=False,
+                           keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
-    await web.SockSite(runner, api_sock).start()
+    assert runner.server is not None
+    api_server = await loop.create_server(guard.wrap(runner.server), sock=api_sock)
     listener = asyncio.create_task(serve_migrations(host, migration_sock), name="migration-listener")
     host.start_background()
     stop = asyncio.Event()
@@ -341,6 +398,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     listener.cancel()
     if watcher is not None:
         watcher.cancel()
+    api_server.close()
     with contextlib.suppress(Exception):
         await runner.cleanup()
     migration_sock.close()

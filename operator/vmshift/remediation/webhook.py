@@ -37,6 +37,7 @@ log = logging.getLogger("vmshift.webhook")
 DEFAULT_MAX_BYTES = 1024 * 1024
 #: Default limit of alerts in one body.
 DEFAULT_MAX_ALERTS = 1000
+_READ_CHUNK = 64 * 1024
 
 
 class WebhookConfigError(Exception):
@@ -97,6 +98,22 @@ def _authorized(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, read to its end, or None as soon as it passes ``limit`` bytes.
+
+    One ``content.read(n)`` returns what has arrived so far, which for a large group (hundreds of
+    alerts, chunked or simply split over TCP reads) is only its beginning.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def make_app(config: WebhookConfig, sink: AlertSink) -> web.Application:
     """The receiver as an aiohttp application (tests drive it with aiohttp's test client)."""
 
@@ -108,8 +125,8 @@ def make_app(config: WebhookConfig, sink: AlertSink) -> web.Application:
         if request.content_length is not None and request.content_length > config.max_bytes:
             return _problem(413, f"the body ({request.content_length} bytes) is over the limit of "
                                  f"{config.max_bytes} bytes")
-        body = await request.content.read(config.max_bytes + 1)
-        if len(body) > config.max_bytes:
+        body = await read_limited(request, config.max_bytes)
+        if body is None:
             return _problem(413, f"the body is over the limit of {config.max_bytes} bytes")
         try:
             payload = parse_alertmanager_payload(body, max_alerts=config.max_alerts)
@@ -147,7 +164,7 @@ def make_app(config: WebhookConfig, sink: AlertSink) -> web.Application:
         metrics.WEBHOOK_REQUESTS.labels(code=str(response.status)).inc()
         return response
 
-    # client_max_size bounds what aiohttp itself buffers; the handler reads at most max_bytes + 1.
+    # client_max_size bounds what aiohttp itself buffers; the handler stops reading past max_bytes.
     app = web.Application(client_max_size=config.max_bytes + 1, middlewares=[count])
     app.router.add_post("/alerts", alerts)
     app.router.add_get("/healthz", healthz)
