@@ -353,7 +353,9 @@ class _Trial:
                 "spec": {"cpus": 1, "memoryMiB": v.memory_mib, "processor": {"compatibility": True},
                          "disks": [{"name": "root", "sizeGiB": 1, "volume": "csv-1"}],
                          "workload": {"dirtyRateMiBps": v.dirty_mib_ps, "workingSetMiB": 16},
-                         "placement": {"host": self.source}}}
+                         # its own hosts only: trials run side by side, and a drain or a re-placement
+                         # must not carry one trial's VM onto another trial's hosts
+                         "placement": {"host": self.source, "hostSelector": {"matchLabels": {"chaos": self.ns}}}}}
 
     def migrate(self, v: VmPlan, target: str) -> None:
         name = f"{v.name}-to-{target.rsplit('-', 1)[-1]}-{len(self.mig_names)}"
