@@ -42,6 +42,8 @@ def main() -> int:
                         help="only seeds of this fault kind (repeatable)")
     parser.add_argument("--lanes", type=int, default=1,
                         help="trials of host-local faults run side by side (operator and API server faults alone)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no trial after this many minutes; report the ones that ran")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     args = parser.parse_args()
     kinds = {Kind(k) for k in args.kind} if args.kind else set(KINDS)
@@ -57,13 +59,14 @@ def main() -> int:
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     campaign = Campaign(plane, workdir, log=log)
     try:
-        results = run_trials(campaign, seeds, lanes=args.lanes)
+        deadline = started + args.minutes * 60 if args.minutes else None
+        results = run_trials(campaign, seeds, lanes=args.lanes, deadline=deadline)
     finally:
         campaign.close()
         plane.down()
     elapsed = time.monotonic() - started
     print()
-    print(f"chaos campaign: {len(results)} trials, seeds {seeds[0]}..{seeds[-1]}, {elapsed / 60:.1f} min "
+    print(f"chaos campaign: {len(results)} trials, seeds {seeds[0]}..{seeds[len(results) - 1]}, {elapsed / 60:.1f} min "
           f"({elapsed / max(len(results), 1):.1f} s per trial, {args.lanes} lane(s))")
     print(table(results))
     report = violations_report(results)

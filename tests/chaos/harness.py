@@ -667,24 +667,24 @@ def violations_report(results: list[TrialResult]) -> str:
     return "\n".join(lines)
 
 
-def run_trials(campaign: Campaign, seeds: Iterable[int], *, lanes: int = 1) -> list[TrialResult]:
+def run_trials(campaign: Campaign, seeds: Iterable[int], *, lanes: int = 1,
+               deadline: float | None = None) -> list[TrialResult]:
     """Run the trials of ``seeds``; with ``lanes`` > 1, trials whose faults touch only their own hosts
-    run side by side (the operator and API server faults always run alone)."""
+    run side by side (the operator and API server faults always run alone). No trial starts after
+    ``deadline`` (time.monotonic()); the ones that ran are returned."""
     seeds = list(seeds)
-    if lanes <= 1:
-        results = [campaign.run(plan_trial(s)) for s in seeds]
-        campaign.drain_janitor()
-        return results
     shared = _SharedLock()
     global_kinds = {Kind.OperatorKill, Kind.OperatorTerm, Kind.ApiServerRestart}
 
-    def one(seed: int) -> TrialResult:
+    def one(seed: int) -> TrialResult | None:
         plan = plan_trial(seed)
-        with shared.exclusive() if plan.kind in global_kinds else shared.shared():
+        with shared.exclusive() if plan.kind in global_kinds and lanes > 1 else shared.shared():
+            if deadline is not None and time.monotonic() > deadline:
+                return None
             return campaign.run(plan)
 
-    with ThreadPoolExecutor(max_workers=lanes) as pool:
-        results = list(pool.map(one, seeds))
+    with ThreadPoolExecutor(max_workers=max(1, lanes)) as pool:
+        results = [r for r in pool.map(one, seeds) if r is not None]
     campaign.drain_janitor()
     return results
 
