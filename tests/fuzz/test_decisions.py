@@ -7,7 +7,7 @@ the pure functions the controllers call: the index builders, the scheduler's vie
 placement, compatibility, mode, policy and queue decisions, the drain planner and the evacuation
 goal, the Host status, the VM's agent definition, the remediation decision and the import planner.
 The only exceptions allowed are the modules' own errors for a user's mistake (an import's
-ImportFailed), which the controllers turn into conditions.
+ImportFailed, a VM's DefinitionError), which the controllers turn into conditions.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vmshift.controllers.hosts import host_status
 from vmshift.controllers.importsteps import ImportFailed, SourceMissing, make_plan, vm_manifest
 from vmshift.controllers.remediation import ActiveEntry, policy_status
 from vmshift.controllers.views import AgentFacts, build_fleet, index_host, index_migration, index_vm, policy_view
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, definition, migration_name
+from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, DefinitionError, definition, migration_name
 from vmshift.remediation.decide import HostState, SignalState, decide
 from vmshift.remediation.signals import last_ended_of, remediation_of
 from vmshift.remediation.signals import policy_view as remediation_policy_view
@@ -103,7 +103,10 @@ def test_scheduling_decisions_take_any_admitted_fleet(objs: dict[str, list[dict[
             requested = MigrationMode((vm.spec.get("migration") or {}).get("mode") or "Auto")
             choose_mode(requested, view, policy, problems, bandwidth_mbps=link)
             migration_name(vm.name, host, vm.generation)
-        definition(vm, (body["metadata"].get("annotations") or {}))
+        try:  # a drivers annotation the agents cannot take is the VM's InvalidDefinition condition
+            definition(vm, (body["metadata"].get("annotations") or {}))
+        except DefinitionError as exc:
+            assert str(exc)
     for host in hosts:
         plan_drain(host.name, fleet, DrainLimits(max_parallel=data.draw(st.none() | st.integers(1, 4))),
                    policy=data.draw(st.sampled_from([DEFAULT_POLICY, *policies])))
