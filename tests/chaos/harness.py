@@ -154,7 +154,11 @@ class Campaign:
         self.stack.install_crds()
         self.proxy_loop = ProxyLoop()
         self.agent_loop = LoopThread()
-        self.stack.start_operator(*OPERATOR_ARGS)
+        # Processes tied to their parent (PR_SET_PDEATHSIG) die with the *thread* that started them:
+        # the operator and a restarted API server are started from this one long-lived thread, never
+        # from a lane's or the janitor's, whose threads end before the campaign does.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-spawner")
+        self.spawn(lambda: self.stack.start_operator(*OPERATOR_ARGS))
         self.results: list[TrialResult] = []
         self._session: aiohttp.ClientSession | None = None
         self._janitor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chaos-janitor")
@@ -168,6 +172,7 @@ class Campaign:
             with contextlib.suppress(Exception):
                 self.agent_loop.call(self._session.close())
         self.stack.stop()
+        self._spawner.shutdown()
         self.proxy_loop.close()
         self.agent_loop.close()
 
@@ -286,9 +291,13 @@ class Campaign:
             future.result()
         self._cleanups.clear()
 
+    def spawn(self, start: Callable[[], Any]) -> Any:
+        """Run ``start`` (which starts a process tied to its parent) on the spawner thread."""
+        return self._spawner.submit(start).result()
+
     def ensure_operator(self) -> None:
         if self.stack.operator is None or self.stack.operator.poll() is not None:
-            self.stack.start_operator(*OPERATOR_ARGS)
+            self.spawn(lambda: self.stack.start_operator(*OPERATOR_ARGS))
 
 
 class _Trial:
@@ -417,7 +426,7 @@ class _Trial:
             agent = self.c.stack.restart_agent(host)  # a rebooted host: empty, Host re-pointed at it
             self.proxies[host].set_upstream(agent.migration_port)
         elif kind is Kind.ApiServerRestart:
-            self.c.plane.restart("kube-apiserver", down_seconds=down)
+            self.c.spawn(lambda: self.c.plane.restart("kube-apiserver", down_seconds=down))
         self.downtime_total += down
 
     def inject(self) -> None:
