@@ -37,7 +37,7 @@ def test_a_sigterm_of_the_operator_mid_migration_neither_fails_nor_cancels_it(fl
     started = time.monotonic()
     fleet.stack.stop_operator()  # SIGTERM; SIGKILL only after 15 s
     stop_seconds = time.monotonic() - started
-    assert stop_seconds < 10, f"the operator took {stop_seconds:.1f} s to stop on SIGTERM"
+    assert stop_seconds < 14, f"the operator took {stop_seconds:.1f} s to stop on SIGTERM (SIGKILL comes at 15)"
     left = fleet.status("vsmig", "rolling", ns)
     assert left["phase"] == "Transferring", f"the stopping operator ended the migration: {left}"
     assert not _source_phase(fleet, "h-slow", migration_uid).finished, "the stopping operator cancelled it"
