@@ -89,5 +89,8 @@ bench: venv controlplane
 	$(BIN)/python bench/drain.py
 	$(BIN)/python bench/scale.py
 
+chaos: venv controlplane
+	$(BIN)/python bench/chaos.py --trials 500 --seed 1 --lanes 3
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

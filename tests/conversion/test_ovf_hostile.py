@@ -191,3 +191,12 @@ def test_absurd_or_foreign_units_are_refused_quickly(units: str) -> None:
     with pytest.raises(ValueError):
         units_to_bytes(units)
     assert time.monotonic() - start < 0.1
+
+
+@pytest.mark.parametrize("encoding", ["tf-8", "no-such-codec", "x" * 40])
+def test_an_unknown_encoding_is_refused_as_an_ovf_error(encoding: str) -> None:
+    """Found by tests/fuzz: a descriptor declaring an encoding Python does not know raised LookupError
+    out of the parser, which the import controller does not catch."""
+    data = f"<?xml version='1.0' encoding='{encoding}'?><Envelope/>".encode()
+    with pytest.raises(OvfError, match="encoding"):
+        parse_ovf(data)

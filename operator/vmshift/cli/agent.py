@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--advertise-host", default=None,
                         help="address other agents use to reach this one (default: --listen, or 127.0.0.1)")
+    parser.add_argument("--advertise-migration-port", type=int, default=0,
+                        help="migration port other agents dial, when a proxy, NAT or Service forwards to "
+                             "--migration-port (default 0: the port the listener is bound to)")
     parser.add_argument("--api-port", type=int, default=0, help="API port (0: any free port)")
     parser.add_argument("--migration-port", type=int, default=0, help="migration port (0: any free port)")
     parser.add_argument("--reservation-seconds", type=float, default=30.0,
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if not token:
         print(f"vmshift agent: the token file {args.token_file} is empty", file=sys.stderr)
         return 2
+    if not 0 <= args.advertise_migration_port <= 65535:
+        print(f"vmshift agent: --advertise-migration-port {args.advertise_migration_port} is not a TCP port "
+              "(0-65535)", file=sys.stderr)
+        return 2
     if args.cores < 1 or args.memory_mib < 1:
         print("vmshift agent: --cores and --memory-mib must be positive", file=sys.stderr)
         return 2
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name, cpu_model=args.cpu_model, cores=args.cores, memory_mib=args.memory_mib,
         bandwidth_mbps=args.bandwidth_mbps, shared_volumes=tuple(args.shared_volume),
         passthrough_luns=tuple(args.passthrough_lun), advertise_host=advertise,
+        advertise_migration_port=args.advertise_migration_port,
         reservation_seconds=args.reservation_seconds,
     )
     from vmshift.hypervisor.server import run_agent

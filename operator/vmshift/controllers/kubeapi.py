@@ -6,14 +6,20 @@ made here, on the event loop, with aiohttp and the credentials the official clie
 service account or KUBECONFIG). The official client in threads cost more CPU per request than the
 work it carried (its validation wrappers, a thread hop each), which 10,000 VMs made visible.
 Errors are raised as the official client's ``ApiException`` (status, reason, body), so callers
-handle one kind. Every call counts itself in ``vmshift_api_requests_total``.
+handle one kind. Every call counts itself in ``vmshift_api_requests_total``. A call that meets an
+API server restarting or overloaded (connection refused or reset, 429, 500, 502, 503, 504) is
+tried again with backoff for up to ``RETRY_SECONDS`` before it raises: otherwise one restart of the
+API server fails the daemon that made the call, and Kopf restarts a failed daemon only after 60 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import ssl
+import time
 from typing import Any
 
 import aiohttp
@@ -27,6 +33,12 @@ VERSION = "v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 
 _clients: dict[str, Any] = {}
+log = logging.getLogger("vmshift.kubeapi")
+
+#: How long a call keeps trying through an API server restart or overload before it raises.
+RETRY_SECONDS = 30.0
+#: Statuses that say "not now" rather than "no".
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def configure() -> None:
@@ -88,6 +100,29 @@ def bearer_header(config: Any) -> str | None:
 
 async def _request(verb: str, plural: str, path: str, body: Any = None,
                    content_type: str = "application/json") -> dict[str, Any]:
+    """One call, tried again through transient trouble for up to RETRY_SECONDS (every verb here is
+    safe to repeat: patches are merges, a repeated create answers 409 and a repeated delete 404)."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return await _request_once(verb, plural, path, body, content_type)
+        except (aiohttp.ClientConnectionError, ApiException) as exc:
+            transient = not isinstance(exc, ApiException) or exc.status in TRANSIENT_STATUSES
+            if not transient or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s %s: %s; trying again in %.1f s", verb, path, _describe(exc), delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"the API server answered {exc.status} {exc.reason}"
+    return f"the API server cannot be reached ({exc})"
+
+
+async def _request_once(verb: str, plural: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
     metrics.API_REQUESTS.labels(verb=verb, resource=plural).inc()
     session = _session()
     config = _clients["config"]

@@ -265,6 +265,9 @@ class _Feeder:
         except SAXParseException as exc:
             raise XmlRefused(f"not well-formed XML: {exc.getMessage()}", line=exc.getLineNumber(),
                              column=exc.getColumnNumber()) from None
+        except LookupError as exc:  # expat asks Python's codecs for an encoding it does not know itself
+            raise self._fail(f"the XML declaration names an encoding that is not known ({exc}); use UTF-8") \
+                from None
 
 
 def parse_bytes(data: bytes | str, limits: XmlLimits = DEFAULT_LIMITS) -> Node:

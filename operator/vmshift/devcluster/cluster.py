@@ -161,6 +161,8 @@ class ControlPlane:
         self.pki = Pki(directory / "pki")
         self.logs = directory / "logs"
         self.kubeconfig = directory / "kubeconfig"
+        #: The command line of each component this object started, so restart() can repeat it.
+        self._argv: dict[str, list[str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -228,6 +230,32 @@ class ControlPlane:
                  f"(KUBECONFIG={self.kubeconfig})")
         return state
 
+    def restart(self, name: str, *, down_seconds: float = 0.0, kill: bool = True, timeout: float = 60.0) -> None:
+        """Stop one component (SIGKILL, or SIGTERM with ``kill=False``), leave it down for ``down_seconds``,
+        start it again with the same command line (same ports) and wait until it answers.
+
+        Only for components this object started (``up`` in this process); the fault-injection runs
+        use it to restart the API server under a working operator.
+        """
+        state = ClusterState.load(self.dir)
+        if state is None or name not in state.pids or name not in self._argv:
+            raise RuntimeError(f"cannot restart {name}: this ControlPlane did not start it in {self.dir}")
+        pid = state.pids[name]
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            _kill_groups({name: pid}, self.log)
+        time.sleep(down_seconds)
+        self._spawn(state, name, self._argv[name])
+        if name == "kube-apiserver":
+            self._wait(lambda: self._ready(state.server), "kube-apiserver /readyz", timeout, name)
+        elif name == "etcd":
+            self._wait(lambda: self._etcd_healthy(state.etcd_url), "etcd", timeout, name)
+
     def down(self) -> None:
         """Stop every process of this control plane (whole process groups) and forget them."""
         state = ClusterState.load(self.dir)
@@ -263,6 +291,7 @@ class ControlPlane:
     # -- pieces ----------------------------------------------------------------------------
 
     def _spawn(self, state: ClusterState, name: str, argv: list[str]) -> None:
+        self._argv[name] = argv
         log_file = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv,

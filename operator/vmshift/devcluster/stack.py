@@ -8,6 +8,7 @@ with kubectl.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -45,11 +46,17 @@ class HostPlan:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     max_concurrent_migrations: int = 2
     unschedulable: bool = False
+    #: The migration port other agents are told to dial (0: the agent's own); a proxy in front of it.
+    advertise_migration_port: int = 0
+    #: How long the agent holds an incoming migration's reservation for its stream to arrive.
+    reservation_seconds: float = 30.0
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(name=self.name, cpu_model=self.cpu_model, cores=self.cores, memory_mib=self.memory_mib,
                            bandwidth_mbps=self.bandwidth_mbps, shared_volumes=self.shared_volumes,
-                           passthrough_luns=self.passthrough_luns)
+                           passthrough_luns=self.passthrough_luns,
+                           advertise_migration_port=self.advertise_migration_port,
+                           reservation_seconds=self.reservation_seconds)
 
     def manifest(self, endpoint: str) -> dict[str, Any]:
         return {
@@ -120,9 +127,11 @@ class Stack:
     # -- agents --------------------------------------------------------------------------------
 
     def start_hosts(self, plans: list[HostPlan], *, apply: bool = True) -> None:
-        """Start one agent per plan and (``apply``) create its Host object pointing at it."""
-        for plan in plans:
-            agent = start_agent(plan.agent_config(), self.token, self.workdir / "agents")
+        """Start one agent per plan (all at once) and (``apply``) create its Host object pointing at it."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(1, len(plans)))) as pool:
+            started = list(pool.map(lambda p: start_agent(p.agent_config(), self.token, self.workdir / "agents"),
+                                    plans))
+        for plan, agent in zip(plans, started, strict=True):
             self.agents[plan.name] = agent
             self.plans[plan.name] = plan
             self.log(f"agent {plan.name} ({plan.cpu_model}) listens at {agent.endpoint}")
@@ -139,6 +148,17 @@ class Stack:
         self.agents[name] = agent
         self.apply(plan.manifest(agent.endpoint))
         return agent
+
+    def remove_hosts(self, names: list[str], *, timeout: float = 60.0) -> None:
+        """Delete the Host objects and stop their agents (a host taken out of the fleet)."""
+        if names:
+            self.kubectl("delete", "hosts.vmshift.io", *names, "--ignore-not-found", "--wait=true",
+                         f"--timeout={timeout:.0f}s", timeout=timeout + 10)
+        for name in names:
+            agent = self.agents.pop(name, None)
+            self.plans.pop(name, None)
+            if agent is not None:
+                agent.stop(timeout_seconds=5)
 
     # -- operator ------------------------------------------------------------------------------
 

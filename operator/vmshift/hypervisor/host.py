@@ -80,6 +80,9 @@ class HostConfig:
     shared_volumes: tuple[str, ...] = ()
     passthrough_luns: tuple[str, ...] = ()
     advertise_host: str = "127.0.0.1"
+    #: The migration port other agents dial (0: the port the listener is bound to). Differs when a
+    #: proxy, a NAT or a Service sits between agents.
+    advertise_migration_port: int = 0
     reservation_seconds: float = 30.0
     fans: int = 4
     power_supplies: int = 2

@@ -40,6 +40,8 @@ class AgentConfig:
     listen: str = "127.0.0.1"
     api_port: int = 0
     migration_port: int = 0
+    #: The migration port peers are told to dial (0: the bound one); a proxy in front of the listener.
+    advertise_migration_port: int = 0
     reservation_seconds: float = 30.0
     log_level: str = "INFO"
 
@@ -49,7 +51,8 @@ class AgentConfig:
             "--name", self.name, "--cpu-model", self.cpu_model, "--cores", str(self.cores),
             "--memory-mib", str(self.memory_mib), "--bandwidth-mbps", f"{self.bandwidth_mbps:g}",
             "--token-file", str(token_file), "--listen", self.listen, "--api-port", str(self.api_port),
-            "--migration-port", str(self.migration_port), "--ready-file", str(ready_file),
+            "--migration-port", str(self.migration_port),
+            "--advertise-migration-port", str(self.advertise_migration_port), "--ready-file", str(ready_file),
             "--reservation-seconds", f"{self.reservation_seconds:g}", "--log-level", self.log_level,
             "--exit-with-parent",
         ]

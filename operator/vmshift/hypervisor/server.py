@@ -385,7 +385,9 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     host = Host(config)
     loop = asyncio.get_running_loop()
     migration_sock = bind_socket(listen, migration_port)
-    host.migration_port = migration_sock.getsockname()[1]
+    bound_migration_port = int(migration_sock.getsockname()[1])
+    # What peers are told (grants, WELCOME's resolvePort, /v1/host): the advertised port if one is set.
+    host.migration_port = config.advertise_migration_port or bound_migration_port
     api_sock = bind_socket(listen, api_port)
     actual_api_port = api_sock.getsockname()[1]
     guard = ConnectionGuard()
@@ -404,12 +406,13 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
     if ready_file is not None:
         write_ready_file(ready_file, {
             "name": config.name, "pid": os.getpid(), "apiPort": actual_api_port,
-            "migrationPort": host.migration_port, "bootId": host.boot_id,
+            "migrationPort": bound_migration_port, "advertisedMigrationPort": host.migration_port,
+            "bootId": host.boot_id,
             "endpoint": f"http://{endpoint_host}:{actual_api_port}",
         })
-    log.info("agent %s (%s, %d cores, %d MiB) serving the API on %s:%d and migrations on port %d",
-             config.name, config.cpu_model, config.cores, config.memory_mib, listen, actual_api_port,
-             host.migration_port)
+    log.info("agent %s (%s, %d cores, %d MiB) serving the API on %s:%d and migrations on port %d "
+             "(advertised to peers as %s:%d)", config.name, config.cpu_model, config.cores, config.memory_mib,
+             listen, actual_api_port, bound_migration_port, config.advertise_host, host.migration_port)
     await stop.wait()
     log.info("agent %s shutting down", config.name)
     app[STOPPING_KEY].set()
