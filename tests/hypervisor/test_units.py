@@ -7,7 +7,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from vmshift.hypervisor.migration import TicketIssuer
+from vmshift.hypervisor.migration import ProtocolError, TicketIssuer, parse_control
 from vmshift.hypervisor.protocol import (
     DiskSpec,
     IncomingMigrationRequest,
@@ -97,3 +97,13 @@ def test_tickets_are_bound_to_their_migration_and_expire() -> None:
     stale = issuer.issue("m1", "vm1", ttl_seconds=-5)
     assert int(stale.split(".")[0]) <= time.time() + 1 - 5 + 1
     assert not issuer.check(stale, "m1", "vm1")
+
+
+@pytest.mark.parametrize("body", [b'{"dirtyRateMiBps": NaN}', b'{"throttlePercent": Infinity}',
+                                  b'{"seconds": -Infinity}', b'{"dirtyRateMiBps": 1e999}'])
+def test_a_control_frame_with_a_number_no_client_can_read_is_refused(body: bytes) -> None:
+    """A ROUND_END with NaN once reached the agent's migration list as null, and the operator took
+    the whole host for unreachable."""
+    with pytest.raises(ProtocolError, match="control frame holds"):
+        parse_control(body)
+    assert parse_control(b'{"dirtyRateMiBps": 12.5, "round": 3}') == {"dirtyRateMiBps": 12.5, "round": 3}

@@ -8,7 +8,7 @@ controller modules add their own projections (``@VMS.index``) before the operato
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,11 @@ def _note(type: str, body: Mapping[str, Any], fleet_input: Callable[[Mapping[str
             _inputs.pop(uid, None)
         else:
             _inputs[uid] = new
+
+
+def host_names() -> Iterable[str]:
+    """Every Host the cache holds (what the agents' first answers are awaited for)."""
+    return host_index.keys()
 
 
 HOSTS.listen(lambda type, body: _note(type, body, _host_input))

@@ -645,6 +645,12 @@ async def drive_migration(
 ) -> None:
     await indexes.ready()
     rt = runtime()
+    # A restarted operator has heard from no agent yet: until each has answered once (or been
+    # declared unreachable), a host not yet polled would look unreachable and fail the migration
+    # for nothing, or its progress would be unknown.
+    while not await rt.agents.wait_synced(indexes.host_names):
+        if stopped:
+            return
     if not rt.gate.seeded:
         flying = [m for m in values(indexes.migration_index) if m.in_flight]
         sizes = {m.vm_key: (int(vm.spec.get("cpus", 0)), int(vm.spec.get("memoryMiB", 0)))

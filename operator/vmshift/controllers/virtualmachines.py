@@ -253,10 +253,6 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
     return None
 
 
-def _host_names() -> Iterable[str]:
-    return indexes.host_index.keys()
-
-
 async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, Any]) -> bool:
     """Write ``status`` unless it changes nothing; True when written."""
     if cond.changes_nothing(status, previous):
@@ -302,7 +298,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         flights = [m.key for m in (indexes.migrations_by_vm.get(entry.key) or []) if m.in_flight]
         if rt.gate.moving(entry.key, flights):
             return  # the migration's daemon owns the VM's status while it moves
-        if not await rt.agents.wait_synced(_host_names):
+        if not await rt.agents.wait_synced(indexes.host_names):
             # An agent not heard from yet may hold this guest (adoption after a restart), and a
             # Migratable condition computed before every agent answered would undercount hosts.
             _deferred.add(entry.key)

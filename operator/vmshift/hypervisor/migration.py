@@ -136,9 +136,22 @@ def control_frame(kind: Frame, payload: dict[str, Any] | None = None, flags: int
     return _HEADER.pack(kind, flags, 0, len(body)) + body
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"control frame holds a number out of range: {text[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"control frame holds {name}, which is not a number a peer may send")
+
+
 def parse_control(body: memoryview | bytes) -> dict[str, Any]:
+    """A control frame's JSON object; NaN, infinities and overflowing numbers are refused (they would
+    reach status and the API as values no client can read)."""
     try:
-        value = json.loads(bytes(body))
+        value = json.loads(bytes(body), parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"control frame is not JSON: {exc}") from None
     if not isinstance(value, dict):
