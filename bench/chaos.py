@@ -1,4 +1,4 @@
-"""Benchmark: the fault-injection campaign (DESIGN.md §6): hundreds of randomized trials, 0 violations.
+"""Benchmark: the fault-injection campaign: hundreds of randomized trials, 0 violations.
 
 Each trial runs on the real product (the embedded control plane, one agent process per host
 behind a TCP proxy on its migration port, the operator as its own process): it starts three

@@ -96,7 +96,7 @@ def test_steps_run_in_execution_order_and_keep_their_times() -> None:
     create = by_name["CreateVirtualMachine"]
     assert create == {"name": "CreateVirtualMachine", "state": "Succeeded", "startedAt": "2026-01-02T03:04:07Z",
                       "finishedAt": "2026-01-02T03:04:08Z", "message": "did CreateVirtualMachine"}
-    # DESIGN lists CreateVirtualMachine after the driver steps; it ran before them
+    # the API lists CreateVirtualMachine after the driver steps; it ran before them
     assert by_name["InstallAgent"]["startedAt"] > create["finishedAt"]
 
 

@@ -63,7 +63,7 @@ def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _assert_steps_ran_in_order(status: dict[str, Any]) -> None:
     steps = {s["name"]: s for s in status["steps"]}
-    assert [s["name"] for s in status["steps"]] == [n.value for n in ImportStepName], "status lists DESIGN's order"
+    assert [s["name"] for s in status["steps"]] == [n.value for n in ImportStepName], "status lists the API's order"
     for step in steps.values():
         assert step["state"] in ("Succeeded", "Skipped"), step
         assert step["startedAt"] <= step["finishedAt"], step
