@@ -32,7 +32,7 @@ from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
 from vmshift.controllers.runtime import until_woken
-from vmshift.controllers.views import MigrationEntry, VMEntry
+from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
     SETUP_SECONDS,
@@ -133,7 +133,8 @@ def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VM
         "metadata": {
             "name": create.name,
             "namespace": create.namespace,
-            "labels": {EVACUATION_LABEL: host, EPISODE_LABEL: episode, "vmshift.io/vm": create.vm_name},
+            "labels": operator_labels(**{EVACUATION_LABEL: host, EPISODE_LABEL: episode,
+                                         "vmshift.io/vm": create.vm_name}),
             "annotations": {ATTEMPT_ANNOTATION: str(create.attempt), ORDER_ANNOTATION: str(move.order)},
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
                                  "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],

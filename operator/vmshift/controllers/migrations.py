@@ -35,7 +35,7 @@ from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import VMEntry, vm_view
+from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -612,12 +612,10 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
 
 
 async def _collect_garbage(run: Run) -> None:
-    """Keep the newest few finished migrations of the VM; never touch unfinished ones."""
-    keep = runtime().keep_finished_migrations
+    """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
+    ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
     mine = indexes.migrations_by_vm.get(run.vm_key) or []
-    finished = sorted((m for m in mine if m.phase.finished and m.name != run.name),
-                      key=lambda m: (m.created, m.name), reverse=True)
-    for old in finished[max(keep - 1, 0):]:
+    for old in migrations_to_collect(mine, runtime().keep_finished_migrations, run.name):
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
 
 
