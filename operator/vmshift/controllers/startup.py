@@ -28,6 +28,8 @@ from vmshift.controllers.supervisor import Supervisor
 
 PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
+#: The component named in every event the operator posts (source.component, reportingComponent).
+REPORTING_COMPONENT = "vmshift-operator"
 
 
 @kopf.on.startup()
@@ -40,6 +42,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
+    # Events say they come from vmshift (the "From" column of `kubectl describe`), one instance per pod.
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or REPORTING_COMPONENT
     # At most this many objects are handled at once; the rest wait in the watch stream. Without a
     # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies). An
     # idle worker leaves its slot soon (Kopf's default of 5 s would cap a 10,000-VM start-up at
