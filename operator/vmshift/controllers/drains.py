@@ -308,6 +308,7 @@ class Evacuator:
             if progress.in_flight == 0 and not new.get("finishedAt"):
                 new["finishedAt"] = _now()
         self.drain = new
+        _record_drain_state(self.host, state)
         await self._write()
         if state.value == before and (goal is not None or not was_open):
             return
@@ -382,5 +383,21 @@ async def drain_host(
                 await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
         if leftovers:
             logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
+        _drain_states.pop(name, None)
+        metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
     _wake.pop(name, None)
+
+
+#: The last drain state of each host, for the vmshift_drains_blocked gauge.
+_drain_states: dict[str, DrainState] = {}
+
+
+def blocked_drains(states: Mapping[str, DrainState]) -> int:
+    """How many hosts' drains are Blocked (pure)."""
+    return sum(1 for s in states.values() if s is DrainState.Blocked)
+
+
+def _record_drain_state(host: str, state: DrainState) -> None:
+    _drain_states[host] = state
+    metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
 

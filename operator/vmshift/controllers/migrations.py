@@ -585,6 +585,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
             vm_status["phase"] = "Running"
         await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
+    if report is not None:
+        metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
                    f"with {extra.get('downtimeMs')} ms of downtime.")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+
+from vmshift import metrics
 
 # Importing the controller modules registers their handlers.
 from vmshift.controllers import (  # noqa: F401
@@ -25,6 +28,7 @@ from vmshift.controllers import (  # noqa: F401
 )
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.supervisor import Supervisor
+from vmshift.controllers.views import in_flight_summary
 
 PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
@@ -66,9 +70,30 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
     indexes.start()
+    metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
+    metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
     logger.info("vmshift operator configured")
+
+
+_last_in_flight: tuple[int, float] = (0, 0.0)
+
+
+def _in_flight() -> tuple[int, float]:
+    """The in-flight gauges, computed from the migration index when Prometheus scrapes.
+
+    The scrape runs in the metrics server's thread while the event loop may change the index: a
+    read that races a change (the dict changed size) answers the previous scrape's numbers.
+    """
+    global _last_in_flight
+    for _ in range(3):
+        try:
+            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), datetime.now(UTC))
+            break
+        except RuntimeError:
+            continue
+    return _last_in_flight
 
 
 #: Fleet-wide loops the operator runs beside Kopf's handlers, each restarted when it fails.

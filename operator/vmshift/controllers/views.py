@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -320,3 +321,18 @@ def build_fleet(
             bandwidth_mbps=float(spec.get("migrationBandwidthMbps", 10_000)),
         ))
     return Fleet(host_views, views)
+
+
+def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple[int, float]:
+    """How many migrations are under way and the age in seconds of the oldest (0 when none) (pure)."""
+    count, oldest = 0, 0.0
+    for entry in entries:
+        if not entry.in_flight:
+            continue
+        count += 1
+        try:
+            created = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        oldest = max(oldest, (now - created).total_seconds())
+    return count, oldest
