@@ -16,6 +16,7 @@ import yaml
 from tests.ops.argocd import REPO, health, scripts
 from tests.ops.kstatus import kstatus
 from vmshift.api.reasons import MigrationPhase
+from vmshift.controllers import importsteps
 from vmshift.controllers.hosts import host_status
 from vmshift.controllers.migrations import _conditions as migration_conditions
 from vmshift.gitops import KINDS, health_key
@@ -131,3 +132,25 @@ def test_the_flux_example_waits_for_the_operator_and_the_fleet() -> None:
     hosts = {("Host", d["metadata"]["name"]) for d in samples if d["kind"] == "Host"}
     assert hosts and hosts <= checked, f"the Flux example does not wait for {sorted(hosts - checked)}"
     assert all(h["apiVersion"] == "vmshift.io/v1alpha1" for h in fleet["spec"]["healthChecks"])
+
+
+def _import(status: dict[str, Any]) -> dict[str, Any]:
+    """The sample VirtualMachineImport of manifests/samples with ``status`` as the operator writes it."""
+    docs = yaml.safe_load_all((REPO / "manifests" / "samples" / "import-ovf.yaml").read_text())
+    obj: dict[str, Any] = next(d for d in docs if d and d["kind"] == "VirtualMachineImport")
+    obj["metadata"]["generation"] = 1
+    obj["status"] = {"observedGeneration": 1, **status}
+    return obj
+
+
+@pytest.mark.parametrize(("phase", "conditions", "argo", "flux"), [
+    ("Running", importsteps.progressing([], "Converting", "Converting disk 1 of 2.", 1), "Progressing", "InProgress"),
+    ("Failed", importsteps.failed([], importsteps.ImportFailure.InvalidDescriptor, "The OVF names no disk.", 1),
+     "Degraded", "Failed"),
+    ("Succeeded", importsteps.succeeded([], "crm-app runs as VirtualMachine crm-app.", 1), "Healthy", "Current"),
+])
+def test_an_import_as_the_operator_writes_it(phase: str, conditions: list[dict[str, Any]], argo: str,
+                                            flux: str) -> None:
+    obj = _import({"phase": phase, "conditions": conditions})
+    assert health(obj)["status"] == argo
+    assert kstatus(obj)[0] == flux
