@@ -10,8 +10,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane alertmanager image cluster cluster-down kind lint crds crds-check test unit demo bench \
-	clean
+.PHONY: all venv controlplane alertmanager promtool docs docs-check image cluster cluster-down kind lint crds \
+	crds-check test unit demo bench clean
 
 all: test
 
@@ -29,6 +29,17 @@ controlplane: venv
 # Prometheus Alertmanager, the real peer of the webhook receiver's end-to-end test (cached, built once)
 alertmanager: venv
 	$(BIN)/vmshift dev alertmanager
+
+# Prometheus' promtool: checks and unit-tests manifests/monitoring/prometheusrule.yaml (cached, built once)
+promtool: venv
+	$(BIN)/vmshift dev promtool
+
+# docs/api.md and the Argo CD health ConfigMap, generated from the code (a test fails on drift)
+docs: venv
+	$(BIN)/vmshift docs --write
+
+docs-check: venv
+	$(BIN)/vmshift docs
 
 # The one image of the operator and the agents: vmshift:<version> and vmshift:dev. Needs Docker and,
 # the first time, mmdebstrap (the Debian base is made locally); cached in ~/.cache/vmshift/image.
@@ -75,7 +86,7 @@ crds: venv
 crds-check: venv
 	$(BIN)/vmshift crds --check
 
-test: venv controlplane alertmanager lint crds-check cluster
+test: venv controlplane alertmanager promtool lint crds-check docs-check cluster
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv

@@ -2,7 +2,7 @@
 
 The agents are a test double (bench/fake_agents.py: one process answering for every host, guests
 without memory), because 1,000 real agents do not fit on two cores; everything else is the product.
-Measured, in one run, beside the targets:
+Measured, in one run, beside the scale targets the project set itself (printed in the table):
   * initial sync, twice: a first start (operator start -> every VM Ready, adopted from the agents
     that already run it, which costs two API writes per VM: Kopf's finalizer and the status), and
     a restart over the settled fleet (start -> every VM re-checked, vmshift_virtualmachines_in_sync);

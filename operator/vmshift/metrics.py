@@ -5,7 +5,11 @@ No I/O until ``serve`` starts the HTTP endpoint.
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from vmshift import __version__
 
 MIGRATIONS = Counter(
     "vmshift_migrations_total", "Migrations that finished, by mode used and result.", ["mode", "result"]
@@ -35,9 +39,6 @@ API_REQUESTS = Counter(
 )
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``addr:port`` from a background thread."""
-    start_http_server(port, addr=addr)
 DRAINS = Counter(
     "vmshift_drains_total", "Drains (maintenance or remediation) by what happened: Started, Completed, Blocked, "
     "Cancelled.", ["result"],
@@ -53,3 +54,28 @@ HOST_ALERTS = Gauge(
 WEBHOOK_REQUESTS = Counter(
     "vmshift_webhook_requests_total", "Calls to the Alertmanager webhook receiver, by HTTP status code.", ["code"],
 )
+MIGRATIONS_IN_FLIGHT = Gauge(
+    "vmshift_migrations_in_flight", "Migrations under way now (Validating, Transferring or SwitchingOver).",
+)
+OLDEST_IN_FLIGHT = Gauge(
+    "vmshift_migration_oldest_in_flight_seconds",
+    "Age of the oldest migration under way (since its object was created); 0 when none is.",
+)
+TRANSFERRED_BYTES = Counter(
+    "vmshift_migration_transferred_bytes_total",
+    "Guest memory sent by finished migrations (any result), by mode used; counted when a migration ends.",
+    ["mode"],
+)
+DRAINS_BLOCKED = Gauge(
+    "vmshift_drains_blocked", "Hosts whose drain is Blocked now: VMs that must leave cannot move.",
+)
+BUILD_INFO = Gauge(
+    "vmshift_build_info", "Always 1; the labels say which vmshift and Python run the operator.",
+    ["version", "python_version"],
+)
+BUILD_INFO.labels(version=__version__, python_version=platform.python_version()).set(1)
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``addr:port`` from a background thread."""
+    start_http_server(port, addr=addr)

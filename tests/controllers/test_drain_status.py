@@ -9,7 +9,7 @@ from vmshift.api.reasons import MigrationMode, MigrationPhase
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.drains import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, attempt_of, migration_body
 from vmshift.controllers.hosts import host_status
-from vmshift.controllers.views import VMEntry
+from vmshift.controllers.views import MANAGED_BY, MANAGED_BY_LABEL, VMEntry
 from vmshift.hypervisor.client import HypervisorClient
 from vmshift.hypervisor.protocol import HostInfo
 from vmshift.scheduling.evacuation import Create
@@ -92,7 +92,8 @@ def test_the_migration_a_drain_creates_is_labelled_owned_and_reads_back() -> Non
                 failed_targets=("h3",))
     body = migration_body(Create(move, "db-evac-abc123-2", 2, 3), "h1", "abc123xyz0", "spec.maintenance", vm)
     meta = body["metadata"]
-    assert meta["labels"] == {EVACUATION_LABEL: "h1", EPISODE_LABEL: "abc123xyz0", "vmshift.io/vm": "db"}
+    assert meta["labels"] == {EVACUATION_LABEL: "h1", EPISODE_LABEL: "abc123xyz0", "vmshift.io/vm": "db",
+                              MANAGED_BY_LABEL: MANAGED_BY}
     assert meta["annotations"][ATTEMPT_ANNOTATION] == "2"
     assert meta["ownerReferences"][0]["uid"] == "uid-1" and meta["ownerReferences"][0]["kind"] == "VirtualMachine"
     assert body["spec"]["targetHost"] == "h2" and "after h3 failed" in body["spec"]["reason"]

@@ -9,7 +9,7 @@ import pytest
 
 
 def shared_dir() -> Path:
-    """``$VMSHIFT_SHARED`` if set, else ``../shared`` beside the repository."""
+    """``$VMSHIFT_SHARED`` if set, else the ``shared`` directory beside the repository (real-world test data)."""
     env = os.environ.get("VMSHIFT_SHARED")
     if env:
         return Path(env)

@@ -1,4 +1,4 @@
-"""The OVF reader over every real-world descriptor in ../shared/testdata/ovf, against its actual content."""
+"""The OVF reader over every real-world descriptor of the shared test corpus (testdata/ovf), checked in full."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""check_target: every compatibility check, with messages a person can act on."""
+"""check_target: every compatibility check a migration target must pass, with messages a person can act on."""
 
 from __future__ import annotations
 

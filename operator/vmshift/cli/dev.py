@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from vmshift.devcluster import alertmanager, binaries
+from vmshift.devcluster import alertmanager, binaries, promtool
 from vmshift.devcluster import node as devnode
 from vmshift.devcluster.cluster import ClusterState, ControlPlane, default_dir
 
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("build", help="build (or find) etcd, kube-apiserver, kube-controller-manager, kubectl")
     actions.add_parser("alertmanager", help="build (or find) Prometheus Alertmanager, the webhook tests' real peer")
+    actions.add_parser("promtool", help="build (or find) Prometheus' promtool, which checks the alerting rules")
     up = actions.add_parser("up", help="start the control plane and wait until /readyz answers")
     up.add_argument("--fresh", action="store_true", help="start from an empty etcd")
     actions.add_parser("down", help="stop every process of the control plane")
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "alertmanager":
         print(f"alertmanager: {alertmanager.ensure()}")
+        return 0
+    if args.action == "promtool":
+        print(f"promtool: {promtool.ensure()}")
         return 0
     if args.action == "image":
         return build_image(args.base_image)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 #: Subcommand modules, in the order ``vmshift --help`` lists them.
-SUBCOMMANDS = ("dev", "crds", "agent", "operator", "demo")
+SUBCOMMANDS = ("dev", "crds", "docs", "agent", "operator", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
 from vmshift.controllers.runtime import until_woken
-from vmshift.controllers.views import MigrationEntry, VMEntry
+from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
     SETUP_SECONDS,
@@ -134,7 +134,8 @@ def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VM
         "metadata": {
             "name": create.name,
             "namespace": create.namespace,
-            "labels": {EVACUATION_LABEL: host, EPISODE_LABEL: episode, "vmshift.io/vm": create.vm_name},
+            "labels": operator_labels(**{EVACUATION_LABEL: host, EPISODE_LABEL: episode,
+                                         "vmshift.io/vm": create.vm_name}),
             "annotations": {ATTEMPT_ANNOTATION: str(create.attempt), ORDER_ANNOTATION: str(move.order)},
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
                                  "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],
@@ -317,6 +318,7 @@ class Evacuator:
             if progress.in_flight == 0 and not new.get("finishedAt"):
                 new["finishedAt"] = _now()
         self.drain = new
+        _record_drain_state(self.host, state)
         await self._write()
         if state.value == before and (goal is not None or not was_open):
             return
@@ -391,5 +393,21 @@ async def drain_host(
                 await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
         if leftovers:
             logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
+        _drain_states.pop(name, None)
+        metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
     _wake.pop(name, None)
+
+
+#: The last drain state of each host, for the vmshift_drains_blocked gauge.
+_drain_states: dict[str, DrainState] = {}
+
+
+def blocked_drains(states: Mapping[str, DrainState]) -> int:
+    """How many hosts' drains are Blocked (pure)."""
+    return sum(1 for s in states.values() if s is DrainState.Blocked)
+
+
+def _record_drain_state(host: str, state: DrainState) -> None:
+    _drain_states[host] = state
+    metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
 

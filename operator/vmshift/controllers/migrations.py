@@ -35,7 +35,7 @@ from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import VMEntry, vm_view
+from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -585,6 +585,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
             vm_status["phase"] = "Running"
         await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
+    if report is not None:
+        metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
                    f"with {extra.get('downtimeMs')} ms of downtime.")
@@ -612,12 +614,10 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
 
 
 async def _collect_garbage(run: Run) -> None:
-    """Keep the newest few finished migrations of the VM; never touch unfinished ones."""
-    keep = runtime().keep_finished_migrations
+    """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
+    ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
     mine = indexes.migrations_by_vm.get(run.vm_key) or []
-    finished = sorted((m for m in mine if m.phase.finished and m.name != run.name),
-                      key=lambda m: (m.created, m.name), reverse=True)
-    for old in finished[max(keep - 1, 0):]:
+    for old in migrations_to_collect(mine, runtime().keep_finished_migrations, run.name):
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+
+from vmshift import metrics
 
 # Importing the controller modules registers their handlers.
 from vmshift.controllers import (  # noqa: F401
@@ -25,9 +28,12 @@ from vmshift.controllers import (  # noqa: F401
 )
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.supervisor import Supervisor
+from vmshift.controllers.views import in_flight_summary
 
 PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
+#: The component named in every event the operator posts (source.component, reportingComponent).
+REPORTING_COMPONENT = "vmshift-operator"
 
 
 @kopf.on.startup()
@@ -40,6 +46,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
+    # Events say they come from vmshift (the "From" column of `kubectl describe`), one instance per pod.
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or REPORTING_COMPONENT
     # At most this many objects are handled at once; the rest wait in the watch stream. Without a
     # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies). An
     # idle worker leaves its slot soon (Kopf's default of 5 s would cap a 10,000-VM start-up at
@@ -61,9 +70,30 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
     indexes.start()
+    metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
+    metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
     logger.info("vmshift operator configured")
+
+
+_last_in_flight: tuple[int, float] = (0, 0.0)
+
+
+def _in_flight() -> tuple[int, float]:
+    """The in-flight gauges, computed from the migration index when Prometheus scrapes.
+
+    The scrape runs in the metrics server's thread while the event loop may change the index: a
+    read that races a change (the dict changed size) answers the previous scrape's numbers.
+    """
+    global _last_in_flight
+    for _ in range(3):
+        try:
+            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), datetime.now(UTC))
+            break
+        except RuntimeError:
+            continue
+    return _last_in_flight
 
 
 #: Fleet-wide loops the operator runs beside Kopf's handlers, each restarted when it fails.

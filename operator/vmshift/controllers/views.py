@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -17,6 +18,12 @@ from vmshift.api.reasons import MigrationPhase
 from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
 from vmshift.scheduling.policy import PolicyView, Rung
+
+# Every VirtualMachineMigration the operator creates (a drain's moves, a placement change) carries
+# this label; garbage collection deletes only finished migrations that carry it, never one a person
+# or a GitOps tool applied.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "vmshift-operator"
 
 #: Migration phases that hold a VM, a slot on source and target, and the target's capacity.
 IN_FLIGHT = frozenset({MigrationPhase.Validating, MigrationPhase.Transferring, MigrationPhase.SwitchingOver})
@@ -64,6 +71,7 @@ class MigrationEntry:
     target: str | None
     created: str
     owned_by_vm: bool = False
+    made_by_operator: bool = False
 
     @property
     def key(self) -> str:
@@ -120,7 +128,26 @@ def index_migration(body: Mapping[str, Any]) -> MigrationEntry:
         target=status.get("targetHost") or (body.get("spec") or {}).get("targetHost"),
         created=meta.get("creationTimestamp") or "",
         owned_by_vm=any(o.get("kind") == "VirtualMachine" for o in owners),
+        made_by_operator=(meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY,
     )
+
+
+def operator_labels(**labels: str) -> dict[str, str]:
+    """The labels of an object the operator creates: ``labels`` plus the managed-by mark (pure)."""
+    return {**labels, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: str) -> list[MigrationEntry]:
+    """The finished migrations of one VM that garbage collection deletes (pure).
+
+    Only the operator's own (``made_by_operator``): one applied by a person or from Git stays until
+    they delete it, so the operator never fights a GitOps tool over an object it did not create. Of
+    the operator's finished ones, the newest ``keep`` stay, counting ``current`` (the one that just
+    finished, never collected here); unfinished ones are never touched.
+    """
+    finished = sorted((m for m in mine if m.made_by_operator and m.phase.finished and m.name != current),
+                      key=lambda m: (m.created, m.name), reverse=True)
+    return finished[max(keep - 1, 0):]
 
 
 def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
@@ -294,3 +321,18 @@ def build_fleet(
             bandwidth_mbps=float(spec.get("migrationBandwidthMbps", 10_000)),
         ))
     return Fleet(host_views, views)
+
+
+def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple[int, float]:
+    """How many migrations are under way and the age in seconds of the oldest (0 when none) (pure)."""
+    count, oldest = 0, 0.0
+    for entry in entries:
+        if not entry.in_flight:
+            continue
+        count += 1
+        try:
+            created = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        oldest = max(oldest, (now - created).total_seconds())
+    return count, oldest

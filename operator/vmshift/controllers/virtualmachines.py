@@ -30,7 +30,7 @@ from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import VMEntry, index_vm, vm_view
+from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.fleet import Fleet, VMView
@@ -464,7 +464,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
         "metadata": {
             "name": name,
             "namespace": entry.namespace,
-            "labels": {"vmshift.io/vm": entry.name},
+            "labels": operator_labels(**{"vmshift.io/vm": entry.name}),
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
                                  "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
         },
