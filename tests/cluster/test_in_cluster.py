@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.conftest import (
     AGENT_SELECTOR,
@@ -210,6 +211,32 @@ def test_an_alertmanager_payload_through_the_webhook_service_drives_a_remediatio
              interval=0.5, describe=cluster.operator_log)
     assert cluster.status("host", SOURCE)["lastRemediation"]["reason"] == "AlertsResolved"
     cluster.kubectl("delete", "remediationpolicy", policy)
+
+
+_SCRAPE = """
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=20) as response:
+    sys.stdout.write(response.read().decode())
+"""
+
+
+def test_prometheus_scrapes_the_metrics_service_inside_the_cluster(cluster: InCluster) -> None:
+    """What a ServiceMonitor does: GET /metrics through the Service from a pod, in Prometheus' text format."""
+    port = cluster.get("service", "vmshift-operator-metrics", SYSTEM_NS)["spec"]["ports"][0]["port"]
+    url = f"http://vmshift-operator-metrics.{SYSTEM_NS}.svc.cluster.local:{port}/metrics"
+    scraper = cluster.agent_pod(SOURCE)["metadata"]["name"]
+    text = cluster.kubectl("exec", "-n", SYSTEM_NS, scraper, "--", "python3", "-c", _SCRAPE, url).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    names = {name for name, _ in samples}
+    assert "vmshift_build_info" in names, sorted(names)[:40]
+    ready = sum(v for (name, labels), v in samples.items() if name == "vmshift_hosts" and ("phase", "Ready") in labels)
+    assert ready >= 1, "no Ready host in vmshift_hosts"
+    # the evacuation just before ran in this operator process: its moves are counted
+    succeeded = sum(v for (name, labels), v in samples.items()
+                    if name == "vmshift_migrations_total" and ("result", "Succeeded") in labels)
+    moved = sum(v for (name, _), v in samples.items() if name == "vmshift_migration_transferred_bytes_total")
+    assert succeeded >= 1 and moved > 0, (succeeded, moved)
 
 
 def test_uninstall_leaves_nothing_behind(cluster: InCluster) -> None:
