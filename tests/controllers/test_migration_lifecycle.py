@@ -12,6 +12,7 @@ from vmshift.controllers.migrations import (
     StopAction,
     agent_failure_reason,
     decide_move,
+    leaving,
     stop_action,
     target_verdict,
 )
@@ -31,6 +32,23 @@ def test_operator_exit_pause_and_filter_leave_the_migration_to_the_agents() -> N
     for reason in (R.OPERATOR_EXITING, R.OPERATOR_PAUSING, R.FILTERS_MISMATCH, R.OPERATOR_EXITING | R.OPERATOR_PAUSING,
                    R.DAEMON_SIGNALLED, None):
         assert stop_action(reason) is StopAction.Leave, reason
+
+
+async def test_what_a_stopping_operator_sees_is_not_recorded_unless_the_migration_was_deleted() -> None:
+    # Seen in the chaos campaign (seed 501): SIGTERM made the host daemons drop their agent links,
+    # and a migration still being validated then found its healthy target "unreachable" and failed.
+    from kopf._cogs.aiokits.aioenums import AsyncFlagWaiter, FlagSetter
+
+    def flag(reason: kopf.DaemonStoppingReason | None) -> AsyncFlagWaiter[kopf.DaemonStoppingReason]:
+        setter: FlagSetter[kopf.DaemonStoppingReason] = FlagSetter()
+        if reason is not None:
+            setter.set(reason)
+        return setter.async_waiter
+
+    assert not leaving(flag(None)), "a running daemon records its verdicts"
+    assert leaving(flag(R.OPERATOR_EXITING))
+    assert leaving(flag(R.OPERATOR_PAUSING))
+    assert not leaving(flag(R.RESOURCE_DELETED | R.OPERATOR_EXITING)), "a deletion is the user's word: it ends"
 
 
 def test_agent_refusals_get_words_from_the_closed_set_by_side() -> None:

@@ -239,7 +239,10 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
                                                     rt.poll_backoff_cap))
     _host_phase.pop(name, None)
     _wake.pop(name, None)
-    await rt.agents.forget(name)
+    if kopf.DaemonStoppingReason.RESOURCE_DELETED in (stopped.reason or kopf.DaemonStoppingReason(0)):
+        # Only a deleted Host loses its link. While the operator stops, other daemons may still
+        # look at this agent: dropping it would make a healthy host look unreachable to them.
+        await rt.agents.forget(name)
 
 
 def _record_phase(name: str, phase: str) -> None:

@@ -90,6 +90,12 @@ def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
     return StopAction.Leave
 
 
+def leaving(stopped: kopf.DaemonStopped) -> bool:
+    """True once the operator exits or pauses (pure): what the daemon concludes from then on may
+    come from the shutdown itself (agent links closed, the session gone), so it writes nothing."""
+    return bool(stopped) and stop_action(stopped.reason) is StopAction.Leave
+
+
 class Leaving(Exception):
     """The operator exits or pauses: the daemon stops following and changes nothing."""
 
@@ -613,6 +619,20 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     rt.gate_changed.set()
 
 
+def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
+    """The failure to record for what ended the daemon, with words from the closed set."""
+    if isinstance(exc, MigrationFailedError):
+        return exc
+    if isinstance(exc, AgentRefusedError):
+        return MigrationFailedError(
+            agent_failure_reason(exc.error.code, exc.side),
+            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
+            f"{run.vm_name} stays on {run.source}.")
+    return MigrationFailedError(  # AgentUnreachableError included
+        agent_failure_reason(exc.code, None),
+        f"An agent refused or failed the migration of {run.vm_name}: {exc}. {run.vm_name} stays on {run.source}.")
+
+
 async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
     ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
@@ -723,17 +743,14 @@ async def drive_migration(
         logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "
                     f"the next operator follows it")
         return  # the claim and slots stay held: the migration is still in flight
-    except MigrationFailedError as exc:
-        logger.info(f"migration {run.key} failed: {exc.reason}: {exc.message}")
-        await _finish(run, MigrationPhase.Failed, failure=exc)
-    except AgentRefusedError as exc:
-        await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
-            agent_failure_reason(exc.error.code, exc.side),
-            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
-            f"{run.vm_name} stays on {run.source}."))
-    except AgentError as exc:  # AgentUnreachableError included
-        await _finish(run, MigrationPhase.Failed, failure=MigrationFailedError(
-            agent_failure_reason(exc.code, None),
-            f"An agent refused or failed the migration of {run.vm_name}: {exc}. "
-            f"{run.vm_name} stays on {run.source}."))
+    except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
+        verdict = _as_failure(run, exc)
+        if leaving(stopped):
+            # Seen while the operator stops: the host daemons drop their agent links then, so a
+            # healthy agent may look unreachable. The next operator looks again.
+            logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); not recording "
+                        f"{verdict.reason.value} seen meanwhile ({verdict.message}); the next operator looks again")
+            return
+        logger.info(f"migration {run.key} failed: {verdict.reason}: {verdict.message}")
+        await _finish(run, MigrationPhase.Failed, failure=verdict)
     await _collect_garbage(run)
