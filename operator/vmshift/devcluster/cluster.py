@@ -22,11 +22,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.devcluster import binaries
 from vmshift.devcluster.pki import Pki, ensure_pki
+from vmshift.devcluster.statefile import StateFile
 from vmshift.privatefile import write_private
 
 Log = Callable[[str], None]
@@ -47,7 +48,7 @@ GO_ENV: dict[str, dict[str, str]] = {"kube-apiserver": {"GOGC": "400"}}
 
 
 @dataclass
-class ClusterState:
+class ClusterState(StateFile):
     """What ``state.json`` records about a running control plane."""
 
     dir: str
@@ -57,20 +58,6 @@ class ClusterState:
     pids: dict[str, int]
     bin_dirs: list[str]
     started_at: float
-
-    @classmethod
-    def load(cls, directory: Path) -> ClusterState | None:
-        path = directory / "state.json"
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def save(self) -> None:
-        path = Path(self.dir) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
 
     def env(self) -> dict[str, str]:
         """Environment for a client of this cluster: KUBECONFIG and the matching kubectl first on PATH."""

@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.devcluster import binaries
@@ -51,6 +51,7 @@ from vmshift.devcluster.cluster import (
     _tail,
 )
 from vmshift.devcluster.pki import Pki, ensure_pki, issue_pair
+from vmshift.devcluster.statefile import StateFile
 
 Log = Callable[[str], None]
 
@@ -163,7 +164,7 @@ def write_image_tar(path: Path, tag: str, files: dict[str, bytes], *, entrypoint
 
 
 @dataclass
-class NodeState:
+class NodeState(StateFile):
     """What ``node/state.json`` records about a running node."""
 
     dir: str
@@ -171,19 +172,6 @@ class NodeState:
     containerd_socket: str
     pids: dict[str, int]
     started_at: float
-
-    @classmethod
-    def load(cls, directory: Path) -> NodeState | None:
-        try:
-            return cls(**json.loads((directory / "state.json").read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def save(self) -> None:
-        path = Path(self.dir) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
 
 
 def missing_host_tools() -> list[str]:
