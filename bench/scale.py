@@ -8,7 +8,8 @@ Measured, in one run, each beside its floor and the target the project set itsel
   * initial sync, twice: a first start (operator start -> every VM Ready, adopted from the agents
     that already run it) against at most 1.5x the floor, and a restart over the settled fleet
     (start -> every VM re-checked, vmshift_virtualmachines_in_sync) against at most 0.5x the floor;
-  * migration request -> first status written by the operator, p50/p99 over many requests;
+  * migration request -> first status written by the operator, p50/p99 over many requests, and the
+    operator's event loop lag meanwhile (p99, from its vmshift_event_loop_lag_seconds histogram);
   * operator RSS after sync and after the migrations;
   * API requests per minute while idle (from kube-apiserver's own request counter).
 
@@ -219,6 +220,31 @@ def operator_gauge(port: int | None, name: str) -> float:
     return 0.0
 
 
+def operator_buckets(port: int | None, name: str) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound -> count) of one unlabelled histogram on the operator's /metrics."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = re.search(r'le="([^"]+)"', line)
+            if le:
+                out[float(le.group(1))] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of what was observed between two scrapes."""
+    delta = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1] if delta else 0.0
+    for le, count in delta:
+        if total and count >= q * total:
+            return le
+    return float("nan")
+
+
 def met(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -299,7 +325,10 @@ def main() -> int:
         idle = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0) > 0}
         idle_per_minute = sum(idle.values()) * 60 / args.idle_seconds
 
+        lag_before = operator_buckets(stack.metrics_port, "vmshift_event_loop_lag_seconds")
         latencies = first_status_latencies(api, vms, args.hosts, args.migrations)
+        lag_p99 = bucket_quantile(lag_before, operator_buckets(stack.metrics_port, "vmshift_event_loop_lag_seconds"),
+                                  0.99)
         rss_end = rss_mib(proc.pid)
 
         # A restart: the fleet is settled (status, finalizers), so the operator only re-checks it.
@@ -328,6 +357,8 @@ def main() -> int:
              "<= 200 ms", met(statistics.median(latencies) <= 0.2)),
             ("request -> first status p99", f"{pct(latencies, 0.99) * 1000:.0f} ms", "", "", "<= 1000 ms",
              met(pct(latencies, 0.99) <= 1.0)),
+            ("  event loop lag p99 meanwhile", f"<= {lag_p99 * 1000:.0f} ms", "", "", "<= 100 ms",
+             met(lag_p99 <= 0.1)),
             ("operator RSS after sync", f"{rss_sync:.0f} MiB", f"{rss_sync * per_thousand:.1f}/1k VMs", "",
              "<= 512 MiB", met(rss_sync <= 512)),
             ("operator RSS after migrations", f"{rss_end:.0f} MiB", f"{rss_end * per_thousand:.1f}/1k VMs", "",

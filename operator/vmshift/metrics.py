@@ -25,6 +25,11 @@ DURATION = Histogram(
     "vmshift_migration_duration_seconds", "Total duration of finished migrations.", ["mode"],
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+EVENT_LOOP_LAG = Histogram(
+    "vmshift_event_loop_lag_seconds",
+    "How late the operator's event loop ran a timer it had set: every handler, watch and poll waits that long.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 RECONCILE_ERRORS = Counter(
     "vmshift_reconcile_errors_total", "Reconcile passes that ended in an error, by kind.", ["kind"]
 )

@@ -45,3 +45,26 @@ async def test_a_failing_loop_is_logged_backed_off_and_restarted(caplog: pytest.
 
 def test_the_operator_runs_its_background_loops_under_the_supervisor() -> None:
     assert isinstance(startup.background, Supervisor)
+
+
+async def test_a_blocked_event_loop_shows_in_the_lag_histogram() -> None:
+    import time
+
+    from vmshift import metrics
+    from vmshift.controllers.supervisor import watch_loop_lag
+
+    def observed() -> tuple[float, float]:
+        samples = {s.name: s.value for m in metrics.EVENT_LOOP_LAG.collect() for s in m.samples}
+        return samples["vmshift_event_loop_lag_seconds_count"], samples["vmshift_event_loop_lag_seconds_sum"]
+
+    count0, sum0 = observed()
+    task = asyncio.create_task(watch_loop_lag(interval=0.02))
+    try:
+        await asyncio.sleep(0.1)  # a few samples of an idle loop
+        time.sleep(0.3)  # noqa: ASYNC251 (the point: a handler that blocks the loop)
+        await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+    count1, sum1 = observed()
+    assert count1 - count0 >= 3
+    assert sum1 - sum0 >= 0.25, "the 0.3 s block was not seen as lag"

@@ -27,7 +27,7 @@ from vmshift.controllers import (  # noqa: F401
     virtualmachines,
 )
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.supervisor import Supervisor
+from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
 PREFIX = "vmshift.io"
@@ -74,6 +74,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
+    background.start("loop-lag", watch_loop_lag)
     logger.info("vmshift operator configured")
 
 

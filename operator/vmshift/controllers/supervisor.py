@@ -77,3 +77,17 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: How often the event loop's lag is sampled.
+LAG_SAMPLE_SECONDS = 0.25
+
+
+async def watch_loop_lag(interval: float = LAG_SAMPLE_SECONDS) -> None:
+    """Sleep ``interval`` again and again and record how much later than asked each sleep ended:
+    the time any callback of this loop waits for its turn (a blocking call shows up here)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + interval
+        await asyncio.sleep(interval)
+        metrics.EVENT_LOOP_LAG.observe(max(0.0, loop.time() - asked))
