@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from vmshift.kubectl import commands, completion
-from vmshift.kubectl.client import ApiError, Cluster
-from vmshift.kubectl.decide import EXIT_USAGE
-from vmshift.kubectl.output import Output
+from vmshift.kubectl import completion
+
+#: Exit status of a bad command line (argparse's own), kept here so --help and completion load nothing else.
+EXIT_USAGE = 2
 
 DESCRIPTION = """\
 Move virtual machines between hosts, take hosts in and out of service, and see
@@ -66,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    def command(name: str, func: Callable[[commands.Context], int], help: str, *,
+    def command(name: str, func: str, help: str, *,
                 aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", aliases=list(aliases))
         _global_options(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func)  # the name of a function of vmshift.kubectl.commands, imported when run
         return p
 
-    p = command("migrate", commands.migrate, "move a VM to another host, and watch the transfer")
+    p = command("migrate", "migrate", "move a VM to another host, and watch the transfer")
     p.add_argument("vm", metavar="VM", help="the VirtualMachine to move")
     p.add_argument("--to", metavar="HOST", help="the target host (default: the best compatible host)")
     p.add_argument("--mode", default="Auto", metavar="MODE",
@@ -84,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why the VM moves, shown in the migration and its events")
     _wait_option(p, "the migration")
 
-    p = command("cancel", commands.cancel, "cancel a migration in flight (the VM stays where it was)")
+    p = command("cancel", "cancel", "cancel a migration in flight (the VM stays where it was)")
     p.add_argument("name", metavar="VM|MIGRATION", help="a VM being moved, or a VirtualMachineMigration")
 
-    p = command("history", commands.history, "list a VM's past and current migrations")
+    p = command("history", "history", "list a VM's past and current migrations")
     p.add_argument("vm", metavar="VM")
     _output_option(p)
 
-    p = command("drain", commands.drain, "put a host in maintenance and move every VM away")
+    p = command("drain", "drain", "put a host in maintenance and move every VM away")
     p.add_argument("host", metavar="HOST")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan the operator would follow (order, targets, bandwidth, expected time, "
@@ -99,25 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     _output_option(p)
     _wait_option(p, "the drain")
 
-    p = command("undrain", commands.undrain, "take a host out of maintenance")
+    p = command("undrain", "undrain", "take a host out of maintenance")
     p.add_argument("host", metavar="HOST")
-    p = command("cordon", commands.cordon, "stop placing VMs on a host (VMs there keep running)")
+    p = command("cordon", "cordon", "stop placing VMs on a host (VMs there keep running)")
     p.add_argument("host", metavar="HOST")
-    p = command("uncordon", commands.uncordon, "let a cordoned host take VMs again")
+    p = command("uncordon", "uncordon", "let a cordoned host take VMs again")
     p.add_argument("host", metavar="HOST")
-    p = command("release", commands.release, "return a host quarantined by a RemediationPolicy to service")
+    p = command("release", "release", "return a host quarantined by a RemediationPolicy to service")
     p.add_argument("host", metavar="HOST")
     p.add_argument("--reason", default="released-by-kubectl-vmshift",
                    help="value of the release annotation (e.g. fan-replaced)")
 
-    p = command("why", commands.why_command, "explain where a VM runs and which hosts could take it")
+    p = command("why", "why_command", "explain where a VM runs and which hosts could take it")
     p.add_argument("vm", metavar="VM")
     _output_option(p)
 
-    p = command("top", commands.top, "the fleet at a glance: hosts and the VMs being moved", aliases=("status",))
+    p = command("top", "top", "the fleet at a glance: hosts and the VMs being moved", aliases=("status",))
     _output_option(p)
 
-    p = command("import", commands.import_command,
+    p = command("import", "import_command",
                 "import an OVF, an OVA or a physical machine's inventory as a new VM")
     p.add_argument("file", metavar="FILE", help="an .ovf descriptor, an .ova package or an inventory .yaml")
     p.add_argument("--name", help="name of the new VM (default: from the file name)")
@@ -142,10 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    out = Output(getattr(args, "output", None))
     if args.command == "completion":
         sys.stdout.write(completion.script(args.shell))
         return 0
+    from vmshift.kubectl import commands
+    from vmshift.kubectl.client import ApiError, Cluster
+    from vmshift.kubectl.output import Output
+
+    out = Output(getattr(args, "output", None))
     try:
         cluster = Cluster.connect(getattr(args, "kubeconfig", None), getattr(args, "context", None),
                                   getattr(args, "namespace", None))
@@ -154,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     ctx = commands.Context(cluster=cluster, out=out, args=args)
     try:
-        return commands.run(args.func, ctx)
+        func: Callable[[commands.Context], int] = getattr(commands, args.func)
+        return commands.run(func, ctx)
     except KeyboardInterrupt:
         return 130
 
