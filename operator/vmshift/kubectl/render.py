@@ -205,9 +205,14 @@ def host_rows(hosts: Iterable[Mapping[str, Any]]) -> list[Row]:
         rows.append([h["metadata"]["name"], status.get("phase") or "-", (spec.get("cpu") or {}).get("model", "-"),
                      str(status.get("vms") or 0),
                      f"{used.get('cpus') or 0}/{(spec.get('cpu') or {}).get('cores', 0)}",
-                     f"{mib(float(used.get('memoryMiB') or 0))} of {mib(float(memory))}{share}",
+                     f"{_memory(float(used.get('memoryMiB') or 0), memory)} of {mib(float(memory))}{share}",
                      str(migrations.get("inbound") or 0), str(migrations.get("outbound") or 0), drain_text])
     return rows
+
+
+def _memory(value: float, total: float) -> str:
+    """``value`` in the unit ``mib`` picks for ``total``, so a column reads 4.50 GiB of 64.00 GiB."""
+    return f"{value / 1024:.2f} GiB" if total >= 10240 else mib(value)
 
 
 def moving_rows(migrations: Iterable[Mapping[str, Any]]) -> list[Row]:
