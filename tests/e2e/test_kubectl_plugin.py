@@ -390,16 +390,31 @@ def test_import_an_ovf_follows_its_steps_and_bad_files_are_refused(plugin: Plugi
     assert re.search(rf"^Imported: VirtualMachine {ns}/imported runs on \S+\.$", out, re.M), out
     assert plugin.fleet.status("vsvm", "imported", ns)["phase"] == "Running"
 
+    inventory = tmp_path / "fs01.yaml"
+    inventory.write_text(yaml.safe_dump({"physical": {
+        "hostname": "fs01.corp.example.com", "cpus": {"cores": 2}, "memoryMiB": 1024, "os": "Windows Server 2016",
+        "disks": [{"name": "system", "sizeGiB": 40, "bus": "SAS"}, {"name": "usb-stick", "sizeGiB": 8, "bus": "USB"}],
+        "nics": [{"name": "nic1", "macAddress": "3c:a8:2a:10:4f:01", "speedMbps": 1000, "driver": "bnx2x"}],
+        "drivers": ["hpsa", "bnx2x"]}}))
+    proc = plugin.run("import", str(inventory), "--compatibility", "--wait", "-n", ns, timeout=300)
+    assert proc.returncode == 0, proc
+    assert f"VirtualMachineImport {ns}/fs01 created: physical inventory fs01.yaml -> VirtualMachine {ns}/fs01" \
+        in proc.stdout, proc.stdout
+    assert "ConfigMap" not in proc.stdout, "an inventory goes inline, not in a ConfigMap"
+    assert re.search(r"^  RemoveThirdPartyDrivers\s+Succeeded .*hpsa", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^warning: .*USB disk usb-stick", proc.stderr, re.M), proc.stderr
+    assert plugin.fleet.status("vsvm", "fs01", ns)["phase"] == "Running"
+
     proc = plugin.run("import", str(ovf), "--name", "imported", "-n", ns)
     assert proc.returncode == 2 and f"VirtualMachineImport {ns}/imported exists already" in proc.stderr, proc
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     proc = plugin.run("import", str(notes), "-n", ns)
     assert proc.returncode == 2 and "cannot tell what to import from .txt" in proc.stderr, proc
-    inventory = tmp_path / "server.yaml"
-    inventory.write_text(yaml.safe_dump({"hostname": "srv", "cpus": {"cores": 0}, "memoryMiB": 1024, "disks": [],
+    bad = tmp_path / "server.yaml"
+    bad.write_text(yaml.safe_dump({"hostname": "srv", "cpus": {"cores": 0}, "memoryMiB": 1024, "disks": [],
                                          "nics": [], "os": "Linux"}))
-    proc = plugin.run("import", str(inventory), "-n", ns)
+    proc = plugin.run("import", str(bad), "-n", ns)
     assert proc.returncode == 2 and "server.yaml is not a valid physical inventory: cpus.cores:" in proc.stderr, proc
     proc = plugin.run("import", str(tmp_path / "missing.ova"), "-n", ns)
     assert proc.returncode == 2 and "cannot read" in proc.stderr and "missing.ova" in proc.stderr, proc
