@@ -80,3 +80,23 @@ def test_errors_become_a_sentence_and_an_exit_status() -> None:
     assert errors.getvalue().splitlines() == [
         "error: --mode 'x' is not a migration mode: use Auto, Live or Quick",
         "error: not allowed to create VirtualMachineMigration ns/web-*: forbidden"]
+
+
+def test_an_api_server_that_cannot_be_reached_is_a_sentence_not_a_traceback() -> None:
+    import socket
+
+    import kubernetes
+
+    from vmshift.kubectl.client import Cluster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    config = kubernetes.client.Configuration()
+    config.host = f"https://127.0.0.1:{port}"
+    config.retries = 0
+    cluster = Cluster(api=kubernetes.client.ApiClient(config), namespace="ns")
+    for call in (lambda: cluster.get("Host", "h1"), lambda: cluster.get("VirtualMachine", "v"),
+                 lambda: cluster.objects("Host"), lambda: cluster.delete("VirtualMachineMigration", "m")):
+        with pytest.raises(ApiError, match="the API server cannot be reached"):
+            call()

@@ -94,18 +94,18 @@ class Cluster:
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """One object, or None when there is none of that name."""
         plural, namespaced = KINDS[kind]
-        ns = namespace or self.namespace
         try:
             if namespaced:
-                result: dict[str, Any] = self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, ns, plural, name, _request_timeout=30)
+                result: dict[str, Any] = self._call(f"read {kind} {name}", self._custom.get_namespaced_custom_object,
+                                                    GROUP, VERSION, namespace or self.namespace, plural, name)
             else:
-                result = self._custom.get_cluster_custom_object(GROUP, VERSION, plural, name, _request_timeout=30)
+                result = self._call(f"read {kind} {name}", self._custom.get_cluster_custom_object,
+                                    GROUP, VERSION, plural, name)
             return result
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None
-            raise _explain(exc, f"read {kind} {name}") from None
+            raise
 
     def objects(self, kind: str, namespace: str | None = None, *, all_namespaces: bool = False,
              label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -148,12 +148,12 @@ class Cluster:
         """Delete an object; False when it was gone already."""
         plural, _ = KINDS[kind]
         try:
-            self._custom.delete_namespaced_custom_object(GROUP, VERSION, namespace or self.namespace, plural, name,
-                                                         _request_timeout=30)
-        except ApiException as exc:
+            self._call(f"delete {kind} {name}", self._custom.delete_namespaced_custom_object, GROUP, VERSION,
+                       namespace or self.namespace, plural, name)
+        except ApiError as exc:
             if exc.status == 404:
                 return False
-            raise _explain(exc, f"delete {kind} {name}") from None
+            raise
         return True
 
     def apply_configmap(self, body: dict[str, Any]) -> None:
@@ -161,10 +161,10 @@ class Cluster:
         ns = body["metadata"].get("namespace") or self.namespace
         name = body["metadata"]["name"]
         try:
-            self._core.create_namespaced_config_map(ns, body, _request_timeout=30)
-        except ApiException as exc:
+            self._call(f"create ConfigMap {ns}/{name}", self._core.create_namespaced_config_map, ns, body)
+        except ApiError as exc:
             if exc.status != 409:
-                raise _explain(exc, f"create ConfigMap {ns}/{name}") from None
+                raise
             self._call(f"replace ConfigMap {ns}/{name}", self._core.replace_namespaced_config_map, name, ns, body)
 
     def events(self, namespace: str, name: str, kind: str) -> list[Any]:
