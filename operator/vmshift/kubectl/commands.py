@@ -23,7 +23,6 @@ from rich.text import Text
 from vmshift.kubectl import decide, render
 from vmshift.kubectl.client import ApiError, Cluster
 from vmshift.kubectl.decide import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
-from vmshift.kubectl.fleetview import dry_run_drain, fleet_of, why
 from vmshift.kubectl.output import Output
 
 #: Seconds between two reads of an object being followed (the operator writes status about once a second).
@@ -255,6 +254,8 @@ def follow_drain(ctx: Context, name: str) -> int:
 
 
 def _dry_run(ctx: Context, name: str) -> int:
+    from vmshift.kubectl.fleetview import dry_run_drain  # the scheduler: loaded only where it is needed
+
     c = ctx.cluster
     try:
         plan = dry_run_drain(name, c.objects(HOST), c.objects(VM, all_namespaces=True),
@@ -326,6 +327,8 @@ def release(ctx: Context) -> int:
 
 
 def why_command(ctx: Context) -> int:
+    from vmshift.kubectl.fleetview import fleet_of, why
+
     _vm(ctx, ctx.args.vm)
     c = ctx.cluster
     fleet = fleet_of(c.objects(HOST), c.objects(VM, all_namespaces=True), c.objects(MIGRATION, all_namespaces=True))

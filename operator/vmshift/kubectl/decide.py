@@ -15,11 +15,8 @@ from pathlib import PurePath
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from vmshift.api.reasons import MigrationMode, MigrationPhase
-from vmshift.api.vmimport import MAX_OVF_BYTES, PhysicalInventory
-from vmshift.controllers.importsteps import is_tar
 
 GROUP_VERSION = "vmshift.io/v1alpha1"
 #: The label the plugin (and the operator) put on a migration: the VM it moves, for `history` and `cancel`.
@@ -177,6 +174,10 @@ class ImportRequest:
 def import_request(filename: str, data: bytes, *, namespace: str, name: str | None, volume: str,
                    compatibility: bool = False) -> ImportRequest:
     """The objects that import ``filename`` (an .ovf, an .ova or a physical inventory in YAML)."""
+    # Imported here: the API's import models and the conversion code are heavy, and only import needs them.
+    from vmshift.api.vmimport import MAX_OVF_BYTES
+    from vmshift.controllers.importsteps import is_tar
+
     path = PurePath(filename)
     suffix = path.suffix.lower()
     vm_name = dns_name(name or path.stem)
@@ -218,6 +219,10 @@ def import_request(filename: str, data: bytes, *, namespace: str, name: str | No
 def inventory(filename: str, data: bytes) -> dict[str, Any]:
     """A physical inventory from YAML (the inventory itself, or under a top-level ``physical`` key),
     checked against the API's model so a mistake is named before anything is created."""
+    from pydantic import ValidationError
+
+    from vmshift.api.vmimport import PhysicalInventory
+
     try:
         loaded = yaml.safe_load(data)
     except yaml.YAMLError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
@@ -17,8 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from vmshift.kubectl.decide import created_key, phase_of
-from vmshift.kubectl.fleetview import Why
-from vmshift.scheduling.moves import DrainPlan
+
+if TYPE_CHECKING:  # the fleet view loads the scheduler; only why and drain --dry-run need it
+    from vmshift.kubectl.fleetview import Why
+    from vmshift.scheduling.moves import DrainPlan
 
 Row = list[str]
 
