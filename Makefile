@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane alertmanager promtool docs docs-check image cluster cluster-down kind lint crds \
+.PHONY: all venv controlplane alertmanager promtool docs docs-check krew image cluster cluster-down kind lint crds \
 	crds-check test unit demo bench clean
 
 all: test
@@ -40,6 +40,11 @@ docs: venv
 
 docs-check: venv
 	$(BIN)/vmshift docs
+
+# The kubectl plugin's krew archive (dist/kubectl-vmshift-v<version>.tar.gz), whose sha256
+# manifests/krew/vmshift.yaml carries. The plugin itself comes with the package: .venv/bin/kubectl-vmshift.
+krew: venv
+	$(BIN)/vmshift docs --krew-archive dist
 
 # The one image of the operator and the agents: vmshift:<version> and vmshift:dev. Needs Docker and,
 # the first time, mmdebstrap (the Debian base is made locally); cached in ~/.cache/vmshift/image.

@@ -1,7 +1,8 @@
 """Demo scenes built on a running Stack: a fan fails and a RemediationPolicy evacuates the host's critical VMs.
 
 Glue only, like the demo itself: applies manifests with kubectl, calls an agent's sensor API the
-way a hardware fault would, and prints what the operator reports (conditions, status.remediation,
+way a hardware fault would, releases the host with ``kubectl vmshift release`` (the plugin must be
+on the stack's PATH, as ``vmshift demo`` puts it), and prints what the operator reports (conditions, status.remediation,
 status.drain, migrations, events). ``vmshift demo`` calls :func:`fan_failure_scene`.
 """
 
@@ -150,10 +151,11 @@ def fan_failure_scene(stack: Stack, log: Callable[[str], None], *, host: str | N
     log(f"  The fan is replaced (sensors healed); {host} stays quarantined until a person releases it.")
     scene.sensors(host, SensorChange(heal=True))
     wait_until(lambda: scene.condition(host, "HardwareHealthy").get("status") == "True", "HardwareHealthy=True", 60)
-    stack.kubectl("annotate", "host", host, f"{RELEASE_ANNOTATION}=fan-replaced", "--overwrite")
+    log(f"  $ kubectl vmshift release {host} --reason fan-replaced   (sets {RELEASE_ANNOTATION})")
+    released = stack.kubectl("vmshift", "release", host, "--reason", "fan-replaced", timeout=120)
+    for line in released.stdout.strip().splitlines():
+        log(f"  {line}")
     wait_until(lambda: not scene.status("host", host).get("remediation"), "the release", 60)
-    last = scene.status("host", host).get("lastRemediation") or {}
-    log(f"  status.lastRemediation: {last.get('reason')}: {last.get('message')}")
     wait_until(lambda: scene.status("host", host).get("phase") == "Ready", f"{host} to be Ready", 60)
     wait_until(lambda: scene.status("vsvm", probe, namespace).get("phase") == "Running", "the probe VM to start", 90)
     log(f"  {host} is Ready and schedulable again; the waiting VM {probe} now runs on it.")

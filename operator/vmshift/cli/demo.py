@@ -2,7 +2,9 @@
 
 Glue only: brings up the control plane, four agents of mixed CPU generations and vendors, and the
 operator; applies VMs with kubectl; then changes spec.placement.host the way a GitOps commit
-would and prints the migration's progress as the operator reports it. Everything it starts is in
+would and prints the migration's progress as the operator reports it; then works the way a person
+at a terminal does, with the ``kubectl vmshift`` plugin (migrate --wait, why, drain --dry-run,
+drain, undrain, top), whose live progress bar shows when the demo runs on a terminal. Everything it starts is in
 process groups tied to this process, so Ctrl-C (or any exit) cleans up.
 """
 
@@ -11,7 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,6 +110,16 @@ class _Demo:
             time.sleep(0.3)
         raise TimeoutError(f"migration {name} did not finish within {timeout:.0f}s")
 
+    def plugin(self, *args: str, expect: int = 0) -> int:
+        """Run ``kubectl vmshift ARGS`` as a person would, its output straight to this terminal (so a
+        terminal shows the live progress bar, a pipe plain lines); the package's kubectl-vmshift is on PATH."""
+        say(f"$ kubectl vmshift {' '.join(shlex.quote(a) for a in args)}")
+        sys.stdout.flush()
+        code = subprocess.run(["kubectl", "vmshift", *args], env=self.stack.env, check=False, timeout=600).returncode
+        if code != expect:
+            raise RuntimeError(f"kubectl vmshift {' '.join(args)} exited {code}, expected {expect}")
+        return code
+
     def migration_of(self, vm: str, target: str) -> str:
         def find() -> str | None:
             items = json.loads(self.stack.kubectl("get", "vsmig", "-n", NAMESPACE, "-l", f"vmshift.io/vm={vm}",
@@ -122,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         say("== vmshift demo: a real etcd and kube-apiserver on 127.0.0.1, four simulated hypervisors ==")
         state = plane.up(fresh=True)
         stack = Stack(state, plane.dir / "stack", log=lambda line: say(f"  {line}"))
+        # kubectl finds the plugin (kubectl-vmshift, installed beside this command) on PATH
+        stack.env["PATH"] = os.pathsep.join([stack.env.get("PATH", ""), str(Path(sys.executable).parent)])
         stack.install_crds()
         stack.start_hosts(HOSTS)
         stack.start_operator()
@@ -146,19 +163,28 @@ def run(args: argparse.Namespace) -> int:
         say(f"  -> {done.get('phase')}: downtime {done.get('downtimeMs')} ms, total {done.get('durationMs')} ms, "
             f"{len(done.get('rounds') or [])} rounds, memory digest verified: {done.get('memoryVerified')}")
 
-        say("\n== Scene 2: db-1 (full icelake feature set) asked onto haswell: refused, it keeps running ==")
-        stack.kubectl("patch", "vsvm", "db-1", "-n", NAMESPACE, "--type=merge",
-                      "-p", '{"spec":{"placement":{"host":"h-haswell-1"}}}')
-        refused = demo.follow_migration(demo.migration_of("db-1", "h-haswell-1"))
-        failure = refused.get("failure") or {}
-        say(f"  -> {refused.get('phase')} ({failure.get('reason')}): {failure.get('message')}")
-        say(f"  db-1 still runs on {demo.status('vsvm', 'db-1').get('host')}.")
+        say("\n== Scene 2: a person asks for db-1 (full icelake feature set) on haswell: refused, it keeps running ==")
+        demo.plugin("migrate", "db-1", "--to", "h-haswell-1", "--wait", "-n", NAMESPACE, expect=1)
+        say(f"  db-1 still runs on {demo.status('vsvm', 'db-1').get('host')}. Which hosts could take it?")
+        demo.plugin("why", "db-1", "-n", NAMESPACE)
+
+        say("\n== Scene 3: kubectl vmshift moves web-1 live to cascadelake, with a progress bar ==")
+        stack.kubectl("patch", "vsvm", "web-1", "-n", NAMESPACE, "--type=merge",
+                      "-p", '{"spec":{"placement":{"host":null}}}')  # unpinned, so the operator keeps it there
+        demo.plugin("migrate", "web-1", "--to", "h-cascadelake-1", "--max-downtime", "300ms", "--wait",
+                    "-n", NAMESPACE)
+
+        say("\n== Scene 4: maintenance of h-cascadelake-1: the plan first (a dry run), then the drain ==")
+        demo.plugin("drain", "h-cascadelake-1", "--dry-run")
+        demo.plugin("drain", "h-cascadelake-1", "--wait")
+        demo.plugin("top")
+        demo.plugin("undrain", "h-cascadelake-1")
         try:
             from vmshift.demo_scenes import fan_failure_scene
         except ImportError:
             fan_failure_scene = None  # type: ignore[assignment]
         if fan_failure_scene is not None:
-            say("\n== Scene 3: a fan fails on a host; the remediation policy evacuates its critical VMs ==")
+            say("\n== Scene 5: a fan fails on a host; the remediation policy evacuates its critical VMs ==")
             outcome = fan_failure_scene(stack, say)
             if asyncio.iscoroutine(outcome):
                 asyncio.run(outcome)
@@ -168,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"  export KUBECONFIG={state.kubeconfig}")
         say(f"  export PATH={':'.join(state.bin_dirs)}:$PATH   # a kubectl matching the server")
         say("  kubectl get hosts,vsvm,vsmig -A")
+        say(f"  export PATH=$PATH:{Path(sys.executable).parent}   # kubectl vmshift top, why, migrate, drain ...")
         if args.exit:
             return 0
         say("\nPress Ctrl-C to stop the demo and clean up.")

@@ -1,5 +1,7 @@
 """``vmshift docs``: write or check the files generated from the code: the API reference
-(``docs/api.md``, from the pydantic models) and Argo CD's health checks (``manifests/gitops/argocd``).
+(``docs/api.md``, from the pydantic models), the ``kubectl vmshift`` command reference
+(``docs/kubectl-vmshift-reference.md``, from its parser), its krew manifest (``manifests/krew``) and Argo CD's
+health checks (``manifests/gitops/argocd``).
 
 Reads and writes only those files of the source checkout; the generation lives in
 ``vmshift.apidocs`` and ``vmshift.gitops``.
@@ -15,11 +17,12 @@ from typing import Any
 
 from vmshift import apidocs, gitops
 from vmshift.cli.crds import default_directory
+from vmshift.kubectl import krew, reference
 
 
 def generated(root: Path) -> dict[Path, str]:
     """Every generated file, relative to the checkout ``root``, with its content."""
-    return {**apidocs.generate(), **gitops.generate(root)}
+    return {**apidocs.generate(), **reference.generate(), **krew.generate(), **gitops.generate(root)}
 
 
 def check(root: Path) -> list[str]:
@@ -35,6 +38,11 @@ def check(root: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     root: Path = args.root or default_directory().parent
+    if args.krew_archive is not None:
+        args.krew_archive.mkdir(parents=True, exist_ok=True)
+        target = args.krew_archive / krew.ARCHIVE
+        target.write_bytes(krew.archive())
+        print(f"wrote {target}")
     if args.write:
         for path, text in generated(root).items():
             target = root / path
@@ -57,6 +65,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "docs", help="write or check the API reference and the Argo CD health checks generated from the code",
         description="Without --write, exit 1 and print a diff when a generated file is out of date.")
-    parser.add_argument("--write", action="store_true", help="write docs/api.md and manifests/gitops/argocd/*.yaml")
+    parser.add_argument("--write", action="store_true", help="write the generated docs and Argo CD health checks")
+    parser.add_argument("--krew-archive", type=Path, default=None, metavar="DIR",
+                        help="also write the kubectl plugin's krew archive into DIR")
     parser.add_argument("--root", type=Path, default=None, help="the source checkout (default: this one)")
     parser.set_defaults(func=run)
