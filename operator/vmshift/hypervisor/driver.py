@@ -123,6 +123,7 @@ class SavedState:
 
     path: Path
     size_bytes: int
+    cpu: CpuChoice  # what the guest ran with: a restore elsewhere must give it the same
 
 
 @dataclass(frozen=True)
