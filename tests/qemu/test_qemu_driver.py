@@ -145,6 +145,7 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     assert progress.transferred_mib > 1 and progress.rounds >= 1, progress
     assert rounds == sorted(rounds), f"rounds went back: {rounds}"
     JOURNEY.timings["live_total_ms"] = progress.duration_ms
+    JOURNEY.timings["live_rounds"] = progress.rounds
     JOURNEY.timings["live_downtime_ms"] = progress.downtime_ms
     assert (await source.describe(VM)).state is VmState.MigratedAway
     await running_on(target)
@@ -172,13 +173,13 @@ async def test_quick_migration_saves_and_restores_on_the_other_host(hosts: Hosts
     check_stream()
 
 
-async def _slow_transfer(hosts: Hosts) -> tuple[QemuDriver, QemuDriver, IncomingEndpoint, int]:
+async def _slow_transfer(hosts: Hosts, postcopy: bool = False) -> tuple[QemuDriver, QemuDriver, IncomingEndpoint, int]:
     """Start a live migration throttled to 8 Mbit/s (96 MiB would take ~100 s) and wait until it moves."""
     source, target = JOURNEY.host, JOURNEY.other(hosts)
     assert source is not None
     await running_on(source)
     before = check_stream()
-    parameters = MigrationParameters(bandwidth_mbps=8)
+    parameters = MigrationParameters(bandwidth_mbps=8, postcopy_allowed=postcopy)
     endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
     await source.migrate(VM, endpoint, parameters)
     deadline = time.monotonic() + 60
@@ -215,6 +216,20 @@ async def test_target_qemu_killed_mid_transfer_leaves_the_guest_running_on_its_s
     target_view = await target.progress(VM)
     assert target_view.phase is TransferPhase.Failed and "exited" in (target_view.error or ""), target_view
     await target.abort_incoming(VM)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=60)
+    check_stream()
+
+
+async def test_switch_to_postcopy_finishes_a_slow_transfer_on_the_target(hosts: Hosts) -> None:
+    source, target, _, before = await _slow_transfer(hosts, postcopy=True)
+    started = time.monotonic()
+    await source.switch_to_postcopy(VM)
+    progress, _ = await follow(source, within=60)
+    assert progress.phase is TransferPhase.Completed, progress
+    assert progress.downtime_ms is not None, progress
+    JOURNEY.timings["postcopy_tail_s"] = time.monotonic() - started
+    await running_on(target)
+    await JOURNEY.moved(source, target)
     await wait_for_tick(JOURNEY.stream, before + 2, within=60)
     check_stream()
     print(f"\nQEMU guest timings: {JOURNEY.timings}")

@@ -268,6 +268,9 @@ class QemuDriver:
                 mapped = _RUNSTATES.get(runstate)
                 if mapped is not None and not (guest.state is VmState.MigratedAway and mapped is VmState.Paused):
                     guest.state = mapped
+                if guest.role == "target" and mapped is VmState.Running:  # the transfer completed: it is ours
+                    guest.role = None
+                    guest.details.pop("incoming", None)
         elif guest.process is not None and guest.process.returncode is not None and guest.state in (
                 VmState.Running, VmState.Paused, VmState.Incoming):
             guest.details["exit"] = str(guest.process.returncode)
