@@ -42,7 +42,10 @@ DEFINITION = VmDefinition(
     disks=[DiskSpec(name="root", size_gib=1, volume="csv1")],
     workload=WorkloadSpec(dirty_rate_mib_ps=2.5, working_set_mib=8),
 )
-TRANSFER_SECONDS = 120.0
+#: Deadlines, not expectations (a tick takes about 0.5 s and a move about a second on an idle host), sized
+#: for two cores shared with a long test campaign, where one boot was seen to take 150 s.
+TRANSFER_SECONDS = 300.0
+TICKS_SECONDS = 180.0
 
 
 @dataclass
@@ -150,7 +153,7 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     assert (await source.describe(VM)).state is VmState.MigratedAway
     await running_on(target)
     await JOURNEY.moved(source, target)
-    seen = await wait_for_tick(JOURNEY.stream, before + 3, within=60)
+    seen = await wait_for_tick(JOURNEY.stream, before + 3, within=TICKS_SECONDS)
     assert seen[-1].n >= before + 3
     check_stream()
 
@@ -169,7 +172,7 @@ async def test_quick_migration_saves_and_restores_on_the_other_host(hosts: Hosts
     JOURNEY.timings["quick_downtime_ms"] = (time.monotonic() - started) * 1000
     await running_on(target)
     await JOURNEY.moved(source, target)
-    await wait_for_tick(JOURNEY.stream, before + 2, within=60)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
 
 
@@ -182,13 +185,13 @@ async def _slow_transfer(hosts: Hosts, postcopy: bool = False) -> tuple[QemuDriv
     parameters = MigrationParameters(bandwidth_mbps=8, postcopy_allowed=postcopy)
     endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
     await source.migrate(VM, endpoint, parameters)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + TICKS_SECONDS
     while True:
         progress = await source.progress(VM)
         assert progress.phase in (TransferPhase.Setup, TransferPhase.Active), progress
         if progress.transferred_mib >= 0.5:
             break
-        assert time.monotonic() < deadline, f"the transfer did not start within 60 s: {progress}"
+        assert time.monotonic() < deadline, f"the transfer did not start within {TICKS_SECONDS:g} s: {progress}"
         await asyncio.sleep(0.1)
     return source, target, endpoint, before
 
@@ -201,7 +204,7 @@ async def test_cancel_mid_transfer_leaves_the_guest_running_on_its_source(hosts:
     await target.abort_incoming(VM)
     with pytest.raises(DriverError, match="no VM"):
         await target.describe(VM)
-    await wait_for_tick(JOURNEY.stream, before + 2, within=60)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
 
 
@@ -209,14 +212,30 @@ async def test_target_qemu_killed_mid_transfer_leaves_the_guest_running_on_its_s
     source, target, _, before = await _slow_transfer(hosts)
     pid = int((await target.describe(VM)).details["pid"])
     os.kill(pid, signal.SIGKILL)
-    progress, _ = await follow(source, within=60)
+    progress, _ = await follow(source, within=TICKS_SECONDS)
     assert progress.phase is TransferPhase.Failed, progress
     assert progress.error, progress
     await running_on(source)
     target_view = await target.progress(VM)
     assert target_view.phase is TransferPhase.Failed and "exited" in (target_view.error or ""), target_view
     await target.abort_incoming(VM)
-    await wait_for_tick(JOURNEY.stream, before + 2, within=60)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
+    check_stream()
+
+
+async def test_save_and_restore_in_place_after_a_capped_attempt_runs_uncapped(hosts: Hosts) -> None:
+    host = JOURNEY.host
+    assert host is not None
+    await running_on(host)
+    before = check_stream()
+    # The two transfers before this one capped QEMU at 8 Mbit/s on this host; a save must not inherit it.
+    saved = await host.save(VM, hosts.shared / "csv1" / f"{VM}.inplace.state")
+    assert (await host.describe(VM)).state is VmState.Saved
+    save = await host.progress(VM)
+    assert save.phase is TransferPhase.Completed and save.throughput_mbps > 80, save
+    await host.restore(VM, saved)
+    await running_on(host)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
 
 
@@ -224,13 +243,13 @@ async def test_switch_to_postcopy_finishes_a_slow_transfer_on_the_target(hosts: 
     source, target, _, before = await _slow_transfer(hosts, postcopy=True)
     started = time.monotonic()
     await source.switch_to_postcopy(VM)
-    progress, _ = await follow(source, within=60)
+    progress, _ = await follow(source, within=TICKS_SECONDS)
     assert progress.phase is TransferPhase.Completed, progress
     assert progress.downtime_ms is not None, progress
     JOURNEY.timings["postcopy_tail_s"] = time.monotonic() - started
     await running_on(target)
     await JOURNEY.moved(source, target)
-    await wait_for_tick(JOURNEY.stream, before + 2, within=60)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
     print(f"\nQEMU guest timings: {JOURNEY.timings}")
 

@@ -67,12 +67,16 @@ log = logging.getLogger("vmshift.agent.qemu")
 
 #: The smallest guest the Debian kernel and the workload boot in.
 MIN_MEMORY_MIB = 64
-QMP_CONNECT_SECONDS = 15.0
+#: A deadline, not an expectation: QEMU answers in well under a second, but a host loaded 10x over
+#: (two cores shared by a test campaign) has been seen to take many seconds to start it.
+QMP_CONNECT_SECONDS = 60.0
 QUIT_SECONDS = 5.0
 SAVE_SECONDS = 120.0
 POLL_SECONDS = 0.05
 #: ``max-bandwidth`` for "unlimited" (QEMU caps the parameter; 100 Gbit/s is beyond any link here).
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
+#: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
+DEFAULT_DOWNTIME_LIMIT_MS = 300
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
 
@@ -291,7 +295,10 @@ class QemuDriver:
         if guest.state is not VmState.Running or not guest.alive:
             raise DriverError(f"cannot save VM {vm_id}: it is {guest.state.value} (only a running VM can be saved)")
         assert guest.cpu is not None
-        state_file.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(state_file.parent.mkdir, parents=True, exist_ok=True)
+        # A throttled or capped live migration earlier leaves its parameters in QEMU: a save runs flat out.
+        await self._capabilities(guest, {"auto-converge": False, "postcopy-ram": False})
+        await self._execute(guest, "migrate-set-parameters", {"max-bandwidth": UNLIMITED_BYTES_PER_SECOND})
         await self._execute(guest, "stop")
         try:
             await self._execute(guest, "migrate", {"uri": f"exec:cat > {shlex.quote(str(state_file))}"})
@@ -393,9 +400,9 @@ class QemuDriver:
         settings: dict[str, Any] = {
             "max-bandwidth": int(parameters.bandwidth_mbps * 1e6 / 8) if parameters.bandwidth_mbps
             else UNLIMITED_BYTES_PER_SECOND,
+            "downtime-limit": max(1, int(parameters.downtime_limit_ms)) if parameters.downtime_limit_ms is not None
+            else DEFAULT_DOWNTIME_LIMIT_MS,
         }
-        if parameters.downtime_limit_ms is not None:
-            settings["downtime-limit"] = max(1, int(parameters.downtime_limit_ms))
         await self._execute(guest, "migrate-set-parameters", settings)
         await self._execute(guest, "migrate", {"uri": f"tcp:{endpoint.host}:{endpoint.port}"})
         guest.role = "source"
