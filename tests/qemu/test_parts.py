@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from vmshift.hypervisor.driver import TransferPhase
 from vmshift.hypervisor.protocol import VmDefinition, WorkloadSpec
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, _progress, workload_params
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, _progress, quit_monitor, workload_params
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
 from vmshift.processor import baseline_features, processor_info
 
@@ -99,6 +102,50 @@ async def test_the_driver_logs_its_accelerator_and_why(tmp_path: Path, kvm_devic
 async def test_an_unknown_accelerator_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="accelerator 'hvf': expected auto, kvm or tcg"):
         await accel.choose("qemu", tmp_path / "k", tmp_path / "i", "hvf")
+
+
+# -- the monitor -----------------------------------------------------------------------------------------
+
+
+async def _monitor_that_hangs_up_on_quit(path: Path, seen: list[str]) -> asyncio.Server:
+    """A QMP server that, like QEMU under load, may close the socket before its answer to quit."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(json.dumps({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0},
+                                                     "package": ""}, "capabilities": []}}).encode() + b"\n")
+        await writer.drain()
+        decoder = json.JSONDecoder()
+        buffer = ""
+        while chunk := await reader.read(4096):  # QMP is a stream of JSON values, not of lines
+            buffer += chunk.decode()
+            try:
+                command, end = decoder.raw_decode(buffer.lstrip())
+            except json.JSONDecodeError:
+                continue
+            buffer = buffer.lstrip()[end:]
+            seen.append(command["execute"])
+            if command["execute"] == "quit":
+                writer.close()
+                return
+            writer.write(json.dumps({"return": {}, "id": command.get("id")}).encode() + b"\n")
+            await writer.drain()
+
+    return await asyncio.start_unix_server(serve, path=str(path))
+
+
+async def test_quitting_a_monitor_that_hangs_up_first_is_not_an_error() -> None:
+    from qemu.qmp import QMPClient
+
+    with tempfile.TemporaryDirectory(prefix="vmshift-qmp-test-") as scratch:
+        path = Path(scratch) / "m.sock"
+        seen: list[str] = []
+        server = await _monitor_that_hangs_up_on_quit(path, seen)
+        qmp = QMPClient("fake")
+        await qmp.connect(str(path))
+        await quit_monitor(qmp)
+        assert seen == ["qmp_capabilities", "quit"]
+        server.close()
+        await server.wait_closed()
 
 
 # -- CPU models ---------------------------------------------------------------------------------------

@@ -158,6 +158,26 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     check_stream()
 
 
+async def test_a_target_that_cannot_load_the_device_state_fails_the_move_and_the_source_runs_on(
+        hosts: Hosts) -> None:
+    source, target = JOURNEY.host, JOURNEY.other(hosts)
+    assert source is not None
+    await running_on(source)
+    before = check_stream()
+    # The target's QEMU lacks the guest's disk: all of RAM arrives, then the device state names a
+    # virtio-blk device the target does not have. Only QEMU's return path tells the source.
+    no_disk = DEFINITION.model_copy(update={"disks": []})
+    parameters = MigrationParameters(downtime_limit_ms=300)
+    endpoint = await target.prepare_incoming(VM, no_disk, cpumodels.choose("icelake", True), parameters)
+    await source.migrate(VM, endpoint, parameters)
+    progress, _ = await follow(source)
+    assert progress.phase is TransferPhase.Failed, progress
+    await running_on(source)
+    await target.abort_incoming(VM)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
+    check_stream()
+
+
 async def test_quick_migration_saves_and_restores_on_the_other_host(hosts: Hosts) -> None:
     source, target = JOURNEY.host, JOURNEY.other(hosts)
     assert source is not None

@@ -21,7 +21,9 @@ file QEMU writes it to. Knows nothing of HTTP, tickets or the operator.
   allowed), ``migrate-set-parameters`` (downtime-limit, max-bandwidth) and ``migrate``.
   ``progress`` is ``query-migrate``: rounds are QEMU's dirty-sync-count, and the final
   ``downtime`` is QEMU's own measurement. A transfer that fails or is cancelled before it
-  completes leaves QEMU running the guest on the source.
+  completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
+  the source completes only after the target loaded the state: a target that fails to load it
+  makes the source fail the transfer and run the guest again.
 - **Quick migration**: ``save`` stops the guest and streams its state into a file (``migrate``
   to ``exec:cat > FILE``, QEMU 7.2 has no ``file:`` transport), leaving the paused source process
   alive; ``restore`` resumes that process (``cont``) on the same host, or on a target starts QEMU
@@ -180,10 +182,8 @@ class QemuDriver:
                 qmp = await self._connect(proc, path, "the CPU model query")
                 try:
                     answer = await qmp.execute("query-cpu-definitions")
-                    with contextlib.suppress(QMPError, OSError):
-                        await qmp.execute("quit")
                 finally:
-                    await qmp.disconnect()
+                    await quit_monitor(qmp)
             finally:
                 if proc.returncode is None:
                     with contextlib.suppress(TimeoutError):
@@ -297,7 +297,7 @@ class QemuDriver:
         assert guest.cpu is not None
         await asyncio.to_thread(state_file.parent.mkdir, parents=True, exist_ok=True)
         # A throttled or capped live migration earlier leaves its parameters in QEMU: a save runs flat out.
-        await self._capabilities(guest, {"auto-converge": False, "postcopy-ram": False})
+        await self._capabilities(guest, {"return-path": False, "auto-converge": False, "postcopy-ram": False})
         await self._execute(guest, "migrate-set-parameters", {"max-bandwidth": UNLIMITED_BYTES_PER_SECOND})
         await self._execute(guest, "stop")
         try:
@@ -362,8 +362,7 @@ class QemuDriver:
         guest.state = VmState.Incoming
         guest.role = "target"
         try:
-            if parameters.postcopy_allowed:
-                await self._capabilities(guest, {"postcopy-ram": True})
+            await self._capabilities(guest, {"return-path": True, "postcopy-ram": parameters.postcopy_allowed})
             await self._execute(guest, "migrate-incoming", {"uri": f"tcp:{self.config.listen_host}:0"})
             port = await self._incoming_port(guest)
         except DriverError:
@@ -395,7 +394,7 @@ class QemuDriver:
             raise DriverError(f"cannot live-migrate VM {vm_id}: it is {guest.state.value}")
         if guest.role is not None:
             raise DriverError(f"VM {vm_id} is already migrating ({guest.role})")
-        await self._capabilities(guest, {"auto-converge": parameters.auto_converge,
+        await self._capabilities(guest, {"return-path": True, "auto-converge": parameters.auto_converge,
                                          "postcopy-ram": parameters.postcopy_allowed})
         settings: dict[str, Any] = {
             "max-bandwidth": int(parameters.bandwidth_mbps * 1e6 / 8) if parameters.bandwidth_mbps
@@ -542,11 +541,7 @@ class QemuDriver:
     async def _quit(self, guest: _Guest) -> None:
         proc = guest.process
         if guest.qmp is not None:
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
-                    await asyncio.wait_for(guest.qmp.execute("quit"), QUIT_SECONDS)
-            with contextlib.suppress(QMPError, OSError, EOFError):
-                await guest.qmp.disconnect()
+            await quit_monitor(guest.qmp, ask=proc is not None and proc.returncode is None)
             guest.qmp = None
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(TimeoutError):
@@ -604,6 +599,17 @@ class QemuDriver:
         finally:
             scratch.unlink(missing_ok=True)
         return path
+
+
+async def quit_monitor(qmp: QMPClient, ask: bool = True) -> None:
+    """Ask QEMU to quit (when ``ask``) and drop the monitor connection. QEMU closing the socket before,
+    during or after its answer is what quitting looks like, not an error (the client then raises
+    EOFError from ``execute`` or ``disconnect``)."""
+    if ask:
+        with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
+            await asyncio.wait_for(qmp.execute("quit"), QUIT_SECONDS)
+    with contextlib.suppress(QMPError, OSError, EOFError):
+        await qmp.disconnect()
 
 
 def _progress(answer: dict[str, Any]) -> TransferProgress:
