@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
@@ -54,6 +54,7 @@ from vmshift.hypervisor.driver import (
     DiskDescription,
     DriverError,
     GuestDescription,
+    GuestDriver,
     IncomingEndpoint,
     MigrationParameters,
     SavedState,
@@ -636,3 +637,7 @@ def _progress(answer: dict[str, Any]) -> TransferProgress:
         duration_ms=float(total_time) if total_time is not None else None,
         error=str(answer["error-desc"]) if answer.get("error-desc") else None,
     )
+
+
+if TYPE_CHECKING:  # mypy checks that the driver has the interface's every method, with its signature
+    _conforms: type[GuestDriver] = QemuDriver
