@@ -158,6 +158,25 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     check_stream()
 
 
+async def test_a_guest_that_just_arrived_moves_on_at_once(hosts: Hosts) -> None:
+    # Nobody looks at the guest on its new host between the two moves: the driver must learn from QEMU
+    # that it runs there.
+    first, second = JOURNEY.host, JOURNEY.other(hosts)
+    assert first is not None
+    before = check_stream()
+    parameters = MigrationParameters(downtime_limit_ms=300)
+    choice = cpumodels.choose("icelake", compatibility=True)
+    for source, target in ((first, second), (second, first)):
+        endpoint = await target.prepare_incoming(VM, DEFINITION, choice, parameters)
+        await source.migrate(VM, endpoint, parameters)
+        progress, _ = await follow(source)
+        assert progress.phase is TransferPhase.Completed, progress
+        await JOURNEY.moved(source, target)
+    await running_on(first)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
+    check_stream()
+
+
 async def test_a_target_that_cannot_load_the_device_state_fails_the_move_and_the_source_runs_on(
         hosts: Hosts) -> None:
     source, target = JOURNEY.host, JOURNEY.other(hosts)

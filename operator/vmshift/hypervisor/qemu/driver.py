@@ -210,6 +210,12 @@ class QemuDriver:
             raise DriverError(f"the QEMU driver has no VM {vm_id!r}; define it first")
         return guest
 
+    async def _current(self, vm_id: str) -> _Guest:
+        """The guest, its state read from QEMU first: a guest that arrived by migration runs without this
+        driver being told (QEMU starts it when the transfer completes)."""
+        await self.describe(vm_id)
+        return self._guest(vm_id)
+
     def console(self, vm_id: str) -> Path:
         """The file the guest's serial console is written to on this host."""
         return self._guest(vm_id).serial
@@ -234,7 +240,7 @@ class QemuDriver:
         return self._describe(guest)
 
     async def start(self, vm_id: str, cpu: CpuChoice) -> GuestDescription:
-        guest = self._guest(vm_id)
+        guest = await self._current(vm_id)
         if guest.alive:
             if guest.state is VmState.Running:
                 return await self.describe(vm_id)
@@ -245,7 +251,7 @@ class QemuDriver:
         return await self.describe(vm_id)
 
     async def stop(self, vm_id: str) -> GuestDescription:
-        guest = self._guest(vm_id)
+        guest = await self._current(vm_id)
         if guest.role is not None:
             raise DriverError(f"cannot stop VM {vm_id}: a migration ({guest.role}) is in flight; cancel it first")
         await self._quit(guest)
@@ -292,7 +298,7 @@ class QemuDriver:
     # -- save and restore (quick migration) -----------------------------------------------------------
 
     async def save(self, vm_id: str, state_file: Path) -> SavedState:
-        guest = self._guest(vm_id)
+        guest = await self._current(vm_id)
         if guest.state is not VmState.Running or not guest.alive:
             raise DriverError(f"cannot save VM {vm_id}: it is {guest.state.value} (only a running VM can be saved)")
         assert guest.cpu is not None
@@ -390,7 +396,7 @@ class QemuDriver:
         await self.delete(vm_id)
 
     async def migrate(self, vm_id: str, endpoint: IncomingEndpoint, parameters: MigrationParameters) -> None:
-        guest = self._guest(vm_id)
+        guest = await self._current(vm_id)
         if guest.state is not VmState.Running or not guest.alive:
             raise DriverError(f"cannot live-migrate VM {vm_id}: it is {guest.state.value}")
         if guest.role is not None:
