@@ -19,7 +19,14 @@ from vmshift.hypervisor.driver import TransferPhase
 from vmshift.hypervisor.protocol import VmDefinition, WorkloadSpec
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, _progress, quit_monitor, workload_params
+from vmshift.hypervisor.qemu.driver import (
+    QemuConfig,
+    QemuDriver,
+    _progress,
+    last_tick,
+    quit_monitor,
+    workload_params,
+)
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
 from vmshift.processor import baseline_features, processor_info
 
@@ -227,6 +234,15 @@ def test_serial_lines_parse_and_the_region_model_predicts_each_tick() -> None:
     assert len(set(sums)) == 6
     assert RegionModel(1, 400).md5(5) == sums[5]
     assert RegionModel(1, 0).md5(9) == RegionModel(1, 0).md5(0)  # no writes: the region stays tick 0's
+
+
+def test_the_last_tick_is_the_last_complete_line_on_the_console(tmp_path: Path) -> None:
+    serial = tmp_path / "serial.log"
+    assert last_tick(serial) is None
+    md5 = "0123456789abcdef0123456789abcdef"
+    serial.write_text("Probing EDD\n" + "".join(f"VMSHIFT tick={n} md5={md5} up={n}.5\n" for n in range(400))
+                      + "VMSHIFT tick=400 md5=0123")  # cut mid-line: the guest moved, or is printing
+    assert last_tick(serial) == Tick(399, md5, 399.5)
 
 
 # -- the guest image and the shared cache helper ---------------------------------------------------------

@@ -28,6 +28,8 @@ file QEMU writes it to. Knows nothing of HTTP, tickets or the operator.
   to ``exec:cat > FILE``, QEMU 7.2 has no ``file:`` transport), leaving the paused source process
   alive; ``restore`` resumes that process (``cont``) on the same host, or on a target starts QEMU
   with ``-incoming defer`` and ``migrate-incoming exec:cat FILE``.
+- **Console**: ``describe`` reads the end of the serial console for the workload's last tick
+  (``details["tick"]``, ``details["regionMd5"]``): the guest's heartbeat, for the agent's VmInfo.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from vmshift.hypervisor.driver import (
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.workload import WorkloadParams
+from vmshift.hypervisor.qemu.workload import Tick, WorkloadParams, parse_line
 
 log = logging.getLogger("vmshift.agent.qemu")
 
@@ -76,6 +78,8 @@ QMP_CONNECT_SECONDS = 60.0
 QUIT_SECONDS = 5.0
 SAVE_SECONDS = 120.0
 POLL_SECONDS = 0.05
+#: How much of the console's end ``describe`` reads for the guest's last tick.
+CONSOLE_TAIL_BYTES = 4096
 #: ``max-bandwidth`` for "unlimited" (QEMU caps the parameter; 100 Gbit/s is beyond any link here).
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
@@ -286,6 +290,9 @@ class QemuDriver:
                 VmState.Running, VmState.Paused, VmState.Incoming):
             guest.details["exit"] = str(guest.process.returncode)
             guest.state = VmState.Stopped
+        tick = await asyncio.to_thread(last_tick, guest.serial)
+        if tick is not None:
+            guest.details.update({"tick": str(tick.n), "regionMd5": tick.md5})
         return self._describe(guest)
 
     def _describe(self, guest: _Guest) -> GuestDescription:
@@ -606,6 +613,21 @@ class QemuDriver:
         finally:
             scratch.unlink(missing_ok=True)
         return path
+
+
+def last_tick(serial: Path) -> Tick | None:
+    """The last complete workload line the guest printed on this host's console (None: none yet)."""
+    try:
+        with open(serial, "rb") as console:
+            console.seek(max(0, console.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
+            text = console.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(text.splitlines()[:-1] if not text.endswith("\n") else text.splitlines()):
+        item = parse_line(line)
+        if isinstance(item, Tick):
+            return item
+    return None
 
 
 async def quit_monitor(qmp: QMPClient, ask: bool = True) -> None:
