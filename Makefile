@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane alertmanager promtool docs docs-check krew image cluster cluster-down kind lint crds \
+.PHONY: all venv controlplane alertmanager promtool guest-image docs docs-check krew image cluster cluster-down kind lint crds \
 	crds-check test unit demo bench clean
 
 all: test
@@ -33,6 +33,11 @@ alertmanager: venv
 # Prometheus' promtool: checks and unit-tests manifests/monitoring/prometheusrule.yaml (cached, built once)
 promtool: venv
 	$(BIN)/vmshift dev promtool
+
+# The real guest the QEMU driver boots (tests/qemu): a Debian kernel and a busybox initramfs made from
+# Debian's .debs, cached in ~/.cache/vmshift/guest/<versions>/ (about 15 s, once)
+guest-image: venv
+	$(BIN)/vmshift dev guest-image
 
 # docs/api.md and the Argo CD health ConfigMap, generated from the code (a test fails on drift)
 docs: venv
@@ -91,11 +96,11 @@ crds: venv
 crds-check: venv
 	$(BIN)/vmshift crds --check
 
-test: venv controlplane alertmanager promtool lint crds-check docs-check cluster
+test: venv controlplane alertmanager promtool guest-image lint crds-check docs-check cluster
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest -m "not e2e and not image and not cluster" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not e2e and not image and not cluster and not qemu" $(PYTEST_ARGS)
 
 demo: venv controlplane
 	$(BIN)/vmshift demo

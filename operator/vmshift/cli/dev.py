@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from vmshift.devcluster import alertmanager, binaries, promtool
+from vmshift.devcluster import alertmanager, binaries, guestimage, promtool
 from vmshift.devcluster import node as devnode
 from vmshift.devcluster.cluster import ClusterState, ControlPlane, default_dir
 
@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_parser("build", help="build (or find) etcd, kube-apiserver, kube-controller-manager, kubectl")
     actions.add_parser("alertmanager", help="build (or find) Prometheus Alertmanager, the webhook tests' real peer")
     actions.add_parser("promtool", help="build (or find) Prometheus' promtool, which checks the alerting rules")
+    actions.add_parser("guest-image", help="build (or find) the real guest the QEMU driver boots: a Debian kernel "
+                                           "and a busybox initramfs, cached in ~/.cache/vmshift/guest")
     up = actions.add_parser("up", help="start the control plane and wait until /readyz answers")
     up.add_argument("--fresh", action="store_true", help="start from an empty etcd")
     actions.add_parser("down", help="stop every process of the control plane")
@@ -95,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "promtool":
         print(f"promtool: {promtool.ensure()}")
+        return 0
+    if args.action == "guest-image":
+        image = guestimage.ensure()
+        print(f"kernel: {image.kernel}")
+        print(f"initrd: {image.initrd}")
         return 0
     if args.action == "image":
         return build_image(args.base_image)

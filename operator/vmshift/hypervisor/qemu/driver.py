@@ -1,0 +1,671 @@
+"""The QEMU driver: real Linux guests, one ``qemu-system-x86_64`` process each, driven through QMP.
+
+Implements ``vmshift.hypervisor.driver.GuestDriver``. Runs QEMU and ``qemu-img`` and talks QMP
+(the ``qemu.qmp`` client) over a UNIX socket per guest; reads the guest's serial console from the
+file QEMU writes it to. Knows nothing of HTTP, tickets or the operator.
+
+- **Processes**: ``start`` launches QEMU (machine ``q35``, the guest image's kernel and initramfs,
+  ``-nodefaults``, the serial port into ``<work_dir>/<vm>/serial.log``), KVM when a probe guest
+  boots under it, else TCG (accel.py; the choice and its reason are logged once). ``stop`` quits
+  the process (memory gone); the disks stay.
+- **CPU**: the model of the ``CpuChoice`` the agent made (cpu.py), ``cpu_models`` is QEMU's
+  ``query-cpu-definitions`` with what this host cannot run.
+- **Disks**: each disk on a shared volume is a qcow2 overlay ``<shared_dir>/<volume>/<vm>-<disk>.qcow2``
+  over an empty base image of the disk's size; the directory stands for the cluster shared volume,
+  so source and target open the same file (QEMU hands the image over at switchover). A volume this
+  host has no directory for, and pass-through LUNs, are refused; a local disk lives in the guest's
+  work directory (and cannot move: the agent refuses that before a driver is asked).
+- **Live migration**: QEMU's pre-copy over TCP. The target is started with ``-incoming defer``,
+  then ``migrate-incoming tcp:<listen_host>:0`` (the port QEMU bound is read back from
+  ``query-migrate``); the source gets ``migrate-set-capabilities`` (auto-converge, post-copy when
+  allowed), ``migrate-set-parameters`` (downtime-limit, max-bandwidth) and ``migrate``.
+  ``progress`` is ``query-migrate``: rounds are QEMU's dirty-sync-count, and the final
+  ``downtime`` is QEMU's own measurement. A transfer that fails or is cancelled before it
+  completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
+  the source completes only after the target loaded the state: a target that fails to load it
+  makes the source fail the transfer and run the guest again.
+- **Quick migration**: ``save`` stops the guest and streams its state into a file (``migrate``
+  to ``exec:cat > FILE``, QEMU 7.2 has no ``file:`` transport), leaving the paused source process
+  alive; ``restore`` resumes that process (``cont``) on the same host, or on a target starts QEMU
+  with ``-incoming defer`` and ``migrate-incoming exec:cat FILE``.
+- **Console**: ``describe`` reads the end of the serial console for the workload's last tick
+  (``details["tick"]``, ``details["regionMd5"]``): the guest's heartbeat, for the agent's VmInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from vmshift.devcluster.guestimage import GuestImage
+from vmshift.hypervisor.driver import (
+    CpuChoice,
+    CpuModelOffer,
+    DiskDescription,
+    DriverError,
+    GuestDescription,
+    GuestDriver,
+    IncomingEndpoint,
+    MigrationParameters,
+    SavedState,
+    TransferPhase,
+    TransferProgress,
+)
+from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState
+from vmshift.hypervisor.qemu import accel
+from vmshift.hypervisor.qemu import cpu as cpumodels
+from vmshift.hypervisor.qemu.workload import Tick, WorkloadParams, parse_line
+
+log = logging.getLogger("vmshift.agent.qemu")
+
+#: The smallest guest the Debian kernel and the workload boot in.
+MIN_MEMORY_MIB = 64
+#: A deadline, not an expectation: QEMU answers in well under a second, but a host loaded 10x over
+#: (two cores shared by a test campaign) has been seen to take many seconds to start it.
+QMP_CONNECT_SECONDS = 60.0
+QUIT_SECONDS = 5.0
+SAVE_SECONDS = 120.0
+POLL_SECONDS = 0.05
+#: How much of the console's end ``describe`` reads for the guest's last tick.
+CONSOLE_TAIL_BYTES = 4096
+#: ``max-bandwidth`` for "unlimited" (QEMU caps the parameter; 100 Gbit/s is beyond any link here).
+UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
+#: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
+DEFAULT_DOWNTIME_LIMIT_MS = 300
+#: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
+TICK_MS = 200
+
+_PHASES = {
+    "none": TransferPhase.Setup, "setup": TransferPhase.Setup, "active": TransferPhase.Active,
+    "pre-switchover": TransferPhase.Active, "device": TransferPhase.Active, "wait-unplug": TransferPhase.Active,
+    "cancelling": TransferPhase.Active, "postcopy-active": TransferPhase.PostCopy,
+    "postcopy-paused": TransferPhase.PostCopy, "postcopy-recover": TransferPhase.PostCopy,
+    "completed": TransferPhase.Completed, "failed": TransferPhase.Failed, "cancelled": TransferPhase.Cancelled,
+}
+_RUNSTATES = {
+    "running": VmState.Running, "paused": VmState.Paused, "postmigrate": VmState.Paused,
+    "finish-migrate": VmState.Paused, "save-vm": VmState.Paused, "suspended": VmState.Paused,
+    "inmigrate": VmState.Incoming, "prelaunch": VmState.Defined, "shutdown": VmState.Stopped,
+    "internal-error": VmState.Stopped, "guest-panicked": VmState.Stopped,
+}
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """One host's QEMU driver: where its files go, where the shared volumes are, what it boots."""
+
+    work_dir: Path
+    shared_dir: Path
+    image: GuestImage
+    accel: str = "auto"
+    qemu: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+    listen_host: str = "127.0.0.1"
+
+
+def workload_params(definition: VmDefinition) -> WorkloadParams:
+    """The guest workload for a VM's simulated-workload spec: ``workingSetMiB`` is the region (8 MiB
+    when 0, at most a quarter of memory), ``dirtyRateMiBps`` becomes KiB rewritten per 200 ms tick
+    (the guest's real rate is lower by the time it spends checksumming the region each tick)."""
+    spec = definition.workload
+    region = int(spec.working_set_mib) if spec.working_set_mib >= 1 else 8
+    region = max(1, min(region, definition.memory_mib // 4))
+    dirty_kib = int(spec.dirty_rate_mib_ps * 1024 * TICK_MS / 1000) // 4 * 4
+    return WorkloadParams(region_mib=region, dirty_kib=min(dirty_kib, region * 1024), interval_ms=TICK_MS)
+
+
+@dataclass
+class _Guest:
+    vm_id: str
+    definition: VmDefinition
+    directory: Path
+    qmp_path: Path
+    state: VmState = VmState.Defined
+    cpu: CpuChoice | None = None
+    process: asyncio.subprocess.Process | None = None
+    qmp: QMPClient | None = None
+    disks: tuple[DiskDescription, ...] = ()
+    role: str | None = None  # "source" or "target" while a transfer is in flight
+    saved: SavedState | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def serial(self) -> Path:
+        return self.directory / "serial.log"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class QemuDriver:
+    """``GuestDriver`` over QEMU processes (see the module docstring)."""
+
+    name = "qemu"
+
+    def __init__(self, config: QemuConfig) -> None:
+        self.config = config
+        self._guests: dict[str, _Guest] = {}
+        self._accel: accel.AccelChoice | None = None
+        self._sockets = Path(tempfile.mkdtemp(prefix="vmshift-qmp-"))  # short: UNIX socket paths are <108 bytes
+        self._models: list[CpuModelOffer] | None = None
+        self._count = 0
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- host ------------------------------------------------------------------------------------
+
+    async def accelerator(self) -> accel.AccelChoice:
+        """KVM or TCG for every guest of this driver, chosen (and logged) once."""
+        if self._accel is None:
+            image = self.config.image
+            self._accel = await accel.choose(self.config.qemu, image.kernel, image.initrd, self.config.accel)
+            log.info("QEMU guests run under %s: %s", self._accel.accel.value.upper(), self._accel.why)
+        return self._accel
+
+    async def cpu_models(self) -> list[CpuModelOffer]:
+        if self._models is None:
+            choice = await self.accelerator()
+            path = self._sockets / "models.sock"
+            proc = await asyncio.create_subprocess_exec(
+                self.config.qemu, "-machine", f"none,accel={choice.accel.value}", "-nodefaults", "-no-user-config",
+                "-display", "none", "-qmp", f"unix:{path},server=on,wait=off",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+            try:
+                qmp = await self._connect(proc, path, "the CPU model query")
+                try:
+                    answer = await qmp.execute("query-cpu-definitions")
+                finally:
+                    await quit_monitor(qmp)
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(proc.wait(), QUIT_SECONDS)
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert isinstance(answer, list)
+            self._models = cpumodels.offers(answer)
+        return list(self._models)
+
+    async def close(self) -> None:
+        """Quit every QEMU process this driver started (the agent is stopping)."""
+        for guest in list(self._guests.values()):
+            await self._quit(guest)
+        shutil.rmtree(self._sockets, ignore_errors=True)
+
+    # -- guests ----------------------------------------------------------------------------------
+
+    def _guest(self, vm_id: str) -> _Guest:
+        guest = self._guests.get(vm_id)
+        if guest is None:
+            raise DriverError(f"the QEMU driver has no VM {vm_id!r}; define it first")
+        return guest
+
+    async def _current(self, vm_id: str) -> _Guest:
+        """The guest, its state read from QEMU first: a guest that arrived by migration runs without this
+        driver being told (QEMU starts it when the transfer completes)."""
+        await self.describe(vm_id)
+        return self._guest(vm_id)
+
+    def console(self, vm_id: str) -> Path:
+        """The file the guest's serial console is written to on this host."""
+        return self._guest(vm_id).serial
+
+    async def define(self, vm_id: str, definition: VmDefinition) -> GuestDescription:
+        if definition.memory_mib < MIN_MEMORY_MIB:
+            raise DriverError(f"VM {vm_id} has {definition.memory_mib} MiB of memory; a QEMU guest needs at least "
+                              f"{MIN_MEMORY_MIB} MiB (the kernel and the workload's region)")
+        existing = self._guests.get(vm_id)
+        if existing is not None:
+            if existing.alive:
+                raise DriverError(f"VM {vm_id} is {existing.state.value} under QEMU; stop it before redefining it")
+            existing.definition = definition
+            existing.disks = await self._disks(existing.directory, vm_id, definition.disks)
+            return self._describe(existing)
+        directory = self.config.work_dir / vm_id
+        directory.mkdir(parents=True, exist_ok=True)
+        disks = await self._disks(directory, vm_id, definition.disks)
+        self._count += 1
+        guest = _Guest(vm_id, definition, directory, self._sockets / f"{self._count}-{vm_id[:40]}.qmp", disks=disks)
+        self._guests[vm_id] = guest
+        return self._describe(guest)
+
+    async def start(self, vm_id: str, cpu: CpuChoice) -> GuestDescription:
+        guest = await self._current(vm_id)
+        if guest.alive:
+            if guest.state is VmState.Running:
+                return await self.describe(vm_id)
+            raise DriverError(f"cannot start VM {vm_id}: it is {guest.state.value} (restore a saved VM instead)")
+        await self._launch(guest, cpu, incoming=False)
+        guest.state = VmState.Running
+        log.info("started VM %s under QEMU (pid %s, cpu %s)", vm_id, guest.details.get("pid"), cpu.model)
+        return await self.describe(vm_id)
+
+    async def stop(self, vm_id: str) -> GuestDescription:
+        guest = await self._current(vm_id)
+        if guest.role is not None:
+            raise DriverError(f"cannot stop VM {vm_id}: a migration ({guest.role}) is in flight; cancel it first")
+        await self._quit(guest)
+        guest.state = VmState.Stopped
+        guest.saved = None
+        return self._describe(guest)
+
+    async def delete(self, vm_id: str) -> None:
+        guest = self._guests.pop(vm_id, None)
+        if guest is None:
+            return
+        await self._quit(guest)
+        shutil.rmtree(guest.directory, ignore_errors=True)
+
+    async def describe(self, vm_id: str) -> GuestDescription:
+        guest = self._guest(vm_id)
+        if guest.alive and guest.qmp is not None and guest.state is not VmState.Saved:
+            try:
+                status = await self._execute(guest, "query-status")
+            except DriverError:
+                status = None
+            if isinstance(status, dict):
+                runstate = str(status.get("status"))
+                guest.details["runstate"] = runstate
+                mapped = _RUNSTATES.get(runstate)
+                if mapped is not None and not (guest.state is VmState.MigratedAway and mapped is VmState.Paused):
+                    guest.state = mapped
+                if guest.role == "target" and mapped is VmState.Running:  # the transfer completed: it is ours
+                    guest.role = None
+                    guest.details.pop("incoming", None)
+        elif guest.process is not None and guest.process.returncode is not None and guest.state in (
+                VmState.Running, VmState.Paused, VmState.Incoming):
+            guest.details["exit"] = str(guest.process.returncode)
+            guest.state = VmState.Stopped
+        tick = await asyncio.to_thread(last_tick, guest.serial)
+        if tick is not None:
+            guest.details.update({"tick": str(tick.n), "regionMd5": tick.md5})
+        return self._describe(guest)
+
+    def _describe(self, guest: _Guest) -> GuestDescription:
+        d = guest.definition
+        return GuestDescription(
+            vm_id=guest.vm_id, state=guest.state, cpu_model=guest.cpu.model if guest.cpu else "",
+            features=guest.cpu.features if guest.cpu else frozenset(), cpus=d.cpus, memory_mib=d.memory_mib,
+            disks=guest.disks, details=dict(guest.details))
+
+    # -- save and restore (quick migration) -----------------------------------------------------------
+
+    async def save(self, vm_id: str, state_file: Path) -> SavedState:
+        guest = await self._current(vm_id)
+        if guest.state is not VmState.Running or not guest.alive:
+            raise DriverError(f"cannot save VM {vm_id}: it is {guest.state.value} (only a running VM can be saved)")
+        assert guest.cpu is not None
+        await asyncio.to_thread(state_file.parent.mkdir, parents=True, exist_ok=True)
+        # A throttled or capped live migration earlier leaves its parameters in QEMU: a save runs flat out.
+        await self._capabilities(guest, {"return-path": False, "auto-converge": False, "postcopy-ram": False})
+        await self._execute(guest, "migrate-set-parameters", {"max-bandwidth": UNLIMITED_BYTES_PER_SECOND})
+        await self._execute(guest, "stop")
+        try:
+            await self._execute(guest, "migrate", {"uri": f"exec:cat > {shlex.quote(str(state_file))}"})
+            progress = await self._wait_finished(guest, SAVE_SECONDS)
+        except DriverError:
+            await self._execute(guest, "cont")
+            raise
+        if progress.phase is not TransferPhase.Completed:
+            await self._execute(guest, "cont")
+            raise DriverError(f"saving VM {vm_id} to {state_file} failed: {progress.error or progress.phase.value}; "
+                              "it keeps running")
+        guest.state = VmState.Saved
+        size = (await asyncio.to_thread(state_file.stat)).st_size
+        guest.saved = SavedState(path=state_file, size_bytes=size, cpu=guest.cpu)
+        guest.details["savedTo"] = str(state_file)
+        return replace(guest.saved)
+
+    async def restore(self, vm_id: str, saved: SavedState) -> GuestDescription:
+        """Resume from ``saved``: ``cont`` when this host's paused process saved it, else a new QEMU
+        with the CPU it was saved with, reading the file."""
+        guest = self._guest(vm_id)
+        if guest.alive and guest.saved is not None and guest.saved.path == saved.path:
+            await self._execute(guest, "cont")
+            guest.state = VmState.Running
+            guest.saved = None
+            return await self.describe(vm_id)
+        if guest.alive:
+            raise DriverError(f"cannot restore VM {vm_id} here: it is {guest.state.value}")
+        if not saved.path.is_file():
+            raise DriverError(f"cannot restore VM {vm_id}: its saved state {saved.path} is not reachable from "
+                              "this host (is the shared volume mounted?)")
+        await self._launch(guest, saved.cpu, incoming=True)
+        guest.state = VmState.Incoming
+        try:
+            await self._execute(guest, "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(saved.path))}"})
+            progress = await self._wait_finished(guest, SAVE_SECONDS)
+            if progress.phase is not TransferPhase.Completed:
+                raise DriverError(f"restoring VM {vm_id} from {saved.path} failed: "
+                                  f"{progress.error or progress.phase.value}")
+            status = await self._execute(guest, "query-status")
+            if isinstance(status, dict) and status.get("status") != "running":
+                await self._execute(guest, "cont")
+        except DriverError:
+            await self._quit(guest)
+            guest.state = VmState.Defined
+            raise
+        guest.state = VmState.Running
+        return await self.describe(vm_id)
+
+    # -- live migration -------------------------------------------------------------------------------
+
+    async def prepare_incoming(self, vm_id: str, definition: VmDefinition, cpu: CpuChoice,
+                               parameters: MigrationParameters) -> IncomingEndpoint:
+        guest = self._guests.get(vm_id)
+        if guest is not None and guest.alive:
+            raise DriverError(f"VM {vm_id} already runs here under QEMU ({guest.state.value}); it cannot receive "
+                              "another copy")
+        await self.define(vm_id, definition)
+        guest = self._guest(vm_id)
+        await self._launch(guest, cpu, incoming=True)
+        guest.state = VmState.Incoming
+        guest.role = "target"
+        try:
+            await self._capabilities(guest, {"return-path": True, "postcopy-ram": parameters.postcopy_allowed})
+            await self._execute(guest, "migrate-incoming", {"uri": f"tcp:{self.config.listen_host}:0"})
+            port = await self._incoming_port(guest)
+        except DriverError:
+            await self.abort_incoming(vm_id)
+            raise
+        guest.details["incoming"] = f"{self.config.listen_host}:{port}"
+        return IncomingEndpoint(host=self.config.listen_host, port=port)
+
+    async def _incoming_port(self, guest: _Guest) -> int:
+        answer = await self._execute(guest, "query-migrate")
+        addresses = answer.get("socket-address") if isinstance(answer, dict) else None
+        for address in addresses or ():
+            if address.get("type") == "inet" and str(address.get("port", "")).isdigit():
+                return int(address["port"])
+        raise DriverError(f"QEMU for incoming VM {guest.vm_id} did not say which port it listens on "
+                          f"(query-migrate: {answer!r})")
+
+    async def abort_incoming(self, vm_id: str) -> None:
+        guest = self._guests.get(vm_id)
+        if guest is None:
+            return
+        if guest.state is VmState.Running and guest.role is None:
+            raise DriverError(f"VM {vm_id} already runs here; it is no longer an incoming copy")
+        await self.delete(vm_id)
+
+    async def migrate(self, vm_id: str, endpoint: IncomingEndpoint, parameters: MigrationParameters) -> None:
+        guest = await self._current(vm_id)
+        if guest.state is not VmState.Running or not guest.alive:
+            raise DriverError(f"cannot live-migrate VM {vm_id}: it is {guest.state.value}")
+        if guest.role is not None:
+            raise DriverError(f"VM {vm_id} is already migrating ({guest.role})")
+        await self._capabilities(guest, {"return-path": True, "auto-converge": parameters.auto_converge,
+                                         "postcopy-ram": parameters.postcopy_allowed})
+        settings: dict[str, Any] = {
+            "max-bandwidth": int(parameters.bandwidth_mbps * 1e6 / 8) if parameters.bandwidth_mbps
+            else UNLIMITED_BYTES_PER_SECOND,
+            "downtime-limit": max(1, int(parameters.downtime_limit_ms)) if parameters.downtime_limit_ms is not None
+            else DEFAULT_DOWNTIME_LIMIT_MS,
+        }
+        await self._execute(guest, "migrate-set-parameters", settings)
+        await self._execute(guest, "migrate", {"uri": f"tcp:{endpoint.host}:{endpoint.port}"})
+        guest.role = "source"
+        guest.details["migratingTo"] = f"{endpoint.host}:{endpoint.port}"
+        log.info("VM %s: QEMU migrates it live to %s:%d (%s)", vm_id, endpoint.host, endpoint.port, settings)
+
+    async def progress(self, vm_id: str) -> TransferProgress:
+        guest = self._guest(vm_id)
+        if not guest.alive:
+            if guest.role == "target":
+                return TransferProgress(phase=TransferPhase.Failed,
+                                        error=f"the target QEMU of VM {vm_id} exited "
+                                        f"({guest.process.returncode if guest.process else '?'})")
+            raise DriverError(f"VM {vm_id} has no QEMU process here")
+        answer = await self._execute(guest, "query-migrate")
+        progress = _progress(answer if isinstance(answer, dict) else {})
+        if progress.finished and guest.role is not None:
+            if progress.phase is TransferPhase.Completed:
+                guest.state = VmState.MigratedAway if guest.role == "source" else VmState.Running
+            guest.role = None
+            guest.details.pop("migratingTo", None)
+        return progress
+
+    async def switch_to_postcopy(self, vm_id: str) -> None:
+        guest = self._guest(vm_id)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} is not being migrated from this host")
+        await self._execute(guest, "migrate-start-postcopy")
+
+    async def cancel(self, vm_id: str) -> TransferProgress:
+        guest = self._guest(vm_id)
+        if guest.role == "target":
+            await self.abort_incoming(vm_id)
+            return TransferProgress(phase=TransferPhase.Cancelled)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} has no migration in flight on this host")
+        await self._execute(guest, "migrate_cancel")
+        progress = await self._wait_finished(guest, SAVE_SECONDS)
+        if progress.finished:
+            guest.role = None
+        return progress
+
+    async def _wait_finished(self, guest: _Guest, within: float) -> TransferProgress:
+        deadline = time.monotonic() + within
+        while True:
+            answer = await self._execute(guest, "query-migrate")
+            progress = _progress(answer if isinstance(answer, dict) else {})
+            if progress.finished:
+                return progress
+            if time.monotonic() > deadline:
+                raise DriverError(f"QEMU's transfer of VM {guest.vm_id} did not finish within {within:g} s "
+                                  f"(last status: {progress.phase.value})")
+            await asyncio.sleep(POLL_SECONDS)
+
+    # -- QEMU processes ------------------------------------------------------------------------------
+
+    async def _launch(self, guest: _Guest, cpu: CpuChoice, incoming: bool) -> None:
+        choice = await self.accelerator()
+        image = self.config.image
+        d = guest.definition
+        workload = workload_params(d)
+        guest.qmp_path.unlink(missing_ok=True)
+        args = [
+            self.config.qemu, "-name", f"guest={guest.vm_id}", "-machine", f"q35,accel={choice.accel.value}",
+            "-cpu", cpu.model, "-m", str(d.memory_mib), "-smp", str(d.cpus),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", f"console=ttyS0 quiet panic=-1 {workload.kernel_args()}",
+            "-chardev", f"file,id=serial0,path={guest.serial}", "-serial", "chardev:serial0",
+            "-qmp", f"unix:{guest.qmp_path},server=on,wait=off",
+        ]
+        for index, disk in enumerate(guest.disks):
+            assert disk.path is not None
+            args += ["-blockdev", f"driver=qcow2,node-name=disk{index},file.driver=file,file.filename={disk.path}",
+                     "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index}"]
+        if incoming:
+            args += ["-incoming", "defer"]
+        stderr = await asyncio.to_thread(open, guest.directory / "qemu.log", "ab")  # the child's, closed below
+        try:
+            proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL, stdout=stderr,
+                                                        stderr=stderr, start_new_session=True)
+        finally:
+            stderr.close()
+        guest.process = proc
+        guest.cpu = cpu
+        guest.details.update({"pid": str(proc.pid), "accel": choice.accel.value, "console": str(guest.serial),
+                              "workload": workload.kernel_args()})
+        try:
+            guest.qmp = await self._connect(proc, guest.qmp_path, f"VM {guest.vm_id}",
+                                            log_file=guest.directory / "qemu.log")
+        except DriverError:
+            await self._quit(guest)
+            raise
+
+    async def _connect(self, proc: asyncio.subprocess.Process, path: Path, what: str,
+                       log_file: Path | None = None) -> QMPClient:
+        deadline = time.monotonic() + QMP_CONNECT_SECONDS
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                break
+            if await asyncio.to_thread(path.exists):
+                qmp = QMPClient(what)
+                try:
+                    await qmp.connect(str(path))
+                    return qmp
+                except (QMPError, OSError) as exc:
+                    last = exc
+            await asyncio.sleep(POLL_SECONDS)
+        if proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.5)
+        message = ""
+        if log_file is not None and await asyncio.to_thread(log_file.exists):
+            message = (await asyncio.to_thread(log_file.read_text, errors="replace")).strip()[-2000:]
+        elif proc.stderr is not None and proc.returncode is not None:
+            message = (await proc.stderr.read()).decode(errors="replace").strip()[-2000:]
+        if proc.returncode is not None:
+            raise DriverError(f"QEMU for {what} exited ({proc.returncode}) before its monitor answered: "
+                              f"{message or 'no message'}")
+        raise DriverError(f"QEMU's monitor for {what} did not answer within {QMP_CONNECT_SECONDS:g} s ({last})")
+
+    async def _execute(self, guest: _Guest, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        if guest.qmp is None or not guest.alive:
+            raise DriverError(f"VM {guest.vm_id} has no running QEMU here (asked: {command})")
+        try:
+            return await guest.qmp.execute(command, arguments)
+        except ExecuteError as exc:
+            raise DriverError(f"QEMU refused {command} for VM {guest.vm_id}: {exc}") from None
+        except (QMPError, OSError, EOFError) as exc:
+            raise DriverError(f"QEMU's monitor for VM {guest.vm_id} failed during {command}: {exc!r}") from None
+
+    async def _capabilities(self, guest: _Guest, wanted: dict[str, bool]) -> None:
+        await self._execute(guest, "migrate-set-capabilities", {
+            "capabilities": [{"capability": name, "state": state} for name, state in wanted.items()]})
+
+    async def _quit(self, guest: _Guest) -> None:
+        proc = guest.process
+        if guest.qmp is not None:
+            await quit_monitor(guest.qmp, ask=proc is not None and proc.returncode is None)
+            guest.qmp = None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), QUIT_SECONDS)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        guest.process = None
+        guest.role = None
+        guest.details.pop("pid", None)
+
+    # -- disks -----------------------------------------------------------------------------------------
+
+    async def _disks(self, directory: Path, vm_id: str, disks: list[DiskSpec]) -> tuple[DiskDescription, ...]:
+        out = []
+        for disk in disks:
+            if disk.passthrough_lun is not None:
+                raise DriverError(f"disk {disk.name} of VM {vm_id} is pass-through LUN {disk.passthrough_lun}; the "
+                                  "QEMU driver attaches qcow2 images only: put the disk on a shared volume")
+            if disk.volume is not None:
+                volume_dir = self.config.shared_dir / disk.volume
+                if not volume_dir.is_dir():
+                    raise DriverError(f"disk {disk.name} of VM {vm_id} is on shared volume {disk.volume}, which this "
+                                      f"host does not mount (no directory {volume_dir})")
+                folder = volume_dir
+            else:
+                folder = directory / "disks"
+                folder.mkdir(exist_ok=True)
+            size = f"{disk.size_gib:g}".replace(".", "_")
+            base = await self._image(folder / f".base-{size}G.qcow2", disk.size_gib, None)
+            overlay = await self._image(folder / f"{vm_id}-{disk.name}.qcow2", disk.size_gib, base)
+            out.append(DiskDescription(name=disk.name, path=overlay, volume=disk.volume))
+        return tuple(out)
+
+    async def _image(self, path: Path, size_gib: float, backing: Path | None) -> Path:
+        """Create a qcow2 image (an overlay on ``backing``) unless it exists; safe when two hosts race."""
+        if await asyncio.to_thread(path.exists):
+            return path
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        args = [self.config.qemu_img, "create", "-q", "-f", "qcow2"]
+        if backing is not None:
+            args += ["-b", str(backing), "-F", "qcow2"]
+        args += [str(scratch), f"{int(size_gib * 1024)}M"]
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            scratch.unlink(missing_ok=True)
+            raise DriverError(f"qemu-img could not create {path}: {err.decode(errors='replace').strip()}")
+        try:
+            os.link(scratch, path)  # fails if another host made it first: theirs is as good
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink(missing_ok=True)
+        return path
+
+
+def last_tick(serial: Path) -> Tick | None:
+    """The last complete workload line the guest printed on this host's console (None: none yet)."""
+    try:
+        with open(serial, "rb") as console:
+            console.seek(max(0, console.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
+            text = console.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(text.splitlines()[:-1] if not text.endswith("\n") else text.splitlines()):
+        item = parse_line(line)
+        if isinstance(item, Tick):
+            return item
+    return None
+
+
+async def quit_monitor(qmp: QMPClient, ask: bool = True) -> None:
+    """Ask QEMU to quit (when ``ask``) and drop the monitor connection. QEMU closing the socket before,
+    during or after its answer is what quitting looks like, not an error (the client then raises
+    EOFError from ``execute`` or ``disconnect``)."""
+    if ask:
+        with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
+            await asyncio.wait_for(qmp.execute("quit"), QUIT_SECONDS)
+    with contextlib.suppress(QMPError, OSError, EOFError):
+        await qmp.disconnect()
+
+
+def _progress(answer: dict[str, Any]) -> TransferProgress:
+    """``query-migrate``'s answer in the units of MigrationStatus."""
+    status = str(answer.get("status", "none"))
+    phase = _PHASES.get(status, TransferPhase.Active)
+    ram = answer.get("ram") or {}
+    page = float(ram.get("page-size") or 4096)
+    mib = 1024 * 1024
+    expected = answer.get("expected-downtime")
+    downtime = answer.get("downtime")
+    total_time = answer.get("total-time")
+    return TransferProgress(
+        phase=phase,
+        rounds=int(ram.get("dirty-sync-count") or 0),
+        transferred_mib=float(ram.get("transferred") or 0) / mib,
+        remaining_mib=float(ram.get("remaining") or 0) / mib,
+        total_mib=float(ram.get("total") or 0) / mib,
+        dirty_rate_mib_ps=float(ram.get("dirty-pages-rate") or 0) * page / mib,
+        throughput_mbps=float(ram.get("mbps") or 0),
+        expected_downtime_ms=float(expected) if expected is not None else None,
+        throttle_percent=float(answer.get("cpu-throttle-percentage") or 0),
+        downtime_ms=float(downtime) if downtime is not None and phase is TransferPhase.Completed else None,
+        duration_ms=float(total_time) if total_time is not None else None,
+        error=str(answer["error-desc"]) if answer.get("error-desc") else None,
+    )
+
+
+if TYPE_CHECKING:  # mypy checks that the driver has the interface's every method, with its signature
+    _conforms: type[GuestDriver] = QemuDriver
