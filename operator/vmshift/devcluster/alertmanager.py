@@ -12,19 +12,15 @@ runs build once. About a minute of CPU on 2 cores once the modules are downloade
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from vmshift.devcluster.binaries import cache_root
+from vmshift.devcluster.cachedbuild import CachedBinary
 
 MODULE = "github.com/prometheus/alertmanager"
 VERSION = "v0.35.0"
@@ -33,21 +29,7 @@ _UI_ROOTS = ("elm", "mantine")
 _PLACEHOLDER_PAGE = "<!doctype html><title>Alertmanager</title><p>web UI not built (vmshift test build)</p>\n"
 
 
-def build_dir(version: str = VERSION) -> Path:
-    return cache_root() / "alertmanager" / version
-
-
-def cached(version: str = VERSION) -> Path:
-    return build_dir(version) / "alertmanager"
-
-
-def find(version: str = VERSION) -> Path | None:
-    """The usable alertmanager binary in lookup order, or None."""
-    override = os.environ.get("VMSHIFT_ALERTMANAGER")
-    for path in ([Path(override)] if override else []) + [cached(version)]:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    return None
+BINARY = CachedBinary("alertmanager", VERSION, "VMSHIFT_ALERTMANAGER", "about a minute on 2 cores")
 
 
 def _module_dir(version: str, env: dict[str, str]) -> Path:
@@ -83,33 +65,20 @@ def _add_ui_placeholder(tree: Path) -> None:
             page.write_text(_PLACEHOLDER_PAGE)
 
 
-def build(version: str = VERSION, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
-    """Build the alertmanager binary into the cache (once) and return its path."""
-    target = cached(version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
-        started = time.monotonic()
-        log(f"building Alertmanager {version} from the Go module proxy (about a minute on 2 cores)")
-        source = _module_dir(version, env)
-        with tempfile.TemporaryDirectory(prefix="vmshift-alertmanager-") as scratch:
-            tree = _writable_copy(source, Path(scratch))
-            _add_ui_placeholder(tree)
-            tmp = target.with_suffix(".tmp")
-            subprocess.run(
-                ["go", "build", "-trimpath", "-ldflags",
-                 f"-s -w -X github.com/prometheus/common/version.Version={version.lstrip('v')}",
-                 "-o", str(tmp), "./cmd/alertmanager"],
-                cwd=tree, env=env, check=True,
-            )
-            tmp.rename(target)
-        log(f"built Alertmanager {version} in {time.monotonic() - started:.0f}s: {target}")
-    return target
+def _build(out: Path) -> None:
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
+    source = _module_dir(VERSION, env)
+    with tempfile.TemporaryDirectory(prefix="vmshift-alertmanager-") as scratch:
+        tree = _writable_copy(source, Path(scratch))
+        _add_ui_placeholder(tree)
+        subprocess.run(
+            ["go", "build", "-trimpath", "-ldflags",
+             f"-s -w -X github.com/prometheus/common/version.Version={VERSION.lstrip('v')}",
+             "-o", str(out / "alertmanager"), "./cmd/alertmanager"],
+            cwd=tree, env=env, check=True,
+        )
 
 
-def ensure(version: str = VERSION, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
+def ensure() -> Path:
     """The alertmanager binary, built first when it is found nowhere."""
-    return find(version) or build(version, log)
+    return BINARY.ensure(_build)
