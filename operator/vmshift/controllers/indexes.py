@@ -25,7 +25,7 @@ from vmshift.controllers.views import (
     policy_view,
 )
 from vmshift.scheduling.fleet import Fleet
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import PolicyView, select_policy
 
 GROUP, VERSION = "vmshift.io", "v1alpha1"
 __all__ = ["GROUP", "VERSION", "Store", "fleet", "one", "ready", "values"]
@@ -35,7 +35,9 @@ VMS = Informer("virtualmachines")
 MIGRATIONS = Informer("virtualmachinemigrations")
 POLICIES = Informer("migrationpolicies")
 REMEDIATION_POLICIES = Informer("remediationpolicies")
-INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES]
+#: Namespaces, for their labels: a MigrationPolicy's namespaceSelector matches them.
+NAMESPACES = Informer("namespaces")
+INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES, NAMESPACES]
 
 
 @HOSTS.index
@@ -65,6 +67,24 @@ def migrations_by_vm(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
 def policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
+
+
+@NAMESPACES.index
+def namespace_index(body: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
+    meta = body.get("metadata") or {}
+    return {str(meta.get("name", "")): dict(meta.get("labels") or {})}
+
+
+def namespace_labels(namespace: str) -> Mapping[str, str]:
+    """The labels of ``namespace`` as the cache holds them (none when it is unknown)."""
+    return one(namespace_index, namespace) or {}
+
+
+def policy_of(vm: VMEntry) -> PolicyView | None:
+    """The MigrationPolicy governing ``vm`` (None: the defaults apply), from the caches."""
+    requested = (vm.spec.get("migration") or {}).get("policy")
+    return select_policy(vm.labels, vm.namespace, values(policy_index),
+                         namespace_labels=namespace_labels(vm.namespace), requested=requested)
 
 
 def start() -> None:

@@ -35,7 +35,7 @@ from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
+from vmshift.controllers.views import EVACUATION_LABEL, VMEntry, migrations_to_collect, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -49,8 +49,9 @@ from vmshift.hypervisor.protocol import (
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
+from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, downtime_budget_ms, select_policy
 from vmshift.scheduling.queue import MigrationRequest as QueueRequest
+from vmshift.scheduling.queue import queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
@@ -277,7 +278,8 @@ def _link(host: str | None) -> AgentLink:
 
 def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     requested = (vm.spec.get("migration") or {}).get("policy")
-    return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
+    return select_policy(vm.labels, vm.namespace, policies, requested=requested,
+                         namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
         created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
         cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+        **queue_terms(run.policy, evacuation=EVACUATION_LABEL in (run.body.get("metadata", {}).get("labels") or {})),
     )
     ticket = rt.gate.enqueue(request)
     told = ""
@@ -390,7 +393,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     policy = run.policy
     memory = int(vm.spec.get("memoryMiB", 1024))
     timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
-    max_downtime = spec.get("maxDowntimeMs") or (vm.spec.get("migration") or {}).get("maxDowntimeMs")
+    max_downtime = downtime_budget_ms(spec.get("maxDowntimeMs"), (vm.spec.get("migration") or {}).get("maxDowntimeMs"),
+                                      policy)
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -403,7 +407,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder, initial_percent=policy.throttle[0],
                                    step_percent=policy.throttle[1], max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
-        max_downtime_ms=float(max_downtime) if max_downtime else None,
+        max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
     )

@@ -165,7 +165,7 @@ def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
     if vm.host is None or vm.anti_affinity_group:
         return migratable(vm, fleet_now)
     shape = (vm.guest_vendor, vm.guest_cpu_model, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
-             tuple(sorted(vm.host_selector.items())), vm.migration_target)
+             vm.host_selector, vm.migration_target)
     anywhere = _cached(shape, lambda: migratable(replace(vm, name="{vm}", host=SOMEWHERE), fleet_now))
     hosts = [h for h in anywhere.hosts if h != vm.host]
     if hosts:
@@ -191,11 +191,11 @@ def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str,
     if vm.desired_host and vm.desired_host != host:
         return False, "HostMismatch", f"{vm.name} runs on {host} but spec.placement.host asks for {vm.desired_host}."
     view = fleet_now.host(host)
-    if view is not None and vm.host_selector:
-        missing = {k: v for k, v in vm.host_selector.items() if view.labels.get(k) != v}
+    if view is not None:
+        missing = vm.host_selector.unmet(view.labels)
         if missing:
-            wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
-            return False, "SelectorMismatch", f"{host} lacks the labels {wanted} that spec.placement.hostSelector asks."
+            wanted = ", ".join(missing)
+            return False, "SelectorMismatch", f"{host} does not meet {wanted} that spec.placement.hostSelector asks."
     if vm.anti_affinity_group:
         others = fleet_now.group_members_on(vm.anti_affinity_group, host) - {vm.key}
         if others:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from vmshift.api.common import EVERYTHING, Selector
 from vmshift.processor import guest_features, processor_info
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -133,7 +134,7 @@ class VMView:
     priority: int = 0
     dirty_rate_mibps: float = 0.0
     working_set_mib: float = 0.0
-    host_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    host_selector: Selector = EVERYTHING
     anti_affinity_group: str | None = None
     host: str | None = None
     desired_host: str | None = None
