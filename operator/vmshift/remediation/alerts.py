@@ -17,20 +17,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vmshift.api.host import HardwareAlert
 from vmshift.hypervisor.protocol import Sensors
 
-#: Alertnames of the alerts made from sensors, and the ``signal`` label each carries (the sensor
-#: kind, which RemediationPolicy correlation may name instead of an alertname).
-FAN_FAILURE = "FanFailure"
-POWER_SUPPLY_FAILURE = "PowerSupplyFailure"
-HIGH_TEMPERATURE = "HighTemperature"
-CORRECTED_MEMORY_ERRORS = "CorrectedMemoryErrors"
-SIGNAL_OF = {
-    FAN_FAILURE: "Fan",
-    POWER_SUPPLY_FAILURE: "PowerSupply",
-    HIGH_TEMPERATURE: "Temperature",
-    CORRECTED_MEMORY_ERRORS: "CorrectedMemoryErrors",
-}
+#: Alertnames of the alerts made from sensors (defined once, in the API: HardwareAlert), and the
+#: ``signal`` label each carries (the sensor kind, which RemediationPolicy correlation may name
+#: instead of an alertname).
+FAN_FAILURE = HardwareAlert.FanFailure.value
+POWER_SUPPLY_FAILURE = HardwareAlert.PowerSupplyFailure.value
+HIGH_TEMPERATURE = HardwareAlert.HighTemperature.value
+CORRECTED_MEMORY_ERRORS = HardwareAlert.CorrectedMemoryErrors.value
+SIGNAL_OF = {alert.value: alert.sensor.value for alert in HardwareAlert}
 #: Alertmanager's "not set" time (Go's zero time.Time).
 _ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
