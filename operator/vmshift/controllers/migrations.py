@@ -45,7 +45,9 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
+    VmState,
 )
+from vmshift.scheduling.cold import ColdRefusal, decide_cold_move
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
@@ -419,6 +421,64 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         raise AgentRefusedError(Side.source, run.source, exc) from None
 
 
+def is_stopped(vm: VMEntry) -> bool:
+    """A VM that spec.running keeps stopped and that status shows stopped on a host: it moves cold."""
+    return not vm.spec.get("running", True) and vm.phase == "Stopped" and bool(vm.host)
+
+
+async def _move_cold(run: Run, vm: VMEntry, spec: Mapping[str, Any]) -> None:
+    """Re-home a stopped VM (:func:`decide_cold_move`): define it on the target, delete it on the
+    source, write the end. Run again after a crash, it finds the definition already moved."""
+    rt = runtime()
+    run.vm, run.source = vm, vm.host
+    run.policy = _policy_for(vm, values(indexes.policy_index))
+    decision = decide_cold_move(vm_view(vm), fleet(fresh=True), spec.get("targetHost"))
+    if isinstance(decision, ColdRefusal):
+        raise MigrationFailedError(decision.reason, decision.message)
+    run.target = decision.target
+    try:
+        rt.gate.claim(run.vm_key, run.key)
+    except AlreadyMigratingError as exc:
+        raise MigrationFailedError(FailureReason.AlreadyMigrating,
+                                   f"{run.vm_name} already has a migration in flight ({exc.holder}); this request "
+                                   f"is refused. Wait for it to end, or delete it, then ask again.") from None
+    source_link, target_link = _link(run.source), _link(run.target)
+    try:
+        info = await source_link.client.get_vm(vm.uid)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.source, run.source or "", exc) from None
+    if info.state not in (VmState.Stopped, VmState.Defined):
+        raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                   f"{run.vm_name} is {info.state.value} on {run.source}, not stopped, so it cannot "
+                                   f"move cold; create the migration again to move it live.")
+    started = _now()
+    # the guest keeps the drivers it has (an import may have changed them since it was defined)
+    wanted = definition(vm, {}).model_copy(update={"drivers": list(info.drivers)})
+    try:
+        await target_link.client.define_vm(vm.uid, wanted)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.target, run.target, exc) from None
+    try:
+        await source_link.client.delete_vm(vm.uid)
+    except AgentError as exc:
+        with contextlib.suppress(AgentError):  # leave one definition: the source's
+            await target_link.client.delete_vm(vm.uid)
+        raise AgentRefusedError(Side.source, run.source or "", exc) from None
+    finished = _now()
+    await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, {
+        "host": run.target, "phase": "Stopped", "processor": None, "migration": None,
+        "lastMigration": {"name": run.name, "result": MigrationPhase.Succeeded.value, "sourceHost": run.source,
+                          "targetHost": run.target, "downtimeMs": 0, "finishedAt": finished}})
+    await run.set_phase(MigrationPhase.Succeeded, "MovedCold", decision.message, sourceHost=run.source,
+                        targetHost=run.target, policy=run.policy.name, startedAt=started, finishedAt=finished,
+                        downtimeMs=0, inDoubt=None)
+    kopf.info(run.body, reason="MovedCold", message=decision.message)
+    kopf.info(run.vm_ref(), reason="MovedCold", message=decision.message)
+    metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
+    rt.gate.release(run.key)
+    rt.gate_changed.set()
+
+
 async def _agent_view(run: Run) -> MigrationStatus | None:
     """The migration as the source agent reports it; the target's word when the source cannot answer."""
     rt = runtime()
@@ -676,6 +736,11 @@ async def drive_migration(
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
                 run.target = spec.get("targetHost")
+                stopped_vm = one(indexes.vm_index, run.vm_key)
+                if stopped_vm is not None and is_stopped(stopped_vm):
+                    await _move_cold(run, stopped_vm, spec)
+                    await _collect_garbage(run)
+                    return
                 move = await _validate(run, spec, values(indexes.policy_index))
                 target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode

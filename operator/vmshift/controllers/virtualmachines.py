@@ -109,7 +109,8 @@ def running_status(
     """Status of a VM whose guest the agent on ``host`` holds (pure)."""
     conditions = list(previous.get("conditions") or [])
     phase = {VmState.Running: "Running", VmState.Paused: "Running", VmState.Saved: "Stopped",
-             VmState.Stopped: "Stopped", VmState.Defined: "Starting"}.get(info.state, "Pending")
+             VmState.Stopped: "Stopped", VmState.Defined: "Starting" if wants_running else "Stopped",
+             }.get(info.state, "Pending")
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
