@@ -157,8 +157,10 @@ async def test_sensors_drive_health_and_heal(client: HypervisorClient) -> None:
     await client.set_sensors(SensorChange(corrected_memory_errors=60))
     host = await client.set_sensors(SensorChange(corrected_memory_errors=60))
     assert host.sensors.corrected_memory_errors == 120, "errors are counted, not set"
+    assert host.sensors.corrected_memory_errors_per_hour == 120
     problems = {p.signal: p.severity for p in host.health.problems}
-    assert problems == {HealthSignal.Fan: Severity.Warning, HealthSignal.PowerSupply: Severity.Warning,
+    # a failed supply is critical: the host has lost its power redundancy (vmshift.sensors.assess)
+    assert problems == {HealthSignal.Fan: Severity.Warning, HealthSignal.PowerSupply: Severity.Critical,
                         HealthSignal.Temperature: Severity.Critical,
                         HealthSignal.CorrectedMemoryErrors: Severity.Warning}
     with pytest.raises(AgentError) as refused:

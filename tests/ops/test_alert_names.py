@@ -45,9 +45,9 @@ def _referenced() -> dict[str, set[str]]:
 
 
 def everything_failing() -> Sensors:
-    return Sensors(fans=[FanStatus(index=i, ok=False) for i in range(4)],
-                   power_supplies=[PowerSupplyStatus(index=i, ok=False) for i in range(2)],
-                   temperature_c=120.0, corrected_memory_errors=1_000_000)
+    return Sensors(fans=[FanStatus(index=i, rpm=0) for i in range(4)],
+                   power_supplies=[PowerSupplyStatus(index=i, ok=False, watts=0) for i in range(2)],
+                   temperature_c=120.0, corrected_memory_errors=1_000_000, corrected_memory_errors_per_hour=5000)
 
 
 def test_the_agents_raise_exactly_the_hardware_alerts_the_api_names() -> None:
