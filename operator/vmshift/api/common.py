@@ -211,6 +211,8 @@ class ConditionType(StrEnum):
     # VirtualMachine
     Placed = "Placed"
     Migratable = "Migratable"
+    #: Compatibility mode: whether the guest sees the fleet's current baseline (False: restart pending).
+    ProcessorBaseline = "ProcessorBaseline"
 
 
 class Condition(ApiModel):

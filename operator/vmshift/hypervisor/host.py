@@ -366,7 +366,8 @@ class Host:
         log.info("defined VM %s (%d cpus, %d MiB)", vm_id, body.cpus, body.memory_mib)
         return guest.info(), True
 
-    def start_vm(self, vm_id: str) -> VmInfo:
+    def start_vm(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        """Start (or resume) a guest; ``baseline``: the features a compatibility-mode guest may see."""
         guest = self._guest(vm_id)
         if guest.state is VmState.Running:
             return guest.info()
@@ -374,7 +375,7 @@ class Host:
         if guest.state is VmState.Saved:
             guest.resume()
         elif guest.state in (VmState.Defined, VmState.Stopped):
-            guest.start(guest_features(self.config.cpu_model, guest.definition.compatibility))
+            guest.start(guest_features(self.config.cpu_model, guest.definition.compatibility, baseline))
             log.info("started VM %s", vm_id)
         else:
             raise self._bad_state(guest, "start")

@@ -292,6 +292,16 @@ class VmDefinition(Request):
     drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
 
 
+class StartRequest(Request):
+    """``POST /v1/vms/{vmId}/start`` (the body is optional): how the guest starts."""
+
+    baseline_features: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=1024,
+        description="In processor compatibility mode, the features the guest may see: the baseline the "
+        "operator computed from the hosts the VM may run on. The guest gets those the host has. Unset: "
+        "the x86_64_v2 level. Ignored without compatibility, and by a guest that is already running.")
+
+
 class IoCeilings(Response):
     network_mbps: int = Field(description="Best network throughput the guest's drivers allow, Mbit/s.")
     disk_mbps: int = Field(alias="diskMBps", description="Best disk throughput the drivers allow, MB/s.")
