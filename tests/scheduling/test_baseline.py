@@ -11,7 +11,7 @@ from vmshift.api.common import Selector
 from vmshift.controllers.views import VMEntry
 from vmshift.controllers.virtualmachines import baseline_stale, start_baseline
 from vmshift.processor import baseline_features, guest_features, processor_info
-from vmshift.scheduling.baseline import Baseline, allowed_hosts, baseline_condition, fleet_baseline
+from vmshift.scheduling.baseline import Baseline, allowed_hosts, baseline_condition, baseline_in, fleet_baseline
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 
@@ -93,3 +93,15 @@ def test_the_baseline_fits_every_host_it_spans_and_no_larger_set_would(fleet_hos
         # maximal: every feature outside the baseline is missing on some spanned host
         extra = frozenset().union(*(h.features for h in spanned)) - baseline.features
         assert all(any(f not in h.features for h in spanned) for f in extra)
+
+
+def test_the_baseline_is_computed_once_per_set_of_hosts() -> None:
+    fleet = Fleet([host("a", "icelake"), host("c", "haswell")])
+    compat = vm("v", compatibility=True)
+    first = baseline_in(compat, fleet, "Intel")
+    assert first is baseline_in(vm("w", compatibility=True), fleet, "Intel"), "same selector, same answer"
+    planned = fleet.with_planned(compat, "a")  # a reservation: the hosts' features and labels are unchanged
+    assert baseline_in(compat, planned, "Intel") == first
+    newer = fleet.with_host(host("c", "icelake"))  # the haswell replaced by an icelake
+    changed = baseline_in(compat, newer, "Intel")
+    assert changed is not None and changed.features == ICELAKE

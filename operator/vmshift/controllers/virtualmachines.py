@@ -34,7 +34,7 @@ from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
-from vmshift.scheduling.baseline import baseline_condition, fleet_baseline
+from vmshift.scheduling.baseline import baseline_condition, baseline_in
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement, targets_available
 
@@ -104,7 +104,7 @@ def start_baseline(view: VMView, host: str, fleet_now: Fleet) -> frozenset[str] 
     target = fleet_now.host(host)
     if not view.compatibility or target is None:
         return None
-    baseline = fleet_baseline(view, fleet_now, target.vendor)
+    baseline = baseline_in(view, fleet_now, target.vendor)
     return baseline.features if baseline is not None else None
 
 
@@ -143,7 +143,7 @@ def running_status(
         if previous.get("processor") and previous["processor"].get("features") == sorted(info.features):
             status["processor"]["model"] = previous["processor"].get("model", status["processor"]["model"])
             status["processor"]["vendor"] = previous["processor"].get("vendor", status["processor"]["vendor"])
-        baseline = fleet_baseline(vm, fleet_now, host_view.vendor) if info.compatibility and host_view else None
+        baseline = baseline_in(vm, fleet_now, host_view.vendor) if info.compatibility and host_view else None
         if baseline is not None and host_view is not None:
             status["processor"]["baseline"] = baseline.to_status()
             check = baseline_condition(vm.name, frozenset(info.features), baseline, host_view)
@@ -543,7 +543,7 @@ def baseline_stale(entry: VMEntry, fleet_now: Fleet) -> bool:
     host = fleet_now.host(entry.host or "")
     if not processor.get("compatibility") or host is None:
         return False
-    baseline = fleet_baseline(entry.view, fleet_now, host.vendor)
+    baseline = baseline_in(entry.view, fleet_now, host.vendor)
     return (baseline.to_status() if baseline is not None else None) != processor.get("baseline")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmshift.scheduling.fleet import HostView, VMView
+from vmshift.scheduling.fleet import Fleet, HostView, VMView
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ def fleet_baseline(vm: VMView, hosts: Iterable[HostView], vendor: str) -> Baseli
     if not same:
         return None
     return Baseline(vendor, frozenset.intersection(*(h.features for h in same)), tuple(h.name for h in same))
+
+
+def baseline_in(vm: VMView, fleet: Fleet, vendor: str) -> Baseline | None:
+    """:func:`fleet_baseline` over the fleet's hosts, computed once per selector and vendor while the
+    hosts stay the same (every compatible VM's status and the resync ask it)."""
+    return fleet.per_hosts(("baseline", vm.host_selector, vendor), lambda: fleet_baseline(vm, fleet, vendor))
 
 
 @dataclass(frozen=True)
