@@ -92,7 +92,8 @@ class Reservations:
     memory_mib: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     total: int = 0
-    #: (policy, source host) -> migrations of that policy's VMs leaving the host.
+    #: (policy, source host) -> migrations of that policy's VMs leaving the host (only VMs a
+    #: MigrationPolicy governs are counted: the defaults set no per-policy limit).
     outbound: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
     #: policy -> migrations of that policy's VMs in the cluster.
     per_policy: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
@@ -122,8 +123,8 @@ class Reservations:
             memory_mib=MappingProxyType(memory),
             slots=MappingProxyType(slots),
             total=self.total + 1,
-            outbound=_bump(self.outbound, (request.policy, request.source), 1),
-            per_policy=_bump(self.per_policy, request.policy, 1),
+            outbound=_bump(self.outbound, (request.policy, request.source), 1) if request.policy else self.outbound,
+            per_policy=_bump(self.per_policy, request.policy, 1) if request.policy else self.per_policy,
         )
 
     def release(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
@@ -142,8 +143,8 @@ class Reservations:
             memory_mib=MappingProxyType(memory),
             slots=MappingProxyType(slots),
             total=max(self.total - 1, 0),
-            outbound=_bump(self.outbound, (request.policy, request.source), -1),
-            per_policy=_bump(self.per_policy, request.policy, -1),
+            outbound=_bump(self.outbound, (request.policy, request.source), -1) if request.policy else self.outbound,
+            per_policy=_bump(self.per_policy, request.policy, -1) if request.policy else self.per_policy,
         )
 
     def free_slots(self, host: HostView) -> int:
