@@ -25,7 +25,7 @@ from vmshift.controllers.views import (
     policy_view,
 )
 from vmshift.scheduling.fleet import Fleet
-from vmshift.scheduling.policy import PolicyView, select_policy
+from vmshift.scheduling.policy import PolicyView
 
 GROUP, VERSION = "vmshift.io", "v1alpha1"
 __all__ = ["GROUP", "VERSION", "Store", "fleet", "one", "ready", "values"]
@@ -78,13 +78,6 @@ def namespace_index(body: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
 def namespace_labels(namespace: str) -> Mapping[str, str]:
     """The labels of ``namespace`` as the cache holds them (none when it is unknown)."""
     return one(namespace_index, namespace) or {}
-
-
-def policy_of(vm: VMEntry) -> PolicyView | None:
-    """The MigrationPolicy governing ``vm`` (None: the defaults apply), from the caches."""
-    requested = (vm.spec.get("migration") or {}).get("policy")
-    return select_policy(vm.labels, vm.namespace, values(policy_index),
-                         namespace_labels=namespace_labels(vm.namespace), requested=requested)
 
 
 def start() -> None:
