@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmshift.api.host import HardwareAlert
 from vmshift.devcluster.stack import Stack, wait_until
 from vmshift.hypervisor.protocol import ComponentFault, SensorChange
+
+FAN_FAILURE = HardwareAlert.FanFailure.value
 
 POLICY = "fan-failure-evacuate"
 RELEASE_ANNOTATION = "vmshift.io/release-remediation"
@@ -98,10 +101,10 @@ def fan_failure_scene(stack: Stack, log: Callable[[str], None], *, host: str | N
     host = host or _pick_host(stack)
     volume = (stack.plans[host].shared_volumes or ("csv-01",))[0]
     stack.kubectl("create", "namespace", namespace, check=False)
-    log(f"  RemediationPolicy {POLICY}: on FanFailure, move VMs with priority >= {priority_threshold} off the host "
+    log(f"  RemediationPolicy {POLICY}: on {FAN_FAILURE}, move VMs with priority >= {priority_threshold} off the host "
         f"(highest first) and quarantine it until a person sets {RELEASE_ANNOTATION}.")
     stack.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": POLICY},
-                 "spec": {"match": {"alertname": "FanFailure"}, "action": "EvacuateCritical",
+                 "spec": {"match": {"alertname": FAN_FAILURE}, "action": "EvacuateCritical",
                           "priorityThreshold": priority_threshold, "debounceSeconds": 3, "cooldownSeconds": 60,
                           "release": {"mode": "Annotation", "annotation": RELEASE_ANNOTATION}}})
     stack.apply([scene.vm(name, priority, host, volume) for name, priority in SCENE_VMS])

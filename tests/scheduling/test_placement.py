@@ -28,7 +28,7 @@ def assert_safe(v: VMView, target: HostView, *, moving: bool) -> None:
             assert d.passthrough_lun in target.passthrough_luns
         if d.local and moving:
             raise AssertionError("a local disk cannot move live")
-    assert all(target.labels.get(k) == val for k, val in v.host_selector.items())
+    assert v.host_selector.matches(target.labels)
 
 
 def test_prefers_balance_and_ties_by_name() -> None:

@@ -200,6 +200,31 @@ class SensorKind(StrEnum):
     CorrectedMemoryErrors = "CorrectedMemoryErrors"
 
 
+class HardwareAlert(StrEnum):
+    """The alerts a host's agent raises from its sensors: the ``alertname`` label RemediationPolicies
+    match (``spec.match.alertname``, ``spec.correlation.signals``). The one list of these names;
+    samples, rules and docs use it."""
+
+    #: One fan stopped (warning), or at least half of them (critical).
+    FanFailure = "FanFailure"
+    #: A power supply failed: the host has lost power redundancy (critical).
+    PowerSupplyFailure = "PowerSupplyFailure"
+    #: Inlet temperature over the warning limit (warning) or the critical one (critical).
+    HighTemperature = "HighTemperature"
+    #: Corrected (ECC) memory errors per hour over the warning limit (warning) or the critical one.
+    CorrectedMemoryErrors = "CorrectedMemoryErrors"
+
+    @property
+    def sensor(self) -> SensorKind:
+        """The sensor kind the alert comes from (its ``signal`` label)."""
+        return {
+            HardwareAlert.FanFailure: SensorKind.Fan,
+            HardwareAlert.PowerSupplyFailure: SensorKind.PowerSupply,
+            HardwareAlert.HighTemperature: SensorKind.Temperature,
+            HardwareAlert.CorrectedMemoryErrors: SensorKind.CorrectedMemoryErrors,
+        }[self]
+
+
 class SensorHealth(StrEnum):
     """The verdict on a sensor reading."""
 

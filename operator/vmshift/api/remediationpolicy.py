@@ -72,8 +72,13 @@ class AlertMatch(ApiModel):
 
     model_config = ConfigDict(json_schema_extra=cel(MATCH_NOT_EMPTY))
 
-    alertname: str | None = Field(None, description="The alert's alertname label, e.g. HostFanFailure.",
-                                  min_length=1, max_length=253)
+    alertname: str | None = Field(
+        None,
+        description="The alert's alertname label: one the hosts' agents raise (FanFailure, PowerSupplyFailure, "
+        "HighTemperature, CorrectedMemoryErrors) or one Alertmanager sends.",
+        min_length=1,
+        max_length=253,
+    )
     severity: str | None = Field(None, description="The alert's severity label, e.g. critical.",
                                  min_length=1, max_length=63)
     labels: dict[str, str] = Field(

@@ -30,9 +30,9 @@ from vmshift import metrics
 from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
+from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
 from vmshift.controllers.runtime import until_woken
-from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
+from vmshift.controllers.views import EVACUATION_LABEL, MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
     SETUP_SECONDS,
@@ -50,7 +50,6 @@ from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits
 from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, select_policy
 
-EVACUATION_LABEL = "vmshift.io/evacuation"
 EPISODE_LABEL = "vmshift.io/evacuation-id"
 ATTEMPT_ANNOTATION = "vmshift.io/evacuation-attempt"
 ORDER_ANNOTATION = "vmshift.io/evacuation-order"
@@ -170,7 +169,8 @@ def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
         if entry is None:
             continue
         requested = (entry.spec.get("migration") or {}).get("policy")
-        out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested) or DEFAULT_POLICY
+        out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested,
+                                      namespace_labels=namespace_labels(entry.namespace)) or DEFAULT_POLICY
     return out
 
 

@@ -20,11 +20,13 @@ import kopf
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
+from vmshift.api.host import SensorReading
 from vmshift.controllers import kubeapi
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.hypervisor.protocol import HostInfo
+from vmshift.sensors import verdicts
 
 _PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
 _host_phase: dict[str, str] = {}
@@ -56,24 +58,9 @@ def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
 
 
 def _sensors(info: HostInfo) -> list[dict[str, Any]]:
-    readings: list[dict[str, Any]] = []
-    for fan in info.sensors.fans:
-        readings.append({"name": f"fan-{fan.index + 1}", "kind": "Fan", "value": 1 if fan.ok else 0,
-                         "health": "OK" if fan.ok else "Critical",
-                         **({} if fan.ok else {"message": f"fan {fan.index + 1} has failed"})})
-    for psu in info.sensors.power_supplies:
-        readings.append({"name": f"psu-{psu.index + 1}", "kind": "PowerSupply", "value": 1 if psu.ok else 0,
-                         "health": "OK" if psu.ok else "Critical",
-                         **({} if psu.ok else {"message": f"power supply {psu.index + 1} has failed"})})
-    problems = {p.signal.value: p for p in info.health.problems}
-    temp = problems.get("Temperature")
-    readings.append({"name": "inlet-temperature", "kind": "Temperature", "value": info.sensors.temperature_c,
-                     "health": temp.severity.value if temp else "OK", **({"message": temp.message} if temp else {})})
-    ecc = problems.get("CorrectedMemoryErrors")
-    readings.append({"name": "corrected-memory-errors", "kind": "CorrectedMemoryErrors",
-                     "value": info.sensors.corrected_memory_errors, "health": ecc.severity.value if ecc else "OK",
-                     **({"message": ecc.message} if ecc else {})})
-    return readings
+    """``status.sensors``: each sensor in its unit (RPM, W, °C, errors per hour) with its health."""
+    return [SensorReading(name=v.name, kind=v.kind, value=v.value, health=v.health, message=v.message).to_api()
+            for v in verdicts(info.sensors.reading())]
 
 
 def host_status(

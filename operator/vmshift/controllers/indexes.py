@@ -35,7 +35,9 @@ VMS = Informer("virtualmachines")
 MIGRATIONS = Informer("virtualmachinemigrations")
 POLICIES = Informer("migrationpolicies")
 REMEDIATION_POLICIES = Informer("remediationpolicies")
-INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES]
+#: Namespaces, for their labels: a MigrationPolicy's namespaceSelector matches them.
+NAMESPACES = Informer("namespaces")
+INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES, NAMESPACES]
 
 
 @HOSTS.index
@@ -65,6 +67,17 @@ def migrations_by_vm(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
 def policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
+
+
+@NAMESPACES.index
+def namespace_index(body: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
+    meta = body.get("metadata") or {}
+    return {str(meta.get("name", "")): dict(meta.get("labels") or {})}
+
+
+def namespace_labels(namespace: str) -> Mapping[str, str]:
+    """The labels of ``namespace`` as the cache holds them (none when it is unknown)."""
+    return one(namespace_index, namespace) or {}
 
 
 def start() -> None:

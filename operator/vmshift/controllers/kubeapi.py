@@ -37,6 +37,10 @@ log = logging.getLogger("vmshift.kubeapi")
 
 #: How long a call keeps trying through an API server restart or overload before it raises.
 RETRY_SECONDS = 30.0
+#: Core kinds (cluster-scoped) the informers also cache: namespaces, for their labels
+#: (MigrationPolicy's namespaceSelector).
+CLUSTER_CORE = frozenset({"namespaces"})
+
 #: Statuses that say "not now" rather than "no".
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -52,6 +56,7 @@ def configure() -> None:
     api = kubernetes.client.ApiClient()
     _clients["config"] = api.configuration
     _clients["custom"] = kubernetes.client.CustomObjectsApi(api)
+    _clients["core"] = kubernetes.client.CoreV1Api(api)
 
 
 def _custom() -> Any:
@@ -229,6 +234,11 @@ def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"limit": limit, "_request_timeout": 60}
     if token:
         kwargs["_continue"] = token
+    if plural in CLUSTER_CORE:
+        configure()
+        response = _clients["core"].list_namespace(_preload_content=False, **kwargs)
+        core_page: dict[str, Any] = json.loads(response.data)
+        return core_page
     page: dict[str, Any] = _custom().list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
     return page
 
@@ -236,6 +246,11 @@ def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
 def watch_stream(plural: str, resource_version: str, timeout_seconds: int) -> Any:
     """An open watch of a kind from ``resource_version``, as the raw streaming response (blocking)."""
     metrics.API_REQUESTS.labels(verb="watch", resource=plural).inc()
+    if plural in CLUSTER_CORE:
+        configure()
+        return _clients["core"].list_namespace(
+            watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds, _preload_content=False, _request_timeout=(10, timeout_seconds + 30))
     return _custom().list_cluster_custom_object(
         GROUP, VERSION, plural, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
         timeout_seconds=timeout_seconds, _preload_content=False, _request_timeout=(10, timeout_seconds + 30))

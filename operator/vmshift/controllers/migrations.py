@@ -35,7 +35,7 @@ from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
+from vmshift.controllers.views import EVACUATION_LABEL, VMEntry, migrations_to_collect, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -45,12 +45,15 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
+    VmState,
 )
+from vmshift.scheduling.cold import ColdRefusal, decide_cold_move
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
+from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, downtime_budget_ms, select_policy
 from vmshift.scheduling.queue import MigrationRequest as QueueRequest
+from vmshift.scheduling.queue import queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
@@ -283,7 +286,8 @@ def _link(host: str | None) -> AgentLink:
 
 def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     requested = (vm.spec.get("migration") or {}).get("policy")
-    return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
+    return select_policy(vm.labels, vm.namespace, policies, requested=requested,
+                         namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -355,6 +359,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
         created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
         cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+        **queue_terms(run.policy, evacuation=EVACUATION_LABEL in (run.body.get("metadata", {}).get("labels") or {})),
     )
     ticket = rt.gate.enqueue(request)
     told = ""
@@ -396,7 +401,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     policy = run.policy
     memory = int(vm.spec.get("memoryMiB", 1024))
     timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
-    max_downtime = spec.get("maxDowntimeMs") or (vm.spec.get("migration") or {}).get("maxDowntimeMs")
+    max_downtime = downtime_budget_ms(spec.get("maxDowntimeMs"), (vm.spec.get("migration") or {}).get("maxDowntimeMs"),
+                                      policy)
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -409,7 +415,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder, initial_percent=policy.throttle[0],
                                    step_percent=policy.throttle[1], max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
-        max_downtime_ms=float(max_downtime) if max_downtime else None,
+        max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
     )
@@ -419,6 +425,64 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         with contextlib.suppress(AgentError):  # give the reservation back now, not at its expiry
             await target_link.client.cancel_migration(run.uid)
         raise AgentRefusedError(Side.source, run.source, exc) from None
+
+
+def is_stopped(vm: VMEntry) -> bool:
+    """A VM that spec.running keeps stopped and that status shows stopped on a host: it moves cold."""
+    return not vm.spec.get("running", True) and vm.phase == "Stopped" and bool(vm.host)
+
+
+async def _move_cold(run: Run, vm: VMEntry, spec: Mapping[str, Any]) -> None:
+    """Re-home a stopped VM (:func:`decide_cold_move`): define it on the target, delete it on the
+    source, write the end. Run again after a crash, it finds the definition already moved."""
+    rt = runtime()
+    run.vm, run.source = vm, vm.host
+    run.policy = _policy_for(vm, values(indexes.policy_index))
+    decision = decide_cold_move(vm_view(vm), fleet(fresh=True), spec.get("targetHost"))
+    if isinstance(decision, ColdRefusal):
+        raise MigrationFailedError(decision.reason, decision.message)
+    run.target = decision.target
+    try:
+        rt.gate.claim(run.vm_key, run.key)
+    except AlreadyMigratingError as exc:
+        raise MigrationFailedError(FailureReason.AlreadyMigrating,
+                                   f"{run.vm_name} already has a migration in flight ({exc.holder}); this request "
+                                   f"is refused. Wait for it to end, or delete it, then ask again.") from None
+    source_link, target_link = _link(run.source), _link(run.target)
+    try:
+        info = await source_link.client.get_vm(vm.uid)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.source, run.source or "", exc) from None
+    if info.state not in (VmState.Stopped, VmState.Defined):
+        raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                   f"{run.vm_name} is {info.state.value} on {run.source}, not stopped, so it cannot "
+                                   f"move cold; create the migration again to move it live.")
+    started = _now()
+    # the guest keeps the drivers it has (an import may have changed them since it was defined)
+    wanted = definition(vm, {}).model_copy(update={"drivers": list(info.drivers)})
+    try:
+        await target_link.client.define_vm(vm.uid, wanted)
+    except AgentError as exc:
+        raise AgentRefusedError(Side.target, run.target, exc) from None
+    try:
+        await source_link.client.delete_vm(vm.uid)
+    except AgentError as exc:
+        with contextlib.suppress(AgentError):  # leave one definition: the source's
+            await target_link.client.delete_vm(vm.uid)
+        raise AgentRefusedError(Side.source, run.source or "", exc) from None
+    finished = _now()
+    await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, {
+        "host": run.target, "phase": "Stopped", "processor": None, "migration": None,
+        "lastMigration": {"name": run.name, "result": MigrationPhase.Succeeded.value, "sourceHost": run.source,
+                          "targetHost": run.target, "downtimeMs": 0, "finishedAt": finished}})
+    await run.set_phase(MigrationPhase.Succeeded, "MovedCold", decision.message, sourceHost=run.source,
+                        targetHost=run.target, policy=run.policy.name, startedAt=started, finishedAt=finished,
+                        downtimeMs=0, inDoubt=None)
+    kopf.info(run.body, reason="MovedCold", message=decision.message)
+    kopf.info(run.vm_ref(), reason="MovedCold", message=decision.message)
+    metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
+    rt.gate.release(run.key)
+    rt.gate_changed.set()
 
 
 async def _agent_view(run: Run) -> MigrationStatus | None:
@@ -692,6 +756,11 @@ async def drive_migration(
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
                 run.target = spec.get("targetHost")
+                stopped_vm = one(indexes.vm_index, run.vm_key)
+                if stopped_vm is not None and is_stopped(stopped_vm):
+                    await _move_cold(run, stopped_vm, spec)
+                    await _collect_garbage(run)
+                    return
                 move = await _validate(run, spec, values(indexes.policy_index))
                 target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode

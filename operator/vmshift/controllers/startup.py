@@ -23,6 +23,7 @@ from vmshift.controllers import (  # noqa: F401
     indexes,
     kubeapi,
     migrations,
+    policies,
     remediation,
     virtualmachines,
 )

@@ -13,6 +13,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from vmshift.api.common import EVERYTHING, LabelSelector, Selector
 from vmshift.api.migrationpolicy import MigrationPolicySpec
 from vmshift.api.reasons import MigrationPhase
 from vmshift.processor import processor_info
@@ -24,6 +25,8 @@ from vmshift.scheduling.policy import PolicyView, Rung
 # or a GitOps tool applied.
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vmshift-operator"
+#: On the migrations a drain or remediation creates: the host being emptied (the queue serves these first).
+EVACUATION_LABEL = "vmshift.io/evacuation"
 
 #: Migration phases that hold a VM, a slot on source and target, and the target's capacity.
 IN_FLIGHT = frozenset({MigrationPhase.Validating, MigrationPhase.Transferring, MigrationPhase.SwitchingOver})
@@ -159,8 +162,8 @@ def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
         name=name,
         precedence=model.precedence,
         namespaces=tuple(selector.namespaces or ()),
-        namespace_selector=dict(selector.namespaceSelector.matchLabels) if selector.namespaceSelector else {},
-        vm_selector=dict(selector.vmSelector.matchLabels) if selector.vmSelector else {},
+        namespace_selector=Selector.of(selector.namespaceSelector),
+        vm_selector=Selector.of(selector.vmSelector),
         threshold_ms=float(model.switchoverThresholdMs),
         max_downtime_ms=float(model.maxDowntimeMs),
         max_rounds=model.maxRounds,
@@ -169,6 +172,7 @@ def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
         throttle=(model.autoConverge.initialPercent, model.autoConverge.stepPercent, model.autoConverge.maxPercent),
         bandwidth_mbps=model.bandwidthMbps,
         parallel_migrations_per_cluster=model.parallelMigrationsPerCluster,
+        parallel_outbound_per_host=model.parallelOutboundMigrationsPerHost,
         progress_timeout_seconds=float(model.progressTimeoutSeconds),
         completion_timeout_per_gib_seconds=float(model.completionTimeoutPerGiBSeconds),
     )
@@ -191,7 +195,7 @@ def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | 
     features = processor.get("features")
     placement = spec.get("placement") or {}
     workload = spec.get("workload") or {}
-    selector = (placement.get("hostSelector") or {}).get("matchLabels") or {}
+    host_selector = placement.get("hostSelector")
     disks = tuple(
         Disk(
             name=d.get("name", ""),
@@ -216,7 +220,7 @@ def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | 
         priority=int(spec.get("priority", 0)),
         dirty_rate_mibps=float(workload.get("dirtyRateMiBps", 0)),
         working_set_mib=float(workload.get("workingSetMiB") or memory),
-        host_selector=dict(selector),
+        host_selector=LabelSelector.model_validate(host_selector).selector() if host_selector else EVERYTHING,
         anti_affinity_group=placement.get("antiAffinityGroup"),
         host=host if host is not None else entry.host,
         desired_host=placement.get("host"),

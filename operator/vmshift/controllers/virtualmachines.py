@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from vmshift import limits, metrics
 from vmshift.api import conditions as cond
+from vmshift.api.common import ConditionType
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
@@ -33,6 +34,7 @@ from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
+from vmshift.scheduling.baseline import baseline_condition, baseline_in
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement, targets_available
 
@@ -96,6 +98,16 @@ def _definition(entry: VMEntry, spec: Mapping[str, Any], workload: Mapping[str, 
     )
 
 
+def start_baseline(view: VMView, host: str, fleet_now: Fleet) -> frozenset[str] | None:
+    """In compatibility mode, the fleet's baseline a guest starting on ``host`` gets (pure; None: not
+    in compatibility mode, or ``host`` unknown)."""
+    target = fleet_now.host(host)
+    if not view.compatibility or target is None:
+        return None
+    baseline = baseline_in(view, fleet_now, target.vendor)
+    return baseline.features if baseline is not None else None
+
+
 def running_status(
     vm: VMView,
     info: VmInfo,
@@ -109,7 +121,8 @@ def running_status(
     """Status of a VM whose guest the agent on ``host`` holds (pure)."""
     conditions = list(previous.get("conditions") or [])
     phase = {VmState.Running: "Running", VmState.Paused: "Running", VmState.Saved: "Stopped",
-             VmState.Stopped: "Stopped", VmState.Defined: "Starting"}.get(info.state, "Pending")
+             VmState.Stopped: "Stopped", VmState.Defined: "Starting" if wants_running else "Stopped",
+             }.get(info.state, "Pending")
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
@@ -130,6 +143,12 @@ def running_status(
         if previous.get("processor") and previous["processor"].get("features") == sorted(info.features):
             status["processor"]["model"] = previous["processor"].get("model", status["processor"]["model"])
             status["processor"]["vendor"] = previous["processor"].get("vendor", status["processor"]["vendor"])
+        baseline = baseline_in(vm, fleet_now, host_view.vendor) if info.compatibility and host_view else None
+        if baseline is not None and host_view is not None:
+            status["processor"]["baseline"] = baseline.to_status()
+            check = baseline_condition(vm.name, frozenset(info.features), baseline, host_view)
+            conditions = cond.set_condition(conditions, ConditionType.ProcessorBaseline, check.current, check.reason,
+                                            check.message, observed_generation=generation)
     if phase == "Running":
         conditions = cond.ready(conditions, True, "Running", f"{vm.name} runs on {host}.",
                                 observed_generation=generation)
@@ -165,7 +184,7 @@ def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
     if vm.host is None or vm.anti_affinity_group:
         return migratable(vm, fleet_now)
     shape = (vm.guest_vendor, vm.guest_cpu_model, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
-             tuple(sorted(vm.host_selector.items())), vm.migration_target)
+             vm.host_selector, vm.migration_target)
     anywhere = _cached(shape, lambda: migratable(replace(vm, name="{vm}", host=SOMEWHERE), fleet_now))
     hosts = [h for h in anywhere.hosts if h != vm.host]
     if hosts:
@@ -191,11 +210,11 @@ def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str,
     if vm.desired_host and vm.desired_host != host:
         return False, "HostMismatch", f"{vm.name} runs on {host} but spec.placement.host asks for {vm.desired_host}."
     view = fleet_now.host(host)
-    if view is not None and vm.host_selector:
-        missing = {k: v for k, v in vm.host_selector.items() if view.labels.get(k) != v}
+    if view is not None:
+        missing = vm.host_selector.unmet(view.labels)
         if missing:
-            wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
-            return False, "SelectorMismatch", f"{host} lacks the labels {wanted} that spec.placement.hostSelector asks."
+            wanted = ", ".join(missing)
+            return False, "SelectorMismatch", f"{host} does not meet {wanted} that spec.placement.hostSelector asks."
     if vm.anti_affinity_group:
         others = fleet_now.group_members_on(vm.anti_affinity_group, host) - {vm.key}
         if others:
@@ -329,7 +348,8 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not entry.spec.get("running", True) and info.state == VmState.Running:
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
         elif entry.spec.get("running", True) and info.state in (VmState.Defined, VmState.Stopped):
-            info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
+            info = await rt.agents.get(host).client.start_vm(  # type: ignore[union-attr]
+                entry.uid, baseline=start_baseline(vm_view(entry), host, fleet()))
         if entry.host == host:
             rt.overlay.forget(entry.key)  # the index shows the placement now
         now_fleet = fleet()
@@ -396,7 +416,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         raise kopf.TemporaryError(f"no agent link for {host} yet", delay=2)
     try:
         await link.client.define_vm(entry.uid, wanted)
-        info = await link.client.start_vm(entry.uid)
+        info = await link.client.start_vm(entry.uid, baseline=start_baseline(view, host, now_fleet))
     except AgentError as exc:
         if start_outcome_unknown(exc):
             # The agent may have started the guest before the answer was lost: keep the host in status
@@ -420,7 +440,8 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
     logger.info(f"started {entry.key} on {host}")
     started = {"startedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
     chosen = now_fleet.host(host)
-    status = running_status(view.started_on(chosen) if chosen else view, info, host,
+    started_view = replace(view.started_on(chosen), guest_features=frozenset(info.features)) if chosen else view
+    status = running_status(started_view, info, host,
                             now_fleet, generation, {**previous, "conditions": cond.dump(conditions)})
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {**status, **started})
 
@@ -515,6 +536,17 @@ def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
     return guest is None or guest.state != wanted or entry.phase not in ("Running", "Stopped")
 
 
+def baseline_stale(entry: VMEntry, fleet_now: Fleet) -> bool:
+    """Does a compatibility-mode VM's ``status.processor.baseline`` differ from the fleet's now (a host
+    added, removed or relabelled)? Then its status must say so (pure)."""
+    processor = entry.processor or {}
+    host = fleet_now.host(entry.host or "")
+    if not processor.get("compatibility") or host is None:
+        return False
+    baseline = baseline_in(entry.view, fleet_now, host.vendor)
+    return (baseline.to_status() if baseline is not None else None) != processor.get("baseline")
+
+
 #: How often the whole fleet is compared with the agents' reports.
 RESYNC_SECONDS = 30.0
 
@@ -535,7 +567,7 @@ def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_h
         if entry.key in deferred:
             out.append(entry)
         elif entry.host is not None:
-            if needs_resync(entry, agents):
+            if needs_resync(entry, agents) or baseline_stale(entry, fleet_now):
                 out.append(entry)
         elif not entry.spec.get("running", True) and entry.phase == "Stopped":
             continue

@@ -39,6 +39,7 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
     ResolveRequest,
     SensorChange,
+    StartRequest,
     VmDefinition,
     VmInfo,
     VmList,
@@ -174,8 +175,10 @@ class HypervisorClient:
         """PUT /v1/vms/{vmId} (idempotent)."""
         return await self._get("PUT", f"/vms/{vm_id}", VmInfo, definition)
 
-    async def start_vm(self, vm_id: str) -> VmInfo:
-        return await self._get("POST", f"/vms/{vm_id}/start", VmInfo)
+    async def start_vm(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        """Start a guest; ``baseline``: the features it may see in compatibility mode (unset: x86_64_v2)."""
+        body = StartRequest(baseline_features=sorted(baseline)) if baseline is not None else None
+        return await self._get("POST", f"/vms/{vm_id}/start", VmInfo, body)
 
     async def stop_vm(self, vm_id: str) -> VmInfo:
         return await self._get("POST", f"/vms/{vm_id}/stop", VmInfo)

@@ -52,6 +52,7 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.sensors import NOMINAL_FAN_RPM, Reading, fan_failed
 
 API_VERSION = "v1"
 API_PREFIX = f"/{API_VERSION}"
@@ -140,19 +141,45 @@ class Resources(Response):
 
 class FanStatus(Response):
     index: int
-    ok: bool
+    rpm: float = Field(0.0, ge=0, description="Speed in revolutions per minute (a failed fan turns slower than "
+                       "sensors.LIMITS.fan_min_rpm). Absent in a report: the nominal speed when ok, else 0.")
+    ok: bool = Field(True, description="False when the fan has failed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rpm_or_ok(cls, data: object) -> object:
+        if isinstance(data, dict) and "rpm" not in data:
+            return {**data, "rpm": NOMINAL_FAN_RPM if data.get("ok", True) else 0.0}
+        if isinstance(data, dict) and "ok" not in data:
+            return {**data, "ok": not fan_failed(float(data["rpm"]))}
+        return data
 
 
 class PowerSupplyStatus(Response):
     index: int
     ok: bool
+    watts: float = Field(0.0, ge=0, description="Output in watts: the working supplies share the host's draw; "
+                         "a failed one gives nothing.")
 
 
 class Sensors(Response):
     fans: list[FanStatus]
     power_supplies: list[PowerSupplyStatus]
     temperature_c: float = Field(description="Inlet temperature in degrees Celsius.")
-    corrected_memory_errors: int = Field(description="Corrected (ECC) memory errors counted since boot.")
+    corrected_memory_errors: int = Field(0, description="Corrected (ECC) memory errors counted since boot.")
+    corrected_memory_errors_per_hour: float = Field(
+        0.0, ge=0, description="Corrected (ECC) memory errors in the last hour (a sliding window): what the "
+        "thresholds judge.")
+
+    def reading(self) -> Reading:
+        """These sensors as the pure verdicts (vmshift.sensors) read them."""
+        return Reading(
+            fan_rpm=tuple(f.rpm for f in self.fans),
+            psu_ok=tuple(p.ok for p in self.power_supplies),
+            psu_watts=tuple(p.watts for p in self.power_supplies),
+            temperature_c=self.temperature_c,
+            corrected_errors_per_hour=self.corrected_memory_errors_per_hour,
+        )
 
 
 class Severity(StrEnum):
@@ -263,6 +290,16 @@ class VmDefinition(Request):
     disks: list[DiskSpec] = Field(default_factory=list, max_length=limits.MAX_VM_DISKS)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
+
+
+class StartRequest(Request):
+    """``POST /v1/vms/{vmId}/start`` (the body is optional): how the guest starts."""
+
+    baseline_features: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=1024,
+        description="In processor compatibility mode, the features the guest may see: the baseline the "
+        "operator computed from the hosts the VM may run on. The guest gets those the host has. Unset: "
+        "the x86_64_v2 level. Ignored without compatibility, and by a guest that is already running.")
 
 
 class IoCeilings(Response):

@@ -36,6 +36,7 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     ResolveRequest,
     SensorChange,
+    StartRequest,
     VmDefinition,
     VmList,
     error_body,
@@ -183,6 +184,10 @@ async def delete_vm(request: web.Request) -> web.StreamResponse:
 async def vm_action(request: web.Request) -> web.StreamResponse:
     host = _host(request)
     vm_id = request.match_info["vm_id"]
+    if request.match_info["action"] == "start" and request.can_read_body:
+        start = await read_body(request, StartRequest)
+        baseline = frozenset(start.baseline_features) if start.baseline_features is not None else None
+        return json_response(host.start_vm(vm_id, baseline=baseline))
     action = {"start": host.start_vm, "stop": host.stop_vm, "save": host.save_vm,
               "restore": host.restore_vm}[request.match_info["action"]]
     return json_response(action(vm_id))

@@ -33,8 +33,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 
+from vmshift.api.common import Selector
 from vmshift.api.remediationpolicy import DEFAULT_RELEASE_ANNOTATION, ReleaseMode, RemediationAction
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -73,11 +75,14 @@ class PolicyView:
         """True when an alert with ``labels`` is one this policy reacts to, about ``host``."""
         if labels.get(self.host_label) != host:
             return False
-        if self.alertname is not None and labels.get("alertname") != self.alertname:
-            return False
-        if self.severity is not None and labels.get("severity") != self.severity:
-            return False
-        return all(labels.get(k) == v for k, v in self.labels.items())
+        return self.selector.matches(labels)
+
+    @cached_property
+    def selector(self) -> Selector:
+        """The match as a label selector over the alert's labels (alertname, severity, the others)."""
+        named = [("alertname", self.alertname), ("severity", self.severity)]
+        pairs = [(k, v) for k, v in named if v is not None] + sorted(self.labels.items())
+        return Selector(tuple(pairs))
 
     def describe_match(self) -> str:
         parts = [f"alertname={self.alertname}"] if self.alertname else []

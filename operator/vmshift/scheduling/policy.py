@@ -8,17 +8,18 @@ request (``Auto``/``Live``/``Quick``), the policy and the problems
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from types import MappingProxyType
+from typing import Any
 
+from vmshift.api import conditions as cond
+from vmshift.api.common import EVERYTHING, Selector
+from vmshift.api.migrationpolicy import MigrationPolicyStatus
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.precopy import predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, blocking
 from vmshift.scheduling.fleet import VMView
-
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 class Rung(StrEnum):
@@ -33,9 +34,11 @@ class Rung(StrEnum):
 class PolicyView:
     """A MigrationPolicy as the scheduler sees it.
 
-    Selection: ``namespaces`` (names) and ``namespace_selector`` (matchLabels on the namespace's
-    labels) must both hold when given; ``vm_selector`` (matchLabels) must be a subset of the VM's
-    labels. An empty selector matches everything. Settings keep the API's units.
+    Selection: ``namespaces`` (names) and ``namespace_selector`` (a label selector on the namespace's
+    labels) must both hold when given; ``vm_selector`` (a label selector, matchLabels and
+    matchExpressions) must select the VM's labels. An empty selector matches everything. Settings
+    keep the API's units. ``parallel_outbound_per_host``: migrations of the VMs this policy governs
+    that may leave one host at once.
     ``completion_timeout_per_gib_seconds`` has KubeVirt's meaning: a migration of a guest with
     ``m`` GiB of memory times out after ``m`` times this many seconds.
     """
@@ -43,8 +46,8 @@ class PolicyView:
     name: str
     precedence: int = 0
     namespaces: tuple[str, ...] = ()
-    namespace_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
-    vm_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    namespace_selector: Selector = EVERYTHING
+    vm_selector: Selector = EVERYTHING
     threshold_ms: float = 1.0
     max_downtime_ms: float = 300.0
     max_rounds: int = 30
@@ -53,6 +56,7 @@ class PolicyView:
     throttle: tuple[int, int, int] = (20, 10, 99)  # AutoConverge: initial, step, max percent
     bandwidth_mbps: float | None = None
     parallel_migrations_per_cluster: int = 5
+    parallel_outbound_per_host: int = 2
     progress_timeout_seconds: float = 150.0
     completion_timeout_per_gib_seconds: float = 150.0
 
@@ -79,12 +83,12 @@ def _specificity(
     """(matched keys in all, matched namespace keys) if ``policy`` selects the VM, else None."""
     if policy.namespaces and namespace not in policy.namespaces:
         return None
-    if any(namespace_labels.get(k) != v for k, v in policy.namespace_selector.items()):
+    if not policy.namespace_selector.matches(namespace_labels):
         return None
-    if any(vm_labels.get(k) != v for k, v in policy.vm_selector.items()):
+    if not policy.vm_selector.matches(vm_labels):
         return None
-    ns_keys = len(policy.namespace_selector) + (1 if policy.namespaces else 0)
-    return ns_keys + len(policy.vm_selector), ns_keys
+    ns_keys = policy.namespace_selector.size + (1 if policy.namespaces else 0)
+    return ns_keys + policy.vm_selector.size, ns_keys
 
 
 def select_policy(
@@ -99,7 +103,8 @@ def select_policy(
 
     ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
     Otherwise, among the matching policies, the highest ``precedence`` wins; then the most specific:
-    the most matched keys (VM labels plus namespace labels, a namespace list counting as one key),
+    the most selector terms (VM and namespace matchLabels pairs and matchExpressions, a namespace
+    list counting as one),
     on a tie the one with more namespace keys; then the name, alphabetically first. Input order
     never matters.
     """
@@ -117,6 +122,16 @@ def select_policy(
         if best is None or key < best[0]:
             best = (key, policy)
     return best[1] if best is not None else None
+
+
+def downtime_budget_ms(migration_ms: float | None, vm_ms: float | None, policy: PolicyView | None) -> float:
+    """The pause a migration may cause, as sent to the source agent: the migration's
+    spec.maxDowntimeMs, else the VM's spec.migration.maxDowntimeMs, else its policy's (the
+    defaults' 300 ms when no policy selects it)."""
+    for value in (migration_ms, vm_ms):
+        if value:
+            return float(value)
+    return (policy or DEFAULT_POLICY).max_downtime_ms
 
 
 @dataclass(frozen=True)
@@ -222,3 +237,68 @@ def _reason_tail(message: str) -> str:
     """The part of a refusal after ``... refused: `` (the reason itself)."""
     marker = "refused: "
     return message.split(marker, 1)[1] if marker in message else message
+
+
+# --- which VMs each policy governs, and the policy's status ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicySubject:
+    """A VM as policy selection sees it: where it lives, its labels and the policy it names."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    requested: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def governed(
+    policies: Sequence[PolicyView],
+    vms: Iterable[PolicySubject],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> dict[str, list[str]]:
+    """Policy name -> the VMs (``namespace/name``, sorted) it governs: those for which
+    :func:`select_policy` answers it. Every policy has an entry, empty when it governs none."""
+    out: dict[str, list[str]] = {p.name: [] for p in policies}
+    for vm in vms:
+        chosen = select_policy(vm.labels, vm.namespace, policies, requested=vm.requested,
+                               namespace_labels=namespace_labels.get(vm.namespace, {}))
+        if chosen is not None:
+            out[chosen.name].append(vm.key)
+    return {name: sorted(keys) for name, keys in out.items()}
+
+
+#: How many governed VMs a policy's status names.
+LISTED_VMS = 20
+
+
+def migration_policy_status(
+    policy: PolicyView, vms: Sequence[str], generation: int, previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A MigrationPolicy's status (pure): accepted (Ready) and the VMs it governs now."""
+    shown = ", ".join(vms[:LISTED_VMS]) + (f" and {len(vms) - LISTED_VMS} more" if len(vms) > LISTED_VMS else "")
+    selects = f"VMs whose labels match {policy.vm_selector.describe()}"
+    if policy.namespaces:
+        selects += f" in namespaces {', '.join(policy.namespaces)}"
+    if not policy.namespace_selector.empty:
+        selects += f" in namespaces labelled {policy.namespace_selector.describe()}"
+    if vms:
+        reason = "Accepted"
+        message = f"MigrationPolicy {policy.name} governs {len(vms)} VM(s): {shown}."
+    else:
+        reason = "NoVirtualMachinesSelected"
+        message = (f"MigrationPolicy {policy.name} is accepted but governs no VM now (it selects {selects}; "
+                   f"a policy of higher precedence or a VM's spec.migration.policy may win). Check its selector.")
+    conditions = cond.ready(previous.get("conditions") or [], True, reason, message, observed_generation=generation)
+    conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
+    conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
+    return MigrationPolicyStatus(
+        observedGeneration=generation,
+        selectedVirtualMachines=len(vms),
+        selected=list(vms[:LISTED_VMS]),
+        conditions=conditions,
+    ).to_api()
