@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from vmshift.api.reasons import MigrationMode, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.drains import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, attempt_of, migration_body
 from vmshift.controllers.hosts import host_status
@@ -87,7 +89,7 @@ def test_remediation_quarantines_and_an_evacuation_reads_draining() -> None:
 
 
 def test_the_migration_a_drain_creates_is_labelled_owned_and_reads_back() -> None:
-    vm = VMEntry("ns", "db", "uid-1", {}, {}, "h1", "Running", None, 1)
+    vm = VMEntry("ns", "db", "uid-1", {}, VirtualMachineSpec(cpus=1, memoryMiB=256), "h1", Phase.Running, None, 1)
     move = Move("ns/db", "h1", "h2", MigrationMode.Live, order=0, priority=900, bandwidth_mbps=9000,
                 failed_targets=("h3",))
     body = migration_body(Create(move, "db-evac-abc123-2", 2, 3), "h1", "abc123xyz0", "spec.maintenance", vm)

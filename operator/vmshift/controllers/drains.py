@@ -169,7 +169,7 @@ def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
         entry = one(vms, view.key)
         if entry is None:
             continue
-        requested = (entry.spec.get("migration") or {}).get("policy")
+        requested = entry.spec.migration.policy
         out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested) or DEFAULT_POLICY
     return out
 

@@ -276,7 +276,7 @@ def _link(host: str | None) -> AgentLink:
 
 
 def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
-    requested = (vm.spec.get("migration") or {}).get("policy")
+    requested = vm.spec.migration.policy
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
 
@@ -334,7 +334,8 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
                                    f"waited; create the migration again if it should still move.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
+    asked = MigrationMode(spec.get("mode") or MigrationMode.Auto)
+    requested = asked if asked is not MigrationMode.Auto else vm.spec.migration.mode
     return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
 
 
@@ -348,7 +349,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     request = QueueRequest(
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
         created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
-        cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+        cpus=vm.spec.cpus, memory_mib=vm.spec.memoryMiB,
     )
     ticket = rt.gate.enqueue(request)
     told = ""
@@ -379,7 +380,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:
         raise AgentRefusedError(Side.source, run.source, exc) from None
-    base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
+    base = definition(vm)
     incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
                           vendor=source_link.info.vendor if source_link.info else None)
     try:
@@ -388,9 +389,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     except AgentError as exc:
         raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
-    memory = int(vm.spec.get("memoryMiB", 1024))
-    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
-    max_downtime = spec.get("maxDowntimeMs") or (vm.spec.get("migration") or {}).get("maxDowntimeMs")
+    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(vm.spec.memoryMiB)
+    max_downtime = spec.get("maxDowntimeMs") or vm.spec.migration.maxDowntimeMs
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -653,7 +653,7 @@ async def drive_migration(
             return
     if not rt.gate.seeded:
         flying = [m for m in values(indexes.migration_index) if m.in_flight]
-        sizes = {m.vm_key: (int(vm.spec.get("cpus", 0)), int(vm.spec.get("memoryMiB", 0)))
+        sizes = {m.vm_key: (vm.spec.cpus, vm.spec.memoryMiB)
                  for m in flying if (vm := one(indexes.vm_index, m.vm_key)) is not None}
         rt.gate.seed(flying, sizes)
     run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),

@@ -25,12 +25,13 @@ from pydantic import ValidationError
 
 from vmshift import limits, metrics
 from vmshift.api import conditions as cond
-from vmshift.api.virtualmachine import VirtualMachineSpec
+from vmshift.api.migration import VirtualMachineMigrationSpec
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
+from vmshift.controllers.views import VMEntry, index_vm, operator_labels, problems, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.fleet import Fleet, VMView
@@ -49,51 +50,35 @@ class DefinitionError(ValueError):
     """The VM cannot be defined on an agent as it stands; the message names what is wrong."""
 
 
-def definition(entry: VMEntry, annotations: Mapping[str, str]) -> VmDefinition:
+def definition(entry: VMEntry, annotations: Mapping[str, str] | None = None) -> VmDefinition:
     """What the agent needs to define the guest (pure); :class:`DefinitionError` when the VM's spec or
     its ``vmshift.io/initial-drivers`` annotation is outside the limits the agents accept
     (vmshift.limits: the CRD admits no more than that, but an annotation has no schema, and an object
     stored before a limit was lowered keeps its old values)."""
-    spec = entry.spec
-    workload = spec.get("workload") or {}
+    if entry.problem is not None:
+        raise DefinitionError(entry.problem)
+    notes = entry.annotations if annotations is None else annotations
     try:
-        drivers = limits.parse_driver_list(annotations.get(DRIVERS_ANNOTATION) or "",
+        drivers = limits.parse_driver_list(notes.get(DRIVERS_ANNOTATION) or "",
                                            where=f"annotation {DRIVERS_ANNOTATION}")
     except limits.DriverListError as exc:
         raise DefinitionError(str(exc)) from None
+    spec = entry.spec
     try:
-        VirtualMachineSpec.model_validate(spec)
+        return VmDefinition(
+            name=entry.name,
+            namespace=entry.namespace,
+            cpus=spec.cpus,
+            memory_mib=spec.memoryMiB,
+            compatibility=spec.processor.compatibility,
+            disks=[DiskSpec(name=d.name, size_gib=float(d.sizeGiB), volume=d.volume,
+                            passthrough_lun=d.passthroughLun, local=bool(d.local)) for d in spec.disks],
+            workload=WorkloadSpec(dirty_rate_mib_ps=float(spec.workload.dirtyRateMiBps),
+                                  working_set_mib=float(spec.workload.workingSetMiB or 0)),
+            drivers=drivers or ["vmbus", "netvsc", "storvsc"],
+        )
     except ValidationError as exc:
-        raise DefinitionError(_problems("spec", exc)) from None
-    try:
-        return _definition(entry, spec, workload, drivers)
-    except ValidationError as exc:
-        raise DefinitionError(_problems("the agent's VM definition", exc)) from None
-
-
-def _problems(where: str, exc: ValidationError) -> str:
-    return "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-
-
-def _definition(entry: VMEntry, spec: Mapping[str, Any], workload: Mapping[str, Any],
-                drivers: list[str]) -> VmDefinition:
-    return VmDefinition(
-        name=entry.name,
-        namespace=entry.namespace,
-        cpus=int(spec["cpus"]),
-        memory_mib=int(spec["memoryMiB"]),
-        compatibility=bool((spec.get("processor") or {}).get("compatibility", False)),
-        disks=[
-            DiskSpec(name=d["name"], size_gib=float(d.get("sizeGiB", 1)), volume=d.get("volume"),
-                     passthrough_lun=d.get("passthroughLun"), local=bool(d.get("local")))
-            for d in spec.get("disks") or ()
-        ],
-        workload=WorkloadSpec(
-            dirty_rate_mib_ps=float(workload.get("dirtyRateMiBps", 0)),
-            working_set_mib=float(workload.get("workingSetMiB") or 0),
-        ),
-        drivers=drivers or ["vmbus", "netvsc", "storvsc"],
-    )
+        raise DefinitionError(problems("the agent's VM definition", exc)) from None
 
 
 def running_status(
@@ -310,7 +295,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             return
         view = vm_view(entry)
         if located is None:
-            if not entry.spec.get("running", True):
+            if not entry.spec.running:
                 status = {"observedGeneration": generation, "phase": "Stopped", "host": None,
                           "conditions": cond.dump(cond.ready(previous.get("conditions") or [], True, "Stopped",
                                                              f"{entry.name} is stopped as spec.running asks.",
@@ -326,9 +311,9 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             await _place(entry, body, view, previous, logger)
             return
         host, info = located
-        if not entry.spec.get("running", True) and info.state == VmState.Running:
+        if not entry.spec.running and info.state == VmState.Running:
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
-        elif entry.spec.get("running", True) and info.state in (VmState.Defined, VmState.Stopped):
+        elif entry.spec.running and info.state in (VmState.Defined, VmState.Stopped):
             info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
         if entry.host == host:
             rt.overlay.forget(entry.key)  # the index shows the placement now
@@ -340,7 +325,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
                            guest_vendor=where.vendor if where else view.guest_vendor,
                            guest_cpu_model=where.cpu_model if where else view.guest_cpu_model)
         status = running_status(view, info, host, now_fleet, generation, previous,
-                                wants_running=bool(entry.spec.get("running", True)))
+                                wants_running=entry.spec.running)
         if not await _patch(entry, status, previous):
             _settled[entry.key] = fingerprint(body)
             metrics.VMS_IN_SYNC.set(len(_settled))
@@ -363,7 +348,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
     rt = runtime()
     generation = entry.generation
     try:
-        wanted = definition(entry, body.get("metadata", {}).get("annotations") or {})
+        wanted = definition(entry)
     except DefinitionError as exc:
         await _refuse_definition(entry, body, previous, str(exc))
         return
@@ -468,12 +453,10 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
                                  "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": {"vmName": entry.name, "mode": (entry.spec.get("migration") or {}).get("mode", "Auto"),
-                 "reason": why, **({"targetHost": desired} if desired else {})},
+        "spec": VirtualMachineMigrationSpec(vmName=entry.name, mode=entry.spec.migration.mode, reason=why,
+                                            targetHost=desired,
+                                            maxDowntimeMs=entry.spec.migration.maxDowntimeMs).to_api(),
     }
-    max_downtime = (entry.spec.get("migration") or {}).get("maxDowntimeMs")
-    if max_downtime:
-        body["spec"] = {**body["spec"], "maxDowntimeMs": max_downtime}
     await kubeapi.create("virtualmachinemigrations", entry.namespace, body)
 
 
@@ -511,8 +494,8 @@ def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
     if link is None or not link.reachable:
         return False
     guest = link.vms.get(entry.uid)
-    wanted = VmState.Running if entry.spec.get("running", True) else VmState.Stopped
-    return guest is None or guest.state != wanted or entry.phase not in ("Running", "Stopped")
+    wanted = VmState.Running if entry.spec.running else VmState.Stopped
+    return guest is None or guest.state != wanted or entry.phase not in (Phase.Running, Phase.Stopped)
 
 
 #: How often the whole fleet is compared with the agents' reports.
@@ -537,9 +520,9 @@ def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_h
         elif entry.host is not None:
             if needs_resync(entry, agents):
                 out.append(entry)
-        elif not entry.spec.get("running", True) and entry.phase == "Stopped":
+        elif not entry.spec.running and entry.phase is Phase.Stopped:
             continue
-        elif entry.phase == "Pending" and not isinstance(plan_placement(vm_view(entry), fleet_now), Refusal):
+        elif entry.phase is Phase.Pending and not isinstance(plan_placement(vm_view(entry), fleet_now), Refusal):
             out.append(entry)
     return out
 
