@@ -10,12 +10,15 @@ from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.drains import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, attempt_of, migration_body
-from vmshift.controllers.hosts import host_status
+from vmshift.controllers.hosts import HostInputs, host_status
 from vmshift.controllers.views import MANAGED_BY, MANAGED_BY_LABEL, VMEntry
 from vmshift.hypervisor.client import HypervisorClient
 from vmshift.hypervisor.protocol import HostInfo
 from vmshift.scheduling.evacuation import Create
 from vmshift.scheduling.moves import Move
+
+#: A valid Host spec (the model requires processor and memory).
+HOST_SPEC = {"cpu": {"model": "icelake", "cores": 32}, "memoryMiB": 65536}
 
 
 def link(*, healthy: bool = True) -> AgentLink:
@@ -33,7 +36,7 @@ def link(*, healthy: bool = True) -> AgentLink:
 
 
 def status(spec: dict[str, Any], previous: dict[str, Any], *, healthy: bool = True) -> dict[str, Any]:
-    return host_status("h1", spec, 3, previous, link(healthy=healthy), None)
+    return host_status("h1", HostInputs.of({**HOST_SPEC, **spec}, 3), previous, link(healthy=healthy), None)
 
 
 def conditions(s: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -7,6 +7,9 @@ from typing import Any
 
 from vmshift.controllers import hosts
 
+#: A valid Host spec (the model requires processor and memory).
+HOST_SPEC = {"cpu": {"model": "icelake", "cores": 32}, "memoryMiB": 65536}
+
 
 def _host(name: str, *, generation: int = 1, remediation: dict[str, Any] | None = None,
           drain: dict[str, Any] | None = None, allocated: int = 0) -> dict[str, Any]:
@@ -48,7 +51,7 @@ async def test_a_quarantine_wakes_the_host_daemon_and_what_it_reads_carries_it()
 
 def test_a_quarantine_in_status_makes_the_host_unschedulable() -> None:
     previous = {"remediation": {"policy": "psu", "action": "EvacuateCritical"}}
-    status = hosts.host_status("h1", {}, 1, previous, None, None)
+    status = hosts.host_status("h1", hosts.HostInputs.of(HOST_SPEC, 1), previous, None, None)
     schedulable = next(c for c in status["conditions"] if c["type"] == "Schedulable")
     assert (schedulable["status"], schedulable["reason"]) == ("False", "Cordoned"), schedulable
     assert "RemediationPolicy psu (EvacuateCritical)" in schedulable["message"]

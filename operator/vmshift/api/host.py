@@ -152,6 +152,10 @@ class HostSpec(ApiModel):
     )
 
 
+#: How stale status.lastHeartbeatTime may be while the agent answers (it is refreshed this often).
+HEARTBEAT_SECONDS = 60
+
+
 class HostPhase(StrEnum):
     """The host's state in one word, for people."""
 
@@ -364,7 +368,12 @@ class HostStatus(ConditionsStatus):
         max_length=128,
         json_schema_extra=list_map("name"),
     )
-    lastHeartbeatTime: datetime | None = Field(None, description="When the agent last answered.")
+    lastHeartbeatTime: datetime | None = Field(
+        None,
+        description=f"When the agent last answered, to within {HEARTBEAT_SECONDS} seconds: the operator polls "
+        f"every few seconds but refreshes this at most once per {HEARTBEAT_SECONDS} seconds, so an idle fleet "
+        "does not rewrite its Hosts. Older than that while the host is Unreachable: when it was last heard.",
+    )
     drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
     remediation: HostRemediation | None = Field(
         None,

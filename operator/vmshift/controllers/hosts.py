@@ -13,17 +13,22 @@ informer cache, which is also what it reads them from), so a quarantine reads as
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
+from vmshift.api.host import HEARTBEAT_SECONDS, DrainState, HostPhase, HostSpec
 from vmshift.controllers import kubeapi
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
-from vmshift.controllers.indexes import GROUP, HOSTS, VERSION
+from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, fleet, host_index, one
 from vmshift.controllers.runtime import runtime, until_woken
+from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
 
 _PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
@@ -31,6 +36,8 @@ _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
 _seen: dict[str, Mapping[str, Any]] = {}
 _wake: dict[str, asyncio.Event] = {}
+#: Where each migration in flight goes (source, target), by uid: a change wakes both hosts.
+_flights: dict[str, tuple[str | None, str | None]] = {}
 
 
 def status_inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -76,10 +83,49 @@ def _sensors(info: HostInfo) -> list[dict[str, Any]]:
     return readings
 
 
+def heartbeat(previous: str | None, answered: datetime | None, every: float = HEARTBEAT_SECONDS) -> str | None:
+    """status.lastHeartbeatTime (pure): when the agent last answered, moved only once it is ``every``
+    seconds old, so a poll every few seconds does not become a status write every few seconds."""
+    if answered is None:
+        return previous
+    if previous:
+        try:
+            before = datetime.fromisoformat(previous.replace("Z", "+00:00"))
+        except ValueError:
+            before = None
+        if before is not None and timedelta(0) <= answered - before < timedelta(seconds=every):
+            return previous
+    return rfc3339(answered)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class HostInputs:
+    """What a Host's status is computed from besides its agent's report and its stored status."""
+
+    spec: HostSpec
+    generation: int
+    #: The model refused the Host's spec: what is wrong.
+    spec_problem: str | None = None
+    #: Migrations in flight to and from the host (from the migration cache).
+    inbound: int = 0
+    outbound: int = 0
+    #: When the agent last answered (wall clock), None if never.
+    answered: datetime | None = None
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], generation: int, **rest: Any) -> HostInputs:
+        """Inputs from a raw spec, parsed by its model (pure)."""
+        parsed, problem = parse_host_spec(spec)
+        return cls(spec=parsed, generation=generation, spec_problem=problem, **rest)
+
+
 def host_status(
     name: str,
-    spec: Mapping[str, Any],
-    generation: int,
+    inputs: HostInputs,
     previous: Mapping[str, Any],
     link: AgentLink | None,
     config_error: AgentConfigError | None,
@@ -93,10 +139,15 @@ def host_status(
     condition and the kstatus pair follow the drain: Reconciling while it runs, Stalled when only
     VMs that cannot move are left.
     """
+    spec, generation = inputs.spec, inputs.generation
     conditions = list(previous.get("conditions") or [])
     if not conditions:
         conditions = cond.first_look(conditions, f"Contacting the agent of {name}.", observed_generation=generation)
-    status: dict[str, Any] = {"observedGeneration": generation}
+    status: dict[str, Any] = {"observedGeneration": generation,
+                              "migrations": {"inbound": inputs.inbound, "outbound": inputs.outbound}}
+    beat = heartbeat(previous.get("lastHeartbeatTime"), inputs.answered)
+    if beat is not None:
+        status["lastHeartbeatTime"] = beat
     info = link.info if link else None
     reachable = bool(link and link.reachable and info)
     if config_error is not None:
@@ -117,43 +168,48 @@ def host_status(
         status["sensors"] = _sensors(info)
     remediation = previous.get("remediation") or {}
     quarantine = remediation.get("action")
-    cordoned = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or bool(quarantine)
+    cordoned = spec.unschedulable or spec.maintenance or bool(quarantine) or inputs.spec_problem is not None
     drain = previous.get("drain") or {}
     drain_state = drain.get("state")
     # A drain is open while its trigger (maintenance or a remediation) holds; the drain controller
     # clears the trigger when the host returns to service, so an old "Completed" never reads as now.
     drain_open = bool(drain.get("trigger"))
-    full_drain = bool(spec.get("maintenance")) or quarantine == "Maintenance"
+    full_drain = spec.maintenance or quarantine == "Maintenance"
     if not reachable:
-        phase = "Unreachable"
+        phase = HostPhase.Unreachable
     elif full_drain:
-        phase = "Maintenance" if drain_open and drain_state == "Completed" else "Draining"
-    elif drain_open and drain_state in ("Running", "Blocked"):
-        phase = "Draining"
+        phase = HostPhase.Maintenance if drain_open and drain_state == DrainState.Completed else HostPhase.Draining
+    elif drain_open and drain_state in (DrainState.Running, DrainState.Blocked):
+        phase = HostPhase.Draining
     elif info is not None and not healthy:
-        phase = "Degraded"
+        phase = HostPhase.Degraded
     elif cordoned:
-        phase = "Cordoned"
+        phase = HostPhase.Cordoned
     else:
-        phase = "Ready"
-    status["phase"] = phase
+        phase = HostPhase.Ready
+    status["phase"] = phase.value
     conditions = cond.ready(conditions, reachable, reason, message, observed_generation=generation)
     drain_reason, drain_message = _drain_condition(name, drain, drain_open)
-    if reachable and drain_open and drain_state == "Running":
+    if reachable and drain_open and drain_state == DrainState.Running:
         conditions = cond.reconciling(conditions, True, "Draining", drain_message, observed_generation=generation)
-    elif reachable and drain_open and drain_state == "Blocked":
+    elif reachable and drain_open and drain_state == DrainState.Blocked:
         conditions = cond.stalled(conditions, True, "DrainBlocked", drain_message, observed_generation=generation)
     elif reachable:
         conditions = cond.reconciling(conditions, False, "Observed", message, observed_generation=generation)
         conditions = cond.stalled(conditions, False, "Observed", message, observed_generation=generation)
     elif config_error is not None:
         conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
-    conditions = cond.set_condition(conditions, "Draining", drain_open and drain_state == "Running", drain_reason,
-                                    drain_message, observed_generation=generation)
+    conditions = cond.set_condition(conditions, "Draining", drain_open and drain_state == DrainState.Running,
+                                    drain_reason, drain_message, observed_generation=generation)
+    if inputs.spec_problem is not None:
+        conditions = cond.stalled(conditions, True, "InvalidSpec",
+                                  f"The spec of {name} is refused: {inputs.spec_problem}. It takes no VMs until "
+                                  f"it is fixed.", observed_generation=generation)
     if cordoned:
-        why = ("spec.maintenance is true" if spec.get("maintenance") else
+        why = ("spec.maintenance is true" if spec.maintenance else
                f"RemediationPolicy {remediation.get('policy')} ({quarantine}) quarantined it"
-               if quarantine else "spec.unschedulable is true")
+               if quarantine else "spec.unschedulable is true" if spec.unschedulable else
+               f"its spec is refused ({inputs.spec_problem}); fix the Host")
         conditions = cond.set_condition(conditions, "Schedulable", False, "Cordoned",
                                         f"{name} takes no new VMs or inbound migrations: {why}.",
                                         observed_generation=generation)
@@ -200,6 +256,28 @@ def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> t
     return "Drained", f"{name} is drained ({drain.get('trigger')}): {counts}."
 
 
+@MIGRATIONS.listen
+def wake_on_migration_event(type: str, body: Mapping[str, Any]) -> None:
+    """A migration entering or leaving flight changes status.migrations of its source and target."""
+    uid = str((body.get("metadata") or {}).get("uid", ""))
+    entry = index_migration(body)
+    now = None if type == "DELETED" or not entry.in_flight else (entry.source, entry.target)
+    before = _flights.pop(uid, None)
+    if now is not None:
+        _flights[uid] = now
+    if now != before:
+        for host in {*(before or ()), *(now or ())} - {None}:
+            event = _wake.get(str(host))
+            if event is not None:
+                event.set()
+
+
+def _answered(link: AgentLink | None) -> datetime | None:
+    if link is None or not link.reported_at:
+        return None
+    return datetime.now(UTC) - timedelta(seconds=time.monotonic() - link.reported_at)
+
+
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
 async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
                        stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
@@ -213,17 +291,29 @@ async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf
         wake.clear()
         link: AgentLink | None = None
         config_error: AgentConfigError | None = None
+        entry = one(host_index, name)
         try:
             link = await rt.agents.link(name, spec)
             await rt.agents.poll(link)
         except AgentConfigError as exc:
             config_error = exc
-            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
-                kopf.warn(body, reason=exc.reason, message=exc.message)
-        told = config_error.message if config_error is not None else ""
+        problem = config_error.message if config_error is not None else entry.problem if entry else None
+        if problem and problem != told:  # a person must fix the Host or its Secret: say it once, as an event
+            kopf.warn(body, reason=config_error.reason if config_error is not None else "InvalidSpec",
+                      message=problem)
+        told = problem or ""
         fresh = _seen.get(name)  # the informer's copy: Kopf's own view of the body may lag behind it
         stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(status)
-        new = host_status(name, spec, int(meta.get("generation") or 0), stored, link, config_error)
+        view = fleet().host(name)
+        inputs = HostInputs(
+            spec=entry.spec if entry is not None else parse_host_spec(spec)[0],
+            generation=int(meta.get("generation") or 0),
+            spec_problem=entry.problem if entry is not None else None,
+            inbound=view.inbound_migrations if view is not None else 0,
+            outbound=view.outbound_migrations if view is not None else 0,
+            answered=_answered(link),
+        )
+        new = host_status(name, inputs, stored, link, config_error)
         if link is not None and was_reachable is not None and link.reachable != was_reachable:
             if link.reachable:
                 kopf.info(body, reason="AgentReachable", message=f"The agent of {name} answers again.")
