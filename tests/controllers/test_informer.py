@@ -10,7 +10,7 @@ from typing import Any
 from vmshift.controllers.agents import AgentDirectory, AgentLink
 from vmshift.controllers.informer import Informer, lines, one, values
 from vmshift.controllers.views import index_vm
-from vmshift.controllers.virtualmachines import needs_resync, resync_candidates
+from vmshift.controllers.vmstatus import needs_resync, resync_candidates
 from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet
 

@@ -22,7 +22,7 @@ from vmshift.controllers.hosts import HostInputs, host_status
 from vmshift.controllers.importsteps import ImportFailed, SourceMissing, make_plan, vm_manifest
 from vmshift.controllers.remediation import ActiveEntry, policy_status
 from vmshift.controllers.views import AgentFacts, build_fleet, index_host, index_migration, index_vm, policy_view
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, DefinitionError, definition, migration_name
+from vmshift.controllers.vmstatus import DRIVERS_ANNOTATION, DefinitionError, definition, migration_name
 from vmshift.remediation.decide import HostState, SignalState, decide
 from vmshift.remediation.signals import last_ended_of, remediation_of
 from vmshift.remediation.signals import policy_view as remediation_policy_view

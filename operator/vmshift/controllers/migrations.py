@@ -52,7 +52,7 @@ from vmshift.controllers.migration_decisions import (
 )
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
 from vmshift.controllers.views import IN_FLIGHT, VMEntry, migrations_to_collect, vm_view
-from vmshift.controllers.virtualmachines import definition
+from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
     AutoConverge,

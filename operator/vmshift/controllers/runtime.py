@@ -141,6 +141,8 @@ class Runtime:
     overlay: Overlay = field(default_factory=Overlay)
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
+    resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     poll_interval: float = 2.0
     #: The longest wait between two polls of an unreachable agent (they back off from poll_interval).
