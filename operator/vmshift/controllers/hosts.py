@@ -1,33 +1,25 @@
-"""Host controller: a daemon per Host polls its agent and mirrors processor, capacity, sensors, reachability.
+"""Host status: what a Host's phase, conditions, capacity, sensors and counts are, from its agent's report.
 
-Thin: the status is computed by :func:`host_status` (pure) from the agent's last report; the daemon
-only polls, compares and patches when something changed, so an idle fleet costs the API server
-nothing. Drains and remediation hang off the same daemon (see ``drains``).
-
-Phase and conditions also derive from what other controllers write into the same status
-(``remediation``, ``drain``) and from the spec. A change of those wakes the daemon at once (from the
-informer cache, which is also what it reads them from), so a quarantine reads as
-``Schedulable=False`` within one event, not one agent poll later.
+Pure builders (:func:`host_status`, :func:`heartbeat`) and the cache listeners that wake a Host's
+supervisor (``hostsupervisor``, the only writer of the status) when something its status derives
+from changed: its spec, labels or annotations, what others wrote into its status, a migration
+entering or leaving flight to or from it. A quarantine thus reads as ``Schedulable=False`` within
+one event, not one agent poll later; the supervisor's own writes (capacity, sensors) wake nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kopf
-
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import HEARTBEAT_SECONDS, DrainState, HostPhase, HostSpec
-from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
-from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, fleet, host_index, one
-from vmshift.controllers.runtime import runtime, until_woken
+from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.indexes import HOSTS, MIGRATIONS
+from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
 
@@ -35,17 +27,19 @@ _PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreacha
 _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
 _seen: dict[str, Mapping[str, Any]] = {}
-_wake: dict[str, asyncio.Event] = {}
 #: Where each migration in flight goes (source, target), by uid: a change wakes both hosts.
 _flights: dict[str, tuple[str | None, str | None]] = {}
 
 
 def status_inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The parts of a Host, other than its agent's report, that its phase and conditions derive from (pure)."""
+    """The parts of a Host, other than its agent's report, that its supervisor's passes and status
+    derive from (pure): its spec, labels and annotations (a remediation's release), and what of its
+    status someone other than the supervisor may change."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     drain = status.get("drain") or {}
-    return (meta.get("generation"), (status.get("remediation") or {}).get("action"),
-            (status.get("remediation") or {}).get("policy"), drain.get("trigger"), drain.get("state"))
+    return (meta.get("generation"), meta.get("labels"), meta.get("annotations"),
+            (status.get("remediation") or {}).get("action"), (status.get("remediation") or {}).get("policy"),
+            drain.get("trigger"), drain.get("state"))
 
 
 @HOSTS.listen
@@ -57,9 +51,7 @@ def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
     before = _seen.get(name)
     _seen[name] = body
     if before is None or status_inputs(before) != status_inputs(body):
-        event = _wake.get(name)
-        if event is not None:
-            event.set()
+        runtime().wake_host(name)
 
 
 def _sensors(info: HostInfo) -> list[dict[str, Any]]:
@@ -267,69 +259,19 @@ def wake_on_migration_event(type: str, body: Mapping[str, Any]) -> None:
         _flights[uid] = now
     if now != before:
         for host in {*(before or ()), *(now or ())} - {None}:
-            event = _wake.get(str(host))
-            if event is not None:
-                event.set()
+            runtime().wake_host(str(host))
 
 
-def _answered(link: AgentLink | None) -> datetime | None:
-    if link is None or not link.reported_at:
-        return None
-    return datetime.now(UTC) - timedelta(seconds=time.monotonic() - link.reported_at)
+def migration_counts(flights: Mapping[str, tuple[str | None, str | None]], host: str) -> tuple[int, int]:
+    """(inbound, outbound) migrations in flight of ``host`` from (source, target) pairs (pure)."""
+    inbound = sum(1 for _, target in flights.values() if target == host)
+    outbound = sum(1 for source, _ in flights.values() if source == host)
+    return inbound, outbound
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
-async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
-                       stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-    """Poll the agent every few seconds and patch status only when it changes."""
-    rt = runtime()
-    last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
-    was_reachable: bool | None = None
-    wake = _wake.setdefault(name, asyncio.Event())
-    told = ""
-    while not stopped:
-        wake.clear()
-        link: AgentLink | None = None
-        config_error: AgentConfigError | None = None
-        entry = one(host_index, name)
-        try:
-            link = await rt.agents.link(name, spec)
-            await rt.agents.poll(link)
-        except AgentConfigError as exc:
-            config_error = exc
-        problem = config_error.message if config_error is not None else entry.problem if entry else None
-        if problem and problem != told:  # a person must fix the Host or its Secret: say it once, as an event
-            kopf.warn(body, reason=config_error.reason if config_error is not None else "InvalidSpec",
-                      message=problem)
-        told = problem or ""
-        fresh = _seen.get(name)  # the informer's copy: Kopf's own view of the body may lag behind it
-        stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(status)
-        view = fleet().host(name)
-        inputs = HostInputs(
-            spec=entry.spec if entry is not None else parse_host_spec(spec)[0],
-            generation=int(meta.get("generation") or 0),
-            spec_problem=entry.problem if entry is not None else None,
-            inbound=view.inbound_migrations if view is not None else 0,
-            outbound=view.outbound_migrations if view is not None else 0,
-            answered=_answered(link),
-        )
-        new = host_status(name, inputs, stored, link, config_error)
-        if link is not None and was_reachable is not None and link.reachable != was_reachable:
-            if link.reachable:
-                kopf.info(body, reason="AgentReachable", message=f"The agent of {name} answers again.")
-            else:
-                kopf.warn(body, reason="AgentUnreachable",
-                          message=f"The agent of {name} stopped answering: {link.last_error}")
-        was_reachable = link.reachable if link is not None else was_reachable
-        if not cond.changes_nothing(new, last):
-            await kubeapi.patch_status("hosts", None, name, new)
-            last = new
-        _record_phase(name, new["phase"])
-        await until_woken(wake, stopped, poll_delay(rt.poll_interval, link.failures if link is not None else 0,
-                                                    rt.poll_backoff_cap))
-    _host_phase.pop(name, None)
-    _wake.pop(name, None)
-    await rt.agents.forget(name)
+def in_flight(host: str) -> tuple[int, int]:
+    """(inbound, outbound) of ``host`` as the migration cache shows them now (fresher than the fleet)."""
+    return migration_counts(_flights, host)
 
 
 def _record_phase(name: str, phase: str) -> None:

@@ -143,6 +143,19 @@ class Runtime:
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
     resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain
+    #: pass, and the status they make, all run again when it is set.
+    host_wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake_host(self, name: str) -> None:
+        """Ask the supervisor of Host ``name`` for a pass now (no-op when it does not run)."""
+        event = self.host_wakers.get(name)
+        if event is not None:
+            event.set()
+
+    def wake_all_hosts(self) -> None:
+        for event in self.host_wakers.values():
+            event.set()
     started_at: float = field(default_factory=time.monotonic)
     poll_interval: float = 2.0
     #: The longest wait between two polls of an unreachable agent (they back off from poll_interval).

@@ -19,6 +19,7 @@ from vmshift import metrics
 from vmshift.controllers import (  # noqa: F401
     drains,
     hosts,
+    hostsupervisor,
     imports,
     indexes,
     kubeapi,
