@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +29,7 @@ from vmshift import metrics
 from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.indexes import GROUP, MIGRATIONS, VERSION, Store, fleet, one, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
@@ -190,16 +190,13 @@ class Evacuator:
         self.flush = flush
         #: Migrations this process created that the index may not show yet (the watch lags the
         #: create), with when: counted as queued so a pass right after a create does not add more.
-        self.expected: dict[tuple[str, str], tuple[float, Attempt]] = {}
+        self.expected: Expectations[tuple[str, str], Attempt] = Expectations(ttl=EXPECTATION_SECONDS)
 
     def seen(self, attempts: list[Attempt]) -> list[Attempt]:
         """``attempts`` from the index plus the ones created here that it does not show yet."""
-        now = time.monotonic()
-        known = {(a.namespace, a.name) for a in attempts}
-        for key, (at, _) in list(self.expected.items()):
-            if key in known or now - at > EXPECTATION_SECONDS:
-                del self.expected[key]
-        return attempts + [a for _, a in self.expected.values()]
+        for a in attempts:
+            self.expected.observed((a.namespace, a.name))
+        return attempts + [a for _, a in self.expected.items()]
 
     @property
     def open(self) -> bool:
@@ -273,7 +270,7 @@ class Evacuator:
             trigger = goal.trigger if goal is not None else "spec.maintenance"
             created = await kubeapi.create("virtualmachinemigrations", create.namespace,
                                            migration_body(create, self.host, episode, trigger, vm))
-            self.expected[(create.namespace, create.name)] = (time.monotonic(), Attempt(
+            self.expected.expect((create.namespace, create.name), Attempt(
                 create.namespace, create.name, create.move.vm, episode, create.attempt, MigrationPhase.Pending,
                 create.move.target))
             if created is None:

@@ -281,35 +281,19 @@ def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | 
     )
 
 
-@dataclass
-class Overlay:
-    """Capacity the operator has promised but the indexes do not show yet (placements just made)."""
-
-    placed: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # vm key -> (host, cpus, memory)
-    version: int = 0  # bumped by every change, so a fleet built before it is known to be stale
-
-    def place(self, vm_key: str, host: str, cpus: int, memory_mib: int) -> None:
-        self.placed[vm_key] = (host, cpus, memory_mib)
-        self.version += 1
-
-    def forget(self, vm_key: str) -> None:
-        if self.placed.pop(vm_key, None) is not None:
-            self.version += 1
-
-
 def build_fleet(
     hosts: Iterable[HostEntry],
     vms: Iterable[VMEntry],
     migrations: Iterable[MigrationEntry],
     agents: Mapping[str, AgentFacts],
-    overlay: Overlay | None = None,
+    placed: Mapping[str, tuple[str, int, int]] | None = None,
 ) -> Fleet:
     """The scheduler's fleet: allocation from the VMs placed on each host (plus placements in
     progress), reservations and slots from migrations in flight, health from the agents."""
     in_flight = [m for m in migrations if m.in_flight]
     targets = {m.vm_key: m.target for m in in_flight}
     vm_list = list(vms)
-    placed = dict(overlay.placed) if overlay else {}
+    placed = placed or {}
     allocated: dict[str, list[int]] = {}
     views = []
     for entry in vm_list:

@@ -69,7 +69,7 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
     """
     rt = runtime()
     # A placement this process just made may not be in the (older) body yet: follow it too.
-    hinted = rt.overlay.placed.get(entry.key)
+    hinted = rt.placements.get(entry.key)
     host = entry.host or (hinted[0] if hinted else None)
     if host:
         link = rt.agents.get(host)
@@ -107,9 +107,6 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
     return True
 
 
-#: Each VM as it was when a reconcile last found nothing to change, so the echoes of our own writes
-#: (the status patch, Kopf's finalizer) cost a comparison instead of a reconcile.
-_settled: dict[str, tuple[Any, ...]] = {}
 
 
 #: VMs whose last reconcile could not finish for want of an agent's answer: the resync retries them.
@@ -122,7 +119,7 @@ def _key(body: Mapping[str, Any]) -> str:
 
 def settled(body: Mapping[str, Any], agents: AgentDirectory) -> bool:
     """Did a reconcile already find this very body in order, and do the agents still agree?"""
-    return _settled.get(_key(body)) == fingerprint(body) and not needs_resync(index_vm(body), agents)
+    return runtime().settled.get(_key(body)) == fingerprint(body) and not needs_resync(index_vm(body), agents)
 
 
 async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
@@ -172,7 +169,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         elif entry.spec.running and info.state in (VmState.Defined, VmState.Stopped):
             info = await rt.agents.get(host).client.start_vm(entry.uid)  # type: ignore[union-attr]
         if entry.host == host:
-            rt.overlay.forget(entry.key)  # the index shows the placement now
+            rt.placements.observed(entry.key)  # the index shows the placement now
         now_fleet = fleet()
         view = vm_view(entry, host=host)
         if info.features:  # the agent is the truth about what the guest was started with
@@ -183,8 +180,8 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         status = running_status(view, info, host, now_fleet, generation, previous,
                                 wants_running=entry.spec.running)
         if not await _patch(entry, status, previous):
-            _settled[entry.key] = fingerprint(body)
-            metrics.VMS_IN_SYNC.set(len(_settled))
+            rt.settled.expect(entry.key, fingerprint(body))
+            metrics.VMS_IN_SYNC.set(len(rt.settled))
         await _ask_for_migration(entry, view, host, status)
 
 
@@ -214,7 +211,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
             await _patch(entry, status, previous)
             return
         host = decision.host
-        rt.overlay.place(entry.key, host, view.cpus, view.memory_mib)
+        rt.placements.expect(entry.key, (host, view.cpus, view.memory_mib))
     conditions = cond.reconciling(previous.get("conditions") or [], True, "Starting",
                                   f"Starting {entry.name} on {host}.", observed_generation=generation)
     # The host goes into status before the guest starts: a crash in between leaves a trail.
@@ -241,7 +238,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
             return
         with contextlib.suppress(AgentError):  # a definite refusal: undo a definition it may have kept
             await link.client.delete_vm(entry.uid)
-        rt.overlay.forget(entry.key)
+        rt.placements.observed(entry.key)
         message = (f"Starting {entry.name} on {host} failed: {exc}. The operator places it again at its next "
                    f"pass (at most {RESYNC_SECONDS:.0f} s).")
         kopf.warn(body, reason="FailedStart", message=message)
@@ -324,9 +321,9 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
-        _settled.pop(_key(body), None)
+        runtime().settled.observed(_key(body))
         _deferred.discard(_key(body))
-        metrics.VMS_IN_SYNC.set(len(_settled))
+        metrics.VMS_IN_SYNC.set(len(runtime().settled))
         return
     await indexes.ready()
     if settled(body, runtime().agents):
@@ -335,7 +332,7 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
-    _settled.pop(_key(body), None)
+    runtime().settled.observed(_key(body))
     _deferred.discard(_key(body))
     try:
         await reconcile(body, logger)
@@ -520,6 +517,6 @@ async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_:
                 failures.append(f"{name}: {exc}")
     if failures:
         raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
-    rt.overlay.forget(key)
+    rt.placements.observed(key)
     _locks.pop(key, None)
 
