@@ -37,17 +37,19 @@ from vmshift.controllers.vmstatus import (
     ever_placed,
     failed_start_status,
     fingerprint,
+    label_rechecks,
     migration_name,
     needs_resync,
     orphan_guests,
     resync_candidates,
     running_copies,
     running_status,
+    selector_candidates,
     start_outcome_unknown,
 )
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import VmInfo, VmState
-from vmshift.scheduling.fleet import VMView
+from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, plan_placement
 
 _locks: dict[str, asyncio.Lock] = {}
@@ -182,7 +184,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not await _patch(entry, status, previous):
             rt.settled.expect(entry.key, fingerprint(body))
             metrics.VMS_IN_SYNC.set(len(rt.settled))
-        await _ask_for_migration(entry, view, host, status)
+        await _ask_for_migration(entry, view, host, status, now_fleet)
 
 
 async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous: Mapping[str, Any],
@@ -285,19 +287,24 @@ async def _refuse_definition(entry: VMEntry, body: Mapping[str, Any], previous: 
     await _patch(entry, status, previous)
 
 
-async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any]) -> None:
+async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Mapping[str, Any],
+                             now_fleet: Fleet) -> None:
     """Create the migration the spec implies, once per spec generation: to spec.placement.host when
     it names another host, or to a host the scheduler picks when the current one no longer matches
     spec.placement.hostSelector."""
     desired = view.desired_host
     placed: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Placed"), {})
+    candidates: list[str] = []
     if desired and desired != host:
         why = f"spec.placement.host changed to {desired}"
     elif not desired and placed.get("reason") == "SelectorMismatch":
         why = f"{host} no longer matches spec.placement.hostSelector"
+        candidates = selector_candidates(view, now_fleet)
+        if not candidates:
+            return  # nowhere to go: Placed=False says so; a host that gains the labels asks again
     else:
         return
-    name = migration_name(entry.name, desired, entry.generation)
+    name = migration_name(entry.name, desired, entry.generation, candidates)
     existing = {m.name for m in indexes.migrations_by_vm.get(entry.key) or []}
     if name in existing:
         return
@@ -450,8 +457,9 @@ _host_labels: dict[str, Mapping[str, str]] = {}
 
 @HOSTS.listen
 def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
-    """A Host's labels changed: the VMs on it are looked at by the next resync pass, at once, so one
-    whose spec.placement.hostSelector no longer matches says so (Placed=False) and asks to move."""
+    """A Host's labels changed: the VMs on it, and those already on a host their selector does not
+    match (which may now have somewhere to go), are looked at by a resync pass at once, so one whose
+    spec.placement.hostSelector no longer matches says so (Placed=False) and asks to move."""
     name = str((body.get("metadata") or {}).get("name", ""))
     labels = None if type == "DELETED" else dict((body.get("metadata") or {}).get("labels") or {})
     before = _host_labels.pop(name, None)
@@ -459,9 +467,9 @@ def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
         _host_labels[name] = labels
     if before is None or labels is None or before == labels:
         return
-    on_host = [e.key for e in values(indexes.vm_index) if e.host == name]
-    if on_host:
-        _deferred.update(on_host)
+    recheck = label_rechecks(values(indexes.vm_index), name, {h.name: h.labels for h in values(indexes.host_index)})
+    if recheck:
+        _deferred.update(recheck)
         runtime().resync_wake.set()
 
 

@@ -177,11 +177,23 @@ def placement_check(vm: VMView, host: str, fleet_now: Fleet) -> tuple[bool, str,
     return True, "Placed", f"{host} satisfies spec.placement of {vm.name}."
 
 
-def migration_name(vm: str, target: str | None, generation: int) -> str:
-    """A stable name for the migration a VM asks for at one generation of its spec."""
+def migration_name(vm: str, target: str | None, generation: int, candidates: Iterable[str] = ()) -> str:
+    """A stable name for the migration a VM asks for at one generation of its spec (pure).
+
+    ``candidates``: for a move the hosts' labels ask for (the VM's host no longer matches its
+    selector), the hosts that match it now. The VM asks once per set: when its only candidates go
+    (that migration fails), a new set of matching hosts asks again.
+    """
     base = f"{vm}-to-{target or 'any'}"
-    digest = hashlib.sha256(f"{vm}/{target}/{generation}".encode()).hexdigest()[:6]
+    context = f"/{','.join(sorted(candidates))}" if candidates else ""
+    digest = hashlib.sha256(f"{vm}/{target}/{generation}{context}".encode()).hexdigest()[:6]
     return f"{base[:240]}-{digest}"
+
+
+def selector_candidates(vm: VMView, fleet_now: Fleet) -> list[str]:
+    """The hosts other than the VM's whose labels match its spec.placement.hostSelector (pure)."""
+    return sorted(h.name for h in fleet_now if h.name != vm.host
+                  and all(h.labels.get(k) == v for k, v in vm.host_selector.items()))
 
 
 def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -285,3 +297,18 @@ def orphan_guests(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection
     """
     return [(host, info) for host, guests in sorted(reports.items()) for vm_id, info in sorted(guests.items())
             if vm_id not in known and info.state in RESIDENT and info.migration_id is None]
+
+
+def label_rechecks(entries: Iterable[VMEntry], changed: str, labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The VMs to look at again when Host ``changed``'s labels changed (pure): those on it, and those
+    with a host selector their own host does not match (a relabelled host may be where they go)."""
+    out = []
+    for e in entries:
+        if e.host is None:
+            continue
+        selector = e.spec.placement.hostSelector
+        wanted = selector.matchLabels if selector is not None else {}
+        on = labels.get(e.host) or {}
+        if e.host == changed or (wanted and any(on.get(k) != v for k, v in wanted.items())):
+            out.append(e.key)
+    return out
