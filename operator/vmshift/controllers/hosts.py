@@ -23,7 +23,6 @@ from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
 
-_PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
 _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
 _seen: dict[str, Mapping[str, Any]] = {}
@@ -234,12 +233,12 @@ def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> t
     counts = (f"{drain.get('moved', 0)} of {drain.get('total', 0)} VM(s) moved, {drain.get('inFlight', 0)} in "
               f"flight, {drain.get('failed', 0)} failed attempt(s)")
     if not drain_open:
-        if state == "Cancelled":
+        if state == DrainState.Cancelled:
             return "DrainCancelled", f"The last drain of {name} was stopped before it completed ({counts})."
         return "NotDraining", f"No drain runs on {name}."
-    if state == "Running":
+    if state == DrainState.Running:
         return "Draining", f"{name} is being drained ({drain.get('trigger')}): {counts}."
-    if state == "Blocked":
+    if state == DrainState.Blocked:
         blocked = drain.get("blocked") or []
         listed = "; ".join(f"{b.get('vm')} ({b.get('reason')}): {b.get('message')}" for b in blocked[:3])
         more = f"; and {len(blocked) - 3} more" if len(blocked) > 3 else ""
@@ -278,5 +277,5 @@ def _record_phase(name: str, phase: str) -> None:
     if _host_phase.get(name) == phase:
         return
     _host_phase[name] = phase
-    for p in _PHASES:
-        metrics.HOSTS.labels(phase=p).set(sum(1 for v in _host_phase.values() if v == p))
+    for p in HostPhase:
+        metrics.HOSTS.labels(phase=p.value).set(sum(1 for v in _host_phase.values() if v == p))

@@ -144,6 +144,10 @@ class Runtime:
     settled: Expectations[str, tuple[Any, ...]] = field(default_factory=Expectations)
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: One lock per VM key: one reconcile of a VM at a time.
+    vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: VMs whose last reconcile could not finish (an agent did not answer): the resync retries them.
+    deferred: set[str] = field(default_factory=set)
     #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
     resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain

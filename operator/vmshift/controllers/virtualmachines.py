@@ -52,11 +52,9 @@ from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, plan_placement
 
-_locks: dict[str, asyncio.Lock] = {}
-
 
 def _lock(key: str) -> asyncio.Lock:
-    return _locks.setdefault(key, asyncio.Lock())
+    return runtime().vm_locks.setdefault(key, asyncio.Lock())
 
 
 class _UnknownLocation(Exception):
@@ -111,8 +109,6 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
 
 
 
-#: VMs whose last reconcile could not finish for want of an agent's answer: the resync retries them.
-_deferred: set[str] = set()
 
 
 def _key(body: Mapping[str, Any]) -> str:
@@ -141,12 +137,12 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not await rt.agents.wait_synced(indexes.host_names):
             # An agent not heard from yet may hold this guest (adoption after a restart), and a
             # Migratable condition computed before every agent answered would undercount hosts.
-            _deferred.add(entry.key)
+            runtime().deferred.add(entry.key)
             return
         try:
             located = await _locate(entry, ever_placed(previous))
         except _UnknownLocation:
-            _deferred.add(entry.key)  # the agent that should know is not reachable now: the resync comes back
+            rt.deferred.add(entry.key)  # the agent that should know is not reachable now: the resync comes back
             return
         view = vm_view(entry)
         if located is None:
@@ -231,7 +227,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         if start_outcome_unknown(exc):
             # The agent may have started the guest before the answer was lost: keep the host in status
             # so the next pass asks that agent, and place nowhere else until it has answered.
-            _deferred.add(entry.key)
+            runtime().deferred.add(entry.key)
             message = (f"Starting {entry.name} on {host}: no answer from its agent ({exc}). The guest may be "
                        f"running there; the operator asks again before it chooses another host.")
             kopf.warn(body, reason="StartUnconfirmed", message=message)
@@ -329,7 +325,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
         runtime().settled.observed(_key(body))
-        _deferred.discard(_key(body))
+        runtime().deferred.discard(_key(body))
         metrics.VMS_IN_SYNC.set(len(runtime().settled))
         return
     await indexes.ready()
@@ -340,11 +336,11 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     runtime().settled.observed(_key(body))
-    _deferred.discard(_key(body))
+    runtime().deferred.discard(_key(body))
     try:
         await reconcile(body, logger)
     except AgentError as exc:
-        _deferred.add(_key(body))
+        runtime().deferred.add(_key(body))
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
@@ -469,7 +465,7 @@ def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
         return
     recheck = label_rechecks(values(indexes.vm_index), name, {h.name: h.labels for h in values(indexes.host_index)})
     if recheck:
-        _deferred.update(recheck)
+        runtime().deferred.update(recheck)
         runtime().resync_wake.set()
 
 
@@ -478,7 +474,7 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
     rt = runtime()
     entries = values(indexes.vm_index)
-    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(fresh=fresh), _deferred)
+    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
@@ -490,7 +486,7 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an API error, a bug: this VM waits for the next pass
-            _deferred.add(entry.key)
+            runtime().deferred.add(entry.key)
             metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
             logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
     await _resolve_duplicates(entries, logger)
@@ -526,5 +522,5 @@ async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_:
     if failures:
         raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
     rt.placements.observed(key)
-    _locks.pop(key, None)
+    rt.vm_locks.pop(key, None)
 
