@@ -75,18 +75,20 @@ def test_rounds_kept_are_the_number_the_api_describes() -> None:
     assert out["rounds"][-1]["round"] == 63
 
 
-def test_host_status_counts_migrations_and_moves_the_heartbeat_once_a_minute() -> None:
+def test_host_status_counts_migrations_and_carries_the_heartbeat_with_every_change() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     first = host_status("h1", HostInputs.of(HOST_SPEC, 1, inbound=2, outbound=1, answered=now), {}, None, None)
     assert first["migrations"] == {"inbound": 2, "outbound": 1}
     assert first["lastHeartbeatTime"] == "2026-01-01T12:00:00Z"
     status_patch("hosts", first)
-    soon = host_status("h1", HostInputs.of(HOST_SPEC, 1, answered=now + timedelta(seconds=30)), first, None, None)
-    assert soon["lastHeartbeatTime"] == first["lastHeartbeatTime"]  # a poll is not a write
-    later = host_status("h1", HostInputs.of(HOST_SPEC, 1, answered=now + timedelta(seconds=61)), first, None, None)
-    assert later["lastHeartbeatTime"] == "2026-01-01T12:01:01Z"
-    assert heartbeat(None, None) is None
-    assert heartbeat("2026-01-01T12:00:00Z", None) == "2026-01-01T12:00:00Z"  # unreachable: when last heard
+    same = host_status("h1", HostInputs.of(HOST_SPEC, 1, inbound=2, outbound=1, answered=now + timedelta(seconds=90)),
+                       first, None, None)
+    assert same == first  # an answer alone is no reason to write: an idle fleet costs nothing
+    moved = host_status("h1", HostInputs.of(HOST_SPEC, 1, inbound=1, outbound=1,
+                                            answered=now + timedelta(seconds=91)), first, None, None)
+    assert moved["lastHeartbeatTime"] == "2026-01-01T12:01:31Z"  # a write carries the newest answer
+    assert heartbeat(None, None, changed=True) is None
+    assert heartbeat("2026-01-01T12:00:00Z", None, changed=True) == "2026-01-01T12:00:00Z"  # unreachable
 
 
 def test_a_host_spec_the_model_refuses_cordons_and_says_why() -> None:

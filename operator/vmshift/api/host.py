@@ -152,10 +152,6 @@ class HostSpec(ApiModel):
     )
 
 
-#: How stale status.lastHeartbeatTime may be while the agent answers (it is refreshed this often).
-HEARTBEAT_SECONDS = 60
-
-
 class HostPhase(StrEnum):
     """The host's state in one word, for people."""
 
@@ -370,9 +366,9 @@ class HostStatus(ConditionsStatus):
     )
     lastHeartbeatTime: datetime | None = Field(
         None,
-        description=f"When the agent last answered, to within {HEARTBEAT_SECONDS} seconds: the operator polls "
-        f"every few seconds but refreshes this at most once per {HEARTBEAT_SECONDS} seconds, so an idle fleet "
-        "does not rewrite its Hosts. Older than that while the host is Unreachable: when it was last heard.",
+        description="When the agent last answered, as of the last change of this status: every status write "
+        "carries it, but the operator does not write only to move it (an idle fleet costs the API server "
+        "nothing). While the host is Unreachable: when its agent was last heard.",
     )
     drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
     remediation: HostRemediation | None = Field(

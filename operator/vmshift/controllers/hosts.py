@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
-from vmshift.api.host import HEARTBEAT_SECONDS, DrainState, HostPhase, HostSpec
+from vmshift.api.host import DrainState, HostPhase, HostSpec
 from vmshift.controllers.agents import AgentConfigError, AgentLink
 from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.runtime import runtime
@@ -74,18 +74,15 @@ def _sensors(info: HostInfo) -> list[dict[str, Any]]:
     return readings
 
 
-def heartbeat(previous: str | None, answered: datetime | None, every: float = HEARTBEAT_SECONDS) -> str | None:
-    """status.lastHeartbeatTime (pure): when the agent last answered, moved only once it is ``every``
-    seconds old, so a poll every few seconds does not become a status write every few seconds."""
+def heartbeat(previous: str | None, answered: datetime | None, *, changed: bool) -> str | None:
+    """status.lastHeartbeatTime (pure): when the agent last answered, carried by every status write
+    (``changed``: the rest of the status differs from what is stored) and never the only reason for
+    one, so an idle fleet costs the API server nothing. While the agent does not answer it stays
+    where it was: when the host was last heard."""
     if answered is None:
         return previous
-    if previous:
-        try:
-            before = datetime.fromisoformat(previous.replace("Z", "+00:00"))
-        except ValueError:
-            before = None
-        if before is not None and timedelta(0) <= answered - before < timedelta(seconds=every):
-            return previous
+    if previous and not changed:
+        return previous
     return rfc3339(answered)
 
 
@@ -136,9 +133,6 @@ def host_status(
         conditions = cond.first_look(conditions, f"Contacting the agent of {name}.", observed_generation=generation)
     status: dict[str, Any] = {"observedGeneration": generation,
                               "migrations": {"inbound": inputs.inbound, "outbound": inputs.outbound}}
-    beat = heartbeat(previous.get("lastHeartbeatTime"), inputs.answered)
-    if beat is not None:
-        status["lastHeartbeatTime"] = beat
     info = link.info if link else None
     reachable = bool(link and link.reachable and info)
     if config_error is not None:
@@ -224,6 +218,10 @@ def host_status(
             conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
                                             f"Every sensor of {name} reads normal.", observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
+    beat = heartbeat(previous.get("lastHeartbeatTime"), inputs.answered,
+                     changed=not cond.changes_nothing(status, previous))
+    if beat is not None:
+        status["lastHeartbeatTime"] = beat
     return status
 
 
