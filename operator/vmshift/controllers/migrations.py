@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
+from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
 from vmshift.controllers import indexes, kubeapi
@@ -51,7 +53,7 @@ from vmshift.controllers.migration_decisions import (
     target_verdict,
 )
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import IN_FLIGHT, VMEntry, migrations_to_collect, vm_view
+from vmshift.controllers.views import IN_FLIGHT, VMEntry, migrations_to_collect, problems, vm_view
 from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -150,7 +152,7 @@ def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
 
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
+async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[PolicyView], *,
                     admitted: str | None = None) -> Move:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
@@ -168,9 +170,8 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
                                    f"waited; create the migration again if it should still move.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    asked = MigrationMode(spec.get("mode") or MigrationMode.Auto)
-    requested = asked if asked is not MigrationMode.Auto else vm.spec.migration.mode
-    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
+    requested = spec.mode if spec.mode is not MigrationMode.Auto else vm.spec.migration.mode
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.targetHost)
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
@@ -206,7 +207,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     return True
 
 
-async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: Mapping[str, Any]) -> None:
+async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
     vm = run.vm
     assert vm is not None and run.source is not None
     source_link, target_link = _link(run.source), _link(target)
@@ -223,8 +224,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     except AgentError as exc:
         raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
-    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(vm.spec.memoryMiB)
-    max_downtime = spec.get("maxDowntimeMs") or vm.spec.migration.maxDowntimeMs
+    timeout = spec.timeoutSeconds or policy.completion_timeout_seconds(vm.spec.memoryMiB)
+    max_downtime = spec.maxDowntimeMs or vm.spec.migration.maxDowntimeMs
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -490,7 +491,13 @@ async def drive_migration(
         sizes = {m.vm_key: (vm.spec.cpus, vm.spec.memoryMiB)
                  for m in flying if (vm := one(indexes.vm_index, m.vm_key)) is not None}
         rt.gate.seed(flying, sizes)
-    run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
+    try:
+        wanted: VirtualMachineMigrationSpec | None = VirtualMachineMigrationSpec.model_validate(dict(spec))
+        refused = ""
+    except ValidationError as exc:
+        wanted, refused = None, problems("spec", exc)
+    run = Run(name=name, namespace=namespace, uid=meta["uid"],
+              vm_name=wanted.vmName if wanted is not None else str(spec.get("vmName") or ""),
               generation=int(meta.get("generation") or 0), body=body, status=dict(status))
     run.source, run.target = status.get("sourceHost"), status.get("targetHost")
     run.mode = MigrationMode(status["mode"]) if status.get("mode") else None
@@ -499,14 +506,18 @@ async def drive_migration(
     if run.vm is not None:
         run.policy = _policy_for(run.vm, values(indexes.policy_index))
     try:
+        if wanted is None:
+            raise MigrationFailedError(FailureReason.InvalidSpec,
+                                       f"The spec of migration {name} is refused: {refused}. Nothing was moved; "
+                                       f"delete it and create a correct one.")
         if phase in (MigrationPhase.Pending, MigrationPhase.Validating):
             report = await _agent_view(run) if phase is MigrationPhase.Validating else None
             if report is None:
                 if not status.get("conditions"):
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
-                run.target = spec.get("targetHost")
-                move = await _validate(run, spec, values(indexes.policy_index))
+                run.target = wanted.targetHost
+                move = await _validate(run, wanted, values(indexes.policy_index))
                 target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode
                 try:
@@ -522,7 +533,7 @@ async def drive_migration(
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
                 # A second look at the admitted target (the fleet moved while this request waited).
-                move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
+                move = await _validate(run, wanted, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
                 run.mode = mode
                 if stopped and stop_action(stopped.reason) is StopAction.Cancel:
@@ -531,7 +542,7 @@ async def drive_migration(
                     await _finish(run, MigrationPhase.Cancelled)
                     return
                 await run.mark_vm(MigrationPhase.Validating)
-                await _prepare_and_start(run, target, mode, spec)
+                await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
                                     startedAt=_now())
