@@ -148,3 +148,13 @@ def test_a_vm_spec_is_read_typed() -> None:
     entry = _entry(running=False, migration={"policy": "fast"})
     assert isinstance(entry.spec, VirtualMachineSpec)
     assert entry.spec.running is False and entry.spec.migration.policy == "fast"
+
+
+def test_alertmanager_alerts_make_the_host_hardware_unhealthy_but_not_its_phase() -> None:
+    info = None  # also without an agent report
+    s = host_status("h1", HostInputs.of(HOST_SPEC, 1, alerts=("HostPsuRedundancyLost (critical)",)), {}, info, None)
+    hardware = {c["type"]: c for c in s["conditions"]}["HardwareHealthy"]
+    assert (hardware["status"], hardware["reason"]) == ("False", "AlertFiring")
+    assert "HostPsuRedundancyLost (critical)" in hardware["message"]
+    assert s["phase"] == "Unreachable"  # the phase follows the agent, not the alert
+    status_patch("hosts", s)

@@ -346,7 +346,8 @@ class PastRemediation(ApiModel):
 
 
 class HostStatus(ConditionsStatus):
-    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy,
+    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy (False
+    while the agent's sensors report trouble or Alertmanager reports an alert firing for the host),
     Draining, Reconciling, Stalled."""
 
     phase: HostPhase | None = Field(

@@ -103,6 +103,9 @@ class HostInputs:
     outbound: int = 0
     #: When the agent last answered (wall clock), None if never.
     answered: datetime | None = None
+    #: Alerts Alertmanager reports firing for the host, as "alertname (severity)": they make the
+    #: HardwareHealthy condition False (not the phase: an alert must not beget a HostsNotReady alert).
+    alerts: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: Mapping[str, Any], generation: int, **rest: Any) -> HostInputs:
@@ -206,17 +209,23 @@ def host_status(
         conditions = cond.set_condition(conditions, "Schedulable", True, "Schedulable",
                                         f"{name} accepts new VMs and inbound migrations.",
                                         observed_generation=generation)
-    if info is not None:
-        problems = info.health.problems
-        if problems:
-            worst = max(problems, key=lambda p: p.severity.value == "Critical")
-            text = "; ".join(p.message for p in problems)
-            conditions = cond.set_condition(conditions, "HardwareHealthy", False, f"{worst.signal.value}Failure",
-                                            f"{name} reports hardware trouble: {text}.",
-                                            observed_generation=generation)
-        else:
-            conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
-                                            f"Every sensor of {name} reads normal.", observed_generation=generation)
+    firing = (f" Alertmanager reports {len(inputs.alerts)} alert(s) firing for it: "
+              f"{', '.join(inputs.alerts[:10])}{' and more' if len(inputs.alerts) > 10 else ''}."
+              if inputs.alerts else "")
+    problems = info.health.problems if info is not None else []
+    if problems:
+        worst = max(problems, key=lambda p: p.severity.value == "Critical")
+        text = "; ".join(p.message for p in problems)
+        conditions = cond.set_condition(conditions, "HardwareHealthy", False, f"{worst.signal.value}Failure",
+                                        f"{name} reports hardware trouble: {text}.{firing}",
+                                        observed_generation=generation)
+    elif inputs.alerts:
+        conditions = cond.set_condition(conditions, "HardwareHealthy", False, "AlertFiring",
+                                        f"{name}'s own sensors read normal.{firing} RemediationPolicies that match "
+                                        f"act on them (status.remediation).", observed_generation=generation)
+    elif info is not None:
+        conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
+                                        f"Every sensor of {name} reads normal.", observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
     beat = heartbeat(previous.get("lastHeartbeatTime"), inputs.answered,
                      changed=not cond.changes_nothing(status, previous))

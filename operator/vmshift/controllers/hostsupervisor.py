@@ -101,6 +101,7 @@ class HostSupervisor:
             inbound=inbound,
             outbound=outbound,
             answered=_answered(self.link),
+            alerts=remediation.firing_from_alertmanager(self.name),
         )
         return hosts.host_status(self.name, inputs, stored, self.link, self.config_error)
 

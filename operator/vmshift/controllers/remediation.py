@@ -343,6 +343,17 @@ async def remediation_pass(remediator: HostRemediator, annotations: Mapping[str,
         return 5.0
 
 
+def firing_from_alertmanager(host: str) -> tuple[str, ...]:
+    """The alerts Alertmanager reports firing for ``host``, as "alertname (severity)", oldest first."""
+    out = []
+    for e in receiver.book.entries(host):
+        if e.state.active and e.source is AlertSource.Alertmanager:
+            labels = e.state.labels
+            severity = labels.get("severity")
+            out.append(f"{labels.get('alertname') or '(unnamed)'}" + (f" ({severity})" if severity else ""))
+    return tuple(out)
+
+
 def remediation_ended(remediator: HostRemediator) -> None:
     """The Host is gone: forget its alerts and their gauges."""
     receiver.book.forget_host(remediator.host)
