@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from vmshift import metrics
@@ -22,6 +22,7 @@ from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
+from vmshift.remediation.signals import rfc3339
 
 _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
@@ -83,11 +84,7 @@ def heartbeat(previous: str | None, answered: datetime | None, *, changed: bool)
         return previous
     if previous and not changed:
         return previous
-    return rfc3339(answered)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(answered.timestamp())
 
 
 @dataclass(frozen=True)
