@@ -17,6 +17,7 @@ to or from it: see ``hosts``, ``drains``, ``remediation``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -126,6 +127,18 @@ class HostSupervisor:
         self.evacuator.written = dict(self.evacuator.drain)
         self.remediator.staged.clear()
 
+    async def run_pass(self, spec: Mapping[str, Any], meta: Mapping[str, Any], kopf_status: Mapping[str, Any],
+                       logger: kopf.Logger | logging.Logger) -> float:
+        """Poll (when due), remediate, drain, write; returns how long to sleep unless woken."""
+        if time.monotonic() >= self.next_poll:
+            await self.poll(spec)
+        remediation_due = await remediation.remediation_pass(self.remediator, meta.get("annotations") or {}, logger)
+        drain_due = await drains.drain_pass(self.evacuator, spec, self.stored(kopf_status), logger)
+        new = self.host_part(spec, int(meta.get("generation") or 0), self.stored(kopf_status))
+        hosts._record_phase(self.name, new["phase"])
+        await self.write(new)
+        return min(self.next_poll - time.monotonic(), remediation_due, drain_due)
+
     async def flush(self) -> None:
         """Write what the passes decided now (a drain's id before the migrations that carry it)."""
         await self.write(None)
@@ -142,20 +155,16 @@ async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: ko
     supervisor.remediator.seed({p.name: p for p in values(remediation.remediation_policy_index)})
     while not stopped:
         wake.clear()
-        if time.monotonic() >= supervisor.next_poll:
-            await supervisor.poll(spec)
-        remediation_due = await remediation.remediation_pass(supervisor.remediator, meta.get("annotations") or {},
-                                                             logger)
-        drain_due = await drains.drain_pass(supervisor.evacuator, spec, supervisor.stored(status), logger)
-        new = supervisor.host_part(spec, int(meta.get("generation") or 0), supervisor.stored(status))
         try:
-            await supervisor.write(new)
+            sleep = await supervisor.run_pass(spec, meta, status, logger)
         except ApiException as exc:  # written again next pass: nothing is marked written
             metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
             logger.warning(f"status of Host {name} not written, retrying: {exc.status} {exc.reason}")
-            drain_due = min(drain_due, 2.0)
-        hosts._record_phase(name, new["phase"])
-        sleep = min(supervisor.next_poll - time.monotonic(), remediation_due, drain_due)
+            sleep = 2.0
+        except Exception:  # a bug must not end the host's supervisor: log it and try again
+            metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
+            logger.exception(f"pass of Host {name} failed, retrying")
+            sleep = 5.0
         await until_woken(wake, stopped, sleep)
     rt.host_wakers.pop(name, None)
     hosts._host_phase.pop(name, None)
