@@ -19,6 +19,7 @@ from vmshift.controllers.views import (
     MigrationEntry,
     VMEntry,
     build_fleet,
+    forget_vm,
     index_host,
     index_migration,
     index_vm,
@@ -122,6 +123,12 @@ def _note(type: str, body: Mapping[str, Any], fleet_input: Callable[[Mapping[str
 def host_names() -> Iterable[str]:
     """Every Host the cache holds (what the agents' first answers are awaited for)."""
     return host_index.keys()
+
+
+@VMS.listen
+def forget_deleted_vm(type: str, body: Mapping[str, Any]) -> None:
+    if type == "DELETED":
+        forget_vm(str((body.get("metadata") or {}).get("uid", "")))
 
 
 HOSTS.listen(lambda type, body: _note(type, body, _host_input))

@@ -57,6 +57,27 @@ def parse_vm_spec(raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | Non
         return stand_in, problems("spec", exc)
 
 
+#: Each VM's spec as parsed, by uid, with the generation it was parsed at: a spec changes only with
+#: the generation, so the many events that change only a VM's status or labels parse nothing.
+_vm_specs: dict[str, tuple[int, VirtualMachineSpec, str | None]] = {}
+
+
+def vm_spec_of(uid: str, generation: int, raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | None]:
+    """:func:`parse_vm_spec`, once per uid and generation (a generation of 0, unknown, is parsed each time)."""
+    hit = _vm_specs.get(uid)
+    if hit is not None and generation and hit[0] == generation:
+        return hit[1], hit[2]
+    spec, problem = parse_vm_spec(raw)
+    if uid and generation:
+        _vm_specs[uid] = (generation, spec, problem)
+    return spec, problem
+
+
+def forget_vm(uid: str) -> None:
+    """The VM is gone: drop its parsed spec."""
+    _vm_specs.pop(uid, None)
+
+
 def parse_host_spec(raw: Mapping[str, Any]) -> tuple[HostSpec, str | None]:
     """A Host's spec as its model (pure); a refused one gives a stand-in the scheduler never uses."""
     try:
@@ -162,7 +183,8 @@ def _guest_processor(value: Any) -> GuestProcessor | None:
 def index_vm(body: Mapping[str, Any]) -> VMEntry:
     meta = body.get("metadata", {})
     status = body.get("status") or {}
-    spec, problem = parse_vm_spec(body.get("spec") or {})
+    generation = int(meta.get("generation") or 0)
+    spec, problem = vm_spec_of(str(meta.get("uid", "")), generation, body.get("spec") or {})
     return VMEntry(
         namespace=meta["namespace"],
         name=meta["name"],
@@ -172,7 +194,7 @@ def index_vm(body: Mapping[str, Any]) -> VMEntry:
         host=status.get("host"),
         phase=_vm_phase(status.get("phase")),
         processor=_guest_processor(status.get("processor")),
-        generation=int(meta.get("generation") or 0),
+        generation=generation,
         annotations=dict(meta.get("annotations") or {}),
         problem=problem,
     )
