@@ -57,19 +57,19 @@ def parse_vm_spec(raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | Non
         return stand_in, problems("spec", exc)
 
 
-#: Each VM's spec as parsed, by uid, with the generation it was parsed at: a spec changes only with
-#: the generation, so the many events that change only a VM's status or labels parse nothing.
-_vm_specs: dict[str, tuple[int, VirtualMachineSpec, str | None]] = {}
+#: Each VM's spec as parsed, by uid, with the raw spec it was parsed from: the many events that
+#: change only a VM's status or labels cost a comparison of two dicts, not a parse.
+_vm_specs: dict[str, tuple[dict[str, Any], VirtualMachineSpec, str | None]] = {}
 
 
-def vm_spec_of(uid: str, generation: int, raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | None]:
-    """:func:`parse_vm_spec`, once per uid and generation (a generation of 0, unknown, is parsed each time)."""
+def vm_spec_of(uid: str, raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | None]:
+    """:func:`parse_vm_spec`, again only when the VM's spec changed."""
     hit = _vm_specs.get(uid)
-    if hit is not None and generation and hit[0] == generation:
+    if hit is not None and hit[0] == raw:
         return hit[1], hit[2]
     spec, problem = parse_vm_spec(raw)
-    if uid and generation:
-        _vm_specs[uid] = (generation, spec, problem)
+    if uid:
+        _vm_specs[uid] = (dict(raw), spec, problem)
     return spec, problem
 
 
@@ -184,7 +184,7 @@ def index_vm(body: Mapping[str, Any]) -> VMEntry:
     meta = body.get("metadata", {})
     status = body.get("status") or {}
     generation = int(meta.get("generation") or 0)
-    spec, problem = vm_spec_of(str(meta.get("uid", "")), generation, body.get("spec") or {})
+    spec, problem = vm_spec_of(str(meta.get("uid", "")), body.get("spec") or {})
     return VMEntry(
         namespace=meta["namespace"],
         name=meta["name"],
