@@ -277,7 +277,17 @@ def in_flight(host: str) -> tuple[int, int]:
     return migration_counts(_flights, host)
 
 
-def _record_phase(name: str, phase: str) -> None:
+def last_seen(name: str) -> Mapping[str, Any] | None:
+    """The newest body of Host ``name`` the informer delivered (Kopf's own copy may lag behind it)."""
+    return _seen.get(name)
+
+
+def forget_phase(name: str) -> None:
+    """The Host's supervisor ended: it no longer counts in the hosts-by-phase gauge."""
+    _host_phase.pop(name, None)
+
+
+def record_phase(name: str, phase: str) -> None:
     if _host_phase.get(name) == phase:
         return
     _host_phase[name] = phase

@@ -61,7 +61,7 @@ class HostSupervisor:
     def stored(self, kopf_status: Mapping[str, Any]) -> dict[str, Any]:
         """The Host's status with the passes' decisions as made: the informer's copy of the stored
         status (Kopf's own view may lag behind it), overlaid with what the passes hold in memory."""
-        fresh = hosts._seen.get(self.name)
+        fresh = hosts.last_seen(self.name)
         stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(kopf_status)
         stored["drain"] = self.evacuator.drain or None
         stored["remediation"] = self.remediator.remediation
@@ -135,7 +135,7 @@ class HostSupervisor:
         remediation_due = await remediation.remediation_pass(self.remediator, meta.get("annotations") or {}, logger)
         drain_due = await drains.drain_pass(self.evacuator, spec, self.stored(kopf_status), logger)
         new = self.host_part(spec, int(meta.get("generation") or 0), self.stored(kopf_status))
-        hosts._record_phase(self.name, new["phase"])
+        hosts.record_phase(self.name, new["phase"])
         await self.write(new)
         return min(self.next_poll - time.monotonic(), remediation_due, drain_due)
 
@@ -167,7 +167,7 @@ async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: ko
             sleep = 5.0
         await until_woken(wake, stopped, sleep)
     rt.host_wakers.pop(name, None)
-    hosts._host_phase.pop(name, None)
+    hosts.forget_phase(name)
     if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
         await drains.host_deleted(name, logger)
         remediation.remediation_ended(supervisor.remediator)
