@@ -171,4 +171,6 @@ async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: ko
     if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
         await drains.host_deleted(name, logger)
         remediation.remediation_ended(supervisor.remediator)
-    await rt.agents.forget(name)
+        # Only a deleted Host loses its link: while the operator stops, migration daemons may still
+        # ask this agent, and a dropped link would make a healthy host look unreachable to them.
+        await rt.agents.forget(name)
