@@ -44,7 +44,7 @@ from vmshift.controllers.importsteps import (
     vm_manifest,
     waiting,
 )
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION
+from vmshift.controllers.vmstatus import DRIVERS_ANNOTATION
 from vmshift.conversion import plan_report
 from vmshift.hypervisor import drivers as catalog
 

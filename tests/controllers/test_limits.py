@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from vmshift import limits
 from vmshift.controllers.views import index_vm
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, DefinitionError, definition
+from vmshift.controllers.vmstatus import DRIVERS_ANNOTATION, DefinitionError, definition
 from vmshift.hypervisor.protocol import DriverChange, VmDefinition
 
 CRD = Path(__file__).parents[2] / "crds" / "virtualmachines.vmshift.io.yaml"

@@ -13,6 +13,8 @@ import pytest
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import kubeapi, migrations
 from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
 from vmshift.controllers.migrations import Run
@@ -244,7 +246,8 @@ async def test_the_operator_settles_a_switchover_in_doubt_with_the_targets_word(
         for name, agent in (("h1", pair[0]), ("h2", pair[1])):
             spec = {"agent": {"endpoint": agent.endpoint, "tokenSecretRef": {"name": "vmshift-agent-token"}}}
             await agents.poll(await agents.link(name, spec))
-        vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={}, spec={}, host="h1", phase="Migrating",
+        vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={},
+                     spec=VirtualMachineSpec(cpus=1, memoryMiB=256), host="h1", phase=Phase.Migrating,
                      processor=None, generation=1)
         run = Run(name="m", namespace="tests", uid="mig-settled", vm_name="settled", generation=1,
                   body=kopf.Body({}), source="h1", target="h2", vm=vm)

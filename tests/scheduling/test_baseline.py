@@ -8,8 +8,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 
 from vmshift.api.common import Selector
-from vmshift.controllers.views import VMEntry
-from vmshift.controllers.virtualmachines import baseline_stale, start_baseline
+from vmshift.controllers.views import VMEntry, index_vm
+from vmshift.controllers.vmstatus import baseline_stale, start_baseline
 from vmshift.processor import baseline_features, guest_features, processor_info
 from vmshift.scheduling.baseline import Baseline, allowed_hosts, baseline_condition, baseline_in, fleet_baseline
 from vmshift.scheduling.compatibility import blocking, check_target
@@ -73,9 +73,11 @@ def test_a_stale_baseline_in_status_is_found_by_the_resync() -> None:
     assert current is not None
 
     def entry(baseline: object) -> VMEntry:
-        return VMEntry(namespace="ns", name="v", uid="u1", labels={}, host="a", phase="Running", generation=1,
-                       spec={"cpus": 1, "memoryMiB": 256, "processor": {"compatibility": True}},
-                       processor={"compatibility": True, "features": sorted(current.features), "baseline": baseline})
+        return index_vm({
+            "metadata": {"namespace": "ns", "name": "v", "uid": "u1", "generation": 1},
+            "spec": {"cpus": 1, "memoryMiB": 256, "processor": {"compatibility": True}},
+            "status": {"host": "a", "phase": "Running", "processor": {
+                "compatibility": True, "features": sorted(current.features), "baseline": baseline}}})
     assert not baseline_stale(entry(current.to_status()), fleet)
     assert baseline_stale(entry({"vendor": "Intel", "features": sorted(ICELAKE), "hosts": ["a"]}), fleet)
 

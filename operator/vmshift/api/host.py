@@ -371,7 +371,8 @@ class PastRemediation(ApiModel):
 
 
 class HostStatus(ConditionsStatus):
-    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy,
+    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy (False
+    while the agent's sensors report trouble or Alertmanager reports an alert firing for the host),
     Draining, Reconciling, Stalled."""
 
     phase: HostPhase | None = Field(
@@ -389,7 +390,12 @@ class HostStatus(ConditionsStatus):
         max_length=128,
         json_schema_extra=list_map("name"),
     )
-    lastHeartbeatTime: datetime | None = Field(None, description="When the agent last answered.")
+    lastHeartbeatTime: datetime | None = Field(
+        None,
+        description="When the agent last answered, as of the last change of this status: every status write "
+        "carries it, but the operator does not write only to move it (an idle fleet costs the API server "
+        "nothing). While the host is Unreachable: when its agent was last heard.",
+    )
     drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
     remediation: HostRemediation | None = Field(
         None,

@@ -124,7 +124,8 @@ class MigrationFailure(ApiModel):
         description="A word from a closed set: IncompatibleProcessor, InsufficientResources, "
         "TargetUnschedulable, StorageNotShared, NotConverging, Timeout, AgentUnreachable, SourceLost, "
         "TargetLost, AlreadyMigrating, PlacementConstraint, Cancelled, VirtualMachineNotRunning, "
-        "MemoryMismatch (the memory that arrived differs from the source's; the target discarded it)."
+        "MemoryMismatch (the memory that arrived differs from the source's; the target discarded it), "
+        "InvalidSpec (the migration's spec is refused by its model: the message names the field)."
     )
     message: str = Field(
         "", description="What went wrong, naming the hosts and VM, and what a person can do.", max_length=32768

@@ -1,7 +1,8 @@
-"""Drain controller: a daemon per Host runs the evacuation engine for maintenance and remediation.
+"""Drain pass: each Host's supervisor runs the evacuation engine for maintenance and remediation.
 
 Thin: the decisions are ``scheduling.evacuation`` (goal, next step) over the indexes; this module
-creates and deletes VirtualMachineMigration objects, patches ``Host.status.drain`` and posts events.
+creates and deletes VirtualMachineMigration objects, decides ``Host.status.drain`` (the supervisor
+writes it, with the rest of the Host's status) and posts events.
 The existing migration daemon and queue run the migrations it creates.
 
 Each migration a drain creates carries the labels ``vmshift.io/evacuation=<host>`` and
@@ -15,11 +16,9 @@ one of them when the Host is deleted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +29,9 @@ from vmshift import metrics
 from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
-from vmshift.controllers.runtime import until_woken
+from vmshift.controllers.expectations import Expectations
+from vmshift.controllers.indexes import GROUP, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
+from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import EVACUATION_LABEL, MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
@@ -62,7 +62,6 @@ EXPECTATION_SECONDS = 30.0
 #: Blocked VMs listed in an event or a condition message.
 LISTED = 5
 
-_wake: dict[str, asyncio.Event] = {}
 log = logging.getLogger("vmshift.drains")
 
 
@@ -71,10 +70,8 @@ def _now() -> str:
 
 
 def wake(host: str) -> None:
-    """Ask the drain daemon of ``host`` for a pass now."""
-    event = _wake.get(host)
-    if event is not None:
-        event.set()
+    """Ask the supervisor of ``host`` for a pass (its drain pass among them) now."""
+    runtime().wake_host(host)
 
 
 def attempt_of(body: Mapping[str, Any]) -> Attempt:
@@ -114,11 +111,6 @@ def wake_drain_on_migration_event(_type: str, body: Mapping[str, Any]) -> None:
     host = (body["metadata"].get("labels") or {}).get(EVACUATION_LABEL)
     if host:
         wake(host)
-
-
-@HOSTS.listen
-def wake_drain_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
-    wake(body["metadata"]["name"])
 
 
 def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VMEntry) -> dict[str, Any]:
@@ -168,7 +160,7 @@ def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
         entry = one(vms, view.key)
         if entry is None:
             continue
-        requested = (entry.spec.get("migration") or {}).get("policy")
+        requested = entry.spec.migration.policy
         out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested,
                                       namespace_labels=namespace_labels(entry.namespace)) or DEFAULT_POLICY
     return out
@@ -186,23 +178,25 @@ def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[
 class Evacuator:
     """The drain of one host: the last ``status.drain`` written, and the passes that advance it."""
 
-    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None) -> None:
+    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None,
+                 flush: Callable[[], Awaitable[None]]) -> None:
         self.host = host
         self.body = body
         self.drain: dict[str, Any] = dict(drain or {})
+        #: What the Host's status holds: the supervisor's one patch carries ``drain`` when it differs.
         self.written: dict[str, Any] = dict(self.drain)
+        #: Write the Host's status now (the supervisor's patch): a new drain's id must be stored
+        #: before the migrations that carry it are created.
+        self.flush = flush
         #: Migrations this process created that the index may not show yet (the watch lags the
         #: create), with when: counted as queued so a pass right after a create does not add more.
-        self.expected: dict[tuple[str, str], tuple[float, Attempt]] = {}
+        self.expected: Expectations[tuple[str, str], Attempt] = Expectations(ttl=EXPECTATION_SECONDS)
 
     def seen(self, attempts: list[Attempt]) -> list[Attempt]:
         """``attempts`` from the index plus the ones created here that it does not show yet."""
-        now = time.monotonic()
-        known = {(a.namespace, a.name) for a in attempts}
-        for key, (at, _) in list(self.expected.items()):
-            if key in known or now - at > EXPECTATION_SECONDS:
-                del self.expected[key]
-        return attempts + [a for _, a in self.expected.values()]
+        for a in attempts:
+            self.expected.observed((a.namespace, a.name))
+        return attempts + [a for _, a in self.expected.items()]
 
     @property
     def open(self) -> bool:
@@ -276,7 +270,7 @@ class Evacuator:
             trigger = goal.trigger if goal is not None else "spec.maintenance"
             created = await kubeapi.create("virtualmachinemigrations", create.namespace,
                                            migration_body(create, self.host, episode, trigger, vm))
-            self.expected[(create.namespace, create.name)] = (time.monotonic(), Attempt(
+            self.expected.expect((create.namespace, create.name), Attempt(
                 create.namespace, create.name, create.move.vm, episode, create.attempt, MigrationPhase.Pending,
                 create.move.target))
             if created is None:
@@ -354,48 +348,37 @@ class Evacuator:
         return (datetime.now(UTC) - started).total_seconds()
 
     async def _write(self) -> None:
-        if self.drain == self.written:
-            return
-        await kubeapi.patch_status("hosts", None, self.host, {"drain": self.drain})
-        self.written = dict(self.drain)
+        if self.drain != self.written:
+            await self.flush()
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
-async def drain_host(
-    name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, **_: Any,
-) -> None:
-    """Run the host's drain whenever spec.maintenance or a remediation asks for one."""
-    await indexes.ready()
-    woken = _wake.setdefault(name, asyncio.Event())
-    evacuator = Evacuator(name, body, status.get("drain"))
-    while not stopped:
-        woken.clear()
-        busy = False
-        try:
-            busy = await evacuator.run_pass(spec, status, indexes.vm_index, indexes.migration_index,
-                                            indexes.policy_index, list(evacuation_index.get(name) or []))
-        except ApiException as exc:
-            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
-            logger.warning(f"drain pass of {name} failed, retrying: {exc.status} {exc.reason}")
-            busy = True
-        except Exception:  # a bug must not end the host's drain daemon: log it and try again
-            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
-            logger.exception(f"drain pass of {name} failed, retrying")
-            busy = True
-        await until_woken(woken, stopped, BUSY_SECONDS if busy else IDLE_SECONDS)
-        if busy and not stopped:
-            await asyncio.sleep(0.2)  # let a burst of watch events land before the next pass
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-        leftovers = list(evacuation_index.get(name) or [])
-        for attempt in leftovers:
-            with contextlib.suppress(ApiException):
-                await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
-        if leftovers:
-            logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
-        _drain_states.pop(name, None)
-        metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
-    _wake.pop(name, None)
+async def drain_pass(evacuator: Evacuator, spec: Mapping[str, Any], status: Mapping[str, Any],
+                     logger: kopf.Logger | logging.Logger) -> float:
+    """One drain pass of a Host's supervisor; returns how long until the next one unless woken."""
+    try:
+        busy = await evacuator.run_pass(spec, status, indexes.vm_index, indexes.migration_index,
+                                        indexes.policy_index, list(evacuation_index.get(evacuator.host) or []))
+    except ApiException as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+        logger.warning(f"drain pass of {evacuator.host} failed, retrying: {exc.status} {exc.reason}")
+        busy = True
+    except Exception:  # a bug must not end the host's supervisor: log it and try again
+        metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+        logger.exception(f"drain pass of {evacuator.host} failed, retrying")
+        busy = True
+    return BUSY_SECONDS if busy else IDLE_SECONDS
+
+
+async def host_deleted(name: str, logger: kopf.Logger | logging.Logger) -> None:
+    """The Host is gone: remove every migration its drains made, forget its drain state."""
+    leftovers = list(evacuation_index.get(name) or [])
+    for attempt in leftovers:
+        with contextlib.suppress(ApiException):
+            await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
+    if leftovers:
+        logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
+    _drain_states.pop(name, None)
+    metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
 
 
 #: The last drain state of each host, for the vmshift_drains_blocked gauge.

@@ -44,7 +44,7 @@ GROUP, VERSION = "vmshift.io", "v1alpha1"
 IMPORT_UID_LABEL = "vmshift.io/import-uid"
 #: Annotation on that VirtualMachine naming the import as namespace/name, for people.
 IMPORT_ANNOTATION = "vmshift.io/import"
-#: Same annotation as vmshift.controllers.virtualmachines.DRIVERS_ANNOTATION (kept equal by a test).
+#: Same annotation as vmshift.controllers.vmstatus.DRIVERS_ANNOTATION (kept equal by a test).
 DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
 
 #: The order the daemon runs the steps in: the driver steps need the guest CreateVirtualMachine starts.

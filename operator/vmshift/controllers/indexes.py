@@ -19,6 +19,7 @@ from vmshift.controllers.views import (
     MigrationEntry,
     VMEntry,
     build_fleet,
+    forget_vm,
     index_host,
     index_migration,
     index_vm,
@@ -137,6 +138,12 @@ def host_names() -> Iterable[str]:
     return host_index.keys()
 
 
+@VMS.listen
+def forget_deleted_vm(type: str, body: Mapping[str, Any]) -> None:
+    if type == "DELETED":
+        forget_vm(str((body.get("metadata") or {}).get("uid", "")))
+
+
 HOSTS.listen(lambda type, body: _note(type, body, _host_input))
 VMS.listen(lambda type, body: _note(type, body, _vm_input))
 MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
@@ -146,7 +153,7 @@ MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
 class _Built:
     at: float
     took: float
-    inputs: tuple[int, int, int]  # (cache changes, agent facts version, overlay version)
+    inputs: tuple[int, int, int]  # (cache changes, agent facts version, placements' version)
     fleet: Fleet
 
 
@@ -158,10 +165,11 @@ def fleet(*, fresh: bool = False) -> Fleet:
     global _cached
     rt = runtime()
     now = time.monotonic()
-    inputs = (_changes, rt.agents.facts_version, rt.overlay.version)
+    inputs = (_changes, rt.agents.facts_version, rt.placements.version)
     if _cached is not None and (_cached.inputs == inputs or (
             not fresh and now - _cached.at < max(FLEET_MAX_AGE, _cached.took * FLEET_REBUILD_SHARE))):
         return _cached.fleet
-    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(), rt.overlay)
+    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(),
+                        dict(rt.placements.items()))
     _cached = _Built(now, time.monotonic() - now, inputs, built)
     return built

@@ -23,20 +23,39 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
+from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
+from vmshift.controllers.migration_decisions import (
+    AgentRefusedError,
+    Leaving,
+    MigrationFailedError,
+    Move,
+    ProgressWatch,
+    RoundLedger,
+    Side,
+    StopAction,
+    agent_failure_reason,
+    decide_move,
+    leaving,
+    migration_conditions,
+    progress_status,
+    stop_action,
+    target_verdict,
+)
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import EVACUATION_LABEL, VMEntry, migrations_to_collect, vm_view
-from vmshift.controllers.virtualmachines import definition
+from vmshift.controllers.views import EVACUATION_LABEL, IN_FLIGHT, VMEntry, migrations_to_collect, problems, vm_view
+from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
     AutoConverge,
@@ -48,17 +67,12 @@ from vmshift.hypervisor.protocol import (
     VmState,
 )
 from vmshift.scheduling.cold import ColdRefusal, decide_cold_move
-from vmshift.scheduling.compatibility import blocking, check_target
-from vmshift.scheduling.fleet import Fleet, VMView
-from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, downtime_budget_ms, select_policy
+from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, downtime_budget_ms, select_policy
 from vmshift.scheduling.queue import MigrationRequest as QueueRequest
 from vmshift.scheduling.queue import queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
-#: Rounds kept in status.rounds.
-MAX_ROUNDS_IN_STATUS = 20
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
@@ -71,166 +85,6 @@ def _now() -> str:
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     phase = (status or {}).get("phase")
     return phase is not None and MigrationPhase(phase).finished
-
-
-class StopAction(StrEnum):
-    """What a migration's daemon does when Kopf sets ``stopped``."""
-
-    Cancel = "Cancel"  # the object is being deleted: cancel on the agents, end as Cancelled
-    Leave = "Leave"  # the operator exits or pauses: stop following, write nothing; the next one resumes
-
-
-def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
-    """Only a deletion cancels a migration (pure).
-
-    Kopf stops a daemon for several reasons, possibly combined: the resource was deleted, the
-    operator exits (SIGTERM in a rolling update) or pauses (a peer with higher priority), the
-    filter stopped matching (the daemon wrote a final phase). Anything but a deletion leaves the
-    migration to the agents, which carry on; the operator that runs next follows it again.
-    """
-    if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
-        return StopAction.Cancel
-    return StopAction.Leave
-
-
-def leaving(stopped: kopf.DaemonStopped) -> bool:
-    """True once the operator exits or pauses (pure): what the daemon concludes from then on may
-    come from the shutdown itself (agent links closed, the session gone), so it writes nothing."""
-    return bool(stopped) and stop_action(stopped.reason) is StopAction.Leave
-
-
-class Leaving(Exception):
-    """The operator exits or pauses: the daemon stops following and changes nothing."""
-
-
-class MigrationFailedError(Exception):
-    """The migration cannot go on; ``reason`` is from the closed set, ``message`` a sentence to act on."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class Side(StrEnum):
-    source = "source"
-    target = "target"
-
-
-def agent_failure_reason(code: str, side: Side | None) -> FailureReason:
-    """The closed-set reason for an agent's refusal (pure).
-
-    Codes that are failure reasons already (InsufficientResources, IncompatibleProcessor, ...) pass
-    through. The others say what went wrong on which side: a source that does not hold the VM or
-    holds it in a state that cannot move, a target that already holds a copy, a migration id one of
-    them already knows; only an agent that did not answer (or refused our token) is AgentUnreachable.
-    """
-    if code in FailureReason.__members__:
-        return FailureReason(code)
-    if code == "InvalidState":
-        return FailureReason.VirtualMachineNotRunning if side is not Side.target else FailureReason.TargetUnschedulable
-    if code == "NotFound":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    if code == "Conflict":
-        return FailureReason.TargetUnschedulable if side is Side.target else FailureReason.AlreadyMigrating
-    if code == "PastCommitPoint":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    if code == "Internal":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    return FailureReason.AgentUnreachable
-
-
-class AgentRefusedError(Exception):
-    """An agent refused a call of the migration; ``side`` says which."""
-
-    def __init__(self, side: Side, host: str | None, error: AgentError) -> None:
-        super().__init__(str(error))
-        self.side = side
-        self.host = host
-        self.error = error
-
-
-def target_verdict(status: MigrationStatus | None, error_code: str | None,
-                   target_holds_vm: bool | None) -> bool | None:
-    """What the target states about a switchover in doubt, from its answer to a cancel (pure).
-
-    True: it resumed the guest (the cancel came past its commit point, or its record is committed).
-    False: it did not and never will (its record ended uncommitted, or it knows no such migration
-    and holds no copy of the VM: it restarted). None: nothing can be concluded yet (unreachable, or
-    the cancel is still being applied).
-    """
-    if error_code == "PastCommitPoint":
-        return True
-    if error_code == "NotFound":
-        return False if target_holds_vm is False else None
-    if error_code is not None or status is None:
-        return None
-    if status.committed or status.phase is MigrationPhase.Succeeded:
-        return True
-    if status.phase.finished:
-        return False
-    return None
-
-
-@dataclass
-class ProgressWatch:
-    """progressTimeoutSeconds as documented: the remaining memory has not shrunk for that long (pure).
-
-    Bytes sent are no measure: a guest that re-dirties its hot set keeps the link busy forever
-    while the remaining set stays where it was.
-    """
-
-    timeout: float
-    best: float = float("inf")
-    since: float | None = None
-
-    def stalled(self, remaining_mib: float, now: float) -> bool:
-        """Record one report; True once ``remaining_mib`` has not gone below its lowest for ``timeout`` s."""
-        if self.since is None or remaining_mib < self.best - 0.01:
-            self.best = min(self.best, remaining_mib)
-            self.since = now
-            return False
-        return now - self.since > self.timeout
-
-
-def progress_status(agent: MigrationStatus) -> dict[str, Any]:
-    """The API's progress and rounds from an agent's report (pure)."""
-    eta = None
-    if agent.throughput_mbps > 0:
-        eta = round(agent.remaining_mib * 8 * 1.048576 / agent.throughput_mbps, 2)
-    return {
-        "progress": {
-            "round": agent.round,
-            "transferredMiB": round(agent.transferred_mib, 2),
-            "remainingMiB": round(agent.remaining_mib, 2),
-            "dirtyRateMiBps": round(agent.dirty_rate_mib_ps, 2),
-            "throughputMbps": round(agent.throughput_mbps, 1),
-            "percent": int(min(max(agent.percent, 0), 100)),
-            "etaSeconds": eta,
-            "throttlePercent": int(agent.throttle_percent),
-        },
-        "rounds": [
-            {"round": r.round, "sentMiB": round(r.sent_mib, 3), "durationMs": round(r.seconds * 1000, 2),
-             "dirtiedMiB": round(r.dirty_mib, 3)}
-            for r in agent.rounds[-MAX_ROUNDS_IN_STATUS:]
-        ],
-    }
-
-
-def _conditions(previous: Mapping[str, Any], phase: MigrationPhase, reason: str, message: str,
-                generation: int) -> list[dict[str, Any]]:
-    conditions = list(previous.get("conditions") or [])
-    if phase is MigrationPhase.Succeeded:
-        conditions = cond.ready(conditions, True, reason, message, observed_generation=generation)
-        conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
-    elif phase.finished:
-        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
-    else:
-        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.reconciling(conditions, True, reason, message, observed_generation=generation)
-    return cond.dump(conditions)
 
 
 @dataclass
@@ -251,6 +105,9 @@ class Run:
     vm: VMEntry | None = None
     started: float = field(default_factory=time.monotonic)
     last_patch: float = 0.0
+    ledger: RoundLedger = field(default_factory=RoundLedger)
+    #: The phase last written to the VM's status.migration.
+    vm_phase: MigrationPhase | None = None
 
     @property
     def key(self) -> str:
@@ -267,7 +124,17 @@ class Run:
 
     async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
         await self.patch({"phase": phase.value, "observedGeneration": self.generation,
-                          "conditions": _conditions(self.status, phase, reason, message, self.generation), **extra})
+                          "conditions": migration_conditions(self.status, phase, reason, message, self.generation),
+                          **extra})
+        if self.vm_phase is not None and phase in IN_FLIGHT and phase is not self.vm_phase:
+            await self.mark_vm(phase)
+
+    async def mark_vm(self, phase: MigrationPhase) -> None:
+        """The VM's status.migration follows the migration's phase while it is in flight."""
+        self.vm_phase = phase
+        await kubeapi.patch_status("virtualmachines", self.namespace, self.vm_name, {
+            "phase": VirtualMachinePhase.Migrating.value,
+            "migration": {"name": self.name, "phase": phase.value, "targetHost": self.target}})
 
     def vm_ref(self) -> dict[str, Any]:
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
@@ -285,48 +152,12 @@ def _link(host: str | None) -> AgentLink:
 
 
 def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
-    requested = (vm.spec.get("migration") or {}).get("policy")
+    requested = vm.spec.migration.policy
     return select_policy(vm.labels, vm.namespace, policies, requested=requested,
                          namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
 
 
-@dataclass(frozen=True)
-class Move:
-    """Where and how a migration goes, and why (the sentence for status)."""
-
-    target: str
-    mode: MigrationMode
-    why: str
-
-
-def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
-    """Every compatibility check for one move (pure); raises MigrationFailedError when it cannot happen.
-
-    ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
-    that host is checked: a second look never picks another one (status, the queue's slots and the
-    target's reservation all name the first).
-    """
-    if target:
-        problems = check_target(view, target, now, moving=True)
-    else:
-        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and policy.allows_quick)
-        if isinstance(choice, Refusal):
-            raise MigrationFailedError(choice.reason, choice.message)
-        target = choice.host
-        problems = check_target(view, target, now, moving=True)
-    source = now.host(view.host) if view.host else None
-    target_view = now.host(target)
-    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
-    mode = choose_mode(requested, view, policy, problems, bandwidth_mbps=min(links) if links else None)
-    if mode.mode is None:
-        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
-    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
-    if hard:
-        raise MigrationFailedError(hard[0].reason, hard[0].message)
-    return Move(target, mode.mode, mode.message)
-
-
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
+async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[PolicyView], *,
                     admitted: str | None = None) -> Move:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
@@ -344,8 +175,8 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
                                    f"waited; create the migration again if it should still move.")
     run.source = vm.host
     run.policy = _policy_for(vm, policies)
-    requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
-    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
+    requested = spec.mode if spec.mode is not MigrationMode.Auto else vm.spec.migration.mode
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.targetHost)
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
@@ -358,7 +189,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     request = QueueRequest(
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
         created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
-        cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+        cpus=vm.spec.cpus, memory_mib=vm.spec.memoryMiB,
         **queue_terms(run.policy, evacuation=EVACUATION_LABEL in (run.body.get("metadata", {}).get("labels") or {})),
     )
     ticket = rt.gate.enqueue(request)
@@ -382,7 +213,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     return True
 
 
-async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: Mapping[str, Any]) -> None:
+async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
     vm = run.vm
     assert vm is not None and run.source is not None
     source_link, target_link = _link(run.source), _link(target)
@@ -390,7 +221,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:
         raise AgentRefusedError(Side.source, run.source, exc) from None
-    base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
+    base = definition(vm)
     incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
                           vendor=source_link.info.vendor if source_link.info else None)
     try:
@@ -399,10 +230,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     except AgentError as exc:
         raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
-    memory = int(vm.spec.get("memoryMiB", 1024))
-    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
-    max_downtime = downtime_budget_ms(spec.get("maxDowntimeMs"), (vm.spec.get("migration") or {}).get("maxDowntimeMs"),
-                                      policy)
+    timeout = spec.timeoutSeconds or policy.completion_timeout_seconds(vm.spec.memoryMiB)
+    max_downtime = downtime_budget_ms(spec.maxDowntimeMs, vm.spec.migration.maxDowntimeMs, policy)
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -429,16 +258,16 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
 
 def is_stopped(vm: VMEntry) -> bool:
     """A VM that spec.running keeps stopped and that status shows stopped on a host: it moves cold."""
-    return not vm.spec.get("running", True) and vm.phase == "Stopped" and bool(vm.host)
+    return not vm.spec.running and vm.phase is VirtualMachinePhase.Stopped and bool(vm.host)
 
 
-async def _move_cold(run: Run, vm: VMEntry, spec: Mapping[str, Any]) -> None:
+async def _move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) -> None:
     """Re-home a stopped VM (:func:`decide_cold_move`): define it on the target, delete it on the
     source, write the end. Run again after a crash, it finds the definition already moved."""
     rt = runtime()
     run.vm, run.source = vm, vm.host
     run.policy = _policy_for(vm, values(indexes.policy_index))
-    decision = decide_cold_move(vm_view(vm), fleet(fresh=True), spec.get("targetHost"))
+    decision = decide_cold_move(vm_view(vm), fleet(fresh=True), spec.targetHost)
     if isinstance(decision, ColdRefusal):
         raise MigrationFailedError(decision.reason, decision.message)
     run.target = decision.target
@@ -459,7 +288,7 @@ async def _move_cold(run: Run, vm: VMEntry, spec: Mapping[str, Any]) -> None:
                                    f"move cold; create the migration again to move it live.")
     started = _now()
     # the guest keeps the drivers it has (an import may have changed them since it was defined)
-    wanted = definition(vm, {}).model_copy(update={"drivers": list(info.drivers)})
+    wanted = definition(vm).model_copy(update={"drivers": list(info.drivers)})
     try:
         await target_link.client.define_vm(vm.uid, wanted)
     except AgentError as exc:
@@ -560,10 +389,10 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
                                        f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
-        if time.monotonic() - run.last_patch >= PATCH_INTERVAL:
-            phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
-                else MigrationPhase.Transferring
-            extra = progress_status(report)
+        phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
+            else MigrationPhase.Transferring
+        if time.monotonic() - run.last_patch >= PATCH_INTERVAL or run.status.get("phase") != phase.value:
+            extra = progress_status(report, run.ledger)
             if report.mode != run.mode:
                 extra["mode"] = report.mode.value
             await run.set_phase(phase, phase.value, _progress_message(run, report), **extra)
@@ -639,7 +468,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     if run.target:
         extra["targetHost"] = run.target
     if report is not None:
-        extra.update(progress_status(report))
+        extra.update(progress_status(report, run.ledger))
         extra["downtimeMs"] = round(report.downtime_ms, 3) if report.downtime_ms is not None else None
         extra["durationMs"] = round(report.duration_ms, 1) if report.duration_ms is not None else None
         if report.source_digest and report.target_digest:
@@ -651,9 +480,9 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
                 "durationMs": extra.get("durationMs"), "finishedAt": extra["finishedAt"]}
         vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
         if phase is MigrationPhase.Succeeded:
-            vm_status.update({"host": run.target, "phase": "Running"})
-        elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
-            vm_status["phase"] = "Running"
+            vm_status.update({"host": run.target, "phase": VirtualMachinePhase.Running.value})
+        elif run.status.get("phase") in {p.value for p in IN_FLIGHT}:
+            vm_status["phase"] = VirtualMachinePhase.Running.value
         await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
     if report is not None:
         metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
@@ -737,10 +566,16 @@ async def drive_migration(
             return
     if not rt.gate.seeded:
         flying = [m for m in values(indexes.migration_index) if m.in_flight]
-        sizes = {m.vm_key: (int(vm.spec.get("cpus", 0)), int(vm.spec.get("memoryMiB", 0)))
+        sizes = {m.vm_key: (vm.spec.cpus, vm.spec.memoryMiB)
                  for m in flying if (vm := one(indexes.vm_index, m.vm_key)) is not None}
         rt.gate.seed(flying, sizes)
-    run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
+    try:
+        wanted: VirtualMachineMigrationSpec | None = VirtualMachineMigrationSpec.model_validate(dict(spec))
+        refused = ""
+    except ValidationError as exc:
+        wanted, refused = None, problems("spec", exc)
+    run = Run(name=name, namespace=namespace, uid=meta["uid"],
+              vm_name=wanted.vmName if wanted is not None else str(spec.get("vmName") or ""),
               generation=int(meta.get("generation") or 0), body=body, status=dict(status))
     run.source, run.target = status.get("sourceHost"), status.get("targetHost")
     run.mode = MigrationMode(status["mode"]) if status.get("mode") else None
@@ -749,19 +584,23 @@ async def drive_migration(
     if run.vm is not None:
         run.policy = _policy_for(run.vm, values(indexes.policy_index))
     try:
+        if wanted is None:
+            raise MigrationFailedError(FailureReason.InvalidSpec,
+                                       f"The spec of migration {name} is refused: {refused}. Nothing was moved; "
+                                       f"delete it and create a correct one.")
         if phase in (MigrationPhase.Pending, MigrationPhase.Validating):
             report = await _agent_view(run) if phase is MigrationPhase.Validating else None
             if report is None:
                 if not status.get("conditions"):
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
-                run.target = spec.get("targetHost")
+                run.target = wanted.targetHost
                 stopped_vm = one(indexes.vm_index, run.vm_key)
                 if stopped_vm is not None and is_stopped(stopped_vm):
-                    await _move_cold(run, stopped_vm, spec)
+                    await _move_cold(run, stopped_vm, wanted)
                     await _collect_garbage(run)
                     return
-                move = await _validate(run, spec, values(indexes.policy_index))
+                move = await _validate(run, wanted, values(indexes.policy_index))
                 target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode
                 try:
@@ -777,7 +616,7 @@ async def drive_migration(
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
                 # A second look at the admitted target (the fleet moved while this request waited).
-                move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
+                move = await _validate(run, wanted, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
                 run.mode = mode
                 if stopped and stop_action(stopped.reason) is StopAction.Cancel:
@@ -785,15 +624,15 @@ async def drive_migration(
                     # was sent yet, so it ends here rather than starting a move nobody wants.
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
-                    "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
-                await _prepare_and_start(run, target, mode, spec)
+                await run.mark_vm(MigrationPhase.Validating)
+                await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
                                     startedAt=_now())
                 kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)
+            run.vm_phase = phase if phase in IN_FLIGHT else None
         report = await _follow(run, stopped, run.policy.progress_timeout_seconds)
         if report.phase is MigrationPhase.Succeeded:
             await _finish(run, MigrationPhase.Succeeded, report=report)

@@ -79,7 +79,7 @@ def _governed_now() -> dict[str, list[str]]:
     """Policy -> the VMs it governs, computed once per change of the inputs."""
     global _answer
     if _answer is None or _answer[0] != _version:
-        subjects = [PolicySubject(vm.namespace, vm.name, vm.labels, (vm.spec.get("migration") or {}).get("policy"))
+        subjects = [PolicySubject(vm.namespace, vm.name, vm.labels, vm.spec.migration.policy)
                     for vm in values(vm_index)]
         namespaces = {name: one(namespace_index, name) or {} for name in namespace_index}
         _answer = (_version, governed(values(policy_index), subjects, namespaces))

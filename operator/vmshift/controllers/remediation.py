@@ -1,11 +1,11 @@
 """Remediation controller: RemediationPolicies act on hosts' health alerts; the Alertmanager receiver feeds them.
 
 Thin: the decisions are ``remediation.decide`` over the alert book (``remediation.signals``); this
-module gathers the inputs, applies the decisions (``Host.status.remediation``, events, the consumed
-release annotation) and keeps each RemediationPolicy's status. It never moves a VM itself: an
-EvacuateCritical or Maintenance remediation is a goal the drain controller (``drains``) reads from
-``status.remediation``, and every action quarantines the host through the same field (the indexes
-read it as unschedulable).
+module gathers the inputs, applies the decisions (``Host.status.remediation``, which the Host's
+supervisor writes with the rest of its status; events; the consumed release annotation) and keeps
+each RemediationPolicy's status. It never moves a VM itself: an EvacuateCritical or Maintenance
+remediation is a goal the drain pass (``drains``) of the same supervisor reads as decided, and
+every action quarantines the host through the same field (the indexes read it as unschedulable).
 
 Inputs: the agents' sensors (as the host controller last polled them) become alerts with the
 labels alertname, host, severity, signal and source=agent; Alertmanager's alerts arrive through the
@@ -32,7 +32,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
-from vmshift.controllers import drains, kubeapi
+from vmshift.controllers import kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
@@ -96,7 +96,6 @@ class Receiver:
         self.hosts = hosts
         self.policies = policies
         self.notices: dict[str, list[str]] = {}
-        self.host_wakers: dict[str, asyncio.Event] = {}
         self.policy_wakers: dict[str, asyncio.Event] = {}
 
     def ready(self) -> bool:
@@ -128,9 +127,7 @@ class Receiver:
             self.wake_policy(policy.name)
 
     def wake_host(self, host: str) -> None:
-        event = self.host_wakers.get(host)
-        if event is not None:
-            event.set()
+        runtime().wake_host(host)
 
     def wake_policy(self, policy: str) -> None:
         event = self.policy_wakers.get(policy)
@@ -138,8 +135,7 @@ class Receiver:
             event.set()
 
     def wake_all_hosts(self) -> None:
-        for event in self.host_wakers.values():
-            event.set()
+        runtime().wake_all_hosts()
 
 
 receiver = Receiver(host_index, remediation_policy_index)
@@ -175,8 +171,7 @@ def wake_remediation_on_policy_event(_type: str, body: Mapping[str, Any]) -> Non
 
 
 @HOSTS.listen
-def wake_remediation_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
-    receiver.wake_host(body["metadata"]["name"])
+def wake_policy_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
     status = body.get("status") or {}
     for key in ("remediation", "lastRemediation"):
         policy = (status.get(key) or {}).get("policy")
@@ -207,6 +202,8 @@ class HostRemediator:
         self.last_ended: dict[str, float] = last_ended_of(self.last)
         self.told: dict[str, str] = {}
         self.exported: set[tuple[str, str, str, str]] = set()
+        #: Status fields decided but not written yet: the Host's supervisor writes them in its patch.
+        self.staged: dict[str, Any] = {}
 
     def seed(self, policies: Mapping[str, PolicyView]) -> None:
         """After a restart: the alerts behind the remediation in force count as firing until the
@@ -286,12 +283,11 @@ class HostRemediator:
             "priorityThreshold": decision.priority_threshold
             if decision.action is RemediationAction.EvacuateCritical else None,
         }
-        await kubeapi.patch_status("hosts", None, self.host, {"remediation": remediation})
+        self.staged["remediation"] = remediation
         self.remediation = remediation
         self.told[decision.policy] = decision.reason
         kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
-        drains.wake(self.host)
 
     async def _keep(self, decision: Decision, policy: PolicyView | None) -> None:
         if self.remediation is None:
@@ -301,7 +297,7 @@ class HostRemediator:
         if refs:
             current["alerts"] = refs
         if _comparable(current) != _comparable(self.remediation):
-            await kubeapi.patch_status("hosts", None, self.host, {"remediation": current})
+            self.staged["remediation"] = current
             self.remediation = current
         if self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
@@ -311,7 +307,7 @@ class HostRemediator:
         since = (self.remediation or {}).get("since")
         last = {"policy": decision.policy, "action": decision.action.value, "since": since,
                 "endedAt": rfc3339(now), "reason": decision.reason, "message": decision.message}
-        await kubeapi.patch_status("hosts", None, self.host, {"remediation": None, "lastRemediation": last})
+        self.staged.update({"remediation": None, "lastRemediation": last})
         self.remediation, self.last = None, last
         self.last_ended[decision.policy] = now
         self.told[decision.policy] = decision.reason
@@ -324,7 +320,6 @@ class HostRemediator:
             kopf.info(self.body, reason="RemediationReleaseConsumed",
                       message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
                               f"{decision.action.value} of RemediationPolicy {decision.policy}.")
-        drains.wake(self.host)
 
 
 def _comparable(remediation: Mapping[str, Any]) -> Any:
@@ -333,35 +328,38 @@ def _comparable(remediation: Mapping[str, Any]) -> Any:
     return {**remediation, "alerts": alerts}
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
-async def remediate_host(
-    name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, **_: Any,
-) -> None:
-    """Match the host's alerts against the RemediationPolicies and apply what they decide."""
-    await ready()
-    woken = receiver.host_wakers.setdefault(name, asyncio.Event())
-    remediator = HostRemediator(name, body, status)
-    remediator.seed({p.name: p for p in values(remediation_policy_index)})
-    while not stopped:
-        woken.clear()
-        try:
-            timeout = await remediator.run_pass(meta.get("annotations") or {}, values(remediation_policy_index))
-        except ApiException as exc:
-            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
-            logger.warning(f"remediation pass of {name} failed, retrying: {exc.status} {exc.reason}")
-            timeout = 2.0
-        except Exception:  # a bug must not end the host's remediation daemon: log it and try again
-            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
-            logger.exception(f"remediation pass of {name} failed, retrying")
-            timeout = 5.0
-        await until_woken(woken, stopped, timeout)
-    receiver.host_wakers.pop(name, None)
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-        receiver.book.forget_host(name)
-        for labels in remediator.exported:
-            with contextlib.suppress(KeyError):
-                metrics.HOST_ALERTS.remove(*labels)
+async def remediation_pass(remediator: HostRemediator, annotations: Mapping[str, str],
+                           logger: kopf.Logger | logging.Logger) -> float:
+    """One remediation pass of a Host's supervisor; returns how long until the next one unless woken."""
+    try:
+        return await remediator.run_pass(annotations, values(remediation_policy_index))
+    except ApiException as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+        logger.warning(f"remediation pass of {remediator.host} failed, retrying: {exc.status} {exc.reason}")
+        return 2.0
+    except Exception:  # a bug must not end the host's supervisor: log it and try again
+        metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+        logger.exception(f"remediation pass of {remediator.host} failed, retrying")
+        return 5.0
+
+
+def firing_from_alertmanager(host: str) -> tuple[str, ...]:
+    """The alerts Alertmanager reports firing for ``host``, as "alertname (severity)", oldest first."""
+    out = []
+    for e in receiver.book.entries(host):
+        if e.state.active and e.source is AlertSource.Alertmanager:
+            labels = e.state.labels
+            severity = labels.get("severity")
+            out.append(f"{labels.get('alertname') or '(unnamed)'}" + (f" ({severity})" if severity else ""))
+    return tuple(out)
+
+
+def remediation_ended(remediator: HostRemediator) -> None:
+    """The Host is gone: forget its alerts and their gauges."""
+    receiver.book.forget_host(remediator.host)
+    for labels in remediator.exported:
+        with contextlib.suppress(KeyError):
+            metrics.HOST_ALERTS.remove(*labels)
 
 
 # --- a policy's status ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from vmshift import metrics
 from vmshift.controllers import (  # noqa: F401
     drains,
     hosts,
+    hostsupervisor,
     imports,
     indexes,
     kubeapi,
@@ -38,7 +39,7 @@ REPORTING_COMPONENT = "vmshift-operator"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     # Progress and diff-base live in annotations under our prefix, so status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -65,7 +66,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.peering.name = os.environ.get("VMSHIFT_PEERING", "vmshift")
     settings.peering.mandatory = False
     kubeapi.configure()
+    # The process's one in-memory state (agents, gate, expectations, wakers), made here and kept in
+    # Kopf's memo; handlers reach the same object through runtime().
     rt = runtime()
+    memo.runtime = rt
     rt.poll_interval = float(os.environ.get("VMSHIFT_AGENT_POLL_SECONDS", rt.poll_interval))
     rt.poll_backoff_cap = float(os.environ.get("VMSHIFT_AGENT_POLL_MAX_SECONDS", rt.poll_backoff_cap))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
