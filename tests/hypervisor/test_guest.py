@@ -17,7 +17,7 @@ from vmshift.hypervisor.guest import (
     GuestMemory,
     page_content,
 )
-from vmshift.hypervisor.migration import pages_prefix, parse_pages
+from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
 from vmshift.hypervisor.precopy import distinct_dirtied_mib
 from vmshift.hypervisor.protocol import VmDefinition, VmState, WorkloadSpec
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
-from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.controllers import kubeapi, migrations
 from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
 from vmshift.controllers.migrations import Run
@@ -20,7 +20,8 @@ from vmshift.controllers.runtime import reset_runtime, runtime
 from vmshift.controllers.views import VMEntry
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
-from vmshift.hypervisor.migration import Frame, FrameStream, open_stream
+from vmshift.hypervisor.migration.stream import FrameStream, open_stream
+from vmshift.hypervisor.migration.wire import Frame, Hello
 from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, MigrationStatus, VmState
 
 pytestmark = pytest.mark.timeout(180)
@@ -71,9 +72,9 @@ async def _hello(h1: HypervisorClient, h2: HypervisorClient, vm_id: str, migrati
     grant = await h2.prepare_incoming(IncomingMigrationRequest(migration_id=migration_id, vm=incoming_vm(vm)))
     assert (await h2.host()).reserved.memory_mib == vm.memory_mib
     stream = await open_stream("127.0.0.1", grant.port)
-    await stream.send_control(Frame.HELLO, {"migrationId": migration_id, "vmId": vm_id, "ticket": grant.ticket,
-                                            "mode": "Live", "pages": vm.memory_mib * 256,
-                                            "resolveToken": "0123456789abcdef0123"})
+    await stream.send_message(Hello(migration_id=migration_id, vm_id=vm_id, ticket=grant.ticket,
+                                    mode=MigrationMode.Live, pages=vm.memory_mib * 256,
+                                    resolve_token="0123456789abcdef0123"))
     return stream, vm.memory_mib
 
 

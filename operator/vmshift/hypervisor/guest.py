@@ -1,7 +1,7 @@
 """The simulated guest: sparse versioned memory pages, an incremental digest, and the workload.
 
 No I/O and no asyncio: plain objects that the agent (host.py) and the migration stream
-(migration.py) drive. Memory is 4 KiB pages that each carry a version; the bytes of a page are
+(the migration package) drive. Memory is 4 KiB pages that each carry a version; the bytes of a page are
 never stored, they are derived from (VM id, page, version), so any side can rebuild what a page
 must contain and check what it received. Versions live in a private anonymous mapping (4 bytes a
 page, touched only where written), so a 64 GiB guest costs the agent megabytes, not gigabytes.
