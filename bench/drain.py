@@ -5,7 +5,7 @@ default it is measured against (``fixed_parallelism_plan``: two migrations per h
 target, first come first served, links shared equally and work-conserving, no per-migration cap,
 i.e. KubeVirt's ``parallelOutboundMigrationsPerNode: 2`` with ``bandwidthPerMigration: 0`` and
 Hyper-V's two simultaneous live migrations), plays both in the same discrete-event simulator
-(the pre-copy model of ``vmshift.hypervisor.precopy``, links shared by max-min fairness), and prints
+(the pre-copy model of ``vmshift.precopy.model``, links shared by max-min fairness), and prints
 one row per fleet and seed.
 
 Targets: planner <= 1.15 x the lower bound, and >= 25 % shorter than fixed-2.

@@ -26,7 +26,6 @@ from vmshift.hypervisor.migration.wire import (
     decode,
     encode,
 )
-from vmshift.hypervisor.precopy import quick_migration_seconds
 from vmshift.hypervisor.protocol import (
     AutoConverge,
     IncomingMigrationRequest,
@@ -36,6 +35,7 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
     VmState,
 )
+from vmshift.precopy.model import quick_migration_seconds
 
 pytestmark = pytest.mark.timeout(180)
 

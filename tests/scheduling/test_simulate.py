@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vmshift.hypervisor.precopy import mbps_to_mibps, predict_precopy
+from vmshift.precopy.model import mbps_to_mibps, predict_precopy
 from vmshift.scheduling.policy import PolicyView, Rung
 from vmshift.scheduling.simulate import SimMigration, SimResult, allocate, simulate
 

@@ -44,6 +44,7 @@ from vmshift.hypervisor.protocol import (
     VmList,
     WorkloadSpec,
 )
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -297,8 +298,9 @@ def incoming_vm(vm: VmInfo, vendor: str | None = None) -> IncomingVm:
 
 
 async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
-                          mode: MigrationMode = MigrationMode.Live, *, threshold_ms: float = 1.0,
-                          max_rounds: int = 30, stall_rounds: int = 3,
+                          mode: MigrationMode = MigrationMode.Live, *,
+                          threshold_ms: float = CONVERGENCE.threshold_ms, max_rounds: int = CONVERGENCE.max_rounds,
+                          stall_rounds: int = CONVERGENCE.stall_rounds,
                           auto_converge: AutoConverge | None = None, fallback_to_quick: bool = False,
                           max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,

@@ -52,6 +52,8 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
 
 API_VERSION = "v1"
 API_PREFIX = f"/{API_VERSION}"
@@ -370,9 +372,11 @@ class AutoConverge(Request):
     """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
 
     enabled: bool = False
-    initial_percent: float = Field(20.0, gt=0, le=100, description="Throttle of the first auto-converge round.")
-    step_percent: float = Field(20.0, gt=0, le=100)
-    max_percent: float = Field(90.0, gt=0, le=99.9)
+    initial_percent: float = Field(CONVERGENCE.throttle_initial_percent, gt=0, le=100,
+                                   description="Throttle of the first auto-converge round.")
+    step_percent: float = Field(CONVERGENCE.throttle_step_percent, gt=0, le=100,
+                                description="Added after each further round that does not shrink.")
+    max_percent: float = Field(CONVERGENCE.throttle_max_percent, gt=0, le=99.9)
 
 
 class MigrationRequest(Request):
@@ -382,11 +386,11 @@ class MigrationRequest(Request):
     vm_id: str = Field(pattern=VM_ID_PATTERN)
     mode: MigrationMode = MigrationMode.Live
     target: MigrationTarget
-    threshold_ms: float = Field(1.0, gt=0, le=60_000, description="Switch over when the remaining dirty "
-                                "set would cross the link in less than this.")
-    max_rounds: int = Field(30, ge=1, le=1000)
-    stall_rounds: int = Field(3, ge=1, le=1000, description="Rounds in a row that shrink the remaining "
-                              "set by less than 5 % before the ladder steps in.")
+    threshold_ms: float = Field(CONVERGENCE.threshold_ms, gt=0, le=60_000, description="Switch over when the "
+                                "remaining dirty set would cross the link in less than this.")
+    max_rounds: int = Field(CONVERGENCE.max_rounds, ge=1, le=1000)
+    stall_rounds: int = Field(CONVERGENCE.stall_rounds, ge=1, le=1000, description="Rounds in a row that "
+                              "shrink the remaining set by less than 5 % before the ladder steps in.")
     auto_converge: AutoConverge = Field(default_factory=AutoConverge)
     fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
                                     "copy the rest (a quick migration of what the target lacks).")
@@ -400,6 +404,15 @@ class MigrationRequest(Request):
         if self.mode is MigrationMode.Auto:
             raise ValueError("mode must be Live or Quick: the operator resolves Auto before calling agents")
         return self
+
+    def convergence(self) -> ConvergencePolicy:
+        """The rules the source's convergence decision follows for this migration."""
+        auto = self.auto_converge
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=auto.enabled, throttle_initial_percent=auto.initial_percent,
+            throttle_step_percent=auto.step_percent, throttle_max_percent=auto.max_percent,
+            fallback_to_quick=self.fallback_to_quick, max_downtime_ms=self.max_downtime_ms)
 
 
 class RoundInfo(Response):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.hypervisor.precopy import mbps_to_mibps, predict_precopy, quick_migration_seconds
+from vmshift.precopy.model import mbps_to_mibps, predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move

@@ -14,7 +14,9 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.hypervisor.precopy import predict_precopy, quick_migration_seconds
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
+from vmshift.precopy.model import predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, blocking
 from vmshift.scheduling.fleet import VMView
 
@@ -45,12 +47,14 @@ class PolicyView:
     namespaces: tuple[str, ...] = ()
     namespace_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     vm_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
-    threshold_ms: float = 1.0
+    threshold_ms: float = CONVERGENCE.threshold_ms
     max_downtime_ms: float = 300.0
-    max_rounds: int = 30
-    stall_rounds: int = 3
+    max_rounds: int = CONVERGENCE.max_rounds
+    stall_rounds: int = CONVERGENCE.stall_rounds
     ladder: tuple[Rung, ...] = (Rung.PreCopy, Rung.AutoConverge)
-    throttle: tuple[int, int, int] = (20, 10, 99)  # AutoConverge: initial, step, max percent
+    #: AutoConverge's throttle: initial, step, max percent.
+    throttle: tuple[float, float, float] = (CONVERGENCE.throttle_initial_percent, CONVERGENCE.throttle_step_percent,
+                                            CONVERGENCE.throttle_max_percent)
     bandwidth_mbps: float | None = None
     parallel_migrations_per_cluster: int = 5
     progress_timeout_seconds: float = 150.0
@@ -59,6 +63,17 @@ class PolicyView:
     @property
     def allows_quick(self) -> bool:
         return Rung.Quick in self.ladder
+
+    def convergence(self, max_downtime_ms: float | None = None) -> ConvergencePolicy:
+        """The rules a live migration under this policy converges by, as the agent receives them.
+
+        ``max_downtime_ms`` is the budget the migration carries (its own or its VM's; None: none).
+        """
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=Rung.AutoConverge in self.ladder, throttle_initial_percent=self.throttle[0],
+            throttle_step_percent=self.throttle[1], throttle_max_percent=self.throttle[2],
+            fallback_to_quick=self.allows_quick, max_downtime_ms=max_downtime_ms)
 
     def completion_timeout_seconds(self, memory_mib: float) -> float:
         """The whole migration's deadline for a guest of ``memory_mib`` (at least one GiB's worth)."""

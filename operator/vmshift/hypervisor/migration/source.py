@@ -41,9 +41,9 @@ from vmshift.hypervisor.migration.wire import (
     encode,
     pages_prefix,
 )
-from vmshift.hypervisor.precopy import Ladder, RoundFacts, Step, next_step
 from vmshift.hypervisor.protocol import MigrationFailure, MigrationRequest, MigrationRole, RoundInfo, VmState
 from vmshift.hypervisor.ratelimit import TokenBucket, mbps_to_bytes_per_second
+from vmshift.precopy.convergence import ActionKind, RoundStats, next_action
 
 log = logging.getLogger("vmshift.agent.migration")
 
@@ -292,41 +292,36 @@ class SourceMigration:
         request = self.request
         record = self.record
         memory = self.memory
-        auto = request.auto_converge
-        ladder = Ladder(threshold_ms=request.threshold_ms, max_rounds=request.max_rounds,
-                        stall_rounds=request.stall_rounds, auto_converge=auto.enabled,
-                        throttle_initial=auto.initial_percent, throttle_step=auto.step_percent,
-                        throttle_max=auto.max_percent, fallback_to_quick=request.fallback_to_quick,
-                        max_downtime_ms=request.max_downtime_ms)
+        policy = request.convergence()
         memory.take_dirty()
         await self._round(0, range(memory.pages))
         sent_last = memory.pages
         round_index = 0
-        stalled = 0
+        stalled = rung_started = 0
         while True:
             self.guest.advance()
             dirty = memory.dirty_count()
-            decision = next_step(RoundFacts(
+            action = next_action(RoundStats(
                 round_index=round_index, remaining_bytes=dirty * PAGE_SIZE, sent_bytes=sent_last * PAGE_SIZE,
                 link_rate=self._link_rate(), write_rate=record.dirty_rate_mib_ps * 2**20,
-                throttle_percent=self.guest.throttle_percent, stalled=stalled), ladder)
-            stalled = decision.stalled
-            if decision.step is Step.SwitchOver:
+                throttle_percent=self.guest.throttle_percent, stalled=stalled, rung_started=rung_started), policy)
+            stalled, rung_started = action.stalled, action.rung_started
+            if action.kind is ActionKind.SwitchOver:
                 await self._switchover(quick=False)
                 return
-            if decision.step is Step.Throttle:
-                self.guest.set_throttle(decision.throttle_percent)
-                record.throttle_percent = decision.throttle_percent
-                log.info("migration %s: %s", self.migration_id, decision.why)
-            elif decision.step is Step.Quick:
+            if action.kind is ActionKind.Throttle:
+                self.guest.set_throttle(action.throttle_percent)
+                record.throttle_percent = action.throttle_percent
+                log.info("migration %s: %s", self.migration_id, action.why)
+            elif action.kind is ActionKind.Quick:
                 log.info("migration %s: pre-copy does not converge (%s), falling back to quick", self.migration_id,
-                         decision.why)
+                         action.why)
                 record.mode = MigrationMode.Quick
                 await self._switchover(quick=True)
                 return
-            elif decision.step is Step.Fail:
+            elif action.kind is ActionKind.Fail:
                 raise MigrationFailed(FailureReason.NotConverging,
-                                      self._not_converging(dirty, round_index, decision.why))
+                                      self._not_converging(dirty, round_index, action.why))
             round_index += 1
             pages = sorted(memory.take_dirty())
             await self._round(round_index, pages)
