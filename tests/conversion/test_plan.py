@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from vmshift import drivers as catalog
 from vmshift.conversion import ImportTarget, StepName, inspect_physical, plan_conversion, plan_report, read_ovf, vm_spec
 from vmshift.conversion import plan as plan_module
 from vmshift.conversion.plan import ConversionRefused, workload_defaults
 from vmshift.conversion.source import Bus, GuestOs, OsFamily, SourceDisk, SourceKind, SourceMachine, SourceNic
-from vmshift.hypervisor import drivers as catalog
 
 GiB = 1024**3
 TARGET = ImportTarget(name="web-1", namespace="apps", volume="csv-1", compatibility=True,

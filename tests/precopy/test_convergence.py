@@ -19,7 +19,7 @@ from vmshift.precopy.convergence import (
     RoundStats,
     next_action,
 )
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, Rung
 
 LINK = 2.5 * MIB  # ~20 Mbit/s
 DEFAULT = ConvergencePolicy(threshold_ms=1, max_rounds=30, stall_rounds=3, auto_converge=True,
@@ -128,7 +128,7 @@ def test_defaults_are_the_api_models_and_every_layer_agrees() -> None:
 
 
 def test_a_policy_reaches_the_rule_as_the_agent_receives_it() -> None:
-    view = PolicyView("p", threshold_ms=5, max_rounds=12, stall_rounds=2, ladder=(Rung.PreCopy, Rung.Quick),
+    view = MigrationPolicyView("p", threshold_ms=5, max_rounds=12, stall_rounds=2, ladder=(Rung.PreCopy, Rung.Quick),
                       throttle=(30, 5, 80))
     request = MigrationRequest(
         migration_id="m", vm_id="v", target=MigrationTarget(host="h", port=1, ticket="t", bandwidth_mbps=0),

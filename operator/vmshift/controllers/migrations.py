@@ -22,13 +22,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import kopf
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api import conditions as cond
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
@@ -49,8 +48,8 @@ from vmshift.hypervisor.protocol import (
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
-from vmshift.scheduling.queue import MigrationRequest as QueueRequest
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, Rung, choose_mode, select_policy
+from vmshift.scheduling.queue import QueuedMigration
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
@@ -59,10 +58,6 @@ MAX_ROUNDS_IN_STATUS = 20
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -238,7 +233,7 @@ class Run:
     source: str | None = None
     target: str | None = None
     mode: MigrationMode | None = None
-    policy: PolicyView = DEFAULT_POLICY
+    policy: MigrationPolicyView = DEFAULT_POLICY
     vm: VMEntry | None = None
     started: float = field(default_factory=time.monotonic)
     last_patch: float = 0.0
@@ -275,7 +270,7 @@ def _link(host: str | None) -> AgentLink:
     return link
 
 
-def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
+def _policy_for(vm: VMEntry, policies: list[MigrationPolicyView]) -> MigrationPolicyView:
     requested = (vm.spec.get("migration") or {}).get("policy")
     return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
 
@@ -289,7 +284,8 @@ class Move:
     why: str
 
 
-def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
+def decide_move(view: VMView, now: Fleet, policy: MigrationPolicyView, requested: MigrationMode,
+                target: str | None) -> Move:
     """Every compatibility check for one move (pure); raises MigrationFailedError when it cannot happen.
 
     ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
@@ -316,7 +312,7 @@ def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: Migrati
     return Move(target, mode.mode, mode.message)
 
 
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
+async def _validate(run: Run, spec: Mapping[str, Any], policies: list[MigrationPolicyView], *,
                     admitted: str | None = None) -> Move:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
@@ -345,9 +341,9 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     vm = run.vm
     assert vm is not None and run.source is not None
     created = run.body.get("metadata", {}).get("creationTimestamp") or ""
-    request = QueueRequest(
+    request = QueuedMigration(
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
-        created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
+        created=timestamps.parse(created).timestamp() if created else time.time(),
         cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
     )
     ticket = rt.gate.enqueue(request)
@@ -563,7 +559,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": _now(), "inDoubt": None}
+    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
@@ -701,7 +697,7 @@ async def drive_migration(
                 await _prepare_and_start(run, target, mode, spec)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
-                                    startedAt=_now())
+                                    startedAt=timestamps.rfc3339())
                 kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)

@@ -13,17 +13,13 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from vmshift import timestamps
+from vmshift.api.labels import MANAGED_BY, MANAGED_BY_LABEL
 from vmshift.api.migrationpolicy import MigrationPolicySpec
 from vmshift.api.reasons import MigrationPhase
 from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView, Rung
-
-# Every VirtualMachineMigration the operator creates (a drain's moves, a placement change) carries
-# this label; garbage collection deletes only finished migrations that carry it, never one a person
-# or a GitOps tool applied.
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "vmshift-operator"
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 
 #: Migration phases that hold a VM, a slot on source and target, and the target's capacity.
 IN_FLIGHT = frozenset({MigrationPhase.Validating, MigrationPhase.Transferring, MigrationPhase.SwitchingOver})
@@ -150,12 +146,12 @@ def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: st
     return finished[max(keep - 1, 0):]
 
 
-def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
-    """A MigrationPolicy's spec as the scheduler's PolicyView; the API model fills in its defaults,
+def policy_view(name: str, spec: Mapping[str, Any]) -> MigrationPolicyView:
+    """A MigrationPolicy's spec as the scheduler's MigrationPolicyView; the API model fills in its defaults,
     so they are written once (the API server has already validated the spec)."""
     model = MigrationPolicySpec.model_validate(dict(spec))
     selector = model.selector
-    return PolicyView(
+    return MigrationPolicyView(
         name=name,
         precedence=model.precedence,
         namespaces=tuple(selector.namespaces or ()),
@@ -331,7 +327,7 @@ def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple
             continue
         count += 1
         try:
-            created = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
+            created = timestamps.parse(entry.created)
         except ValueError:
             continue
         oldest = max(oldest, (now - created).total_seconds())

@@ -17,14 +17,14 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from vmshift import limits, metrics
+from vmshift import limits, metrics, timestamps
 from vmshift.api import conditions as cond
+from vmshift.api.labels import DRIVERS_ANNOTATION, VM_LABEL
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
@@ -37,7 +37,6 @@ from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement, targets_available
 
 #: Annotation an import (or a person) sets to give a new guest its initial driver inventory.
-DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
 _locks: dict[str, asyncio.Lock] = {}
 
 
@@ -418,7 +417,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         return
     kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
     logger.info(f"started {entry.key} on {host}")
-    started = {"startedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    started = {"startedAt": timestamps.rfc3339(micro=True)}
     chosen = now_fleet.host(host)
     status = running_status(view.started_on(chosen) if chosen else view, info, host,
                             now_fleet, generation, {**previous, "conditions": cond.dump(conditions)})
@@ -464,7 +463,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
         "metadata": {
             "name": name,
             "namespace": entry.namespace,
-            "labels": operator_labels(**{"vmshift.io/vm": entry.name}),
+            "labels": operator_labels(**{VM_LABEL: entry.name}),
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
                                  "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
         },

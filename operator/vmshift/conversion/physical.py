@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vmshift import drivers as catalog
 from vmshift import limits
 from vmshift.conversion.source import (
     Bus,
@@ -27,8 +28,7 @@ from vmshift.conversion.source import (
     SourceNic,
     os_family,
 )
-from vmshift.hypervisor import drivers as catalog
-from vmshift.hypervisor.protocol import DriverName
+from vmshift.drivers import DriverName
 
 GiB = 1024**3
 

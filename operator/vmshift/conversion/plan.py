@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
+from vmshift import drivers as catalog
 from vmshift import limits
 from vmshift.conversion.source import OsFamily, OvfDescriptor, SourceKind, SourceMachine
-from vmshift.hypervisor import drivers as catalog
 
 GiB = 1024**3
 AGENT = "vmshift-agent"

@@ -23,7 +23,7 @@ import time
 from array import array
 from collections.abc import Iterable, Sequence
 
-from vmshift.hypervisor.drivers import io_ceilings
+from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.protocol import (
     DiskInfo,
     IoCeilings,

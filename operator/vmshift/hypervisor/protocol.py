@@ -52,6 +52,7 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.drivers import DriverName
 from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
 from vmshift.precopy.convergence import ConvergencePolicy
 
@@ -61,8 +62,6 @@ API_PREFIX = f"/{API_VERSION}"
 #: What a VM id may look like: it appears in URLs and derives the guest's page contents.
 VM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 _VM_ID_RE = re.compile(VM_ID_PATTERN)
-#: A driver's name (vmshift.limits): what the API's initial-drivers annotation and an import admit.
-DriverName = Annotated[str, Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH)]
 
 
 def valid_vm_id(vm_id: str) -> bool:

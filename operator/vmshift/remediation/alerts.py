@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from vmshift.hypervisor.protocol import Sensors
 
 #: Alertnames of the alerts made from sensors, and the ``signal`` label each carries (the sensor
 #: kind, which RemediationPolicy correlation may name instead of an alertname).
@@ -136,6 +134,33 @@ def parse_alertmanager_payload(data: bytes | str | Mapping[str, Any], *, max_ale
 # --- sensors -------------------------------------------------------------------------------------
 
 
+class ComponentReading(Protocol):
+    """One fan or power supply as a sensor reports it."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def ok(self) -> bool: ...
+
+
+class SensorReadings(Protocol):
+    """What alerts are made from: a host's sensor readings. The agent's ``Sensors`` (its API model)
+    has this shape; the decision names only what it reads, so it depends on no agent code."""
+
+    @property
+    def fans(self) -> Sequence[ComponentReading]: ...
+
+    @property
+    def power_supplies(self) -> Sequence[ComponentReading]: ...
+
+    @property
+    def temperature_c(self) -> float: ...
+
+    @property
+    def corrected_memory_errors(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class SensorLimits:
     """When a sensor reading becomes an alert, and how severe."""
@@ -168,7 +193,7 @@ def _alert(host: str, alertname: str, severity: str, summary: str, now: datetime
 
 def host_signals_from_sensors(
     host: str,
-    sensors: Sensors | Mapping[str, Any],
+    sensors: SensorReadings,
     *,
     limits: SensorLimits | None = None,
     now: datetime | None = None,
@@ -183,7 +208,7 @@ def host_signals_from_sensors(
     """
     limits = limits or SensorLimits()
     when = now or datetime.fromtimestamp(0, UTC)
-    reading = sensors if isinstance(sensors, Sensors) else Sensors.model_validate(dict(sensors))
+    reading = sensors
     out: list[Alert] = []
     failed_fans = sorted(f.index for f in reading.fans if not f.ok)
     if failed_fans:

@@ -32,7 +32,7 @@ class Rung(StrEnum):
 
 
 @dataclass(frozen=True)
-class PolicyView:
+class MigrationPolicyView:
     """A MigrationPolicy as the scheduler sees it.
 
     Selection: ``namespaces`` (names) and ``namespace_selector`` (matchLabels on the namespace's
@@ -80,16 +80,13 @@ class PolicyView:
         return self.completion_timeout_per_gib_seconds * max(memory_mib / 1024, 1.0)
 
 
-#: The same class under a name that reads well next to the remediation's PolicyView.
-MigrationPolicyView = PolicyView
-
 #: What applies when no MigrationPolicy matches: Hyper-V's switchover threshold, QEMU's default
 #: downtime budget, pre-copy then auto-converge; quick migration only when a policy allows it.
-DEFAULT_POLICY = PolicyView(name="(default)")
+DEFAULT_POLICY = MigrationPolicyView(name="(default)")
 
 
 def _specificity(
-    policy: PolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
+    policy: MigrationPolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
 ) -> tuple[int, int] | None:
     """(matched keys in all, matched namespace keys) if ``policy`` selects the VM, else None."""
     if policy.namespaces and namespace not in policy.namespaces:
@@ -105,11 +102,11 @@ def _specificity(
 def select_policy(
     vm_labels: Mapping[str, str],
     namespace: str,
-    policies: Sequence[PolicyView],
+    policies: Sequence[MigrationPolicyView],
     *,
     namespace_labels: Mapping[str, str] | None = None,
     requested: str | None = None,
-) -> PolicyView | None:
+) -> MigrationPolicyView | None:
     """The policy that governs a VM, or None when none matches (then :data:`DEFAULT_POLICY` applies).
 
     ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
@@ -123,7 +120,7 @@ def select_policy(
         if named:
             return named[0]
     ns_labels = namespace_labels or {}
-    best: tuple[tuple[int, int, int, str], PolicyView] | None = None
+    best: tuple[tuple[int, int, int, str], MigrationPolicyView] | None = None
     for policy in policies:
         spec = _specificity(policy, vm_labels, namespace, ns_labels)
         if spec is None:
@@ -145,13 +142,13 @@ class ModeChoice:
     expected_downtime_ms: float | None = None
 
 
-def migration_bandwidth_mbps(policy: PolicyView, *links_mbps: float) -> float:
+def migration_bandwidth_mbps(policy: MigrationPolicyView, *links_mbps: float) -> float:
     """The rate one migration can get: the slowest of the links it crosses and the policy's cap."""
     rates = [r for r in (*links_mbps, policy.bandwidth_mbps) if r is not None and r > 0]
     return min(rates) if rates else 10_000.0
 
 
-def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
+def _live_estimate(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
     prediction = predict_precopy(
         max(vm.memory_mib, 1),
         vm.dirty_rate_mibps,
@@ -167,7 +164,7 @@ def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tup
 def choose_mode(
     requested: MigrationMode | str,
     vm: VMView,
-    policy: PolicyView | None,
+    policy: MigrationPolicyView | None,
     problems: list[Problem],
     *,
     bandwidth_mbps: float | None = None,

@@ -25,7 +25,7 @@ from vmshift.scheduling.fleet import HostView
 
 
 @dataclass(frozen=True)
-class MigrationRequest:
+class QueuedMigration:
     """One VirtualMachineMigration as the queue sees it (``key`` is its ``namespace/name``)."""
 
     key: str
@@ -52,14 +52,14 @@ class Reservations:
     total: int = 0
 
     @classmethod
-    def of(cls, in_flight: Iterable[MigrationRequest]) -> Reservations:
+    def of(cls, in_flight: Iterable[QueuedMigration]) -> Reservations:
         """The slots migrations in flight hold (their capacity is already in ``HostView.reserved_*``)."""
         out = cls()
         for request in in_flight:
             out = out.add(request, capacity=False)
         return out
 
-    def add(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+    def add(self, request: QueuedMigration, *, capacity: bool = True) -> Reservations:
         """These reservations plus ``request``'s: a slot on source and target, and (``capacity``)
         its cpus and memory on the target."""
         slots = dict(self.slots)
@@ -78,7 +78,7 @@ class Reservations:
             total=self.total + 1,
         )
 
-    def release(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+    def release(self, request: QueuedMigration, *, capacity: bool = True) -> Reservations:
         """These reservations without ``request``'s (when it ends, whatever the outcome)."""
         slots = dict(self.slots)
         for host in {request.source, request.target} - {None}:
@@ -110,13 +110,13 @@ class Reservations:
 class Admission:
     """The answer of one pass: requests that start now (in order), and why each other one waits."""
 
-    admitted: tuple[MigrationRequest, ...]
+    admitted: tuple[QueuedMigration, ...]
     waiting: Mapping[str, str]
     reservations: Reservations
 
 
 def _why_not(
-    request: MigrationRequest,
+    request: QueuedMigration,
     hosts: Mapping[str, HostView],
     booked: Reservations,
     busy_vms: set[str],
@@ -149,8 +149,8 @@ def _why_not(
 
 
 def admit(
-    pending: Sequence[MigrationRequest],
-    in_flight: Sequence[MigrationRequest],
+    pending: Sequence[QueuedMigration],
+    in_flight: Sequence[QueuedMigration],
     hosts: Mapping[str, HostView],
     *,
     cluster_limit: int | None = None,
@@ -164,11 +164,11 @@ def admit(
     """
     booked = Reservations.of(in_flight)
     busy_vms = {r.vm for r in in_flight}
-    queues: dict[str, deque[MigrationRequest]] = {}
+    queues: dict[str, deque[QueuedMigration]] = {}
     for request in sorted(pending, key=lambda r: r.order):
         queues.setdefault(request.namespace, deque()).append(request)
     turn = deque(sorted(queues, key=lambda ns: (queues[ns][0].order, ns)))
-    admitted: list[MigrationRequest] = []
+    admitted: list[QueuedMigration] = []
     waiting: dict[str, str] = {}
     while turn:
         if cluster_limit is not None and booked.total >= cluster_limit:

@@ -32,7 +32,7 @@ from vmshift.precopy.convergence import MIB, ActionKind, RoundStats, next_action
 from vmshift.precopy.model import distinct_dirtied_mib, mbps_to_mibps
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits, DrainPlan
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView
 
 _EPS = 1e-9
 
@@ -50,7 +50,7 @@ class SimMigration:
     quick: bool = False
     extra_copy_mib: float = 0.0
     weight: float = 1.0
-    policy: PolicyView = DEFAULT_POLICY
+    policy: MigrationPolicyView = DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -322,8 +322,8 @@ def simulate_drain(
     fleet: Fleet,
     *,
     limits: DrainLimits | None = None,
-    policy: PolicyView | None = None,
-    vm_policies: Mapping[str, PolicyView] | None = None,
+    policy: MigrationPolicyView | None = None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None = None,
     setup_seconds: float = 0.0,
     switchover_overhead_ms: float = 0.0,
 ) -> SimResult:

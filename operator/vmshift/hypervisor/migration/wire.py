@@ -31,8 +31,9 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import MigrationMode
+from vmshift.drivers import DriverName
 from vmshift.hypervisor.guest import PAGE_SIZE
-from vmshift.hypervisor.protocol import DriverName, VmState
+from vmshift.hypervisor.protocol import VmState
 
 #: The version of this wire format. Raise it with any change a peer of the previous version would
 #: misread; a listener refuses every other version (see :func:`check_version`).
