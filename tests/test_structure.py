@@ -25,6 +25,15 @@ OVERSIZED = {
     "vmshift/controllers/virtualmachines.py",
     "vmshift/controllers/migrations.py",
 }
+#: Public class names defined in two modules for now, each with who removes it from this list.
+SHARED_CLASS_NAMES = {
+    # api.host.Host (the resource) and hypervisor.host.Host (the agent's host): h16-qemu plugs a driver
+    # into the latter; rename it (e.g. HypervisorHost) after that merge. The lead removes this entry.
+    "Host",
+    # controllers.migrations.Move and scheduling.moves.Move: h13-typed rewrites the controller; the
+    # lead removes this entry after merging it.
+    "Move",
+}
 
 
 @dataclass(frozen=True)
@@ -155,3 +164,17 @@ def test_the_oversized_list_names_only_modules_that_still_need_it() -> None:
     """An entry whose module shrank (or went away) must leave the list, so the list only ever shrinks."""
     stale = [name for name in OVERSIZED if not (ROOT / name).exists() or line_count(ROOT / name) <= MAX_LINES]
     assert not stale, f"remove from OVERSIZED, they fit now: {stale}"
+
+
+def test_no_two_public_classes_share_a_name() -> None:
+    """A name says what a class is; two classes of one name (an API model and a wire model, say) make
+    every import a guess."""
+    where: dict[str, list[str]] = {}
+    for path in modules():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(module_name(path))
+    shared = {name: places for name, places in where.items() if len(places) > 1 and name not in SHARED_CLASS_NAMES}
+    assert not shared, f"public classes defined more than once (rename each to say what it is): {shared}"
+    stale = [name for name in SHARED_CLASS_NAMES if len(where.get(name, [])) < 2]
+    assert not stale, f"remove from SHARED_CLASS_NAMES, the name is unique now: {stale}"

@@ -22,7 +22,7 @@ from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migrat
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration.stream import FrameStream, open_stream
 from vmshift.hypervisor.migration.wire import Frame, Hello
-from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, MigrationStatus, VmState
+from vmshift.hypervisor.protocol import AutoConvergeSettings, IncomingMigrationRequest, MigrationStatus, VmState
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -120,7 +120,7 @@ async def test_a_hot_guest_ends_not_converging_within_a_few_rounds_not_at_the_ti
     await running_vm(h1, "scorching", memory_mib=8, dirty=400, working_set=4, prefill=8)
     try:
         await begin_migration(h1, h2, "scorching", "mig-scorching", bandwidth_mbps=20, stall_rounds=3,
-                              auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                              auto_converge=AutoConvergeSettings(enabled=True, initial_percent=20, step_percent=10,
                                                          max_percent=99),
                               fallback_to_quick=True, max_downtime_ms=1, timeout_seconds=60)
         source = await finished(h1, "mig-scorching", within=75)
@@ -140,7 +140,7 @@ async def test_a_guest_that_throttling_can_tame_climbs_the_throttle_every_stalle
     h1, h2 = clients
     await running_vm(h1, "warm", memory_mib=8, dirty=100, working_set=2, prefill=8)
     await begin_migration(h1, h2, "warm", "mig-warm", bandwidth_mbps=40, stall_rounds=2,
-                          auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                          auto_converge=AutoConvergeSettings(enabled=True, initial_percent=20, step_percent=10,
                                                      max_percent=99), timeout_seconds=90)
     source = await finished(h1, "mig-warm", within=100)
     assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()

@@ -27,7 +27,7 @@ from vmshift.hypervisor.migration.wire import (
     encode,
 )
 from vmshift.hypervisor.protocol import (
-    AutoConverge,
+    AutoConvergeSettings,
     IncomingMigrationRequest,
     MigrationRequest,
     MigrationRole,
@@ -165,7 +165,7 @@ async def test_auto_converge_throttles_the_guest_until_it_converges(clients: Cli
     h1, h2 = clients
     await non_converging_vm(h1, "throttled")
     await begin_migration(h1, h2, "throttled", "mig-throttled", bandwidth_mbps=400,
-                          auto_converge=AutoConverge(enabled=True, step_percent=30, max_percent=99))
+                          auto_converge=AutoConvergeSettings(enabled=True, step_percent=30, max_percent=99))
     source = await finished(h1, "mig-throttled")
     assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()
     assert source.mode is MigrationMode.Live and source.throttle_percent >= 30

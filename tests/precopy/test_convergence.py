@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmshift.api.migrationpolicy import MigrationPolicySpec
-from vmshift.hypervisor.protocol import AutoConverge, MigrationRequest, MigrationTarget
+from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget
 from vmshift.precopy.convergence import (
     DEFAULTS,
     MIB,
@@ -122,7 +122,7 @@ def test_defaults_are_the_api_models_and_every_layer_agrees() -> None:
     assert (DEFAULTS.throttle_initial_percent, DEFAULTS.throttle_step_percent, DEFAULTS.throttle_max_percent) == (
         spec.autoConverge.initialPercent, spec.autoConverge.stepPercent, spec.autoConverge.maxPercent)
     request = MigrationRequest(migration_id="m", vm_id="v", target=MigrationTarget(
-        host="h", port=1, ticket="t", bandwidth_mbps=0), auto_converge=AutoConverge(enabled=True))
+        host="h", port=1, ticket="t", bandwidth_mbps=0), auto_converge=AutoConvergeSettings(enabled=True))
     assert request.convergence() == dataclasses.replace(DEFAULTS, auto_converge=True)
     assert DEFAULT_POLICY.convergence() == dataclasses.replace(DEFAULTS, auto_converge=True)
 
@@ -133,7 +133,7 @@ def test_a_policy_reaches_the_rule_as_the_agent_receives_it() -> None:
     request = MigrationRequest(
         migration_id="m", vm_id="v", target=MigrationTarget(host="h", port=1, ticket="t", bandwidth_mbps=0),
         threshold_ms=5, max_rounds=12, stall_rounds=2, fallback_to_quick=True, max_downtime_ms=40,
-        auto_converge=AutoConverge(enabled=False, initial_percent=30, step_percent=5, max_percent=80))
+        auto_converge=AutoConvergeSettings(enabled=False, initial_percent=30, step_percent=5, max_percent=80))
     assert view.convergence(max_downtime_ms=40) == request.convergence()
 
 

@@ -26,7 +26,7 @@ from vmshift.api.labels import DRIVERS_ANNOTATION, IMPORT_ANNOTATION, IMPORT_UID
 from vmshift.api.vmimport import MAX_OVF_BYTES, ImportPhase, ImportStepName, StepState
 from vmshift.conversion import (
     ConversionPlan,
-    ImportTarget,
+    ConversionTarget,
     OvfError,
     PhysicalInventoryError,
     SourceMachine,
@@ -38,7 +38,7 @@ from vmshift.conversion import (
     vm_spec,
 )
 from vmshift.conversion.plan import ConversionRefused
-from vmshift.hypervisor.protocol import IoCeilings
+from vmshift.hypervisor.protocol import GuestIoCeilings
 from vmshift.timestamps import rfc3339
 
 #: The order the daemon runs the steps in: the driver steps need the guest CreateVirtualMachine starts.
@@ -259,10 +259,10 @@ def target_namespace_refusal(spec: Mapping[str, Any], namespace: str) -> ImportF
                         f"VirtualMachineImport in namespace {wanted}.")
 
 
-def conversion_target(spec: Mapping[str, Any], namespace: str) -> ImportTarget:
+def conversion_target(spec: Mapping[str, Any], namespace: str) -> ConversionTarget:
     """The planner's target from spec.target (namespace defaulted to the import's)."""
     target = spec.get("target") or {}
-    return ImportTarget(
+    return ConversionTarget(
         name=target["name"],
         namespace=target.get("namespace") or namespace,
         volume=target["volume"],
@@ -361,7 +361,7 @@ def vm_reference(vm: ImportedVm | Mapping[str, Any]) -> dict[str, Any]:
             "uid": uid}
 
 
-def throughput(ceilings: IoCeilings) -> dict[str, int]:
+def throughput(ceilings: GuestIoCeilings) -> dict[str, int]:
     """``status.throughputBefore``/``throughputAfter`` from an agent's I/O ceilings."""
     return {"networkMbps": ceilings.network_mbps, "diskMBps": ceilings.disk_mbps}
 

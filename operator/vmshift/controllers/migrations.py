@@ -38,7 +38,7 @@ from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
 from vmshift.controllers.virtualmachines import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
-    AutoConverge,
+    AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
     MigrationRequest,
@@ -396,8 +396,9 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         threshold_ms=policy.threshold_ms,
         max_rounds=policy.max_rounds,
         stall_rounds=policy.stall_rounds,
-        auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder, initial_percent=policy.throttle[0],
-                                   step_percent=policy.throttle[1], max_percent=policy.throttle[2]),
+        auto_converge=AutoConvergeSettings(enabled=Rung.AutoConverge in policy.ladder,
+                                           initial_percent=policy.throttle[0], step_percent=policy.throttle[1],
+                                           max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
         max_downtime_ms=float(max_downtime) if max_downtime else None,
         bandwidth_mbps=policy.bandwidth_mbps,

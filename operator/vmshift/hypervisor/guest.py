@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.protocol import (
     DiskInfo,
-    IoCeilings,
+    GuestIoCeilings,
     VmDefinition,
     VmInfo,
     VmState,
@@ -455,7 +455,7 @@ class Guest:
             digest=digest,
             heartbeat=self.heartbeat,
             drivers=list(self.drivers),
-            io_ceilings=IoCeilings(network_mbps=network, disk_mbps=disk),
+            io_ceilings=GuestIoCeilings(network_mbps=network, disk_mbps=disk),
             memory_mib=d.memory_mib,
             cpus=d.cpus,
             compatibility=d.compatibility,

@@ -266,7 +266,7 @@ class VmDefinition(Request):
     drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
 
 
-class IoCeilings(Response):
+class GuestIoCeilings(Response):
     network_mbps: int = Field(description="Best network throughput the guest's drivers allow, Mbit/s.")
     disk_mbps: int = Field(alias="diskMBps", description="Best disk throughput the drivers allow, MB/s.")
 
@@ -297,7 +297,7 @@ class VmInfo(Response):
     digest: str = Field(description="Incremental digest of guest memory, 16 hex digits.")
     heartbeat: int = Field(description="Guest heartbeat counter (100 per second of guest run time).")
     drivers: list[str]
-    io_ceilings: IoCeilings
+    io_ceilings: GuestIoCeilings
     memory_mib: int
     cpus: int
     compatibility: bool
@@ -367,7 +367,7 @@ class MigrationTarget(Request):
                                   "unlimited); the stream is shaped to the slower of the two hosts.")
 
 
-class AutoConverge(Request):
+class AutoConvergeSettings(Request):
     """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
 
     enabled: bool = False
@@ -390,7 +390,7 @@ class MigrationRequest(Request):
     max_rounds: int = Field(CONVERGENCE.max_rounds, ge=1, le=1000)
     stall_rounds: int = Field(CONVERGENCE.stall_rounds, ge=1, le=1000, description="Rounds in a row that "
                               "shrink the remaining set by less than 5 % before the ladder steps in.")
-    auto_converge: AutoConverge = Field(default_factory=AutoConverge)
+    auto_converge: AutoConvergeSettings = Field(default_factory=AutoConvergeSettings)
     fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
                                     "copy the rest (a quick migration of what the target lacks).")
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
@@ -421,7 +421,7 @@ class RoundInfo(Response):
     dirty_mib: float = Field(description="Distinct MiB dirtied while this round was on the wire.")
 
 
-class MigrationFailure(Response):
+class MigrationFailureReport(Response):
     reason: FailureReason
     message: str
 
@@ -451,7 +451,7 @@ class MigrationStatus(Response):
                            "asked whether it resumed the guest (a partition, a dead host). The source keeps its "
                            "copy paused and asks again until the target answers, or until POST "
                            "/v1/migrations/{id}/resolve tells it what the target did.")
-    failure: MigrationFailure | None = None
+    failure: MigrationFailureReport | None = None
     peer: str | None = Field(None, description="The other host, as host:port when known.")
 
 

@@ -35,7 +35,7 @@ from vmshift.precopy.model import mbps_to_mibps, predict_precopy, quick_migratio
 from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
-from vmshift.scheduling.placement import Placement, rank_targets, summarize_refusal
+from vmshift.scheduling.placement import HostChoice, rank_targets, summarize_refusal
 from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, choose_mode
 from vmshift.scheduling.simulate import SimResult, simulate_drain
 
@@ -145,7 +145,7 @@ def _blocked(vm: VMView, problems: dict[str, list[Problem]], fleet: Fleet, polic
 
 
 def _drain_rank(
-    p: Placement, fleet: Fleet, source: HostView, limits: DrainLimits, recent: list[str]
+    p: HostChoice, fleet: Fleet, source: HostView, limits: DrainLimits, recent: list[str]
 ) -> tuple[bool, float, str]:
     """Sort key of a drain target: one with a free migration slot first; then the placement score,
     plus a fast path (the target's inbound link and any path cap, against the source's link), minus

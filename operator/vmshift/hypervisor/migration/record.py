@@ -15,7 +15,7 @@ from collections import deque
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.migration.wire import Abort
-from vmshift.hypervisor.protocol import MigrationFailure, MigrationRole, MigrationStatus, RoundInfo
+from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRole, MigrationStatus, RoundInfo
 
 #: Rounds kept in a record's history.
 ROUND_HISTORY = 64
@@ -67,7 +67,7 @@ class MigrationRecord:
         self.target_digest: str | None = None
         self.committed = False
         self.in_doubt = False
-        self.failure: MigrationFailure | None = None
+        self.failure: MigrationFailureReport | None = None
         self.peer: str | None = None
         self.created = time.monotonic()
         self.started: float | None = None
@@ -94,7 +94,7 @@ class MigrationRecord:
             async with asyncio.timeout(within):
                 await self._done.wait()
 
-    def finish(self, phase: MigrationPhase, failure: MigrationFailure | None = None) -> None:
+    def finish(self, phase: MigrationPhase, failure: MigrationFailureReport | None = None) -> None:
         self._done.set()
         self.phase = phase
         self.failure = failure

@@ -41,7 +41,7 @@ from vmshift.hypervisor.migration.wire import (
     encode,
     pages_prefix,
 )
-from vmshift.hypervisor.protocol import MigrationFailure, MigrationRequest, MigrationRole, RoundInfo, VmState
+from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRequest, MigrationRole, RoundInfo, VmState
 from vmshift.hypervisor.ratelimit import TokenBucket, mbps_to_bytes_per_second
 from vmshift.precopy.convergence import ActionKind, RoundStats, next_action
 
@@ -497,7 +497,7 @@ class SourceMigration:
                 await self._stream.send_message(failure.abort(), within=1.0)
         phase = MigrationPhase.Cancelled if failure.reason is FailureReason.Cancelled else MigrationPhase.Failed
         log.info("migration %s %s: %s", self.migration_id, phase.value.lower(), failure.message)
-        record.finish(phase, MigrationFailure(reason=failure.reason, message=failure.message))
+        record.finish(phase, MigrationFailureReport(reason=failure.reason, message=failure.message))
 
     async def _close(self) -> None:
         if self._reader is not None:

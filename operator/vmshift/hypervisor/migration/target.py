@@ -43,7 +43,7 @@ from vmshift.hypervisor.migration.wire import (
     decode,
     parse_pages,
 )
-from vmshift.hypervisor.protocol import MigrationFailure, MigrationRole, RoundInfo, VmState
+from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRole, RoundInfo, VmState
 
 log = logging.getLogger("vmshift.agent.migration")
 
@@ -104,7 +104,7 @@ class TargetMigration:
         self.host.discard_incoming(self.guest)
         phase = MigrationPhase.Cancelled if failure.reason is FailureReason.Cancelled else MigrationPhase.Failed
         log.info("incoming migration %s %s: %s", self.migration_id, phase.value.lower(), failure.message)
-        self.record.finish(phase, MigrationFailure(reason=failure.reason, message=failure.message))
+        self.record.finish(phase, MigrationFailureReport(reason=failure.reason, message=failure.message))
         self.host.migration_ended(self)
 
     def accepts(self, hello: Hello, issuer: TicketIssuer) -> bool:
