@@ -25,8 +25,8 @@ from pathlib import Path
 
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
-from vmshift.hypervisor.precopy import MIB, PrecopyPrediction, predict_precopy
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
+from vmshift.precopy.model import MIB, PrecopyPrediction, predict_precopy
 
 TOKEN = "bench-token"
 THRESHOLD_MS = 1.0

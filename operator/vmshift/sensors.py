@@ -58,7 +58,7 @@ class Reading:
 
 
 @dataclass(frozen=True)
-class Problem:
+class SensorProblem:
     """What a reading amounts to for one sensor kind: the alert it raises, its severity and a sentence."""
 
     kind: SensorKind
@@ -96,32 +96,32 @@ def psu_watts(load_watts: float, psu_ok: Sequence[bool]) -> tuple[float, ...]:
     return tuple(round(load_watts / working, 1) if ok and working else 0.0 for ok in psu_ok)
 
 
-def assess(reading: Reading, limits: SensorLimits = LIMITS) -> list[Problem]:
+def assess(reading: Reading, limits: SensorLimits = LIMITS) -> list[SensorProblem]:
     """The problems a reading amounts to (empty: healthy), in the order Fan, PowerSupply,
     Temperature, CorrectedMemoryErrors. A failed power supply is critical: the host has lost its
     redundancy, one more failure powers it off."""
-    out: list[Problem] = []
+    out: list[SensorProblem] = []
     failed = [i for i, rpm in enumerate(reading.fan_rpm) if fan_failed(rpm, limits)]
     if failed:
         severity = SensorHealth.Critical if len(failed) >= limits.fans_critical else SensorHealth.Warning
         speeds = ", ".join(f"{reading.fan_rpm[i]:.0f}" for i in failed)
-        out.append(Problem(SensorKind.Fan, severity,
+        out.append(SensorProblem(SensorKind.Fan, severity,
                            f"fan(s) {', '.join(map(str, failed))} failed ({len(failed)} of {len(reading.fan_rpm)}; "
                            f"{speeds} RPM, below {limits.fan_min_rpm:.0f})"))
     lost = [i for i, ok in enumerate(reading.psu_ok) if not ok]
     if lost:
-        out.append(Problem(SensorKind.PowerSupply, SensorHealth.Critical,
+        out.append(SensorProblem(SensorKind.PowerSupply, SensorHealth.Critical,
                            f"power supply(ies) {', '.join(map(str, lost))} failed ({len(lost)} of "
                            f"{len(reading.psu_ok)}); no redundancy left"))
     if reading.temperature_c > limits.temperature_warning_c:
         critical = reading.temperature_c > limits.temperature_critical_c
         limit = limits.temperature_critical_c if critical else limits.temperature_warning_c
-        out.append(Problem(SensorKind.Temperature, SensorHealth.Critical if critical else SensorHealth.Warning,
+        out.append(SensorProblem(SensorKind.Temperature, SensorHealth.Critical if critical else SensorHealth.Warning,
                            f"inlet temperature {reading.temperature_c:.1f} °C is over {limit:.0f} °C"))
     if reading.corrected_errors_per_hour > limits.corrected_errors_warning_per_hour:
         critical = reading.corrected_errors_per_hour > limits.corrected_errors_critical_per_hour
         limit = limits.corrected_errors_critical_per_hour if critical else limits.corrected_errors_warning_per_hour
-        out.append(Problem(SensorKind.CorrectedMemoryErrors,
+        out.append(SensorProblem(SensorKind.CorrectedMemoryErrors,
                            SensorHealth.Critical if critical else SensorHealth.Warning,
                            f"{reading.corrected_errors_per_hour:.0f} corrected memory errors in the last hour, "
                            f"over {limit:.0f}; a DIMM is likely failing"))

@@ -8,14 +8,14 @@ from vmshift.api.reasons import MigrationPhase
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.runtime import AlreadyMigratingError, MigrationGate
 from vmshift.controllers.views import MigrationEntry
-from vmshift.scheduling.queue import MigrationRequest
+from vmshift.scheduling.queue import QueuedMigration
 
 from ..scheduling.strategies import host
 
 
 def request(key: str, vm: str, source: str = "h1", target: str = "h2", created: float = 0.0,
-            memory: int = 1024) -> MigrationRequest:
-    return MigrationRequest(key=key, namespace="ns", vm=vm, source=source, target=target, created=created,
+            memory: int = 1024) -> QueuedMigration:
+    return QueuedMigration(key=key, namespace="ns", vm=vm, source=source, target=target, created=created,
                             cpus=1, memory_mib=memory)
 
 

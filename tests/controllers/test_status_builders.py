@@ -21,7 +21,7 @@ from vmshift.controllers.vmstatus import (
     running_status,
     selector_candidates,
 )
-from vmshift.hypervisor.protocol import IoCeilings, MigrationRole, MigrationStatus, RoundInfo, VmInfo, VmState
+from vmshift.hypervisor.protocol import GuestIoCeilings, MigrationRole, MigrationStatus, RoundInfo, VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet
 
 from ..scheduling.strategies import host
@@ -120,7 +120,7 @@ def test_running_and_failed_start_statuses_are_what_the_model_accepts() -> None:
     fleet = Fleet([host("h1"), host("h2")], [])
     entry = _entry(disks=[{"name": "root", "sizeGiB": 10, "volume": "csv-1"}])
     info = VmInfo.model_construct(state=VmState.Running, features=["sse2"], drivers=["vmbus"],
-                                  io_ceilings=IoCeilings(network_mbps=100, diskMBps=100), compatibility=False)
+                                  io_ceilings=GuestIoCeilings(network_mbps=100, diskMBps=100), compatibility=False)
     s = running_status(vm_view(entry), info, "h1", fleet, 3, {})
     assert s["phase"] == "Running"
     status_patch("virtualmachines", s)

@@ -11,8 +11,8 @@ import pytest
 
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import poll, running_vm
+from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
-from vmshift.hypervisor.drivers import io_ceilings
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.protocol import (
     ComponentFault,

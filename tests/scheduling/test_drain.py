@@ -22,11 +22,11 @@ from vmshift.scheduling.drain import (
     simulate_drain,
 )
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView, Rung
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 
 from .strategies import fleets, host, vm
 
-QUICK_OK = PolicyView("quick-ok", ladder=(Rung.PreCopy, Rung.AutoConverge, Rung.Quick))
+QUICK_OK = MigrationPolicyView("quick-ok", ladder=(Rung.PreCopy, Rung.AutoConverge, Rung.Quick))
 
 
 def drained_fleet(vms: list[tuple[str, int, int, float]], *, targets: int = 3, slots: int = 4) -> Fleet:

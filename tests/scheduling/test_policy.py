@@ -17,8 +17,8 @@ from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Disk, Fleet, VMView
 from vmshift.scheduling.policy import (
     LISTED_VMS,
+    MigrationPolicyView,
     PolicySubject,
-    PolicyView,
     Rung,
     choose_mode,
     downtime_budget_ms,
@@ -31,11 +31,11 @@ from .strategies import host, vm
 
 sel = Selector.from_labels
 
-CATCH_ALL = PolicyView("catch-all")
-BY_TIER = PolicyView("by-tier", vm_selector=sel({"tier": "db"}))
-BY_TIER_NS = PolicyView("by-tier-ns", vm_selector=sel({"tier": "db"}), namespaces=("prod",))
-BY_NS_LABEL = PolicyView("by-ns-label", namespace_selector=sel({"env": "prod"}))
-BY_TWO = PolicyView("by-two", vm_selector=sel({"tier": "db", "size": "big"}))
+CATCH_ALL = MigrationPolicyView("catch-all")
+BY_TIER = MigrationPolicyView("by-tier", vm_selector=sel({"tier": "db"}))
+BY_TIER_NS = MigrationPolicyView("by-tier-ns", vm_selector=sel({"tier": "db"}), namespaces=("prod",))
+BY_NS_LABEL = MigrationPolicyView("by-ns-label", namespace_selector=sel({"env": "prod"}))
+BY_TWO = MigrationPolicyView("by-two", vm_selector=sel({"tier": "db", "size": "big"}))
 
 
 def test_most_specific_wins() -> None:
@@ -50,8 +50,8 @@ def test_most_specific_wins() -> None:
 
 
 def test_equal_specificity_ties_by_name_and_request_wins() -> None:
-    a = PolicyView("b-policy", vm_selector=sel({"x": "1"}))
-    b = PolicyView("a-policy", vm_selector=sel({"y": "1"}))
+    a = MigrationPolicyView("b-policy", vm_selector=sel({"x": "1"}))
+    b = MigrationPolicyView("a-policy", vm_selector=sel({"y": "1"}))
     assert select_policy({"x": "1", "y": "1"}, "ns", [a, b]) is b
     assert select_policy({"x": "1", "y": "1"}, "ns", [a, b], requested="b-policy") is a
     assert select_policy({}, "ns", [a, b]) is None
@@ -61,7 +61,7 @@ def test_equal_specificity_ties_by_name_and_request_wins() -> None:
 @given(
     policies=st.lists(
         st.builds(
-            PolicyView,
+            MigrationPolicyView,
             name=st.sampled_from(["p1", "p2", "p3", "p4", "p5"]),
             namespaces=st.sampled_from([(), ("a",), ("a", "b")]),
             namespace_selector=st.dictionaries(st.sampled_from(["env"]), st.sampled_from(["prod", "dev"])).map(sel),
@@ -77,7 +77,7 @@ def test_equal_specificity_ties_by_name_and_request_wins() -> None:
     seed=st.randoms(use_true_random=False),
 )
 def test_selection_ignores_input_order(
-    policies: list[PolicyView], labels: dict[str, str], namespace: str, ns_labels: dict[str, str], seed: Random
+    policies: list[MigrationPolicyView], labels: dict[str, str], namespace: str, ns_labels: dict[str, str], seed: Random
 ) -> None:
     first = select_policy(labels, namespace, policies, namespace_labels=ns_labels)
     shuffled = list(policies)
@@ -104,7 +104,7 @@ def test_auto_picks_live_when_it_can() -> None:
 
 def test_auto_falls_back_to_quick_when_policy_allows() -> None:
     v, problems = _local_disk_case()
-    quick = PolicyView("allow-quick", ladder=(Rung.PreCopy, Rung.Quick))
+    quick = MigrationPolicyView("allow-quick", ladder=(Rung.PreCopy, Rung.Quick))
     choice = choose_mode(MigrationMode.Auto, v, quick, problems)
     assert choice.mode is MigrationMode.Quick
     assert "disk tmp is local to h1 and cannot move live" in choice.message
@@ -113,7 +113,7 @@ def test_auto_falls_back_to_quick_when_policy_allows() -> None:
 
 def test_auto_refuses_when_policy_forbids_quick_and_live_names_the_disk() -> None:
     v, problems = _local_disk_case()
-    choice = choose_mode("Auto", v, PolicyView("strict"), problems)
+    choice = choose_mode("Auto", v, MigrationPolicyView("strict"), problems)
     assert choice.mode is None and choice.reason is FailureReason.StorageNotShared
     assert "policy strict does not allow Quick" in choice.message
     live = choose_mode("Live", v, None, problems)
@@ -130,22 +130,22 @@ def test_hard_problem_refuses_every_mode() -> None:
 
 
 def test_completion_timeout_is_per_gib() -> None:
-    assert PolicyView("p", completion_timeout_per_gib_seconds=150).completion_timeout_seconds(6144) == 900
+    assert MigrationPolicyView("p", completion_timeout_per_gib_seconds=150).completion_timeout_seconds(6144) == 900
 
 
 def test_precedence_wins_over_specificity_then_specificity_then_name() -> None:
-    broad_high = PolicyView("z-broad", precedence=10)
-    narrow = PolicyView("a-narrow", vm_selector=sel({"tier": "db", "zone": "a"}))
-    narrow_too = PolicyView("b-narrow", vm_selector=sel({"tier": "db", "zone": "a"}))
+    broad_high = MigrationPolicyView("z-broad", precedence=10)
+    narrow = MigrationPolicyView("a-narrow", vm_selector=sel({"tier": "db", "zone": "a"}))
+    narrow_too = MigrationPolicyView("b-narrow", vm_selector=sel({"tier": "db", "zone": "a"}))
     labels = {"tier": "db", "zone": "a"}
     assert select_policy(labels, "default", [narrow, broad_high, narrow_too]) is broad_high
     assert select_policy(labels, "default", [narrow_too, narrow]) is narrow
-    one = PolicyView("one", vm_selector=sel({"tier": "db"}))
+    one = MigrationPolicyView("one", vm_selector=sel({"tier": "db"}))
     assert select_policy(labels, "default", [one, narrow_too]) is narrow_too
 
 
 def test_a_policy_spec_reads_the_api_defaults_and_its_own_settings() -> None:
-    assert policy_view("p", {}) == PolicyView("p")  # the API model's defaults are the scheduler's
+    assert policy_view("p", {}) == MigrationPolicyView("p")  # the API model's defaults are the scheduler's
     view = policy_view("p", {"precedence": 7, "ladder": ["PreCopy", "AutoConverge", "Quick"], "allowQuick": True,
                              "autoConverge": {"initialPercent": 30, "stepPercent": 5, "maxPercent": 80},
                              "selector": {"vmSelector": {"matchLabels": {"tier": "db"}}, "namespaces": ["prod"]}})
@@ -156,7 +156,7 @@ def test_a_policy_spec_reads_the_api_defaults_and_its_own_settings() -> None:
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "migrationpolicies.yaml"
 
 
-def _sample_policies() -> list[PolicyView]:
+def _sample_policies() -> list[MigrationPolicyView]:
     docs = [d for d in yaml.safe_load_all(SAMPLES.read_text()) if d]
     return [policy_view(d["metadata"]["name"], d["spec"]) for d in docs]
 
@@ -210,7 +210,7 @@ def test_the_policy_status_says_what_it_governs_and_is_a_valid_status() -> None:
 
 
 def test_the_downtime_budget_sent_to_the_agent() -> None:
-    tight = PolicyView("tight", max_downtime_ms=40)
+    tight = MigrationPolicyView("tight", max_downtime_ms=40)
     assert downtime_budget_ms(None, None, tight) == 40.0  # the policy's budget reaches the agent
     assert downtime_budget_ms(None, 25, tight) == 25.0  # the VM's overrides it
     assert downtime_budget_ms(10, 25, tight) == 10.0  # the migration's overrides both

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmshift.scheduling.queue import MigrationRequest, Reservations, admit
+from vmshift.scheduling.queue import QueuedMigration, Reservations, admit
 
 from .strategies import host
 
@@ -16,8 +16,8 @@ HOSTS = {h.name: h for h in (host(f"h{i}", max_concurrent_migrations=2, memory_m
 
 
 def req(key: str, ns: str, src: str, dst: str | None, t: float, *, vm_name: str | None = None,
-        mem: int = 4096) -> MigrationRequest:
-    return MigrationRequest(key=f"{ns}/{key}", namespace=ns, vm=f"{ns}/{vm_name or key}", source=src, target=dst,
+        mem: int = 4096) -> QueuedMigration:
+    return QueuedMigration(key=f"{ns}/{key}", namespace=ns, vm=f"{ns}/{vm_name or key}", source=src, target=dst,
                             created=t, cpus=2, memory_mib=mem)
 
 

@@ -25,9 +25,9 @@ from vmshift.api.common import (
     list_map,
     list_set,
 )
+from vmshift.api.labels import RELEASE_ANNOTATION
 
 #: The annotation a person sets on a Host to end a remediation when release.mode is Annotation.
-DEFAULT_RELEASE_ANNOTATION = "vmshift.io/release-remediation"
 
 
 class RemediationAction(StrEnum):
@@ -142,8 +142,8 @@ class Release(ApiModel):
         le=604800,
     )
     annotation: str = Field(
-        DEFAULT_RELEASE_ANNOTATION,
-        description=f"With Annotation, the Host annotation that releases it. Default {DEFAULT_RELEASE_ANNOTATION}.",
+        RELEASE_ANNOTATION,
+        description=f"With Annotation, the Host annotation that releases it. Default {RELEASE_ANNOTATION}.",
         min_length=1,
         max_length=317,
         pattern=QUALIFIED_NAME,

@@ -19,20 +19,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api.host import DrainState
+from vmshift.api.labels import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, ORDER_ANNOTATION, VM_LABEL
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.indexes import GROUP, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import EVACUATION_LABEL, MigrationEntry, VMEntry, operator_labels
+from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
     SETUP_SECONDS,
@@ -48,11 +48,7 @@ from vmshift.scheduling.evacuation import (
 )
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, select_policy
-
-EPISODE_LABEL = "vmshift.io/evacuation-id"
-ATTEMPT_ANNOTATION = "vmshift.io/evacuation-attempt"
-ORDER_ANNOTATION = "vmshift.io/evacuation-order"
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, select_policy
 
 #: Seconds between passes while a drain runs (events wake it sooner), and while nothing drains.
 BUSY_SECONDS = 2.0
@@ -63,10 +59,6 @@ EXPECTATION_SECONDS = 30.0
 LISTED = 5
 
 log = logging.getLogger("vmshift.drains")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def wake(host: str) -> None:
@@ -126,7 +118,7 @@ def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VM
             "name": create.name,
             "namespace": create.namespace,
             "labels": operator_labels(**{EVACUATION_LABEL: host, EPISODE_LABEL: episode,
-                                         "vmshift.io/vm": create.vm_name}),
+                                         VM_LABEL: create.vm_name}),
             "annotations": {ATTEMPT_ANNOTATION: str(create.attempt), ORDER_ANNOTATION: str(move.order)},
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
                                  "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],
@@ -154,7 +146,7 @@ def describe_blocked(progress: Progress) -> str:
 
 
 def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
-                 policies: list[PolicyView]) -> dict[str, PolicyView]:
+                 policies: list[MigrationPolicyView]) -> dict[str, MigrationPolicyView]:
     out = {}
     for view in fleet_now.vms_on(host):
         entry = one(vms, view.key)
@@ -166,7 +158,7 @@ def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
     return out
 
 
-def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[PolicyView],
+def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[MigrationPolicyView],
             host: str) -> DrainLimits:
     """The cluster limit the queue applies (the strictest policy's), less what other drains and
     requests hold now."""
@@ -207,7 +199,8 @@ class Evacuator:
         return episode_id(self.host, str(self.drain.get("startedAt") or ""))
 
     async def run_pass(self, spec: Mapping[str, Any], status: Mapping[str, Any], vms: Store[VMEntry],
-                       migrations: Store[MigrationEntry], policies: Store[PolicyView], attempts: list[Attempt]) -> bool:
+                       migrations: Store[MigrationEntry], policies: Store[MigrationPolicyView],
+                       attempts: list[Attempt]) -> bool:
         """One observe-decide-act pass; True while the drain has work under way."""
         goal = goal_of(self.host, spec, status)
         attempts = self.seen(attempts)
@@ -234,7 +227,7 @@ class Evacuator:
         return (goal is not None and step.progress.state is DrainState.Running) or step.progress.in_flight > 0
 
     async def _start(self, goal: Goal, fleet_now: Fleet, vms: Store[VMEntry],
-                     migrations: Store[MigrationEntry], policies: list[PolicyView]) -> None:
+                     migrations: Store[MigrationEntry], policies: list[MigrationPolicyView]) -> None:
         """Open a new drain: its start time (hence its id), what the planner expects of it, an event."""
         plan = plan_drain(self.host, fleet_now, _limits(fleet_now, migrations, policies, self.host),
                           only=goal.covers, vm_policies=_vm_policies(fleet_now, self.host, vms, policies),
@@ -243,7 +236,7 @@ class Evacuator:
         self.drain = {
             "state": DrainState.Running.value, "trigger": goal.trigger, "minPriority": goal.min_priority,
             "total": count, "moved": 0, "inFlight": 0, "failed": 0, "blocked": [],
-            "startedAt": _now(), "finishedAt": None, "strategy": plan.strategy,
+            "startedAt": timestamps.rfc3339(micro=True), "finishedAt": None, "strategy": plan.strategy,
             "expectedSeconds": round(plan.expected_makespan_seconds, 2),
             "lowerBoundSeconds": round(plan.lower_bound_seconds, 2),
         }
@@ -306,11 +299,11 @@ class Evacuator:
         if goal is not None:
             new["trigger"], new["minPriority"] = goal.trigger, goal.min_priority
             finished = state is not DrainState.Running
-            new["finishedAt"] = (self.drain.get("finishedAt") or _now()) if finished else None
+            new["finishedAt"] = (self.drain.get("finishedAt") or timestamps.rfc3339(micro=True)) if finished else None
         else:
             new["trigger"] = None
             if progress.in_flight == 0 and not new.get("finishedAt"):
-                new["finishedAt"] = _now()
+                new["finishedAt"] = timestamps.rfc3339(micro=True)
         self.drain = new
         _record_drain_state(self.host, state)
         await self._write()
@@ -342,10 +335,10 @@ class Evacuator:
 
     def _seconds(self) -> float:
         try:
-            started = datetime.fromisoformat(str(self.drain.get("startedAt")).replace("Z", "+00:00"))
+            started = timestamps.parse(str(self.drain.get("startedAt")))
         except ValueError:
             return 0.0
-        return (datetime.now(UTC) - started).total_seconds()
+        return (timestamps.now() - started).total_seconds()
 
     async def _write(self) -> None:
         if self.drain != self.written:

@@ -22,8 +22,8 @@ from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
-from vmshift.remediation.signals import rfc3339
 from vmshift.sensors import verdicts
+from vmshift.timestamps import rfc3339
 
 _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.

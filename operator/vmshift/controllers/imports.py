@@ -39,7 +39,6 @@ from vmshift.api.vmimport import ImportPhase, StepState
 from vmshift.api.vmimport import ImportStepName as Step
 from vmshift.controllers import kubeapi
 from vmshift.controllers.importsteps import (
-    DRIVER_STEPS,
     DRIVERS_ANNOTATION,
     EXECUTION_ORDER,
     GROUP,
@@ -52,16 +51,12 @@ from vmshift.controllers.importsteps import (
     SourceMissing,
     Steps,
     configmap_key,
-    describe_change,
-    driver_problems,
     failed,
     finished,
     imported_vm,
     make_plan,
     owned_by,
-    planned_messages,
     progressing,
-    stamp,
     succeeded,
     target_namespace_refusal,
     throughput,
@@ -72,8 +67,10 @@ from vmshift.controllers.importsteps import (
 from vmshift.controllers.indexes import VMS, Store, one, ready
 from vmshift.controllers.runtime import runtime
 from vmshift.conversion import ConversionPlan, plan_report
+from vmshift.conversion.driversteps import DRIVER_STEPS, DriverEdit, describe_change, driver_problems, planned_messages
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
 from vmshift.hypervisor.protocol import DriverChange, VmInfo, VmState
+from vmshift.timestamps import rfc3339
 
 #: Seconds between status patches (at most).
 PATCH_INTERVAL = 1.0
@@ -182,7 +179,7 @@ class ImportJob:
         try:
             if not self.status.get("conditions"):
                 message = f"Importing {self.spec_kind()} as VirtualMachine {self.vm_key}."
-                await self.write(phase=ImportPhase.Pending.value, startedAt=stamp(), message=message,
+                await self.write(phase=ImportPhase.Pending.value, startedAt=rfc3339(), message=message,
                                  conditions=cond.dump(cond.first_look([], message,
                                                                       observed_generation=self.generation)))
             actions: dict[Step, Callable[[bool], Awaitable[tuple[StepState, str]]]] = {
@@ -246,7 +243,7 @@ class ImportJob:
         message = (f"VirtualMachine {self.vm_key} runs on {host or 'its host'} on synthetic drivers: network "
                    f"{before.get('networkMbps')} -> {after.get('networkMbps')} Mbit/s, disk "
                    f"{before.get('diskMBps')} -> {after.get('diskMBps')} MB/s.")
-        await self.write(phase=ImportPhase.Succeeded.value, finishedAt=stamp(), message=message,
+        await self.write(phase=ImportPhase.Succeeded.value, finishedAt=rfc3339(), message=message,
                          conditions=succeeded(self._conditions(), message, self.generation))
         kopf.info(self.body, reason="Succeeded", message=message)
 
@@ -256,7 +253,7 @@ class ImportJob:
         if deleted:
             message += f" VirtualMachine {self.vm_key}, which the import had created, was deleted."
         extra: dict[str, Any] = {"virtualMachine": None} if deleted else {}
-        await self.write(phase=ImportPhase.Failed.value, finishedAt=stamp(), message=message,
+        await self.write(phase=ImportPhase.Failed.value, finishedAt=rfc3339(), message=message,
                          conditions=failed(self._conditions(), exc.reason, message, self.generation), **extra)
         kopf.warn(self.body, reason=exc.reason.value, message=message)
         self.logger.info(f"import {self.namespace}/{self.name} failed: {exc.reason.value}: {message}")
@@ -491,10 +488,10 @@ class ImportJob:
     async def _drivers(self, step: Step, resumed: bool) -> tuple[StepState, str]:
         decide = DRIVER_STEPS[step]
 
-        async def act(host: str, client: HypervisorClient, info: VmInfo) -> tuple[str, VmInfo, DriverChange | None]:
+        async def act(host: str, client: HypervisorClient, info: VmInfo) -> tuple[str, VmInfo, DriverEdit | None]:
             change = decide(info.drivers)
             if change is not None:
-                info = await client.change_drivers(info.id, change)
+                info = await client.change_drivers(info.id, DriverChange(install=change.install, remove=change.remove))
             return host, info, change
 
         host, info, change = await self._with_guest(CHANGEABLE, act)

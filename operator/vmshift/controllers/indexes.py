@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmshift.api.common import GROUP, VERSION
 from vmshift.controllers.informer import Informer, Store, one, values, wait_synced
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import (
@@ -26,9 +27,8 @@ from vmshift.controllers.views import (
     policy_view,
 )
 from vmshift.scheduling.fleet import Fleet
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import MigrationPolicyView
 
-GROUP, VERSION = "vmshift.io", "v1alpha1"
 __all__ = ["GROUP", "VERSION", "Store", "fleet", "one", "ready", "values"]
 
 HOSTS = Informer("hosts")
@@ -65,7 +65,7 @@ def migrations_by_vm(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
 
 
 @POLICIES.index
-def policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
+def policy_index(body: Mapping[str, Any]) -> dict[str, MigrationPolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
 

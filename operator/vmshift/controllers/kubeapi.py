@@ -28,10 +28,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
+from vmshift.api.common import GROUP, VERSION
 from vmshift.api.statuspatch import StatusPatchError, status_patch
 
-GROUP = "vmshift.io"
-VERSION = "v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 
 _clients: dict[str, Any] = {}

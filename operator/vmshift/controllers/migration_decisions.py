@@ -24,7 +24,7 @@ from vmshift.hypervisor.protocol import MigrationStatus
 from vmshift.scheduling.compatibility import blocking, check_target
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import PolicyView, choose_mode
+from vmshift.scheduling.policy import MigrationPolicyView, choose_mode
 
 
 class StopAction(StrEnum):
@@ -231,7 +231,7 @@ def migration_conditions(previous: Mapping[str, Any], phase: MigrationPhase, rea
 
 
 @dataclass(frozen=True)
-class Move:
+class ChosenMove:
     """Where and how a migration goes, and why (the sentence for status)."""
 
     target: str
@@ -239,7 +239,8 @@ class Move:
     why: str
 
 
-def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
+def decide_move(view: VMView, now: Fleet, policy: MigrationPolicyView, requested: MigrationMode,
+                target: str | None) -> ChosenMove:
     """Every compatibility check for one move (pure); raises MigrationFailedError when it cannot happen.
 
     ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
@@ -263,4 +264,4 @@ def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: Migrati
     hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
     if hard:
         raise MigrationFailedError(hard[0].reason, hard[0].message)
-    return Move(target, mode.mode, mode.message)
+    return ChosenMove(target, mode.mode, mode.message)

@@ -22,14 +22,14 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api import conditions as cond
+from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
@@ -38,9 +38,9 @@ from vmshift.controllers.agents import RESIDENT, AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.migration_decisions import (
     AgentRefusedError,
+    ChosenMove,
     Leaving,
     MigrationFailedError,
-    Move,
     ProgressWatch,
     RoundLedger,
     Side,
@@ -54,11 +54,11 @@ from vmshift.controllers.migration_decisions import (
     target_verdict,
 )
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import EVACUATION_LABEL, IN_FLIGHT, VMEntry, migrations_to_collect, problems, vm_view
+from vmshift.controllers.views import IN_FLIGHT, VMEntry, migrations_to_collect, problems, vm_view
 from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
-    AutoConverge,
+    AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
     MigrationRequest,
@@ -67,19 +67,14 @@ from vmshift.hypervisor.protocol import (
     VmState,
 )
 from vmshift.scheduling.cold import ColdRefusal, decide_cold_move
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, downtime_budget_ms, select_policy
-from vmshift.scheduling.queue import MigrationRequest as QueueRequest
-from vmshift.scheduling.queue import queue_terms
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, Rung, downtime_budget_ms, select_policy
+from vmshift.scheduling.queue import QueuedMigration, queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -101,7 +96,7 @@ class Run:
     source: str | None = None
     target: str | None = None
     mode: MigrationMode | None = None
-    policy: PolicyView = DEFAULT_POLICY
+    policy: MigrationPolicyView = DEFAULT_POLICY
     vm: VMEntry | None = None
     started: float = field(default_factory=time.monotonic)
     last_patch: float = 0.0
@@ -151,14 +146,14 @@ def _link(host: str | None) -> AgentLink:
     return link
 
 
-def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
+def _policy_for(vm: VMEntry, policies: list[MigrationPolicyView]) -> MigrationPolicyView:
     requested = vm.spec.migration.policy
     return select_policy(vm.labels, vm.namespace, policies, requested=requested,
                          namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
 
 
-async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[PolicyView], *,
-                    admitted: str | None = None) -> Move:
+async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
+                    admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
     if vm is None:
@@ -186,9 +181,9 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     vm = run.vm
     assert vm is not None and run.source is not None
     created = run.body.get("metadata", {}).get("creationTimestamp") or ""
-    request = QueueRequest(
+    request = QueuedMigration(
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
-        created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
+        created=timestamps.parse(created).timestamp() if created else time.time(),
         cpus=vm.spec.cpus, memory_mib=vm.spec.memoryMiB,
         **queue_terms(run.policy, evacuation=EVACUATION_LABEL in (run.body.get("metadata", {}).get("labels") or {})),
     )
@@ -241,8 +236,9 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         threshold_ms=policy.threshold_ms,
         max_rounds=policy.max_rounds,
         stall_rounds=policy.stall_rounds,
-        auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder, initial_percent=policy.throttle[0],
-                                   step_percent=policy.throttle[1], max_percent=policy.throttle[2]),
+        auto_converge=AutoConvergeSettings(enabled=Rung.AutoConverge in policy.ladder,
+                                           initial_percent=policy.throttle[0], step_percent=policy.throttle[1],
+                                           max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
@@ -286,7 +282,7 @@ async def _move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) -
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"{run.vm_name} is {info.state.value} on {run.source}, not stopped, so it cannot "
                                    f"move cold; create the migration again to move it live.")
-    started = _now()
+    started = timestamps.rfc3339()
     # the guest keeps the drivers it has (an import may have changed them since it was defined)
     wanted = definition(vm).model_copy(update={"drivers": list(info.drivers)})
     try:
@@ -299,7 +295,7 @@ async def _move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) -
         with contextlib.suppress(AgentError):  # leave one definition: the source's
             await target_link.client.delete_vm(vm.uid)
         raise AgentRefusedError(Side.source, run.source or "", exc) from None
-    finished = _now()
+    finished = timestamps.rfc3339()
     await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, {
         "host": run.target, "phase": "Stopped", "processor": None, "migration": None,
         "lastMigration": {"name": run.name, "result": MigrationPhase.Succeeded.value, "sourceHost": run.source,
@@ -462,7 +458,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": _now(), "inDoubt": None}
+    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
@@ -628,7 +624,7 @@ async def drive_migration(
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
-                                    startedAt=_now())
+                                    startedAt=timestamps.rfc3339())
                 kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)

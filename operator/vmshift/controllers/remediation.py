@@ -37,18 +37,17 @@ from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERS
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
 from vmshift.remediation.alerts import Alert, host_signals_from_sensors
-from vmshift.remediation.decide import Decision, DecisionKind, HostState, PolicyView, decide
+from vmshift.remediation.decide import Decision, DecisionKind, HostState, RemediationPolicyView, decide
 from vmshift.remediation.signals import (
     AlertBook,
     Entry,
     last_ended_of,
     policy_view,
     remediation_of,
-    rfc3339,
     seed_labels,
-    timestamp,
 )
 from vmshift.remediation.webhook import WebhookConfig, WebhookConfigError, load_token, serve
+from vmshift.timestamps import rfc3339, unix_seconds
 
 log = logging.getLogger("vmshift.remediation")
 
@@ -70,7 +69,7 @@ class ActiveEntry:
 
 
 @REMEDIATION_POLICIES.index
-def remediation_policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
+def remediation_policy_index(body: Mapping[str, Any]) -> dict[str, RemediationPolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
 
@@ -91,7 +90,7 @@ def remediation_by_policy(body: Mapping[str, Any]) -> dict[str, ActiveEntry]:
 class Receiver:
     """The webhook's sink and the book every host's pass reads (one per operator process)."""
 
-    def __init__(self, hosts: Store[HostEntry], policies: Store[PolicyView]) -> None:
+    def __init__(self, hosts: Store[HostEntry], policies: Store[RemediationPolicyView]) -> None:
         self.book = AlertBook()
         self.hosts = hosts
         self.policies = policies
@@ -102,7 +101,7 @@ class Receiver:
         """Both caches hold their first listing (until then an alert could not be matched)."""
         return HOSTS.synced.is_set() and REMEDIATION_POLICIES.synced.is_set()
 
-    def _policies(self) -> list[PolicyView]:
+    def _policies(self) -> list[RemediationPolicyView]:
         return values(self.policies)
 
     def hosts_named(self, alert: Alert) -> list[str]:
@@ -205,7 +204,7 @@ class HostRemediator:
         #: Status fields decided but not written yet: the Host's supervisor writes them in its patch.
         self.staged: dict[str, Any] = {}
 
-    def seed(self, policies: Mapping[str, PolicyView]) -> None:
+    def seed(self, policies: Mapping[str, RemediationPolicyView]) -> None:
         """After a restart: the alerts behind the remediation in force count as firing until the
         agent's next report or Alertmanager says otherwise."""
         if self.remediation is None:
@@ -213,7 +212,7 @@ class HostRemediator:
         policy = policies.get(str(self.remediation.get("policy")))
         for alert in self.remediation.get("alerts") or []:
             source = AlertSource(alert.get("source") or AlertSource.Alertmanager)
-            started = timestamp(alert.get("startsAt")) or time.time()
+            started = unix_seconds(alert.get("startsAt")) or time.time()
             receiver.book.seed(self.host, source, seed_labels(alert, self.host, policy), started)
 
     def observe_sensors(self, now: float) -> None:
@@ -234,7 +233,7 @@ class HostRemediator:
             metrics.HOST_ALERTS.labels(*labels).set(1)
         self.exported = active
 
-    async def run_pass(self, annotations: Mapping[str, str], policies: list[PolicyView]) -> float:
+    async def run_pass(self, annotations: Mapping[str, str], policies: list[RemediationPolicyView]) -> float:
         """One pass; returns how long to sleep before the next unless woken."""
         now = time.time()
         self.observe_sensors(now)
@@ -255,7 +254,7 @@ class HostRemediator:
         waits = [d.wait_until - now for d in decisions if d.wait_until is not None]
         return min([IDLE_SECONDS, *waits]) if waits else IDLE_SECONDS
 
-    def _alert_refs(self, policy: PolicyView | None, decision: Decision) -> list[dict[str, Any]]:
+    def _alert_refs(self, policy: RemediationPolicyView | None, decision: Decision) -> list[dict[str, Any]]:
         names = set(decision.signals)
         refs = [
             _ref(e) for e in receiver.book.entries(self.host)
@@ -265,7 +264,7 @@ class HostRemediator:
         ]
         return refs[:MAX_ALERT_REFS]
 
-    async def apply(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def apply(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         if decision.kind is DecisionKind.End:
             await self._end(decision, policy, now)
         elif decision.kind is DecisionKind.Start:
@@ -276,7 +275,7 @@ class HostRemediator:
             self.told[decision.policy] = decision.reason
             kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
-    async def _start(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def _start(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         remediation: dict[str, Any] = {
             "policy": decision.policy, "action": decision.action.value, "since": rfc3339(now),
             "alerts": self._alert_refs(policy, decision), "reason": decision.reason, "message": decision.message,
@@ -289,7 +288,7 @@ class HostRemediator:
         kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
 
-    async def _keep(self, decision: Decision, policy: PolicyView | None) -> None:
+    async def _keep(self, decision: Decision, policy: RemediationPolicyView | None) -> None:
         if self.remediation is None:
             return
         current = {**self.remediation, "reason": decision.reason, "message": decision.message}
@@ -303,7 +302,7 @@ class HostRemediator:
             self.told[decision.policy] = decision.reason
             kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
-    async def _end(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def _end(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         since = (self.remediation or {}).get("since")
         last = {"policy": decision.policy, "action": decision.action.value, "since": since,
                 "endedAt": rfc3339(now), "reason": decision.reason, "message": decision.message}
@@ -370,7 +369,7 @@ def policy_status(name: str, spec: Mapping[str, Any], generation: int, previous:
     """A RemediationPolicy's status from the hosts it acts on (pure)."""
     hosts = sorted(active, key=lambda a: a.host)
     triggered = [t for t in [previous.get("lastTriggeredAt"), *(a.since for a in hosts)] if t]
-    last = max(triggered, key=lambda t: timestamp(t) or 0.0) if triggered else None
+    last = max(triggered, key=lambda t: unix_seconds(t) or 0.0) if triggered else None
     if spec.get("suspend"):
         reason, message = "Suspended", f"RemediationPolicy {name} is suspended: it starts nothing."
     elif hosts:

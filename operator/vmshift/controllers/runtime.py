@@ -20,14 +20,14 @@ from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.views import MigrationEntry
 from vmshift.scheduling.fleet import HostView
-from vmshift.scheduling.queue import MigrationRequest, admit
+from vmshift.scheduling.queue import QueuedMigration, admit
 
 
 @dataclass
 class Ticket:
     """A migration waiting for (or holding) its slots."""
 
-    request: MigrationRequest
+    request: QueuedMigration
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     waiting_for: str = ""
 
@@ -51,7 +51,7 @@ class MigrationGate:
     def __init__(self) -> None:
         self.claims: dict[str, str] = {}  # vm key -> migration key holding it
         self.pending: dict[str, Ticket] = {}
-        self.in_flight: dict[str, MigrationRequest] = {}
+        self.in_flight: dict[str, QueuedMigration] = {}
         #: Migrations that ended in this process (the newest 10,000): the indexes may not show it yet.
         self.finished: Expectations[str, None] = Expectations(capacity=10_000)
         self.seeded = False
@@ -66,7 +66,7 @@ class MigrationGate:
                 continue
             cpus, memory = sizes.get(m.vm_key, (0, 0))
             self.claims.setdefault(m.vm_key, m.key)
-            self.in_flight[m.key] = MigrationRequest(
+            self.in_flight[m.key] = QueuedMigration(
                 key=m.key, namespace=m.namespace, vm=m.vm_key, source=m.source or "", target=m.target,
                 created=0.0, cpus=cpus, memory_mib=memory,
             )
@@ -85,7 +85,7 @@ class MigrationGate:
         flight that has not ended here already."""
         return self.holder(vm_key) is not None or any(k not in self.finished for k in in_flight_keys)
 
-    def enqueue(self, request: MigrationRequest) -> Ticket:
+    def enqueue(self, request: QueuedMigration) -> Ticket:
         if request.key in self.in_flight:
             ticket = Ticket(request)
             ticket.admitted.set()

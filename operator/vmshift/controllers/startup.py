@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
+from vmshift.api.labels import FINALIZER, KOPF_PREFIX
 
 # Importing the controller modules registers their handlers.
 from vmshift.controllers import (  # noqa: F401
@@ -32,7 +32,6 @@ from vmshift.controllers.runtime import runtime
 from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
-PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
 #: The component named in every event the operator posts (source.component, reportingComponent).
 REPORTING_COMPONENT = "vmshift-operator"
@@ -41,10 +40,10 @@ REPORTING_COMPONENT = "vmshift-operator"
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     # Progress and diff-base live in annotations under our prefix, so status is ours alone.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = FINALIZER
     # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
@@ -95,7 +94,7 @@ def _in_flight() -> tuple[int, float]:
     global _last_in_flight
     for _ in range(3):
         try:
-            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), datetime.now(UTC))
+            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), timestamps.now())
             break
         except RuntimeError:
             continue

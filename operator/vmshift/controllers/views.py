@@ -15,22 +15,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vmshift import timestamps
 from vmshift.api.common import EVERYTHING, Selector
 from vmshift.api.host import HostCpu, HostSpec
+from vmshift.api.labels import MANAGED_BY, MANAGED_BY_LABEL
 from vmshift.api.migrationpolicy import MigrationPolicySpec
 from vmshift.api.reasons import MigrationPhase
 from vmshift.api.virtualmachine import GuestProcessor, VirtualMachinePhase, VirtualMachineSpec
 from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView, Rung
-
-# Every VirtualMachineMigration the operator creates (a drain's moves, a placement change) carries
-# this label; garbage collection deletes only finished migrations that carry it, never one a person
-# or a GitOps tool applied.
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "vmshift-operator"
-#: On the migrations a drain or remediation creates: the host being emptied (the queue serves these first).
-EVACUATION_LABEL = "vmshift.io/evacuation"
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 
 #: Migration phases that hold a VM, a slot on source and target, and the target's capacity.
 IN_FLIGHT = frozenset({MigrationPhase.Validating, MigrationPhase.Transferring, MigrationPhase.SwitchingOver})
@@ -239,12 +233,12 @@ def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: st
     return finished[max(keep - 1, 0):]
 
 
-def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
-    """A MigrationPolicy's spec as the scheduler's PolicyView; the API model fills in its defaults,
+def policy_view(name: str, spec: Mapping[str, Any]) -> MigrationPolicyView:
+    """A MigrationPolicy's spec as the scheduler's MigrationPolicyView; the API model fills in its defaults,
     so they are written once (the API server has already validated the spec)."""
     model = MigrationPolicySpec.model_validate(dict(spec))
     selector = model.selector
-    return PolicyView(
+    return MigrationPolicyView(
         name=name,
         precedence=model.precedence,
         namespaces=tuple(selector.namespaces or ()),
@@ -395,7 +389,7 @@ def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple
             continue
         count += 1
         try:
-            created = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
+            created = timestamps.parse(entry.created)
         except ValueError:
             continue
         oldest = max(oldest, (now - created).total_seconds())

@@ -14,13 +14,13 @@ import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api import conditions as cond
+from vmshift.api.labels import DRIVERS_ANNOTATION, VM_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.controllers import indexes, kubeapi
@@ -29,7 +29,6 @@ from vmshift.controllers.indexes import GROUP, HOSTS, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.controllers.vmstatus import (
-    DRIVERS_ANNOTATION,
     RESYNC_SECONDS,
     DefinitionError,
     choose_copy,
@@ -247,7 +246,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         return
     kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
     logger.info(f"started {entry.key} on {host}")
-    started = {"startedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    started = {"startedAt": timestamps.rfc3339(micro=True)}
     chosen = now_fleet.host(host)
     started_view = replace(view.started_on(chosen), guest_features=frozenset(info.features)) if chosen else view
     status = running_status(started_view, info, host,
@@ -313,7 +312,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
         "metadata": {
             "name": name,
             "namespace": entry.namespace,
-            "labels": operator_labels(**{"vmshift.io/vm": entry.name}),
+            "labels": operator_labels(**{VM_LABEL: entry.name}),
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": entry.name,
                                  "uid": entry.uid, "controller": True, "blockOwnerDeletion": True}],
         },

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from vmshift.api.reasons import MigrationMode
 from vmshift.hypervisor.protocol import (
     API_PREFIX,
-    AutoConverge,
+    AutoConvergeSettings,
     DiskSpec,
     DriverChange,
     HostInfo,
@@ -45,6 +45,7 @@ from vmshift.hypervisor.protocol import (
     VmList,
     WorkloadSpec,
 )
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -300,9 +301,10 @@ def incoming_vm(vm: VmInfo, vendor: str | None = None) -> IncomingVm:
 
 
 async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
-                          mode: MigrationMode = MigrationMode.Live, *, threshold_ms: float = 1.0,
-                          max_rounds: int = 30, stall_rounds: int = 3,
-                          auto_converge: AutoConverge | None = None, fallback_to_quick: bool = False,
+                          mode: MigrationMode = MigrationMode.Live, *,
+                          threshold_ms: float = CONVERGENCE.threshold_ms, max_rounds: int = CONVERGENCE.max_rounds,
+                          stall_rounds: int = CONVERGENCE.stall_rounds,
+                          auto_converge: AutoConvergeSettings | None = None, fallback_to_quick: bool = False,
                           max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
                           target_address: tuple[str, int] | None = None) -> MigrationStatus:
@@ -321,5 +323,5 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
         target=MigrationTarget(host=host, port=port, ticket=grant.ticket,
                                bandwidth_mbps=grant.bandwidth_mbps),
         threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
-        auto_converge=auto_converge or AutoConverge(), fallback_to_quick=fallback_to_quick,
+        auto_converge=auto_converge or AutoConvergeSettings(), fallback_to_quick=fallback_to_quick,
         max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds))

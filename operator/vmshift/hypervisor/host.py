@@ -1,6 +1,6 @@
 """One simulated hypervisor host: its VMs, capacity, sensors and migrations, without HTTP.
 
-The agent's whole behaviour lives here and in guest.py / migration.py; server.py only maps HTTP to
+The agent's whole behaviour lives here and in guest.py / migration/; server.py only maps HTTP to
 these methods. Every refused request raises ApiError with a status, a code from ErrorCode and a
 message a person can act on, and changes nothing.
 """
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.guest import Guest
-from vmshift.hypervisor.migration import SourceMigration, TargetMigration, TicketIssuer
+from vmshift.hypervisor.migration.source import SourceMigration
+from vmshift.hypervisor.migration.target import TargetMigration
+from vmshift.hypervisor.migration.tickets import TicketIssuer
 from vmshift.hypervisor.protocol import (
     DiskSpec,
     DriverChange,
@@ -566,7 +568,7 @@ class Host:
         for key in finished[:max(0, len(finished) - FINISHED_MIGRATIONS_KEPT)]:
             del self.migrations[key]
 
-    # -- MigrationHost (called by migration.py) ----------------------------------------------------------
+    # -- MigrationHost (called by the migration package) -------------------------------------------------
 
     def release_source_vm(self, guest: Guest) -> None:
         guest.release(VmState.MigratedAway)

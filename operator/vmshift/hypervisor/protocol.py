@@ -52,6 +52,9 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.drivers import DriverName
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
 from vmshift.sensors import NOMINAL_FAN_RPM, Reading, fan_failed
 
 API_VERSION = "v1"
@@ -60,8 +63,6 @@ API_PREFIX = f"/{API_VERSION}"
 #: What a VM id may look like: it appears in URLs and derives the guest's page contents.
 VM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 _VM_ID_RE = re.compile(VM_ID_PATTERN)
-#: A driver's name (vmshift.limits): what the API's initial-drivers annotation and an import admit.
-DriverName = Annotated[str, Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH)]
 
 
 def valid_vm_id(vm_id: str) -> bool:
@@ -302,7 +303,7 @@ class StartRequest(Request):
         "the x86_64_v2 level. Ignored without compatibility, and by a guest that is already running.")
 
 
-class IoCeilings(Response):
+class GuestIoCeilings(Response):
     network_mbps: int = Field(description="Best network throughput the guest's drivers allow, Mbit/s.")
     disk_mbps: int = Field(alias="diskMBps", description="Best disk throughput the drivers allow, MB/s.")
 
@@ -333,7 +334,7 @@ class VmInfo(Response):
     digest: str = Field(description="Incremental digest of guest memory, 16 hex digits.")
     heartbeat: int = Field(description="Guest heartbeat counter (100 per second of guest run time).")
     drivers: list[str]
-    io_ceilings: IoCeilings
+    io_ceilings: GuestIoCeilings
     memory_mib: int
     cpus: int
     compatibility: bool
@@ -403,13 +404,15 @@ class MigrationTarget(Request):
                                   "unlimited); the stream is shaped to the slower of the two hosts.")
 
 
-class AutoConverge(Request):
+class AutoConvergeSettings(Request):
     """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
 
     enabled: bool = False
-    initial_percent: float = Field(20.0, gt=0, le=100, description="Throttle of the first auto-converge round.")
-    step_percent: float = Field(20.0, gt=0, le=100)
-    max_percent: float = Field(90.0, gt=0, le=99.9)
+    initial_percent: float = Field(CONVERGENCE.throttle_initial_percent, gt=0, le=100,
+                                   description="Throttle of the first auto-converge round.")
+    step_percent: float = Field(CONVERGENCE.throttle_step_percent, gt=0, le=100,
+                                description="Added after each further round that does not shrink.")
+    max_percent: float = Field(CONVERGENCE.throttle_max_percent, gt=0, le=99.9)
 
 
 class MigrationRequest(Request):
@@ -419,12 +422,12 @@ class MigrationRequest(Request):
     vm_id: str = Field(pattern=VM_ID_PATTERN)
     mode: MigrationMode = MigrationMode.Live
     target: MigrationTarget
-    threshold_ms: float = Field(1.0, gt=0, le=60_000, description="Switch over when the remaining dirty "
-                                "set would cross the link in less than this.")
-    max_rounds: int = Field(30, ge=1, le=1000)
-    stall_rounds: int = Field(3, ge=1, le=1000, description="Rounds in a row that shrink the remaining "
-                              "set by less than 5 % before the ladder steps in.")
-    auto_converge: AutoConverge = Field(default_factory=AutoConverge)
+    threshold_ms: float = Field(CONVERGENCE.threshold_ms, gt=0, le=60_000, description="Switch over when the "
+                                "remaining dirty set would cross the link in less than this.")
+    max_rounds: int = Field(CONVERGENCE.max_rounds, ge=1, le=1000)
+    stall_rounds: int = Field(CONVERGENCE.stall_rounds, ge=1, le=1000, description="Rounds in a row that "
+                              "shrink the remaining set by less than 5 % before the ladder steps in.")
+    auto_converge: AutoConvergeSettings = Field(default_factory=AutoConvergeSettings)
     fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
                                     "copy the rest (a quick migration of what the target lacks).")
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
@@ -438,6 +441,15 @@ class MigrationRequest(Request):
             raise ValueError("mode must be Live or Quick: the operator resolves Auto before calling agents")
         return self
 
+    def convergence(self) -> ConvergencePolicy:
+        """The rules the source's convergence decision follows for this migration."""
+        auto = self.auto_converge
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=auto.enabled, throttle_initial_percent=auto.initial_percent,
+            throttle_step_percent=auto.step_percent, throttle_max_percent=auto.max_percent,
+            fallback_to_quick=self.fallback_to_quick, max_downtime_ms=self.max_downtime_ms)
+
 
 class RoundInfo(Response):
     round: int
@@ -446,7 +458,7 @@ class RoundInfo(Response):
     dirty_mib: float = Field(description="Distinct MiB dirtied while this round was on the wire.")
 
 
-class MigrationFailure(Response):
+class MigrationFailureReport(Response):
     reason: FailureReason
     message: str
 
@@ -476,7 +488,7 @@ class MigrationStatus(Response):
                            "asked whether it resumed the guest (a partition, a dead host). The source keeps its "
                            "copy paused and asks again until the target answers, or until POST "
                            "/v1/migrations/{id}/resolve tells it what the target did.")
-    failure: MigrationFailure | None = None
+    failure: MigrationFailureReport | None = None
     peer: str | None = Field(None, description="The other host, as host:port when known.")
 
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from vmshift.hypervisor.admission import ConnectionGuard, HandshakeSlots
 from vmshift.hypervisor.host import ApiError, Host, HostConfig
-from vmshift.hypervisor.migration import handle_connection
+from vmshift.hypervisor.migration.target import handle_connection
 from vmshift.hypervisor.protocol import (
     API_PREFIX,
     DriverChange,

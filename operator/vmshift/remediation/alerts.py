@@ -12,13 +12,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vmshift.api.host import HardwareAlert
-from vmshift.hypervisor.protocol import Sensors
-from vmshift.sensors import LIMITS, SensorLimits, assess
+from vmshift.sensors import LIMITS, Reading, SensorLimits, assess
 
 #: Alertnames of the alerts made from sensors (defined once, in the API: HardwareAlert), and the
 #: ``signal`` label each carries (the sensor kind, which RemediationPolicy correlation may name
@@ -151,9 +150,16 @@ def _alert(host: str, alertname: str, severity: str, summary: str, now: datetime
     )
 
 
+class SensorReadings(Protocol):
+    """What alerts are made from: a host's sensors that can say what they read. The agent's
+    ``Sensors`` (its API model) is one; the decision depends on no agent code."""
+
+    def reading(self) -> Reading: ...
+
+
 def host_signals_from_sensors(
     host: str,
-    sensors: Sensors | Mapping[str, Any],
+    sensors: SensorReadings,
     *,
     limits: SensorLimits | None = None,
     now: datetime | None = None,
@@ -168,6 +174,5 @@ def host_signals_from_sensors(
     times); it defaults to the Unix epoch so the function stays free of clocks.
     """
     when = now or datetime.fromtimestamp(0, UTC)
-    reading = sensors if isinstance(sensors, Sensors) else Sensors.model_validate(dict(sensors))
     return [_alert(host, problem.alert.value, problem.severity.value.lower(), f"{host}: {problem.message}.", when)
-            for problem in assess(reading.reading(), limits or LIMITS)]
+            for problem in assess(sensors.reading(), limits or LIMITS)]

@@ -40,9 +40,9 @@ from vmshift.api.remediationpolicy import RemediationAction
 from vmshift.scheduling.drain import next_attempt, plan_drain
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import MigrationPolicyView
 
-_NO_POLICIES: Mapping[str, PolicyView] = MappingProxyType({})
+_NO_POLICIES: Mapping[str, MigrationPolicyView] = MappingProxyType({})
 
 #: Failures after which a VM is not tried again in the same drain (a person cancelled its move, or
 #: its source lost it): retrying cannot help.
@@ -173,7 +173,7 @@ def evacuation_step(
     attempts: Sequence[Attempt],
     *,
     limits: DrainLimits | None = None,
-    vm_policies: Mapping[str, PolicyView] = _NO_POLICIES,
+    vm_policies: Mapping[str, MigrationPolicyView] = _NO_POLICIES,
     setup_seconds: float = SETUP_SECONDS,
 ) -> Step:
     """The next pass of the drain ``episode`` toward ``goal`` (see the module rules)."""

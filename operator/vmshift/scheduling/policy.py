@@ -17,7 +17,9 @@ from vmshift.api import conditions as cond
 from vmshift.api.common import EVERYTHING, Selector
 from vmshift.api.migrationpolicy import MigrationPolicyStatus
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.hypervisor.precopy import predict_precopy, quick_migration_seconds
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
+from vmshift.precopy.model import predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, blocking
 from vmshift.scheduling.fleet import VMView
 
@@ -31,7 +33,7 @@ class Rung(StrEnum):
 
 
 @dataclass(frozen=True)
-class PolicyView:
+class MigrationPolicyView:
     """A MigrationPolicy as the scheduler sees it.
 
     Selection: ``namespaces`` (names) and ``namespace_selector`` (a label selector on the namespace's
@@ -48,12 +50,14 @@ class PolicyView:
     namespaces: tuple[str, ...] = ()
     namespace_selector: Selector = EVERYTHING
     vm_selector: Selector = EVERYTHING
-    threshold_ms: float = 1.0
+    threshold_ms: float = CONVERGENCE.threshold_ms
     max_downtime_ms: float = 300.0
-    max_rounds: int = 30
-    stall_rounds: int = 3
+    max_rounds: int = CONVERGENCE.max_rounds
+    stall_rounds: int = CONVERGENCE.stall_rounds
     ladder: tuple[Rung, ...] = (Rung.PreCopy, Rung.AutoConverge)
-    throttle: tuple[int, int, int] = (20, 10, 99)  # AutoConverge: initial, step, max percent
+    #: AutoConverge's throttle: initial, step, max percent.
+    throttle: tuple[float, float, float] = (CONVERGENCE.throttle_initial_percent, CONVERGENCE.throttle_step_percent,
+                                            CONVERGENCE.throttle_max_percent)
     bandwidth_mbps: float | None = None
     parallel_migrations_per_cluster: int = 5
     parallel_outbound_per_host: int = 2
@@ -64,21 +68,29 @@ class PolicyView:
     def allows_quick(self) -> bool:
         return Rung.Quick in self.ladder
 
+    def convergence(self, max_downtime_ms: float | None = None) -> ConvergencePolicy:
+        """The rules a live migration under this policy converges by, as the agent receives them.
+
+        ``max_downtime_ms`` is the budget the migration carries (its own or its VM's; None: none).
+        """
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=Rung.AutoConverge in self.ladder, throttle_initial_percent=self.throttle[0],
+            throttle_step_percent=self.throttle[1], throttle_max_percent=self.throttle[2],
+            fallback_to_quick=self.allows_quick, max_downtime_ms=max_downtime_ms)
+
     def completion_timeout_seconds(self, memory_mib: float) -> float:
         """The whole migration's deadline for a guest of ``memory_mib`` (at least one GiB's worth)."""
         return self.completion_timeout_per_gib_seconds * max(memory_mib / 1024, 1.0)
 
 
-#: The same class under a name that reads well next to the remediation's PolicyView.
-MigrationPolicyView = PolicyView
-
 #: What applies when no MigrationPolicy matches: Hyper-V's switchover threshold, QEMU's default
 #: downtime budget, pre-copy then auto-converge; quick migration only when a policy allows it.
-DEFAULT_POLICY = PolicyView(name="(default)")
+DEFAULT_POLICY = MigrationPolicyView(name="(default)")
 
 
 def _specificity(
-    policy: PolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
+    policy: MigrationPolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
 ) -> tuple[int, int] | None:
     """(matched keys in all, matched namespace keys) if ``policy`` selects the VM, else None."""
     if policy.namespaces and namespace not in policy.namespaces:
@@ -94,11 +106,11 @@ def _specificity(
 def select_policy(
     vm_labels: Mapping[str, str],
     namespace: str,
-    policies: Sequence[PolicyView],
+    policies: Sequence[MigrationPolicyView],
     *,
     namespace_labels: Mapping[str, str] | None = None,
     requested: str | None = None,
-) -> PolicyView | None:
+) -> MigrationPolicyView | None:
     """The policy that governs a VM, or None when none matches (then :data:`DEFAULT_POLICY` applies).
 
     ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
@@ -113,7 +125,7 @@ def select_policy(
         if named:
             return named[0]
     ns_labels = namespace_labels or {}
-    best: tuple[tuple[int, int, int, str], PolicyView] | None = None
+    best: tuple[tuple[int, int, int, str], MigrationPolicyView] | None = None
     for policy in policies:
         spec = _specificity(policy, vm_labels, namespace, ns_labels)
         if spec is None:
@@ -124,7 +136,7 @@ def select_policy(
     return best[1] if best is not None else None
 
 
-def downtime_budget_ms(migration_ms: float | None, vm_ms: float | None, policy: PolicyView | None) -> float:
+def downtime_budget_ms(migration_ms: float | None, vm_ms: float | None, policy: MigrationPolicyView | None) -> float:
     """The pause a migration may cause, as sent to the source agent: the migration's
     spec.maxDowntimeMs, else the VM's spec.migration.maxDowntimeMs, else its policy's (the
     defaults' 300 ms when no policy selects it)."""
@@ -145,13 +157,13 @@ class ModeChoice:
     expected_downtime_ms: float | None = None
 
 
-def migration_bandwidth_mbps(policy: PolicyView, *links_mbps: float) -> float:
+def migration_bandwidth_mbps(policy: MigrationPolicyView, *links_mbps: float) -> float:
     """The rate one migration can get: the slowest of the links it crosses and the policy's cap."""
     rates = [r for r in (*links_mbps, policy.bandwidth_mbps) if r is not None and r > 0]
     return min(rates) if rates else 10_000.0
 
 
-def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
+def _live_estimate(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
     prediction = predict_precopy(
         max(vm.memory_mib, 1),
         vm.dirty_rate_mibps,
@@ -167,7 +179,7 @@ def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tup
 def choose_mode(
     requested: MigrationMode | str,
     vm: VMView,
-    policy: PolicyView | None,
+    policy: MigrationPolicyView | None,
     problems: list[Problem],
     *,
     bandwidth_mbps: float | None = None,
@@ -257,7 +269,7 @@ class PolicySubject:
 
 
 def governed(
-    policies: Sequence[PolicyView],
+    policies: Sequence[MigrationPolicyView],
     vms: Iterable[PolicySubject],
     namespace_labels: Mapping[str, Mapping[str, str]],
 ) -> dict[str, list[str]]:
@@ -277,7 +289,7 @@ LISTED_VMS = 20
 
 
 def migration_policy_status(
-    policy: PolicyView, vms: Sequence[str], generation: int, previous: Mapping[str, Any]
+    policy: MigrationPolicyView, vms: Sequence[str], generation: int, previous: Mapping[str, Any]
 ) -> dict[str, Any]:
     """A MigrationPolicy's status (pure): accepted (Ready) and the VMs it governs now."""
     shown = ", ".join(vms[:LISTED_VMS]) + (f" and {len(vms) - LISTED_VMS} more" if len(vms) > LISTED_VMS else "")

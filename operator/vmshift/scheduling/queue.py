@@ -31,11 +31,11 @@ from types import MappingProxyType
 from typing import TypedDict, TypeVar
 
 from vmshift.scheduling.fleet import HostView
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView
 
 
 @dataclass(frozen=True)
-class MigrationRequest:
+class QueuedMigration:
     """One VirtualMachineMigration as the queue sees it (``key`` is its ``namespace/name``)."""
 
     key: str
@@ -74,7 +74,7 @@ class QueueTerms(TypedDict):
     policy_cluster_limit: int | None
 
 
-def queue_terms(policy: PolicyView, *, evacuation: bool) -> QueueTerms:
+def queue_terms(policy: MigrationPolicyView, *, evacuation: bool) -> QueueTerms:
     """What a request carries into the queue from its policy: its limits, when a MigrationPolicy
     governs the VM (the defaults add no per-policy limit: the hosts' slots and the cluster limit
     hold them), and whether it is an evacuation."""
@@ -99,14 +99,14 @@ class Reservations:
     per_policy: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
-    def of(cls, in_flight: Iterable[MigrationRequest]) -> Reservations:
+    def of(cls, in_flight: Iterable[QueuedMigration]) -> Reservations:
         """The slots migrations in flight hold (their capacity is already in ``HostView.reserved_*``)."""
         out = cls()
         for request in in_flight:
             out = out.add(request, capacity=False)
         return out
 
-    def add(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+    def add(self, request: QueuedMigration, *, capacity: bool = True) -> Reservations:
         """These reservations plus ``request``'s: a slot on source and target, and (``capacity``)
         its cpus and memory on the target."""
         slots = dict(self.slots)
@@ -127,7 +127,7 @@ class Reservations:
             per_policy=_bump(self.per_policy, request.policy, 1) if request.policy else self.per_policy,
         )
 
-    def release(self, request: MigrationRequest, *, capacity: bool = True) -> Reservations:
+    def release(self, request: QueuedMigration, *, capacity: bool = True) -> Reservations:
         """These reservations without ``request``'s (when it ends, whatever the outcome)."""
         slots = dict(self.slots)
         for host in {request.source, request.target} - {None}:
@@ -161,13 +161,13 @@ class Reservations:
 class Admission:
     """The answer of one pass: requests that start now (in order), and why each other one waits."""
 
-    admitted: tuple[MigrationRequest, ...]
+    admitted: tuple[QueuedMigration, ...]
     waiting: Mapping[str, str]
     reservations: Reservations
 
 
 def _why_not(
-    request: MigrationRequest,
+    request: QueuedMigration,
     hosts: Mapping[str, HostView],
     booked: Reservations,
     busy_vms: set[str],
@@ -208,8 +208,8 @@ def _why_not(
 
 
 def admit(
-    pending: Sequence[MigrationRequest],
-    in_flight: Sequence[MigrationRequest],
+    pending: Sequence[QueuedMigration],
+    in_flight: Sequence[QueuedMigration],
     hosts: Mapping[str, HostView],
     *,
     cluster_limit: int | None = None,
@@ -223,7 +223,7 @@ def admit(
     """
     booked = Reservations.of(in_flight)
     busy_vms = {r.vm for r in in_flight}
-    admitted: list[MigrationRequest] = []
+    admitted: list[QueuedMigration] = []
     waiting: dict[str, str] = {}
     # Evacuations first, oldest first; what a waiting one needs is kept from user requests.
     held_hosts: dict[str, str] = {}
@@ -242,12 +242,12 @@ def admit(
             cluster_held = request.key
         for host in (request.source, request.target):
             held_hosts.setdefault(host, request.key)
-    queues: dict[str, deque[MigrationRequest]] = {}
+    queues: dict[str, deque[QueuedMigration]] = {}
     for request in sorted((r for r in pending if not r.evacuation), key=lambda r: r.order):
         queues.setdefault(request.namespace, deque()).append(request)
     turn = deque(sorted(queues, key=lambda ns: (queues[ns][0].order, ns)))
 
-    def user_why_not(request: MigrationRequest) -> str | None:
+    def user_why_not(request: QueuedMigration) -> str | None:
         if cluster_held is not None:
             return f"the evacuation {cluster_held} waits for a cluster slot and goes first."
         for host in (request.source, request.target):
