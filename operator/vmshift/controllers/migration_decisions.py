@@ -47,6 +47,13 @@ def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
     return StopAction.Leave
 
 
+def as_sentence(text: str) -> str:
+    """``text`` ending as a sentence does (pure): an agent's message may lack the final stop, and the
+    controller appends its own sentence after it."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
 def leaving(stopped: kopf.DaemonStopped) -> bool:
     """True once the operator exits or pauses (pure): what the daemon concludes from then on may
     come from the shutdown itself (agent links closed, the session gone), so it writes nothing."""

@@ -46,6 +46,7 @@ from vmshift.controllers.migration_decisions import (
     Side,
     StopAction,
     agent_failure_reason,
+    as_sentence,
     decide_move,
     leaving,
     migration_conditions,
@@ -641,7 +642,7 @@ async def drive_migration(
             failure = report.failure
             await _finish(run, MigrationPhase.Failed, report=report, failure=MigrationFailedError(
                 failure.reason if failure else FailureReason.TargetLost,
-                (failure.message if failure else "The agents reported a failure without a reason.")
+                as_sentence(failure.message if failure else "The agents reported a failure without a reason")
                 + f" {run.vm_name} keeps running on {run.source}."))
     except Leaving:
         logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "

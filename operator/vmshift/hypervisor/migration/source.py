@@ -343,7 +343,7 @@ class SourceMigration:
         if extra:
             text += f"; {extra}"
         return text + ("; the VM keeps running on the source. Allow autoConverge or fallbackToQuick, "
-                       "raise the bandwidth or the threshold, or migrate when the guest is quieter")
+                       "raise the bandwidth or the threshold, or migrate when the guest is quieter.")
 
     def _halt_guest(self, quick: bool) -> None:
         self._paused_at = time.monotonic()
