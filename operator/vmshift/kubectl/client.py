@@ -15,8 +15,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-GROUP = "vmshift.io"
-VERSION = "v1alpha1"
+from vmshift.api.common import GROUP, VERSION
 
 #: kind -> (plural, namespaced)
 KINDS: dict[str, tuple[str, bool]] = {

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.kubectl import decide, render
 from vmshift.kubectl.client import ApiServerError, Cluster
 from vmshift.kubectl.decide import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
@@ -223,7 +224,7 @@ def follow_drain(ctx: Context, name: str) -> int:
                 line = render.drain_line(host)
                 if live is not None:
                     moving = ctx.cluster.objects(MIGRATION, all_namespaces=True,
-                                              label_selector=f"vmshift.io/evacuation={name}")
+                                              label_selector=f"{EVACUATION_LABEL}={name}")
                     rows = render.moving_rows(moving)
                     table = Table(box=None, header_style="bold", pad_edge=False)
                     for column in render.MOVING_COLUMNS:
