@@ -17,7 +17,7 @@ from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import kubeapi, migrations
 from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
-from vmshift.controllers.migrations import Run
+from vmshift.controllers.migrationrun import Run
 from vmshift.controllers.runtime import reset_runtime, runtime
 from vmshift.controllers.views import VMEntry
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -34,7 +34,8 @@ from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
 from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.agents import RESIDENT, AgentLink
+from vmshift.controllers.agents import RESIDENT
+from vmshift.controllers.coldmove import is_stopped, move_cold
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
 from vmshift.controllers.migration_decisions import (
     AgentRefusedError,
@@ -42,20 +43,19 @@ from vmshift.controllers.migration_decisions import (
     Leaving,
     MigrationFailedError,
     ProgressWatch,
-    RoundLedger,
     Side,
     StopAction,
     agent_failure_reason,
     as_sentence,
     decide_move,
     leaving,
-    migration_conditions,
     progress_status,
     stop_action,
     target_verdict,
 )
+from vmshift.controllers.migrationrun import Run, agent_link, policy_for
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import IN_FLIGHT, VMEntry, migrations_to_collect, problems, vm_view
+from vmshift.controllers.views import IN_FLIGHT, migrations_to_collect, problems, vm_view
 from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -65,10 +65,8 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
-    VmState,
 )
-from vmshift.scheduling.cold import ColdRefusal, decide_cold_move
-from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, Rung, downtime_budget_ms, select_policy
+from vmshift.scheduling.policy import MigrationPolicyView, Rung, downtime_budget_ms
 from vmshift.scheduling.queue import QueuedMigration, queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
@@ -81,76 +79,6 @@ POLL_INTERVAL = 0.25
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     phase = (status or {}).get("phase")
     return phase is not None and MigrationPhase(phase).finished
-
-
-@dataclass
-class Run:
-    """One migration being driven: the object's identity and what has been decided so far."""
-
-    name: str
-    namespace: str
-    uid: str
-    vm_name: str
-    generation: int
-    body: kopf.Body
-    status: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-    target: str | None = None
-    mode: MigrationMode | None = None
-    policy: MigrationPolicyView = DEFAULT_POLICY
-    vm: VMEntry | None = None
-    started: float = field(default_factory=time.monotonic)
-    last_patch: float = 0.0
-    ledger: RoundLedger = field(default_factory=RoundLedger)
-    #: The phase last written to the VM's status.migration.
-    vm_phase: MigrationPhase | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def vm_key(self) -> str:
-        return f"{self.namespace}/{self.vm_name}"
-
-    async def patch(self, status: dict[str, Any]) -> None:
-        self.status.update(status)
-        self.last_patch = time.monotonic()
-        await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
-
-    async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
-        await self.patch({"phase": phase.value, "observedGeneration": self.generation,
-                          "conditions": migration_conditions(self.status, phase, reason, message, self.generation),
-                          **extra})
-        if self.vm_phase is not None and phase in IN_FLIGHT and phase is not self.vm_phase:
-            await self.mark_vm(phase)
-
-    async def mark_vm(self, phase: MigrationPhase) -> None:
-        """The VM's status.migration follows the migration's phase while it is in flight."""
-        self.vm_phase = phase
-        await kubeapi.patch_status("virtualmachines", self.namespace, self.vm_name, {
-            "phase": VirtualMachinePhase.Migrating.value,
-            "migration": {"name": self.name, "phase": phase.value, "targetHost": self.target}})
-
-    def vm_ref(self) -> dict[str, Any]:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
-                "metadata": {"name": self.vm_name, "namespace": self.namespace,
-                             "uid": self.vm.uid if self.vm else ""}}
-
-
-def _link(host: str | None) -> AgentLink:
-    link = runtime().agents.get(host or "")
-    if link is None or not link.reachable:
-        raise MigrationFailedError(FailureReason.AgentUnreachable,
-                                   f"The agent of {host} is not reachable; the VM stays where it is. "
-                                   f"Check the agent, then create the migration again.")
-    return link
-
-
-def _policy_for(vm: VMEntry, policies: list[MigrationPolicyView]) -> MigrationPolicyView:
-    requested = vm.spec.migration.policy
-    return select_policy(vm.labels, vm.namespace, policies, requested=requested,
-                         namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
 
 
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
@@ -170,7 +98,7 @@ async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[
                                    f"{run.vm_name} left {run.source} (it is on {vm.host} now) while this migration "
                                    f"waited; create the migration again if it should still move.")
     run.source = vm.host
-    run.policy = _policy_for(vm, policies)
+    run.policy = policy_for(vm, policies)
     requested = spec.mode if spec.mode is not MigrationMode.Auto else vm.spec.migration.mode
     return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.targetHost)
 
@@ -212,7 +140,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
 async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
     vm = run.vm
     assert vm is not None and run.source is not None
-    source_link, target_link = _link(run.source), _link(target)
+    source_link, target_link = agent_link(run.source), agent_link(target)
     try:
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:
@@ -251,64 +179,6 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         with contextlib.suppress(AgentError):  # give the reservation back now, not at its expiry
             await target_link.client.cancel_migration(run.uid)
         raise AgentRefusedError(Side.source, run.source, exc) from None
-
-
-def is_stopped(vm: VMEntry) -> bool:
-    """A VM that spec.running keeps stopped and that status shows stopped on a host: it moves cold."""
-    return not vm.spec.running and vm.phase is VirtualMachinePhase.Stopped and bool(vm.host)
-
-
-async def _move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) -> None:
-    """Re-home a stopped VM (:func:`decide_cold_move`): define it on the target, delete it on the
-    source, write the end. Run again after a crash, it finds the definition already moved."""
-    rt = runtime()
-    run.vm, run.source = vm, vm.host
-    run.policy = _policy_for(vm, values(indexes.policy_index))
-    decision = decide_cold_move(vm_view(vm), fleet(fresh=True), spec.targetHost)
-    if isinstance(decision, ColdRefusal):
-        raise MigrationFailedError(decision.reason, decision.message)
-    run.target = decision.target
-    try:
-        rt.gate.claim(run.vm_key, run.key)
-    except AlreadyMigratingError as exc:
-        raise MigrationFailedError(FailureReason.AlreadyMigrating,
-                                   f"{run.vm_name} already has a migration in flight ({exc.holder}); this request "
-                                   f"is refused. Wait for it to end, or delete it, then ask again.") from None
-    source_link, target_link = _link(run.source), _link(run.target)
-    try:
-        info = await source_link.client.get_vm(vm.uid)
-    except AgentError as exc:
-        raise AgentRefusedError(Side.source, run.source or "", exc) from None
-    if info.state not in (VmState.Stopped, VmState.Defined):
-        raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
-                                   f"{run.vm_name} is {info.state.value} on {run.source}, not stopped, so it cannot "
-                                   f"move cold; create the migration again to move it live.")
-    started = timestamps.rfc3339()
-    # the guest keeps the drivers it has (an import may have changed them since it was defined)
-    wanted = definition(vm).model_copy(update={"drivers": list(info.drivers)})
-    try:
-        await target_link.client.define_vm(vm.uid, wanted)
-    except AgentError as exc:
-        raise AgentRefusedError(Side.target, run.target, exc) from None
-    try:
-        await source_link.client.delete_vm(vm.uid)
-    except AgentError as exc:
-        with contextlib.suppress(AgentError):  # leave one definition: the source's
-            await target_link.client.delete_vm(vm.uid)
-        raise AgentRefusedError(Side.source, run.source or "", exc) from None
-    finished = timestamps.rfc3339()
-    await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, {
-        "host": run.target, "phase": "Stopped", "processor": None, "migration": None,
-        "lastMigration": {"name": run.name, "result": MigrationPhase.Succeeded.value, "sourceHost": run.source,
-                          "targetHost": run.target, "downtimeMs": 0, "finishedAt": finished}})
-    await run.set_phase(MigrationPhase.Succeeded, "MovedCold", decision.message, sourceHost=run.source,
-                        targetHost=run.target, policy=run.policy.name, startedAt=started, finishedAt=finished,
-                        downtimeMs=0, inDoubt=None)
-    kopf.info(run.body, reason="MovedCold", message=decision.message)
-    kopf.info(run.vm_ref(), reason="MovedCold", message=decision.message)
-    metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
-    rt.gate.release(run.key)
-    rt.gate_changed.set()
 
 
 async def _agent_view(run: Run) -> MigrationStatus | None:
@@ -579,7 +449,7 @@ async def drive_migration(
     phase = MigrationPhase(status.get("phase") or MigrationPhase.Pending)
     run.vm = one(indexes.vm_index, run.vm_key)
     if run.vm is not None:
-        run.policy = _policy_for(run.vm, values(indexes.policy_index))
+        run.policy = policy_for(run.vm, values(indexes.policy_index))
     try:
         if wanted is None:
             raise MigrationFailedError(FailureReason.InvalidSpec,
@@ -594,7 +464,7 @@ async def drive_migration(
                 run.target = wanted.targetHost
                 stopped_vm = one(indexes.vm_index, run.vm_key)
                 if stopped_vm is not None and is_stopped(stopped_vm):
-                    await _move_cold(run, stopped_vm, wanted)
+                    await move_cold(run, stopped_vm, wanted)
                     await _collect_garbage(run)
                     return
                 move = await _validate(run, wanted, values(indexes.policy_index))
