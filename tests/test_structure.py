@@ -26,11 +26,7 @@ OVERSIZED = {
     "vmshift/hypervisor/qemu/driver.py",
 }
 #: Public class names defined in two modules for now, each with who removes it from this list.
-SHARED_CLASS_NAMES = {
-    # api.host.Host (the resource) and hypervisor.host.Host (the agent's host): renamed (HypervisorHost)
-    # when the QEMU driver is plugged into the agent's host behind --driver.
-    "Host",
-}
+SHARED_CLASS_NAMES: set[str] = set()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmshift.api.host import SensorHealth, SensorKind
-from vmshift.hypervisor.host import Host, HostConfig
+from vmshift.hypervisor.host import HostConfig, HypervisorHost
 from vmshift.hypervisor.protocol import (
     ComponentFault,
     FanStatus,
@@ -40,14 +40,14 @@ class Clock:
 
 
 @pytest.fixture
-def host() -> tuple[Host, Clock]:
-    h = Host(HostConfig(name="h1", cpu_model="icelake", cores=16, memory_mib=65536, bandwidth_mbps=10_000))
+def host() -> tuple[HypervisorHost, Clock]:
+    h = HypervisorHost(HostConfig(name="h1", cpu_model="icelake", cores=16, memory_mib=65536, bandwidth_mbps=10_000))
     clock = Clock()
     h.clock = clock
     return h, clock
 
 
-def test_a_healthy_host_reads_real_units(host: tuple[Host, Clock]) -> None:
+def test_a_healthy_host_reads_real_units(host: tuple[HypervisorHost, Clock]) -> None:
     h, _ = host
     sensors = h.host_info().sensors
     assert all(5000 < f.rpm < 12000 and f.ok for f in sensors.fans), sensors.fans
@@ -55,7 +55,7 @@ def test_a_healthy_host_reads_real_units(host: tuple[Host, Clock]) -> None:
     assert sensors.corrected_memory_errors_per_hour == 0 and h.health().healthy
 
 
-def test_a_failed_fan_stops_and_the_other_supply_carries_the_load(host: tuple[Host, Clock]) -> None:
+def test_a_failed_fan_stops_and_the_other_supply_carries_the_load(host: tuple[HypervisorHost, Clock]) -> None:
     h, _ = host
     h.define_vm("g1", VmDefinition(name="g1", cpus=4, memory_mib=8192))
     h.start_vm("g1")
@@ -70,14 +70,14 @@ def test_a_failed_fan_stops_and_the_other_supply_carries_the_load(host: tuple[Ho
         ("Fan", "Warning"), ("PowerSupply", "Critical")}
 
 
-def test_fans_spin_faster_when_the_inlet_warms(host: tuple[Host, Clock]) -> None:
+def test_fans_spin_faster_when_the_inlet_warms(host: tuple[HypervisorHost, Clock]) -> None:
     h, _ = host
     cool = h.host_info().sensors.fans[0].rpm
     warm = h.change_sensors(SensorChange(temperature_c=60)).sensors.fans[0].rpm
     assert warm > cool
 
 
-def test_corrected_errors_are_counted_per_hour_over_a_sliding_hour(host: tuple[Host, Clock]) -> None:
+def test_corrected_errors_are_counted_per_hour_over_a_sliding_hour(host: tuple[HypervisorHost, Clock]) -> None:
     h, clock = host
     h.change_sensors(SensorChange(corrected_memory_errors=80))
     clock.now += 1800

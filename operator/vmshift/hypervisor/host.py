@@ -147,7 +147,7 @@ def storage_problems(disks: list[DiskSpec], shared_volumes: tuple[str, ...],
     return problems
 
 
-class Host:
+class HypervisorHost:
     """The hypervisor: VMs, their capacity, the hardware sensors, and the migrations in flight."""
 
     def __init__(self, config: HostConfig) -> None:

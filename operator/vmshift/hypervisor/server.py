@@ -25,7 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from vmshift.hypervisor.admission import ConnectionGuard, HandshakeSlots
-from vmshift.hypervisor.host import ApiError, Host, HostConfig
+from vmshift.hypervisor.host import ApiError, HostConfig, HypervisorHost
 from vmshift.hypervisor.migration.target import handle_connection
 from vmshift.hypervisor.protocol import (
     API_PREFIX,
@@ -55,7 +55,7 @@ EVENT_INTERVAL = 0.1
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-HOST_KEY = web.AppKey("host", Host)
+HOST_KEY = web.AppKey("host", HypervisorHost)
 TOKEN_KEY = web.AppKey("token", str)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
@@ -150,7 +150,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, ErrorCode.Invalid, f"invalid {model.__name__}: {describe_validation(exc)}") from None
 
 
-def _host(request: web.Request) -> Host:
+def _host(request: web.Request) -> HypervisorHost:
     return request.app[HOST_KEY]
 
 
@@ -261,7 +261,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok\n")
 
 
-def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> web.Application:
+def create_app(host: HypervisorHost, token: str, guard: ConnectionGuard | None = None) -> web.Application:
     """The aiohttp application of one agent; ``guard`` learns which connections authenticated."""
     if not token:
         raise ValueError("the agent needs a non-empty bearer token")
@@ -305,7 +305,7 @@ def bind_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_migrations(host: Host, sock: socket.socket, slots: HandshakeSlots | None = None) -> None:
+async def serve_migrations(host: HypervisorHost, sock: socket.socket, slots: HandshakeSlots | None = None) -> None:
     """Accept connections on the migration port forever; each is served in its own task, and at most
     ``slots.limit`` of them may be in their opening handshake at once (admission.py)."""
     loop = asyncio.get_running_loop()
@@ -333,7 +333,7 @@ class _HandshakeHost:
     """The host as one migration connection sees it: looking up its migration ends the handshake
     (the opening frame has arrived), which gives the connection's handshake slot back."""
 
-    def __init__(self, host: Host, release: Callable[[], None]) -> None:
+    def __init__(self, host: HypervisorHost, release: Callable[[], None]) -> None:
         self._host = host
         self._release = release
 
@@ -345,7 +345,7 @@ class _HandshakeHost:
         return getattr(self._host, name)
 
 
-async def _serve_migration_connection(host: Host, conn: socket.socket, slots: HandshakeSlots) -> None:
+async def _serve_migration_connection(host: HypervisorHost, conn: socket.socket, slots: HandshakeSlots) -> None:
     task = asyncio.current_task()
     assert task is not None
 
@@ -353,7 +353,7 @@ async def _serve_migration_connection(host: Host, conn: socket.socket, slots: Ha
         slots.give_back(task)
 
     try:
-        await handle_connection(cast(Host, _HandshakeHost(host, release)), host.tickets, conn)
+        await handle_connection(cast(HypervisorHost, _HandshakeHost(host, release)), host.tickets, conn)
     finally:
         release()
         conn.close()
@@ -387,7 +387,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
                     exit_with_parent: bool = False) -> int:
     """Run one agent until SIGTERM/SIGINT (or its parent's death, if asked); return the exit code."""
     tune_allocator()
-    host = Host(config)
+    host = HypervisorHost(config)
     loop = asyncio.get_running_loop()
     migration_sock = bind_socket(listen, migration_port)
     bound_migration_port = int(migration_sock.getsockname()[1])
