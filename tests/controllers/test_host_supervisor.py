@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 import pytest
 
-from vmshift.controllers import hostsupervisor, kubeapi
+from vmshift.controllers import hosts, hostsupervisor, kubeapi
 from vmshift.controllers.hostsupervisor import HostSupervisor
 
 QUARANTINE = {"policy": "psu", "action": "EvacuateCritical", "since": "2026-01-01T00:00:00Z", "alerts": []}
@@ -57,3 +57,19 @@ async def test_a_failed_write_is_written_again(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(kubeapi.ApiException):
         await supervisor.write({"phase": "Cordoned"})
     assert supervisor.patch({"phase": "Cordoned"}) == {"phase": "Cordoned", "remediation": QUARANTINE}
+
+
+def test_the_passes_read_the_informers_host_when_kopfs_copy_lags_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The informer's event wakes the supervisor; Kopf's copy may not have it yet. Maintenance just
+    turned off, or a release annotation just set, must be what the passes see."""
+    kopf_spec, kopf_meta = {"maintenance": True}, {"resourceVersion": "100", "annotations": {}}
+    newer = {"metadata": {"resourceVersion": "101", "annotations": {"example.com/fan-fixed": "yes"}},
+             "spec": {"maintenance": False}}
+    monkeypatch.setitem(hosts._seen, "h1", newer)
+    spec, meta = hostsupervisor.newest_of("h1", kopf_spec, kopf_meta)
+    assert spec == {"maintenance": False} and meta["annotations"] == {"example.com/fan-fixed": "yes"}
+    monkeypatch.setitem(hosts._seen, "h1", {**newer, "metadata": {"resourceVersion": "99"}})
+    assert hostsupervisor.newest_of("h1", kopf_spec, kopf_meta) == (kopf_spec, kopf_meta)
+    monkeypatch.setitem(hosts._seen, "h1", {**newer, "metadata": {"resourceVersion": "opaque"}})
+    assert hostsupervisor.newest_of("h1", kopf_spec, kopf_meta) == (kopf_spec, kopf_meta)
+    assert hostsupervisor.newest_of("unseen", kopf_spec, kopf_meta) == (kopf_spec, kopf_meta)

@@ -42,6 +42,25 @@ def _answered(link: AgentLink | None) -> datetime | None:
     return datetime.now(UTC) - timedelta(seconds=time.monotonic() - link.reported_at)
 
 
+def newer(informer: Mapping[str, Any], kopf_meta: Mapping[str, Any]) -> bool:
+    """Whether the informer's copy of an object is newer than Kopf's (pure): resourceVersions of one
+    object from one API server grow; an unreadable one counts as not newer."""
+    try:
+        return int((informer.get("metadata") or {}).get("resourceVersion") or 0) > int(
+            kopf_meta.get("resourceVersion") or 0)
+    except ValueError:
+        return False
+
+
+def newest_of(name: str, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[Mapping[str, Any],
+                                                                                     Mapping[str, Any]]:
+    """The Host's spec and metadata: the informer's when newer than Kopf's, else Kopf's."""
+    fresh = hosts.last_seen(name)
+    if fresh is not None and newer(fresh, meta):
+        return fresh.get("spec") or {}, fresh.get("metadata") or {}
+    return spec, meta
+
+
 class HostSupervisor:
     """The state of one Host's loop: what its status holds, and each pass's own memory."""
 
@@ -129,7 +148,12 @@ class HostSupervisor:
 
     async def run_pass(self, spec: Mapping[str, Any], meta: Mapping[str, Any], kopf_status: Mapping[str, Any],
                        logger: kopf.Logger | logging.Logger) -> float:
-        """Poll (when due), remediate, drain, write; returns how long to sleep unless woken."""
+        """Poll (when due), remediate, drain, write; returns how long to sleep unless woken.
+
+        The passes read the newest of the Host as Kopf handed it and as the informer delivered it:
+        the informer's event is what woke the supervisor, and Kopf's copy may not have caught up, so
+        a maintenance turned off or a release annotation just set would otherwise be seen a pass late."""
+        spec, meta = newest_of(self.name, spec, meta)
         if time.monotonic() >= self.next_poll:
             await self.poll(spec)
         remediation_due = await remediation.remediation_pass(self.remediator, meta.get("annotations") or {}, logger)
