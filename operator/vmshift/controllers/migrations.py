@@ -33,7 +33,7 @@ from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT
 from vmshift.controllers.coldmove import is_stopped, move_cold
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
@@ -287,8 +287,8 @@ async def _in_doubt(run: Run, report: MigrationStatus, doubt: _Doubt) -> None:
                    f"could run two copies). It is settled as soon as {run.target}'s agent answers; if {run.target} "
                    f"is gone for good, restore its agent or power the host off and delete its Host.")
         await run.set_phase(MigrationPhase.SwitchingOver, "InDoubt", message, inDoubt=True)
-        kopf.warn(run.body, reason="InDoubt", message=message)
-        kopf.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
+        events.warn(run.body, reason="InDoubt", message=message)
+        events.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
     if time.monotonic() - doubt.asked_at < DOUBT_ASK_INTERVAL:
         return
     doubt.asked_at = time.monotonic()
@@ -357,8 +357,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
                    f"with {extra.get('downtimeMs')} ms of downtime.")
         await run.set_phase(phase, "Succeeded", message, **extra)
-        kopf.info(run.body, reason="Succeeded", message=message)
-        kopf.info(run.vm_ref(), reason="Migrated", message=message)
+        events.info(run.body, reason="Succeeded", message=message)
+        events.info(run.vm_ref(), reason="Migrated", message=message)
         metrics.MIGRATIONS.labels(mode=mode.value, result="Succeeded").inc()
         if report and report.downtime_ms is not None:
             metrics.DOWNTIME.labels(mode=mode.value).observe(report.downtime_ms / 1000)
@@ -369,9 +369,9 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         text = failure.message if failure else "The migration was cancelled."
         extra["failure"] = {"reason": reason.value, "message": text}
         await run.set_phase(phase, reason.value, text, **extra)
-        kopf.warn(run.body, reason=reason.value, message=text)
+        events.warn(run.body, reason=reason.value, message=text)
         if run.vm is not None:
-            kopf.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
+            events.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
         metrics.MIGRATIONS.labels(mode=mode.value, result=phase.value).inc()
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
@@ -496,7 +496,8 @@ async def drive_migration(
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
                                     startedAt=timestamps.rfc3339())
-                kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
+                events.info(body, reason="Started",
+                            message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)
             run.vm_phase = phase if phase in IN_FLIGHT else None

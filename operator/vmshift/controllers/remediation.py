@@ -32,7 +32,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
-from vmshift.controllers import kubeapi
+from vmshift.controllers import events, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
@@ -273,7 +273,7 @@ class HostRemediator:
             await self._keep(decision, policy)
         elif self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
     async def _start(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         remediation: dict[str, Any] = {
@@ -285,7 +285,7 @@ class HostRemediator:
         self.staged["remediation"] = remediation
         self.remediation = remediation
         self.told[decision.policy] = decision.reason
-        kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
 
     async def _keep(self, decision: Decision, policy: RemediationPolicyView | None) -> None:
@@ -300,7 +300,7 @@ class HostRemediator:
             self.remediation = current
         if self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
     async def _end(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         since = (self.remediation or {}).get("since")
@@ -310,13 +310,13 @@ class HostRemediator:
         self.remediation, self.last = None, last
         self.last_ended[decision.policy] = now
         self.told[decision.policy] = decision.reason
-        kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="End").inc()
         if decision.reason == "ReleasedByAnnotation" and policy is not None:
             # The release is consumed, so it cannot end the next remediation at once.
             await kubeapi.patch("hosts", None, self.host,
                                 {"metadata": {"annotations": {policy.release_annotation: None}}})
-            kopf.info(self.body, reason="RemediationReleaseConsumed",
+            events.info(self.body, reason="RemediationReleaseConsumed",
                       message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
                               f"{decision.action.value} of RemediationPolicy {decision.policy}.")
 
@@ -408,6 +408,6 @@ async def report_policy(
         except ApiException as exc:
             logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
         for text in receiver.notices.pop(name, []):
-            kopf.warn(body, reason="UnknownHost", message=text)
+            events.warn(body, reason="UnknownHost", message=text)
         await until_woken(woken, stopped, IDLE_SECONDS)
     receiver.policy_wakers.pop(name, None)

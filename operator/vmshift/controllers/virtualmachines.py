@@ -23,7 +23,7 @@ from vmshift.api import conditions as cond
 from vmshift.api.labels import DRIVERS_ANNOTATION, VM_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
@@ -205,7 +205,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
                       "reason": decision.reason.value, "message": decision.message,
                       "conditions": cond.dump(conditions)}
             if not cond.changes_nothing(status, previous):
-                kopf.warn(body, reason="FailedScheduling", message=decision.message)
+                events.warn(body, reason="FailedScheduling", message=decision.message)
                 metrics.MIGRATION_REFUSALS.labels(reason=decision.reason.value).inc()
             await _patch(entry, status, previous)
             return
@@ -231,7 +231,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
             runtime().deferred.add(entry.key)
             message = (f"Starting {entry.name} on {host}: no answer from its agent ({exc}). The guest may be "
                        f"running there; the operator asks again before it chooses another host.")
-            kopf.warn(body, reason="StartUnconfirmed", message=message)
+            events.warn(body, reason="StartUnconfirmed", message=message)
             await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
                 "reason": "StartUnconfirmed", "message": message})
             return
@@ -240,11 +240,11 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         rt.placements.observed(entry.key)
         message = (f"Starting {entry.name} on {host} failed: {exc}. The operator places it again at its next "
                    f"pass (at most {RESYNC_SECONDS:.0f} s).")
-        kopf.warn(body, reason="FailedStart", message=message)
+        events.warn(body, reason="FailedStart", message=message)
         await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name,
                                    failed_start_status(previous, generation, message))
         return
-    kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
+    events.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
     logger.info(f"started {entry.key} on {host}")
     started = {"startedAt": timestamps.rfc3339(micro=True)}
     chosen = now_fleet.host(host)
@@ -264,7 +264,7 @@ async def _refuse_spec(entry: VMEntry, body: Mapping[str, Any], previous: Mappin
     status = {"observedGeneration": entry.generation, "reason": "InvalidSpec", "message": message,
               "conditions": cond.dump(conditions)}
     if not cond.changes_nothing(status, previous):
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        events.warn(body, reason="InvalidSpec", message=message)
     await _patch(entry, status, previous)
 
 
@@ -281,7 +281,7 @@ async def _refuse_definition(entry: VMEntry, body: Mapping[str, Any], previous: 
     status = {"observedGeneration": generation, "phase": Phase.Pending.value, "host": None,
               "reason": "InvalidDefinition", "message": message, "conditions": cond.dump(conditions)}
     if not cond.changes_nothing(status, previous):
-        kopf.warn(body, reason="InvalidDefinition", message=message)
+        events.warn(body, reason="InvalidDefinition", message=message)
     await _patch(entry, status, previous)
 
 
@@ -398,7 +398,7 @@ async def _resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger
             message = (f"{entry.name} ran on both {keep} and {host}; the copy on {host} was stopped and deleted and "
                        f"the one on {keep} kept ({why}).")
             logger.warning("resync: %s", message)
-            kopf.warn(_ref(entry), reason="DuplicateStopped", message=message)
+            events.warn(_ref(entry), reason="DuplicateStopped", message=message)
         if entry.host != keep:
             await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": keep})
 
