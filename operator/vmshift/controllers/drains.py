@@ -243,9 +243,9 @@ class Evacuator:
         await self._write()
         scope = "every VM" if goal.min_priority is None else f"the VMs with priority >= {goal.min_priority}"
         events.info(self.body, reason="DrainStarted",
-                  message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
-                          f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
-                          f"{plan.lower_bound_seconds:.1f} s).")
+                    message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
+                            f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
+                            f"{plan.lower_bound_seconds:.1f} s).")
         metrics.DRAINS.labels(result="Started").inc()
 
     async def _act(self, step: Step, goal: Goal | None, vms: Store[VMEntry], episode: str) -> None:
@@ -271,12 +271,12 @@ class Evacuator:
             move = create.move
             if create.attempt > 1:
                 events.warn(self.body, reason="DrainRetry",
-                          message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
-                                  f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
+                            message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
+                                    f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
             else:
                 events.info(self.body, reason="DrainMove",
-                          message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
-                                  f"{move.why or 'chosen by the drain planner.'}"[:1024])
+                            message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
+                                    f"{move.why or 'chosen by the drain planner.'}"[:1024])
 
     async def _delete(self, attempts: list[Attempt]) -> None:
         for a in attempts:
@@ -311,26 +311,26 @@ class Evacuator:
             return
         if state is DrainState.Completed and goal is not None:
             events.info(self.body, reason="DrainCompleted",
-                      message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
-                              f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
-                              f"s), {progress.failed} failed attempt(s).")
+                        message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
+                                f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
+                                f"s), {progress.failed} failed attempt(s).")
             metrics.DRAINS.labels(result="Completed").inc()
         elif state is DrainState.Completed:
             events.info(self.body, reason="DrainClosed",
-                      message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
-                              f"else cordons it.")
+                        message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
+                                f"else cordons it.")
         elif state is DrainState.Blocked:
             events.warn(self.body, reason="DrainBlocked",
-                      message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
-                              f"{describe_blocked(progress)}"[:1024])
+                        message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
+                                f"{describe_blocked(progress)}"[:1024])
             metrics.DRAINS.labels(result="Blocked").inc()
         elif state is DrainState.Running and before == DrainState.Blocked.value:
             events.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
         elif state is DrainState.Cancelled and before != DrainState.Cancelled.value:
             events.info(self.body, reason="DrainCancelled",
-                      message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
-                              f"{progress.in_flight} migration(s) already under way finish, queued ones were "
-                              f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
+                        message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
+                                f"{progress.in_flight} migration(s) already under way finish, queued ones were "
+                                f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
             metrics.DRAINS.labels(result="Cancelled").inc()
 
     def _seconds(self) -> float:

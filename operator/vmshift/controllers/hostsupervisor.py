@@ -103,7 +103,7 @@ class HostSupervisor:
                 events.info(self.body, reason="AgentReachable", message=f"The agent of {self.name} answers again.")
             else:
                 events.warn(self.body, reason="AgentUnreachable",
-                          message=f"The agent of {self.name} stopped answering: {link.last_error}")
+                            message=f"The agent of {self.name} stopped answering: {link.last_error}")
         self.was_reachable = link.reachable if link is not None else self.was_reachable
 
     def host_part(self, spec: Mapping[str, Any], generation: int, stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ class HostSupervisor:
         problem = self.config_error.message if self.config_error is not None else entry.problem if entry else None
         if problem and problem != self.told:  # a person must fix the Host or its Secret: say it once, as an event
             events.warn(self.body, reason=self.config_error.reason if self.config_error is not None else "InvalidSpec",
-                      message=problem)
+                        message=problem)
         self.told = problem or ""
         inbound, outbound = hosts.in_flight(self.name)
         inputs = hosts.HostInputs(

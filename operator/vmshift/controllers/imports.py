@@ -285,7 +285,7 @@ class ImportJob:
             return False
         await kubeapi.delete("virtualmachines", self.vm_namespace, self.vm_name)
         events.info(self.body, reason="DeletedVirtualMachine",
-                  message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
+                    message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
         return True
 
     # -- Inspect -----------------------------------------------------------------------------------
@@ -387,8 +387,8 @@ class ImportJob:
             created = body
         uid = str((created.get("metadata") or {}).get("uid", ""))
         events.info(self.body, reason="CreatedVirtualMachine",
-                  message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
-                          f"({', '.join(plan.drivers_before) or 'none'}).")
+                    message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
+                            f"({', '.join(plan.drivers_before) or 'none'}).")
         return uid
 
     def _lost(self) -> ImportFailed:

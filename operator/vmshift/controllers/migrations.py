@@ -497,7 +497,7 @@ async def drive_migration(
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
                                     startedAt=timestamps.rfc3339())
                 events.info(body, reason="Started",
-                            message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
+                              message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)
             run.vm_phase = phase if phase in IN_FLIGHT else None

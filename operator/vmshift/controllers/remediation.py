@@ -317,8 +317,8 @@ class HostRemediator:
             await kubeapi.patch("hosts", None, self.host,
                                 {"metadata": {"annotations": {policy.release_annotation: None}}})
             events.info(self.body, reason="RemediationReleaseConsumed",
-                      message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
-                              f"{decision.action.value} of RemediationPolicy {decision.policy}.")
+                        message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
+                                f"{decision.action.value} of RemediationPolicy {decision.policy}.")
 
 
 def _comparable(remediation: Mapping[str, Any]) -> Any:
