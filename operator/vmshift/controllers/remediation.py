@@ -203,6 +203,8 @@ class HostRemediator:
         self.exported: set[tuple[str, str, str, str]] = set()
         #: Status fields decided but not written yet: the Host's supervisor writes them in its patch.
         self.staged: dict[str, Any] = {}
+        #: The agent report (its monotonic time) whose sensors the book last took.
+        self.observed_report: float | None = None
 
     def seed(self, policies: Mapping[str, RemediationPolicyView]) -> None:
         """After a restart: the alerts behind the remediation in force count as firing until the
@@ -216,9 +218,13 @@ class HostRemediator:
             receiver.book.seed(self.host, source, seed_labels(alert, self.host, policy), started)
 
     def observe_sensors(self, now: float) -> None:
+        """Feed the agent's sensor alerts to the book, once per report: a report read again at a
+        later pass would make an alert a person has just released fire again from readings taken
+        before the release."""
         link = runtime().agents.get(self.host)
-        if link is None or not link.reachable or link.info is None:
+        if link is None or not link.reachable or link.info is None or link.reported_at == self.observed_report:
             return
+        self.observed_report = link.reported_at
         alerts = host_signals_from_sensors(self.host, link.info.sensors, now=datetime.fromtimestamp(now, UTC))
         receiver.book.sensors(self.host, alerts, now)
 
@@ -312,6 +318,10 @@ class HostRemediator:
         self.told[decision.policy] = decision.reason
         events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="End").inc()
+        if decision.reason == "ReleasedByAnnotation":
+            # A person says the hardware is fixed: the agent's alerts count as resolved until its next
+            # report says otherwise, so the same policy does not start again at once from old readings.
+            receiver.book.sensors(self.host, [], now)
         if decision.reason == "ReleasedByAnnotation" and policy is not None:
             # The release is consumed, so it cannot end the next remediation at once.
             await kubeapi.patch("hosts", None, self.host,
