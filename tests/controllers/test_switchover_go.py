@@ -32,6 +32,8 @@ def test_a_held_switchover_shows_as_switching_over_and_the_go_follows_the_write(
     assert shown_phase(report()) is MigrationPhase.Transferring
     assert shown_phase(report(ready=True)) is MigrationPhase.SwitchingOver
     assert shown_phase(report(MigrationPhase.SwitchingOver)) is MigrationPhase.SwitchingOver
+    assert shown_phase(report(ready=True), cancelling=True) is MigrationPhase.Transferring, "no go will come"
+    assert shown_phase(report(MigrationPhase.SwitchingOver), cancelling=True) is MigrationPhase.SwitchingOver
     assert not switchover_go_due(report(ready=True), "Transferring", False), "the phase is written first"
     assert switchover_go_due(report(ready=True), "SwitchingOver", False)
     assert not switchover_go_due(report(ready=True), "SwitchingOver", True), "no go for a migration being cancelled"
@@ -113,3 +115,4 @@ async def test_a_migration_deleted_before_the_go_is_cancelled_and_gets_no_go(mon
     final = await follow(monkeypatch, source, journal, setter.async_waiter)
     assert final.phase is MigrationPhase.Cancelled
     assert ("cancel", "uid-1") in journal and not any(kind == "go" for kind, _ in journal), journal
+    assert not any(kind == "SwitchingOver" for kind, _ in journal), f"a cancelled hold showed SwitchingOver: {journal}"

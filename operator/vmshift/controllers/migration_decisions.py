@@ -217,11 +217,12 @@ def progress_status(agent: MigrationStatus, ledger: RoundLedger | None = None) -
     }
 
 
-def shown_phase(report: MigrationStatus) -> MigrationPhase:
+def shown_phase(report: MigrationStatus, cancelling: bool = False) -> MigrationPhase:
     """The phase an unfinished migration's status shows for its source's report (pure): SwitchingOver
     from the moment the source holds its converged switchover for the operator's go, so the phase is
-    written before the guest pauses (and is seen every time, not by chance); else Transferring."""
-    if report.phase is MigrationPhase.SwitchingOver or report.ready_to_switch_over:
+    written before the guest pauses (and is seen every time, not by chance), unless the migration is
+    being cancelled (it gets no go); else Transferring."""
+    if report.phase is MigrationPhase.SwitchingOver or (report.ready_to_switch_over and not cancelling):
         return MigrationPhase.SwitchingOver
     return MigrationPhase.Transferring
 

@@ -252,7 +252,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             await _in_doubt(run, report, doubt)
             await asyncio.sleep(POLL_INTERVAL)
             continue
-        phase = shown_phase(report)
+        phase = shown_phase(report, cancelled)
         if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
                 and phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
