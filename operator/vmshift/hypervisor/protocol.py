@@ -442,9 +442,11 @@ class MigrationRequest(Request):
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
     timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
-    switchover_wait_seconds: float = Field(0.0, ge=0, le=60, description="Once pre-copy has converged, keep "
+    switchover_wait_seconds: float = Field(0.0, ge=0, le=20, description="Once pre-copy has converged, keep "
                                            "sending rounds (the guest runs on) for at most this long until POST "
-                                           "/v1/migrations/{id}/switchover says go; 0: switch over at once.")
+                                           "/v1/migrations/{id}/switchover says go; 0: switch over at once. At "
+                                           "most 20: an idle guest sends nothing meanwhile, and a target gives "
+                                           "up on a stream silent for 30 s.")
 
     @model_validator(mode="after")
     def _concrete_mode(self) -> Self:
