@@ -278,7 +278,8 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             await run.set_phase(phase, phase.value, message, **extra)
         if not go_given and switchover_go_due(report, run.status.get("phase"), cancelled):
             go_given = await _give_go(run)
-            continue  # the next report follows the switchover at once
+            if go_given:
+                continue  # the next report follows the switchover at once
         await asyncio.sleep(POLL_INTERVAL)
 
 
