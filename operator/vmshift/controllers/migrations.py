@@ -50,8 +50,12 @@ from vmshift.controllers.migration_decisions import (
     decide_move,
     leaving,
     progress_status,
+    shown_phase,
     stop_action,
+    switchover_go_due,
+    switchover_message,
     target_verdict,
+    unacknowledged_note,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, policy_for
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
@@ -74,6 +78,12 @@ AGENT_LOST_SECONDS = 20.0
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
+#: How long a source agent holds a converged live switchover for this operator's go (written first:
+#: phase SwitchingOver). The guest runs on meanwhile, so the wait costs no downtime, only the link's
+#: share of the hot set; a responsive operator answers within a poll and two calls (well under a
+#: second), and an operator that is down (a restart takes longer than this anyway) delays each
+#: converged migration by this much at most: the migration never hangs on the operator.
+SWITCHOVER_WAIT_SECONDS = 5.0
 
 
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -172,6 +182,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
+        switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )
     try:
         await source_link.client.start_migration(request)
@@ -212,6 +223,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
     watch = ProgressWatch(progress_timeout)
     doubt = _Doubt()
     cancelled = False
+    go_given = False
     while True:
         if stopped and stop_action(stopped.reason) is StopAction.Leave:
             raise Leaving()
@@ -240,8 +252,9 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             await _in_doubt(run, report, doubt)
             await asyncio.sleep(POLL_INTERVAL)
             continue
+        phase = shown_phase(report, cancelled)
         if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
-                and report.phase is not MigrationPhase.SwitchingOver:
+                and phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
             if link is not None:
                 try:
@@ -256,14 +269,32 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
                                        f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
-        phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
-            else MigrationPhase.Transferring
         if time.monotonic() - run.last_patch >= PATCH_INTERVAL or run.status.get("phase") != phase.value:
             extra = progress_status(report, run.ledger)
             if report.mode != run.mode:
                 extra["mode"] = report.mode.value
-            await run.set_phase(phase, phase.value, _progress_message(run, report), **extra)
+            message = switchover_message(run.vm_name, run.source, run.target, report) \
+                if phase is MigrationPhase.SwitchingOver else _progress_message(run, report)
+            await run.set_phase(phase, phase.value, message, **extra)
+        if not go_given and switchover_go_due(report, run.status.get("phase"), cancelled):
+            go_given = await _give_go(run)
+            if go_given:
+                continue  # the next report follows the switchover at once
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _give_go(run: Run) -> bool:
+    """Tell the source to switch over (its status says SwitchingOver already); False if it cannot be told
+    now (the next poll tries again; the source goes ahead by itself after SWITCHOVER_WAIT_SECONDS)."""
+    link = runtime().agents.get(run.source or "")
+    if link is None:
+        return False
+    try:
+        await link.client.switchover(run.uid)
+    except AgentError as exc:
+        logging.getLogger("vmshift.migrations").info("switchover go for %s on %s: %s", run.key, run.source, exc)
+        return False
+    return True
 
 
 @dataclass
@@ -341,6 +372,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         if report.source_digest and report.target_digest:
             extra["memoryVerified"] = report.source_digest == report.target_digest
         extra["mode"] = mode.value
+        if report.switchover_acknowledged is not None:
+            extra["switchoverAcknowledged"] = report.switchover_acknowledged
     if run.vm is not None:
         last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
                 "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
@@ -355,7 +388,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
-                   f"with {extra.get('downtimeMs')} ms of downtime.")
+                   f"with {extra.get('downtimeMs')} ms of downtime."
+                   + (unacknowledged_note(report, SWITCHOVER_WAIT_SECONDS) if report else ""))
         await run.set_phase(phase, "Succeeded", message, **extra)
         events.info(run.body, reason="Succeeded", message=message)
         events.info(run.vm_ref(), reason="Migrated", message=message)

@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.guest import Guest
+from vmshift.hypervisor.hardware import SensorState
 from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.tickets import TicketIssuer
@@ -47,12 +48,9 @@ from vmshift.hypervisor.protocol import (
 from vmshift.hypervisor.ratelimit import TokenBucket
 from vmshift.processor import guest_features, processor_info
 from vmshift.sensors import (
-    HOUR_SECONDS,
     IDLE_HOST_WATTS,
-    NOMINAL_FAN_RPM,
     NORMAL_TEMPERATURE_C,
     assess,
-    errors_per_hour,
     psu_watts,
 )
 
@@ -99,31 +97,6 @@ class HostConfig:
     #: MigratedAway for them); older or more are forgotten.
     tombstone_seconds: float = 3600.0
     max_tombstones: int = 1000
-
-
-@dataclass
-class SensorState:
-    """The simulated hardware: which fans and supplies work, the inlet temperature, and the corrected
-    memory errors (the count since boot, and when they came, for the per-hour rate)."""
-
-    fans_ok: list[bool]
-    power_ok: list[bool]
-    temperature_c: float = NORMAL_TEMPERATURE_C
-    corrected_memory_errors: int = 0
-    error_events: deque[tuple[float, int]] = field(default_factory=deque)
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def fan_rpm(self, index: int) -> float:
-        """A working fan spins faster as the inlet warms (2 % per °C over normal); a failed one stops."""
-        if not self.fans_ok[index]:
-            return 0.0
-        boost = 1 + max(self.temperature_c - NORMAL_TEMPERATURE_C, 0.0) / 50
-        return round(NOMINAL_FAN_RPM * boost + 60 * index)
-
-    def per_hour(self, now: float) -> float:
-        while self.error_events and self.error_events[0][0] <= now - HOUR_SECONDS:
-            self.error_events.popleft()
-        return errors_per_hour(self.error_events, now)
 
 
 Migration = SourceMigration | TargetMigration
@@ -560,6 +533,16 @@ class HypervisorHost:
             raise ApiError(409, ErrorCode.InvalidState,
                            f"migration {migration_id} on host {self.config.name} is not a source in doubt "
                            f"({migration.record.role.value}, {migration.record.phase.value}); nothing to resolve")
+        return migration.record.status()
+
+    def switchover_migration(self, migration_id: str) -> MigrationStatus:
+        """The caller's go for a source's held switchover (harmless once it is under way or over)."""
+        migration = self.migration(migration_id)
+        if not isinstance(migration, SourceMigration):
+            raise ApiError(409, ErrorCode.InvalidState,
+                           f"migration {migration_id} on host {self.config.name} is a {migration.record.role.value}; "
+                           "only its source switches over")
+        migration.hold.go()
         return migration.record.status()
 
     def _remember(self, migration: Migration) -> None:
