@@ -5,7 +5,7 @@ default it is measured against (``fixed_parallelism_plan``: two migrations per h
 target, first come first served, links shared equally and work-conserving, no per-migration cap,
 i.e. KubeVirt's ``parallelOutboundMigrationsPerNode: 2`` with ``bandwidthPerMigration: 0`` and
 Hyper-V's two simultaneous live migrations), plays both in the same discrete-event simulator
-(the pre-copy model of ``vmshift.hypervisor.precopy``, links shared by max-min fairness), and prints
+(the pre-copy model of ``vmshift.precopy.model``, links shared by max-min fairness), and prints
 one row per fleet and seed.
 
 Targets: planner <= 1.15 x the lower bound, and >= 25 % shorter than fixed-2.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from vmshift.scheduling.drain import DrainLimits, fixed_parallelism_plan, plan_drain, simulate_drain
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import MigrationPolicyView
 from vmshift.scheduling.simulate import SimResult
 
 GIB = 1024
@@ -53,7 +53,7 @@ class Scenario:
     target_mbps: Callable[[int], float]
     targets: int
     max_concurrent: int
-    policy: PolicyView
+    policy: MigrationPolicyView
     dirty_scale: float = 1.0
 
 
@@ -61,27 +61,27 @@ SCENARIOS = [
     Scenario(
         "10G-uniform",
         "every host 10 Gb/s, one migration stream can fill it; 4 migration slots per host",
-        10_000, lambda i: 10_000, 8, 4, PolicyView("bench"),
+        10_000, lambda i: 10_000, 8, 4, MigrationPolicyView("bench"),
     ),
     Scenario(
         "10G-uniform-2slots",
         "as 10G-uniform with the default 2 slots per host (the planner gets no more than fixed-2)",
-        10_000, lambda i: 10_000, 8, 2, PolicyView("bench"),
+        10_000, lambda i: 10_000, 8, 2, MigrationPolicyView("bench"),
     ),
     Scenario(
         "10G-busy-guests",
         "as 10G-uniform with every guest's dirty rate doubled (up to 1.6 GiB/s)",
-        10_000, lambda i: 10_000, 8, 4, PolicyView("bench"), dirty_scale=2.0,
+        10_000, lambda i: 10_000, 8, 4, MigrationPolicyView("bench"), dirty_scale=2.0,
     ),
     Scenario(
         "25G-stream-10G",
         "25 Gb/s hosts; one migration stream tops out at 10 Gb/s (single-threaded pre-copy, no multifd); 4 slots",
-        25_000, lambda i: 25_000, 8, 4, PolicyView("bench", bandwidth_mbps=10_000),
+        25_000, lambda i: 25_000, 8, 4, MigrationPolicyView("bench", bandwidth_mbps=10_000),
     ),
     Scenario(
         "25G-into-10G",
         "a 25 Gb/s host drained into older 10 Gb/s hosts; 4 slots",
-        25_000, lambda i: 10_000, 8, 4, PolicyView("bench"),
+        25_000, lambda i: 10_000, 8, 4, MigrationPolicyView("bench"),
     ),
 ]
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from vmshift.api.reasons import MigrationMode, MigrationPhase
-from vmshift.hypervisor.drivers import io_ceilings
+from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.protocol import (
     FanStatus,
     Health,

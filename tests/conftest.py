@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from tests.kube import Kube, own_control_plane
+from vmshift.controllers.kubeapi import STRICT_STATUS_ENV
 from vmshift.devcluster.cluster import ControlPlane, _alive, default_dir
+
+# Every status patch of the operator, in this process and in the operators tests start, is checked
+# by its kind's status model and refused when a key is not in it.
+os.environ[STRICT_STATUS_ENV] = "1"
 
 
 def _sweep_dead_runs() -> None:

@@ -14,11 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmshift.api.common import API_VERSION
+from vmshift.api.host import HardwareAlert
+from vmshift.api.labels import EVACUATION_LABEL, RELEASE_ANNOTATION
 from vmshift.devcluster.stack import Stack, wait_until
 from vmshift.hypervisor.protocol import ComponentFault, SensorChange
 
+FAN_FAILURE = HardwareAlert.FanFailure.value
+
 POLICY = "fan-failure-evacuate"
-RELEASE_ANNOTATION = "vmshift.io/release-remediation"
 #: The scene's VMs: (name, priority). At or above the threshold they must leave the host.
 SCENE_VMS = [("payments-db", 900), ("api-gateway", 600), ("ci-runner", 10), ("batch-etl", 0)]
 
@@ -49,7 +53,7 @@ class _Scene:
 
     def vm(self, name: str, priority: int, host: str, volume: str) -> dict[str, Any]:
         return {
-            "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+            "apiVersion": API_VERSION, "kind": "VirtualMachine",
             "metadata": {"name": name, "namespace": self.namespace, "labels": {"app": name, "scene": "fan"}},
             "spec": {"cpus": 2, "memoryMiB": 512, "priority": priority, "processor": {"compatibility": True},
                      "disks": [{"name": "os", "sizeGiB": 20, "volume": volume}],
@@ -98,10 +102,10 @@ def fan_failure_scene(stack: Stack, log: Callable[[str], None], *, host: str | N
     host = host or _pick_host(stack)
     volume = (stack.plans[host].shared_volumes or ("csv-01",))[0]
     stack.kubectl("create", "namespace", namespace, check=False)
-    log(f"  RemediationPolicy {POLICY}: on FanFailure, move VMs with priority >= {priority_threshold} off the host "
+    log(f"  RemediationPolicy {POLICY}: on {FAN_FAILURE}, move VMs with priority >= {priority_threshold} off the host "
         f"(highest first) and quarantine it until a person sets {RELEASE_ANNOTATION}.")
-    stack.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "RemediationPolicy", "metadata": {"name": POLICY},
-                 "spec": {"match": {"alertname": "FanFailure"}, "action": "EvacuateCritical",
+    stack.apply({"apiVersion": API_VERSION, "kind": "RemediationPolicy", "metadata": {"name": POLICY},
+                 "spec": {"match": {"alertname": FAN_FAILURE}, "action": "EvacuateCritical",
                           "priorityThreshold": priority_threshold, "debounceSeconds": 3, "cooldownSeconds": 60,
                           "release": {"mode": "Annotation", "annotation": RELEASE_ANNOTATION}}})
     stack.apply([scene.vm(name, priority, host, volume) for name, priority in SCENE_VMS])
@@ -126,7 +130,7 @@ def fan_failure_scene(stack: Stack, log: Callable[[str], None], *, host: str | N
     log(f"    {remediation.get('message')}")
     drain = scene.follow_drain(host)
     took = time.monotonic() - started
-    migrations = json.loads(stack.kubectl("get", "vsmig", "-A", "-l", f"vmshift.io/evacuation={host}",
+    migrations = json.loads(stack.kubectl("get", "vsmig", "-A", "-l", f"{EVACUATION_LABEL}={host}",
                                           "-o", "json").stdout)["items"]
     done = sorted((m for m in migrations if (m.get("status") or {}).get("phase") == "Succeeded"),
                   key=lambda m: (m["status"].get("startedAt") or "", m["metadata"]["name"]))

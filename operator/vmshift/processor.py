@@ -57,11 +57,16 @@ def baseline_features() -> frozenset[str]:
     return frozenset(archspec.cpu.TARGETS[COMPATIBILITY_BASELINE].features)
 
 
-def guest_features(host_model: str, compatibility: bool) -> frozenset[str]:
-    """The feature set a guest started on ``host_model`` is fixed to for its lifetime."""
+def guest_features(host_model: str, compatibility: bool, baseline: frozenset[str] | None = None) -> frozenset[str]:
+    """The feature set a guest started on ``host_model`` is fixed to for its lifetime.
+
+    In compatibility mode the guest sees ``baseline`` (the operator computes it from the hosts the
+    VM may run on, like vSphere's EVC) or, when none is given, the :data:`COMPATIBILITY_BASELINE`
+    level; never a feature the host lacks.
+    """
     host = processor_info(host_model)
     if compatibility:
-        return baseline_features() & host.features
+        return (baseline if baseline is not None else baseline_features()) & host.features
     return host.features
 
 

@@ -105,7 +105,7 @@ REMEDIATION_POLICY: dict[str, Any] = {
     "apiVersion": "vmshift.io/v1alpha1",
     "kind": "RemediationPolicy",
     "metadata": {"name": "rp-valid"},
-    "spec": {"match": {"alertname": "HostFanFailure"}, "action": "Quarantine"},
+    "spec": {"match": {"alertname": "FanFailure"}, "action": "Quarantine"},
 }
 IMPORT_OVF: dict[str, Any] = {
     "apiVersion": "vmshift.io/v1alpha1",
@@ -247,7 +247,7 @@ INVALID: list[Invalid] = [
     Invalid("rp-evacuate-without-threshold", changed(REMEDIATION_POLICY, **{"spec.action": "EvacuateCritical"}),
             "spec.priorityThreshold", message="required when action is EvacuateCritical"),
     Invalid("rp-correlation-one-signal",
-            changed(REMEDIATION_POLICY, **{"spec.correlation": {"signals": ["HostFanFailure"]}}),
+            changed(REMEDIATION_POLICY, **{"spec.correlation": {"signals": ["FanFailure"]}}),
             "spec.correlation.signals", message="at least two signals"),
     Invalid("rp-correlation-duplicate-signal",
             changed(REMEDIATION_POLICY, **{"spec.correlation": {"signals": ["Fan", "Fan"]}}),

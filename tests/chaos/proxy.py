@@ -3,7 +3,7 @@
 The agent under test advertises the proxy's port (``vmshift agent --advertise-migration-port``), so
 every stream a source opens to it (the migration itself and the RESOLVE re-dial of an in-doubt
 switchover) crosses the proxy. The proxy reads the stream's frames (MAGIC, then ``<type u8, flags
-u8, reserved u16, length u32>`` + body, see ``vmshift.hypervisor.migration``) and so knows the
+u8, reserved u16, length u32>`` + body, see ``vmshift.hypervisor.migration.wire``) and so knows the
 phase of each migration: handshake, pre-copy pages, the end of a round, the switchover, the
 target's RESUMED, the source's FINISHED. A trial arms it with a phase and an action; when a stream
 reaches that phase the action runs in the proxy's own thread at once (a partition, a blackhole, or a
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from vmshift.hypervisor.migration import MAGIC, Frame
+from vmshift.hypervisor.migration.wire import MAGIC, Frame
 
 _HEADER = struct.Struct("<BBHI")
 T = TypeVar("T")

@@ -6,14 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from vmshift.api.reasons import MigrationMode, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.drains import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, attempt_of, migration_body
-from vmshift.controllers.hosts import host_status
+from vmshift.controllers.hosts import HostInputs, host_status
 from vmshift.controllers.views import MANAGED_BY, MANAGED_BY_LABEL, VMEntry
 from vmshift.hypervisor.client import HypervisorClient
 from vmshift.hypervisor.protocol import HostInfo
 from vmshift.scheduling.evacuation import Create
 from vmshift.scheduling.moves import Move
+
+#: A valid Host spec (the model requires processor and memory).
+HOST_SPEC = {"cpu": {"model": "icelake", "cores": 32}, "memoryMiB": 65536}
 
 
 def link(*, healthy: bool = True) -> AgentLink:
@@ -31,7 +36,7 @@ def link(*, healthy: bool = True) -> AgentLink:
 
 
 def status(spec: dict[str, Any], previous: dict[str, Any], *, healthy: bool = True) -> dict[str, Any]:
-    return host_status("h1", spec, 3, previous, link(healthy=healthy), None)
+    return host_status("h1", HostInputs.of({**HOST_SPEC, **spec}, 3), previous, link(healthy=healthy), None)
 
 
 def conditions(s: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -87,7 +92,7 @@ def test_remediation_quarantines_and_an_evacuation_reads_draining() -> None:
 
 
 def test_the_migration_a_drain_creates_is_labelled_owned_and_reads_back() -> None:
-    vm = VMEntry("ns", "db", "uid-1", {}, {}, "h1", "Running", None, 1)
+    vm = VMEntry("ns", "db", "uid-1", {}, VirtualMachineSpec(cpus=1, memoryMiB=256), "h1", Phase.Running, None, 1)
     move = Move("ns/db", "h1", "h2", MigrationMode.Live, order=0, priority=900, bandwidth_mbps=9000,
                 failed_targets=("h3",))
     body = migration_body(Create(move, "db-evac-abc123-2", 2, 3), "h1", "abc123xyz0", "spec.maintenance", vm)

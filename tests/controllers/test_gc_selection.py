@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from vmshift.api.reasons import MigrationMode, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.drains import migration_body
 from vmshift.controllers.views import (
     MANAGED_BY,
@@ -47,7 +49,7 @@ def test_an_unlabelled_migration_is_not_the_operators() -> None:
 
 
 def test_a_drains_migration_is_the_operators_and_collected_once_finished() -> None:
-    vm = VMEntry("ns", "vm", "uid-1", {}, {}, "h1", "Running", None, 1)
+    vm = VMEntry("ns", "vm", "uid-1", {}, VirtualMachineSpec(cpus=1, memoryMiB=256), "h1", Phase.Running, None, 1)
     move = Move("ns/vm", "h1", "h2", MigrationMode.Live, order=0)
     body = migration_body(Create(move, "vm-evac-1", 1, 1), "h1", "ep1", "spec.maintenance", vm)
     body["metadata"] |= {"uid": "u", "creationTimestamp": "2026-01-01T00:00:00Z"}

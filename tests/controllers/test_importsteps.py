@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conversion.conftest import shared_dir
+from vmshift import drivers as catalog
+from vmshift.api.labels import DRIVERS_ANNOTATION
 from vmshift.api.vmimport import MAX_OVF_BYTES, ImportStepName, StepState
 from vmshift.controllers import importsteps as steps_mod
 from vmshift.controllers.importsteps import (
-    DRIVER_STEPS,
     EXECUTION_ORDER,
     IMPORT_UID_LABEL,
     ConfigMapKey,
@@ -24,11 +25,8 @@ from vmshift.controllers.importsteps import (
     PatchPacer,
     SourceMissing,
     Steps,
-    agent_change,
-    apply_change,
     configmap_key,
     conversion_target,
-    driver_problems,
     failed,
     finished,
     imported_vm,
@@ -36,17 +34,21 @@ from vmshift.controllers.importsteps import (
     is_tar,
     make_plan,
     owned_by,
-    planned_messages,
     progressing,
     succeeded,
-    synthetic_change,
-    third_party_change,
     vm_manifest,
     waiting,
 )
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION
 from vmshift.conversion import plan_report
-from vmshift.hypervisor import drivers as catalog
+from vmshift.conversion.driversteps import (
+    DRIVER_STEPS,
+    agent_change,
+    apply_change,
+    driver_problems,
+    planned_messages,
+    synthetic_change,
+    third_party_change,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 CONVERTED = ["vmshift-agent", "vmbus", "netvsc", "storvsc"]
@@ -223,7 +225,6 @@ def test_conversion_target_defaults_the_namespace() -> None:
 
 
 def test_the_manifest_carries_the_source_drivers_and_the_owner(vmware: str) -> None:
-    assert steps_mod.DRIVERS_ANNOTATION == DRIVERS_ANNOTATION
     plan = make_plan(ovf_spec(inline=vmware), "ns")
     manifest = vm_manifest(plan, "imp", "ns", "uid-1")
     meta = manifest["metadata"]

@@ -4,12 +4,13 @@ fleet-wide resync's test of a VM against the agents' reports."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from vmshift.controllers.agents import AgentDirectory, AgentLink
 from vmshift.controllers.informer import Informer, lines, one, values
 from vmshift.controllers.views import index_vm
-from vmshift.controllers.virtualmachines import needs_resync, resync_candidates
+from vmshift.controllers.vmstatus import needs_resync, resync_candidates
 from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet
 
@@ -122,7 +123,7 @@ def test_a_resync_pass_picks_contradicted_vms_and_refused_ones_only_once_room_ap
     moving = entry("moving", "u-mv", host="h1", phase="Running")
     never_seen = entry("new", "u-new")
     refused = entry("big", "u-big", phase="Pending")
-    refused.spec["memoryMiB"] = 65536  # more than h1 has
+    refused = replace(refused, spec=refused.spec.model_copy(update={"memoryMiB": 65536}))  # more than h1 has
     stopped = entry("off", "u-off", phase="Stopped", running=False)
     deferred_one = entry("waited", "u-w", host="h1", phase="Running")  # its agent did not answer last time
     link.vms["u-w"] = VmInfo.model_construct(state=VmState.Running)

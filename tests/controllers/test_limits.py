@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmshift import limits
+from vmshift.api.labels import DRIVERS_ANNOTATION
 from vmshift.controllers.views import index_vm
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, DefinitionError, definition
+from vmshift.controllers.vmstatus import DefinitionError, definition
 from vmshift.hypervisor.protocol import DriverChange, VmDefinition
 
 CRD = Path(__file__).parents[2] / "crds" / "virtualmachines.vmshift.io.yaml"

@@ -6,21 +6,34 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 
-from vmshift.controllers import virtualmachines
+from vmshift.controllers import vmstatus
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.placement import migratable
 
-from ..scheduling.strategies import fleets
+from ..scheduling.strategies import fleets, host
+from ..scheduling.strategies import vm as make_vm
 
 
 @settings(max_examples=150, deadline=None)
 @given(fleets(max_vms=10))
 def test_the_shape_answer_without_the_own_host_is_the_exact_answer(fleet: Fleet) -> None:
-    virtualmachines._migratable_cache.clear()  # one fleet per example; the cache is keyed by shape only
+    # One fleet per example and no clearing: answers cached for the last example's fleet must not leak.
     # Each VM as it is, and the same shape on every other host (so the shape's cached answer is reused).
     alike = [replace(vm, host=h.name) for vm in fleet.vms.values() for h in fleet if vm.host is not None]
     for vm in [*fleet.vms.values(), *alike]:
         exact = migratable(vm, fleet)
-        shaped = virtualmachines._migratable(vm, fleet)
+        shaped = vmstatus._migratable(vm, fleet)
         assert (shaped.migratable, shaped.hosts, shaped.reason) == (exact.migratable, exact.hosts, exact.reason), vm
         assert shaped.message == exact.message
+
+
+def test_a_new_fleet_is_not_answered_from_the_last_fleets_cache() -> None:
+    """The cache is invalidated by the fleet it was computed from (its versioned inputs), not a TTL."""
+    h1 = host("h1")
+    db = make_vm("db", on=h1)
+    roomy = Fleet([h1, host("h2")], [db])
+    full = Fleet([h1, host("h2", memory_mib=1024)], [db])
+    assert vmstatus._migratable(db, roomy).migratable
+    answer = vmstatus._migratable(db, full)
+    assert (answer.migratable, answer.reason) == (False, migratable(db, full).reason)
+    assert answer.reason is not None

@@ -11,6 +11,7 @@ from vmshift.controllers.migrations import (
     Side,
     StopAction,
     agent_failure_reason,
+    as_sentence,
     decide_move,
     leaving,
     stop_action,
@@ -111,3 +112,9 @@ def test_a_second_look_checks_the_admitted_target_and_never_picks_another() -> N
     fleet_now = Fleet([a, b, c])
     assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, None).target == "b"
     assert decide_move(moving, fleet_now, DEFAULT_POLICY, MigrationMode.Auto, "c").target == "c"
+
+
+def test_an_agent_message_without_a_stop_still_reads_as_a_sentence_before_the_controllers_own() -> None:
+    assert as_sentence("pre-copy did not converge; migrate when the guest is quieter") == \
+        "pre-copy did not converge; migrate when the guest is quieter."
+    assert as_sentence("The target refused. ") == "The target refused."

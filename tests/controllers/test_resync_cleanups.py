@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmshift.controllers.virtualmachines import choose_copy, orphan_guests, running_copies
+from vmshift.controllers.vmstatus import choose_copy, orphan_guests, running_copies
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.protocol import VmDefinition, VmInfo, VmState
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmshift.controllers.virtualmachines import ever_placed, start_outcome_unknown
+from vmshift.controllers.vmstatus import ever_placed, start_outcome_unknown
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 
 

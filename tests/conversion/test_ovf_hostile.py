@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vmshift.conversion import OvfError, XmlLimits, parse_ovf, read_ovf, read_ovf_stream
-from vmshift.conversion.ovf import units_to_bytes
+from vmshift.conversion.ovfitems import units_to_bytes
 
 MiB = 1024 * 1024
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vmshift.conversion import PhysicalInventory, PhysicalInventoryError, inspect_physical
+from vmshift.conversion import MachineInventory, PhysicalInventoryError, inspect_physical
 from vmshift.conversion.source import Bus, OsFamily, SourceKind
 
 GiB = 1024**3
@@ -61,7 +61,7 @@ def test_inventory_becomes_a_source_machine() -> None:
 
 
 def test_model_instance_and_mapping_read_alike() -> None:
-    assert inspect_physical(PhysicalInventory.model_validate(INVENTORY)) == inspect_physical(INVENTORY)
+    assert inspect_physical(MachineInventory.model_validate(INVENTORY)) == inspect_physical(INVENTORY)
 
 
 def test_san_disks_are_carried_with_a_hint() -> None:

@@ -7,14 +7,22 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from vmshift.conversion import ImportTarget, StepName, inspect_physical, plan_conversion, plan_report, read_ovf, vm_spec
+from vmshift import drivers as catalog
+from vmshift.conversion import (
+    ConversionTarget,
+    StepName,
+    inspect_physical,
+    plan_conversion,
+    plan_report,
+    read_ovf,
+    vm_spec,
+)
 from vmshift.conversion import plan as plan_module
 from vmshift.conversion.plan import ConversionRefused, workload_defaults
 from vmshift.conversion.source import Bus, GuestOs, OsFamily, SourceDisk, SourceKind, SourceMachine, SourceNic
-from vmshift.hypervisor import drivers as catalog
 
 GiB = 1024**3
-TARGET = ImportTarget(name="web-1", namespace="apps", volume="csv-1", compatibility=True,
+TARGET = ConversionTarget(name="web-1", namespace="apps", volume="csv-1", compatibility=True,
                       placement={"host": "h2", "antiAffinityGroup": "web"}, priority=50)
 STEPS = ["Inspect", "InstallAgent", "RemoveThirdPartyDrivers", "InstallSyntheticDrivers", "CreateVirtualMachine",
          "Verify"]
@@ -107,7 +115,7 @@ def test_physical_plan() -> None:
         "nics": [{"name": "eth0", "macAddress": "52:54:00:12:34:56", "speedMbps": 1000, "driver": "e1000e"}],
         "drivers": ["nvme", "e1000e"],
     })
-    plan = plan_conversion(source, ImportTarget(name="app01", namespace="default", volume="csv-2"))
+    plan = plan_conversion(source, ConversionTarget(name="app01", namespace="default", volume="csv-2"))
     assert plan.drivers_removed == []
     assert plan.step(StepName.RemoveThirdPartyDrivers).summary == (
         "Nothing to remove: the guest has no third-party drivers.")
@@ -205,4 +213,4 @@ def test_vm_spec_is_a_valid_virtual_machine_spec(ovf_dir: Path) -> None:
                                    {"priority": -1}, {"cpus": 0}])
 def test_target_is_validated(field: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
-        ImportTarget(**{"name": "web-1", "namespace": "apps", "volume": "csv-1", **field})
+        ConversionTarget(**{"name": "web-1", "namespace": "apps", "volume": "csv-1", **field})

@@ -14,7 +14,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vmshift.devcluster import runcwrap
-from vmshift.devcluster.node import missing_host_tools, write_image_tar
+from vmshift.devcluster.imagetar import write_image_tar
+from vmshift.devcluster.node import missing_host_tools
 from vmshift.devcluster.pki import ensure_pki, issue_pair
 
 

@@ -472,6 +472,8 @@ def test_alertmanager_webhook_authenticates_validates_and_drives_remediation(dra
     remediation = wait_for(lambda: drains.fleet.status("host", src).get("remediation"), "the remediation", 60,
                            describe=lambda: drains.describe(src))
     assert remediation["policy"] == policy and remediation["alerts"][0]["source"] == "Alertmanager", remediation
+    hardware = drains.wait_condition(src, "HardwareHealthy", "False")  # the alert, as the Host API documents
+    assert hardware["reason"] == "AlertFiring" and "HostPsuRedundancyLost (critical)" in hardware["message"], hardware
     wait_for(lambda: drains.drain(src).get("state") == "Completed", "the evacuation", 120,
              describe=lambda: drains.describe(src))
     hosts = drains.settled(ns, uids)
@@ -487,6 +489,7 @@ def test_alertmanager_webhook_authenticates_validates_and_drives_remediation(dra
     drains.fleet.wait_phase("host", src, None, {"Ready"}, timeout=60)
     assert drains.condition(src, "Schedulable")["status"] == "True"
     assert "RemediationAlertsResolved" in drains.events(src)
+    assert drains.wait_condition(src, "HardwareHealthy", "True")["reason"] == "SensorsNormal"
 
 
 def test_a_real_alertmanager_group_of_500_alerts_drives_remediation(drains: Drains, tmp_path: Path) -> None:

@@ -21,6 +21,10 @@ ALLOWED = [
     ("create", "virtualmachinemigrations.vmshift.io"),
     ("delete", "virtualmachinemigrations.vmshift.io"),
     ("create", "events"),
+    # MigrationPolicy.spec.selector.namespaceSelector: the operator caches the namespaces' labels
+    ("list", "namespaces"),
+    ("watch", "namespaces"),
+    ("patch", "migrationpolicies.vmshift.io/status"),
 ]
 DENIED = [
     ("delete", "hosts.vmshift.io"),

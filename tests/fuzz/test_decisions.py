@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.crdgen import objects
-from vmshift.api.reasons import MigrationMode
-from vmshift.controllers.hosts import host_status
+from vmshift.api.labels import DRIVERS_ANNOTATION
+from vmshift.controllers.hosts import HostInputs, host_status
 from vmshift.controllers.importsteps import ImportFailed, SourceMissing, make_plan, vm_manifest
 from vmshift.controllers.remediation import ActiveEntry, policy_status
 from vmshift.controllers.views import AgentFacts, build_fleet, index_host, index_migration, index_vm, policy_view
-from vmshift.controllers.virtualmachines import DRIVERS_ANNOTATION, DefinitionError, definition, migration_name
+from vmshift.controllers.vmstatus import DefinitionError, definition, migration_name
 from vmshift.remediation.decide import HostState, SignalState, decide
 from vmshift.remediation.signals import last_ended_of, remediation_of
 from vmshift.remediation.signals import policy_view as remediation_policy_view
@@ -33,7 +33,7 @@ from vmshift.scheduling.evacuation import goal_of
 from vmshift.scheduling.moves import DrainLimits
 from vmshift.scheduling.placement import migratable, pick_target, plan_placement
 from vmshift.scheduling.policy import DEFAULT_POLICY, choose_mode, select_policy
-from vmshift.scheduling.queue import MigrationRequest, admit
+from vmshift.scheduling.queue import QueuedMigration, admit
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -95,12 +95,12 @@ def test_scheduling_decisions_take_any_admitted_fleet(objs: dict[str, list[dict[
         quick = data.draw(st.booleans())
         pick_target(view, fleet, quick=quick)
         policy = select_policy(vm.labels, vm.namespace, policies,
-                               requested=(vm.spec.get("migration") or {}).get("policy")) or DEFAULT_POLICY
+                               requested=vm.spec.migration.policy) or DEFAULT_POLICY
         for host in [*host_views, "no-such-host"]:
             problems = check_target(view, host, fleet, moving=vm.host is not None)
             blocking(problems, quick=quick)
             link = host_views[host].bandwidth_mbps if host in host_views else None
-            requested = MigrationMode((vm.spec.get("migration") or {}).get("mode") or "Auto")
+            requested = vm.spec.migration.mode
             choose_mode(requested, view, policy, problems, bandwidth_mbps=link)
             migration_name(vm.name, host, vm.generation)
         try:  # a drivers annotation the agents cannot take is the VM's InvalidDefinition condition
@@ -112,9 +112,9 @@ def test_scheduling_decisions_take_any_admitted_fleet(objs: dict[str, list[dict[
                    policy=data.draw(st.sampled_from([DEFAULT_POLICY, *policies])))
     for host_body in objs["hosts"]:
         goal_of(host_body["metadata"]["name"], host_body["spec"], host_body.get("status") or {})
-        host_status(host_body["metadata"]["name"], host_body["spec"], host_body["metadata"]["generation"],
-                    host_body.get("status") or {}, None, None)
-    requests = [MigrationRequest(key=m.key, namespace=m.namespace, vm=m.vm_key, source=m.source or "no-such-host",
+        inputs = HostInputs.of(host_body["spec"], host_body["metadata"]["generation"])
+        host_status(host_body["metadata"]["name"], inputs, host_body.get("status") or {}, None, None)
+    requests = [QueuedMigration(key=m.key, namespace=m.namespace, vm=m.vm_key, source=m.source or "no-such-host",
                                  target=m.target, created=float(i), cpus=1, memory_mib=64)
                 for i, m in enumerate(migrations)]
     cut = data.draw(st.integers(0, len(requests)))

@@ -32,7 +32,15 @@ from vmshift.conversion.physical import PhysicalInventoryError, inspect_physical
 from vmshift.hypervisor import protocol
 from vmshift.hypervisor.client import HypervisorClient
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
-from vmshift.hypervisor.migration import MAGIC, Frame, ProtocolError, control_frame, parse_control, parse_pages
+from vmshift.hypervisor.migration.wire import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    Frame,
+    ProtocolError,
+    control_frame,
+    parse_control,
+    parse_pages,
+)
 from vmshift.hypervisor.protocol import IncomingMigrationRequest, IncomingVm, MigrationMode
 from vmshift.remediation.alerts import AlertPayloadError, parse_alertmanager_payload
 
@@ -272,8 +280,8 @@ async def _hostile_source(agent: AgentProcess, frames: list[bytes], n: int) -> t
                 vm_id=vm_id, name=vm_id, namespace="fuzz", cpus=1, memory_mib=16, features=[])))
         before = (await client.host()).reserved.memory_mib
         reader, writer = await asyncio.open_connection("127.0.0.1", agent.migration_port)
-        hello = {"migrationId": f"m-{vm_id}", "vmId": vm_id, "ticket": grant.ticket, "mode": "Live",
-                 "pages": 16 * 256, "resolveToken": "r" * 32}
+        hello = {"version": PROTOCOL_VERSION, "migrationId": f"m-{vm_id}", "vmId": vm_id, "ticket": grant.ticket,
+                 "mode": "Live", "pages": 16 * 256, "resolveToken": "r" * 32}
         writer.write(MAGIC + control_frame(Frame.HELLO, hello))
         for frame in frames:
             writer.write(frame)

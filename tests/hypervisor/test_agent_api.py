@@ -11,8 +11,8 @@ import pytest
 
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import poll, running_vm
+from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
-from vmshift.hypervisor.drivers import io_ceilings
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.protocol import (
     ComponentFault,
@@ -100,6 +100,26 @@ async def test_define_is_idempotent_and_start_fixes_the_feature_set(client: Hype
         await client.delete_vm(vm_id, force=True)
 
 
+async def test_a_compatible_guest_starts_with_the_baseline_it_is_given(client: HypervisorClient) -> None:
+    """The operator's fleet baseline (EVC-like) reaches the agent at start; the guest gets the part the
+    host has, fixed until the next start."""
+    fleet = processor_info("icelake").features & processor_info("haswell").features
+    await client.define_vm("api-evc", vm_body("evc", compatibility=True))
+    started = await client.start_vm("api-evc", baseline=fleet | {"not-a-real-flag"})
+    assert set(started.features) == fleet, "exactly the baseline the host offers"
+    assert "avx2" in started.features and "avx512f" not in started.features
+    again = await client.start_vm("api-evc", baseline=processor_info("icelake").features)
+    assert set(again.features) == fleet, "a running guest keeps its features"
+    await client.stop_vm("api-evc")
+    restarted = await client.start_vm("api-evc", baseline=processor_info("icelake").features)
+    assert "avx512f" in restarted.features, "the new baseline takes effect at the next start"
+    strict = await client.define_vm("api-strict", vm_body("strict"))
+    assert strict.state is VmState.Defined
+    assert set((await client.start_vm("api-strict", baseline=fleet)).features) == processor_info("icelake").features
+    for vm_id in ("api-evc", "api-strict"):
+        await client.delete_vm(vm_id, force=True)
+
+
 async def test_define_refuses_what_the_host_cannot_hold(client: HypervisorClient) -> None:
     host = await client.host()
     for body, lacking in [(vm_body("big", memory_mib=host.memory_mib + 1), "MiB of memory"),
@@ -157,8 +177,10 @@ async def test_sensors_drive_health_and_heal(client: HypervisorClient) -> None:
     await client.set_sensors(SensorChange(corrected_memory_errors=60))
     host = await client.set_sensors(SensorChange(corrected_memory_errors=60))
     assert host.sensors.corrected_memory_errors == 120, "errors are counted, not set"
+    assert host.sensors.corrected_memory_errors_per_hour == 120
     problems = {p.signal: p.severity for p in host.health.problems}
-    assert problems == {HealthSignal.Fan: Severity.Warning, HealthSignal.PowerSupply: Severity.Warning,
+    # a failed supply is critical: the host has lost its power redundancy (vmshift.sensors.assess)
+    assert problems == {HealthSignal.Fan: Severity.Warning, HealthSignal.PowerSupply: Severity.Critical,
                         HealthSignal.Temperature: Severity.Critical,
                         HealthSignal.CorrectedMemoryErrors: Severity.Warning}
     with pytest.raises(AgentError) as refused:

@@ -17,9 +17,9 @@ from vmshift.hypervisor.guest import (
     GuestMemory,
     page_content,
 )
-from vmshift.hypervisor.migration import pages_prefix, parse_pages
-from vmshift.hypervisor.precopy import distinct_dirtied_mib
+from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
 from vmshift.hypervisor.protocol import VmDefinition, VmState, WorkloadSpec
+from vmshift.precopy.model import distinct_dirtied_mib
 
 
 def transfer(source: GuestMemory, target: GuestMemory, pages: list[int] | range) -> None:

@@ -12,16 +12,19 @@ import pytest
 
 from tests.hypervisor.conftest import TOKEN
 from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
-from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
+from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers import kubeapi, migrations
 from vmshift.controllers.agents import AGENT_HOSTS_ANNOTATION
-from vmshift.controllers.migrations import Run
+from vmshift.controllers.migrationrun import Run
 from vmshift.controllers.runtime import reset_runtime, runtime
 from vmshift.controllers.views import VMEntry
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
-from vmshift.hypervisor.migration import Frame, FrameStream, open_stream
-from vmshift.hypervisor.protocol import AutoConverge, IncomingMigrationRequest, MigrationStatus, VmState
+from vmshift.hypervisor.migration.stream import FrameStream, open_stream
+from vmshift.hypervisor.migration.wire import Frame, Hello
+from vmshift.hypervisor.protocol import AutoConvergeSettings, IncomingMigrationRequest, MigrationStatus, VmState
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,9 +74,9 @@ async def _hello(h1: HypervisorClient, h2: HypervisorClient, vm_id: str, migrati
     grant = await h2.prepare_incoming(IncomingMigrationRequest(migration_id=migration_id, vm=incoming_vm(vm)))
     assert (await h2.host()).reserved.memory_mib == vm.memory_mib
     stream = await open_stream("127.0.0.1", grant.port)
-    await stream.send_control(Frame.HELLO, {"migrationId": migration_id, "vmId": vm_id, "ticket": grant.ticket,
-                                            "mode": "Live", "pages": vm.memory_mib * 256,
-                                            "resolveToken": "0123456789abcdef0123"})
+    await stream.send_message(Hello(migration_id=migration_id, vm_id=vm_id, ticket=grant.ticket,
+                                    mode=MigrationMode.Live, pages=vm.memory_mib * 256,
+                                    resolve_token="0123456789abcdef0123"))
     return stream, vm.memory_mib
 
 
@@ -119,7 +122,7 @@ async def test_a_hot_guest_ends_not_converging_within_a_few_rounds_not_at_the_ti
     await running_vm(h1, "scorching", memory_mib=8, dirty=400, working_set=4, prefill=8)
     try:
         await begin_migration(h1, h2, "scorching", "mig-scorching", bandwidth_mbps=20, stall_rounds=3,
-                              auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                              auto_converge=AutoConvergeSettings(enabled=True, initial_percent=20, step_percent=10,
                                                          max_percent=99),
                               fallback_to_quick=True, max_downtime_ms=1, timeout_seconds=60)
         source = await finished(h1, "mig-scorching", within=75)
@@ -139,7 +142,7 @@ async def test_a_guest_that_throttling_can_tame_climbs_the_throttle_every_stalle
     h1, h2 = clients
     await running_vm(h1, "warm", memory_mib=8, dirty=100, working_set=2, prefill=8)
     await begin_migration(h1, h2, "warm", "mig-warm", bandwidth_mbps=40, stall_rounds=2,
-                          auto_converge=AutoConverge(enabled=True, initial_percent=20, step_percent=10,
+                          auto_converge=AutoConvergeSettings(enabled=True, initial_percent=20, step_percent=10,
                                                      max_percent=99), timeout_seconds=90)
     source = await finished(h1, "mig-warm", within=100)
     assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()
@@ -244,7 +247,8 @@ async def test_the_operator_settles_a_switchover_in_doubt_with_the_targets_word(
         for name, agent in (("h1", pair[0]), ("h2", pair[1])):
             spec = {"agent": {"endpoint": agent.endpoint, "tokenSecretRef": {"name": "vmshift-agent-token"}}}
             await agents.poll(await agents.link(name, spec))
-        vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={}, spec={}, host="h1", phase="Migrating",
+        vm = VMEntry(namespace="tests", name="settled", uid="settled", labels={},
+                     spec=VirtualMachineSpec(cpus=1, memoryMiB=256), host="h1", phase=Phase.Migrating,
                      processor=None, generation=1)
         run = Run(name="m", namespace="tests", uid="mig-settled", vm_name="settled", generation=1,
                   body=kopf.Body({}), source="h1", target="h2", vm=vm)

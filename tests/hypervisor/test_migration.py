@@ -15,10 +15,19 @@ from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, p
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
-from vmshift.hypervisor.migration import MAGIC, Frame, control_frame
-from vmshift.hypervisor.precopy import quick_migration_seconds
+from vmshift.hypervisor.migration.wire import (
+    HEADER,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Abort,
+    Frame,
+    Hello,
+    control_frame,
+    decode,
+    encode,
+)
 from vmshift.hypervisor.protocol import (
-    AutoConverge,
+    AutoConvergeSettings,
     IncomingMigrationRequest,
     MigrationRequest,
     MigrationRole,
@@ -26,6 +35,7 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
     VmState,
 )
+from vmshift.precopy.model import quick_migration_seconds
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -155,7 +165,7 @@ async def test_auto_converge_throttles_the_guest_until_it_converges(clients: Cli
     h1, h2 = clients
     await non_converging_vm(h1, "throttled")
     await begin_migration(h1, h2, "throttled", "mig-throttled", bandwidth_mbps=400,
-                          auto_converge=AutoConverge(enabled=True, step_percent=30, max_percent=99))
+                          auto_converge=AutoConvergeSettings(enabled=True, step_percent=30, max_percent=99))
     source = await finished(h1, "mig-throttled")
     assert source.phase is MigrationPhase.Succeeded, source.model_dump_json()
     assert source.mode is MigrationMode.Live and source.throttle_percent >= 30
@@ -226,12 +236,43 @@ async def test_wrong_and_reused_tickets_are_refused(clients: Clients, pair: tupl
     assert (await attempt("mig-ticket-2", grant.ticket)).phase is MigrationPhase.Succeeded
 
     reader, writer = await asyncio.open_connection(grant.host, grant.port)
-    writer.write(MAGIC + control_frame(Frame.HELLO, {"migrationId": "mig-ticket-2", "vmId": "ticketed",
-                                                      "ticket": grant.ticket, "pages": 16 * 256}))
+    writer.write(MAGIC + encode(Hello(migration_id="mig-ticket-2", vm_id="ticketed", ticket=grant.ticket,
+                                      mode=MigrationMode.Live, pages=16 * 256)))
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 10) == b"", "a used ticket must be dropped"
     writer.close()
     await assert_only_on(h2, h1, "ticketed")
+    assert pair[1].alive
+
+
+async def test_a_stream_of_another_protocol_version_is_refused_with_the_versions_named(
+        clients: Clients, pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """A HELLO of a version the target does not speak gets an ABORT that says which versions met,
+    before the ticket is even looked at; the reservation stays for a source that speaks it."""
+    h1, h2 = clients
+    vm = await running_vm(h1, "versioned", memory_mib=16)
+    grant = await h2.prepare_incoming(IncomingMigrationRequest(migration_id="mig-version", vm=incoming_vm(vm)))
+    for version, said in ((PROTOCOL_VERSION + 1, f"version {PROTOCOL_VERSION + 1!r}"), (None, "no protocol version")):
+        hello = {"migrationId": "mig-version", "vmId": "versioned", "ticket": grant.ticket, "mode": "Live",
+                 "pages": 16 * 256}
+        if version is not None:
+            hello["version"] = version
+        reader, writer = await asyncio.open_connection(grant.host, grant.port)
+        writer.write(MAGIC + control_frame(Frame.HELLO, hello))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        kind, _flags, _reserved, length = HEADER.unpack_from(answer)
+        abort = decode(kind, answer[HEADER.size:HEADER.size + length])
+        assert isinstance(abort, Abort), abort
+        assert said in abort.message and f"speaks version {PROTOCOL_VERSION} only" in abort.message, abort.message
+        assert abort.reason == FailureReason.AgentUnreachable.value
+    assert (await h2.get_migration("mig-version")).phase is MigrationPhase.Pending
+    await h1.start_migration(MigrationRequest(
+        migration_id="mig-version", vm_id="versioned",
+        target=MigrationTarget(host=grant.host, port=grant.port, ticket=grant.ticket, bandwidth_mbps=1000)))
+    assert (await finished(h1, "mig-version")).phase is MigrationPhase.Succeeded
+    await assert_only_on(h2, h1, "versioned")
     assert pair[1].alive
 
 

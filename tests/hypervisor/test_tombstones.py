@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from vmshift.hypervisor.host import Host, HostConfig
+from vmshift.hypervisor.host import HostConfig, HypervisorHost
 from vmshift.hypervisor.protocol import VmDefinition, VmState
 
 
@@ -13,13 +13,13 @@ def _definition(name: str) -> VmDefinition:
                                         "compatibility": False, "disks": [], "drivers": ["vmbus"]})
 
 
-def _migrate_away(host: Host, vm_id: str) -> None:
+def _migrate_away(host: HypervisorHost, vm_id: str) -> None:
     host.define_vm(vm_id, _definition(vm_id))
     host.release_source_vm(host.vms[vm_id])
 
 
 def test_tombstones_beyond_the_count_are_forgotten_oldest_first() -> None:
-    host = Host(HostConfig(name="h", cpu_model="icelake", cores=8, memory_mib=1024, bandwidth_mbps=1000,
+    host = HypervisorHost(HostConfig(name="h", cpu_model="icelake", cores=8, memory_mib=1024, bandwidth_mbps=1000,
                            max_tombstones=3))
     for i in range(10):
         _migrate_away(host, f"vm-{i}")
@@ -28,7 +28,7 @@ def test_tombstones_beyond_the_count_are_forgotten_oldest_first() -> None:
 
 
 def test_tombstones_older_than_their_age_are_forgotten_and_live_guests_never() -> None:
-    host = Host(HostConfig(name="h", cpu_model="icelake", cores=8, memory_mib=1024, bandwidth_mbps=1000,
+    host = HypervisorHost(HostConfig(name="h", cpu_model="icelake", cores=8, memory_mib=1024, bandwidth_mbps=1000,
                            tombstone_seconds=60))
     _migrate_away(host, "old")
     _migrate_away(host, "back")

@@ -7,7 +7,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from vmshift.hypervisor.migration import ProtocolError, TicketIssuer, parse_control
+from vmshift.hypervisor.migration.tickets import TicketIssuer
+from vmshift.hypervisor.migration.wire import ProtocolError, parse_control
 from vmshift.hypervisor.protocol import (
     DiskSpec,
     IncomingMigrationRequest,

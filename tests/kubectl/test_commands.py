@@ -88,7 +88,7 @@ def test_a_failed_migration_exits_1() -> None:
 
 def test_a_migration_deleted_while_followed_is_an_error() -> None:
     ctx, _, _ = _ctx(ScriptedCluster([_moving(5), None]))
-    with pytest.raises(commands.ApiError, match="was deleted before it ended"):
+    with pytest.raises(commands.ApiServerError, match="was deleted before it ended"):
         commands.follow_migration(ctx, "web-x")
 
 

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from vmshift.kubectl import commands
-from vmshift.kubectl.client import ApiError
+from vmshift.kubectl.client import ApiServerError
 from vmshift.kubectl.decide import EXIT_FAILED, EXIT_USAGE, UsageError
 from vmshift.kubectl.main import build_parser, main
 from vmshift.kubectl.output import Output
@@ -73,7 +73,7 @@ def test_errors_become_a_sentence_and_an_exit_status() -> None:
         raise UsageError("--mode 'x' is not a migration mode: use Auto, Live or Quick")
 
     def forbidden(_: commands.Context) -> int:
-        raise ApiError("not allowed to create VirtualMachineMigration ns/web-*: forbidden", 403)
+        raise ApiServerError("not allowed to create VirtualMachineMigration ns/web-*: forbidden", 403)
 
     assert commands.run(bad_input, ctx) == EXIT_USAGE
     assert commands.run(forbidden, ctx) == EXIT_FAILED
@@ -98,5 +98,5 @@ def test_an_api_server_that_cannot_be_reached_is_a_sentence_not_a_traceback() ->
     cluster = Cluster(api=kubernetes.client.ApiClient(config), namespace="ns")
     for call in (lambda: cluster.get("Host", "h1"), lambda: cluster.get("VirtualMachine", "v"),
                  lambda: cluster.objects("Host"), lambda: cluster.delete("VirtualMachineMigration", "m")):
-        with pytest.raises(ApiError, match="the API server cannot be reached"):
+        with pytest.raises(ApiServerError, match="the API server cannot be reached"):
             call()

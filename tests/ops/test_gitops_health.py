@@ -17,8 +17,8 @@ from tests.ops.argocd import REPO, health, scripts
 from tests.ops.kstatus import kstatus
 from vmshift.api.reasons import MigrationPhase
 from vmshift.controllers import importsteps
-from vmshift.controllers.hosts import host_status
-from vmshift.controllers.migrations import _conditions as migration_conditions
+from vmshift.controllers.hosts import HostInputs, host_status
+from vmshift.controllers.migration_decisions import migration_conditions
 from vmshift.gitops import KINDS, health_key
 
 CAPTURED = Path(__file__).parent / "testdata" / "captured"
@@ -92,7 +92,7 @@ def _host(previous: dict[str, Any], spec_change: dict[str, Any]) -> dict[str, An
     """The captured Host as the operator writes it once its agent is lost (no AgentLink)."""
     obj = captured("host-h-icelake-1")
     spec = {**obj["spec"], **spec_change}
-    obj["status"] = host_status(obj["metadata"]["name"], spec, obj["metadata"]["generation"],
+    obj["status"] = host_status(obj["metadata"]["name"], HostInputs.of(spec, obj["metadata"]["generation"]),
                                 {**obj["status"], **previous}, None, None)
     return obj
 

@@ -91,9 +91,10 @@ def test_sensor_alerts_and_severities() -> None:
         "fans": [{"index": 0, "ok": False}, {"index": 1, "ok": False}, {"index": 2, "ok": True}],
         "powerSupplies": [{"index": 0, "ok": False}, {"index": 1, "ok": True}],
         "temperatureC": 85.0,
-        "correctedMemoryErrors": 5000,
+        "correctedMemoryErrors": 90_000,
+        "correctedMemoryErrorsPerHour": 5000,
     }
-    alerts = host_signals_from_sensors("host-h3", reading, now=now)
+    alerts = host_signals_from_sensors("host-h3", Sensors.model_validate(reading), now=now)
     by_name = {a.alertname: a for a in alerts}
     assert list(by_name) == ["FanFailure", "PowerSupplyFailure", "HighTemperature", "CorrectedMemoryErrors"]
     assert {n: a.labels["severity"] for n, a in by_name.items()} == {
@@ -102,11 +103,11 @@ def test_sensor_alerts_and_severities() -> None:
     }
     fan = by_name["FanFailure"]
     assert fan.labels["host"] == "host-h3" and fan.labels["signal"] == "Fan" and fan.starts_at == now
-    assert "fan(s) 0, 1 failed (2 of 3)" in fan.annotations["summary"]
-    assert fan.fingerprint == host_signals_from_sensors("host-h3", reading)[0].fingerprint
+    assert "fan(s) 0, 1 failed (2 of 3; 0, 0 RPM, below 1500)" in fan.annotations["summary"]
+    assert fan.fingerprint == host_signals_from_sensors("host-h3", Sensors.model_validate(reading))[0].fingerprint
     one_fan = {**reading, "fans": [{"index": 0, "ok": False}], "temperatureC": 95.0}
-    names = {a.alertname: a.labels["severity"] for a in host_signals_from_sensors("h", one_fan)}
+    names = {a.alertname: a.labels["severity"] for a in host_signals_from_sensors("h", Sensors.model_validate(one_fan))}
     assert names["FanFailure"] == "warning" and names["HighTemperature"] == "critical"
-    strict = SensorLimits(corrected_memory_errors_warning=10_000, corrected_memory_errors_critical=20_000)
-    assert "CorrectedMemoryErrors" not in {a.alertname for a in host_signals_from_sensors("h", reading,
-                                                                                          limits=strict)}
+    strict = SensorLimits(corrected_errors_warning_per_hour=10_000, corrected_errors_critical_per_hour=20_000)
+    alerts = host_signals_from_sensors("h", Sensors.model_validate(reading), limits=strict)
+    assert "CorrectedMemoryErrors" not in {a.alertname for a in alerts}

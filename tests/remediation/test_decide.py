@@ -9,21 +9,22 @@ from hypothesis import strategies as st
 
 from vmshift.api.remediationpolicy import ReleaseMode, RemediationAction
 from vmshift.remediation.decide import (
-    Correlation,
+    CorrelationRule,
     Decision,
     DecisionKind,
     HostState,
-    PolicyView,
     Remediation,
+    RemediationPolicyView,
     SignalState,
     decide,
 )
 
-FAN = PolicyView("fan-evacuate", RemediationAction.EvacuateCritical, alertname="FanFailure", severity="critical",
-                 priority_threshold=100, debounce_seconds=60, cooldown_seconds=600, hold_seconds=300)
-HOT = PolicyView("overheat-drain", RemediationAction.Maintenance, alertname="HighTemperature",
-                 debounce_seconds=30, correlation=Correlation(("Fan", "HighTemperature"), 120))
-ECC = PolicyView("ecc-quarantine", RemediationAction.Quarantine, alertname="CorrectedMemoryErrors",
+FAN = RemediationPolicyView("fan-evacuate", RemediationAction.EvacuateCritical, alertname="FanFailure",
+                            severity="critical", priority_threshold=100, debounce_seconds=60, cooldown_seconds=600,
+                            hold_seconds=300)
+HOT = RemediationPolicyView("overheat-drain", RemediationAction.Maintenance, alertname="HighTemperature",
+                 debounce_seconds=30, correlation=CorrelationRule(("Fan", "HighTemperature"), 120))
+ECC = RemediationPolicyView("ecc-quarantine", RemediationAction.Quarantine, alertname="CorrectedMemoryErrors",
                  debounce_seconds=0, release=ReleaseMode.Annotation)
 
 
@@ -108,8 +109,8 @@ def test_stronger_action_supersedes_weaker_and_ties_go_by_name() -> None:
         (DecisionKind.Keep, "fan-evacuate", "AlertsFiring"),
         (DecisionKind.Ignore, "ecc-quarantine", "AlreadyRemediating"),
     ]
-    twin = PolicyView("a-fan", RemediationAction.EvacuateCritical, alertname="FanFailure", priority_threshold=1,
-                      debounce_seconds=0)
+    twin = RemediationPolicyView("a-fan", RemediationAction.EvacuateCritical, alertname="FanFailure",
+                                 priority_threshold=1, debounce_seconds=0)
     fresh = HostState("h1", (alert("FanFailure", 0),))
     assert kinds(decide([FAN, twin], fresh, 100)) == [
         (DecisionKind.Start, "a-fan", "Triggered"),
@@ -121,13 +122,13 @@ def test_deleted_policy_ends_and_suspended_starts_nothing() -> None:
     orphan = Remediation("gone", RemediationAction.Quarantine, started_at=0)
     [end] = decide([FAN], HostState("h1", (), orphan), 100)
     assert (end.kind, end.reason, end.policy) == (DecisionKind.End, "PolicyDeleted", "gone")
-    paused = PolicyView("paused", RemediationAction.Quarantine, alertname="FanFailure", suspend=True)
+    paused = RemediationPolicyView("paused", RemediationAction.Quarantine, alertname="FanFailure", suspend=True)
     [ignored] = decide([paused], HostState("h1", (alert("FanFailure", 0),)), 1000)
     assert ignored.reason == "Suspended"
 
 
 POLICIES = [FAN, HOT, ECC,
-            PolicyView("temp-quarantine", RemediationAction.Quarantine, alertname="HighTemperature",
+            RemediationPolicyView("temp-quarantine", RemediationAction.Quarantine, alertname="HighTemperature",
                        debounce_seconds=10, cooldown_seconds=100)]
 
 

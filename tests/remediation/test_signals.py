@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import ReleaseMode, RemediationAction
+from vmshift.hypervisor.protocol import FanStatus, Sensors
 from vmshift.remediation.alerts import Alert, host_signals_from_sensors
 from vmshift.remediation.decide import DecisionKind, HostState, decide
 from vmshift.remediation.signals import (
@@ -13,10 +14,9 @@ from vmshift.remediation.signals import (
     last_ended_of,
     policy_view,
     remediation_of,
-    rfc3339,
     seed_labels,
-    timestamp,
 )
+from vmshift.timestamps import rfc3339, unix_seconds
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
 
@@ -55,9 +55,9 @@ def test_a_resolved_alert_never_seen_firing_is_kept_as_resolved() -> None:
 
 def test_sensor_alerts_start_and_resolve_with_the_readings() -> None:
     book = AlertBook()
-    failed = {"fans": [{"index": 0, "ok": False}, {"index": 1, "ok": True}], "powerSupplies": [],
-              "temperatureC": 30, "correctedMemoryErrors": 0}
-    healthy = {**failed, "fans": [{"index": 0, "ok": True}, {"index": 1, "ok": True}]}
+    failed = Sensors.model_validate({"fans": [{"index": 0, "ok": False}, {"index": 1, "ok": True}],
+                                     "powerSupplies": [], "temperatureC": 30, "correctedMemoryErrors": 0})
+    healthy = failed.model_copy(update={"fans": [FanStatus(index=0, ok=True), FanStatus(index=1, ok=True)]})
     assert book.sensors("h1", host_signals_from_sensors("h1", failed), T0)
     assert not book.sensors("h1", host_signals_from_sensors("h1", failed), T0 + 2)
     [fan] = book.signals("h1")
@@ -97,8 +97,8 @@ def test_policy_view_reads_the_spec_with_api_defaults() -> None:
 
 
 def test_times_round_trip_and_last_ended() -> None:
-    assert timestamp(rfc3339(T0)) == T0
-    assert timestamp("2030-01-01T00:00:00.250000Z") == T0 + 0.25
-    assert timestamp(None) is None
+    assert unix_seconds(rfc3339(T0)) == T0
+    assert unix_seconds("2030-01-01T00:00:00.250000Z") == T0 + 0.25
+    assert unix_seconds(None) is None
     assert last_ended_of({"policy": "p", "endedAt": rfc3339(T0)}) == {"p": T0}
     assert last_ended_of(None) == {} and remediation_of({}) is None

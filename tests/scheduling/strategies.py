@@ -6,6 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from vmshift.api.common import Selector
 from vmshift.processor import guest_features, processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
 
@@ -85,7 +86,7 @@ def vm_specs(draw: st.DrawFn, name: str, on: HostView | None) -> VMView:
         priority=draw(st.sampled_from([0, 10, 100])),
         dirty_rate_mibps=draw(st.sampled_from([0.0, 20.0, 200.0, 900.0])),
         working_set_mib=draw(st.sampled_from([256.0, 1024.0])),
-        host_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
+        host_selector=Selector.from_labels(draw(st.sampled_from([{}, {}, {"zone": "a"}]))),
         anti_affinity_group=draw(st.sampled_from([None, None, "g1"])),
     )
     if on is None:

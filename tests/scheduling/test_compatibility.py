@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vmshift.api.common import Selector
 from vmshift.api.reasons import FailureReason
 from vmshift.scheduling.compatibility import Problem, blocking, check_target
 from vmshift.scheduling.fleet import Disk, Fleet
@@ -93,7 +94,7 @@ def test_selector_and_anti_affinity_are_placement_constraints() -> None:
     src = host("h1", labels={"zone": "a"})
     dst = host("h2", labels={"zone": "b"})
     peer = vm("db-2", on=dst, anti_affinity_group="db")
-    web = vm("db-1", on=src, host_selector={"zone": "a"}, anti_affinity_group="db")
+    web = vm("db-1", on=src, host_selector=Selector.from_labels({"zone": "a"}), anti_affinity_group="db")
     problems = check_target(web, "h2", Fleet([src, dst], [web, peer]), moving=True)
     assert reasons(problems) == [FailureReason.PlacementConstraint] * 2
     assert "hostSelector zone=a (it has zone=b)" in problems[0].message

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmshift.api.common import Selector
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.processor import missing_features
 from vmshift.scheduling.drain import (
@@ -21,11 +22,11 @@ from vmshift.scheduling.drain import (
     simulate_drain,
 )
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView, Rung
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 
 from .strategies import fleets, host, vm
 
-QUICK_OK = PolicyView("quick-ok", ladder=(Rung.PreCopy, Rung.AutoConverge, Rung.Quick))
+QUICK_OK = MigrationPolicyView("quick-ok", ladder=(Rung.PreCopy, Rung.AutoConverge, Rung.Quick))
 
 
 def drained_fleet(vms: list[tuple[str, int, int, float]], *, targets: int = 3, slots: int = 4) -> Fleet:
@@ -51,7 +52,7 @@ def test_order_is_priority_then_longest_then_name() -> None:
 def test_only_filter_skips_and_blocked_vms_say_why() -> None:
     fleet = drained_fleet([("crit", 100, 4096, 10), ("low", 0, 4096, 10)])
     src = fleet.hosts["src"]
-    stuck = vm("stuck", on=src, priority=100, host_selector={"zone": "nowhere"})
+    stuck = vm("stuck", on=src, priority=100, host_selector=Selector.from_labels({"zone": "nowhere"}))
     local = vm("local", on=src, priority=100, disks=(Disk("tmp", 10, local=True),))
     fleet = Fleet(fleet, [*fleet.vms.values(), stuck, local])
     plan = plan_drain("src", fleet, only=lambda v: v.priority >= 100)

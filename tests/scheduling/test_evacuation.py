@@ -81,6 +81,19 @@ def test_a_success_the_vm_index_does_not_show_yet_still_counts_as_moved() -> Non
     assert (step.progress.total, step.progress.moved) == (1, 1)
 
 
+def test_a_vm_shown_on_its_target_before_its_migration_ends_is_still_in_flight() -> None:
+    # The migration writes the VM's new host before its own Succeeded: a pass in between must not
+    # read the drain as Blocked (or Completed) with that VM neither moved nor in flight.
+    fleet = fleet_of([("a", 0), ("stuck", 0)], moved=("a",))
+    fleet = Fleet(list(fleet), [v if v.name != "stuck" else replace(v, disks=(Disk("scratch", 5, local=True),))
+                               for v in fleet.vms.values()])
+    attempts = [attempt("a", MigrationPhase.SwitchingOver)]
+    p = evacuation_step(ALL, EP, fleet, attempts).progress
+    assert (p.state, p.total, p.moved, p.in_flight) == (DrainState.Running, 2, 0, 1), p
+    done = evacuation_step(ALL, EP, fleet, [attempt("a", MigrationPhase.Succeeded)]).progress
+    assert (done.state, done.total, done.moved, done.in_flight) == (DrainState.Blocked, 2, 1, 0), done
+
+
 def test_a_failed_move_is_retried_on_another_target_then_blocked_at_the_limit() -> None:
     fleet = fleet_of([("a", 0)], targets=3)
     first = evacuation_step(ALL, EP, fleet, [])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from vmshift.api.reasons import FailureReason
 from vmshift.processor import missing_features, processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.placement import Placement, Refusal, migratable, pick_target, plan_placement
+from vmshift.scheduling.placement import HostChoice, Refusal, migratable, pick_target, plan_placement
 
 from .strategies import fleets, host, vm, vm_specs
 
@@ -28,7 +28,7 @@ def assert_safe(v: VMView, target: HostView, *, moving: bool) -> None:
             assert d.passthrough_lun in target.passthrough_luns
         if d.local and moving:
             raise AssertionError("a local disk cannot move live")
-    assert all(target.labels.get(k) == val for k, val in v.host_selector.items())
+    assert v.host_selector.matches(target.labels)
 
 
 def test_prefers_balance_and_ties_by_name() -> None:
@@ -36,7 +36,7 @@ def test_prefers_balance_and_ties_by_name() -> None:
     b = host("b", memory_mib=65_536, allocated_memory_mib=8192)
     c = host("c", memory_mib=65_536, allocated_memory_mib=8192)
     result = plan_placement(vm("new", compatibility=True), Fleet([c, a, b]))
-    assert isinstance(result, Placement) and result.host == "b"
+    assert isinstance(result, HostChoice) and result.host == "b"
 
 
 def test_non_compat_vm_prefers_the_oldest_generation_that_fits() -> None:
@@ -44,10 +44,10 @@ def test_non_compat_vm_prefers_the_oldest_generation_that_fits() -> None:
     mid = host("mid", "cascadelake")
     new = host("new", "sapphirerapids")
     fleet = Fleet([new, mid, old])
-    assert isinstance(placed := plan_placement(vm("fresh"), fleet), Placement)
+    assert isinstance(placed := plan_placement(vm("fresh"), fleet), HostChoice)
     assert placed.host == "old"
     # In compatibility mode the generation does not matter: balance decides (all equal: by name).
-    assert isinstance(placed := plan_placement(vm("fresh", compatibility=True), fleet), Placement)
+    assert isinstance(placed := plan_placement(vm("fresh", compatibility=True), fleet), HostChoice)
     assert placed.host == "mid"
 
 
@@ -76,10 +76,10 @@ def test_pick_target_prefers_free_slots_and_excludes_source() -> None:
     free = host("b-free", allocated_memory_mib=200_000)
     web = vm("web", on=src)
     fleet = Fleet([src, busy, free], [web])
-    assert isinstance(target := pick_target(web, fleet), Placement)
+    assert isinstance(target := pick_target(web, fleet), HostChoice)
     assert target.host == "b-free" and not target.waits
     only_busy = Fleet([src, busy], [web])
-    assert isinstance(target := pick_target(web, only_busy), Placement)
+    assert isinstance(target := pick_target(web, only_busy), HostChoice)
     assert target.host == "a-busy" and target.waits
 
 
@@ -89,7 +89,7 @@ def test_pick_target_with_local_disk_needs_quick() -> None:
     fleet = Fleet([src, dst], [v])
     refusal = pick_target(v, fleet)
     assert isinstance(refusal, Refusal) and refusal.reason is FailureReason.StorageNotShared
-    assert isinstance(pick_target(v, fleet, quick=True), Placement)
+    assert isinstance(pick_target(v, fleet, quick=True), HostChoice)
 
 
 def test_migratable_condition() -> None:
@@ -108,7 +108,7 @@ def test_migratable_condition() -> None:
 def test_placement_never_unsafe_and_deterministic(fleet: Fleet, data: st.DataObject) -> None:
     new = data.draw(vm_specs("new", None))
     result = plan_placement(new, fleet)
-    if isinstance(result, Placement):
+    if isinstance(result, HostChoice):
         assert_safe(new, fleet.hosts[result.host], moving=False)
         peers = fleet.group_members_on(new.anti_affinity_group, result.host) if new.anti_affinity_group else set()
         assert not peers
@@ -122,7 +122,7 @@ def test_placement_never_unsafe_and_deterministic(fleet: Fleet, data: st.DataObj
 def test_migration_targets_never_incompatible_or_overbooked(fleet: Fleet) -> None:
     for v in fleet.vms.values():
         result = pick_target(v, fleet)
-        if isinstance(result, Placement):
+        if isinstance(result, HostChoice):
             assert result.host != v.host
             assert_safe(v, fleet.hosts[result.host], moving=True)
         hosts_ok = migratable(v, fleet).hosts

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmshift.scheduling.queue import MigrationRequest, Reservations, admit
+from vmshift.scheduling.queue import QueuedMigration, Reservations, admit
 
 from .strategies import host
 
@@ -15,8 +16,8 @@ HOSTS = {h.name: h for h in (host(f"h{i}", max_concurrent_migrations=2, memory_m
 
 
 def req(key: str, ns: str, src: str, dst: str | None, t: float, *, vm_name: str | None = None,
-        mem: int = 4096) -> MigrationRequest:
-    return MigrationRequest(key=f"{ns}/{key}", namespace=ns, vm=f"{ns}/{vm_name or key}", source=src, target=dst,
+        mem: int = 4096) -> QueuedMigration:
+    return QueuedMigration(key=f"{ns}/{key}", namespace=ns, vm=f"{ns}/{vm_name or key}", source=src, target=dst,
                             created=t, cpus=2, memory_mib=mem)
 
 
@@ -96,3 +97,64 @@ def test_admission_never_exceeds_limits(
     for name, mib in memory.items():
         assert mib <= HOSTS[name].free_memory_mib
     assert set(result.waiting) | {r.key for r in result.admitted} == {r.key for r in requests}
+
+
+def test_a_policys_outbound_limit_per_host_holds_its_vms_back() -> None:
+    """parallelOutboundMigrationsPerHost: at most that many of the policy's VMs leave one host at once."""
+    terms = dict(policy="databases", outbound_limit=1, policy_cluster_limit=5)
+    wide = {n: replace(h, max_concurrent_migrations=8) for n, h in HOSTS.items()}
+    pending = [replace(req(f"db{i}", "a", "h0", f"h{1 + i}", i), **terms) for i in range(3)]
+    pending.append(req("web", "a", "h0", "h3", 9))  # another policy's VM leaves h0 freely
+    result = admit(pending, [], wide)
+    assert [r.key for r in result.admitted] == ["a/db0", "a/web"]
+    assert "already leave h0, its parallelOutboundMigrationsPerHost of 1" in result.waiting["a/db1"]
+    # a VM of the same policy leaving another host is not held back
+    other = replace(req("db9", "a", "h2", "h3", 10), **terms)
+    assert "a/db9" in [r.key for r in admit([*pending, other], [], wide).admitted]
+    # the policy's cluster limit counts its migrations in flight
+    in_flight = [replace(req(f"f{i}", "z", f"h{i}", "h3", 0), policy="databases", policy_cluster_limit=2)
+                 for i in (1, 2)]
+    capped = admit([replace(other, policy_cluster_limit=2)], in_flight, wide)
+    assert not capped.admitted and "its parallelMigrationsPerCluster of 2" in capped.waiting["a/db9"]
+
+
+def test_evacuations_go_before_older_user_migrations() -> None:
+    users = [req(f"u{i}", "a", "h2", "h1", i) for i in range(3)]
+    evacuation = replace(req("evac", "b", "h0", "h1", 100), evacuation=True)
+    result = admit([*users, evacuation], [], HOSTS, cluster_limit=2)
+    assert [r.key for r in result.admitted] == ["b/evac", "a/u0"]
+
+
+def test_a_waiting_evacuation_keeps_its_hosts_from_user_migrations() -> None:
+    """An evacuation waiting for its source's slot keeps its target's last slot from a user migration."""
+    hosts = {**HOSTS, "h0": replace(HOSTS["h0"], max_concurrent_migrations=1)}
+    in_flight = [req("x", "z", "h2", "h1", 0), req("y", "z", "h0", "h3", 0)]  # h1: 1 of 2 used; h0 full
+    evacuation = replace(req("evac", "b", "h0", "h1", 100), evacuation=True)
+    user = req("u", "a", "h3", "h1", 1)
+    result = admit([user, evacuation], in_flight, hosts)
+    assert not result.admitted
+    assert "the source h0 already runs 1 of its 1" in result.waiting["b/evac"]
+    assert "the evacuation b/evac waits for h1 and goes first" in result.waiting["a/u"]
+    # without the evacuation the user migration takes the slot; one between other hosts still backfills
+    assert [r.key for r in admit([user], in_flight, hosts).admitted] == ["a/u"]
+    free = req("v", "a", "h3", "h2", 2)
+    assert [r.key for r in admit([user, evacuation, free], in_flight, hosts).admitted] == ["a/v"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.booleans(), st.integers(1, 2)),
+                min_size=1, max_size=14))
+def test_policy_limits_and_slots_are_never_exceeded(moves: list[tuple[int, int, bool, int]]) -> None:
+    pending = [replace(req(f"m{i}", f"ns{i % 2}", f"h{s}", f"h{(d if d != s else (s + 1) % 4)}", i, mem=512),
+                       evacuation=evac, policy=f"p{limit}", outbound_limit=limit, policy_cluster_limit=3)
+               for i, (s, d, evac, limit) in enumerate(moves)]
+    result = admit(pending, [], HOSTS, cluster_limit=4)
+    leaving = Counter((r.policy, r.source) for r in result.admitted)
+    assert all(n <= int(policy[1:]) for (policy, _), n in leaving.items())
+    assert all(n <= 3 for n in Counter(r.policy for r in result.admitted).values())
+    slots = Counter(h for r in result.admitted for h in (r.source, r.target))
+    assert all(n <= 2 for n in slots.values()) and len(result.admitted) <= 4
+    evacuations = sorted((r for r in pending if r.evacuation), key=lambda r: r.order)
+    users = [r for r in result.admitted if not r.evacuation]
+    if evacuations and users:  # evacuations come before every user migration admitted
+        assert result.admitted.index(users[0]) == sum(1 for r in result.admitted if r.evacuation)

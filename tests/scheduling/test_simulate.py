@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from vmshift.hypervisor.precopy import mbps_to_mibps, predict_precopy
-from vmshift.scheduling.policy import PolicyView, Rung
+from vmshift.precopy.model import mbps_to_mibps, predict_precopy
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 from vmshift.scheduling.simulate import SimMigration, SimResult, allocate, simulate
 
 LINK = 10_000.0
-FORCED = PolicyView("forced", ladder=(Rung.PreCopy, Rung.Quick))
+FORCED = MigrationPolicyView("forced", ladder=(Rung.PreCopy, Rung.Quick))
 
 
 def run(migrations: list[SimMigration], *, parallelism: int = 4, ahead: int = 0, setup: float = 0.0,
@@ -70,13 +70,13 @@ def test_quick_move_pauses_for_the_whole_copy() -> None:
 
 
 def test_ladder_auto_converge_or_fail() -> None:
-    def busy(policy: PolicyView) -> SimMigration:
+    def busy(policy: MigrationPolicyView) -> SimMigration:
         return SimMigration("a", "s", "t", memory_mib=8192, dirty_rate_mibps=3000, working_set_mib=4096,
                             policy=policy)
 
-    converged = run([busy(PolicyView("default"))])  # the default ladder: PreCopy, AutoConverge
+    converged = run([busy(MigrationPolicyView("default"))])  # the default ladder: PreCopy, AutoConverge
     assert converged.outcome["a"] == "AutoConverge" and not converged.failed
-    failed = run([busy(PolicyView("strict", ladder=(Rung.PreCopy,)))])
+    failed = run([busy(MigrationPolicyView("strict", ladder=(Rung.PreCopy,)))])
     assert failed.outcome["a"] == "Failed" and failed.failed == ("a",)
 
 

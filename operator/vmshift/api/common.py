@@ -211,6 +211,8 @@ class ConditionType(StrEnum):
     # VirtualMachine
     Placed = "Placed"
     Migratable = "Migratable"
+    #: Compatibility mode: whether the guest sees the fleet's current baseline (False: restart pending).
+    ProcessorBaseline = "ProcessorBaseline"
 
 
 class Condition(ApiModel):
@@ -333,12 +335,7 @@ class LabelSelectorRequirement(ApiModel):
         return self
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.operator is SelectorOperator.Exists:
-            return self.key in labels
-        if self.operator is SelectorOperator.DoesNotExist:
-            return self.key not in labels
-        found = self.key in labels and labels[self.key] in self.values
-        return found if self.operator is SelectorOperator.In else not found
+        return Requirement(self.key, self.operator, frozenset(self.values)).matches(labels)
 
 
 class LabelSelector(ApiModel):
@@ -354,8 +351,96 @@ class LabelSelector(ApiModel):
         json_schema_extra=list_atomic(),
     )
 
+    def selector(self) -> Selector:
+        """This selector as the frozen :class:`Selector` the decisions match with."""
+        return Selector(
+            tuple(sorted(self.matchLabels.items())),
+            tuple(Requirement(e.key, e.operator, frozenset(e.values)) for e in self.matchExpressions),
+        )
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether an object with ``labels`` is selected (pure; same semantics as Kubernetes)."""
-        return all(labels.get(k) == v for k, v in self.matchLabels.items()) and all(
-            e.matches(labels) for e in self.matchExpressions
-        )
+        return self.selector().matches(labels)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One label requirement with Kubernetes' semantics: ``In`` needs the key with one of the values,
+    ``NotIn`` holds when the key is absent or has none of them, ``Exists``/``DoesNotExist`` look at
+    the key only."""
+
+    key: str
+    operator: SelectorOperator
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator is SelectorOperator.Exists:
+            return self.key in labels
+        if self.operator is SelectorOperator.DoesNotExist:
+            return self.key not in labels
+        found = self.key in labels and labels[self.key] in self.values
+        return found if self.operator is SelectorOperator.In else not found
+
+    def describe(self) -> str:
+        """The requirement as ``kubectl get -l`` writes it: ``k in (a,b)``, ``k notin (a)``, ``k``, ``!k``."""
+        values = ",".join(sorted(self.values))
+        return {
+            SelectorOperator.In: f"{self.key} in ({values})",
+            SelectorOperator.NotIn: f"{self.key} notin ({values})",
+            SelectorOperator.Exists: self.key,
+            SelectorOperator.DoesNotExist: f"!{self.key}",
+        }[self.operator]
+
+
+@dataclass(frozen=True)
+class Selector:
+    """The one label-selector matcher (pure, hashable): every ``match_labels`` pair and every
+    requirement must hold, as in Kubernetes; the empty selector selects everything.
+
+    Every selector in vmshift (MigrationPolicy's vmSelector and namespaceSelector, a VM's
+    placement.hostSelector, a RemediationPolicy's alert labels) is matched by this class.
+    """
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    requirements: tuple[Requirement, ...] = ()
+
+    @classmethod
+    def of(cls, selector: LabelSelector | None) -> Selector:
+        """The matcher of an API selector; None (unset) selects everything."""
+        return selector.selector() if selector is not None else EVERYTHING
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str]) -> Selector:
+        """A selector of matchLabels only."""
+        return cls(tuple(sorted(labels.items())))
+
+    @property
+    def empty(self) -> bool:
+        return not self.match_labels and not self.requirements
+
+    @property
+    def size(self) -> int:
+        """How many terms the selector has: how specific it is."""
+        return len(self.match_labels) + len(self.requirements)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return self.unmet(labels) == []
+
+    def unmet(self, labels: Mapping[str, str]) -> list[str]:
+        """The terms ``labels`` fail, as ``kubectl get -l`` writes them (empty: selected)."""
+        failed = [f"{k}={v}" for k, v in self.match_labels if labels.get(k) != v]
+        return failed + [r.describe() for r in self.requirements if not r.matches(labels)]
+
+    def unmet_keys(self, labels: Mapping[str, str]) -> list[str]:
+        """The label keys of the terms ``labels`` fail, sorted, each once."""
+        keys = {k for k, v in self.match_labels if labels.get(k) != v}
+        return sorted(keys | {r.key for r in self.requirements if not r.matches(labels)})
+
+    def describe(self) -> str:
+        """The whole selector as ``kubectl get -l`` writes it; ``everything`` when empty."""
+        terms = [f"{k}={v}" for k, v in self.match_labels] + [r.describe() for r in self.requirements]
+        return ", ".join(terms) or "everything"
+
+
+#: The empty selector: selects every object.
+EVERYTHING = Selector()

@@ -9,10 +9,11 @@ False). Functions return a new list and never change the one they are given.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from vmshift.api.common import Condition, ConditionStatus, ConditionType
+from vmshift.timestamps import whole_seconds
 
 ConditionLike = Condition | Mapping[str, Any]
 StatusLike = ConditionStatus | bool
@@ -26,10 +27,6 @@ def _status(value: StatusLike) -> ConditionStatus:
     if isinstance(value, bool):
         return "True" if value else "False"
     return value
-
-
-def _now(now: datetime | None) -> datetime:
-    return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
 
 
 def _parse(conditions: Iterable[ConditionLike]) -> list[Condition]:
@@ -63,7 +60,7 @@ def set_condition(
     otherwise. Setting Reconciling or Stalled to True sets the other to False with the same
     reason and message, so the pair never reads True-True.
     """
-    when = _now(now)
+    when = whole_seconds(now)
     wanted = _status(status)
     result: list[Condition] = []
     found = False

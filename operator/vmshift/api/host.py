@@ -200,6 +200,31 @@ class SensorKind(StrEnum):
     CorrectedMemoryErrors = "CorrectedMemoryErrors"
 
 
+class HardwareAlert(StrEnum):
+    """The alerts a host's agent raises from its sensors: the ``alertname`` label RemediationPolicies
+    match (``spec.match.alertname``, ``spec.correlation.signals``). The one list of these names;
+    samples, rules and docs use it."""
+
+    #: One fan stopped (warning), or at least half of them (critical).
+    FanFailure = "FanFailure"
+    #: A power supply failed: the host has lost power redundancy (critical).
+    PowerSupplyFailure = "PowerSupplyFailure"
+    #: Inlet temperature over the warning limit (warning) or the critical one (critical).
+    HighTemperature = "HighTemperature"
+    #: Corrected (ECC) memory errors per hour over the warning limit (warning) or the critical one.
+    CorrectedMemoryErrors = "CorrectedMemoryErrors"
+
+    @property
+    def sensor(self) -> SensorKind:
+        """The sensor kind the alert comes from (its ``signal`` label)."""
+        return {
+            HardwareAlert.FanFailure: SensorKind.Fan,
+            HardwareAlert.PowerSupplyFailure: SensorKind.PowerSupply,
+            HardwareAlert.HighTemperature: SensorKind.Temperature,
+            HardwareAlert.CorrectedMemoryErrors: SensorKind.CorrectedMemoryErrors,
+        }[self]
+
+
 class SensorHealth(StrEnum):
     """The verdict on a sensor reading."""
 
@@ -346,7 +371,8 @@ class PastRemediation(ApiModel):
 
 
 class HostStatus(ConditionsStatus):
-    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy,
+    """What the operator observes on the host. Conditions: Ready, Schedulable, HardwareHealthy (False
+    while the agent's sensors report trouble or Alertmanager reports an alert firing for the host),
     Draining, Reconciling, Stalled."""
 
     phase: HostPhase | None = Field(
@@ -364,7 +390,12 @@ class HostStatus(ConditionsStatus):
         max_length=128,
         json_schema_extra=list_map("name"),
     )
-    lastHeartbeatTime: datetime | None = Field(None, description="When the agent last answered.")
+    lastHeartbeatTime: datetime | None = Field(
+        None,
+        description="When the agent last answered, as of the last change of this status: every status write "
+        "carries it, but the operator does not write only to move it (an idle fleet costs the API server "
+        "nothing). While the host is Unreachable: when its agent was last heard.",
+    )
     drain: DrainStatus | None = Field(None, description="Progress of the current or last drain.")
     remediation: HostRemediation | None = Field(
         None,

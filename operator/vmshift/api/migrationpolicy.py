@@ -248,9 +248,21 @@ class MigrationPolicySpec(ApiModel):
 
 
 class MigrationPolicyStatus(ConditionsStatus):
-    """Whether the policy is in force. Conditions: Ready (accepted), Reconciling, Stalled."""
+    """Whether the policy is in force and which VMs it governs. Conditions: Ready (True, reason
+    Accepted when it governs VMs, NoVirtualMachinesSelected when it governs none), Reconciling, Stalled."""
 
-    selectedVirtualMachines: int | None = Field(None, description="VMs this policy applies to now.", ge=0)
+    selectedVirtualMachines: int | None = Field(
+        None,
+        description="How many VMs this policy governs now: those it selects (or that name it in "
+        "spec.migration.policy) and that no policy of higher precedence or more specific selector takes.",
+        ge=0,
+    )
+    selected: list[str] = Field(
+        default_factory=list,
+        description="The first 20 VMs this policy governs, as namespace/name, sorted.",
+        max_length=20,
+        json_schema_extra=list_atomic(),
+    )
 
 
 class MigrationPolicy(Resource):

@@ -30,6 +30,9 @@ class FailureReason(StrEnum):
     #: Added: the memory that arrived is not the memory the source paused with (a digest mismatch,
     #: or a page whose bytes do not match its version); the target discarded its copy.
     MemoryMismatch = "MemoryMismatch"
+    #: Added: the object's spec is refused by its model (one stored before a rule changed): the
+    #: operator acts on no spec it cannot read, and says which field is wrong.
+    InvalidSpec = "InvalidSpec"
 
 
 class MigrationMode(StrEnum):

@@ -25,9 +25,9 @@ from vmshift.api.common import (
     list_map,
     list_set,
 )
+from vmshift.api.labels import RELEASE_ANNOTATION
 
 #: The annotation a person sets on a Host to end a remediation when release.mode is Annotation.
-DEFAULT_RELEASE_ANNOTATION = "vmshift.io/release-remediation"
 
 
 class RemediationAction(StrEnum):
@@ -72,8 +72,13 @@ class AlertMatch(ApiModel):
 
     model_config = ConfigDict(json_schema_extra=cel(MATCH_NOT_EMPTY))
 
-    alertname: str | None = Field(None, description="The alert's alertname label, e.g. HostFanFailure.",
-                                  min_length=1, max_length=253)
+    alertname: str | None = Field(
+        None,
+        description="The alert's alertname label: one the hosts' agents raise (FanFailure, PowerSupplyFailure, "
+        "HighTemperature, CorrectedMemoryErrors) or one Alertmanager sends.",
+        min_length=1,
+        max_length=253,
+    )
     severity: str | None = Field(None, description="The alert's severity label, e.g. critical.",
                                  min_length=1, max_length=63)
     labels: dict[str, str] = Field(
@@ -137,8 +142,8 @@ class Release(ApiModel):
         le=604800,
     )
     annotation: str = Field(
-        DEFAULT_RELEASE_ANNOTATION,
-        description=f"With Annotation, the Host annotation that releases it. Default {DEFAULT_RELEASE_ANNOTATION}.",
+        RELEASE_ANNOTATION,
+        description=f"With Annotation, the Host annotation that releases it. Default {RELEASE_ANNOTATION}.",
         min_length=1,
         max_length=317,
         pattern=QUALIFIED_NAME,

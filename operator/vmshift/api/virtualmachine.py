@@ -89,10 +89,10 @@ class VirtualMachineProcessor(ApiModel):
 
     compatibility: bool = Field(
         False,
-        description="Processor compatibility mode. true: the guest sees only a baseline instruction set "
-        "(x86-64-v2), so it can move between hosts of different generations of one vendor. false: it "
-        "sees every feature of the host it starts on, and can move only to hosts that have them all. "
-        "Takes effect when the VM (re)starts. Default false.",
+        description="Processor compatibility mode (as vSphere's EVC). true: the guest sees the features common "
+        "to every host of its vendor that spec.placement allows (status.processor.baseline), so it can move "
+        "to any of them. false: it sees every feature of the host it starts on, and can move only to hosts "
+        "that have them all. Takes effect when the VM (re)starts; a change of the fleet too. Default false.",
     )
 
 
@@ -216,6 +216,24 @@ class VirtualMachinePhase(StrEnum):
     Failed = "Failed"
 
 
+class ProcessorBaseline(ApiModel):
+    """In compatibility mode, the fleet's baseline: the features every host the VM may run on offers
+    (as vSphere's EVC mode), per vendor."""
+
+    vendor: Literal["Intel", "AMD"] | None = Field(None, description="The vendor whose hosts the baseline spans.")
+    features: list[str] = Field(
+        default_factory=list,
+        description="The features common to every host of that vendor that spec.placement allows, sorted: "
+        "what the guest sees when it next starts.",
+        json_schema_extra=list_set(),
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="The hosts the baseline spans, sorted: the guest can move to any of them.",
+        json_schema_extra=list_set(),
+    )
+
+
 class GuestProcessor(ApiModel):
     """The processor the guest was started with; fixed until it restarts."""
 
@@ -227,6 +245,12 @@ class GuestProcessor(ApiModel):
         json_schema_extra=list_set(),
     )
     compatibility: bool | None = Field(None, description="Whether the guest started in compatibility mode.")
+    baseline: ProcessorBaseline | None = Field(
+        None,
+        description="In compatibility mode, the fleet's baseline now. When the fleet changes it, the running "
+        "guest keeps its features until it restarts (condition ProcessorBaseline, reason "
+        "ProcessorBaselineChanged).",
+    )
 
 
 class MigrationInFlight(ApiModel):

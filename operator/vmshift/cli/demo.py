@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vmshift.api.common import API_VERSION
+from vmshift.api.labels import VM_LABEL
 from vmshift.devcluster.cluster import ControlPlane, default_dir
 from vmshift.devcluster.stack import HostPlan, Stack, wait_until
 
@@ -41,7 +43,7 @@ NAMESPACE = "vmshift-demo"
 def _vm(name: str, host: str, *, compatibility: bool, memory: int, dirty: float, working_set: int,
         priority: int = 100) -> dict[str, Any]:
     return {
-        "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+        "apiVersion": API_VERSION, "kind": "VirtualMachine",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
         "spec": {"cpus": 2, "memoryMiB": memory, "processor": {"compatibility": compatibility},
                  "disks": [{"name": "os", "sizeGiB": 40, "volume": "csv-01"}], "priority": priority,
@@ -122,7 +124,7 @@ class _Demo:
 
     def migration_of(self, vm: str, target: str) -> str:
         def find() -> str | None:
-            items = json.loads(self.stack.kubectl("get", "vsmig", "-n", NAMESPACE, "-l", f"vmshift.io/vm={vm}",
+            items = json.loads(self.stack.kubectl("get", "vsmig", "-n", NAMESPACE, "-l", f"{VM_LABEL}={vm}",
                                                   "-o", "json").stdout)["items"]
             names = [i["metadata"]["name"] for i in items if i["spec"].get("targetHost") == target]
             return names[-1] if names else None

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from vmshift.api.labels import AGENT_HOSTS_ANNOTATION
 from vmshift.controllers import kubeapi
 from vmshift.controllers.tokens import operator_namespace
 from vmshift.controllers.views import AgentFacts
@@ -50,7 +51,6 @@ def poll_delay(interval: float, failures: int, cap: float = MAX_POLL_BACKOFF_SEC
 
 #: Annotation of a token Secret naming the Hosts that may use it: Host names separated by commas, or
 #: ``*`` for every Host. The Secret's owner decides where its token may be sent, not a Host's author.
-AGENT_HOSTS_ANNOTATION = "vmshift.io/agent-hosts"
 #: What of an agent's error message reaches a Host's status and events, at most.
 MAX_ERROR_TEXT = 300
 

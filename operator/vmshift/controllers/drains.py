@@ -1,7 +1,8 @@
-"""Drain controller: a daemon per Host runs the evacuation engine for maintenance and remediation.
+"""Drain pass: each Host's supervisor runs the evacuation engine for maintenance and remediation.
 
 Thin: the decisions are ``scheduling.evacuation`` (goal, next step) over the indexes; this module
-creates and deletes VirtualMachineMigration objects, patches ``Host.status.drain`` and posts events.
+creates and deletes VirtualMachineMigration objects, decides ``Host.status.drain`` (the supervisor
+writes it, with the rest of the Host's status) and posts events.
 The existing migration daemon and queue run the migrations it creates.
 
 Each migration a drain creates carries the labels ``vmshift.io/evacuation=<host>`` and
@@ -15,23 +16,22 @@ one of them when the Host is deleted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api.host import DrainState
+from vmshift.api.labels import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, ORDER_ANNOTATION, VM_LABEL
 from vmshift.api.reasons import FailureReason, MigrationPhase
-from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.indexes import GROUP, HOSTS, MIGRATIONS, VERSION, Store, fleet, one, values
-from vmshift.controllers.runtime import until_woken
+from vmshift.controllers import events, indexes, kubeapi
+from vmshift.controllers.expectations import Expectations
+from vmshift.controllers.indexes import GROUP, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
+from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import MigrationEntry, VMEntry, operator_labels
 from vmshift.scheduling.drain import plan_drain
 from vmshift.scheduling.evacuation import (
@@ -48,12 +48,7 @@ from vmshift.scheduling.evacuation import (
 )
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, select_policy
-
-EVACUATION_LABEL = "vmshift.io/evacuation"
-EPISODE_LABEL = "vmshift.io/evacuation-id"
-ATTEMPT_ANNOTATION = "vmshift.io/evacuation-attempt"
-ORDER_ANNOTATION = "vmshift.io/evacuation-order"
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, select_policy
 
 #: Seconds between passes while a drain runs (events wake it sooner), and while nothing drains.
 BUSY_SECONDS = 2.0
@@ -63,19 +58,12 @@ EXPECTATION_SECONDS = 30.0
 #: Blocked VMs listed in an event or a condition message.
 LISTED = 5
 
-_wake: dict[str, asyncio.Event] = {}
 log = logging.getLogger("vmshift.drains")
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def wake(host: str) -> None:
-    """Ask the drain daemon of ``host`` for a pass now."""
-    event = _wake.get(host)
-    if event is not None:
-        event.set()
+    """Ask the supervisor of ``host`` for a pass (its drain pass among them) now."""
+    runtime().wake_host(host)
 
 
 def attempt_of(body: Mapping[str, Any]) -> Attempt:
@@ -117,11 +105,6 @@ def wake_drain_on_migration_event(_type: str, body: Mapping[str, Any]) -> None:
         wake(host)
 
 
-@HOSTS.listen
-def wake_drain_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
-    wake(body["metadata"]["name"])
-
-
 def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VMEntry) -> dict[str, Any]:
     """The VirtualMachineMigration one move of a drain creates (pure)."""
     move = create.move
@@ -135,7 +118,7 @@ def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VM
             "name": create.name,
             "namespace": create.namespace,
             "labels": operator_labels(**{EVACUATION_LABEL: host, EPISODE_LABEL: episode,
-                                         "vmshift.io/vm": create.vm_name}),
+                                         VM_LABEL: create.vm_name}),
             "annotations": {ATTEMPT_ANNOTATION: str(create.attempt), ORDER_ANNOTATION: str(move.order)},
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
                                  "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],
@@ -163,18 +146,19 @@ def describe_blocked(progress: Progress) -> str:
 
 
 def _vm_policies(fleet_now: Fleet, host: str, vms: Store[VMEntry],
-                 policies: list[PolicyView]) -> dict[str, PolicyView]:
+                 policies: list[MigrationPolicyView]) -> dict[str, MigrationPolicyView]:
     out = {}
     for view in fleet_now.vms_on(host):
         entry = one(vms, view.key)
         if entry is None:
             continue
-        requested = (entry.spec.get("migration") or {}).get("policy")
-        out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested) or DEFAULT_POLICY
+        requested = entry.spec.migration.policy
+        out[view.key] = select_policy(entry.labels, entry.namespace, policies, requested=requested,
+                                      namespace_labels=namespace_labels(entry.namespace)) or DEFAULT_POLICY
     return out
 
 
-def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[PolicyView],
+def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[MigrationPolicyView],
             host: str) -> DrainLimits:
     """The cluster limit the queue applies (the strictest policy's), less what other drains and
     requests hold now."""
@@ -186,23 +170,25 @@ def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[
 class Evacuator:
     """The drain of one host: the last ``status.drain`` written, and the passes that advance it."""
 
-    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None) -> None:
+    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None,
+                 flush: Callable[[], Awaitable[None]]) -> None:
         self.host = host
         self.body = body
         self.drain: dict[str, Any] = dict(drain or {})
+        #: What the Host's status holds: the supervisor's one patch carries ``drain`` when it differs.
         self.written: dict[str, Any] = dict(self.drain)
+        #: Write the Host's status now (the supervisor's patch): a new drain's id must be stored
+        #: before the migrations that carry it are created.
+        self.flush = flush
         #: Migrations this process created that the index may not show yet (the watch lags the
         #: create), with when: counted as queued so a pass right after a create does not add more.
-        self.expected: dict[tuple[str, str], tuple[float, Attempt]] = {}
+        self.expected: Expectations[tuple[str, str], Attempt] = Expectations(ttl=EXPECTATION_SECONDS)
 
     def seen(self, attempts: list[Attempt]) -> list[Attempt]:
         """``attempts`` from the index plus the ones created here that it does not show yet."""
-        now = time.monotonic()
-        known = {(a.namespace, a.name) for a in attempts}
-        for key, (at, _) in list(self.expected.items()):
-            if key in known or now - at > EXPECTATION_SECONDS:
-                del self.expected[key]
-        return attempts + [a for _, a in self.expected.values()]
+        for a in attempts:
+            self.expected.observed((a.namespace, a.name))
+        return attempts + [a for _, a in self.expected.items()]
 
     @property
     def open(self) -> bool:
@@ -213,7 +199,8 @@ class Evacuator:
         return episode_id(self.host, str(self.drain.get("startedAt") or ""))
 
     async def run_pass(self, spec: Mapping[str, Any], status: Mapping[str, Any], vms: Store[VMEntry],
-                       migrations: Store[MigrationEntry], policies: Store[PolicyView], attempts: list[Attempt]) -> bool:
+                       migrations: Store[MigrationEntry], policies: Store[MigrationPolicyView],
+                       attempts: list[Attempt]) -> bool:
         """One observe-decide-act pass; True while the drain has work under way."""
         goal = goal_of(self.host, spec, status)
         attempts = self.seen(attempts)
@@ -240,7 +227,7 @@ class Evacuator:
         return (goal is not None and step.progress.state is DrainState.Running) or step.progress.in_flight > 0
 
     async def _start(self, goal: Goal, fleet_now: Fleet, vms: Store[VMEntry],
-                     migrations: Store[MigrationEntry], policies: list[PolicyView]) -> None:
+                     migrations: Store[MigrationEntry], policies: list[MigrationPolicyView]) -> None:
         """Open a new drain: its start time (hence its id), what the planner expects of it, an event."""
         plan = plan_drain(self.host, fleet_now, _limits(fleet_now, migrations, policies, self.host),
                           only=goal.covers, vm_policies=_vm_policies(fleet_now, self.host, vms, policies),
@@ -249,16 +236,16 @@ class Evacuator:
         self.drain = {
             "state": DrainState.Running.value, "trigger": goal.trigger, "minPriority": goal.min_priority,
             "total": count, "moved": 0, "inFlight": 0, "failed": 0, "blocked": [],
-            "startedAt": _now(), "finishedAt": None, "strategy": plan.strategy,
+            "startedAt": timestamps.rfc3339(micro=True), "finishedAt": None, "strategy": plan.strategy,
             "expectedSeconds": round(plan.expected_makespan_seconds, 2),
             "lowerBoundSeconds": round(plan.lower_bound_seconds, 2),
         }
         await self._write()
         scope = "every VM" if goal.min_priority is None else f"the VMs with priority >= {goal.min_priority}"
-        kopf.info(self.body, reason="DrainStarted",
-                  message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
-                          f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
-                          f"{plan.lower_bound_seconds:.1f} s).")
+        events.info(self.body, reason="DrainStarted",
+                    message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
+                            f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
+                            f"{plan.lower_bound_seconds:.1f} s).")
         metrics.DRAINS.labels(result="Started").inc()
 
     async def _act(self, step: Step, goal: Goal | None, vms: Store[VMEntry], episode: str) -> None:
@@ -276,20 +263,20 @@ class Evacuator:
             trigger = goal.trigger if goal is not None else "spec.maintenance"
             created = await kubeapi.create("virtualmachinemigrations", create.namespace,
                                            migration_body(create, self.host, episode, trigger, vm))
-            self.expected[(create.namespace, create.name)] = (time.monotonic(), Attempt(
+            self.expected.expect((create.namespace, create.name), Attempt(
                 create.namespace, create.name, create.move.vm, episode, create.attempt, MigrationPhase.Pending,
                 create.move.target))
             if created is None:
                 continue  # made by an earlier pass whose result the index does not show yet
             move = create.move
             if create.attempt > 1:
-                kopf.warn(self.body, reason="DrainRetry",
-                          message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
-                                  f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
+                events.warn(self.body, reason="DrainRetry",
+                            message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
+                                    f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
             else:
-                kopf.info(self.body, reason="DrainMove",
-                          message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
-                                  f"{move.why or 'chosen by the drain planner.'}"[:1024])
+                events.info(self.body, reason="DrainMove",
+                            message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
+                                    f"{move.why or 'chosen by the drain planner.'}"[:1024])
 
     async def _delete(self, attempts: list[Attempt]) -> None:
         for a in attempts:
@@ -312,90 +299,79 @@ class Evacuator:
         if goal is not None:
             new["trigger"], new["minPriority"] = goal.trigger, goal.min_priority
             finished = state is not DrainState.Running
-            new["finishedAt"] = (self.drain.get("finishedAt") or _now()) if finished else None
+            new["finishedAt"] = (self.drain.get("finishedAt") or timestamps.rfc3339(micro=True)) if finished else None
         else:
             new["trigger"] = None
             if progress.in_flight == 0 and not new.get("finishedAt"):
-                new["finishedAt"] = _now()
+                new["finishedAt"] = timestamps.rfc3339(micro=True)
         self.drain = new
         _record_drain_state(self.host, state)
         await self._write()
         if state.value == before and (goal is not None or not was_open):
             return
         if state is DrainState.Completed and goal is not None:
-            kopf.info(self.body, reason="DrainCompleted",
-                      message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
-                              f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
-                              f"s), {progress.failed} failed attempt(s).")
+            events.info(self.body, reason="DrainCompleted",
+                        message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
+                                f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
+                                f"s), {progress.failed} failed attempt(s).")
             metrics.DRAINS.labels(result="Completed").inc()
         elif state is DrainState.Completed:
-            kopf.info(self.body, reason="DrainClosed",
-                      message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
-                              f"else cordons it.")
+            events.info(self.body, reason="DrainClosed",
+                        message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
+                                f"else cordons it.")
         elif state is DrainState.Blocked:
-            kopf.warn(self.body, reason="DrainBlocked",
-                      message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
-                              f"{describe_blocked(progress)}"[:1024])
+            events.warn(self.body, reason="DrainBlocked",
+                        message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
+                                f"{describe_blocked(progress)}"[:1024])
             metrics.DRAINS.labels(result="Blocked").inc()
         elif state is DrainState.Running and before == DrainState.Blocked.value:
-            kopf.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
+            events.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
         elif state is DrainState.Cancelled and before != DrainState.Cancelled.value:
-            kopf.info(self.body, reason="DrainCancelled",
-                      message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
-                              f"{progress.in_flight} migration(s) already under way finish, queued ones were "
-                              f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
+            events.info(self.body, reason="DrainCancelled",
+                        message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
+                                f"{progress.in_flight} migration(s) already under way finish, queued ones were "
+                                f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
             metrics.DRAINS.labels(result="Cancelled").inc()
 
     def _seconds(self) -> float:
         try:
-            started = datetime.fromisoformat(str(self.drain.get("startedAt")).replace("Z", "+00:00"))
+            started = timestamps.parse(str(self.drain.get("startedAt")))
         except ValueError:
             return 0.0
-        return (datetime.now(UTC) - started).total_seconds()
+        return (timestamps.now() - started).total_seconds()
 
     async def _write(self) -> None:
-        if self.drain == self.written:
-            return
-        await kubeapi.patch_status("hosts", None, self.host, {"drain": self.drain})
-        self.written = dict(self.drain)
+        if self.drain != self.written:
+            await self.flush()
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
-async def drain_host(
-    name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, **_: Any,
-) -> None:
-    """Run the host's drain whenever spec.maintenance or a remediation asks for one."""
-    await indexes.ready()
-    woken = _wake.setdefault(name, asyncio.Event())
-    evacuator = Evacuator(name, body, status.get("drain"))
-    while not stopped:
-        woken.clear()
-        busy = False
-        try:
-            busy = await evacuator.run_pass(spec, status, indexes.vm_index, indexes.migration_index,
-                                            indexes.policy_index, list(evacuation_index.get(name) or []))
-        except ApiException as exc:
-            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
-            logger.warning(f"drain pass of {name} failed, retrying: {exc.status} {exc.reason}")
-            busy = True
-        except Exception:  # a bug must not end the host's drain daemon: log it and try again
-            metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
-            logger.exception(f"drain pass of {name} failed, retrying")
-            busy = True
-        await until_woken(woken, stopped, BUSY_SECONDS if busy else IDLE_SECONDS)
-        if busy and not stopped:
-            await asyncio.sleep(0.2)  # let a burst of watch events land before the next pass
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-        leftovers = list(evacuation_index.get(name) or [])
-        for attempt in leftovers:
-            with contextlib.suppress(ApiException):
-                await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
-        if leftovers:
-            logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
-        _drain_states.pop(name, None)
-        metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
-    _wake.pop(name, None)
+async def drain_pass(evacuator: Evacuator, spec: Mapping[str, Any], status: Mapping[str, Any],
+                     logger: kopf.Logger | logging.Logger) -> float:
+    """One drain pass of a Host's supervisor; returns how long until the next one unless woken."""
+    try:
+        busy = await evacuator.run_pass(spec, status, indexes.vm_index, indexes.migration_index,
+                                        indexes.policy_index, list(evacuation_index.get(evacuator.host) or []))
+    except ApiException as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+        logger.warning(f"drain pass of {evacuator.host} failed, retrying: {exc.status} {exc.reason}")
+        busy = True
+    except Exception:  # a bug must not end the host's supervisor: log it and try again
+        metrics.RECONCILE_ERRORS.labels(kind="Drain").inc()
+        logger.exception(f"drain pass of {evacuator.host} failed, retrying")
+        busy = True
+    return BUSY_SECONDS if busy else IDLE_SECONDS
+
+
+async def host_deleted(name: str, logger: kopf.Logger | logging.Logger) -> None:
+    """The Host is gone: remove every migration its drains made, forget its drain state."""
+    leftovers = list(evacuation_index.get(name) or [])
+    for attempt in leftovers:
+        with contextlib.suppress(ApiException):
+            await kubeapi.delete("virtualmachinemigrations", attempt.namespace, attempt.name)
+    if leftovers:
+        logger.info(f"Host {name} deleted: removed {len(leftovers)} drain migration(s)")
+    _drain_states.pop(name, None)
+    metrics.DRAINS_BLOCKED.set(blocked_drains(_drain_states))
 
 
 #: The last drain state of each host, for the vmshift_drains_blocked gauge.

@@ -1,44 +1,46 @@
-"""Host controller: a daemon per Host polls its agent and mirrors processor, capacity, sensors, reachability.
+"""Host status: what a Host's phase, conditions, capacity, sensors and counts are, from its agent's report.
 
-Thin: the status is computed by :func:`host_status` (pure) from the agent's last report; the daemon
-only polls, compares and patches when something changed, so an idle fleet costs the API server
-nothing. Drains and remediation hang off the same daemon (see ``drains``).
-
-Phase and conditions also derive from what other controllers write into the same status
-(``remediation``, ``drain``) and from the spec. A change of those wakes the daemon at once (from the
-informer cache, which is also what it reads them from), so a quarantine reads as
-``Schedulable=False`` within one event, not one agent poll later.
+Pure builders (:func:`host_status`, :func:`heartbeat`) and the cache listeners that wake a Host's
+supervisor (``hostsupervisor``, the only writer of the status) when something its status derives
+from changed: its spec, labels or annotations, what others wrote into its status, a migration
+entering or leaving flight to or from it. A quarantine thus reads as ``Schedulable=False`` within
+one event, not one agent poll later; the supervisor's own writes (capacity, sensors) wake nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
-
-import kopf
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
-from vmshift.controllers import kubeapi
-from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
-from vmshift.controllers.indexes import GROUP, HOSTS, VERSION
-from vmshift.controllers.runtime import runtime, until_woken
+from vmshift.api.host import DrainState, HostPhase, HostSpec, SensorReading
+from vmshift.controllers.agents import AgentConfigError, AgentLink
+from vmshift.controllers.indexes import HOSTS, MIGRATIONS
+from vmshift.controllers.runtime import runtime
+from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
+from vmshift.sensors import verdicts
+from vmshift.timestamps import rfc3339
 
-_PHASES = ("Ready", "Cordoned", "Draining", "Maintenance", "Degraded", "Unreachable")
 _host_phase: dict[str, str] = {}
 #: The newest Host body the informer delivered, by name, and a wake-up for each host's daemon.
 _seen: dict[str, Mapping[str, Any]] = {}
-_wake: dict[str, asyncio.Event] = {}
+#: Where each migration in flight goes (source, target), by uid: a change wakes both hosts.
+_flights: dict[str, tuple[str | None, str | None]] = {}
 
 
 def status_inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The parts of a Host, other than its agent's report, that its phase and conditions derive from (pure)."""
+    """The parts of a Host, other than its agent's report, that its supervisor's passes and status
+    derive from (pure): its spec, labels and annotations (a remediation's release), and what of its
+    status someone other than the supervisor may change."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     drain = status.get("drain") or {}
-    return (meta.get("generation"), (status.get("remediation") or {}).get("action"),
-            (status.get("remediation") or {}).get("policy"), drain.get("trigger"), drain.get("state"))
+    return (meta.get("generation"), meta.get("labels"), meta.get("annotations"),
+            (status.get("remediation") or {}).get("action"), (status.get("remediation") or {}).get("policy"),
+            drain.get("trigger"), drain.get("state"))
 
 
 @HOSTS.listen
@@ -50,36 +52,54 @@ def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
     before = _seen.get(name)
     _seen[name] = body
     if before is None or status_inputs(before) != status_inputs(body):
-        event = _wake.get(name)
-        if event is not None:
-            event.set()
+        runtime().wake_host(name)
 
 
 def _sensors(info: HostInfo) -> list[dict[str, Any]]:
-    readings: list[dict[str, Any]] = []
-    for fan in info.sensors.fans:
-        readings.append({"name": f"fan-{fan.index + 1}", "kind": "Fan", "value": 1 if fan.ok else 0,
-                         "health": "OK" if fan.ok else "Critical",
-                         **({} if fan.ok else {"message": f"fan {fan.index + 1} has failed"})})
-    for psu in info.sensors.power_supplies:
-        readings.append({"name": f"psu-{psu.index + 1}", "kind": "PowerSupply", "value": 1 if psu.ok else 0,
-                         "health": "OK" if psu.ok else "Critical",
-                         **({} if psu.ok else {"message": f"power supply {psu.index + 1} has failed"})})
-    problems = {p.signal.value: p for p in info.health.problems}
-    temp = problems.get("Temperature")
-    readings.append({"name": "inlet-temperature", "kind": "Temperature", "value": info.sensors.temperature_c,
-                     "health": temp.severity.value if temp else "OK", **({"message": temp.message} if temp else {})})
-    ecc = problems.get("CorrectedMemoryErrors")
-    readings.append({"name": "corrected-memory-errors", "kind": "CorrectedMemoryErrors",
-                     "value": info.sensors.corrected_memory_errors, "health": ecc.severity.value if ecc else "OK",
-                     **({"message": ecc.message} if ecc else {})})
-    return readings
+    """``status.sensors``: each sensor in its unit (RPM, W, °C, errors per hour) with its health."""
+    return [SensorReading(name=v.name, kind=v.kind, value=v.value, health=v.health, message=v.message).to_api()
+            for v in verdicts(info.sensors.reading())]
+
+
+def heartbeat(previous: str | None, answered: datetime | None, *, changed: bool) -> str | None:
+    """status.lastHeartbeatTime (pure): when the agent last answered, carried by every status write
+    (``changed``: the rest of the status differs from what is stored) and never the only reason for
+    one, so an idle fleet costs the API server nothing. While the agent does not answer it stays
+    where it was: when the host was last heard."""
+    if answered is None:
+        return previous
+    if previous and not changed:
+        return previous
+    return rfc3339(answered.timestamp())
+
+
+@dataclass(frozen=True)
+class HostInputs:
+    """What a Host's status is computed from besides its agent's report and its stored status."""
+
+    spec: HostSpec
+    generation: int
+    #: The model refused the Host's spec: what is wrong.
+    spec_problem: str | None = None
+    #: Migrations in flight to and from the host (from the migration cache).
+    inbound: int = 0
+    outbound: int = 0
+    #: When the agent last answered (wall clock), None if never.
+    answered: datetime | None = None
+    #: Alerts Alertmanager reports firing for the host, as "alertname (severity)": they make the
+    #: HardwareHealthy condition False (not the phase: an alert must not beget a HostsNotReady alert).
+    alerts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], generation: int, **rest: Any) -> HostInputs:
+        """Inputs from a raw spec, parsed by its model (pure)."""
+        parsed, problem = parse_host_spec(spec)
+        return cls(spec=parsed, generation=generation, spec_problem=problem, **rest)
 
 
 def host_status(
     name: str,
-    spec: Mapping[str, Any],
-    generation: int,
+    inputs: HostInputs,
     previous: Mapping[str, Any],
     link: AgentLink | None,
     config_error: AgentConfigError | None,
@@ -93,10 +113,12 @@ def host_status(
     condition and the kstatus pair follow the drain: Reconciling while it runs, Stalled when only
     VMs that cannot move are left.
     """
+    spec, generation = inputs.spec, inputs.generation
     conditions = list(previous.get("conditions") or [])
     if not conditions:
         conditions = cond.first_look(conditions, f"Contacting the agent of {name}.", observed_generation=generation)
-    status: dict[str, Any] = {"observedGeneration": generation}
+    status: dict[str, Any] = {"observedGeneration": generation,
+                              "migrations": {"inbound": inputs.inbound, "outbound": inputs.outbound}}
     info = link.info if link else None
     reachable = bool(link and link.reachable and info)
     if config_error is not None:
@@ -117,43 +139,48 @@ def host_status(
         status["sensors"] = _sensors(info)
     remediation = previous.get("remediation") or {}
     quarantine = remediation.get("action")
-    cordoned = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or bool(quarantine)
+    cordoned = spec.unschedulable or spec.maintenance or bool(quarantine) or inputs.spec_problem is not None
     drain = previous.get("drain") or {}
     drain_state = drain.get("state")
     # A drain is open while its trigger (maintenance or a remediation) holds; the drain controller
     # clears the trigger when the host returns to service, so an old "Completed" never reads as now.
     drain_open = bool(drain.get("trigger"))
-    full_drain = bool(spec.get("maintenance")) or quarantine == "Maintenance"
+    full_drain = spec.maintenance or quarantine == "Maintenance"
     if not reachable:
-        phase = "Unreachable"
+        phase = HostPhase.Unreachable
     elif full_drain:
-        phase = "Maintenance" if drain_open and drain_state == "Completed" else "Draining"
-    elif drain_open and drain_state in ("Running", "Blocked"):
-        phase = "Draining"
+        phase = HostPhase.Maintenance if drain_open and drain_state == DrainState.Completed else HostPhase.Draining
+    elif drain_open and drain_state in (DrainState.Running, DrainState.Blocked):
+        phase = HostPhase.Draining
     elif info is not None and not healthy:
-        phase = "Degraded"
+        phase = HostPhase.Degraded
     elif cordoned:
-        phase = "Cordoned"
+        phase = HostPhase.Cordoned
     else:
-        phase = "Ready"
-    status["phase"] = phase
+        phase = HostPhase.Ready
+    status["phase"] = phase.value
     conditions = cond.ready(conditions, reachable, reason, message, observed_generation=generation)
     drain_reason, drain_message = _drain_condition(name, drain, drain_open)
-    if reachable and drain_open and drain_state == "Running":
+    if reachable and drain_open and drain_state == DrainState.Running:
         conditions = cond.reconciling(conditions, True, "Draining", drain_message, observed_generation=generation)
-    elif reachable and drain_open and drain_state == "Blocked":
+    elif reachable and drain_open and drain_state == DrainState.Blocked:
         conditions = cond.stalled(conditions, True, "DrainBlocked", drain_message, observed_generation=generation)
     elif reachable:
         conditions = cond.reconciling(conditions, False, "Observed", message, observed_generation=generation)
         conditions = cond.stalled(conditions, False, "Observed", message, observed_generation=generation)
     elif config_error is not None:
         conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
-    conditions = cond.set_condition(conditions, "Draining", drain_open and drain_state == "Running", drain_reason,
-                                    drain_message, observed_generation=generation)
+    conditions = cond.set_condition(conditions, "Draining", drain_open and drain_state == DrainState.Running,
+                                    drain_reason, drain_message, observed_generation=generation)
+    if inputs.spec_problem is not None:
+        conditions = cond.stalled(conditions, True, "InvalidSpec",
+                                  f"The spec of {name} is refused: {inputs.spec_problem}. It takes no VMs until "
+                                  f"it is fixed.", observed_generation=generation)
     if cordoned:
-        why = ("spec.maintenance is true" if spec.get("maintenance") else
+        why = ("spec.maintenance is true" if spec.maintenance else
                f"RemediationPolicy {remediation.get('policy')} ({quarantine}) quarantined it"
-               if quarantine else "spec.unschedulable is true")
+               if quarantine else "spec.unschedulable is true" if spec.unschedulable else
+               f"its spec is refused ({inputs.spec_problem}); fix the Host")
         conditions = cond.set_condition(conditions, "Schedulable", False, "Cordoned",
                                         f"{name} takes no new VMs or inbound migrations: {why}.",
                                         observed_generation=generation)
@@ -165,18 +192,28 @@ def host_status(
         conditions = cond.set_condition(conditions, "Schedulable", True, "Schedulable",
                                         f"{name} accepts new VMs and inbound migrations.",
                                         observed_generation=generation)
-    if info is not None:
-        problems = info.health.problems
-        if problems:
-            worst = max(problems, key=lambda p: p.severity.value == "Critical")
-            text = "; ".join(p.message for p in problems)
-            conditions = cond.set_condition(conditions, "HardwareHealthy", False, f"{worst.signal.value}Failure",
-                                            f"{name} reports hardware trouble: {text}.",
-                                            observed_generation=generation)
-        else:
-            conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
-                                            f"Every sensor of {name} reads normal.", observed_generation=generation)
+    firing = (f" Alertmanager reports {len(inputs.alerts)} alert(s) firing for it: "
+              f"{', '.join(inputs.alerts[:10])}{' and more' if len(inputs.alerts) > 10 else ''}."
+              if inputs.alerts else "")
+    problems = info.health.problems if info is not None else []
+    if problems:
+        worst = max(problems, key=lambda p: p.severity.value == "Critical")
+        text = "; ".join(p.message for p in problems)
+        conditions = cond.set_condition(conditions, "HardwareHealthy", False, f"{worst.signal.value}Failure",
+                                        f"{name} reports hardware trouble: {text}.{firing}",
+                                        observed_generation=generation)
+    elif inputs.alerts:
+        conditions = cond.set_condition(conditions, "HardwareHealthy", False, "AlertFiring",
+                                        f"{name}'s own sensors read normal.{firing} RemediationPolicies that match "
+                                        f"act on them (status.remediation).", observed_generation=generation)
+    elif info is not None:
+        conditions = cond.set_condition(conditions, "HardwareHealthy", True, "SensorsNormal",
+                                        f"Every sensor of {name} reads normal.", observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
+    beat = heartbeat(previous.get("lastHeartbeatTime"), inputs.answered,
+                     changed=not cond.changes_nothing(status, previous))
+    if beat is not None:
+        status["lastHeartbeatTime"] = beat
     return status
 
 
@@ -186,12 +223,12 @@ def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> t
     counts = (f"{drain.get('moved', 0)} of {drain.get('total', 0)} VM(s) moved, {drain.get('inFlight', 0)} in "
               f"flight, {drain.get('failed', 0)} failed attempt(s)")
     if not drain_open:
-        if state == "Cancelled":
+        if state == DrainState.Cancelled:
             return "DrainCancelled", f"The last drain of {name} was stopped before it completed ({counts})."
         return "NotDraining", f"No drain runs on {name}."
-    if state == "Running":
+    if state == DrainState.Running:
         return "Draining", f"{name} is being drained ({drain.get('trigger')}): {counts}."
-    if state == "Blocked":
+    if state == DrainState.Blocked:
         blocked = drain.get("blocked") or []
         listed = "; ".join(f"{b.get('vm')} ({b.get('reason')}): {b.get('message')}" for b in blocked[:3])
         more = f"; and {len(blocked) - 3} more" if len(blocked) > 3 else ""
@@ -200,54 +237,45 @@ def _drain_condition(name: str, drain: Mapping[str, Any], drain_open: bool) -> t
     return "Drained", f"{name} is drained ({drain.get('trigger')}): {counts}."
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
-async def monitor_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
-                       stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-    """Poll the agent every few seconds and patch status only when it changes."""
-    rt = runtime()
-    last: Mapping[str, Any] = dict(status)  # what is stored, then what this daemon wrote: nothing is rewritten
-    was_reachable: bool | None = None
-    wake = _wake.setdefault(name, asyncio.Event())
-    told = ""
-    while not stopped:
-        wake.clear()
-        link: AgentLink | None = None
-        config_error: AgentConfigError | None = None
-        try:
-            link = await rt.agents.link(name, spec)
-            await rt.agents.poll(link)
-        except AgentConfigError as exc:
-            config_error = exc
-            if exc.message != told:  # a person must fix the Host or its Secret: say it once, as an event
-                kopf.warn(body, reason=exc.reason, message=exc.message)
-        told = config_error.message if config_error is not None else ""
-        fresh = _seen.get(name)  # the informer's copy: Kopf's own view of the body may lag behind it
-        stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(status)
-        new = host_status(name, spec, int(meta.get("generation") or 0), stored, link, config_error)
-        if link is not None and was_reachable is not None and link.reachable != was_reachable:
-            if link.reachable:
-                kopf.info(body, reason="AgentReachable", message=f"The agent of {name} answers again.")
-            else:
-                kopf.warn(body, reason="AgentUnreachable",
-                          message=f"The agent of {name} stopped answering: {link.last_error}")
-        was_reachable = link.reachable if link is not None else was_reachable
-        if not cond.changes_nothing(new, last):
-            await kubeapi.patch_status("hosts", None, name, new)
-            last = new
-        _record_phase(name, new["phase"])
-        await until_woken(wake, stopped, poll_delay(rt.poll_interval, link.failures if link is not None else 0,
-                                                    rt.poll_backoff_cap))
+@MIGRATIONS.listen
+def wake_on_migration_event(type: str, body: Mapping[str, Any]) -> None:
+    """A migration entering or leaving flight changes status.migrations of its source and target."""
+    uid = str((body.get("metadata") or {}).get("uid", ""))
+    entry = index_migration(body)
+    now = None if type == "DELETED" or not entry.in_flight else (entry.source, entry.target)
+    before = _flights.pop(uid, None)
+    if now is not None:
+        _flights[uid] = now
+    if now != before:
+        for host in {*(before or ()), *(now or ())} - {None}:
+            runtime().wake_host(str(host))
+
+
+def migration_counts(flights: Mapping[str, tuple[str | None, str | None]], host: str) -> tuple[int, int]:
+    """(inbound, outbound) migrations in flight of ``host`` from (source, target) pairs (pure)."""
+    inbound = sum(1 for _, target in flights.values() if target == host)
+    outbound = sum(1 for source, _ in flights.values() if source == host)
+    return inbound, outbound
+
+
+def in_flight(host: str) -> tuple[int, int]:
+    """(inbound, outbound) of ``host`` as the migration cache shows them now (fresher than the fleet)."""
+    return migration_counts(_flights, host)
+
+
+def last_seen(name: str) -> Mapping[str, Any] | None:
+    """The newest body of Host ``name`` the informer delivered (Kopf's own copy may lag behind it)."""
+    return _seen.get(name)
+
+
+def forget_phase(name: str) -> None:
+    """The Host's supervisor ended: it no longer counts in the hosts-by-phase gauge."""
     _host_phase.pop(name, None)
-    _wake.pop(name, None)
-    if kopf.DaemonStoppingReason.RESOURCE_DELETED in (stopped.reason or kopf.DaemonStoppingReason(0)):
-        # Only a deleted Host loses its link. While the operator stops, other daemons may still
-        # look at this agent: dropping it would make a healthy host look unreachable to them.
-        await rt.agents.forget(name)
 
 
-def _record_phase(name: str, phase: str) -> None:
+def record_phase(name: str, phase: str) -> None:
     if _host_phase.get(name) == phase:
         return
     _host_phase[name] = phase
-    for p in _PHASES:
-        metrics.HOSTS.labels(phase=p).set(sum(1 for v in _host_phase.values() if v == p))
+    for p in HostPhase:
+        metrics.HOSTS.labels(phase=p.value).set(sum(1 for v in _host_phase.values() if v == p))

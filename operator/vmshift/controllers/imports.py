@@ -37,9 +37,8 @@ from kubernetes.client.exceptions import ApiException
 from vmshift.api import conditions as cond
 from vmshift.api.vmimport import ImportPhase, StepState
 from vmshift.api.vmimport import ImportStepName as Step
-from vmshift.controllers import kubeapi
+from vmshift.controllers import events, kubeapi
 from vmshift.controllers.importsteps import (
-    DRIVER_STEPS,
     DRIVERS_ANNOTATION,
     EXECUTION_ORDER,
     GROUP,
@@ -52,16 +51,12 @@ from vmshift.controllers.importsteps import (
     SourceMissing,
     Steps,
     configmap_key,
-    describe_change,
-    driver_problems,
     failed,
     finished,
     imported_vm,
     make_plan,
     owned_by,
-    planned_messages,
     progressing,
-    stamp,
     succeeded,
     target_namespace_refusal,
     throughput,
@@ -72,8 +67,10 @@ from vmshift.controllers.importsteps import (
 from vmshift.controllers.indexes import VMS, Store, one, ready
 from vmshift.controllers.runtime import runtime
 from vmshift.conversion import ConversionPlan, plan_report
+from vmshift.conversion.driversteps import DRIVER_STEPS, DriverEdit, describe_change, driver_problems, planned_messages
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
 from vmshift.hypervisor.protocol import DriverChange, VmInfo, VmState
+from vmshift.timestamps import rfc3339
 
 #: Seconds between status patches (at most).
 PATCH_INTERVAL = 1.0
@@ -182,7 +179,7 @@ class ImportJob:
         try:
             if not self.status.get("conditions"):
                 message = f"Importing {self.spec_kind()} as VirtualMachine {self.vm_key}."
-                await self.write(phase=ImportPhase.Pending.value, startedAt=stamp(), message=message,
+                await self.write(phase=ImportPhase.Pending.value, startedAt=rfc3339(), message=message,
                                  conditions=cond.dump(cond.first_look([], message,
                                                                       observed_generation=self.generation)))
             actions: dict[Step, Callable[[bool], Awaitable[tuple[StepState, str]]]] = {
@@ -223,7 +220,7 @@ class ImportJob:
         if resumed:
             self.logger.info(f"import {self.namespace}/{self.name}: resuming step {step.value}")
         else:
-            kopf.info(self.body, reason="StepStarted", message=f"{step.value}: {headline}")
+            events.info(self.body, reason="StepStarted", message=f"{step.value}: {headline}")
         await self.write(phase=ImportPhase.Running.value, message=f"{step.value}: {headline}",
                          conditions=progressing(self._conditions(), step.value, f"{step.value}: {headline}",
                                                 self.generation))
@@ -246,9 +243,9 @@ class ImportJob:
         message = (f"VirtualMachine {self.vm_key} runs on {host or 'its host'} on synthetic drivers: network "
                    f"{before.get('networkMbps')} -> {after.get('networkMbps')} Mbit/s, disk "
                    f"{before.get('diskMBps')} -> {after.get('diskMBps')} MB/s.")
-        await self.write(phase=ImportPhase.Succeeded.value, finishedAt=stamp(), message=message,
+        await self.write(phase=ImportPhase.Succeeded.value, finishedAt=rfc3339(), message=message,
                          conditions=succeeded(self._conditions(), message, self.generation))
-        kopf.info(self.body, reason="Succeeded", message=message)
+        events.info(self.body, reason="Succeeded", message=message)
 
     async def _fail(self, exc: ImportFailed) -> None:
         deleted = await self._delete_vm()
@@ -256,9 +253,9 @@ class ImportJob:
         if deleted:
             message += f" VirtualMachine {self.vm_key}, which the import had created, was deleted."
         extra: dict[str, Any] = {"virtualMachine": None} if deleted else {}
-        await self.write(phase=ImportPhase.Failed.value, finishedAt=stamp(), message=message,
+        await self.write(phase=ImportPhase.Failed.value, finishedAt=rfc3339(), message=message,
                          conditions=failed(self._conditions(), exc.reason, message, self.generation), **extra)
-        kopf.warn(self.body, reason=exc.reason.value, message=message)
+        events.warn(self.body, reason=exc.reason.value, message=message)
         self.logger.info(f"import {self.namespace}/{self.name} failed: {exc.reason.value}: {message}")
 
     async def _stop(self) -> None:
@@ -287,8 +284,8 @@ class ImportJob:
         if not body or not owned_by(body, self.uid):
             return False
         await kubeapi.delete("virtualmachines", self.vm_namespace, self.vm_name)
-        kopf.info(self.body, reason="DeletedVirtualMachine",
-                  message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
+        events.info(self.body, reason="DeletedVirtualMachine",
+                    message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
         return True
 
     # -- Inspect -----------------------------------------------------------------------------------
@@ -308,7 +305,7 @@ class ImportJob:
             except SourceMissing as exc:
                 if str(exc) != told:
                     told = str(exc)
-                    kopf.warn(self.body, reason=ImportFailure.SourceNotFound.value, message=told)
+                    events.warn(self.body, reason=ImportFailure.SourceNotFound.value, message=told)
                     await self.write(message=told, conditions=waiting(
                         self._conditions(), ImportFailure.SourceNotFound.value, told, self.generation))
             await self._sleep(SOURCE_RETRY_SECONDS[min(attempt, len(SOURCE_RETRY_SECONDS) - 1)])
@@ -375,7 +372,7 @@ class ImportJob:
                        f"for it. Create it, or correct spec.target.namespace.")
             if message != told:
                 told = message
-                kopf.warn(self.body, reason=ImportFailure.TargetNamespaceNotFound.value, message=message)
+                events.warn(self.body, reason=ImportFailure.TargetNamespaceNotFound.value, message=message)
                 await self.write(message=message, conditions=waiting(
                     self._conditions(), ImportFailure.TargetNamespaceNotFound.value, message, self.generation))
             await self._sleep(SOURCE_RETRY_SECONDS[min(attempt, len(SOURCE_RETRY_SECONDS) - 1)])
@@ -389,9 +386,9 @@ class ImportJob:
                                    f"that VirtualMachine, and create the import again.")
             created = body
         uid = str((created.get("metadata") or {}).get("uid", ""))
-        kopf.info(self.body, reason="CreatedVirtualMachine",
-                  message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
-                          f"({', '.join(plan.drivers_before) or 'none'}).")
+        events.info(self.body, reason="CreatedVirtualMachine",
+                    message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
+                            f"({', '.join(plan.drivers_before) or 'none'}).")
         return uid
 
     def _lost(self) -> ImportFailed:
@@ -491,10 +488,10 @@ class ImportJob:
     async def _drivers(self, step: Step, resumed: bool) -> tuple[StepState, str]:
         decide = DRIVER_STEPS[step]
 
-        async def act(host: str, client: HypervisorClient, info: VmInfo) -> tuple[str, VmInfo, DriverChange | None]:
+        async def act(host: str, client: HypervisorClient, info: VmInfo) -> tuple[str, VmInfo, DriverEdit | None]:
             change = decide(info.drivers)
             if change is not None:
-                info = await client.change_drivers(info.id, change)
+                info = await client.change_drivers(info.id, DriverChange(install=change.install, remove=change.remove))
             return host, info, change
 
         host, info, change = await self._with_guest(CHANGEABLE, act)
@@ -509,7 +506,7 @@ class ImportJob:
             if resumed:
                 return StepState.Succeeded, f"Already done on {where}. {now}"
             return StepState.Skipped, f"Nothing to do on {where}. {now}"
-        kopf.info(self.body, reason=step.value, message=f"On {where}: {describe_change(change)}.")
+        events.info(self.body, reason=step.value, message=f"On {where}: {describe_change(change)}.")
         return StepState.Succeeded, f"On {where}: {describe_change(change)}. {now}"
 
     async def _verify(self, resumed: bool) -> tuple[StepState, str]:

@@ -1,4 +1,4 @@
-"""The VirtualMachineImport's decisions as plain data: step bookkeeping, source resolution, driver changes, status.
+"""The VirtualMachineImport's decisions as plain data: step bookkeeping, source resolution, status.
 
 Pure: no I/O, no clock unless none is given. The import daemon (``imports``) fetches what these
 functions need (a ConfigMap's key, the agent's driver inventory, the indexed VirtualMachine),
@@ -14,17 +14,19 @@ when it really ran.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from vmshift.api import conditions as cond
+from vmshift.api.common import GROUP, VERSION
+from vmshift.api.labels import DRIVERS_ANNOTATION, IMPORT_ANNOTATION, IMPORT_UID_LABEL
 from vmshift.api.vmimport import MAX_OVF_BYTES, ImportPhase, ImportStepName, StepState
 from vmshift.conversion import (
     ConversionPlan,
-    ImportTarget,
+    ConversionTarget,
     OvfError,
     PhysicalInventoryError,
     SourceMachine,
@@ -35,17 +37,9 @@ from vmshift.conversion import (
     read_ova,
     vm_spec,
 )
-from vmshift.conversion.plan import AGENT, ConversionRefused
-from vmshift.hypervisor import drivers as catalog
-from vmshift.hypervisor.protocol import DriverChange, IoCeilings
-
-GROUP, VERSION = "vmshift.io", "v1alpha1"
-#: Label on a VirtualMachine an import created: the import's uid (also what the index filters on).
-IMPORT_UID_LABEL = "vmshift.io/import-uid"
-#: Annotation on that VirtualMachine naming the import as namespace/name, for people.
-IMPORT_ANNOTATION = "vmshift.io/import"
-#: Same annotation as vmshift.controllers.virtualmachines.DRIVERS_ANNOTATION (kept equal by a test).
-DRIVERS_ANNOTATION = "vmshift.io/initial-drivers"
+from vmshift.conversion.plan import ConversionRefused
+from vmshift.hypervisor.protocol import GuestIoCeilings
+from vmshift.timestamps import rfc3339
 
 #: The order the daemon runs the steps in: the driver steps need the guest CreateVirtualMachine starts.
 EXECUTION_ORDER: tuple[ImportStepName, ...] = (
@@ -59,8 +53,6 @@ EXECUTION_ORDER: tuple[ImportStepName, ...] = (
 #: The order status lists them in (the API's order).
 STATUS_ORDER: tuple[ImportStepName, ...] = tuple(ImportStepName)
 DONE_STATES = frozenset({StepState.Succeeded, StepState.Skipped})
-#: Emulated drivers the synthetic step removes: the devices they drive are replaced by VMBus ones.
-REPLACED_KINDS = frozenset({catalog.DeviceClass.Network, catalog.DeviceClass.Storage})
 
 #: The OVA magic: "ustar" at offset 257 of the first tar header.
 _TAR_MAGIC_OFFSET = 257
@@ -96,11 +88,6 @@ class ImportFailed(Exception):
 
 class SourceMissing(Exception):
     """The source is not there yet (ConfigMap or key missing): wait, do not fail."""
-
-
-def stamp(now: datetime | None = None) -> str:
-    """A status timestamp (RFC 3339, seconds, Z)."""
-    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def finished(status: Mapping[str, Any] | None) -> bool:
@@ -156,12 +143,12 @@ class Steps:
         """Mark ``name`` Running; a step already Running keeps its startedAt (a resumed step)."""
         step = self._steps[name.value]
         if step["state"] != StepState.Running.value or not step["startedAt"]:
-            step["startedAt"] = stamp(now)
+            step["startedAt"] = rfc3339(now)
         step.update(state=StepState.Running.value, finishedAt=None, message=message)
 
     def _end(self, name: ImportStepName, state: StepState, message: str, now: datetime | None) -> None:
         step = self._steps[name.value]
-        when = stamp(now)
+        when = rfc3339(now)
         step.update(state=state.value, finishedAt=when, message=message)
         if not step["startedAt"]:
             step["startedAt"] = when
@@ -272,10 +259,10 @@ def target_namespace_refusal(spec: Mapping[str, Any], namespace: str) -> ImportF
                         f"VirtualMachineImport in namespace {wanted}.")
 
 
-def conversion_target(spec: Mapping[str, Any], namespace: str) -> ImportTarget:
+def conversion_target(spec: Mapping[str, Any], namespace: str) -> ConversionTarget:
     """The planner's target from spec.target (namespace defaulted to the import's)."""
     target = spec.get("target") or {}
-    return ImportTarget(
+    return ConversionTarget(
         name=target["name"],
         namespace=target.get("namespace") or namespace,
         volume=target["volume"],
@@ -374,103 +361,7 @@ def vm_reference(vm: ImportedVm | Mapping[str, Any]) -> dict[str, Any]:
             "uid": uid}
 
 
-# --------------------------------------------------------------------------------------------------
-# Driver changes: each computed from the agent's inventory of the guest, so a step run twice does nothing
-
-
-def agent_change(drivers: Sequence[str]) -> DriverChange | None:
-    """InstallAgent: install the vmshift guest agent unless it is there."""
-    return None if AGENT in drivers else DriverChange(install=[AGENT])
-
-
-def third_party_change(drivers: Sequence[str]) -> DriverChange | None:
-    """RemoveThirdPartyDrivers: remove every third-party (or unknown) driver still installed."""
-    removed = catalog.third_party(list(drivers))
-    return DriverChange(remove=removed) if removed else None
-
-
-def emulated(drivers: Sequence[str]) -> list[str]:
-    """The emulated network and storage drivers among ``drivers``, in order."""
-    return [d for d in drivers if catalog.driver(d).kind is catalog.DriverKind.Emulated
-            and catalog.driver(d).device in REPLACED_KINDS]
-
-
-def synthetic_change(drivers: Sequence[str]) -> DriverChange | None:
-    """InstallSyntheticDrivers: install the missing synthetic drivers, remove the emulated NIC and storage ones."""
-    install = [d for d in catalog.SYNTHETIC_SET if d not in drivers]
-    remove = emulated(drivers)
-    return DriverChange(install=install, remove=remove) if install or remove else None
-
-
-def driver_problems(drivers: Sequence[str]) -> list[str]:
-    """What Verify finds wrong with a converted guest's drivers; empty when it runs on synthetic ones only."""
-    problems = []
-    missing = [d for d in (AGENT, *catalog.SYNTHETIC_SET) if d not in drivers]
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    foreign = catalog.third_party(list(drivers))
-    if foreign:
-        problems.append(f"third-party drivers remain: {', '.join(foreign)}")
-    old = emulated(drivers)
-    if old:
-        problems.append(f"emulated drivers remain: {', '.join(old)}")
-    return problems
-
-
-#: The steps that change drivers, and the decision of each.
-DRIVER_STEPS: dict[ImportStepName, Callable[[Sequence[str]], DriverChange | None]] = {
-    ImportStepName.InstallAgent: agent_change,
-    ImportStepName.RemoveThirdPartyDrivers: third_party_change,
-    ImportStepName.InstallSyntheticDrivers: synthetic_change,
-}
-
-
-def apply_change(drivers: Sequence[str], change: DriverChange) -> list[str]:
-    """The inventory after ``change``, as the agent computes it: removals first, then installs appended."""
-    result = [d for d in drivers if d not in set(change.remove)]
-    result += [d for d in dict.fromkeys(change.install) if d not in result]
-    return result
-
-
-def describe_change(change: DriverChange, *, done: bool = True) -> str:
-    """'installed a and removed b' (``done``) or 'install a and remove b'."""
-    install, remove = ("installed", "removed") if done else ("install", "remove")
-    parts = []
-    if change.install:
-        parts.append(f"{install} {', '.join(change.install)}")
-    if change.remove:
-        parts.append(f"{remove} {', '.join(change.remove)}")
-    return " and ".join(parts) or "change nothing"
-
-
-def planned_messages(plan: ConversionPlan, report: Mapping[str, Any]) -> dict[ImportStepName, str]:
-    """What each step after Inspect will do, for status before it runs: the planner's words for
-    CreateVirtualMachine, and the driver changes simulated from the source's drivers."""
-    ref = f"{plan.target.namespace}/{plan.target.name}"
-    by_name = {s["name"]: s["message"] for s in report.get("steps") or []}
-    drivers = list(plan.drivers_before)
-    messages = {
-        ImportStepName.CreateVirtualMachine: (
-            f"{by_name.get(ImportStepName.CreateVirtualMachine.value, '')}\nThe guest starts with the source's "
-            f"drivers ({', '.join(drivers) or 'none'}); InstallAgent, RemoveThirdPartyDrivers and "
-            f"InstallSyntheticDrivers then act on it through its host's agent.").strip(),
-    }
-    for step, decide in DRIVER_STEPS.items():
-        change = decide(drivers)
-        if change is None:
-            messages[step] = f"Nothing expected to do on the guest of {ref}: its drivers need no change here."
-            continue
-        messages[step] = f"Will {describe_change(change, done=False)} on the guest of {ref} once it runs."
-        drivers = apply_change(drivers, change)
-    network, disk = catalog.io_ceilings(drivers)
-    messages[ImportStepName.Verify] = (
-        f"Will check through the agent that {ref} runs with {', '.join(drivers)} and no third-party or emulated "
-        f"network or storage driver, and read its I/O ceilings: expected network {plan.io_before.network_mbps} -> "
-        f"{network} Mbit/s, disk {plan.io_before.disk_mbps} -> {disk} MB/s.")
-    return messages
-
-
-def throughput(ceilings: IoCeilings) -> dict[str, int]:
+def throughput(ceilings: GuestIoCeilings) -> dict[str, int]:
     """``status.throughputBefore``/``throughputAfter`` from an agent's I/O ceilings."""
     return {"networkMbps": ceilings.network_mbps, "diskMBps": ceilings.disk_mbps}
 

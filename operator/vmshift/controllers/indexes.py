@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmshift.api.common import GROUP, VERSION
 from vmshift.controllers.informer import Informer, Store, one, values, wait_synced
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import (
@@ -19,15 +20,15 @@ from vmshift.controllers.views import (
     MigrationEntry,
     VMEntry,
     build_fleet,
+    forget_vm,
     index_host,
     index_migration,
     index_vm,
     policy_view,
 )
 from vmshift.scheduling.fleet import Fleet
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import MigrationPolicyView
 
-GROUP, VERSION = "vmshift.io", "v1alpha1"
 __all__ = ["GROUP", "VERSION", "Store", "fleet", "one", "ready", "values"]
 
 HOSTS = Informer("hosts")
@@ -35,7 +36,9 @@ VMS = Informer("virtualmachines")
 MIGRATIONS = Informer("virtualmachinemigrations")
 POLICIES = Informer("migrationpolicies")
 REMEDIATION_POLICIES = Informer("remediationpolicies")
-INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES]
+#: Namespaces, for their labels: a MigrationPolicy's namespaceSelector matches them.
+NAMESPACES = Informer("namespaces")
+INFORMERS = [HOSTS, VMS, MIGRATIONS, POLICIES, REMEDIATION_POLICIES, NAMESPACES]
 
 
 @HOSTS.index
@@ -62,9 +65,20 @@ def migrations_by_vm(body: Mapping[str, Any]) -> dict[str, MigrationEntry]:
 
 
 @POLICIES.index
-def policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
+def policy_index(body: Mapping[str, Any]) -> dict[str, MigrationPolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
+
+
+@NAMESPACES.index
+def namespace_index(body: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
+    meta = body.get("metadata") or {}
+    return {str(meta.get("name", "")): dict(meta.get("labels") or {})}
+
+
+def namespace_labels(namespace: str) -> Mapping[str, str]:
+    """The labels of ``namespace`` as the cache holds them (none when it is unknown)."""
+    return one(namespace_index, namespace) or {}
 
 
 def start() -> None:
@@ -124,6 +138,12 @@ def host_names() -> Iterable[str]:
     return host_index.keys()
 
 
+@VMS.listen
+def forget_deleted_vm(type: str, body: Mapping[str, Any]) -> None:
+    if type == "DELETED":
+        forget_vm(str((body.get("metadata") or {}).get("uid", "")))
+
+
 HOSTS.listen(lambda type, body: _note(type, body, _host_input))
 VMS.listen(lambda type, body: _note(type, body, _vm_input))
 MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
@@ -133,7 +153,7 @@ MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
 class _Built:
     at: float
     took: float
-    inputs: tuple[int, int, int]  # (cache changes, agent facts version, overlay version)
+    inputs: tuple[int, int, int]  # (cache changes, agent facts version, placements' version)
     fleet: Fleet
 
 
@@ -145,10 +165,11 @@ def fleet(*, fresh: bool = False) -> Fleet:
     global _cached
     rt = runtime()
     now = time.monotonic()
-    inputs = (_changes, rt.agents.facts_version, rt.overlay.version)
+    inputs = (_changes, rt.agents.facts_version, rt.placements.version)
     if _cached is not None and (_cached.inputs == inputs or (
             not fresh and now - _cached.at < max(FLEET_MAX_AGE, _cached.took * FLEET_REBUILD_SHARE))):
         return _cached.fleet
-    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(), rt.overlay)
+    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(),
+                        dict(rt.placements.items()))
     _cached = _Built(now, time.monotonic() - now, inputs, built)
     return built

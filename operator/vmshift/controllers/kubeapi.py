@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import ssl
 import time
 from typing import Any
@@ -27,9 +28,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
+from vmshift.api.common import GROUP, VERSION
+from vmshift.api.statuspatch import StatusPatchError, status_patch
 
-GROUP = "vmshift.io"
-VERSION = "v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 
 _clients: dict[str, Any] = {}
@@ -37,6 +38,10 @@ log = logging.getLogger("vmshift.kubeapi")
 
 #: How long a call keeps trying through an API server restart or overload before it raises.
 RETRY_SECONDS = 30.0
+#: Core kinds (cluster-scoped) the informers also cache: namespaces, for their labels
+#: (MigrationPolicy's namespaceSelector).
+CLUSTER_CORE = frozenset({"namespaces"})
+
 #: Statuses that say "not now" rather than "no".
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -52,6 +57,7 @@ def configure() -> None:
     api = kubernetes.client.ApiClient()
     _clients["config"] = api.configuration
     _clients["custom"] = kubernetes.client.CustomObjectsApi(api)
+    _clients["core"] = kubernetes.client.CoreV1Api(api)
 
 
 def _custom() -> Any:
@@ -82,7 +88,7 @@ async def close() -> None:
 
 
 def _path(plural: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    core = plural in ("secrets", "configmaps")
+    core = plural in ("secrets", "configmaps", "events")
     base = "/api/v1" if core else f"/apis/{GROUP}/{VERSION}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
@@ -146,10 +152,29 @@ async def _request_once(verb: str, plural: str, path: str, body: Any, content_ty
         return result
 
 
-async def patch_status(plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch ``status`` of one of our objects; a vanished object is not an error."""
+#: Set (to anything but "" or "0") in tests and CI: a status patch its model refuses raises instead of
+#: being logged and sent as it is (where the API server would prune what its schema does not know).
+STRICT_STATUS_ENV = "VMSHIFT_STRICT_STATUS"
+
+
+def checked_status(plural: str, status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` through its kind's status model (see ``api.statuspatch``)."""
     try:
-        await _request("patch", plural, _path(plural, namespace, name, "status"), {"status": status}, MERGE_PATCH)
+        return status_patch(plural, status)
+    except StatusPatchError as exc:
+        if os.environ.get(STRICT_STATUS_ENV, "") not in ("", "0"):
+            raise
+        metrics.RECONCILE_ERRORS.labels(kind=f"status/{plural}").inc()
+        log.error("status patch of %s outside its model (a bug; sent as it is): %s", plural, exc)
+        return status
+
+
+async def patch_status(plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch ``status`` of one of our objects, checked by its status model; a vanished object
+    is not an error."""
+    body = {"status": checked_status(plural, status)}
+    try:
+        await _request("patch", plural, _path(plural, namespace, name, "status"), body, MERGE_PATCH)
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -229,6 +254,11 @@ def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"limit": limit, "_request_timeout": 60}
     if token:
         kwargs["_continue"] = token
+    if plural in CLUSTER_CORE:
+        configure()
+        response = _clients["core"].list_namespace(_preload_content=False, **kwargs)
+        core_page: dict[str, Any] = json.loads(response.data)
+        return core_page
     page: dict[str, Any] = _custom().list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
     return page
 
@@ -236,6 +266,11 @@ def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
 def watch_stream(plural: str, resource_version: str, timeout_seconds: int) -> Any:
     """An open watch of a kind from ``resource_version``, as the raw streaming response (blocking)."""
     metrics.API_REQUESTS.labels(verb="watch", resource=plural).inc()
+    if plural in CLUSTER_CORE:
+        configure()
+        return _clients["core"].list_namespace(
+            watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds, _preload_content=False, _request_timeout=(10, timeout_seconds + 30))
     return _custom().list_cluster_custom_object(
         GROUP, VERSION, plural, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
         timeout_seconds=timeout_seconds, _preload_content=False, _request_timeout=(10, timeout_seconds + 30))

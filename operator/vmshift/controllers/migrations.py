@@ -21,48 +21,69 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
 from vmshift.api import conditions as cond
+from vmshift.api.labels import EVACUATION_LABEL
+from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
-from vmshift.controllers import indexes, kubeapi
-from vmshift.controllers.agents import RESIDENT, AgentLink
+from vmshift.api.virtualmachine import VirtualMachinePhase
+from vmshift.controllers import events, indexes, kubeapi
+from vmshift.controllers.agents import RESIDENT
+from vmshift.controllers.coldmove import is_stopped, move_cold
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
+from vmshift.controllers.migration_decisions import (
+    AgentRefusedError,
+    ChosenMove,
+    Leaving,
+    MigrationFailedError,
+    ProgressWatch,
+    Side,
+    StopAction,
+    agent_failure_reason,
+    as_sentence,
+    decide_move,
+    leaving,
+    progress_status,
+    shown_phase,
+    stop_action,
+    switchover_go_due,
+    switchover_message,
+    target_verdict,
+    unacknowledged_note,
+)
+from vmshift.controllers.migrationrun import Run, agent_link, policy_for
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import VMEntry, migrations_to_collect, vm_view
-from vmshift.controllers.virtualmachines import definition
+from vmshift.controllers.views import IN_FLIGHT, migrations_to_collect, problems, vm_view
+from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
-    AutoConverge,
+    AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
 )
-from vmshift.scheduling.compatibility import blocking, check_target
-from vmshift.scheduling.fleet import Fleet, VMView
-from vmshift.scheduling.placement import Refusal, pick_target
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung, choose_mode, select_policy
-from vmshift.scheduling.queue import MigrationRequest as QueueRequest
+from vmshift.scheduling.policy import MigrationPolicyView, Rung, downtime_budget_ms
+from vmshift.scheduling.queue import QueuedMigration, queue_terms
 
 #: How long the operator keeps following a migration whose source agent does not answer.
 AGENT_LOST_SECONDS = 20.0
-#: Rounds kept in status.rounds.
-MAX_ROUNDS_IN_STATUS = 20
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+#: How long a source agent holds a converged live switchover for this operator's go (written first:
+#: phase SwitchingOver). The guest runs on meanwhile, so the wait costs no downtime, only the link's
+#: share of the hot set; a responsive operator answers within a poll and two calls (well under a
+#: second), and an operator that is down (a restart takes longer than this anyway) delays each
+#: converged migration by this much at most: the migration never hangs on the operator.
+SWITCHOVER_WAIT_SECONDS = 5.0
 
 
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -70,260 +91,8 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return phase is not None and MigrationPhase(phase).finished
 
 
-class StopAction(StrEnum):
-    """What a migration's daemon does when Kopf sets ``stopped``."""
-
-    Cancel = "Cancel"  # the object is being deleted: cancel on the agents, end as Cancelled
-    Leave = "Leave"  # the operator exits or pauses: stop following, write nothing; the next one resumes
-
-
-def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
-    """Only a deletion cancels a migration (pure).
-
-    Kopf stops a daemon for several reasons, possibly combined: the resource was deleted, the
-    operator exits (SIGTERM in a rolling update) or pauses (a peer with higher priority), the
-    filter stopped matching (the daemon wrote a final phase). Anything but a deletion leaves the
-    migration to the agents, which carry on; the operator that runs next follows it again.
-    """
-    if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
-        return StopAction.Cancel
-    return StopAction.Leave
-
-
-def leaving(stopped: kopf.DaemonStopped) -> bool:
-    """True once the operator exits or pauses (pure): what the daemon concludes from then on may
-    come from the shutdown itself (agent links closed, the session gone), so it writes nothing."""
-    return bool(stopped) and stop_action(stopped.reason) is StopAction.Leave
-
-
-class Leaving(Exception):
-    """The operator exits or pauses: the daemon stops following and changes nothing."""
-
-
-class MigrationFailedError(Exception):
-    """The migration cannot go on; ``reason`` is from the closed set, ``message`` a sentence to act on."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class Side(StrEnum):
-    source = "source"
-    target = "target"
-
-
-def agent_failure_reason(code: str, side: Side | None) -> FailureReason:
-    """The closed-set reason for an agent's refusal (pure).
-
-    Codes that are failure reasons already (InsufficientResources, IncompatibleProcessor, ...) pass
-    through. The others say what went wrong on which side: a source that does not hold the VM or
-    holds it in a state that cannot move, a target that already holds a copy, a migration id one of
-    them already knows; only an agent that did not answer (or refused our token) is AgentUnreachable.
-    """
-    if code in FailureReason.__members__:
-        return FailureReason(code)
-    if code == "InvalidState":
-        return FailureReason.VirtualMachineNotRunning if side is not Side.target else FailureReason.TargetUnschedulable
-    if code == "NotFound":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    if code == "Conflict":
-        return FailureReason.TargetUnschedulable if side is Side.target else FailureReason.AlreadyMigrating
-    if code == "PastCommitPoint":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    if code == "Internal":
-        return FailureReason.TargetLost if side is Side.target else FailureReason.SourceLost
-    return FailureReason.AgentUnreachable
-
-
-class AgentRefusedError(Exception):
-    """An agent refused a call of the migration; ``side`` says which."""
-
-    def __init__(self, side: Side, host: str | None, error: AgentError) -> None:
-        super().__init__(str(error))
-        self.side = side
-        self.host = host
-        self.error = error
-
-
-def target_verdict(status: MigrationStatus | None, error_code: str | None,
-                   target_holds_vm: bool | None) -> bool | None:
-    """What the target states about a switchover in doubt, from its answer to a cancel (pure).
-
-    True: it resumed the guest (the cancel came past its commit point, or its record is committed).
-    False: it did not and never will (its record ended uncommitted, or it knows no such migration
-    and holds no copy of the VM: it restarted). None: nothing can be concluded yet (unreachable, or
-    the cancel is still being applied).
-    """
-    if error_code == "PastCommitPoint":
-        return True
-    if error_code == "NotFound":
-        return False if target_holds_vm is False else None
-    if error_code is not None or status is None:
-        return None
-    if status.committed or status.phase is MigrationPhase.Succeeded:
-        return True
-    if status.phase.finished:
-        return False
-    return None
-
-
-@dataclass
-class ProgressWatch:
-    """progressTimeoutSeconds as documented: the remaining memory has not shrunk for that long (pure).
-
-    Bytes sent are no measure: a guest that re-dirties its hot set keeps the link busy forever
-    while the remaining set stays where it was.
-    """
-
-    timeout: float
-    best: float = float("inf")
-    since: float | None = None
-
-    def stalled(self, remaining_mib: float, now: float) -> bool:
-        """Record one report; True once ``remaining_mib`` has not gone below its lowest for ``timeout`` s."""
-        if self.since is None or remaining_mib < self.best - 0.01:
-            self.best = min(self.best, remaining_mib)
-            self.since = now
-            return False
-        return now - self.since > self.timeout
-
-
-def progress_status(agent: MigrationStatus) -> dict[str, Any]:
-    """The API's progress and rounds from an agent's report (pure)."""
-    eta = None
-    if agent.throughput_mbps > 0:
-        eta = round(agent.remaining_mib * 8 * 1.048576 / agent.throughput_mbps, 2)
-    return {
-        "progress": {
-            "round": agent.round,
-            "transferredMiB": round(agent.transferred_mib, 2),
-            "remainingMiB": round(agent.remaining_mib, 2),
-            "dirtyRateMiBps": round(agent.dirty_rate_mib_ps, 2),
-            "throughputMbps": round(agent.throughput_mbps, 1),
-            "percent": int(min(max(agent.percent, 0), 100)),
-            "etaSeconds": eta,
-            "throttlePercent": int(agent.throttle_percent),
-        },
-        "rounds": [
-            {"round": r.round, "sentMiB": round(r.sent_mib, 3), "durationMs": round(r.seconds * 1000, 2),
-             "dirtiedMiB": round(r.dirty_mib, 3)}
-            for r in agent.rounds[-MAX_ROUNDS_IN_STATUS:]
-        ],
-    }
-
-
-def _conditions(previous: Mapping[str, Any], phase: MigrationPhase, reason: str, message: str,
-                generation: int) -> list[dict[str, Any]]:
-    conditions = list(previous.get("conditions") or [])
-    if phase is MigrationPhase.Succeeded:
-        conditions = cond.ready(conditions, True, reason, message, observed_generation=generation)
-        conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
-    elif phase.finished:
-        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation)
-    else:
-        conditions = cond.ready(conditions, False, reason, message, observed_generation=generation)
-        conditions = cond.reconciling(conditions, True, reason, message, observed_generation=generation)
-    return cond.dump(conditions)
-
-
-@dataclass
-class Run:
-    """One migration being driven: the object's identity and what has been decided so far."""
-
-    name: str
-    namespace: str
-    uid: str
-    vm_name: str
-    generation: int
-    body: kopf.Body
-    status: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-    target: str | None = None
-    mode: MigrationMode | None = None
-    policy: PolicyView = DEFAULT_POLICY
-    vm: VMEntry | None = None
-    started: float = field(default_factory=time.monotonic)
-    last_patch: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def vm_key(self) -> str:
-        return f"{self.namespace}/{self.vm_name}"
-
-    async def patch(self, status: dict[str, Any]) -> None:
-        self.status.update(status)
-        self.last_patch = time.monotonic()
-        await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
-
-    async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
-        await self.patch({"phase": phase.value, "observedGeneration": self.generation,
-                          "conditions": _conditions(self.status, phase, reason, message, self.generation), **extra})
-
-    def vm_ref(self) -> dict[str, Any]:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
-                "metadata": {"name": self.vm_name, "namespace": self.namespace,
-                             "uid": self.vm.uid if self.vm else ""}}
-
-
-def _link(host: str | None) -> AgentLink:
-    link = runtime().agents.get(host or "")
-    if link is None or not link.reachable:
-        raise MigrationFailedError(FailureReason.AgentUnreachable,
-                                   f"The agent of {host} is not reachable; the VM stays where it is. "
-                                   f"Check the agent, then create the migration again.")
-    return link
-
-
-def _policy_for(vm: VMEntry, policies: list[PolicyView]) -> PolicyView:
-    requested = (vm.spec.get("migration") or {}).get("policy")
-    return select_policy(vm.labels, vm.namespace, policies, requested=requested) or DEFAULT_POLICY
-
-
-@dataclass(frozen=True)
-class Move:
-    """Where and how a migration goes, and why (the sentence for status)."""
-
-    target: str
-    mode: MigrationMode
-    why: str
-
-
-def decide_move(view: VMView, now: Fleet, policy: PolicyView, requested: MigrationMode, target: str | None) -> Move:
-    """Every compatibility check for one move (pure); raises MigrationFailedError when it cannot happen.
-
-    ``target``: the host asked for (spec.targetHost) or the one already admitted. Given a target, only
-    that host is checked: a second look never picks another one (status, the queue's slots and the
-    target's reservation all name the first).
-    """
-    if target:
-        problems = check_target(view, target, now, moving=True)
-    else:
-        choice = pick_target(view, now, quick=requested is not MigrationMode.Live and policy.allows_quick)
-        if isinstance(choice, Refusal):
-            raise MigrationFailedError(choice.reason, choice.message)
-        target = choice.host
-        problems = check_target(view, target, now, moving=True)
-    source = now.host(view.host) if view.host else None
-    target_view = now.host(target)
-    links = [h.bandwidth_mbps for h in (source, target_view) if h is not None]
-    mode = choose_mode(requested, view, policy, problems, bandwidth_mbps=min(links) if links else None)
-    if mode.mode is None:
-        raise MigrationFailedError(mode.reason or FailureReason.TargetUnschedulable, mode.message)
-    hard = blocking(problems, quick=mode.mode is MigrationMode.Quick)
-    if hard:
-        raise MigrationFailedError(hard[0].reason, hard[0].message)
-    return Move(target, mode.mode, mode.message)
-
-
-async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView], *,
-                    admitted: str | None = None) -> Move:
+async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
+                    admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
     vm = one(indexes.vm_index, run.vm_key)
     if vm is None:
@@ -339,9 +108,9 @@ async def _validate(run: Run, spec: Mapping[str, Any], policies: list[PolicyView
                                    f"{run.vm_name} left {run.source} (it is on {vm.host} now) while this migration "
                                    f"waited; create the migration again if it should still move.")
     run.source = vm.host
-    run.policy = _policy_for(vm, policies)
-    requested = MigrationMode(spec.get("mode") or (vm.spec.get("migration") or {}).get("mode") or "Auto")
-    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.get("targetHost"))
+    run.policy = policy_for(vm, policies)
+    requested = spec.mode if spec.mode is not MigrationMode.Auto else vm.spec.migration.mode
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.targetHost)
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
@@ -351,10 +120,11 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     vm = run.vm
     assert vm is not None and run.source is not None
     created = run.body.get("metadata", {}).get("creationTimestamp") or ""
-    request = QueueRequest(
+    request = QueuedMigration(
         key=run.key, namespace=run.namespace, vm=run.vm_key, source=run.source, target=target,
-        created=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else time.time(),
-        cpus=int(vm.spec.get("cpus", 1)), memory_mib=int(vm.spec.get("memoryMiB", 0)),
+        created=timestamps.parse(created).timestamp() if created else time.time(),
+        cpus=vm.spec.cpus, memory_mib=vm.spec.memoryMiB,
+        **queue_terms(run.policy, evacuation=EVACUATION_LABEL in (run.body.get("metadata", {}).get("labels") or {})),
     )
     ticket = rt.gate.enqueue(request)
     told = ""
@@ -377,15 +147,15 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
     return True
 
 
-async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: Mapping[str, Any]) -> None:
+async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
     vm = run.vm
     assert vm is not None and run.source is not None
-    source_link, target_link = _link(run.source), _link(target)
+    source_link, target_link = agent_link(run.source), agent_link(target)
     try:
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:
         raise AgentRefusedError(Side.source, run.source, exc) from None
-    base = definition(vm, run.body.get("metadata", {}).get("annotations") or {})
+    base = definition(vm)
     incoming = IncomingVm(**base.model_dump(), vm_id=vm.uid, features=info.features,
                           vendor=source_link.info.vendor if source_link.info else None)
     try:
@@ -394,9 +164,8 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
     except AgentError as exc:
         raise AgentRefusedError(Side.target, target, exc) from None
     policy = run.policy
-    memory = int(vm.spec.get("memoryMiB", 1024))
-    timeout = spec.get("timeoutSeconds") or policy.completion_timeout_seconds(memory)
-    max_downtime = spec.get("maxDowntimeMs") or (vm.spec.get("migration") or {}).get("maxDowntimeMs")
+    timeout = spec.timeoutSeconds or policy.completion_timeout_seconds(vm.spec.memoryMiB)
+    max_downtime = downtime_budget_ms(spec.maxDowntimeMs, vm.spec.migration.maxDowntimeMs, policy)
     request = MigrationRequest(
         migration_id=run.uid,
         vm_id=vm.uid,
@@ -406,12 +175,14 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: M
         threshold_ms=policy.threshold_ms,
         max_rounds=policy.max_rounds,
         stall_rounds=policy.stall_rounds,
-        auto_converge=AutoConverge(enabled=Rung.AutoConverge in policy.ladder, initial_percent=policy.throttle[0],
-                                   step_percent=policy.throttle[1], max_percent=policy.throttle[2]),
+        auto_converge=AutoConvergeSettings(enabled=Rung.AutoConverge in policy.ladder,
+                                           initial_percent=policy.throttle[0], step_percent=policy.throttle[1],
+                                           max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
-        max_downtime_ms=float(max_downtime) if max_downtime else None,
+        max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
+        switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )
     try:
         await source_link.client.start_migration(request)
@@ -452,6 +223,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
     watch = ProgressWatch(progress_timeout)
     doubt = _Doubt()
     cancelled = False
+    go_given = False
     while True:
         if stopped and stop_action(stopped.reason) is StopAction.Leave:
             raise Leaving()
@@ -480,8 +252,9 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             await _in_doubt(run, report, doubt)
             await asyncio.sleep(POLL_INTERVAL)
             continue
+        phase = shown_phase(report, cancelled)
         if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
-                and report.phase is not MigrationPhase.SwitchingOver:
+                and phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
             if link is not None:
                 try:
@@ -496,14 +269,32 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
                                        f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
-        if time.monotonic() - run.last_patch >= PATCH_INTERVAL:
-            phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
-                else MigrationPhase.Transferring
-            extra = progress_status(report)
+        if time.monotonic() - run.last_patch >= PATCH_INTERVAL or run.status.get("phase") != phase.value:
+            extra = progress_status(report, run.ledger)
             if report.mode != run.mode:
                 extra["mode"] = report.mode.value
-            await run.set_phase(phase, phase.value, _progress_message(run, report), **extra)
+            message = switchover_message(run.vm_name, run.source, run.target, report) \
+                if phase is MigrationPhase.SwitchingOver else _progress_message(run, report)
+            await run.set_phase(phase, phase.value, message, **extra)
+        if not go_given and switchover_go_due(report, run.status.get("phase"), cancelled):
+            go_given = await _give_go(run)
+            if go_given:
+                continue  # the next report follows the switchover at once
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _give_go(run: Run) -> bool:
+    """Tell the source to switch over (its status says SwitchingOver already); False if it cannot be told
+    now (the next poll tries again; the source goes ahead by itself after SWITCHOVER_WAIT_SECONDS)."""
+    link = runtime().agents.get(run.source or "")
+    if link is None:
+        return False
+    try:
+        await link.client.switchover(run.uid)
+    except AgentError as exc:
+        logging.getLogger("vmshift.migrations").info("switchover go for %s on %s: %s", run.key, run.source, exc)
+        return False
+    return True
 
 
 @dataclass
@@ -527,8 +318,8 @@ async def _in_doubt(run: Run, report: MigrationStatus, doubt: _Doubt) -> None:
                    f"could run two copies). It is settled as soon as {run.target}'s agent answers; if {run.target} "
                    f"is gone for good, restore its agent or power the host off and delete its Host.")
         await run.set_phase(MigrationPhase.SwitchingOver, "InDoubt", message, inDoubt=True)
-        kopf.warn(run.body, reason="InDoubt", message=message)
-        kopf.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
+        events.warn(run.body, reason="InDoubt", message=message)
+        events.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
     if time.monotonic() - doubt.asked_at < DOUBT_ASK_INTERVAL:
         return
     doubt.asked_at = time.monotonic()
@@ -569,36 +360,39 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": _now(), "inDoubt": None}
+    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
         extra["targetHost"] = run.target
     if report is not None:
-        extra.update(progress_status(report))
+        extra.update(progress_status(report, run.ledger))
         extra["downtimeMs"] = round(report.downtime_ms, 3) if report.downtime_ms is not None else None
         extra["durationMs"] = round(report.duration_ms, 1) if report.duration_ms is not None else None
         if report.source_digest and report.target_digest:
             extra["memoryVerified"] = report.source_digest == report.target_digest
         extra["mode"] = mode.value
+        if report.switchover_acknowledged is not None:
+            extra["switchoverAcknowledged"] = report.switchover_acknowledged
     if run.vm is not None:
         last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
                 "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
                 "durationMs": extra.get("durationMs"), "finishedAt": extra["finishedAt"]}
         vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
         if phase is MigrationPhase.Succeeded:
-            vm_status.update({"host": run.target, "phase": "Running"})
-        elif run.status.get("phase") in ("Transferring", "SwitchingOver", "Validating"):
-            vm_status["phase"] = "Running"
+            vm_status.update({"host": run.target, "phase": VirtualMachinePhase.Running.value})
+        elif run.status.get("phase") in {p.value for p in IN_FLIGHT}:
+            vm_status["phase"] = VirtualMachinePhase.Running.value
         await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
     if report is not None:
         metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
-                   f"with {extra.get('downtimeMs')} ms of downtime.")
+                   f"with {extra.get('downtimeMs')} ms of downtime."
+                   + (unacknowledged_note(report, SWITCHOVER_WAIT_SECONDS) if report else ""))
         await run.set_phase(phase, "Succeeded", message, **extra)
-        kopf.info(run.body, reason="Succeeded", message=message)
-        kopf.info(run.vm_ref(), reason="Migrated", message=message)
+        events.info(run.body, reason="Succeeded", message=message)
+        events.info(run.vm_ref(), reason="Migrated", message=message)
         metrics.MIGRATIONS.labels(mode=mode.value, result="Succeeded").inc()
         if report and report.downtime_ms is not None:
             metrics.DOWNTIME.labels(mode=mode.value).observe(report.downtime_ms / 1000)
@@ -609,9 +403,9 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         text = failure.message if failure else "The migration was cancelled."
         extra["failure"] = {"reason": reason.value, "message": text}
         await run.set_phase(phase, reason.value, text, **extra)
-        kopf.warn(run.body, reason=reason.value, message=text)
+        events.warn(run.body, reason=reason.value, message=text)
         if run.vm is not None:
-            kopf.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
+            events.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
         metrics.MIGRATIONS.labels(mode=mode.value, result=phase.value).inc()
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
@@ -673,26 +467,41 @@ async def drive_migration(
             return
     if not rt.gate.seeded:
         flying = [m for m in values(indexes.migration_index) if m.in_flight]
-        sizes = {m.vm_key: (int(vm.spec.get("cpus", 0)), int(vm.spec.get("memoryMiB", 0)))
+        sizes = {m.vm_key: (vm.spec.cpus, vm.spec.memoryMiB)
                  for m in flying if (vm := one(indexes.vm_index, m.vm_key)) is not None}
         rt.gate.seed(flying, sizes)
-    run = Run(name=name, namespace=namespace, uid=meta["uid"], vm_name=spec.get("vmName", ""),
+    try:
+        wanted: VirtualMachineMigrationSpec | None = VirtualMachineMigrationSpec.model_validate(dict(spec))
+        refused = ""
+    except ValidationError as exc:
+        wanted, refused = None, problems("spec", exc)
+    run = Run(name=name, namespace=namespace, uid=meta["uid"],
+              vm_name=wanted.vmName if wanted is not None else str(spec.get("vmName") or ""),
               generation=int(meta.get("generation") or 0), body=body, status=dict(status))
     run.source, run.target = status.get("sourceHost"), status.get("targetHost")
     run.mode = MigrationMode(status["mode"]) if status.get("mode") else None
     phase = MigrationPhase(status.get("phase") or MigrationPhase.Pending)
     run.vm = one(indexes.vm_index, run.vm_key)
     if run.vm is not None:
-        run.policy = _policy_for(run.vm, values(indexes.policy_index))
+        run.policy = policy_for(run.vm, values(indexes.policy_index))
     try:
+        if wanted is None:
+            raise MigrationFailedError(FailureReason.InvalidSpec,
+                                       f"The spec of migration {name} is refused: {refused}. Nothing was moved; "
+                                       f"delete it and create a correct one.")
         if phase in (MigrationPhase.Pending, MigrationPhase.Validating):
             report = await _agent_view(run) if phase is MigrationPhase.Validating else None
             if report is None:
                 if not status.get("conditions"):
                     await run.set_phase(MigrationPhase.Pending, "Validating",
                                         f"Checking whether {run.vm_name} can move.")
-                run.target = spec.get("targetHost")
-                move = await _validate(run, spec, values(indexes.policy_index))
+                run.target = wanted.targetHost
+                stopped_vm = one(indexes.vm_index, run.vm_key)
+                if stopped_vm is not None and is_stopped(stopped_vm):
+                    await move_cold(run, stopped_vm, wanted)
+                    await _collect_garbage(run)
+                    return
+                move = await _validate(run, wanted, values(indexes.policy_index))
                 target, mode, why = move.target, move.mode, move.why
                 run.target, run.mode = target, mode
                 try:
@@ -708,7 +517,7 @@ async def drive_migration(
                 await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                     targetHost=target, mode=mode.value, policy=run.policy.name)
                 # A second look at the admitted target (the fleet moved while this request waited).
-                move = await _validate(run, spec, values(indexes.policy_index), admitted=target)
+                move = await _validate(run, wanted, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
                 run.mode = mode
                 if stopped and stop_action(stopped.reason) is StopAction.Cancel:
@@ -716,15 +525,16 @@ async def drive_migration(
                     # was sent yet, so it ends here rather than starting a move nobody wants.
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await kubeapi.patch_status("virtualmachines", namespace, run.vm_name, {
-                    "phase": "Migrating", "migration": {"name": name, "phase": "Transferring", "targetHost": target}})
-                await _prepare_and_start(run, target, mode, spec)
+                await run.mark_vm(MigrationPhase.Validating)
+                await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
-                                    startedAt=_now())
-                kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
+                                    startedAt=timestamps.rfc3339())
+                events.info(body, reason="Started",
+                              message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)
+            run.vm_phase = phase if phase in IN_FLIGHT else None
         report = await _follow(run, stopped, run.policy.progress_timeout_seconds)
         if report.phase is MigrationPhase.Succeeded:
             await _finish(run, MigrationPhase.Succeeded, report=report)
@@ -737,7 +547,7 @@ async def drive_migration(
             failure = report.failure
             await _finish(run, MigrationPhase.Failed, report=report, failure=MigrationFailedError(
                 failure.reason if failure else FailureReason.TargetLost,
-                (failure.message if failure else "The agents reported a failure without a reason.")
+                as_sentence(failure.message if failure else "The agents reported a failure without a reason")
                 + f" {run.vm_name} keeps running on {run.source}."))
     except Leaving:
         logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "

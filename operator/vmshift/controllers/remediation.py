@@ -1,11 +1,11 @@
 """Remediation controller: RemediationPolicies act on hosts' health alerts; the Alertmanager receiver feeds them.
 
 Thin: the decisions are ``remediation.decide`` over the alert book (``remediation.signals``); this
-module gathers the inputs, applies the decisions (``Host.status.remediation``, events, the consumed
-release annotation) and keeps each RemediationPolicy's status. It never moves a VM itself: an
-EvacuateCritical or Maintenance remediation is a goal the drain controller (``drains``) reads from
-``status.remediation``, and every action quarantines the host through the same field (the indexes
-read it as unschedulable).
+module gathers the inputs, applies the decisions (``Host.status.remediation``, which the Host's
+supervisor writes with the rest of its status; events; the consumed release annotation) and keeps
+each RemediationPolicy's status. It never moves a VM itself: an EvacuateCritical or Maintenance
+remediation is a goal the drain pass (``drains``) of the same supervisor reads as decided, and
+every action quarantines the host through the same field (the indexes read it as unschedulable).
 
 Inputs: the agents' sensors (as the host controller last polled them) become alerts with the
 labels alertname, host, severity, signal and source=agent; Alertmanager's alerts arrive through the
@@ -32,23 +32,22 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
-from vmshift.controllers import drains, kubeapi
+from vmshift.controllers import events, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
 from vmshift.remediation.alerts import Alert, host_signals_from_sensors
-from vmshift.remediation.decide import Decision, DecisionKind, HostState, PolicyView, decide
+from vmshift.remediation.decide import Decision, DecisionKind, HostState, RemediationPolicyView, decide
 from vmshift.remediation.signals import (
     AlertBook,
     Entry,
     last_ended_of,
     policy_view,
     remediation_of,
-    rfc3339,
     seed_labels,
-    timestamp,
 )
 from vmshift.remediation.webhook import WebhookConfig, WebhookConfigError, load_token, serve
+from vmshift.timestamps import rfc3339, unix_seconds
 
 log = logging.getLogger("vmshift.remediation")
 
@@ -70,7 +69,7 @@ class ActiveEntry:
 
 
 @REMEDIATION_POLICIES.index
-def remediation_policy_index(body: Mapping[str, Any]) -> dict[str, PolicyView]:
+def remediation_policy_index(body: Mapping[str, Any]) -> dict[str, RemediationPolicyView]:
     name = body["metadata"]["name"]
     return {name: policy_view(name, body.get("spec") or {})}
 
@@ -91,19 +90,18 @@ def remediation_by_policy(body: Mapping[str, Any]) -> dict[str, ActiveEntry]:
 class Receiver:
     """The webhook's sink and the book every host's pass reads (one per operator process)."""
 
-    def __init__(self, hosts: Store[HostEntry], policies: Store[PolicyView]) -> None:
+    def __init__(self, hosts: Store[HostEntry], policies: Store[RemediationPolicyView]) -> None:
         self.book = AlertBook()
         self.hosts = hosts
         self.policies = policies
         self.notices: dict[str, list[str]] = {}
-        self.host_wakers: dict[str, asyncio.Event] = {}
         self.policy_wakers: dict[str, asyncio.Event] = {}
 
     def ready(self) -> bool:
         """Both caches hold their first listing (until then an alert could not be matched)."""
         return HOSTS.synced.is_set() and REMEDIATION_POLICIES.synced.is_set()
 
-    def _policies(self) -> list[PolicyView]:
+    def _policies(self) -> list[RemediationPolicyView]:
         return values(self.policies)
 
     def hosts_named(self, alert: Alert) -> list[str]:
@@ -128,9 +126,7 @@ class Receiver:
             self.wake_policy(policy.name)
 
     def wake_host(self, host: str) -> None:
-        event = self.host_wakers.get(host)
-        if event is not None:
-            event.set()
+        runtime().wake_host(host)
 
     def wake_policy(self, policy: str) -> None:
         event = self.policy_wakers.get(policy)
@@ -138,8 +134,7 @@ class Receiver:
             event.set()
 
     def wake_all_hosts(self) -> None:
-        for event in self.host_wakers.values():
-            event.set()
+        runtime().wake_all_hosts()
 
 
 receiver = Receiver(host_index, remediation_policy_index)
@@ -175,8 +170,7 @@ def wake_remediation_on_policy_event(_type: str, body: Mapping[str, Any]) -> Non
 
 
 @HOSTS.listen
-def wake_remediation_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
-    receiver.wake_host(body["metadata"]["name"])
+def wake_policy_on_host_event(_type: str, body: Mapping[str, Any]) -> None:
     status = body.get("status") or {}
     for key in ("remediation", "lastRemediation"):
         policy = (status.get(key) or {}).get("policy")
@@ -207,8 +201,12 @@ class HostRemediator:
         self.last_ended: dict[str, float] = last_ended_of(self.last)
         self.told: dict[str, str] = {}
         self.exported: set[tuple[str, str, str, str]] = set()
+        #: Status fields decided but not written yet: the Host's supervisor writes them in its patch.
+        self.staged: dict[str, Any] = {}
+        #: The agent report (its monotonic time) whose sensors the book last took.
+        self.observed_report: float | None = None
 
-    def seed(self, policies: Mapping[str, PolicyView]) -> None:
+    def seed(self, policies: Mapping[str, RemediationPolicyView]) -> None:
         """After a restart: the alerts behind the remediation in force count as firing until the
         agent's next report or Alertmanager says otherwise."""
         if self.remediation is None:
@@ -216,13 +214,17 @@ class HostRemediator:
         policy = policies.get(str(self.remediation.get("policy")))
         for alert in self.remediation.get("alerts") or []:
             source = AlertSource(alert.get("source") or AlertSource.Alertmanager)
-            started = timestamp(alert.get("startsAt")) or time.time()
+            started = unix_seconds(alert.get("startsAt")) or time.time()
             receiver.book.seed(self.host, source, seed_labels(alert, self.host, policy), started)
 
     def observe_sensors(self, now: float) -> None:
+        """Feed the agent's sensor alerts to the book, once per report: a report read again at a
+        later pass would make an alert a person has just released fire again from readings taken
+        before the release."""
         link = runtime().agents.get(self.host)
-        if link is None or not link.reachable or link.info is None:
+        if link is None or not link.reachable or link.info is None or link.reported_at == self.observed_report:
             return
+        self.observed_report = link.reported_at
         alerts = host_signals_from_sensors(self.host, link.info.sensors, now=datetime.fromtimestamp(now, UTC))
         receiver.book.sensors(self.host, alerts, now)
 
@@ -237,7 +239,7 @@ class HostRemediator:
             metrics.HOST_ALERTS.labels(*labels).set(1)
         self.exported = active
 
-    async def run_pass(self, annotations: Mapping[str, str], policies: list[PolicyView]) -> float:
+    async def run_pass(self, annotations: Mapping[str, str], policies: list[RemediationPolicyView]) -> float:
         """One pass; returns how long to sleep before the next unless woken."""
         now = time.time()
         self.observe_sensors(now)
@@ -258,7 +260,7 @@ class HostRemediator:
         waits = [d.wait_until - now for d in decisions if d.wait_until is not None]
         return min([IDLE_SECONDS, *waits]) if waits else IDLE_SECONDS
 
-    def _alert_refs(self, policy: PolicyView | None, decision: Decision) -> list[dict[str, Any]]:
+    def _alert_refs(self, policy: RemediationPolicyView | None, decision: Decision) -> list[dict[str, Any]]:
         names = set(decision.signals)
         refs = [
             _ref(e) for e in receiver.book.entries(self.host)
@@ -268,7 +270,7 @@ class HostRemediator:
         ]
         return refs[:MAX_ALERT_REFS]
 
-    async def apply(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def apply(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         if decision.kind is DecisionKind.End:
             await self._end(decision, policy, now)
         elif decision.kind is DecisionKind.Start:
@@ -277,23 +279,22 @@ class HostRemediator:
             await self._keep(decision, policy)
         elif self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
-    async def _start(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def _start(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         remediation: dict[str, Any] = {
             "policy": decision.policy, "action": decision.action.value, "since": rfc3339(now),
             "alerts": self._alert_refs(policy, decision), "reason": decision.reason, "message": decision.message,
             "priorityThreshold": decision.priority_threshold
             if decision.action is RemediationAction.EvacuateCritical else None,
         }
-        await kubeapi.patch_status("hosts", None, self.host, {"remediation": remediation})
+        self.staged["remediation"] = remediation
         self.remediation = remediation
         self.told[decision.policy] = decision.reason
-        kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
-        drains.wake(self.host)
 
-    async def _keep(self, decision: Decision, policy: PolicyView | None) -> None:
+    async def _keep(self, decision: Decision, policy: RemediationPolicyView | None) -> None:
         if self.remediation is None:
             return
         current = {**self.remediation, "reason": decision.reason, "message": decision.message}
@@ -301,30 +302,33 @@ class HostRemediator:
         if refs:
             current["alerts"] = refs
         if _comparable(current) != _comparable(self.remediation):
-            await kubeapi.patch_status("hosts", None, self.host, {"remediation": current})
+            self.staged["remediation"] = current
             self.remediation = current
         if self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
-    async def _end(self, decision: Decision, policy: PolicyView | None, now: float) -> None:
+    async def _end(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         since = (self.remediation or {}).get("since")
         last = {"policy": decision.policy, "action": decision.action.value, "since": since,
                 "endedAt": rfc3339(now), "reason": decision.reason, "message": decision.message}
-        await kubeapi.patch_status("hosts", None, self.host, {"remediation": None, "lastRemediation": last})
+        self.staged.update({"remediation": None, "lastRemediation": last})
         self.remediation, self.last = None, last
         self.last_ended[decision.policy] = now
         self.told[decision.policy] = decision.reason
-        kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="End").inc()
+        if decision.reason == "ReleasedByAnnotation":
+            # A person says the hardware is fixed: the agent's alerts count as resolved until its next
+            # report says otherwise, so the same policy does not start again at once from old readings.
+            receiver.book.sensors(self.host, [], now)
         if decision.reason == "ReleasedByAnnotation" and policy is not None:
             # The release is consumed, so it cannot end the next remediation at once.
             await kubeapi.patch("hosts", None, self.host,
                                 {"metadata": {"annotations": {policy.release_annotation: None}}})
-            kopf.info(self.body, reason="RemediationReleaseConsumed",
-                      message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
-                              f"{decision.action.value} of RemediationPolicy {decision.policy}.")
-        drains.wake(self.host)
+            events.info(self.body, reason="RemediationReleaseConsumed",
+                        message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
+                                f"{decision.action.value} of RemediationPolicy {decision.policy}.")
 
 
 def _comparable(remediation: Mapping[str, Any]) -> Any:
@@ -333,35 +337,38 @@ def _comparable(remediation: Mapping[str, Any]) -> Any:
     return {**remediation, "alerts": alerts}
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=10.0, cancellation_timeout=5.0)
-async def remediate_host(
-    name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, stopped: kopf.DaemonStopped,
-    logger: kopf.Logger, **_: Any,
-) -> None:
-    """Match the host's alerts against the RemediationPolicies and apply what they decide."""
-    await ready()
-    woken = receiver.host_wakers.setdefault(name, asyncio.Event())
-    remediator = HostRemediator(name, body, status)
-    remediator.seed({p.name: p for p in values(remediation_policy_index)})
-    while not stopped:
-        woken.clear()
-        try:
-            timeout = await remediator.run_pass(meta.get("annotations") or {}, values(remediation_policy_index))
-        except ApiException as exc:
-            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
-            logger.warning(f"remediation pass of {name} failed, retrying: {exc.status} {exc.reason}")
-            timeout = 2.0
-        except Exception:  # a bug must not end the host's remediation daemon: log it and try again
-            metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
-            logger.exception(f"remediation pass of {name} failed, retrying")
-            timeout = 5.0
-        await until_woken(woken, stopped, timeout)
-    receiver.host_wakers.pop(name, None)
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-        receiver.book.forget_host(name)
-        for labels in remediator.exported:
-            with contextlib.suppress(KeyError):
-                metrics.HOST_ALERTS.remove(*labels)
+async def remediation_pass(remediator: HostRemediator, annotations: Mapping[str, str],
+                           logger: kopf.Logger | logging.Logger) -> float:
+    """One remediation pass of a Host's supervisor; returns how long until the next one unless woken."""
+    try:
+        return await remediator.run_pass(annotations, values(remediation_policy_index))
+    except ApiException as exc:
+        metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+        logger.warning(f"remediation pass of {remediator.host} failed, retrying: {exc.status} {exc.reason}")
+        return 2.0
+    except Exception:  # a bug must not end the host's supervisor: log it and try again
+        metrics.RECONCILE_ERRORS.labels(kind="Remediation").inc()
+        logger.exception(f"remediation pass of {remediator.host} failed, retrying")
+        return 5.0
+
+
+def firing_from_alertmanager(host: str) -> tuple[str, ...]:
+    """The alerts Alertmanager reports firing for ``host``, as "alertname (severity)", oldest first."""
+    out = []
+    for e in receiver.book.entries(host):
+        if e.state.active and e.source is AlertSource.Alertmanager:
+            labels = e.state.labels
+            severity = labels.get("severity")
+            out.append(f"{labels.get('alertname') or '(unnamed)'}" + (f" ({severity})" if severity else ""))
+    return tuple(out)
+
+
+def remediation_ended(remediator: HostRemediator) -> None:
+    """The Host is gone: forget its alerts and their gauges."""
+    receiver.book.forget_host(remediator.host)
+    for labels in remediator.exported:
+        with contextlib.suppress(KeyError):
+            metrics.HOST_ALERTS.remove(*labels)
 
 
 # --- a policy's status ----------------------------------------------------------------------------
@@ -372,7 +379,7 @@ def policy_status(name: str, spec: Mapping[str, Any], generation: int, previous:
     """A RemediationPolicy's status from the hosts it acts on (pure)."""
     hosts = sorted(active, key=lambda a: a.host)
     triggered = [t for t in [previous.get("lastTriggeredAt"), *(a.since for a in hosts)] if t]
-    last = max(triggered, key=lambda t: timestamp(t) or 0.0) if triggered else None
+    last = max(triggered, key=lambda t: unix_seconds(t) or 0.0) if triggered else None
     if spec.get("suspend"):
         reason, message = "Suspended", f"RemediationPolicy {name} is suspended: it starts nothing."
     elif hosts:
@@ -411,6 +418,6 @@ async def report_policy(
         except ApiException as exc:
             logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
         for text in receiver.notices.pop(name, []):
-            kopf.warn(body, reason="UnknownHost", message=text)
+            events.warn(body, reason="UnknownHost", message=text)
         await until_woken(woken, stopped, IDLE_SECONDS)
     receiver.policy_wakers.pop(name, None)

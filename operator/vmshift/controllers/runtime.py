@@ -2,8 +2,8 @@
 
 No Kubernetes calls here. Everything in it can be re-derived from the API server (the indexes) and
 the agents after a restart: the gate is seeded from migrations in flight, the agents are polled
-again, and the placement overlay only bridges the moment between starting a guest and seeing its
-status in the index.
+again, and the expectations (``expectations``) only bridge the moment between a write and its echo
+in the caches.
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import kopf
 
 from vmshift.controllers.agents import AgentDirectory
-from vmshift.controllers.views import MigrationEntry, Overlay
+from vmshift.controllers.expectations import Expectations
+from vmshift.controllers.views import MigrationEntry
 from vmshift.scheduling.fleet import HostView
-from vmshift.scheduling.queue import MigrationRequest, admit
+from vmshift.scheduling.queue import QueuedMigration, admit
 
 
 @dataclass
 class Ticket:
     """A migration waiting for (or holding) its slots."""
 
-    request: MigrationRequest
+    request: QueuedMigration
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     waiting_for: str = ""
 
@@ -49,9 +51,9 @@ class MigrationGate:
     def __init__(self) -> None:
         self.claims: dict[str, str] = {}  # vm key -> migration key holding it
         self.pending: dict[str, Ticket] = {}
-        self.in_flight: dict[str, MigrationRequest] = {}
-        #: Migrations that ended in this process, newest last: the indexes may not show it yet.
-        self.finished: dict[str, None] = {}
+        self.in_flight: dict[str, QueuedMigration] = {}
+        #: Migrations that ended in this process (the newest 10,000): the indexes may not show it yet.
+        self.finished: Expectations[str, None] = Expectations(capacity=10_000)
         self.seeded = False
 
     def seed(self, migrations: Iterable[MigrationEntry], sizes: dict[str, tuple[int, int]]) -> None:
@@ -64,7 +66,7 @@ class MigrationGate:
                 continue
             cpus, memory = sizes.get(m.vm_key, (0, 0))
             self.claims.setdefault(m.vm_key, m.key)
-            self.in_flight[m.key] = MigrationRequest(
+            self.in_flight[m.key] = QueuedMigration(
                 key=m.key, namespace=m.namespace, vm=m.vm_key, source=m.source or "", target=m.target,
                 created=0.0, cpus=cpus, memory_mib=memory,
             )
@@ -83,7 +85,7 @@ class MigrationGate:
         flight that has not ended here already."""
         return self.holder(vm_key) is not None or any(k not in self.finished for k in in_flight_keys)
 
-    def enqueue(self, request: MigrationRequest) -> Ticket:
+    def enqueue(self, request: QueuedMigration) -> Ticket:
         if request.key in self.in_flight:
             ticket = Ticket(request)
             ticket.admitted.set()
@@ -126,9 +128,7 @@ class MigrationGate:
         """A migration ended (any outcome) or gave up waiting: free its VM, slots and capacity."""
         self.pending.pop(migration_key, None)
         if self.in_flight.pop(migration_key, None) is not None or migration_key in self.claims.values():
-            self.finished[migration_key] = None
-            while len(self.finished) > 10_000:
-                del self.finished[next(iter(self.finished))]
+            self.finished.expect(migration_key, None)
         for vm, holder in list(self.claims.items()):
             if holder == migration_key and (vm_key is None or vm == vm_key):
                 del self.claims[vm]
@@ -138,9 +138,31 @@ class MigrationGate:
 class Runtime:
     agents: AgentDirectory = field(default_factory=AgentDirectory)
     gate: MigrationGate = field(default_factory=MigrationGate)
-    overlay: Overlay = field(default_factory=Overlay)
+    #: Placements made (VM key -> host, cpus, memory MiB) until the VM's status shows the host.
+    placements: Expectations[str, tuple[str, int, int]] = field(default_factory=Expectations)
+    #: Each VM's body (its fingerprint) as a reconcile last found it in order: its echo costs a comparison.
+    settled: Expectations[str, tuple[Any, ...]] = field(default_factory=Expectations)
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: One lock per VM key: one reconcile of a VM at a time.
+    vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: VMs whose last reconcile could not finish (an agent did not answer): the resync retries them.
+    deferred: set[str] = field(default_factory=set)
+    #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
+    resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain
+    #: pass, and the status they make, all run again when it is set.
+    host_wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake_host(self, name: str) -> None:
+        """Ask the supervisor of Host ``name`` for a pass now (no-op when it does not run)."""
+        event = self.host_wakers.get(name)
+        if event is not None:
+            event.set()
+
+    def wake_all_hosts(self) -> None:
+        for event in self.host_wakers.values():
+            event.set()
     started_at: float = field(default_factory=time.monotonic)
     poll_interval: float = 2.0
     #: The longest wait between two polls of an unreachable agent (they back off from poll_interval).

@@ -8,47 +8,47 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from vmshift import metrics
+from vmshift import metrics, timestamps
+from vmshift.api.labels import FINALIZER, KOPF_PREFIX
 
 # Importing the controller modules registers their handlers.
 from vmshift.controllers import (  # noqa: F401
     drains,
     hosts,
+    hostsupervisor,
     imports,
     indexes,
     kubeapi,
     migrations,
+    policies,
     remediation,
     virtualmachines,
 )
+from vmshift.controllers.events import REPORTING_COMPONENT, reporting_instance
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
-PREFIX = "vmshift.io"
 WORKER_LIMIT = 300
-#: The component named in every event the operator posts (source.component, reportingComponent).
-REPORTING_COMPONENT = "vmshift-operator"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     # Progress and diff-base live in annotations under our prefix, so status is ours alone.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = FINALIZER
     # Explicit events only (kopf.info/warn): handler log lines would flood the API server.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     # Events say they come from vmshift (the "From" column of `kubectl describe`), one instance per pod.
     settings.posting.reporting_component = REPORTING_COMPONENT
-    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or REPORTING_COMPONENT
+    settings.posting.reporting_instance = reporting_instance()
     # At most this many objects are handled at once; the rest wait in the watch stream. Without a
     # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies). An
     # idle worker leaves its slot soon (Kopf's default of 5 s would cap a 10,000-VM start-up at
@@ -64,7 +64,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.peering.name = os.environ.get("VMSHIFT_PEERING", "vmshift")
     settings.peering.mandatory = False
     kubeapi.configure()
+    # The process's one in-memory state (agents, gate, expectations, wakers), made here and kept in
+    # Kopf's memo; handlers reach the same object through runtime().
     rt = runtime()
+    memo.runtime = rt
     rt.poll_interval = float(os.environ.get("VMSHIFT_AGENT_POLL_SECONDS", rt.poll_interval))
     rt.poll_backoff_cap = float(os.environ.get("VMSHIFT_AGENT_POLL_MAX_SECONDS", rt.poll_backoff_cap))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
@@ -90,7 +93,7 @@ def _in_flight() -> tuple[int, float]:
     global _last_in_flight
     for _ in range(3):
         try:
-            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), datetime.now(UTC))
+            _last_in_flight = in_flight_summary(indexes.values(indexes.migration_index), timestamps.now())
             break
         except RuntimeError:
             continue

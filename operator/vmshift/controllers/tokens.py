@@ -19,12 +19,14 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from vmshift.api.labels import MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL
+
 TOKEN_KEY = "token"
 #: Where the install puts the operator; the namespace of last resort outside a pod.
 DEFAULT_NAMESPACE = "vmshift-system"
 #: The namespace a pod runs in, as Kubernetes mounts it with the service account's credentials.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-LABELS = {"app.kubernetes.io/part-of": "vmshift", "app.kubernetes.io/managed-by": "vmshift-operator"}
+LABELS = {PART_OF_LABEL: PART_OF, MANAGED_BY_LABEL: MANAGED_BY}
 
 
 class TokenSecretError(Exception):

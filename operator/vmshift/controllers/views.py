@@ -13,29 +13,87 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from pydantic import ValidationError
+
+from vmshift import timestamps
+from vmshift.api.common import EVERYTHING, Selector
+from vmshift.api.host import HostCpu, HostSpec
+from vmshift.api.labels import MANAGED_BY, MANAGED_BY_LABEL
 from vmshift.api.migrationpolicy import MigrationPolicySpec
 from vmshift.api.reasons import MigrationPhase
+from vmshift.api.virtualmachine import GuestProcessor, VirtualMachinePhase, VirtualMachineSpec
 from vmshift.processor import processor_info
 from vmshift.scheduling.fleet import Disk, Fleet, HostView, VMView
-from vmshift.scheduling.policy import PolicyView, Rung
-
-# Every VirtualMachineMigration the operator creates (a drain's moves, a placement change) carries
-# this label; garbage collection deletes only finished migrations that carry it, never one a person
-# or a GitOps tool applied.
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "vmshift-operator"
+from vmshift.scheduling.policy import MigrationPolicyView, Rung
 
 #: Migration phases that hold a VM, a slot on source and target, and the target's capacity.
 IN_FLIGHT = frozenset({MigrationPhase.Validating, MigrationPhase.Transferring, MigrationPhase.SwitchingOver})
+
+
+def problems(where: str, exc: ValidationError) -> str:
+    """A model's refusal as one sentence naming each field and what is wrong with it (pure)."""
+    return "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def _count(raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def parse_vm_spec(raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | None]:
+    """A VM's spec as its model, parsed once where it enters the cache (pure).
+
+    The defaults live in :class:`VirtualMachineSpec` only. A spec the model refuses (the CRD is
+    generated from the model, so only an object stored before a rule changed) gives a stand-in that
+    keeps its size for the capacity count, and the problem, which the VM controller reports.
+    """
+    try:
+        return VirtualMachineSpec.model_validate(dict(raw)), None
+    except ValidationError as exc:
+        stand_in = VirtualMachineSpec.model_construct(cpus=_count(raw, "cpus"), memoryMiB=_count(raw, "memoryMiB"))
+        return stand_in, problems("spec", exc)
+
+
+#: Each VM's spec as parsed, by uid, with the raw spec it was parsed from: the many events that
+#: change only a VM's status or labels cost a comparison of two dicts, not a parse.
+_vm_specs: dict[str, tuple[dict[str, Any], VirtualMachineSpec, str | None]] = {}
+
+
+def vm_spec_of(uid: str, raw: Mapping[str, Any]) -> tuple[VirtualMachineSpec, str | None]:
+    """:func:`parse_vm_spec`, again only when the VM's spec changed."""
+    hit = _vm_specs.get(uid)
+    if hit is not None and hit[0] == raw:
+        return hit[1], hit[2]
+    spec, problem = parse_vm_spec(raw)
+    if uid:
+        _vm_specs[uid] = (dict(raw), spec, problem)
+    return spec, problem
+
+
+def forget_vm(uid: str) -> None:
+    """The VM is gone: drop its parsed spec."""
+    _vm_specs.pop(uid, None)
+
+
+def parse_host_spec(raw: Mapping[str, Any]) -> tuple[HostSpec, str | None]:
+    """A Host's spec as its model (pure); a refused one gives a stand-in the scheduler never uses."""
+    try:
+        return HostSpec.model_validate(dict(raw)), None
+    except ValidationError as exc:
+        stand_in = HostSpec.model_construct(cpu=HostCpu.model_construct(model="", cores=0), memoryMiB=0,
+                                            unschedulable=True)
+        return stand_in, problems("spec", exc)
 
 
 @dataclass(frozen=True)
 class HostEntry:
     name: str
     labels: Mapping[str, str]
-    spec: Mapping[str, Any]
+    spec: HostSpec
     quarantined: bool
     uid: str
+    #: The model refused the spec: what is wrong (the Host is then cordoned and says so).
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,11 +102,14 @@ class VMEntry:
     name: str
     uid: str
     labels: Mapping[str, str]
-    spec: Mapping[str, Any]
+    spec: VirtualMachineSpec
     host: str | None
-    phase: str | None
-    processor: Mapping[str, Any] | None
+    phase: VirtualMachinePhase | None
+    processor: GuestProcessor | None
     generation: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    #: The model refused the spec: what is wrong (the VM controller reports it and starts nothing).
+    problem: str | None = None
 
     @property
     def key(self) -> str:
@@ -89,28 +150,50 @@ class MigrationEntry:
 def index_host(body: Mapping[str, Any]) -> HostEntry:
     meta = body.get("metadata", {})
     remediation = (body.get("status") or {}).get("remediation") or {}
+    spec, problem = parse_host_spec(body.get("spec") or {})
     return HostEntry(
         name=meta["name"],
         labels=dict(meta.get("labels") or {}),
-        spec=dict(body.get("spec") or {}),
+        spec=spec,
         quarantined=bool(remediation.get("action")),
         uid=meta.get("uid", ""),
+        problem=problem,
     )
+
+
+def _vm_phase(value: Any) -> VirtualMachinePhase | None:
+    try:
+        return VirtualMachinePhase(value) if value else None
+    except ValueError:
+        return None
+
+
+def _guest_processor(value: Any) -> GuestProcessor | None:
+    if not value:
+        return None
+    try:
+        return GuestProcessor.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def index_vm(body: Mapping[str, Any]) -> VMEntry:
     meta = body.get("metadata", {})
     status = body.get("status") or {}
+    generation = int(meta.get("generation") or 0)
+    spec, problem = vm_spec_of(str(meta.get("uid", "")), body.get("spec") or {})
     return VMEntry(
         namespace=meta["namespace"],
         name=meta["name"],
         uid=meta.get("uid", ""),
         labels=dict(meta.get("labels") or {}),
-        spec=dict(body.get("spec") or {}),
+        spec=spec,
         host=status.get("host"),
-        phase=status.get("phase"),
-        processor=status.get("processor"),
-        generation=int(meta.get("generation") or 0),
+        phase=_vm_phase(status.get("phase")),
+        processor=_guest_processor(status.get("processor")),
+        generation=generation,
+        annotations=dict(meta.get("annotations") or {}),
+        problem=problem,
     )
 
 
@@ -150,17 +233,17 @@ def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: st
     return finished[max(keep - 1, 0):]
 
 
-def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
-    """A MigrationPolicy's spec as the scheduler's PolicyView; the API model fills in its defaults,
+def policy_view(name: str, spec: Mapping[str, Any]) -> MigrationPolicyView:
+    """A MigrationPolicy's spec as the scheduler's MigrationPolicyView; the API model fills in its defaults,
     so they are written once (the API server has already validated the spec)."""
     model = MigrationPolicySpec.model_validate(dict(spec))
     selector = model.selector
-    return PolicyView(
+    return MigrationPolicyView(
         name=name,
         precedence=model.precedence,
         namespaces=tuple(selector.namespaces or ()),
-        namespace_selector=dict(selector.namespaceSelector.matchLabels) if selector.namespaceSelector else {},
-        vm_selector=dict(selector.vmSelector.matchLabels) if selector.vmSelector else {},
+        namespace_selector=Selector.of(selector.namespaceSelector),
+        vm_selector=Selector.of(selector.vmSelector),
         threshold_ms=float(model.switchoverThresholdMs),
         max_downtime_ms=float(model.maxDowntimeMs),
         max_rounds=model.maxRounds,
@@ -169,6 +252,7 @@ def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
         throttle=(model.autoConverge.initialPercent, model.autoConverge.stepPercent, model.autoConverge.maxPercent),
         bandwidth_mbps=model.bandwidthMbps,
         parallel_migrations_per_cluster=model.parallelMigrationsPerCluster,
+        parallel_outbound_per_host=model.parallelOutboundMigrationsPerHost,
         progress_timeout_seconds=float(model.progressTimeoutSeconds),
         completion_timeout_per_gib_seconds=float(model.completionTimeoutPerGiBSeconds),
     )
@@ -187,58 +271,33 @@ class AgentFacts:
 
 def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | None = None) -> VMView:
     spec = entry.spec
-    processor = entry.processor or {}
-    features = processor.get("features")
-    placement = spec.get("placement") or {}
-    workload = spec.get("workload") or {}
-    selector = (placement.get("hostSelector") or {}).get("matchLabels") or {}
+    processor = entry.processor if entry.host else None
+    placement = spec.placement
     disks = tuple(
-        Disk(
-            name=d.get("name", ""),
-            size_gib=float(d.get("sizeGiB", 0)),
-            volume=d.get("volume"),
-            passthrough_lun=d.get("passthroughLun"),
-            local=bool(d.get("local")),
-        )
-        for d in spec.get("disks") or ()
+        Disk(name=d.name, size_gib=float(d.sizeGiB), volume=d.volume, passthrough_lun=d.passthroughLun,
+             local=bool(d.local))
+        for d in spec.disks
     )
-    memory = int(spec.get("memoryMiB", 0))
     return VMView(
         namespace=entry.namespace,
         name=entry.name,
-        cpus=int(spec.get("cpus", 1)),
-        memory_mib=memory,
-        compatibility=bool((spec.get("processor") or {}).get("compatibility", False)),
-        guest_features=frozenset(features) if features is not None and entry.host else None,
-        guest_vendor=processor.get("vendor") if entry.host else None,
-        guest_cpu_model=processor.get("model") if entry.host else None,
+        cpus=spec.cpus,
+        memory_mib=spec.memoryMiB,
+        compatibility=spec.processor.compatibility,
+        guest_features=frozenset(processor.features) if processor is not None else None,
+        guest_vendor=processor.vendor if processor is not None else None,
+        guest_cpu_model=processor.model if processor is not None else None,
         disks=disks,
-        priority=int(spec.get("priority", 0)),
-        dirty_rate_mibps=float(workload.get("dirtyRateMiBps", 0)),
-        working_set_mib=float(workload.get("workingSetMiB") or memory),
-        host_selector=dict(selector),
-        anti_affinity_group=placement.get("antiAffinityGroup"),
+        priority=spec.priority,
+        dirty_rate_mibps=float(spec.workload.dirtyRateMiBps),
+        working_set_mib=float(spec.workload.workingSetMiB or spec.memoryMiB),
+        host_selector=placement.hostSelector.selector() if placement.hostSelector else EVERYTHING,
+        anti_affinity_group=placement.antiAffinityGroup,
         host=host if host is not None else entry.host,
-        desired_host=placement.get("host"),
+        desired_host=placement.host,
         migration_target=migration_target,
         labels=entry.labels,
     )
-
-
-@dataclass
-class Overlay:
-    """Capacity the operator has promised but the indexes do not show yet (placements just made)."""
-
-    placed: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # vm key -> (host, cpus, memory)
-    version: int = 0  # bumped by every change, so a fleet built before it is known to be stale
-
-    def place(self, vm_key: str, host: str, cpus: int, memory_mib: int) -> None:
-        self.placed[vm_key] = (host, cpus, memory_mib)
-        self.version += 1
-
-    def forget(self, vm_key: str) -> None:
-        if self.placed.pop(vm_key, None) is not None:
-            self.version += 1
 
 
 def build_fleet(
@@ -246,14 +305,14 @@ def build_fleet(
     vms: Iterable[VMEntry],
     migrations: Iterable[MigrationEntry],
     agents: Mapping[str, AgentFacts],
-    overlay: Overlay | None = None,
+    placed: Mapping[str, tuple[str, int, int]] | None = None,
 ) -> Fleet:
     """The scheduler's fleet: allocation from the VMs placed on each host (plus placements in
     progress), reservations and slots from migrations in flight, health from the agents."""
     in_flight = [m for m in migrations if m.in_flight]
     targets = {m.vm_key: m.target for m in in_flight}
     vm_list = list(vms)
-    placed = dict(overlay.placed) if overlay else {}
+    placed = placed or {}
     allocated: dict[str, list[int]] = {}
     views = []
     for entry in vm_list:
@@ -284,17 +343,16 @@ def build_fleet(
     for h in hosts:
         spec = h.spec
         facts = agents.get(h.name, AgentFacts())
-        cpu = spec.get("cpu") or {}
-        storage = spec.get("storage") or {}
-        model = facts.cpu_model or cpu.get("model", "")
+        model = facts.cpu_model or spec.cpu.model
         try:
             known = processor_info(model)
             vendor, features = known.vendor, known.features
         except ValueError:
             vendor, features = facts.vendor or "", facts.features
-        cordon = bool(spec.get("unschedulable")) or bool(spec.get("maintenance")) or h.quarantined
-        reason = ("in maintenance" if spec.get("maintenance")
-                  else "quarantined by remediation" if h.quarantined else "cordoned (spec.unschedulable)")
+        cordon = spec.unschedulable or spec.maintenance or h.quarantined or h.problem is not None
+        reason = ("in maintenance" if spec.maintenance
+                  else "quarantined by remediation" if h.quarantined
+                  else f"its spec is refused ({h.problem})" if h.problem else "cordoned (spec.unschedulable)")
         used = allocated.get(h.name, [0, 0])
         res = reserved.get(h.name, [0, 0])
         host_views.append(HostView(
@@ -302,23 +360,23 @@ def build_fleet(
             cpu_model=model,
             vendor=vendor,
             features=features,
-            cores=int(cpu.get("cores", 0)),
-            memory_mib=int(spec.get("memoryMiB", 0)),
+            cores=spec.cpu.cores,
+            memory_mib=spec.memoryMiB,
             allocated_cpus=used[0],
             allocated_memory_mib=used[1],
             reserved_cpus=res[0],
             reserved_memory_mib=res[1],
-            shared_volumes=frozenset(storage.get("sharedVolumes") or ()),
-            passthrough_luns=frozenset(storage.get("passthroughLuns") or ()),
+            shared_volumes=frozenset(spec.storage.sharedVolumes),
+            passthrough_luns=frozenset(spec.storage.passthroughLuns),
             schedulable=not cordon,
             unschedulable_reason=reason,
             healthy=facts.healthy,
             reachable=facts.reachable,
             labels=h.labels,
-            max_concurrent_migrations=int(spec.get("maxConcurrentMigrations", 2)),
+            max_concurrent_migrations=spec.maxConcurrentMigrations,
             inbound_migrations=inbound.get(h.name, 0),
             outbound_migrations=outbound.get(h.name, 0),
-            bandwidth_mbps=float(spec.get("migrationBandwidthMbps", 10_000)),
+            bandwidth_mbps=float(spec.migrationBandwidthMbps),
         ))
     return Fleet(host_views, views)
 
@@ -331,7 +389,7 @@ def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple
             continue
         count += 1
         try:
-            created = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
+            created = timestamps.parse(entry.created)
         except ValueError:
             continue
         oldest = max(oldest, (now - created).total_seconds())

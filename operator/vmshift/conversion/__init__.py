@@ -8,14 +8,14 @@ The readers read only the file or data they are given. The import controller cal
 from vmshift.conversion.ova import OvaError, OvaLimits, read_ova
 from vmshift.conversion.ovf import OvfError, parse_ovf, read_ovf, read_ovf_stream
 from vmshift.conversion.physical import (
-    PhysicalInventory,
+    MachineInventory,
     PhysicalInventoryError,
     inspect_physical,
     parse_inventory,
 )
 from vmshift.conversion.plan import (
     ConversionPlan,
-    ImportTarget,
+    ConversionTarget,
     StepName,
     plan_conversion,
     plan_report,
@@ -26,13 +26,13 @@ from vmshift.conversion.source import OvfDescriptor, PhysicalDescriptor, SourceM
 
 __all__ = [
     "ConversionPlan",
-    "ImportTarget",
+    "ConversionTarget",
+    "MachineInventory",
     "OvaError",
     "OvaLimits",
     "OvfDescriptor",
     "OvfError",
     "PhysicalDescriptor",
-    "PhysicalInventory",
     "PhysicalInventoryError",
     "SourceMachine",
     "StepName",

@@ -1,6 +1,6 @@
 """Physical machines (P2V): a discovery agent's inventory to a SourceMachine. Pure: no I/O.
 
-``PhysicalInventory`` is the shape an agent sends, the same as the API's
+``MachineInventory`` is the shape an agent sends, the same as the API's
 ``spec.source.physical`` of a VirtualMachineImport (camelCase: ``memoryMiB``, ``sizeGiB``,
 ``macAddress``, ``speedMbps``; ``cpus`` = sockets, cores per socket, threads per core, model), so
 the controller can pass that object's dict as is. ``inspect_physical`` turns it into the
@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vmshift import drivers as catalog
 from vmshift import limits
 from vmshift.conversion.source import (
     Bus,
@@ -27,8 +28,7 @@ from vmshift.conversion.source import (
     SourceNic,
     os_family,
 )
-from vmshift.hypervisor import drivers as catalog
-from vmshift.hypervisor.protocol import DriverName
+from vmshift.drivers import DriverName
 
 GiB = 1024**3
 
@@ -43,7 +43,7 @@ class _Inventory(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-class PhysicalCpus(_Inventory):
+class InventoryCpus(_Inventory):
     sockets: int = Field(default=1, ge=1, le=16, description="Processor packages (sockets) in the machine.")
     cores: int = Field(ge=1, le=512, description="Cores per socket.")
     threads: int = Field(default=1, ge=1, le=8, description="Hardware threads per core (2 with SMT).")
@@ -55,7 +55,7 @@ class PhysicalCpus(_Inventory):
         return self.sockets * self.cores * self.threads
 
 
-class PhysicalDisk(_Inventory):
+class InventoryDisk(_Inventory):
     name: str = Field(min_length=1, max_length=128, description="The disk as the OS names it, e.g. sda, disk0.")
     size_gib: float = Field(alias="sizeGiB", gt=0, le=1024 * 1024, description="Capacity in GiB.")
     bus: Bus = Field(description="How it attaches: IDE, SCSI, SAS, SATA, NVMe, FibreChannel, iSCSI, USB.")
@@ -70,7 +70,7 @@ class PhysicalDisk(_Inventory):
         return value
 
 
-class PhysicalNic(_Inventory):
+class InventoryNic(_Inventory):
     name: str = Field(min_length=1, max_length=64, description="The interface name, e.g. eth0, Ethernet 2.")
     mac_address: str = Field(alias="macAddress", pattern=r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$",
                              description="The MAC address, six hex pairs separated by ':' or '-'.")
@@ -79,22 +79,22 @@ class PhysicalNic(_Inventory):
                         description="The driver bound to it, e.g. e1000e, igb.")
 
 
-class PhysicalInventory(_Inventory):
+class MachineInventory(_Inventory):
     """A physical machine as a discovery agent reports it."""
 
     hostname: str = Field(min_length=1, max_length=253)
     manufacturer: str | None = Field(default=None, max_length=128)
     model: str | None = Field(default=None, max_length=128)
-    cpus: PhysicalCpus
+    cpus: InventoryCpus
     memory_mib: int = Field(alias="memoryMiB", ge=1, le=64 * 1024 * 1024, description="Installed memory in MiB.")
-    disks: list[PhysicalDisk] = Field(default_factory=list, max_length=256)
-    nics: list[PhysicalNic] = Field(default_factory=list, max_length=64)
+    disks: list[InventoryDisk] = Field(default_factory=list, max_length=256)
+    nics: list[InventoryNic] = Field(default_factory=list, max_length=64)
     drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS,
                                       description="Installed driver names, as the OS lists them.")
     os: str = Field(min_length=1, max_length=256, description="The operating system, e.g. Windows Server 2019.")
 
     @model_validator(mode="after")
-    def _unique(self) -> PhysicalInventory:
+    def _unique(self) -> MachineInventory:
         for what, names in (("disk", [d.name for d in self.disks]), ("NIC", [n.name for n in self.nics]),
                             ("MAC address", [n.mac_address.lower().replace("-", ":") for n in self.nics])):
             duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -107,12 +107,12 @@ class PhysicalInventoryError(ValueError):
     """The inventory was refused; the message names each field that is wrong."""
 
 
-def parse_inventory(data: Mapping[str, Any] | PhysicalInventory) -> PhysicalInventory:
+def parse_inventory(data: Mapping[str, Any] | MachineInventory) -> MachineInventory:
     """A validated inventory; PhysicalInventoryError names the fields that are wrong."""
-    if isinstance(data, PhysicalInventory):
+    if isinstance(data, MachineInventory):
         return data
     try:
-        return PhysicalInventory.model_validate(data)
+        return MachineInventory.model_validate(data)
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in err['loc']) or '(inventory)'}: {err['msg']}" for err in exc.errors()
@@ -120,7 +120,7 @@ def parse_inventory(data: Mapping[str, Any] | PhysicalInventory) -> PhysicalInve
         raise PhysicalInventoryError("physical inventory refused: " + "; ".join(problems)) from None
 
 
-def inspect_physical(inventory: Mapping[str, Any] | PhysicalInventory) -> PhysicalDescriptor:
+def inspect_physical(inventory: Mapping[str, Any] | MachineInventory) -> PhysicalDescriptor:
     """The normalized description of a physical machine; the VM gets one vCPU per logical processor."""
     inv = parse_inventory(inventory)
     warnings: list[str] = []

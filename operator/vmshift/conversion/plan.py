@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
+from vmshift import drivers as catalog
 from vmshift import limits
 from vmshift.conversion.source import OsFamily, OvfDescriptor, SourceKind, SourceMachine
-from vmshift.hypervisor import drivers as catalog
 
 GiB = 1024**3
 AGENT = "vmshift-agent"
@@ -58,7 +58,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ImportTarget(_Model):
+class ConversionTarget(_Model):
     """Where and how the converted machine should run (the API's spec.target, namespace resolved)."""
 
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="The VirtualMachine to create.")
@@ -75,12 +75,12 @@ class ConversionRefused(ValueError):
     """The source cannot become a VirtualMachine (too large for the API); the message says why."""
 
 
-class IoCeilings(_Model):
+class ExpectedIo(_Model):
     network_mbps: int = Field(description="Network throughput the guest can reach, Mbit/s.")
     disk_mbps: int = Field(description="Disk throughput the guest can reach, MB/s.")
 
     @classmethod
-    def of(cls, drivers: list[str]) -> IoCeilings:
+    def of(cls, drivers: list[str]) -> ExpectedIo:
         network, disk = catalog.io_ceilings(drivers)
         return cls(network_mbps=network, disk_mbps=disk)
 
@@ -113,7 +113,7 @@ class PlanStep(_Model):
 
 class ConversionPlan(_Model):
     source: SerializeAsAny[SourceMachine]
-    target: ImportTarget
+    target: ConversionTarget
     cpus: int = Field(description="The VM's vCPUs: the source's, or the target's override.")
     memory_mib: int = Field(description="The VM's memory: the source's, or the target's override.")
     steps: list[PlanStep]
@@ -122,8 +122,8 @@ class ConversionPlan(_Model):
     drivers_after: list[str]
     drivers_removed: list[str]
     drivers_installed: list[str]
-    io_before: IoCeilings
-    io_after: IoCeilings
+    io_before: ExpectedIo
+    io_after: ExpectedIo
     warnings: list[str]
 
     def step(self, name: StepName | str) -> PlanStep:
@@ -159,14 +159,14 @@ def _describe(name: str) -> str:
     return f"{name} ({entry.description})" if known else f"{name} (not in the catalog: treated as third-party)"
 
 
-def plan_conversion(source: SourceMachine, target: ImportTarget) -> ConversionPlan:
+def plan_conversion(source: SourceMachine, target: ConversionTarget) -> ConversionPlan:
     """The ordered steps that turn ``source`` into a running VirtualMachine ``target``."""
     before = list(dict.fromkeys(source.drivers))
     removed = catalog.third_party(before)
     kept = [d for d in before if d not in removed]
     installed = [d for d in (AGENT, *catalog.SYNTHETIC_SET) if d not in kept]
     after = kept + installed
-    io_before, io_after = IoCeilings.of(before), IoCeilings.of(after)
+    io_before, io_after = ExpectedIo.of(before), ExpectedIo.of(after)
     warnings = list(source.warnings)
 
     names = _unique([_label(d.name, f"disk{i}") for i, d in enumerate(source.disks)])
@@ -357,7 +357,7 @@ def plan_report(plan: ConversionPlan) -> dict[str, Any]:
     ``throughputBefore``/``throughputAfter`` match the status fields of those names; each step's
     ``message`` is its summary and details, cut to fit ``status.steps[].message``.
     """
-    def io(c: IoCeilings) -> dict[str, int]:
+    def io(c: ExpectedIo) -> dict[str, int]:
         return {"networkMbps": c.network_mbps, "diskMBps": c.disk_mbps}
 
     warnings = list(plan.warnings)

@@ -60,15 +60,15 @@ class XmlRefused(ValueError):
 
 
 @dataclass(eq=False, slots=True)
-class Node:
+class XmlNode:
     """One element: namespace URI, local name, attributes in Clark notation, line, children, text."""
 
     ns: str
     name: str
     attrs: dict[str, str]
     line: int
-    parent: Node | None = None
-    children: list[Node] = field(default_factory=list)
+    parent: XmlNode | None = None
+    children: list[XmlNode] = field(default_factory=list)
     ordinal: int = 1  # position among the parent's children of the same name, from 1
     _text: list[str] = field(default_factory=list)
     _text_len: int = 0
@@ -91,7 +91,7 @@ class Node:
                 return value
         return None
 
-    def iter(self) -> Iterator[Node]:
+    def iter(self) -> Iterator[XmlNode]:
         """This element and every descendant, in document order."""
         stack = [self]
         while stack:
@@ -102,7 +102,7 @@ class Node:
     def path(self) -> str:
         """Where the element sits, as ``/Envelope/VirtualSystem/VirtualHardwareSection/Item[3]``."""
         parts: list[str] = []
-        node: Node | None = self
+        node: XmlNode | None = self
         while node is not None:
             label = node.name
             if node.parent is not None and node.parent._counts.get(node.name, 0) > 1:
@@ -125,8 +125,8 @@ class _TreeBuilder(ContentHandler):
     def __init__(self, limits: XmlLimits) -> None:
         super().__init__()
         self.limits = limits
-        self.root: Node | None = None
-        self.current: Node | None = None
+        self.root: XmlNode | None = None
+        self.current: XmlNode | None = None
         self.depth = 0
         self.elements = 0
         self.line_of: Any = lambda: None
@@ -144,7 +144,7 @@ class _TreeBuilder(ContentHandler):
             (f"{{{a_uri}}}{a_local}" if a_uri else a_local): value
             for (a_uri, a_local), value in attrs.items()
         }
-        node = Node(uri or "", local, attributes, self.line_of() or 0, self.current)
+        node = XmlNode(uri or "", local, attributes, self.line_of() or 0, self.current)
         if self.current is None:
             self.root = node
         else:
@@ -239,7 +239,7 @@ class _Feeder:
             )
         self._guard(lambda: self.reader.feed(chunk))
 
-    def close(self) -> Node:
+    def close(self) -> XmlNode:
         self._guard(self.reader.close)
         if self.builder.root is None:
             raise XmlRefused("the document holds no element")
@@ -270,7 +270,7 @@ class _Feeder:
                 from None
 
 
-def parse_bytes(data: bytes | str, limits: XmlLimits = DEFAULT_LIMITS) -> Node:
+def parse_bytes(data: bytes | str, limits: XmlLimits = DEFAULT_LIMITS) -> XmlNode:
     """The tree of ``data`` (bytes, or text already decoded); XmlRefused names what is wrong."""
     if len(data) > limits.max_bytes:
         raise XmlRefused(
@@ -287,7 +287,7 @@ def parse_bytes(data: bytes | str, limits: XmlLimits = DEFAULT_LIMITS) -> Node:
     return feeder.close()
 
 
-def parse_stream(stream: IO[bytes], limits: XmlLimits = DEFAULT_LIMITS) -> Node:
+def parse_stream(stream: IO[bytes], limits: XmlLimits = DEFAULT_LIMITS) -> XmlNode:
     """The tree of a binary stream read in chunks; refused as soon as it passes ``max_bytes``."""
     feeder = _Feeder(limits)
     while True:
@@ -298,7 +298,7 @@ def parse_stream(stream: IO[bytes], limits: XmlLimits = DEFAULT_LIMITS) -> Node:
     return feeder.close()
 
 
-def parse_file(path: str | os.PathLike[str], limits: XmlLimits = DEFAULT_LIMITS) -> Node:
+def parse_file(path: str | os.PathLike[str], limits: XmlLimits = DEFAULT_LIMITS) -> XmlNode:
     """The tree of the file at ``path``: its size is checked before anything is read."""
     size = os.stat(path).st_size
     if size > limits.max_bytes:

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from vmshift.hypervisor import drivers as catalog
+from vmshift import drivers as catalog
 
 
 class SourceKind(StrEnum):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmshift.api.common import API_VERSION
+from vmshift.api.labels import AGENT_HOSTS_ANNOTATION, CPU_LABEL
 from vmshift.devcluster.cluster import ClusterState, _die_with_parent
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
 
@@ -60,9 +62,9 @@ class HostPlan:
 
     def manifest(self, endpoint: str) -> dict[str, Any]:
         return {
-            "apiVersion": "vmshift.io/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "Host",
-            "metadata": {"name": self.name, "labels": {"vmshift.io/cpu": self.cpu_model, **self.labels}},
+            "metadata": {"name": self.name, "labels": {CPU_LABEL: self.cpu_model, **self.labels}},
             "spec": {
                 "cpu": {"model": self.cpu_model, "cores": self.cores},
                 "memoryMiB": self.memory_mib,
@@ -122,7 +124,7 @@ class Stack:
                      f"--from-literal=token={self.token}", check=False)
         # every agent of this stack shares the one token, so every Host may use it
         self.kubectl("annotate", "--overwrite", "secret", TOKEN_SECRET, "-n", SYSTEM_NAMESPACE,
-                     "vmshift.io/agent-hosts=*")
+                     f"{AGENT_HOSTS_ANNOTATION}=*")
 
     # -- agents --------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from vmshift.api.reasons import MigrationMode
 from vmshift.hypervisor.protocol import (
     API_PREFIX,
-    AutoConverge,
+    AutoConvergeSettings,
     DiskSpec,
     DriverChange,
     HostInfo,
@@ -39,11 +39,13 @@ from vmshift.hypervisor.protocol import (
     MigrationTarget,
     ResolveRequest,
     SensorChange,
+    StartRequest,
     VmDefinition,
     VmInfo,
     VmList,
     WorkloadSpec,
 )
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -174,8 +176,10 @@ class HypervisorClient:
         """PUT /v1/vms/{vmId} (idempotent)."""
         return await self._get("PUT", f"/vms/{vm_id}", VmInfo, definition)
 
-    async def start_vm(self, vm_id: str) -> VmInfo:
-        return await self._get("POST", f"/vms/{vm_id}/start", VmInfo)
+    async def start_vm(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        """Start a guest; ``baseline``: the features it may see in compatibility mode (unset: x86_64_v2)."""
+        body = StartRequest(baseline_features=sorted(baseline)) if baseline is not None else None
+        return await self._get("POST", f"/vms/{vm_id}/start", VmInfo, body)
 
     async def stop_vm(self, vm_id: str) -> VmInfo:
         return await self._get("POST", f"/vms/{vm_id}/stop", VmInfo)
@@ -217,6 +221,10 @@ class HypervisorClient:
         """POST /v1/migrations/{id}/resolve: settle a source in doubt with the target's statement."""
         return await self._get("POST", f"/migrations/{migration_id}/resolve", MigrationStatus,
                                ResolveRequest(target_resumed=target_resumed))
+
+    async def switchover(self, migration_id: str) -> MigrationStatus:
+        """POST /v1/migrations/{id}/switchover: the go for a switchover the source holds."""
+        return await self._get("POST", f"/migrations/{migration_id}/switchover", MigrationStatus)
 
     async def watch_migration(self, migration_id: str) -> AsyncIterator[MigrationStatus]:
         """GET /v1/migrations/{id}/events: each status line until the migration ends."""
@@ -297,12 +305,14 @@ def incoming_vm(vm: VmInfo, vendor: str | None = None) -> IncomingVm:
 
 
 async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
-                          mode: MigrationMode = MigrationMode.Live, *, threshold_ms: float = 1.0,
-                          max_rounds: int = 30, stall_rounds: int = 3,
-                          auto_converge: AutoConverge | None = None, fallback_to_quick: bool = False,
+                          mode: MigrationMode = MigrationMode.Live, *,
+                          threshold_ms: float = CONVERGENCE.threshold_ms, max_rounds: int = CONVERGENCE.max_rounds,
+                          stall_rounds: int = CONVERGENCE.stall_rounds,
+                          auto_converge: AutoConvergeSettings | None = None, fallback_to_quick: bool = False,
                           max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
-                          target_address: tuple[str, int] | None = None) -> MigrationStatus:
+                          target_address: tuple[str, int] | None = None,
+                          switchover_wait_seconds: float = 0.0) -> MigrationStatus:
     """Both calls of a migration: reserve on the target, then start on the source.
 
     ``target_address`` overrides where the source connects (tests put a proxy there).
@@ -318,5 +328,6 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
         target=MigrationTarget(host=host, port=port, ticket=grant.ticket,
                                bandwidth_mbps=grant.bandwidth_mbps),
         threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
-        auto_converge=auto_converge or AutoConverge(), fallback_to_quick=fallback_to_quick,
-        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds))
+        auto_converge=auto_converge or AutoConvergeSettings(), fallback_to_quick=fallback_to_quick,
+        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds,
+        switchover_wait_seconds=switchover_wait_seconds))

@@ -1,7 +1,7 @@
 """The simulated guest: sparse versioned memory pages, an incremental digest, and the workload.
 
 No I/O and no asyncio: plain objects that the agent (host.py) and the migration stream
-(migration.py) drive. Memory is 4 KiB pages that each carry a version; the bytes of a page are
+(the migration package) drive. Memory is 4 KiB pages that each carry a version; the bytes of a page are
 never stored, they are derived from (VM id, page, version), so any side can rebuild what a page
 must contain and check what it received. Versions live in a private anonymous mapping (4 bytes a
 page, touched only where written), so a 64 GiB guest costs the agent megabytes, not gigabytes.
@@ -23,10 +23,10 @@ import time
 from array import array
 from collections.abc import Iterable, Sequence
 
-from vmshift.hypervisor.drivers import io_ceilings
+from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.protocol import (
     DiskInfo,
-    IoCeilings,
+    GuestIoCeilings,
     VmDefinition,
     VmInfo,
     VmState,
@@ -455,7 +455,7 @@ class Guest:
             digest=digest,
             heartbeat=self.heartbeat,
             drivers=list(self.drivers),
-            io_ceilings=IoCeilings(network_mbps=network, disk_mbps=disk),
+            io_ceilings=GuestIoCeilings(network_mbps=network, disk_mbps=disk),
             memory_mib=d.memory_mib,
             cpus=d.cpus,
             compatibility=d.compatibility,

@@ -1,6 +1,6 @@
 """One simulated hypervisor host: its VMs, capacity, sensors and migrations, without HTTP.
 
-The agent's whole behaviour lives here and in guest.py / migration.py; server.py only maps HTTP to
+The agent's whole behaviour lives here and in guest.py / migration/; server.py only maps HTTP to
 these methods. Every refused request raises ApiError with a status, a code from ErrorCode and a
 message a person can act on, and changes nothing.
 """
@@ -13,11 +13,15 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.guest import Guest
-from vmshift.hypervisor.migration import SourceMigration, TargetMigration, TicketIssuer
+from vmshift.hypervisor.hardware import SensorState
+from vmshift.hypervisor.migration.source import SourceMigration
+from vmshift.hypervisor.migration.target import TargetMigration
+from vmshift.hypervisor.migration.tickets import TicketIssuer
 from vmshift.hypervisor.protocol import (
     DiskSpec,
     DriverChange,
@@ -43,6 +47,12 @@ from vmshift.hypervisor.protocol import (
 )
 from vmshift.hypervisor.ratelimit import TokenBucket
 from vmshift.processor import guest_features, processor_info
+from vmshift.sensors import (
+    IDLE_HOST_WATTS,
+    NORMAL_TEMPERATURE_C,
+    assess,
+    psu_watts,
+)
 
 log = logging.getLogger("vmshift.agent")
 
@@ -50,12 +60,9 @@ log = logging.getLogger("vmshift.agent")
 TICK_SECONDS = 0.01
 #: Finished migrations kept for GET /v1/migrations.
 FINISHED_MIGRATIONS_KEPT = 1000
-#: Sensor thresholds (documented in the API: HostInfo.health).
-TEMPERATURE_WARNING_C = 70.0
-TEMPERATURE_CRITICAL_C = 85.0
-NORMAL_TEMPERATURE_C = 35.0
-CORRECTED_ERRORS_WARNING = 100
-CORRECTED_ERRORS_CRITICAL = 1000
+#: What a running guest adds to the host's power draw: per vCPU and per GiB of memory, in watts.
+WATTS_PER_CPU = 12.0
+WATTS_PER_GIB = 0.4
 
 
 class ApiError(Exception):
@@ -92,15 +99,6 @@ class HostConfig:
     max_tombstones: int = 1000
 
 
-@dataclass
-class SensorState:
-    fans_ok: list[bool]
-    power_ok: list[bool]
-    temperature_c: float = NORMAL_TEMPERATURE_C
-    corrected_memory_errors: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
-
-
 Migration = SourceMigration | TargetMigration
 
 #: VM states that hold host capacity.
@@ -122,7 +120,7 @@ def storage_problems(disks: list[DiskSpec], shared_volumes: tuple[str, ...],
     return problems
 
 
-class Host:
+class HypervisorHost:
     """The hypervisor: VMs, their capacity, the hardware sensors, and the migrations in flight."""
 
     def __init__(self, config: HostConfig) -> None:
@@ -132,6 +130,8 @@ class Host:
         self.vms: dict[str, Guest] = {}
         self.migrations: OrderedDict[str, Migration] = OrderedDict()
         self.sensors = SensorState(fans_ok=[True] * config.fans, power_ok=[True] * config.power_supplies)
+        #: The clock of the sensors' sliding hour (seconds; tests replace it).
+        self.clock: Callable[[], float] = time.monotonic
         self.tickets = TicketIssuer()
         self.egress = TokenBucket.mbps(config.bandwidth_mbps)
         # Inbound streams are already shaped by their sources; this bucket only caps several of
@@ -221,37 +221,27 @@ class Host:
     # -- host ----------------------------------------------------------------------------------------
 
     def health(self) -> Health:
-        problems: list[HealthProblem] = []
-        s = self.sensors
-        failed_fans = [i for i, ok in enumerate(s.fans_ok) if not ok]
-        if failed_fans:
-            severity = Severity.Critical if 2 * len(failed_fans) >= len(s.fans_ok) else Severity.Warning
-            problems.append(HealthProblem(signal=HealthSignal.Fan, severity=severity,
-                                          message=f"fan(s) {', '.join(map(str, failed_fans))} failed "
-                                          f"({len(failed_fans)} of {len(s.fans_ok)})"))
-        failed_power = [i for i, ok in enumerate(s.power_ok) if not ok]
-        if failed_power:
-            severity = Severity.Critical if len(failed_power) >= len(s.power_ok) else Severity.Warning
-            problems.append(HealthProblem(signal=HealthSignal.PowerSupply, severity=severity,
-                                          message=f"power supply {', '.join(map(str, failed_power))} failed: "
-                                          "the host has lost power redundancy"))
-        if s.temperature_c >= TEMPERATURE_WARNING_C:
-            severity = Severity.Critical if s.temperature_c >= TEMPERATURE_CRITICAL_C else Severity.Warning
-            problems.append(HealthProblem(signal=HealthSignal.Temperature, severity=severity,
-                                          message=f"inlet temperature {s.temperature_c:g} °C (warning at "
-                                          f"{TEMPERATURE_WARNING_C:g}, critical at {TEMPERATURE_CRITICAL_C:g})"))
-        if s.corrected_memory_errors >= CORRECTED_ERRORS_WARNING:
-            severity = Severity.Critical if s.corrected_memory_errors >= CORRECTED_ERRORS_CRITICAL \
-                else Severity.Warning
-            problems.append(HealthProblem(signal=HealthSignal.CorrectedMemoryErrors, severity=severity,
-                                          message=f"{s.corrected_memory_errors} corrected memory errors since "
-                                          f"boot (warning at {CORRECTED_ERRORS_WARNING}, critical at "
-                                          f"{CORRECTED_ERRORS_CRITICAL}): a DIMM is likely failing"))
+        problems = [HealthProblem(signal=HealthSignal(p.kind.value), severity=Severity(p.severity.value),
+                                  message=p.message) for p in assess(self.sensor_readings().reading())]
         return Health(healthy=not problems, problems=problems)
+
+    def sensor_readings(self) -> Sensors:
+        """The sensors in their units: fans in RPM, supplies in watts (sharing the draw of the host and
+        its running guests), corrected memory errors since boot and in the last hour."""
+        s = self.sensors
+        load = IDLE_HOST_WATTS + sum(WATTS_PER_CPU * g.definition.cpus + WATTS_PER_GIB * g.definition.memory_mib / 1024
+                                     for g in self.vms.values() if g.state is VmState.Running)
+        return Sensors(
+            fans=[FanStatus(index=i, ok=ok, rpm=s.fan_rpm(i)) for i, ok in enumerate(s.fans_ok)],
+            power_supplies=[PowerSupplyStatus(index=i, ok=ok, watts=w)
+                            for i, (ok, w) in enumerate(zip(s.power_ok, psu_watts(load, s.power_ok), strict=True))],
+            temperature_c=s.temperature_c,
+            corrected_memory_errors=s.corrected_memory_errors,
+            corrected_memory_errors_per_hour=s.per_hour(self.clock()),
+        )
 
     def host_info(self) -> HostInfo:
         allocated, reserved = self._usage()
-        s = self.sensors
         return HostInfo(
             name=self.config.name,
             cpu_model=self.processor.model,
@@ -265,12 +255,7 @@ class Host:
             allocated=allocated,
             reserved=reserved,
             vms=sum(1 for g in self.vms.values() if g.state in _HOLDING),
-            sensors=Sensors(
-                fans=[FanStatus(index=i, ok=ok) for i, ok in enumerate(s.fans_ok)],
-                power_supplies=[PowerSupplyStatus(index=i, ok=ok) for i, ok in enumerate(s.power_ok)],
-                temperature_c=s.temperature_c,
-                corrected_memory_errors=s.corrected_memory_errors,
-            ),
+            sensors=self.sensor_readings(),
             health=self.health(),
             boot_id=self.boot_id,
             migration_port=self.migration_port,
@@ -289,6 +274,7 @@ class Host:
             s.power_ok = [True] * len(s.power_ok)
             s.temperature_c = NORMAL_TEMPERATURE_C
             s.corrected_memory_errors = 0
+            s.error_events.clear()
         if change.fan is not None:
             s.fans_ok[change.fan.index] = not change.fan.failed
         if change.power_supply is not None:
@@ -297,6 +283,7 @@ class Host:
             s.temperature_c = change.temperature_c
         if change.corrected_memory_errors is not None:
             s.corrected_memory_errors += change.corrected_memory_errors
+            s.error_events.append((self.clock(), change.corrected_memory_errors))
         return self.host_info()
 
     # -- VMs ------------------------------------------------------------------------------------------
@@ -354,7 +341,8 @@ class Host:
         log.info("defined VM %s (%d cpus, %d MiB)", vm_id, body.cpus, body.memory_mib)
         return guest.info(), True
 
-    def start_vm(self, vm_id: str) -> VmInfo:
+    def start_vm(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        """Start (or resume) a guest; ``baseline``: the features a compatibility-mode guest may see."""
         guest = self._guest(vm_id)
         if guest.state is VmState.Running:
             return guest.info()
@@ -362,7 +350,7 @@ class Host:
         if guest.state is VmState.Saved:
             guest.resume()
         elif guest.state in (VmState.Defined, VmState.Stopped):
-            guest.start(guest_features(self.config.cpu_model, guest.definition.compatibility))
+            guest.start(guest_features(self.config.cpu_model, guest.definition.compatibility, baseline))
             log.info("started VM %s", vm_id)
         else:
             raise self._bad_state(guest, "start")
@@ -547,13 +535,23 @@ class Host:
                            f"({migration.record.role.value}, {migration.record.phase.value}); nothing to resolve")
         return migration.record.status()
 
+    def switchover_migration(self, migration_id: str) -> MigrationStatus:
+        """The caller's go for a source's held switchover (harmless once it is under way or over)."""
+        migration = self.migration(migration_id)
+        if not isinstance(migration, SourceMigration):
+            raise ApiError(409, ErrorCode.InvalidState,
+                           f"migration {migration_id} on host {self.config.name} is a {migration.record.role.value}; "
+                           "only its source switches over")
+        migration.hold.go()
+        return migration.record.status()
+
     def _remember(self, migration: Migration) -> None:
         self.migrations[migration.migration_id] = migration
         finished = [k for k, m in self.migrations.items() if m.record.finished]
         for key in finished[:max(0, len(finished) - FINISHED_MIGRATIONS_KEPT)]:
             del self.migrations[key]
 
-    # -- MigrationHost (called by migration.py) ----------------------------------------------------------
+    # -- MigrationHost (called by the migration package) -------------------------------------------------
 
     def release_source_vm(self, guest: Guest) -> None:
         guest.release(VmState.MigratedAway)

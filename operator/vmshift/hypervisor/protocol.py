@@ -19,7 +19,8 @@ Conventions of the API:
   -> 202 :class:`MigrationStatus`; ``GET /v1/migrations`` -> :class:`MigrationList`; ``GET
   /v1/migrations/{id}`` -> :class:`MigrationStatus`; ``GET /v1/migrations/{id}/events`` streams
   :class:`MigrationStatus` lines (NDJSON) until the migration ends; ``DELETE /v1/migrations/{id}``
-  cancels it (409 once past the commit point).
+  cancels it (409 once past the commit point); ``POST /v1/migrations/{id}/switchover`` on the source
+  (no body) -> :class:`MigrationStatus`: the go for a switchover it holds (``readyToSwitchOver``).
 - ``POST /v1/sensors`` (:class:`SensorChange`) -> :class:`HostInfo`.
 
 Semantics an operator can rely on:
@@ -36,6 +37,13 @@ Semantics an operator can rely on:
   point when the target resumes the guest; before it, any failure or cancel leaves the VM running
   on the source; after it, the VM belongs to the target and cancel answers 409 ``PastCommitPoint``.
   ``committed`` says which side of that point a migration ended on.
+- Switchover go: a live migration asked with ``switchoverWaitSeconds`` > 0 does not pause its guest
+  the moment pre-copy converges. It reports ``readyToSwitchOver`` (phase still ``Transferring``, the
+  guest running) and goes on sending the pages dirtied meanwhile until ``POST .../switchover`` says
+  go, so the caller can show ``SwitchingOver`` before the pause; then it pauses after its next round,
+  as it would have without the wait. If no go comes within ``switchoverWaitSeconds`` (the caller is
+  down) it switches over anyway and reports ``switchoverAcknowledged`` false. A cancel before the go
+  leaves the guest running on the source, as any cancel before the commit point does.
 - Health: a failed fan is a Warning (Critical when half or more failed); a failed power supply a
   Warning (Critical when all failed); temperature >= 70 C Warning, >= 85 C Critical; corrected
   memory errors >= 100 Warning, >= 1000 Critical. ``healthy`` is false while any problem exists.
@@ -52,6 +60,10 @@ from pydantic.alias_generators import to_camel
 
 from vmshift import limits
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
+from vmshift.drivers import DriverName
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
+from vmshift.sensors import NOMINAL_FAN_RPM, Reading, fan_failed
 
 API_VERSION = "v1"
 API_PREFIX = f"/{API_VERSION}"
@@ -59,8 +71,6 @@ API_PREFIX = f"/{API_VERSION}"
 #: What a VM id may look like: it appears in URLs and derives the guest's page contents.
 VM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 _VM_ID_RE = re.compile(VM_ID_PATTERN)
-#: A driver's name (vmshift.limits): what the API's initial-drivers annotation and an import admit.
-DriverName = Annotated[str, Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH)]
 
 
 def valid_vm_id(vm_id: str) -> bool:
@@ -140,19 +150,45 @@ class Resources(Response):
 
 class FanStatus(Response):
     index: int
-    ok: bool
+    rpm: float = Field(0.0, ge=0, description="Speed in revolutions per minute (a failed fan turns slower than "
+                       "sensors.LIMITS.fan_min_rpm). Absent in a report: the nominal speed when ok, else 0.")
+    ok: bool = Field(True, description="False when the fan has failed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rpm_or_ok(cls, data: object) -> object:
+        if isinstance(data, dict) and "rpm" not in data:
+            return {**data, "rpm": NOMINAL_FAN_RPM if data.get("ok", True) else 0.0}
+        if isinstance(data, dict) and "ok" not in data:
+            return {**data, "ok": not fan_failed(float(data["rpm"]))}
+        return data
 
 
 class PowerSupplyStatus(Response):
     index: int
     ok: bool
+    watts: float = Field(0.0, ge=0, description="Output in watts: the working supplies share the host's draw; "
+                         "a failed one gives nothing.")
 
 
 class Sensors(Response):
     fans: list[FanStatus]
     power_supplies: list[PowerSupplyStatus]
     temperature_c: float = Field(description="Inlet temperature in degrees Celsius.")
-    corrected_memory_errors: int = Field(description="Corrected (ECC) memory errors counted since boot.")
+    corrected_memory_errors: int = Field(0, description="Corrected (ECC) memory errors counted since boot.")
+    corrected_memory_errors_per_hour: float = Field(
+        0.0, ge=0, description="Corrected (ECC) memory errors in the last hour (a sliding window): what the "
+        "thresholds judge.")
+
+    def reading(self) -> Reading:
+        """These sensors as the pure verdicts (vmshift.sensors) read them."""
+        return Reading(
+            fan_rpm=tuple(f.rpm for f in self.fans),
+            psu_ok=tuple(p.ok for p in self.power_supplies),
+            psu_watts=tuple(p.watts for p in self.power_supplies),
+            temperature_c=self.temperature_c,
+            corrected_errors_per_hour=self.corrected_memory_errors_per_hour,
+        )
 
 
 class Severity(StrEnum):
@@ -265,7 +301,17 @@ class VmDefinition(Request):
     drivers: list[DriverName] = Field(default_factory=list, max_length=limits.MAX_DRIVERS)
 
 
-class IoCeilings(Response):
+class StartRequest(Request):
+    """``POST /v1/vms/{vmId}/start`` (the body is optional): how the guest starts."""
+
+    baseline_features: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=1024,
+        description="In processor compatibility mode, the features the guest may see: the baseline the "
+        "operator computed from the hosts the VM may run on. The guest gets those the host has. Unset: "
+        "the x86_64_v2 level. Ignored without compatibility, and by a guest that is already running.")
+
+
+class GuestIoCeilings(Response):
     network_mbps: int = Field(description="Best network throughput the guest's drivers allow, Mbit/s.")
     disk_mbps: int = Field(alias="diskMBps", description="Best disk throughput the drivers allow, MB/s.")
 
@@ -296,7 +342,7 @@ class VmInfo(Response):
     digest: str = Field(description="Incremental digest of guest memory, 16 hex digits.")
     heartbeat: int = Field(description="Guest heartbeat counter (100 per second of guest run time).")
     drivers: list[str]
-    io_ceilings: IoCeilings
+    io_ceilings: GuestIoCeilings
     memory_mib: int
     cpus: int
     compatibility: bool
@@ -366,13 +412,15 @@ class MigrationTarget(Request):
                                   "unlimited); the stream is shaped to the slower of the two hosts.")
 
 
-class AutoConverge(Request):
+class AutoConvergeSettings(Request):
     """Throttle the guest's writes step by step when pre-copy rounds stop shrinking."""
 
     enabled: bool = False
-    initial_percent: float = Field(20.0, gt=0, le=100, description="Throttle of the first auto-converge round.")
-    step_percent: float = Field(20.0, gt=0, le=100)
-    max_percent: float = Field(90.0, gt=0, le=99.9)
+    initial_percent: float = Field(CONVERGENCE.throttle_initial_percent, gt=0, le=100,
+                                   description="Throttle of the first auto-converge round.")
+    step_percent: float = Field(CONVERGENCE.throttle_step_percent, gt=0, le=100,
+                                description="Added after each further round that does not shrink.")
+    max_percent: float = Field(CONVERGENCE.throttle_max_percent, gt=0, le=99.9)
 
 
 class MigrationRequest(Request):
@@ -382,24 +430,38 @@ class MigrationRequest(Request):
     vm_id: str = Field(pattern=VM_ID_PATTERN)
     mode: MigrationMode = MigrationMode.Live
     target: MigrationTarget
-    threshold_ms: float = Field(1.0, gt=0, le=60_000, description="Switch over when the remaining dirty "
-                                "set would cross the link in less than this.")
-    max_rounds: int = Field(30, ge=1, le=1000)
-    stall_rounds: int = Field(3, ge=1, le=1000, description="Rounds in a row that shrink the remaining "
-                              "set by less than 5 % before the ladder steps in.")
-    auto_converge: AutoConverge = Field(default_factory=AutoConverge)
+    threshold_ms: float = Field(CONVERGENCE.threshold_ms, gt=0, le=60_000, description="Switch over when the "
+                                "remaining dirty set would cross the link in less than this.")
+    max_rounds: int = Field(CONVERGENCE.max_rounds, ge=1, le=1000)
+    stall_rounds: int = Field(CONVERGENCE.stall_rounds, ge=1, le=1000, description="Rounds in a row that "
+                              "shrink the remaining set by less than 5 % before the ladder steps in.")
+    auto_converge: AutoConvergeSettings = Field(default_factory=AutoConvergeSettings)
     fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
                                     "copy the rest (a quick migration of what the target lacks).")
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
     timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
+    switchover_wait_seconds: float = Field(0.0, ge=0, le=20, description="Once pre-copy has converged, keep "
+                                           "sending rounds (the guest runs on) for at most this long until POST "
+                                           "/v1/migrations/{id}/switchover says go; 0: switch over at once. At "
+                                           "most 20: an idle guest sends nothing meanwhile, and a target gives "
+                                           "up on a stream silent for 30 s.")
 
     @model_validator(mode="after")
     def _concrete_mode(self) -> Self:
         if self.mode is MigrationMode.Auto:
             raise ValueError("mode must be Live or Quick: the operator resolves Auto before calling agents")
         return self
+
+    def convergence(self) -> ConvergencePolicy:
+        """The rules the source's convergence decision follows for this migration."""
+        auto = self.auto_converge
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=auto.enabled, throttle_initial_percent=auto.initial_percent,
+            throttle_step_percent=auto.step_percent, throttle_max_percent=auto.max_percent,
+            fallback_to_quick=self.fallback_to_quick, max_downtime_ms=self.max_downtime_ms)
 
 
 class RoundInfo(Response):
@@ -409,7 +471,7 @@ class RoundInfo(Response):
     dirty_mib: float = Field(description="Distinct MiB dirtied while this round was on the wire.")
 
 
-class MigrationFailure(Response):
+class MigrationFailureReport(Response):
     reason: FailureReason
     message: str
 
@@ -439,7 +501,14 @@ class MigrationStatus(Response):
                            "asked whether it resumed the guest (a partition, a dead host). The source keeps its "
                            "copy paused and asks again until the target answers, or until POST "
                            "/v1/migrations/{id}/resolve tells it what the target did.")
-    failure: MigrationFailure | None = None
+    ready_to_switch_over: bool = Field(False, description="Source only: pre-copy has converged and the source "
+                                       "waits for POST /v1/migrations/{id}/switchover (or the end of "
+                                       "switchoverWaitSeconds) to pause the guest; it keeps running and the "
+                                       "source keeps sending what it dirties.")
+    switchover_acknowledged: bool | None = Field(None, description="Source only, once a migration that waits "
+                                                 "for the go has switched over: true when the go came, false when "
+                                                 "the wait ran out and the source switched over without it.")
+    failure: MigrationFailureReport | None = None
     peer: str | None = Field(None, description="The other host, as host:port when known.")
 
 

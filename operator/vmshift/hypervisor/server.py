@@ -25,8 +25,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from vmshift.hypervisor.admission import ConnectionGuard, HandshakeSlots
-from vmshift.hypervisor.host import ApiError, Host, HostConfig
-from vmshift.hypervisor.migration import handle_connection
+from vmshift.hypervisor.host import ApiError, HostConfig, HypervisorHost
+from vmshift.hypervisor.migration.target import handle_connection
 from vmshift.hypervisor.protocol import (
     API_PREFIX,
     DriverChange,
@@ -36,6 +36,7 @@ from vmshift.hypervisor.protocol import (
     MigrationRequest,
     ResolveRequest,
     SensorChange,
+    StartRequest,
     VmDefinition,
     VmList,
     error_body,
@@ -54,7 +55,7 @@ EVENT_INTERVAL = 0.1
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-HOST_KEY = web.AppKey("host", Host)
+HOST_KEY = web.AppKey("host", HypervisorHost)
 TOKEN_KEY = web.AppKey("token", str)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
@@ -149,7 +150,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, ErrorCode.Invalid, f"invalid {model.__name__}: {describe_validation(exc)}") from None
 
 
-def _host(request: web.Request) -> Host:
+def _host(request: web.Request) -> HypervisorHost:
     return request.app[HOST_KEY]
 
 
@@ -183,6 +184,10 @@ async def delete_vm(request: web.Request) -> web.StreamResponse:
 async def vm_action(request: web.Request) -> web.StreamResponse:
     host = _host(request)
     vm_id = request.match_info["vm_id"]
+    if request.match_info["action"] == "start" and request.can_read_body:
+        start = await read_body(request, StartRequest)
+        baseline = frozenset(start.baseline_features) if start.baseline_features is not None else None
+        return json_response(host.start_vm(vm_id, baseline=baseline))
     action = {"start": host.start_vm, "stop": host.stop_vm, "save": host.save_vm,
               "restore": host.restore_vm}[request.match_info["action"]]
     return json_response(action(vm_id))
@@ -221,6 +226,10 @@ async def resolve_migration(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).resolve_migration(request.match_info["migration_id"], body.target_resumed))
 
 
+async def switchover_migration(request: web.Request) -> web.StreamResponse:
+    return json_response(_host(request).switchover_migration(request.match_info["migration_id"]))
+
+
 async def migration_events(request: web.Request) -> web.StreamResponse:
     record = _host(request).migration(request.match_info["migration_id"]).record
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
@@ -256,7 +265,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok\n")
 
 
-def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> web.Application:
+def create_app(host: HypervisorHost, token: str, guard: ConnectionGuard | None = None) -> web.Application:
     """The aiohttp application of one agent; ``guard`` learns which connections authenticated."""
     if not token:
         raise ValueError("the agent needs a non-empty bearer token")
@@ -283,6 +292,7 @@ def create_app(host: Host, token: str, guard: ConnectionGuard | None = None) -> 
     app.router.add_get(f"{p}/migrations/{{migration_id}}/events", migration_events)
     app.router.add_delete(f"{p}/migrations/{{migration_id}}", delete_migration)
     app.router.add_post(f"{p}/migrations/{{migration_id}}/resolve", resolve_migration)
+    app.router.add_post(f"{p}/migrations/{{migration_id}}/switchover", switchover_migration)
     app.router.add_post(f"{p}/sensors", post_sensors)
     return app
 
@@ -300,7 +310,7 @@ def bind_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_migrations(host: Host, sock: socket.socket, slots: HandshakeSlots | None = None) -> None:
+async def serve_migrations(host: HypervisorHost, sock: socket.socket, slots: HandshakeSlots | None = None) -> None:
     """Accept connections on the migration port forever; each is served in its own task, and at most
     ``slots.limit`` of them may be in their opening handshake at once (admission.py)."""
     loop = asyncio.get_running_loop()
@@ -328,7 +338,7 @@ class _HandshakeHost:
     """The host as one migration connection sees it: looking up its migration ends the handshake
     (the opening frame has arrived), which gives the connection's handshake slot back."""
 
-    def __init__(self, host: Host, release: Callable[[], None]) -> None:
+    def __init__(self, host: HypervisorHost, release: Callable[[], None]) -> None:
         self._host = host
         self._release = release
 
@@ -340,7 +350,7 @@ class _HandshakeHost:
         return getattr(self._host, name)
 
 
-async def _serve_migration_connection(host: Host, conn: socket.socket, slots: HandshakeSlots) -> None:
+async def _serve_migration_connection(host: HypervisorHost, conn: socket.socket, slots: HandshakeSlots) -> None:
     task = asyncio.current_task()
     assert task is not None
 
@@ -348,7 +358,7 @@ async def _serve_migration_connection(host: Host, conn: socket.socket, slots: Ha
         slots.give_back(task)
 
     try:
-        await handle_connection(cast(Host, _HandshakeHost(host, release)), host.tickets, conn)
+        await handle_connection(cast(HypervisorHost, _HandshakeHost(host, release)), host.tickets, conn)
     finally:
         release()
         conn.close()
@@ -382,7 +392,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
                     exit_with_parent: bool = False) -> int:
     """Run one agent until SIGTERM/SIGINT (or its parent's death, if asked); return the exit code."""
     tune_allocator()
-    host = Host(config)
+    host = HypervisorHost(config)
     loop = asyncio.get_running_loop()
     migration_sock = bind_socket(listen, migration_port)
     bound_migration_port = int(migration_sock.getsockname()[1])

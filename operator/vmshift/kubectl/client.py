@@ -3,7 +3,7 @@
 Talks to the API server only. Honours what kubectl plugins honour: ``--kubeconfig`` (else
 ``$KUBECONFIG``, else ``~/.kube/config``), ``--context``, and ``-n`` (else the context's namespace,
 else ``default``). Blocking calls: the plugin is a short-lived command. Errors become
-:class:`ApiError` with a sentence naming the object and what the API server said.
+:class:`ApiServerError` with a sentence naming the object and what the API server said.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-GROUP = "vmshift.io"
-VERSION = "v1alpha1"
+from vmshift.api.common import GROUP, VERSION
 
 #: kind -> (plural, namespaced)
 KINDS: dict[str, tuple[str, bool]] = {
@@ -29,7 +28,7 @@ KINDS: dict[str, tuple[str, bool]] = {
 }
 
 
-class ApiError(RuntimeError):
+class ApiServerError(RuntimeError):
     """A call the API server refused or could not answer, as a sentence for a person."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -37,7 +36,7 @@ class ApiError(RuntimeError):
         self.status = status
 
 
-def _explain(exc: ApiException, what: str) -> ApiError:
+def _explain(exc: ApiException, what: str) -> ApiServerError:
     detail = exc.reason or ""
     try:
         body = json.loads(exc.body or "{}")
@@ -45,8 +44,8 @@ def _explain(exc: ApiException, what: str) -> ApiError:
     except (TypeError, ValueError):
         pass
     if exc.status == 403:
-        return ApiError(f"not allowed to {what}: {detail}", exc.status)
-    return ApiError(f"cannot {what}: the API server answered {exc.status}: {detail}", exc.status)
+        return ApiServerError(f"not allowed to {what}: {detail}", exc.status)
+    return ApiServerError(f"cannot {what}: the API server answered {exc.status}: {detail}", exc.status)
 
 
 @dataclass
@@ -64,7 +63,7 @@ class Cluster:
             contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
         except (kubernetes.config.ConfigException, OSError) as exc:
             where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
-            raise ApiError(f"cannot load the kubeconfig ({where}): {exc}") from None
+            raise ApiServerError(f"cannot load the kubeconfig ({where}): {exc}") from None
         chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
         default_ns = ((chosen or {}).get("context") or {}).get("namespace") or "default"
         return cls(api=api, namespace=namespace or default_ns)
@@ -83,12 +82,12 @@ class Cluster:
         except ApiException as exc:
             raise _explain(exc, what) from None
         except kubernetes.client.exceptions.OpenApiException as exc:
-            raise ApiError(f"cannot {what}: {exc}") from None
+            raise ApiServerError(f"cannot {what}: {exc}") from None
         except OSError as exc:  # urllib3 wraps refusals in its own errors, subclasses of OSError
-            raise ApiError(f"cannot {what}: the API server cannot be reached ({exc})") from None
+            raise ApiServerError(f"cannot {what}: the API server cannot be reached ({exc})") from None
         except Exception as exc:  # urllib3.exceptions.MaxRetryError and kin are not OSError everywhere
             if type(exc).__module__.startswith("urllib3"):
-                raise ApiError(f"cannot {what}: the API server cannot be reached ({exc})") from None
+                raise ApiServerError(f"cannot {what}: the API server cannot be reached ({exc})") from None
             raise
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -102,7 +101,7 @@ class Cluster:
                 result = self._call(f"read {kind} {name}", self._custom.get_cluster_custom_object,
                                     GROUP, VERSION, plural, name)
             return result
-        except ApiError as exc:
+        except ApiServerError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -150,7 +149,7 @@ class Cluster:
         try:
             self._call(f"delete {kind} {name}", self._custom.delete_namespaced_custom_object, GROUP, VERSION,
                        namespace or self.namespace, plural, name)
-        except ApiError as exc:
+        except ApiServerError as exc:
             if exc.status == 404:
                 return False
             raise
@@ -162,7 +161,7 @@ class Cluster:
         name = body["metadata"]["name"]
         try:
             self._call(f"create ConfigMap {ns}/{name}", self._core.create_namespaced_config_map, ns, body)
-        except ApiError as exc:
+        except ApiServerError as exc:
             if exc.status != 409:
                 raise
             self._call(f"replace ConfigMap {ns}/{name}", self._core.replace_namespaced_config_map, name, ns, body)

@@ -20,8 +20,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.kubectl import decide, render
-from vmshift.kubectl.client import ApiError, Cluster
+from vmshift.kubectl.client import ApiServerError, Cluster
 from vmshift.kubectl.decide import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from vmshift.kubectl.output import Output
 
@@ -122,7 +123,7 @@ def follow_migration(ctx: Context, name: str) -> int:
             while True:
                 migration = ctx.cluster.get(MIGRATION, name, ctx.ns)
                 if migration is None:
-                    raise ApiError(f"migration {ctx.ns}/{name} was deleted before it ended (a delete cancels it)")
+                    raise ApiServerError(f"migration {ctx.ns}/{name} was deleted before it ended (a delete cancels it)")
                 view = render.MigrationView.of(migration)
                 if live is not None:
                     live.update(render.progress_renderable(view))
@@ -223,7 +224,7 @@ def follow_drain(ctx: Context, name: str) -> int:
                 line = render.drain_line(host)
                 if live is not None:
                     moving = ctx.cluster.objects(MIGRATION, all_namespaces=True,
-                                              label_selector=f"vmshift.io/evacuation={name}")
+                                              label_selector=f"{EVACUATION_LABEL}={name}")
                     rows = render.moving_rows(moving)
                     table = Table(box=None, header_style="bold", pad_edge=False)
                     for column in render.MOVING_COLUMNS:
@@ -390,7 +391,7 @@ def import_command(ctx: Context) -> int:
         while True:
             current = ctx.cluster.get("VirtualMachineImport", name, ctx.ns)
             if current is None:
-                raise ApiError(f"VirtualMachineImport {ctx.ns}/{name} was deleted before it ended")
+                raise ApiServerError(f"VirtualMachineImport {ctx.ns}/{name} was deleted before it ended")
             status = current.get("status") or {}
             for step, state, message in render.import_step_lines(status, shown):
                 shown.append((step, state))
@@ -420,6 +421,6 @@ def run(command: Callable[[Context], int], ctx: Context) -> int:
     except UsageError as exc:
         ctx.out.error(str(exc))
         return EXIT_USAGE
-    except ApiError as exc:
+    except ApiServerError as exc:
         ctx.out.error(str(exc))
         return EXIT_USAGE if exc.status in (400, 404, 409, 422) else EXIT_FAILED

@@ -97,7 +97,7 @@ def cluster_names(kind: str, words: Sequence[str]) -> list[str]:
     """Names of ``kind`` in the cluster the words point at (their --kubeconfig, --context, -n); nothing on error."""
     import kubernetes
 
-    from vmshift.kubectl.client import ApiError, Cluster
+    from vmshift.kubectl.client import ApiServerError, Cluster
     from vmshift.kubectl.decide import active_migration
 
     kubeconfig = _option(words, "--kubeconfig")
@@ -114,7 +114,7 @@ def cluster_names(kind: str, words: Sequence[str]) -> list[str]:
             vms = {m["spec"]["vmName"] for m in migrations if active_migration(migrations, m["spec"]["vmName"])}
             return sorted(vms)
         return sorted(o["metadata"]["name"] for o in cluster.objects(kind))
-    except (ApiError, kubernetes.config.ConfigException, OSError):
+    except (ApiServerError, kubernetes.config.ConfigException, OSError):
         return []
 
 

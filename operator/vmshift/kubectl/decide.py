@@ -16,11 +16,10 @@ from typing import Any
 
 import yaml
 
+from vmshift.api.common import API_VERSION
+from vmshift.api.labels import VM_LABEL
 from vmshift.api.reasons import MigrationMode, MigrationPhase
 
-GROUP_VERSION = "vmshift.io/v1alpha1"
-#: The label the plugin (and the operator) put on a migration: the VM it moves, for `history` and `cancel`.
-VM_LABEL = "vmshift.io/vm"
 #: Who created the object, as kubectl plugins conventionally say it.
 CREATED_BY = {"app.kubernetes.io/created-by": "kubectl-vmshift"}
 
@@ -67,7 +66,7 @@ def migration_body(vm: str, namespace: str, *, target: str | None, mode: Migrati
         spec["maxDowntimeMs"] = max_downtime_ms
     spec["reason"] = reason or "kubectl vmshift migrate"
     return {
-        "apiVersion": GROUP_VERSION, "kind": "VirtualMachineMigration",
+        "apiVersion": API_VERSION, "kind": "VirtualMachineMigration",
         "metadata": {"generateName": f"{vm[:240]}-", "namespace": namespace, "labels": {VM_LABEL: vm, **CREATED_BY}},
         "spec": spec,
     }
@@ -209,7 +208,7 @@ def import_request(filename: str, data: bytes, *, namespace: str, name: str | No
         raise UsageError(f"{filename}: cannot tell what to import from {suffix or 'no extension'}; give an .ovf "
                          f"descriptor, an .ova package or a physical inventory (.yaml)")
     body = {
-        "apiVersion": GROUP_VERSION, "kind": "VirtualMachineImport",
+        "apiVersion": API_VERSION, "kind": "VirtualMachineImport",
         "metadata": {"name": vm_name, "namespace": namespace, "labels": dict(CREATED_BY)},
         "spec": {"source": source, "target": {"name": vm_name, "volume": volume, "compatibility": compatibility}},
     }

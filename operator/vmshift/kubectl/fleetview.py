@@ -28,7 +28,7 @@ from vmshift.scheduling.evacuation import SETUP_SECONDS
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits, DrainPlan
 from vmshift.scheduling.placement import Migratability, migratable
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, select_policy
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, select_policy
 
 
 def _condition(body: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -57,15 +57,15 @@ def fleet_of(hosts: Iterable[Mapping[str, Any]], vms: Iterable[Mapping[str, Any]
                        {h["metadata"]["name"]: agent_facts(h) for h in host_list})
 
 
-def policies_of(objects: Iterable[Mapping[str, Any]]) -> list[PolicyView]:
+def policies_of(objects: Iterable[Mapping[str, Any]]) -> list[MigrationPolicyView]:
     return [policy_view(p["metadata"]["name"], p.get("spec") or {}) for p in objects]
 
 
 def vm_policies(fleet: Fleet, host: str, vms: Iterable[Mapping[str, Any]],
-                policies: Sequence[PolicyView]) -> dict[str, PolicyView]:
+                policies: Sequence[MigrationPolicyView]) -> dict[str, MigrationPolicyView]:
     """The policy of each VM on ``host``, chosen as the drain controller chooses it."""
     by_key = {f"{v['metadata']['namespace']}/{v['metadata']['name']}": v for v in vms}
-    out: dict[str, PolicyView] = {}
+    out: dict[str, MigrationPolicyView] = {}
     for view in fleet.vms_on(host):
         body = by_key.get(view.key)
         if body is None:
@@ -76,7 +76,8 @@ def vm_policies(fleet: Fleet, host: str, vms: Iterable[Mapping[str, Any]],
     return out
 
 
-def drain_limits(migrations: Iterable[Mapping[str, Any]], policies: Sequence[PolicyView], host: str) -> DrainLimits:
+def drain_limits(migrations: Iterable[Mapping[str, Any]], policies: Sequence[MigrationPolicyView],
+                 host: str) -> DrainLimits:
     """The limits the drain controller plans with: the strictest policy's cluster-wide parallelism, less
     the migrations other hosts have in flight."""
     limit = min(p.parallel_migrations_per_cluster for p in [DEFAULT_POLICY, *policies])

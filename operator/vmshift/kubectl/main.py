@@ -146,14 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(completion.script(args.shell))
         return 0
     from vmshift.kubectl import commands
-    from vmshift.kubectl.client import ApiError, Cluster
+    from vmshift.kubectl.client import ApiServerError, Cluster
     from vmshift.kubectl.output import Output
 
     out = Output(getattr(args, "output", None))
     try:
         cluster = Cluster.connect(getattr(args, "kubeconfig", None), getattr(args, "context", None),
                                   getattr(args, "namespace", None))
-    except ApiError as exc:
+    except ApiServerError as exc:
         out.error(str(exc))
         return EXIT_USAGE
     ctx = commands.Context(cluster=cluster, out=out, args=args)

@@ -11,26 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vmshift.hypervisor.protocol import Sensors
+from vmshift.api.host import HardwareAlert
+from vmshift.sensors import LIMITS, Reading, SensorLimits, assess
 
-#: Alertnames of the alerts made from sensors, and the ``signal`` label each carries (the sensor
-#: kind, which RemediationPolicy correlation may name instead of an alertname).
-FAN_FAILURE = "FanFailure"
-POWER_SUPPLY_FAILURE = "PowerSupplyFailure"
-HIGH_TEMPERATURE = "HighTemperature"
-CORRECTED_MEMORY_ERRORS = "CorrectedMemoryErrors"
-SIGNAL_OF = {
-    FAN_FAILURE: "Fan",
-    POWER_SUPPLY_FAILURE: "PowerSupply",
-    HIGH_TEMPERATURE: "Temperature",
-    CORRECTED_MEMORY_ERRORS: "CorrectedMemoryErrors",
-}
+#: Alertnames of the alerts made from sensors (defined once, in the API: HardwareAlert), and the
+#: ``signal`` label each carries (the sensor kind, which RemediationPolicy correlation may name
+#: instead of an alertname).
+FAN_FAILURE = HardwareAlert.FanFailure.value
+POWER_SUPPLY_FAILURE = HardwareAlert.PowerSupplyFailure.value
+HIGH_TEMPERATURE = HardwareAlert.HighTemperature.value
+CORRECTED_MEMORY_ERRORS = HardwareAlert.CorrectedMemoryErrors.value
+SIGNAL_OF = {alert.value: alert.sensor.value for alert in HardwareAlert}
 #: Alertmanager's "not set" time (Go's zero time.Time).
 _ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -136,18 +132,6 @@ def parse_alertmanager_payload(data: bytes | str | Mapping[str, Any], *, max_ale
 # --- sensors -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SensorLimits:
-    """When a sensor reading becomes an alert, and how severe."""
-
-    temperature_warning_c: float = 80.0
-    temperature_critical_c: float = 90.0
-    corrected_memory_errors_warning: int = 100
-    corrected_memory_errors_critical: int = 1_000
-    #: This many failed fans or more make FanFailure critical (one failed fan is a warning).
-    fans_critical: int = 2
-
-
 def fingerprint(labels: Mapping[str, str]) -> str:
     """A stable id of an alert's label set (like Alertmanager's: same labels, same fingerprint)."""
     text = "\x00".join(f"{k}\x00{v}" for k, v in sorted(labels.items()))
@@ -166,45 +150,29 @@ def _alert(host: str, alertname: str, severity: str, summary: str, now: datetime
     )
 
 
+class SensorReadings(Protocol):
+    """What alerts are made from: a host's sensors that can say what they read. The agent's
+    ``Sensors`` (its API model) is one; the decision depends on no agent code."""
+
+    def reading(self) -> Reading: ...
+
+
 def host_signals_from_sensors(
     host: str,
-    sensors: Sensors | Mapping[str, Any],
+    sensors: SensorReadings,
     *,
     limits: SensorLimits | None = None,
     now: datetime | None = None,
 ) -> list[Alert]:
     """The firing alerts an agent's sensor readings amount to (empty when the hardware is fine).
 
+    The verdict is :func:`vmshift.sensors.assess` (the thresholds the agent's own health uses):
     FanFailure (warning for one failed fan, critical from ``fans_critical``), PowerSupplyFailure
-    (critical: redundancy is gone), HighTemperature and CorrectedMemoryErrors (warning over the
-    warning limit, critical over the critical one). Labels: alertname, host, severity, signal
+    (critical: redundancy is gone), HighTemperature and CorrectedMemoryErrors (per hour; warning over
+    the warning limit, critical over the critical one). Labels: alertname, host, severity, signal
     (the sensor kind) and source=agent. ``now`` is the alerts' startsAt (the caller keeps first-seen
     times); it defaults to the Unix epoch so the function stays free of clocks.
     """
-    limits = limits or SensorLimits()
     when = now or datetime.fromtimestamp(0, UTC)
-    reading = sensors if isinstance(sensors, Sensors) else Sensors.model_validate(dict(sensors))
-    out: list[Alert] = []
-    failed_fans = sorted(f.index for f in reading.fans if not f.ok)
-    if failed_fans:
-        severity = "critical" if len(failed_fans) >= limits.fans_critical else "warning"
-        out.append(_alert(host, FAN_FAILURE, severity,
-                          f"{host}: fan(s) {', '.join(map(str, failed_fans))} failed "
-                          f"({len(failed_fans)} of {len(reading.fans)}).", when))
-    failed_psus = sorted(p.index for p in reading.power_supplies if not p.ok)
-    if failed_psus:
-        out.append(_alert(host, POWER_SUPPLY_FAILURE, "critical",
-                          f"{host}: power supply(ies) {', '.join(map(str, failed_psus))} failed "
-                          f"({len(failed_psus)} of {len(reading.power_supplies)}); no redundancy left.", when))
-    if reading.temperature_c > limits.temperature_warning_c:
-        critical = reading.temperature_c > limits.temperature_critical_c
-        limit = limits.temperature_critical_c if critical else limits.temperature_warning_c
-        out.append(_alert(host, HIGH_TEMPERATURE, "critical" if critical else "warning",
-                          f"{host}: temperature {reading.temperature_c:.1f} °C is over {limit:.0f} °C.", when))
-    if reading.corrected_memory_errors > limits.corrected_memory_errors_warning:
-        critical = reading.corrected_memory_errors > limits.corrected_memory_errors_critical
-        limit = limits.corrected_memory_errors_critical if critical else limits.corrected_memory_errors_warning
-        out.append(_alert(host, CORRECTED_MEMORY_ERRORS, "critical" if critical else "warning",
-                          f"{host}: {reading.corrected_memory_errors} corrected memory errors, over {limit}; "
-                          f"a DIMM is likely failing.", when))
-    return out
+    return [_alert(host, problem.alert.value, problem.severity.value.lower(), f"{host}: {problem.message}.", when)
+            for problem in assess(sensors.reading(), limits or LIMITS)]

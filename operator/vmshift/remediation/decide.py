@@ -33,9 +33,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 
-from vmshift.api.remediationpolicy import DEFAULT_RELEASE_ANNOTATION, ReleaseMode, RemediationAction
+from vmshift.api.common import Selector
+from vmshift.api.labels import RELEASE_ANNOTATION
+from vmshift.api.remediationpolicy import ReleaseMode, RemediationAction
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NO_TIMES: Mapping[str, float] = MappingProxyType({})
@@ -45,13 +48,13 @@ STRENGTH = {RemediationAction.Quarantine: 1, RemediationAction.EvacuateCritical:
 
 
 @dataclass(frozen=True)
-class Correlation:
+class CorrelationRule:
     signals: tuple[str, ...]
     window_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
-class PolicyView:
+class RemediationPolicyView:
     """A RemediationPolicy as the decision sees it (seconds everywhere)."""
 
     name: str
@@ -61,33 +64,32 @@ class PolicyView:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     host_label: str = "host"
     priority_threshold: int | None = None
-    correlation: Correlation | None = None
+    correlation: CorrelationRule | None = None
     debounce_seconds: float = 60.0
     cooldown_seconds: float = 600.0
     release: ReleaseMode = ReleaseMode.AlertResolved
     hold_seconds: float = 300.0
-    release_annotation: str = DEFAULT_RELEASE_ANNOTATION
+    release_annotation: str = RELEASE_ANNOTATION
     suspend: bool = False
 
     def matches(self, labels: Mapping[str, str], host: str) -> bool:
         """True when an alert with ``labels`` is one this policy reacts to, about ``host``."""
         if labels.get(self.host_label) != host:
             return False
-        if self.alertname is not None and labels.get("alertname") != self.alertname:
-            return False
-        if self.severity is not None and labels.get("severity") != self.severity:
-            return False
-        return all(labels.get(k) == v for k, v in self.labels.items())
+        return self.selector.matches(labels)
+
+    @cached_property
+    def selector(self) -> Selector:
+        """The match as a label selector over the alert's labels (alertname, severity, the others)."""
+        named = [("alertname", self.alertname), ("severity", self.severity)]
+        pairs = [(k, v) for k, v in named if v is not None] + sorted(self.labels.items())
+        return Selector(tuple(pairs))
 
     def describe_match(self) -> str:
         parts = [f"alertname={self.alertname}"] if self.alertname else []
         parts += [f"severity={self.severity}"] if self.severity else []
         parts += [f"{k}={v}" for k, v in sorted(self.labels.items())]
         return ", ".join(parts) or "any alert"
-
-
-#: The same class under a name that reads well next to the scheduler's (migration) PolicyView.
-RemediationPolicyView = PolicyView
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ class _Verdict:
     wait_until: float | None = None
 
 
-def _what(policy: PolicyView, host: str) -> str:
+def _what(policy: RemediationPolicyView, host: str) -> str:
     if policy.action is RemediationAction.Quarantine:
         return f"{host} takes no new VMs and no inbound migrations"
     if policy.action is RemediationAction.EvacuateCritical:
@@ -182,7 +184,7 @@ def _what(policy: PolicyView, host: str) -> str:
     return f"{host} is drained of every VM and put in maintenance"
 
 
-def _active_signal(state: HostState, policy: PolicyView, signal: str) -> SignalState | None:
+def _active_signal(state: HostState, policy: RemediationPolicyView, signal: str) -> SignalState | None:
     """The latest-started firing alert about the host whose alertname or ``signal`` label is ``signal``."""
     found = [
         a for a in state.alerts
@@ -192,14 +194,14 @@ def _active_signal(state: HostState, policy: PolicyView, signal: str) -> SignalS
     return max(found, key=lambda a: a.first_seen) if found else None
 
 
-def _last_end(policy: PolicyView, state: HostState) -> float | None:
+def _last_end(policy: RemediationPolicyView, state: HostState) -> float | None:
     times = [t for t in (state.last_ended.get(policy.name),) if t is not None]
     if state.remediation is not None and state.remediation.policy == policy.name and state.remediation.ended_at:
         times.append(state.remediation.ended_at)
     return max(times) if times else None
 
 
-def _evaluate(policy: PolicyView, state: HostState, now: float) -> _Verdict | None:
+def _evaluate(policy: RemediationPolicyView, state: HostState, now: float) -> _Verdict | None:
     """Whether ``policy`` is due to act on the host now; None when no alert matches it at all."""
     matched = [a for a in state.alerts if a.active and policy.matches(a.labels, state.host)]
     if not matched:
@@ -257,7 +259,7 @@ def _evaluate(policy: PolicyView, state: HostState, now: float) -> _Verdict | No
     )
 
 
-def _release(policy: PolicyView, state: HostState, current: Remediation, now: float) -> Decision:
+def _release(policy: RemediationPolicyView, state: HostState, current: Remediation, now: float) -> Decision:
     """Keep or End the remediation ``policy`` owns on the host."""
     def decision(kind: DecisionKind, reason: str, message: str, wait_until: float | None = None) -> Decision:
         return Decision(kind, policy.name, state.host, current.action, reason, message,
@@ -290,17 +292,17 @@ def _release(policy: PolicyView, state: HostState, current: Remediation, now: fl
                     last + policy.hold_seconds)
 
 
-def _start(policy: PolicyView, state: HostState, verdict: _Verdict, reason: str, message: str) -> Decision:
+def _start(policy: RemediationPolicyView, state: HostState, verdict: _Verdict, reason: str, message: str) -> Decision:
     return Decision(DecisionKind.Start, policy.name, state.host, policy.action, reason, message,
                     verdict.signals, policy.priority_threshold)
 
 
-def _strongest(policies: Sequence[PolicyView]) -> PolicyView:
+def _strongest(policies: Sequence[RemediationPolicyView]) -> RemediationPolicyView:
     """The strongest action among ``policies``; on a tie the first by name."""
     return sorted(policies, key=lambda p: (-STRENGTH[p.action], p.name))[0]
 
 
-def decide(policies: Sequence[PolicyView], host_state: HostState, now: float) -> list[Decision]:
+def decide(policies: Sequence[RemediationPolicyView], host_state: HostState, now: float) -> list[Decision]:
     """Every decision the policies make about ``host_state.host`` at ``now`` (see the module rules).
 
     Order: End decisions first, then Start, then Keep, then Ignore (each by policy name); apply them
@@ -312,7 +314,7 @@ def decide(policies: Sequence[PolicyView], host_state: HostState, now: float) ->
     verdicts = {p.name: v for p in ordered if (v := _evaluate(p, host_state, now)) is not None}
     due = [p for p in ordered if p.name in verdicts and verdicts[p.name].due]
     decisions: list[Decision] = []
-    winner: PolicyView | None = None
+    winner: RemediationPolicyView | None = None
     if current is not None:
         owner = by_name.get(current.policy)
         stronger = [p for p in due if p.name != current.policy and STRENGTH[p.action] > STRENGTH[current.action]]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from vmshift.api.host import AlertSource
-from vmshift.api.remediationpolicy import DEFAULT_RELEASE_ANNOTATION, ReleaseMode, RemediationAction
+from vmshift.api.labels import RELEASE_ANNOTATION
+from vmshift.api.remediationpolicy import ReleaseMode, RemediationAction
 from vmshift.remediation.alerts import Alert, fingerprint
-from vmshift.remediation.decide import Correlation, PolicyView, Remediation, SignalState
+from vmshift.remediation.decide import CorrelationRule, Remediation, RemediationPolicyView, SignalState
+from vmshift.timestamps import unix_seconds
 
 #: Resolved alerts are forgotten this long after they resolved (longer than any holdSeconds).
 FORGET_RESOLVED_SECONDS = 8 * 24 * 3600.0
@@ -139,13 +140,13 @@ def _clamp(when: float, now: float) -> float:
 # --- conversions -----------------------------------------------------------------------------------
 
 
-def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
+def policy_view(name: str, spec: Mapping[str, Any]) -> RemediationPolicyView:
     """A RemediationPolicy's spec as ``decide`` sees it (API defaults where a field is absent)."""
     match = spec.get("match") or {}
     release = spec.get("release") or {}
     correlation = spec.get("correlation")
     threshold = spec.get("priorityThreshold")
-    return PolicyView(
+    return RemediationPolicyView(
         name=name,
         action=RemediationAction(spec.get("action", RemediationAction.Quarantine)),
         alertname=match.get("alertname"),
@@ -153,30 +154,15 @@ def policy_view(name: str, spec: Mapping[str, Any]) -> PolicyView:
         labels=dict(match.get("labels") or {}),
         host_label=match.get("hostLabel") or "host",
         priority_threshold=int(threshold) if threshold is not None else None,
-        correlation=Correlation(tuple(correlation.get("signals") or ()), float(correlation.get("windowSeconds", 300)))
-        if correlation else None,
+        correlation=CorrelationRule(tuple(correlation.get("signals") or ()),
+                                    float(correlation.get("windowSeconds", 300))) if correlation else None,
         debounce_seconds=float(spec.get("debounceSeconds", 60)),
         cooldown_seconds=float(spec.get("cooldownSeconds", 600)),
         release=ReleaseMode(release.get("mode", ReleaseMode.AlertResolved)),
         hold_seconds=float(release.get("holdSeconds", 300)),
-        release_annotation=release.get("annotation") or DEFAULT_RELEASE_ANNOTATION,
+        release_annotation=release.get("annotation") or RELEASE_ANNOTATION,
         suspend=bool(spec.get("suspend", False)),
     )
-
-
-def timestamp(value: str | datetime | None) -> float | None:
-    """Seconds since the epoch of an API time (RFC 3339 text), or None."""
-    if value is None or value == "":
-        return None
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
-def rfc3339(seconds: float) -> str:
-    """An API time (RFC 3339, UTC, whole seconds) from seconds since the epoch."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def remediation_of(status: Mapping[str, Any] | None) -> Remediation | None:
@@ -184,18 +170,18 @@ def remediation_of(status: Mapping[str, Any] | None) -> Remediation | None:
     if not status or not status.get("action") or not status.get("policy"):
         return None
     return Remediation(policy=str(status["policy"]), action=RemediationAction(status["action"]),
-                       started_at=timestamp(status.get("since")) or 0.0)
+                       started_at=unix_seconds(status.get("since")) or 0.0)
 
 
 def last_ended_of(status: Mapping[str, Any] | None) -> dict[str, float]:
     """Policy -> when its last remediation on the host ended, from ``Host.status.lastRemediation``."""
     if not status or not status.get("policy"):
         return {}
-    ended = timestamp(status.get("endedAt"))
+    ended = unix_seconds(status.get("endedAt"))
     return {str(status["policy"]): ended} if ended is not None else {}
 
 
-def seed_labels(alert: Mapping[str, Any], host: str, policy: PolicyView | None) -> dict[str, str]:
+def seed_labels(alert: Mapping[str, Any], host: str, policy: RemediationPolicyView | None) -> dict[str, str]:
     """Labels for an alert known only from ``status.remediation.alerts`` (name, severity): enough for
     the policy that started the remediation to match it again."""
     labels = {"alertname": str(alert.get("alertname", "")), "host": host}

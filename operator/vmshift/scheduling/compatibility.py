@@ -209,10 +209,11 @@ def _storage(vm: VMView, host: HostView, prefix: str, moving: bool) -> list[Prob
 
 def _constraints(vm: VMView, host: HostView, fleet: Fleet, prefix: str) -> list[Problem]:
     out: list[Problem] = []
-    unmet = sorted(k for k, v in vm.host_selector.items() if host.labels.get(k) != v)
+    unmet = vm.host_selector.unmet(host.labels)
     if unmet:
-        wanted = ", ".join(f"{k}={vm.host_selector[k]}" for k in unmet)
-        has = ", ".join(f"{k}={host.labels[k]}" if k in host.labels else f"no {k}" for k in unmet)
+        wanted = ", ".join(unmet)
+        keys = vm.host_selector.unmet_keys(host.labels)
+        has = ", ".join(f"{k}={host.labels[k]}" if k in host.labels else f"no {k}" for k in keys)
         out.append(
             Problem(
                 FailureReason.PlacementConstraint,

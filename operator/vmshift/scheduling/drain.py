@@ -31,12 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.hypervisor.precopy import mbps_to_mibps, predict_precopy, quick_migration_seconds
+from vmshift.precopy.model import mbps_to_mibps, predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
-from vmshift.scheduling.placement import Placement, rank_targets, summarize_refusal
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, choose_mode
+from vmshift.scheduling.placement import HostChoice, rank_targets, summarize_refusal
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, choose_mode
 from vmshift.scheduling.simulate import SimResult, simulate_drain
 
 __all__ = [
@@ -67,16 +67,18 @@ _FATAL = frozenset({FailureReason.SourceLost, FailureReason.Cancelled})
 _TRANSIENT = frozenset({FailureReason.Timeout, FailureReason.AgentUnreachable, FailureReason.AlreadyMigrating})
 
 
-def _policy_of(vm: VMView, policy: PolicyView | None, vm_policies: Mapping[str, PolicyView] | None) -> PolicyView:
+def _policy_of(vm: VMView, policy: MigrationPolicyView | None,
+               vm_policies: Mapping[str, MigrationPolicyView] | None) -> MigrationPolicyView:
     return (vm_policies or {}).get(vm.key) or policy or DEFAULT_POLICY
 
 
-def _cap_mbps(source: HostView, policy: PolicyView, limits: DrainLimits) -> float:
+def _cap_mbps(source: HostView, policy: MigrationPolicyView, limits: DrainLimits) -> float:
     caps = [c for c in (source.bandwidth_mbps, policy.bandwidth_mbps, limits.per_migration_mbps) if c]
     return min(caps)
 
 
-def estimate_move(vm: VMView, policy: PolicyView, bandwidth_mbps: float, *, quick: bool = False) -> tuple[float, float]:
+def estimate_move(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float, *,
+                  quick: bool = False) -> tuple[float, float]:
     """(seconds, MiB sent) for moving ``vm`` alone at ``bandwidth_mbps``, from the pre-copy model."""
     if quick:
         size = vm.memory_mib + vm.local_disk_mib
@@ -98,8 +100,8 @@ def drain_lower_bound(
     fleet: Fleet,
     *,
     limits: DrainLimits | None = None,
-    policy: PolicyView | None = None,
-    vm_policies: Mapping[str, PolicyView] | None = None,
+    policy: MigrationPolicyView | None = None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None = None,
     setup_seconds: float = 0.0,
 ) -> float:
     """No schedule of ``plan``'s moves can finish sooner than this (seconds).
@@ -128,7 +130,7 @@ def drain_lower_bound(
     return setup_seconds + max(total_mib / aggregate, longest)
 
 
-def _blocked(vm: VMView, problems: dict[str, list[Problem]], fleet: Fleet, policy: PolicyView, source: str
+def _blocked(vm: VMView, problems: dict[str, list[Problem]], fleet: Fleet, policy: MigrationPolicyView, source: str
              ) -> Blocked:
     """Why no host can take ``vm``; names the policy when only a quick migration would work."""
     if not policy.allows_quick:
@@ -143,7 +145,7 @@ def _blocked(vm: VMView, problems: dict[str, list[Problem]], fleet: Fleet, polic
 
 
 def _drain_rank(
-    p: Placement, fleet: Fleet, source: HostView, limits: DrainLimits, recent: list[str]
+    p: HostChoice, fleet: Fleet, source: HostView, limits: DrainLimits, recent: list[str]
 ) -> tuple[bool, float, str]:
     """Sort key of a drain target: one with a free migration slot first; then the placement score,
     plus a fast path (the target's inbound link and any path cap, against the source's link), minus
@@ -165,8 +167,8 @@ def _assign_targets(
     source: HostView,
     fleet: Fleet,
     limits: DrainLimits,
-    policy: PolicyView | None,
-    vm_policies: Mapping[str, PolicyView] | None,
+    policy: MigrationPolicyView | None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None,
     window: int,
 ) -> tuple[list[Move], list[Blocked]]:
     """Targets for ``order`` (in that order), each counting the capacity promised to the ones before."""
@@ -252,8 +254,8 @@ def plan_drain(
     limits: DrainLimits | None = None,
     *,
     only: Callable[[VMView], bool] | None = None,
-    policy: PolicyView | None = None,
-    vm_policies: Mapping[str, PolicyView] | None = None,
+    policy: MigrationPolicyView | None = None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None = None,
     setup_seconds: float = 0.0,
 ) -> DrainPlan:
     """Plan moving every VM off ``host`` (or those ``only`` accepts, e.g. ``priority >= 100``).
@@ -317,8 +319,8 @@ def fixed_parallelism_plan(
     *,
     parallelism: int = 2,
     only: Callable[[VMView], bool] | None = None,
-    policy: PolicyView | None = None,
-    vm_policies: Mapping[str, PolicyView] | None = None,
+    policy: MigrationPolicyView | None = None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None = None,
 ) -> DrainPlan:
     """The usual default, for comparison: first come first served (by ``namespace/name``), at most
     ``parallelism`` migrations per host (source and target, as KubeVirt's and Hyper-V's default of

@@ -40,9 +40,9 @@ from vmshift.api.remediationpolicy import RemediationAction
 from vmshift.scheduling.drain import next_attempt, plan_drain
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
-from vmshift.scheduling.policy import PolicyView
+from vmshift.scheduling.policy import MigrationPolicyView
 
-_NO_POLICIES: Mapping[str, PolicyView] = MappingProxyType({})
+_NO_POLICIES: Mapping[str, MigrationPolicyView] = MappingProxyType({})
 
 #: Failures after which a VM is not tried again in the same drain (a person cancelled its move, or
 #: its source lost it): retrying cannot help.
@@ -173,7 +173,7 @@ def evacuation_step(
     attempts: Sequence[Attempt],
     *,
     limits: DrainLimits | None = None,
-    vm_policies: Mapping[str, PolicyView] = _NO_POLICIES,
+    vm_policies: Mapping[str, MigrationPolicyView] = _NO_POLICIES,
     setup_seconds: float = SETUP_SECONDS,
 ) -> Step:
     """The next pass of the drain ``episode`` toward ``goal`` (see the module rules)."""
@@ -190,6 +190,9 @@ def evacuation_step(
     # Migrations queued for VMs the goal no longer covers (it narrowed) are withdrawn.
     cancel = tuple(a for a in unfinished.values() if not a.admitted and a.vm not in covered_keys)
     moving = {vm.key for vm in covered if vm.key in unfinished or vm.migrating}
+    # Admitted migrations of VMs the fleet already shows elsewhere: the migration writes the VM's
+    # new host before its own Succeeded, so between the two the VM is still this drain's, in flight.
+    landing = {a.vm for a in unfinished.values() if a.admitted and a.vm not in covered_keys} - moved
     blocked: list[Blocked] = []
     candidates: set[str] = set()
     for vm in covered:
@@ -206,7 +209,7 @@ def evacuation_step(
     plan: DrainPlan | None = None
     create: list[Create] = []
     waiting = 0
-    total = len(moved) + len(covered)
+    total = len(moved) + len(covered) + len(landing)
     if candidates:
         plan = plan_drain(goal.host, fleet, limits, only=_member(candidates), vm_policies=vm_policies,
                           setup_seconds=setup_seconds)
@@ -235,7 +238,7 @@ def evacuation_step(
             attempt = max((a.attempt for a in tries), default=0) + 1
             create.append(Create(move, migration_name(move.vm.split("/", 1)[1], episode, attempt), attempt, total))
             budget -= 1
-    in_flight = len(moving) + len(create)
+    in_flight = len(moving) + len(create) + len(landing)
     # Running while anything moves or waits for its turn; then Blocked if VMs are left that cannot
     # move, else Completed.
     state = (DrainState.Running if in_flight or waiting else DrainState.Blocked if blocked

@@ -9,13 +9,16 @@ planner can account for capacity it has already promised without mutating anythi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import TypeVar
 
+from vmshift.api.common import EVERYTHING, Selector
 from vmshift.processor import guest_features, processor_info
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class VMView:
     priority: int = 0
     dirty_rate_mibps: float = 0.0
     working_set_mib: float = 0.0
-    host_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    host_selector: Selector = EVERYTHING
     anti_affinity_group: str | None = None
     host: str | None = None
     desired_host: str | None = None
@@ -189,7 +192,7 @@ class Fleet:
     one host and the one group it changes, so a planner can try thousands of variants cheaply.
     """
 
-    __slots__ = ("_group_hosts", "_hosts", "_on_host", "_planned", "_vms")
+    __slots__ = ("_group_hosts", "_hosts", "_memo", "_on_host", "_planned", "_vms")
 
     def __init__(self, hosts: Iterable[HostView], vms: Iterable[VMView] = ()) -> None:
         self._hosts: dict[str, HostView] = {h.name: h for h in hosts}
@@ -197,6 +200,8 @@ class Fleet:
         self._on_host: dict[str, tuple[str, ...]] = {}
         self._group_hosts: dict[str, dict[str, frozenset[str]]] = {}
         self._planned: dict[str, str] = {}
+        #: Answers that depend on the hosts only (see :meth:`per_hosts`), shared by copies with the same hosts.
+        self._memo: dict[Hashable, object] = {}
         on_host: dict[str, list[str]] = {}
         groups: dict[str, dict[str, set[str]]] = {}
         for vm in self._vms.values():
@@ -260,12 +265,21 @@ class Fleet:
         other._on_host = self._on_host
         other._group_hosts = self._group_hosts
         other._planned = self._planned
+        other._memo = self._memo
         return other
+
+    def per_hosts(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, remembered under ``key`` for as long as the hosts are these (it must depend
+        on the hosts alone: a baseline over their features and labels, say)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[return-value]
 
     def with_host(self, host: HostView) -> Fleet:
         """A copy with ``host`` replaced (or added)."""
         other = self._copy()
         other._hosts = {**self._hosts, host.name: host}
+        other._memo = {}
         return other
 
     def with_planned(self, vm: VMView, target: str, *, inbound: int = 1) -> Fleet:

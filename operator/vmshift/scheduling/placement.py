@@ -39,7 +39,7 @@ _REASON_PHRASES: dict[FailureReason, str] = {
 
 
 @dataclass(frozen=True)
-class Placement:
+class HostChoice:
     """A chosen host. ``waits``: the best host has no free migration slot yet (the queue waits)."""
 
     host: str
@@ -131,7 +131,7 @@ def summarize_refusal(vm: VMView, problems: dict[str, list[Problem]], *, what: s
     return Refusal(vm=vm.key, reason=main, message=message, problems=problems)
 
 
-def plan_placement(vm: VMView, fleet: Fleet) -> Placement | Refusal:
+def plan_placement(vm: VMView, fleet: Fleet) -> HostChoice | Refusal:
     """Where a VM that runs nowhere yet should start.
 
     With ``spec.placement.host`` (``desired_host``) set, only that host is considered: placement is
@@ -141,7 +141,7 @@ def plan_placement(vm: VMView, fleet: Fleet) -> Placement | Refusal:
     suggestions = Suggestions(vm, fleet)
     generations = _GenerationCache(fleet)
     problems: dict[str, list[Problem]] = {}
-    best: Placement | None = None
+    best: HostChoice | None = None
     for name in candidates:
         found = check_target(vm, name, fleet, moving=False, suggestions=suggestions)
         if found:
@@ -150,7 +150,7 @@ def plan_placement(vm: VMView, fleet: Fleet) -> Placement | Refusal:
         host = fleet.hosts[name]
         score = score_host(vm, host, fleet, generations=generations)
         if best is None or score > best.score:
-            best = Placement(host=name, score=score)
+            best = HostChoice(host=name, score=score)
     if best is not None:
         return best
     return summarize_refusal(vm, problems, what="placement")
@@ -162,7 +162,7 @@ def rank_targets(
     *,
     quick: bool = False,
     exclude: frozenset[str] | set[str] = frozenset(),
-) -> tuple[list[Placement], dict[str, list[Problem]]]:
+) -> tuple[list[HostChoice], dict[str, list[Problem]]]:
     """Every host that could take ``vm`` by migration, best first, and the problems of the others.
 
     ``quick``: a quick migration is allowed, so local disks do not rule a host out. Hosts whose
@@ -170,7 +170,7 @@ def rank_targets(
     """
     suggestions = Suggestions(vm, fleet)
     generations = _GenerationCache(fleet)
-    ranked: list[Placement] = []
+    ranked: list[HostChoice] = []
     problems: dict[str, list[Problem]] = {}
     for name in fleet.host_names():
         if name == vm.host or name in exclude:
@@ -181,7 +181,7 @@ def rank_targets(
             continue
         waits = any(p.transient for p in found)
         score = score_host(vm, fleet.hosts[name], fleet, generations=generations)
-        ranked.append(Placement(host=name, score=score, waits=waits))
+        ranked.append(HostChoice(host=name, score=score, waits=waits))
     ranked.sort(key=lambda p: (p.waits, -p.score, p.host))
     return ranked, problems
 
@@ -192,7 +192,7 @@ def pick_target(
     *,
     quick: bool = False,
     exclude: frozenset[str] | set[str] = frozenset(),
-) -> Placement | Refusal:
+) -> HostChoice | Refusal:
     """The target for a migration that names none: the best host with a free slot, else the best
     host that only waits for a slot, else a :class:`Refusal` saying why no host fits."""
     ranked, problems = rank_targets(vm, fleet, quick=quick, exclude=exclude)

@@ -8,17 +8,20 @@ request (``Auto``/``Live``/``Quick``), the policy and the problems
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from types import MappingProxyType
+from typing import Any
 
+from vmshift.api import conditions as cond
+from vmshift.api.common import EVERYTHING, Selector
+from vmshift.api.migrationpolicy import MigrationPolicyStatus
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.hypervisor.precopy import predict_precopy, quick_migration_seconds
+from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
+from vmshift.precopy.convergence import ConvergencePolicy
+from vmshift.precopy.model import predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, blocking
 from vmshift.scheduling.fleet import VMView
-
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 class Rung(StrEnum):
@@ -30,12 +33,14 @@ class Rung(StrEnum):
 
 
 @dataclass(frozen=True)
-class PolicyView:
+class MigrationPolicyView:
     """A MigrationPolicy as the scheduler sees it.
 
-    Selection: ``namespaces`` (names) and ``namespace_selector`` (matchLabels on the namespace's
-    labels) must both hold when given; ``vm_selector`` (matchLabels) must be a subset of the VM's
-    labels. An empty selector matches everything. Settings keep the API's units.
+    Selection: ``namespaces`` (names) and ``namespace_selector`` (a label selector on the namespace's
+    labels) must both hold when given; ``vm_selector`` (a label selector, matchLabels and
+    matchExpressions) must select the VM's labels. An empty selector matches everything. Settings
+    keep the API's units. ``parallel_outbound_per_host``: migrations of the VMs this policy governs
+    that may leave one host at once.
     ``completion_timeout_per_gib_seconds`` has KubeVirt's meaning: a migration of a guest with
     ``m`` GiB of memory times out after ``m`` times this many seconds.
     """
@@ -43,16 +48,19 @@ class PolicyView:
     name: str
     precedence: int = 0
     namespaces: tuple[str, ...] = ()
-    namespace_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
-    vm_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
-    threshold_ms: float = 1.0
+    namespace_selector: Selector = EVERYTHING
+    vm_selector: Selector = EVERYTHING
+    threshold_ms: float = CONVERGENCE.threshold_ms
     max_downtime_ms: float = 300.0
-    max_rounds: int = 30
-    stall_rounds: int = 3
+    max_rounds: int = CONVERGENCE.max_rounds
+    stall_rounds: int = CONVERGENCE.stall_rounds
     ladder: tuple[Rung, ...] = (Rung.PreCopy, Rung.AutoConverge)
-    throttle: tuple[int, int, int] = (20, 10, 99)  # AutoConverge: initial, step, max percent
+    #: AutoConverge's throttle: initial, step, max percent.
+    throttle: tuple[float, float, float] = (CONVERGENCE.throttle_initial_percent, CONVERGENCE.throttle_step_percent,
+                                            CONVERGENCE.throttle_max_percent)
     bandwidth_mbps: float | None = None
     parallel_migrations_per_cluster: int = 5
+    parallel_outbound_per_host: int = 2
     progress_timeout_seconds: float = 150.0
     completion_timeout_per_gib_seconds: float = 150.0
 
@@ -60,46 +68,55 @@ class PolicyView:
     def allows_quick(self) -> bool:
         return Rung.Quick in self.ladder
 
+    def convergence(self, max_downtime_ms: float | None = None) -> ConvergencePolicy:
+        """The rules a live migration under this policy converges by, as the agent receives them.
+
+        ``max_downtime_ms`` is the budget the migration carries (its own or its VM's; None: none).
+        """
+        return ConvergencePolicy(
+            threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
+            auto_converge=Rung.AutoConverge in self.ladder, throttle_initial_percent=self.throttle[0],
+            throttle_step_percent=self.throttle[1], throttle_max_percent=self.throttle[2],
+            fallback_to_quick=self.allows_quick, max_downtime_ms=max_downtime_ms)
+
     def completion_timeout_seconds(self, memory_mib: float) -> float:
         """The whole migration's deadline for a guest of ``memory_mib`` (at least one GiB's worth)."""
         return self.completion_timeout_per_gib_seconds * max(memory_mib / 1024, 1.0)
 
 
-#: The same class under a name that reads well next to the remediation's PolicyView.
-MigrationPolicyView = PolicyView
-
 #: What applies when no MigrationPolicy matches: Hyper-V's switchover threshold, QEMU's default
 #: downtime budget, pre-copy then auto-converge; quick migration only when a policy allows it.
-DEFAULT_POLICY = PolicyView(name="(default)")
+DEFAULT_POLICY = MigrationPolicyView(name="(default)")
 
 
 def _specificity(
-    policy: PolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
+    policy: MigrationPolicyView, vm_labels: Mapping[str, str], namespace: str, namespace_labels: Mapping[str, str]
 ) -> tuple[int, int] | None:
     """(matched keys in all, matched namespace keys) if ``policy`` selects the VM, else None."""
     if policy.namespaces and namespace not in policy.namespaces:
         return None
-    if any(namespace_labels.get(k) != v for k, v in policy.namespace_selector.items()):
+    if not policy.namespace_selector.matches(namespace_labels):
         return None
-    if any(vm_labels.get(k) != v for k, v in policy.vm_selector.items()):
+    if not policy.vm_selector.matches(vm_labels):
         return None
-    ns_keys = len(policy.namespace_selector) + (1 if policy.namespaces else 0)
-    return ns_keys + len(policy.vm_selector), ns_keys
+    ns_keys = policy.namespace_selector.size + (1 if policy.namespaces else 0)
+    return ns_keys + policy.vm_selector.size, ns_keys
 
 
 def select_policy(
     vm_labels: Mapping[str, str],
     namespace: str,
-    policies: Sequence[PolicyView],
+    policies: Sequence[MigrationPolicyView],
     *,
     namespace_labels: Mapping[str, str] | None = None,
     requested: str | None = None,
-) -> PolicyView | None:
+) -> MigrationPolicyView | None:
     """The policy that governs a VM, or None when none matches (then :data:`DEFAULT_POLICY` applies).
 
     ``requested`` (the VM's ``spec.migration.policy``) wins when a policy of that name exists.
     Otherwise, among the matching policies, the highest ``precedence`` wins; then the most specific:
-    the most matched keys (VM labels plus namespace labels, a namespace list counting as one key),
+    the most selector terms (VM and namespace matchLabels pairs and matchExpressions, a namespace
+    list counting as one),
     on a tie the one with more namespace keys; then the name, alphabetically first. Input order
     never matters.
     """
@@ -108,7 +125,7 @@ def select_policy(
         if named:
             return named[0]
     ns_labels = namespace_labels or {}
-    best: tuple[tuple[int, int, int, str], PolicyView] | None = None
+    best: tuple[tuple[int, int, int, str], MigrationPolicyView] | None = None
     for policy in policies:
         spec = _specificity(policy, vm_labels, namespace, ns_labels)
         if spec is None:
@@ -117,6 +134,16 @@ def select_policy(
         if best is None or key < best[0]:
             best = (key, policy)
     return best[1] if best is not None else None
+
+
+def downtime_budget_ms(migration_ms: float | None, vm_ms: float | None, policy: MigrationPolicyView | None) -> float:
+    """The pause a migration may cause, as sent to the source agent: the migration's
+    spec.maxDowntimeMs, else the VM's spec.migration.maxDowntimeMs, else its policy's (the
+    defaults' 300 ms when no policy selects it)."""
+    for value in (migration_ms, vm_ms):
+        if value:
+            return float(value)
+    return (policy or DEFAULT_POLICY).max_downtime_ms
 
 
 @dataclass(frozen=True)
@@ -130,13 +157,13 @@ class ModeChoice:
     expected_downtime_ms: float | None = None
 
 
-def migration_bandwidth_mbps(policy: PolicyView, *links_mbps: float) -> float:
+def migration_bandwidth_mbps(policy: MigrationPolicyView, *links_mbps: float) -> float:
     """The rate one migration can get: the slowest of the links it crosses and the policy's cap."""
     rates = [r for r in (*links_mbps, policy.bandwidth_mbps) if r is not None and r > 0]
     return min(rates) if rates else 10_000.0
 
 
-def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
+def _live_estimate(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
     prediction = predict_precopy(
         max(vm.memory_mib, 1),
         vm.dirty_rate_mibps,
@@ -152,7 +179,7 @@ def _live_estimate(vm: VMView, policy: PolicyView, bandwidth_mbps: float) -> tup
 def choose_mode(
     requested: MigrationMode | str,
     vm: VMView,
-    policy: PolicyView | None,
+    policy: MigrationPolicyView | None,
     problems: list[Problem],
     *,
     bandwidth_mbps: float | None = None,
@@ -222,3 +249,68 @@ def _reason_tail(message: str) -> str:
     """The part of a refusal after ``... refused: `` (the reason itself)."""
     marker = "refused: "
     return message.split(marker, 1)[1] if marker in message else message
+
+
+# --- which VMs each policy governs, and the policy's status ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicySubject:
+    """A VM as policy selection sees it: where it lives, its labels and the policy it names."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    requested: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def governed(
+    policies: Sequence[MigrationPolicyView],
+    vms: Iterable[PolicySubject],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> dict[str, list[str]]:
+    """Policy name -> the VMs (``namespace/name``, sorted) it governs: those for which
+    :func:`select_policy` answers it. Every policy has an entry, empty when it governs none."""
+    out: dict[str, list[str]] = {p.name: [] for p in policies}
+    for vm in vms:
+        chosen = select_policy(vm.labels, vm.namespace, policies, requested=vm.requested,
+                               namespace_labels=namespace_labels.get(vm.namespace, {}))
+        if chosen is not None:
+            out[chosen.name].append(vm.key)
+    return {name: sorted(keys) for name, keys in out.items()}
+
+
+#: How many governed VMs a policy's status names.
+LISTED_VMS = 20
+
+
+def migration_policy_status(
+    policy: MigrationPolicyView, vms: Sequence[str], generation: int, previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A MigrationPolicy's status (pure): accepted (Ready) and the VMs it governs now."""
+    shown = ", ".join(vms[:LISTED_VMS]) + (f" and {len(vms) - LISTED_VMS} more" if len(vms) > LISTED_VMS else "")
+    selects = f"VMs whose labels match {policy.vm_selector.describe()}"
+    if policy.namespaces:
+        selects += f" in namespaces {', '.join(policy.namespaces)}"
+    if not policy.namespace_selector.empty:
+        selects += f" in namespaces labelled {policy.namespace_selector.describe()}"
+    if vms:
+        reason = "Accepted"
+        message = f"MigrationPolicy {policy.name} governs {len(vms)} VM(s): {shown}."
+    else:
+        reason = "NoVirtualMachinesSelected"
+        message = (f"MigrationPolicy {policy.name} is accepted but governs no VM now (it selects {selects}; "
+                   f"a policy of higher precedence or a VM's spec.migration.policy may win). Check its selector.")
+    conditions = cond.ready(previous.get("conditions") or [], True, reason, message, observed_generation=generation)
+    conditions = cond.reconciling(conditions, False, reason, message, observed_generation=generation)
+    conditions = cond.stalled(conditions, False, reason, message, observed_generation=generation)
+    return MigrationPolicyStatus(
+        observedGeneration=generation,
+        selectedVirtualMachines=len(vms),
+        selected=list(vms[:LISTED_VMS]),
+        conditions=conditions,
+    ).to_api()

@@ -1,14 +1,14 @@
 """A deterministic discrete-event simulator of drains. Pure: no I/O, no clocks, no randomness.
 
 When does each migration of a drain end, and the whole drain? Each migration is the fluid pre-copy
-model of ``vmshift.hypervisor.precopy``, played round by round while its rate changes: round 0 sends
+model of ``vmshift.precopy.model``, played round by round while its rate changes: round 0 sends
 the whole memory; each next round sends what the guest dirtied while the last one was on the wire
-(``distinct_dirtied_mib``); when that would cross in under the policy's threshold the guest pauses
-and the rest crosses (the downtime). At a constant rate this reproduces ``predict_precopy`` exactly.
-When rounds stall, the policy's ladder applies: ``AutoConverge`` throttles the guest (20 % at first,
-10 points more each round, at most 99 %, as QEMU does), ``Quick`` pauses it and sends the remaining
-set; with no rung left the migration fails and the VM stays. A quick move pauses the guest and
-copies its memory and local disks.
+(``distinct_dirtied_mib``). After each round the agents' own convergence rule decides
+(``vmshift.precopy.convergence.next_action``, with the policy's parameters as the agent receives
+them): switch over (the guest pauses and the rest crosses: the downtime), go on, throttle the guest
+(AutoConverge, by the policy's initial, step and maximum percent), fall back to Quick (pause and
+send the remaining set) or fail (the VM stays). At a constant rate this reproduces
+``predict_precopy`` exactly. A quick move pauses the guest and copies its memory and local disks.
 
 Concurrent migrations share links by weighted max-min fairness (progressive filling): every
 migration crosses the source's outbound link, its target's inbound link and any configured path
@@ -28,16 +28,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from vmshift.api.reasons import MigrationMode
-from vmshift.hypervisor.precopy import distinct_dirtied_mib, mbps_to_mibps
+from vmshift.precopy.convergence import MIB, ActionKind, RoundStats, next_action
+from vmshift.precopy.model import distinct_dirtied_mib, mbps_to_mibps
 from vmshift.scheduling.fleet import Fleet
 from vmshift.scheduling.moves import DrainLimits, DrainPlan
-from vmshift.scheduling.policy import DEFAULT_POLICY, PolicyView, Rung
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView
 
 _EPS = 1e-9
-#: QEMU's auto-converge defaults: cpu-throttle-initial 20 %, cpu-throttle-increment 10 %, max 99 %.
-THROTTLE_INITIAL = 0.20
-THROTTLE_STEP = 0.10
-THROTTLE_MAX = 0.99
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class SimMigration:
     quick: bool = False
     extra_copy_mib: float = 0.0
     weight: float = 1.0
-    policy: PolicyView = DEFAULT_POLICY
+    policy: MigrationPolicyView = DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -81,8 +78,8 @@ class _Flow:
     """The state of one running migration."""
 
     __slots__ = (
-        "elapsed", "final_started", "idle", "left", "m", "rate", "resources", "round", "rung",
-        "sent", "size", "stalled", "throttle", "transferring_final",
+        "convergence", "elapsed", "final_outcome", "final_started", "idle", "left", "m", "rate", "resources",
+        "round", "rung_started", "sent", "size", "stalled", "throttle", "transferring_final",
     )
 
     def __init__(self, m: SimMigration, resources: tuple[str, ...], setup_seconds: float) -> None:
@@ -92,19 +89,18 @@ class _Flow:
         self.sent = 0.0
         self.idle = setup_seconds  # seconds of setup before the first byte
         self.round = 0
-        self.rung = 0
-        self.stalled = 0
-        self.throttle = 0.0
+        self.stalled = self.rung_started = 0
+        self.throttle = 0.0  # percent, as the agent applies it
+        self.convergence = m.policy.convergence()
         self.elapsed = 0.0
         self.final_started: float | None = None
+        self.final_outcome = "Quick"
         self.transferring_final = False
         if m.quick:
             self.size = self.left = m.memory_mib + m.extra_copy_mib
             self.transferring_final = True
         else:
             self.size = self.left = m.memory_mib
-            if m.policy.ladder and m.policy.ladder[0] is Rung.AutoConverge:
-                self.throttle = THROTTLE_INITIAL
 
     @property
     def ready(self) -> bool:
@@ -195,31 +191,27 @@ def simulate(
         """Advance ``flow`` past the end of a pre-copy round; the outcome if it is done."""
         m = flow.m
         if flow.transferring_final:
-            if m.quick:
-                return "Quick"
-            return "Live" if flow.rung == 0 else m.policy.ladder[flow.rung].value
-        dirtied = distinct_dirtied_mib(
-            flow.elapsed, m.dirty_rate_mibps * (1 - flow.throttle), m.working_set_mib, m.memory_mib
-        )
+            return flow.final_outcome
+        write_rate = m.dirty_rate_mibps * (1 - flow.throttle / 100)
+        dirtied = distinct_dirtied_mib(flow.elapsed, write_rate, m.working_set_mib, m.memory_mib)
         flow.elapsed = 0.0
-        if dirtied <= flow.rate * m.policy.threshold_ms / 1000:
+        action = next_action(RoundStats(
+            round_index=flow.round, remaining_bytes=dirtied * MIB, sent_bytes=flow.size * MIB,
+            link_rate=flow.rate * MIB, write_rate=write_rate * MIB, throttle_percent=flow.throttle,
+            stalled=flow.stalled, rung_started=flow.rung_started), flow.convergence)
+        flow.stalled, flow.rung_started = action.stalled, action.rung_started
+        if action.kind is ActionKind.SwitchOver:
+            flow.final_outcome = "AutoConverge" if flow.throttle > 0 else "Live"
             pause(flow, dirtied)
             return None
-        flow.stalled = flow.stalled + 1 if flow.round > 0 and dirtied > 0.95 * flow.size else 0
+        if action.kind is ActionKind.Quick:
+            flow.final_outcome = "Quick"
+            pause(flow, dirtied)
+            return None
+        if action.kind is ActionKind.Fail:
+            return "Failed"
+        flow.throttle = action.throttle_percent
         flow.round += 1
-        if flow.throttle > 0:
-            flow.throttle = min(flow.throttle + THROTTLE_STEP, THROTTLE_MAX)
-        if flow.stalled >= m.policy.stall_rounds or flow.round >= m.policy.max_rounds:
-            flow.rung += 1
-            flow.round = flow.stalled = 0
-            rung = m.policy.ladder[flow.rung] if flow.rung < len(m.policy.ladder) else None
-            if rung is Rung.AutoConverge:
-                flow.throttle = max(flow.throttle, THROTTLE_INITIAL)
-            elif rung is Rung.Quick:
-                pause(flow, dirtied)
-                return None
-            elif rung is None:
-                return "Failed"
         flow.left = flow.size = dirtied
         return None
 
@@ -330,8 +322,8 @@ def simulate_drain(
     fleet: Fleet,
     *,
     limits: DrainLimits | None = None,
-    policy: PolicyView | None = None,
-    vm_policies: Mapping[str, PolicyView] | None = None,
+    policy: MigrationPolicyView | None = None,
+    vm_policies: Mapping[str, MigrationPolicyView] | None = None,
     setup_seconds: float = 0.0,
     switchover_overhead_ms: float = 0.0,
 ) -> SimResult:

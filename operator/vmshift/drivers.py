@@ -1,14 +1,25 @@
 """The guest driver catalog: which drivers exist, what kind each is, and what it lets a guest do.
 
-Pure: no I/O. The agents keep each guest's driver inventory and compute its I/O ceilings from it;
-the import (V2V/P2V) decides what to remove and install from the same table. A guest on emulated
-devices is slower than one on synthetic (VMBus) devices, as on Hyper-V.
+Pure: no I/O, nothing from the rest of vmshift but its limits. Shared vocabulary, like
+``limits.py`` and ``processor.py``: the agents keep each guest's driver inventory and compute its
+I/O ceilings from it, the import (V2V/P2V) decides what to remove and install from the same table,
+and the API, the agent's protocol and the import all admit driver names by :data:`DriverName`. A
+guest on emulated devices is slower than one on synthetic (VMBus) devices, as on Hyper-V.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from vmshift import limits
+
+#: A driver's name (vmshift.limits): what the API's initial-drivers annotation, the agent's protocol
+#: and an import admit.
+DriverName = Annotated[str, Field(pattern=limits.DRIVER_NAME_PATTERN, max_length=limits.MAX_DRIVER_NAME_LENGTH)]
 
 
 class DriverKind(StrEnum):

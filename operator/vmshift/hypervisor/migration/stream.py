@@ -1,0 +1,155 @@
+"""The migration connection: framed reads and writes over one non-blocking TCP socket.
+
+Transport only: it moves frames of the wire format (``wire.py``) and knows nothing of what they
+mean. Reads land in one reusable buffer, so a PAGES frame arrives in place without a copy; writes
+give up when the peer accepts nothing for ``SEND_STALL_TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+
+from vmshift.hypervisor.migration.wire import HEADER, MAGIC, ControlMessage, Frame, ProtocolError, encode
+
+SOCKET_BUFFER = 4 * 1024 * 1024
+READ_AHEAD = 64 * 1024
+CONNECT_TIMEOUT = 5.0
+SEND_STALL_TIMEOUT = 30.0
+
+
+class StreamClosed(ConnectionError):
+    """The peer closed the connection (or it broke)."""
+
+
+@dataclass
+class Received:
+    kind: int
+    flags: int
+    body: memoryview  # valid until the next read on the stream
+
+
+class FrameStream:
+    """One migration connection over a non-blocking socket, read into a reusable buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray(2 * 1024 * 1024)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.closed = False
+        self.bytes_received = 0
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        try:
+            address = self.sock.getpeername()
+            return str(address[0]), int(address[1])
+        except OSError:
+            return ("?", 0)
+
+    async def send(self, data: bytes, within: float | None = SEND_STALL_TIMEOUT) -> None:
+        if self.closed:
+            raise StreamClosed("stream already closed")
+        try:
+            async with asyncio.timeout(within):
+                await self._loop.sock_sendall(self.sock, data)
+        except TimeoutError:
+            raise StreamClosed(f"the peer accepted no data for {within:.0f} s") from None
+        except OSError as exc:
+            raise StreamClosed(f"sending failed: {exc}") from None
+
+    async def send_message(self, message: ControlMessage, within: float | None = SEND_STALL_TIMEOUT) -> None:
+        await self.send(encode(message), within)
+
+    def _make_room(self, n: int) -> None:
+        """Make sure ``n`` bytes fit from the read position, moving the (small) unread rest if needed."""
+        have = self._end - self._start
+        if have == 0:
+            self._start = self._end = 0
+        if len(self._buf) - self._start >= n:
+            return
+        if n > len(self._buf):
+            new = bytearray(max(n, 2 * len(self._buf)))
+            new[:have] = self._view[self._start:self._end]
+            with contextlib.suppress(BufferError):
+                self._view.release()
+            self._buf = new
+            self._view = memoryview(new)
+        else:
+            self._buf[:have] = self._buf[self._start:self._end]
+        self._start = 0
+        self._end = have
+
+    async def read_exactly(self, n: int, within: float | None) -> memoryview:
+        """The next ``n`` bytes, as a view that stays valid until the next read.
+
+        A large read asks the kernel for exactly what is missing, so a frame lands in place and
+        nothing is copied; small reads take up to READ_AHEAD bytes at once to save system calls.
+        """
+        if self._end - self._start < n:
+            self._make_room(n)
+            try:
+                async with asyncio.timeout(within):
+                    while self._end - self._start < n:
+                        want = max(n - (self._end - self._start), READ_AHEAD)
+                        limit = min(len(self._buf), self._end + want)
+                        got = await self._loop.sock_recv_into(self.sock, self._view[self._end:limit])
+                        if got == 0:
+                            raise StreamClosed("the peer closed the connection")
+                        self._end += got
+                        self.bytes_received += got
+            except TimeoutError:
+                raise StreamClosed(f"no data from the peer for {within:.0f} s") from None
+            except OSError as exc:
+                if isinstance(exc, StreamClosed):
+                    raise
+                raise StreamClosed(f"receiving failed: {exc}") from None
+        out = self._view[self._start:self._start + n]
+        self._start += n
+        return out
+
+    async def read_frame(self, within: float | None, max_body: int) -> Received:
+        head = await self.read_exactly(HEADER.size, within)
+        kind, flags, _reserved, length = HEADER.unpack(head)
+        if kind not in Frame._value2member_map_:
+            raise ProtocolError(f"unknown frame type {kind}")
+        if length > max_body:
+            raise ProtocolError(f"frame of type {Frame(kind).name} is {length} bytes, more than {max_body}")
+        body = await self.read_exactly(length, within)
+        return Received(kind, flags, body)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+
+async def open_stream(host: str, port: int, within: float = CONNECT_TIMEOUT) -> FrameStream:
+    """Connect to a migration listener; OSError (or TimeoutError) if nobody answers."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(within):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host}")
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+    stream = FrameStream(sock)
+    await stream.send(MAGIC)
+    return stream
