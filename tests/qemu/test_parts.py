@@ -19,14 +19,9 @@ from vmshift.hypervisor.driver import TransferPhase
 from vmshift.hypervisor.protocol import VmDefinition, WorkloadSpec
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import (
-    QemuConfig,
-    QemuDriver,
-    _progress,
-    last_tick,
-    quit_monitor,
-    workload_params,
-)
+from vmshift.hypervisor.qemu.console import last_tick
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, workload_params
+from vmshift.hypervisor.qemu.monitor import progress_of, quit_monitor
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
 from vmshift.processor import baseline_features, processor_info
 
@@ -186,7 +181,7 @@ def test_offers_say_which_models_this_host_cannot_run() -> None:
 
 
 def test_query_migrate_maps_to_progress_in_status_units() -> None:
-    active = _progress({
+    active = progress_of({
         "status": "active", "expected-downtime": 120, "total-time": 900, "cpu-throttle-percentage": 20,
         "ram": {"transferred": 50 * 2**20, "remaining": 30 * 2**20, "total": 96 * 2**20, "page-size": 4096,
                 "dirty-pages-rate": 2560, "mbps": 812.5, "dirty-sync-count": 3},
@@ -196,12 +191,12 @@ def test_query_migrate_maps_to_progress_in_status_units() -> None:
     assert active.dirty_rate_mib_ps == 10.0 and active.throughput_mbps == 812.5
     assert active.expected_downtime_ms == 120 and active.throttle_percent == 20
     assert active.downtime_ms is None
-    done = _progress({"status": "completed", "downtime": 7, "total-time": 1500, "ram": {}})
+    done = progress_of({"status": "completed", "downtime": 7, "total-time": 1500, "ram": {}})
     assert done.phase is TransferPhase.Completed and done.finished and done.downtime_ms == 7
-    failed = _progress({"status": "failed", "error-desc": "Unable to write to socket: Connection reset by peer"})
+    failed = progress_of({"status": "failed", "error-desc": "Unable to write to socket: Connection reset by peer"})
     assert failed.phase is TransferPhase.Failed and "Connection reset" in (failed.error or "")
-    assert _progress({"status": "postcopy-active"}).phase is TransferPhase.PostCopy
-    assert _progress({"status": "cancelled"}).phase is TransferPhase.Cancelled
+    assert progress_of({"status": "postcopy-active"}).phase is TransferPhase.PostCopy
+    assert progress_of({"status": "cancelled"}).phase is TransferPhase.Cancelled
 
 
 # -- the workload ------------------------------------------------------------------------------------------
