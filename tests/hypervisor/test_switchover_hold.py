@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
 
-from tests.hypervisor.helpers import finished, heartbeat_grows, poll, running_vm, vm_state
+from tests.hypervisor.helpers import Clients, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
-from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration.hold import WAIT_TIMEOUT_MARGIN, SwitchoverHold
 from vmshift.hypervisor.migration.record import MigrationRecord
 from vmshift.hypervisor.migration.target import IDLE_TIMEOUT
@@ -25,13 +23,6 @@ from vmshift.hypervisor.protocol import MigrationRequest, MigrationRole, Migrati
 
 pytestmark = pytest.mark.timeout(180)
 
-Clients = tuple[HypervisorClient, HypervisorClient]
-
-
-@pytest.fixture
-async def clients(pair: tuple[AgentProcess, AgentProcess]) -> AsyncIterator[Clients]:
-    async with pair[0].client() as first, pair[1].client() as second:
-        yield first, second
 
 
 async def converging_vm(client: HypervisorClient, vm_id: str) -> None:
