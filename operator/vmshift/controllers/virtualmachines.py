@@ -59,7 +59,7 @@ def _lock(key: str) -> asyncio.Lock:
 
 
 class _UnknownLocation(Exception):
-    """The agent that would know where the guest lives does not answer now (its host's name)."""
+    """The agent that would know where the guest lives does not answer now (the hosts that do not, by name)."""
 
 
 def _defer(key: str, why: str, logger: kopf.Logger | logging.Logger) -> None:
@@ -98,8 +98,9 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
     found = rt.agents.locate(entry.uid)
     if len(found) >= 1:
         return found[0]
-    if host and not rt.agents.all_reachable():
-        raise _UnknownLocation(", ".join(rt.agents.unreachable()[:5]))
+    silent = rt.agents.unreachable()
+    if host and silent:
+        raise _UnknownLocation(", ".join(silent[:5]))
     if host or ever:
         live = await rt.agents.live_locate(entry.uid)
         if live is None:
