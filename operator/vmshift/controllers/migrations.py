@@ -427,6 +427,24 @@ def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentE
         f"An agent refused or failed the migration of {run.vm_name}: {exc}. {run.vm_name} stays on {run.source}.")
 
 
+async def _unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError) -> MigrationFailedError:
+    """A source that no longer holds the VM because the VM is being deleted has not been lost: the
+    deletion stopped the guest while this migration began. Ask the API server, not the cache (which
+    may not have seen the deletion yet), and say so."""
+    if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
+        return verdict
+    try:
+        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:  # the agent's own words stand when the API cannot be asked
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return verdict
+    if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
+        return verdict
+    return MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                f"{run.vm_name} was deleted while this migration began; its guest is stopped "
+                                f"and there is nothing left to move.")
+
+
 async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
     ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
@@ -554,7 +572,7 @@ async def drive_migration(
                     f"the next operator follows it")
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
-        verdict = _as_failure(run, exc)
+        verdict = await _unless_deleted(run, exc, _as_failure(run, exc))
         if leaving(stopped):
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.
