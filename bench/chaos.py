@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="start no trial after this many minutes; report the ones that ran")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the operator's and agents' logs also when no trial violated anything")
     args = parser.parse_args()
     kinds = {Kind(k) for k in args.kind} if args.kind else set(KINDS)
     seeds: list[int] = []
@@ -70,11 +72,12 @@ def main() -> int:
           f"({elapsed / max(len(results), 1):.1f} s per trial, {args.lanes} lane(s))")
     print(table(results))
     report = violations_report(results)
+    if report or args.keep_logs:
+        print(f"\nlogs of the operator and the agents are kept in {workdir}")
     if report:
         print("\nviolations (replay one with: .venv/bin/python bench/chaos.py --trials 1 --seed SEED):")
         print(report)
-        print(f"\nlogs of the operator and the agents are kept in {workdir}")
-    else:
+    elif not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if report else 0
 

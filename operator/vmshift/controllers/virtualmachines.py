@@ -333,10 +333,19 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
-        runtime().settled.observed(_key(body))
-        runtime().deferred.discard(_key(body))
-        runtime().deferral_told.pop(_key(body), None)
-        metrics.VMS_IN_SYNC.set(len(runtime().settled))
+        rt = runtime()
+        key = _key(body)
+        rt.settled.observed(key)
+        rt.deferred.discard(key)
+        rt.deferral_told.pop(key, None)
+        metrics.VMS_IN_SYNC.set(len(rt.settled))
+        if rt.gate.holder(key) is None:
+            # Deleted before it carried the finalizer (or the finalizer was removed by hand): nothing
+            # else would stop its guest until the orphan collection of the next resync pass.
+            await _delete_guest(key, str(body["metadata"].get("uid", "")), (body.get("status") or {}).get("host"),
+                                logger)
+        rt.placements.observed(key)
+        rt.vm_locks.pop(key, None)
         return
     await indexes.ready()
     if settled(body, runtime().agents):
@@ -521,21 +530,33 @@ async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_:
     holder = rt.gate.holder(key)
     if holder is not None:
         raise kopf.TemporaryError(f"waiting for migration {holder} of {key} to end", delay=1)
+    failures = await _delete_guest(key, uid, (body.get("status") or {}).get("host"), logger)
+    if failures:
+        raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
+    rt.placements.observed(key)
+    rt.vm_locks.pop(key, None)
+
+
+async def _delete_guest(key: str, uid: str, host: str | None, logger: kopf.Logger | logging.Logger) -> list[str]:
+    """Stop and delete the guest on ``host`` and wherever the agents report it, after any start of it
+    in progress has ended; the agents' refusals (not a missing guest, not a silent agent: a host that
+    is gone takes its guest with it) by host."""
+    rt = runtime()
+    async with _lock(key):
+        hinted = rt.placements.get(key)
+        hosts = {h for h, _ in rt.agents.locate(uid)} | {host or "", hinted[0] if hinted else ""}
     failures = []
-    for name in sorted({h for h, _ in rt.agents.locate(uid)} | {(body.get("status") or {}).get("host") or ""} - {""}):
+    for name in sorted(hosts - {""}):
         link = rt.agents.get(name)
         if link is None:
             continue
         try:
             await link.client.delete_vm(uid, force=True)
+            logger.info(f"deleted the guest of {key} on {name}")
         except AgentUnreachableError as exc:
-            # A host that is gone takes its guest with it; do not hold the VM's deletion hostage.
             logger.warning(f"agent of {name} unreachable while deleting {key}: {exc}")
         except AgentError as exc:
             if exc.status != 404:
                 failures.append(f"{name}: {exc}")
-    if failures:
-        raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
-    rt.placements.observed(key)
-    rt.vm_locks.pop(key, None)
+    return failures
 
