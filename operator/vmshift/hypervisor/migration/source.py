@@ -406,8 +406,10 @@ class SourceMigration:
             parts += self.memory.frame_parts(chunk, pages_prefix(record.round + 1, len(chunk), FLAG_FINAL))
         pages_bytes = sum(map(len, parts))
         parts.append(switchover)
+        # The final pages keep to this migration's own rate (the model's transfer part of the downtime)
+        # but take priority on the host's link: the guest is paused, other migrations' bulk waits.
         await self.bucket.consume(pages_bytes)
-        await self.host.egress.consume(pages_bytes)
+        self.host.egress.charge(pages_bytes)
         self._check_target()
         self._marks.append(("final built", time.monotonic()))
         # From the moment this write may reach the target, only the target knows whether the guest
