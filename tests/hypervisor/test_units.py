@@ -56,7 +56,7 @@ async def test_token_bucket_credits_oversleeping_up_to_its_burst() -> None:
 
 async def test_token_bucket_credits_a_waiting_sender_all_the_time_it_came_back_late() -> None:
     """A sender scheduled 40 ms late (a loaded host) catches up in full, so the rate does not sag;
-    before, anything past the 10 ms burst was lost and shaped migrations ran at 55-95 % of their rate."""
+    before, whatever it lost past the 10 ms burst was lost for good."""
     clock = FakeClock()
     bucket = TokenBucket(1_000_000.0, clock=clock, sleep=clock.sleep, burst_seconds=0.01, min_burst=0)
     start = clock.now
