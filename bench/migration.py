@@ -346,17 +346,17 @@ def print_downtime(downtime: dict[str, float]) -> None:
 
 def print_throughput(rates: list[tuple[str, dict[str, float]]], raw: dict[str, float]) -> None:
     print("\n## Data-plane throughput (round 0 of an idle guest; every page checked byte for byte on arrival)\n")
-    print(f"| {'case':<52} | {'configured':>10} | {'measured':>10} | {'GiB/s':>6} | {'share':>6} | "
+    print(f"| {'case':<56} | {'configured':>10} | {'measured':>10} | {'GiB/s':>6} | {'share':>7} | "
           f"{'tx cpu-s/GiB':>12} | {'rx cpu-s/GiB':>12} | {'load':>5} |")
-    print(f"|{'-' * 54}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 8}|{'-' * 14}|{'-' * 14}|{'-' * 7}|")
+    print(f"|{'-' * 58}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 9}|{'-' * 14}|{'-' * 14}|{'-' * 7}|")
     for label, rate in rates:
         configured = f"{rate['configured_mbps']:.0f}" if rate["configured_mbps"] else "unlimited"
         share = f"{100 * rate['share_of_configured']:.1f} %" if rate["configured_mbps"] else "-"
-        print(f"| {label:<52} | {configured:>10} | {rate['measured_mbps']:10.0f} | {rate['gib_per_s']:6.2f} | "
-              f"{share:>6} | {rate['source_cpu_s_per_gib']:12.2f} | {rate['target_cpu_s_per_gib']:12.2f} | "
+        print(f"| {label:<56} | {configured:>10} | {rate['measured_mbps']:10.0f} | {rate['gib_per_s']:6.2f} | "
+              f"{share:>7} | {rate['source_cpu_s_per_gib']:12.2f} | {rate['target_cpu_s_per_gib']:12.2f} | "
               f"{rate['load_average']:5.1f} |")
-    print(f"| {'raw loopback socket (two bare processes, 1 MiB writes)':<52} | {'unlimited':>10} | "
-          f"{raw['gib_per_s'] * 2**30 * 8 / 1e6:10.0f} | {raw['gib_per_s']:6.2f} | {'-':>6} | {'-':>12} | "
+    print(f"| {'raw loopback socket (two bare processes, 1 MiB writes)':<56} | {'unlimited':>10} | "
+          f"{raw['gib_per_s'] * 2**30 * 8 / 1e6:10.0f} | {raw['gib_per_s']:6.2f} | {'-':>7} | {'-':>12} | "
           f"{'-':>12} | {raw['load_average']:5.1f} |")
 
 
