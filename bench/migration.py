@@ -3,11 +3,15 @@
 Starts ``vmshift agent`` subprocesses, drives them only through HypervisorClient, and prints, in one
 run: (1) a table of pre-copy scenarios with measured total time, bytes, rounds and downtime beside
 predict_precopy()'s numbers and their ratios; (2) switchover downtime p50/p99 over many live
-migrations whose hot set fits the threshold; (3) data-plane throughput, shaped and unshaped.
-It reports what it measures, shortfalls included; it asserts nothing.
+migrations whose hot set fits the threshold, one at a time and eight at once; (3) data-plane
+throughput, shaped and unshaped, beside the raw loopback socket floor measured in the same run
+(two bare processes, one writing and one reading a plain TCP stream); (4) one table of the data
+plane's targets: measured, floor or bound, ratio, target. It reports what it measures, shortfalls
+included; it asserts nothing.
 
     .venv/bin/python bench/migration.py            # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
+    .venv/bin/python bench/migration.py --only data-plane   # throughput, floors and switchovers only
 
 Live migrations hold their converged switchover for a go, as the operator asks
 (``--switchover-wait``, its SWITCHOVER_WAIT_SECONDS by default); the bench gives the go as soon as
@@ -21,14 +25,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vmshift.controllers.migrations import SWITCHOVER_WAIT_SECONDS
+from vmshift.controllers.migrations import POLL_INTERVAL, SWITCHOVER_WAIT_SECONDS
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
@@ -38,6 +44,13 @@ TOKEN = "bench-token"
 THRESHOLD_MS = 1.0
 MAX_ROUNDS = 30
 STALL_ROUNDS = 3
+#: The data plane's targets (issue 15): unshaped loopback with verification on, shaped share, switchover p99.
+UNSHAPED_TARGET_GIB_S = 2.5
+#: The raw loopback socket rate the unshaped target was set against (measured on a quiet machine).
+QUIET_RAW_GIB_S = 6.0
+SHAPED_TARGET_SHARE = 0.99
+SWITCHOVER_P99_TARGET_MS = 5.0
+CONCURRENT_MIGRATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class Bench:
         self.agents: list[AgentProcess] = []
         self.counter = 0
         self.switchover_wait = SWITCHOVER_WAIT_SECONDS
+        self.poll_seconds = 0.02  # how often migrate() asks the source for the status
 
     def start(self, name: str, bandwidth_mbps: float) -> AgentProcess:
         agent = start_agent(AgentConfig(name=name, bandwidth_mbps=bandwidth_mbps, memory_mib=1024 * 1024,
@@ -141,7 +155,7 @@ class Bench:
                 continue
             if time.monotonic() > deadline:
                 raise AgentError("Timeout", f"migration {migration_id} still {status.phase.value} after 600 s", 0)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(self.poll_seconds)
 
 
 def measured_row(s: Scenario, status: MigrationStatus) -> Row:
@@ -180,22 +194,36 @@ async def scenario_table(bench: Bench, repeat: int) -> list[Row]:
     return rows
 
 
-async def downtime_series(bench: Bench, migrations: int) -> dict[str, float]:
+async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) -> dict[str, float]:
+    """Switchover downtime over ``migrations`` live migrations, ``concurrent`` of them in flight at once
+    (each of ``concurrent`` guests bounces between the same two agents)."""
     first, second = bench.start("bench-c", 2000), bench.start("bench-d", 2000)
     downtimes: list[float] = []
     durations: list[float] = []
     failures = 0
     async with first.client() as a, second.client() as b:
-        vm_id = await bench.vm(a, 16, 10, 0.1)
-        holder, other = a, b
-        for _ in range(migrations):
-            status = await bench.migrate(holder, other, vm_id, bench.next_id("bounce"), None)
-            if status.failure is None and status.downtime_ms is not None:
-                downtimes.append(status.downtime_ms)
-                durations.append(status.duration_ms or 0)
-                holder, other = other, holder
-            else:
-                failures += 1
+
+        async def bounce(count: int) -> None:
+            nonlocal failures
+            vm_id = await bench.vm(a, 16, 10, 0.1)
+            holder, other = a, b
+            for _ in range(count):
+                status = await bench.migrate(holder, other, vm_id, bench.next_id("bounce"), None)
+                if status.failure is None and status.downtime_ms is not None:
+                    downtimes.append(status.downtime_ms)
+                    durations.append(status.duration_ms or 0)
+                    holder, other = other, holder
+                else:
+                    failures += 1
+
+        # Eight guests polled every 20 ms would be 400 status requests a second that no deployment makes:
+        # several at once are polled as the operator polls them.
+        bench.poll_seconds = 0.02 if concurrent == 1 else POLL_INTERVAL
+        share, extra = divmod(migrations, concurrent)
+        try:
+            await asyncio.gather(*(bounce(share + (1 if i < extra else 0)) for i in range(concurrent)))
+        finally:
+            bench.poll_seconds = 0.02
     bench.stop_all()
     downtimes.sort()
     model = predict_precopy(16, 10, 0.1, 2000, threshold_ms=THRESHOLD_MS)
@@ -203,10 +231,66 @@ async def downtime_series(bench: Bench, migrations: int) -> dict[str, float]:
     def pct(p: float) -> float:
         return downtimes[min(len(downtimes) - 1, int(p / 100 * len(downtimes)))]
 
-    return {"migrations": len(downtimes), "failed": failures, "p50_ms": pct(50), "p99_ms": pct(99),
-            "max_ms": downtimes[-1], "mean_ms": statistics.fmean(downtimes),
+    return {"migrations": len(downtimes), "concurrent": concurrent,
+            "poll_ms": 20.0 if concurrent == 1 else POLL_INTERVAL * 1000, "failed": failures, "p50_ms": pct(50),
+            "p99_ms": pct(99), "max_ms": downtimes[-1], "mean_ms": statistics.fmean(downtimes),
             "within_5ms": sum(1 for d in downtimes if d <= 5) / len(downtimes),
-            "model_transfer_ms": model.downtime_ms, "median_duration_ms": statistics.median(durations)}
+            "model_transfer_ms": model.downtime_ms, "median_duration_ms": statistics.median(durations),
+            "load_average": os.getloadavg()[0]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_RAW_SINK = """
+import socket, sys
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+view = memoryview(bytearray(1 << 20))
+while conn.recv_into(view):
+    pass
+"""
+
+_RAW_SOURCE = """
+import socket, sys, time
+port, total = int(sys.argv[1]), int(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", port))
+chunk = bytes(range(256)) * 4096
+started = time.perf_counter()
+for _ in range(total // len(chunk)):
+    sock.sendall(chunk)
+sock.shutdown(socket.SHUT_WR)
+sock.recv(1)
+print(time.perf_counter() - started, flush=True)
+"""
+
+
+def raw_socket_floor(total_mib: int = 2048) -> dict[str, float]:
+    """The loopback socket's own rate here and now: one bare process writes ``total_mib`` MiB in 1 MiB
+    writes to another that reads them into one buffer; no framing, no pages, no checks."""
+    sink = subprocess.Popen([sys.executable, "-c", _RAW_SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        port = sink.stdout.readline().strip()
+        done = subprocess.run([sys.executable, "-c", _RAW_SOURCE, port, str(total_mib * MIB)],
+                              capture_output=True, text=True, timeout=600, check=True)
+        sink.wait(timeout=60)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    seconds = float(done.stdout.strip())
+    return {"gib_per_s": total_mib / 1024 / seconds, "seconds": seconds, "load_average": os.getloadavg()[0]}
 
 
 async def throughput(bench: Bench, source_mbps: float, target_mbps: float, memory_mib: int,
@@ -215,16 +299,22 @@ async def throughput(bench: Bench, source_mbps: float, target_mbps: float, memor
     second = bench.start("bench-rx", target_mbps)
     async with first.client() as a, second.client() as b:
         vm_id = await bench.vm(a, memory_mib, 0, 0, prefill=prefill)
+        cpu_before = cpu_seconds(first.pid), cpu_seconds(second.pid)
         status = await bench.migrate(a, b, vm_id, bench.next_id("tput"), None)
+        cpu_after = cpu_seconds(first.pid), cpu_seconds(second.pid)
     bench.stop_all()
     round0 = status.rounds[0]
     rate = round0.sent_mib * MIB / round0.seconds
     configured = min(r for r in (source_mbps, target_mbps) if r > 0) if (source_mbps or target_mbps) else 0
+    gib = memory_mib / 1024
     return {"configured_mbps": configured, "measured_mbps": rate * 8 / 1e6, "gib_per_s": rate / 2**30,
-            "share_of_configured": rate * 8 / 1e6 / configured if configured else float("nan")}
+            "share_of_configured": rate * 8 / 1e6 / configured if configured else float("nan"),
+            "source_cpu_s_per_gib": (cpu_after[0] - cpu_before[0]) / gib,
+            "target_cpu_s_per_gib": (cpu_after[1] - cpu_before[1]) / gib,
+            "load_average": os.getloadavg()[0]}
 
 
-def print_report(rows: list[Row], downtime: dict[str, float], rates: list[tuple[str, dict[str, float]]]) -> None:
+def print_scenarios(rows: list[Row]) -> None:
     print("\n## Pre-copy: measured vs model (predict_precopy; threshold 1 ms, 30 rounds, stall 3)\n")
     head = (f"| {'scenario (MiB, MiB/s, MiB, Mbit/s)':<38} | {'outcome':<22} | {'time s':>7} | {'model':>7} | "
             f"{'ratio':>5} | {'MiB':>7} | {'model':>7} | {'ratio':>5} | {'rounds':>6} | {'model':>5} | "
@@ -243,44 +333,95 @@ def print_report(rows: list[Row], downtime: dict[str, float], rates: list[tuple[
     print("Measured time = the source's durationMs (connect to commit); bytes = page payload of every round "
           "(frame headers add 0.2 %). Model downtime is the final transfer only, without fixed costs.")
 
-    print(f"\n## Switchover downtime over {downtime['migrations']:.0f} live migrations "
-          "(16 MiB guest, 10 MiB/s into a 0.1 MiB hot set, 2000 Mbit/s)\n")
+
+def print_downtime(downtime: dict[str, float]) -> None:
+    print(f"\n## Switchover downtime over {downtime['migrations']:.0f} live migrations, "
+          f"{downtime['concurrent']:.0f} at a time (16 MiB guests, 10 MiB/s into a 0.1 MiB hot set, 2000 Mbit/s; "
+          f"status polled every {downtime['poll_ms']:.0f} ms; load average {downtime['load_average']:.1f})\n")
     print(f"p50 {downtime['p50_ms']:.2f} ms, p99 {downtime['p99_ms']:.2f} ms, max {downtime['max_ms']:.2f} ms, "
           f"mean {downtime['mean_ms']:.2f} ms; {100 * downtime['within_5ms']:.1f} % within 5 ms; "
           f"{downtime['failed']:.0f} failed; model transfer part {downtime['model_transfer_ms']:.3f} ms; "
           f"median migration {downtime['median_duration_ms']:.0f} ms.")
-    print("Downtime is measured on the source from pausing the guest to receiving the target's RESUMED "
-          "message: the final pages, the target's digest check and resume, and one message back (an upper "
-          "bound on the guest's pause).")
 
-    print("\n## Data-plane throughput (round 0 of an idle guest)\n")
-    print(f"| {'case':<52} | {'configured':>10} | {'measured':>10} | {'GiB/s':>6} | {'share':>6} |")
-    print(f"|{'-' * 54}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 8}|")
+
+def print_throughput(rates: list[tuple[str, dict[str, float]]], raw: dict[str, float]) -> None:
+    print("\n## Data-plane throughput (round 0 of an idle guest; every page checked byte for byte on arrival)\n")
+    print(f"| {'case':<56} | {'configured':>10} | {'measured':>10} | {'GiB/s':>6} | {'share':>7} | "
+          f"{'tx cpu-s/GiB':>12} | {'rx cpu-s/GiB':>12} | {'load':>5} |")
+    print(f"|{'-' * 58}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 9}|{'-' * 14}|{'-' * 14}|{'-' * 7}|")
     for label, rate in rates:
         configured = f"{rate['configured_mbps']:.0f}" if rate["configured_mbps"] else "unlimited"
         share = f"{100 * rate['share_of_configured']:.1f} %" if rate["configured_mbps"] else "-"
-        print(f"| {label:<52} | {configured:>10} | {rate['measured_mbps']:10.0f} | {rate['gib_per_s']:6.2f} | "
-              f"{share:>6} |")
+        print(f"| {label:<56} | {configured:>10} | {rate['measured_mbps']:10.0f} | {rate['gib_per_s']:6.2f} | "
+              f"{share:>7} | {rate['source_cpu_s_per_gib']:12.2f} | {rate['target_cpu_s_per_gib']:12.2f} | "
+              f"{rate['load_average']:5.1f} |")
+    print(f"| {'raw loopback socket (two bare processes, 1 MiB writes)':<56} | {'unlimited':>10} | "
+          f"{raw['gib_per_s'] * 2**30 * 8 / 1e6:10.0f} | {raw['gib_per_s']:6.2f} | {'-':>7} | {'-':>12} | "
+          f"{'-':>12} | {raw['load_average']:5.1f} |")
+
+
+def target_rows(rates: list[tuple[str, dict[str, float]]], raw: dict[str, float],
+                downtimes: list[dict[str, float]]) -> list[tuple[str, str, str, str, str, bool]]:
+    """(figure, measured, floor or bound, ratio, target, met) for each data-plane target."""
+    rows: list[tuple[str, str, str, str, str, bool]] = []
+    scaled = UNSHAPED_TARGET_GIB_S / QUIET_RAW_GIB_S
+    for label, rate in rates:
+        if not rate["configured_mbps"]:
+            if "non-zero" not in label:
+                continue
+            ratio = rate["gib_per_s"] / raw["gib_per_s"]
+            rows.append((f"unshaped GiB/s ({label.split(': ', 1)[1]})", f"{rate['gib_per_s']:.2f}",
+                         f"raw socket {raw['gib_per_s']:.2f}", f"{ratio:.2f}",
+                         f">= {UNSHAPED_TARGET_GIB_S:g} (>= {scaled:.2f} of raw)",
+                         rate["gib_per_s"] >= UNSHAPED_TARGET_GIB_S or ratio >= scaled))
+            continue
+        bound_mbps = min(rate["configured_mbps"], raw["gib_per_s"] * 2**30 * 8 / 1e6)
+        above_raw = " > raw socket" if bound_mbps < rate["configured_mbps"] else ""
+        rows.append((f"shaped Mbit/s ({label.split(': ', 1)[1]})", f"{rate['measured_mbps']:.0f}",
+                     f"configured {rate['configured_mbps']:.0f}{above_raw}",
+                     f"{rate['share_of_configured']:.3f}", f">= {SHAPED_TARGET_SHARE:.2f}",
+                     rate["share_of_configured"] >= SHAPED_TARGET_SHARE))
+    for d in downtimes:
+        rows.append((f"switchover p99 ms, {d['concurrent']:.0f} at once", f"{d['p99_ms']:.2f}",
+                     f"model transfer {d['model_transfer_ms']:.3f}", f"{d['p99_ms'] / SWITCHOVER_P99_TARGET_MS:.2f}",
+                     f"<= {SWITCHOVER_P99_TARGET_MS:g}", d["p99_ms"] <= SWITCHOVER_P99_TARGET_MS))
+    return rows
+
+
+def print_targets(rows: list[tuple[str, str, str, str, str, bool]]) -> None:
+    print("\n## Data-plane targets (one run; ratio = measured / floor for the unshaped rate, measured / configured "
+          "for the shaped ones, p99 / target for switchovers)\n")
+    print(f"| {'figure':<52} | {'measured':>8} | {'floor or bound':<28} | {'ratio':>5} | {'target':<24} | met |")
+    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 30}|{'-' * 7}|{'-' * 26}|-----|")
+    for figure, measured, floor, ratio, target, met in rows:
+        verdict = "yes" if met else "NO"
+        print(f"| {figure:<52} | {measured:>8} | {floor:<28} | {ratio:>5} | {target:<24} | {verdict:<3} |")
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--migrations", type=int, default=200, help="live migrations for the downtime series")
+    parser.add_argument("--migrations", type=int, default=200, help="live migrations for each downtime series")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (the median is reported)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--switchover-wait", type=float, default=SWITCHOVER_WAIT_SECONDS,
                         help="seconds a converged live migration waits for the go (0: no wait)")
+    parser.add_argument("--only", choices=("all", "data-plane"), default="all",
+                        help="data-plane: skip the pre-copy scenarios (throughput, floors and switchovers only)")
     args = parser.parse_args()
     started = time.monotonic()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="vmshift-bench-") as tmp:
         bench = Bench(Path(tmp))
         bench.switchover_wait = args.switchover_wait
         try:
-            print("scenarios...", file=sys.stderr)
-            rows = await scenario_table(bench, args.repeat)
+            if args.only == "all":
+                print("scenarios...", file=sys.stderr)
+                rows = await scenario_table(bench, args.repeat)
             print("downtime series...", file=sys.stderr)
-            downtime = await downtime_series(bench, args.migrations)
+            downtimes = [await downtime_series(bench, args.migrations),
+                         await downtime_series(bench, args.migrations, CONCURRENT_MIGRATIONS)]
             print("throughput...", file=sys.stderr)
+            raw = raw_socket_floor()
             rates = [
                 ("shaped: both hosts 1000 Mbit/s, 256 MiB", await throughput(bench, 1000, 1000, 256)),
                 ("shaped: both hosts 4000 Mbit/s, 512 MiB", await throughput(bench, 4000, 4000, 512)),
@@ -290,11 +431,16 @@ async def main() -> int:
             ]
         finally:
             bench.stop_all()
-    print_report(rows, downtime, rates)
-    print(f"\n(bench ran {time.monotonic() - started:.0f} s)")
+    if rows:
+        print_scenarios(rows)
+    for downtime in downtimes:
+        print_downtime(downtime)
+    print_throughput(rates, raw)
+    print_targets(target_rows(rates, raw, downtimes))
+    print(f"\n(bench ran {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end)")
     if args.json:
-        args.json.write_text(json.dumps({"scenarios": [asdict(r) for r in rows], "downtime": downtime,
-                                         "throughput": dict(rates)}, indent=2))
+        args.json.write_text(json.dumps({"scenarios": [asdict(r) for r in rows], "downtime": downtimes,
+                                         "raw_socket": raw, "throughput": dict(rates)}, indent=2))
     return 0
 
 

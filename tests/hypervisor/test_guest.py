@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from array import array
 
 import pytest
@@ -157,3 +158,27 @@ def test_guest_clock_heartbeat_and_writes_run_only_while_running() -> None:
     assert (guest.heartbeat, guest.memory.digest) == frozen, "a paused guest neither beats nor writes"
     guest.set_throttle(75.0)
     assert guest.write_rate_pages() == pytest.approx(PAGES_PER_MIB)
+
+
+def test_a_frame_is_built_and_checked_without_a_page_sized_temporary() -> None:
+    """Sending and checking a 1 MiB frame allocates nothing near the size of its pages: each such
+    temporary cost page faults on every frame, whose price depended on the allocator's state."""
+    source = GuestMemory("vm-frames", 1)
+    source.prefill(source.pages)
+    target = GuestMemory("vm-frames", 1)
+    prefix = pages_prefix(0, 256)
+    arrived = bytearray(source.encode(range(256), prefix))  # the receiver's buffer, filled by recv_into
+    tracemalloc.start()
+    try:
+        parts = source.frame_parts(range(256), prefix)
+        sent_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        _round, idx, versions, payload = parse_pages(memoryview(arrived)[8:])
+        target.apply(idx, versions, payload)
+        checked_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert b"".join(parts) == bytes(arrived)
+    assert sent_peak < 256 * 1024, f"building a frame's parts allocated {sent_peak} bytes"
+    assert checked_peak < 256 * 1024, f"checking a frame allocated {checked_peak} bytes"
+    assert target.digest == source.digest

@@ -54,6 +54,33 @@ async def test_token_bucket_credits_oversleeping_up_to_its_burst() -> None:
     assert clock.now - start == pytest.approx(0.99)
 
 
+async def test_token_bucket_credits_a_waiting_sender_all_the_time_it_came_back_late() -> None:
+    """A sender scheduled 40 ms late (a loaded host) catches up in full, so the rate does not sag;
+    before, whatever it lost past the 10 ms burst was lost for good."""
+    clock = FakeClock()
+    bucket = TokenBucket(1_000_000.0, clock=clock, sleep=clock.sleep, burst_seconds=0.01, min_burst=0)
+    start = clock.now
+    for _ in range(10):
+        await bucket.consume(100_000)
+        clock.now += 0.04  # woke up and sent 40 ms later than the bucket asked
+    assert clock.now - start == pytest.approx(1.0 + 0.04), "1 MB at 1 MB/s: the lateness is made up"
+    clock.now += 0.5  # then idle for longer than the catch-up window: only the burst is saved
+    start = clock.now
+    await bucket.consume(1_000_000)
+    assert clock.now - start == pytest.approx(0.99)
+
+
+async def test_priority_traffic_goes_at_once_and_the_bulk_waits_for_it() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1_000_000.0, clock=clock, sleep=clock.sleep, burst_seconds=0.01, min_burst=0)
+    bucket.reserve(500_000)  # another stream's write is waiting
+    start = clock.now
+    bucket.charge(100_000)  # a switchover's final pages
+    assert clock.now == start
+    await bucket.consume(100_000)
+    assert clock.now - start == pytest.approx(0.7), "the next bulk write waits for both"
+
+
 async def test_unlimited_bucket_never_waits() -> None:
     bucket = TokenBucket.mbps(0)
     assert bucket.unlimited

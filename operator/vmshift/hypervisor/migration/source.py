@@ -42,6 +42,7 @@ from vmshift.hypervisor.migration.wire import (
     Welcome,
     decode,
     encode,
+    frame_size,
     pages_prefix,
 )
 from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRequest, MigrationRole, RoundInfo, VmState
@@ -255,14 +256,15 @@ class SourceMigration:
         total = len(pages)
         for lo in range(0, total, CHUNK_PAGES):
             chunk = pages[lo:lo + CHUNK_PAGES]
-            frame = memory.encode(chunk, pages_prefix(round_index, len(chunk), flags))
-            await self.bucket.consume(len(frame))
-            await self.host.egress.consume(len(frame))
+            prefix = pages_prefix(round_index, len(chunk), flags)
+            size = frame_size(len(chunk))
+            await self.bucket.consume(size)
+            await self.host.egress.consume(size)
             self._check_target()
-            await stream.send(frame)
-            sent_bytes += len(frame)
+            await stream.send_parts(memory.frame_parts(chunk, prefix))
+            sent_bytes += size
             record.pages_sent += len(chunk)
-            record.wire_bytes += len(frame)
+            record.wire_bytes += size
             record.remaining_pages = (total - lo - len(chunk)) + memory.dirty_count()
             elapsed = time.monotonic() - started
             if elapsed > 0.02:
@@ -398,11 +400,16 @@ class SourceMigration:
             resume_state=VmState.Saved if self._prior_state is VmState.Saved else VmState.Running,
             mode=record.mode,
         ))
-        pages = [self.memory.encode(final[lo:lo + CHUNK_PAGES], pages_prefix(
-            record.round + 1, len(final[lo:lo + CHUNK_PAGES]), FLAG_FINAL)) for lo in range(0, len(final), CHUNK_PAGES)]
-        payload = b"".join([*pages, switchover])
-        await self.bucket.consume(len(payload) - len(switchover))
-        await self.host.egress.consume(len(payload) - len(switchover))
+        parts: list[bytes | memoryview] = []
+        for lo in range(0, len(final), CHUNK_PAGES):
+            chunk = final[lo:lo + CHUNK_PAGES]
+            parts += self.memory.frame_parts(chunk, pages_prefix(record.round + 1, len(chunk), FLAG_FINAL))
+        pages_bytes = sum(map(len, parts))
+        parts.append(switchover)
+        # The final pages keep to this migration's own rate (the model's transfer part of the downtime)
+        # but take priority on the host's link: the guest is paused, other migrations' bulk waits.
+        await self.bucket.consume(pages_bytes)
+        self.host.egress.charge(pages_bytes)
         self._check_target()
         self._marks.append(("final built", time.monotonic()))
         # From the moment this write may reach the target, only the target knows whether the guest
@@ -411,9 +418,9 @@ class SourceMigration:
         if not already_halted:  # the stop-and-copy round of a live migration (possibly empty)
             record.round += 1
             record.pages_sent += len(final)
-        record.wire_bytes += len(payload)
+        record.wire_bytes += pages_bytes + len(switchover)
         try:
-            await stream.send(payload)
+            await stream.send_parts(parts)
             self._marks.append(("switchover sent", time.monotonic()))
             if not already_halted:
                 assert self._paused_at is not None

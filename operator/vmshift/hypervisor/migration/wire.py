@@ -270,6 +270,11 @@ def decode(kind: int, body: memoryview | bytes) -> ControlMessage:
 # Page runs
 
 
+def frame_size(count: int) -> int:
+    """Bytes on the wire of a PAGES frame of ``count`` pages, header included."""
+    return HEADER.size + PAGES_HEAD.size + (8 + PAGE_SIZE) * count
+
+
 def pages_prefix(round_index: int, count: int, flags: int = 0) -> bytes:
     """Frame header and PAGES head of a run of ``count`` pages (the page data follows)."""
     body_len = PAGES_HEAD.size + 8 * count + PAGE_SIZE * count
