@@ -360,7 +360,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(), "inDoubt": None}
+    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(micro=True), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
@@ -547,7 +547,7 @@ async def drive_migration(
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
-                                    startedAt=timestamps.rfc3339())
+                                    startedAt=timestamps.rfc3339(micro=True))
                 events.info(body, reason="Started",
                               message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
