@@ -66,6 +66,7 @@ from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
+    LinkShare,
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
@@ -181,6 +182,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         fallback_to_quick=policy.allows_quick,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
+        link_share=LinkShare(rank=spec.linkShare.rank, ratio=spec.linkShare.ratio) if spec.linkShare else None,
         timeout_seconds=float(timeout),
         switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from vmshift.hypervisor.protocol import (
     VmState,
     valid_vm_id,
 )
-from vmshift.hypervisor.ratelimit import TokenBucket
+from vmshift.hypervisor.ratelimit import TokenBucket, link_weights, mbps_to_bytes_per_second, weighted_shares
 from vmshift.processor import guest_features, processor_info
 from vmshift.sensors import (
     IDLE_HOST_WATTS,
@@ -501,6 +502,7 @@ class HypervisorHost:
         guest.migration_id = request.migration_id
         self._remember(migration)
         migration.start()
+        self._share_link()
         log.info("migration %s: %s VM %s to %s:%d", request.migration_id, request.mode.value, guest.vm_id,
                  request.target.host, request.target.port)
         return migration.record.status(), True
@@ -575,7 +577,25 @@ class HypervisorHost:
             guest.resume()
 
     def migration_ended(self, migration: Migration) -> None:
-        """Nothing to do beyond the record: finished migrations stay listed (bounded)."""
+        """A source that ends frees its share of the link for the others; finished migrations stay listed
+        (bounded)."""
+        if isinstance(migration, SourceMigration):
+            self._share_link(ended=migration)
+
+    def _share_link(self, ended: SourceMigration | None = None) -> None:
+        """Shape each sending migration to its share of this host's migration link (``LinkShare``): weighted
+        max-min over the link, each capped by its own rate (the target's link, the policy's cap)."""
+        sending = [m for m in self.migrations.values()
+                   if isinstance(m, SourceMigration) and m is not ended and not m.record.finished]
+        if not sending:
+            return
+        weights = link_weights([(m.request.link_share.rank, m.request.link_share.ratio)
+                                if m.request.link_share is not None else None for m in sending])
+        caps = [mbps_to_bytes_per_second(m.bandwidth_mbps) if m.bandwidth_mbps > 0 else math.inf for m in sending]
+        for m, rate in zip(sending, weighted_shares(list(zip(weights, caps, strict=True)), self.egress.rate),
+                           strict=True):
+            m.rate = rate
+            m.bucket.set_rate(rate)
 
     def find_incoming(self, migration_id: str) -> TargetMigration | None:
         migration = self.migrations.get(migration_id)
