@@ -49,3 +49,23 @@ def test_migration_gaps_measure_from_the_latest_finish_to_the_next_start() -> No
 
 def test_migration_gaps_of_migrations_all_started_at_once_are_empty() -> None:
     assert bench.migration_gaps([(0.0, 3.0), (0.0, 4.0)]) == []
+
+
+def test_a_hand_over_to_a_migration_already_sending_leaves_the_link_busy() -> None:
+    # b was prepared ahead and trickles from 0.5: a's end hands the link over with no idle time; c then
+    # starts 0.3 s after b's end with nothing else sending
+    spans = [(0.0, 5.0), (0.5, 9.0), (9.3, 12.0)]
+    assert bench.idle_handovers(spans) == pytest.approx([0.0, 0.3])
+
+
+def test_busy_time_is_the_union_of_the_spans() -> None:
+    assert bench.busy_seconds([(0.0, 5.0), (1.0, 6.0), (8.0, 9.0)]) == pytest.approx(7.0)
+    assert bench.busy_seconds([]) == 0.0
+
+
+def test_the_data_plane_floor_takes_the_best_rate_and_the_fewest_bytes_never_above_the_link() -> None:
+    planner = bench.RealRun(makespan=12.0, spans=[(0.0, 10.0)], mib=1000.0, failed=0)  # 100 MiB/s
+    fixed = bench.RealRun(makespan=11.0, spans=[(0.0, 4.0), (4.0, 8.0)], mib=1200.0, failed=0)  # 150 MiB/s
+    assert bench.data_plane_floor(planner, fixed, link_mbps=25_000) == pytest.approx(1000.0 / 150.0)
+    # a 1 Gbit/s link (119 MiB/s) is slower than the data plane: the link decides
+    assert bench.data_plane_floor(planner, fixed, link_mbps=1000) == pytest.approx(1000.0 / (1e9 / 8 / 2**20))
