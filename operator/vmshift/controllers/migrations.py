@@ -79,6 +79,8 @@ AGENT_LOST_SECONDS = 20.0
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
+#: How often a queued migration looks at the queue again when no migration gave slots back meanwhile.
+QUEUE_POLL_SECONDS = 0.5
 #: How long a source agent holds a converged live switchover for this operator's go (written first:
 #: phase SwitchingOver). The guest runs on meanwhile, so the wait costs no downtime, only the link's
 #: share of the hot set; a responsive operator answers within a poll and two calls (well under a
@@ -135,6 +137,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
                 raise Leaving()  # still queued: a paused operator that resumes finds its ticket again
             rt.gate.release(run.key)
             return False
+        released = rt.gate_changed  # taken before looking, so a release meanwhile still wakes this wait
         now = fleet()
         hosts = {h.name: h for h in now}
         rt.gate.admit(hosts, run.policy.parallel_migrations_per_cluster)
@@ -144,8 +147,17 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
             told = ticket.waiting_for
             await run.set_phase(MigrationPhase.Pending, "WaitingForSlot",
                                 f"{run.vm_name} -> {target} waits: {told}", sourceHost=run.source, targetHost=target)
-        await stopped.wait(0.5)
+        await _released_or_stopped(released, stopped)
     return True
+
+
+async def _released_or_stopped(released: asyncio.Event, stopped: kopf.DaemonStopped) -> None:
+    """Wait until a migration gives slots back, the daemon is stopped, or QUEUE_POLL_SECONDS pass (the
+    fleet may have changed otherwise: a host came back, a cordon was lifted)."""
+    waits = {asyncio.ensure_future(released.wait()), asyncio.ensure_future(stopped.wait(QUEUE_POLL_SECONDS))}
+    _, pending = await asyncio.wait(waits, timeout=QUEUE_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
 
 
 async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
@@ -412,7 +424,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
     rt.gate.release(run.key)
-    rt.gate_changed.set()
+    rt.gate_released()
 
 
 def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
