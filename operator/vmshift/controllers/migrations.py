@@ -546,8 +546,6 @@ async def drive_migration(
                 if not await _wait_for_slots(run, target, stopped):
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
-                                    targetHost=target, mode=mode.value, policy=run.policy.name)
                 # A second look at the admitted target (the fleet moved while this request waited).
                 move = await _validate(run, wanted, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
@@ -557,7 +555,12 @@ async def drive_migration(
                     # was sent yet, so it ends here rather than starting a move nobody wants.
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await run.mark_vm(MigrationPhase.Validating)
+                # Both written before any agent is asked to do anything (a restarted daemon finds
+                # Validating and asks the source); written together, they cost one round trip.
+                await asyncio.gather(
+                    run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
+                                  targetHost=target, mode=mode.value, policy=run.policy.name),
+                    run.mark_vm(MigrationPhase.Validating))
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
