@@ -1,4 +1,4 @@
-"""A source agent shapes each migration to its share of the host's link (LinkShare), again whenever
+"""A source agent shapes each migration to its share of the host's link (LinkShareSettings), again whenever
 one starts or ends: the pure sharing rules, then two migrations through real agents."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.hypervisor.helpers import finished, running_vm
 from vmshift.api.reasons import MigrationPhase
 from vmshift.hypervisor.client import begin_migration
 from vmshift.hypervisor.launcher import AgentProcess
-from vmshift.hypervisor.protocol import LinkShare
+from vmshift.hypervisor.protocol import LinkShareSettings
 from vmshift.hypervisor.ratelimit import link_weights, weighted_shares
 
 
@@ -41,8 +41,8 @@ async def test_the_first_ranked_migration_takes_most_of_the_link_and_the_next_th
     async with a.client() as h1, b.client() as h2:
         await running_vm(h1, "first", memory_mib=64, prefill=64)
         await running_vm(h1, "second", memory_mib=64, prefill=64)
-        await begin_migration(h1, h2, "first", "mig-first", link_share=LinkShare(rank=0, ratio=8.0))
-        await begin_migration(h1, h2, "second", "mig-second", link_share=LinkShare(rank=1, ratio=8.0))
+        await begin_migration(h1, h2, "first", "mig-first", link_share=LinkShareSettings(rank=0, ratio=8.0))
+        await begin_migration(h1, h2, "second", "mig-second", link_share=LinkShareSettings(rank=1, ratio=8.0))
         await asyncio.sleep(0.6)
         first, second = await h1.get_migration("mig-first"), await h1.get_migration("mig-second")
         # 400 Mbit/s is 47.7 MiB/s: 8/9 of it for the first, 1/9 for the second

@@ -66,7 +66,7 @@ from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
-    LinkShare,
+    LinkShareSettings,
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
@@ -194,7 +194,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         fallback_to_quick=policy.allows_quick,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
-        link_share=LinkShare(rank=spec.linkShare.rank, ratio=spec.linkShare.ratio) if spec.linkShare else None,
+        link_share=LinkShareSettings.model_validate(spec.linkShare.model_dump()) if spec.linkShare else None,
         timeout_seconds=float(timeout),
         switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )
@@ -555,8 +555,7 @@ async def drive_migration(
                     # was sent yet, so it ends here rather than starting a move nobody wants.
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                # Both written before any agent is asked to do anything (a restarted daemon finds
-                # Validating and asks the source); written together, they cost one round trip.
+                # Both before any agent acts (a restarted daemon finds Validating, asks the source); one round trip.
                 await asyncio.gather(
                     run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                   targetHost=target, mode=mode.value, policy=run.policy.name),

@@ -33,7 +33,7 @@ from vmshift.hypervisor.protocol import (
     IncomingMigrationGrant,
     IncomingMigrationRequest,
     IncomingVm,
-    LinkShare,
+    LinkShareSettings,
     MigrationList,
     MigrationRequest,
     MigrationStatus,
@@ -314,7 +314,7 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
                           target_address: tuple[str, int] | None = None,
                           switchover_wait_seconds: float = 0.0,
-                          link_share: LinkShare | None = None) -> MigrationStatus:
+                          link_share: LinkShareSettings | None = None) -> MigrationStatus:
     """Both calls of a migration: reserve on the target, then start on the source.
 
     ``target_address`` overrides where the source connects (tests put a proxy there).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -46,7 +45,7 @@ from vmshift.hypervisor.protocol import (
     VmState,
     valid_vm_id,
 )
-from vmshift.hypervisor.ratelimit import TokenBucket, link_weights, mbps_to_bytes_per_second, weighted_shares
+from vmshift.hypervisor.ratelimit import TokenBucket, link_shares
 from vmshift.processor import guest_features, processor_info
 from vmshift.sensors import (
     IDLE_HOST_WATTS,
@@ -583,17 +582,11 @@ class HypervisorHost:
             self._share_link(ended=migration)
 
     def _share_link(self, ended: SourceMigration | None = None) -> None:
-        """Shape each sending migration to its share of this host's migration link (``LinkShare``): weighted
-        max-min over the link, each capped by its own rate (the target's link, the policy's cap)."""
+        """Shape each sending migration to its share of this host's migration link (``LinkShareSettings``)."""
         sending = [m for m in self.migrations.values()
                    if isinstance(m, SourceMigration) and m is not ended and not m.record.finished]
-        if not sending:
-            return
-        weights = link_weights([(m.request.link_share.rank, m.request.link_share.ratio)
-                                if m.request.link_share is not None else None for m in sending])
-        caps = [mbps_to_bytes_per_second(m.bandwidth_mbps) if m.bandwidth_mbps > 0 else math.inf for m in sending]
-        for m, rate in zip(sending, weighted_shares(list(zip(weights, caps, strict=True)), self.egress.rate),
-                           strict=True):
+        shares = link_shares([(m.request.link_share, m.bandwidth_mbps) for m in sending], self.egress.rate)
+        for m, rate in zip(sending, shares, strict=True):
             m.rate = rate
             m.bucket.set_rate(rate)
 

@@ -423,7 +423,7 @@ class AutoConvergeSettings(Request):
     max_percent: float = Field(CONVERGENCE.throttle_max_percent, gt=0, le=99.9)
 
 
-class LinkShare(Request):
+class LinkShareSettings(Request):
     """How a migration shares its source's migration link with the others the source sends at the same time.
 
     The planner of a drain decides the shares; the source agent enforces them: among the migrations
@@ -455,7 +455,7 @@ class MigrationRequest(Request):
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
-    link_share: LinkShare | None = Field(None, description="This migration's share of the source's link while "
+    link_share: LinkShareSettings | None = Field(None, description="This migration's share of the source's link while "
                                          "others send too; unset: an equal share.")
     timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
     switchover_wait_seconds: float = Field(0.0, ge=0, le=20, description="Once pre-copy has converged, keep "

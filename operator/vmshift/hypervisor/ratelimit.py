@@ -11,6 +11,10 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmshift.hypervisor.protocol import LinkShareSettings
 
 MBIT = 1_000_000 / 8  # bytes per second in one Mbit/s
 
@@ -111,3 +115,12 @@ def weighted_shares(flows: Sequence[tuple[float, float]], capacity: float) -> li
             rates[i] = flows[i][1]
         open_ -= capped
     return rates
+
+
+def link_shares(migrations: Sequence[tuple[LinkShareSettings | None, float]], capacity: float) -> list[float]:
+    """Bytes per second for each migration sending on a link of ``capacity`` bytes per second, from its
+    share (None: an equal one) and its own cap in Mbit/s (0: none, else the target's link or a policy's
+    cap): weighted max-min, so the link stays full when it can be."""
+    weights = link_weights([(s.rank, s.ratio) if s is not None else None for s, _ in migrations])
+    caps = [mbps_to_bytes_per_second(mbps) if mbps > 0 else math.inf for _, mbps in migrations]
+    return weighted_shares(list(zip(weights, caps, strict=True)), capacity)
