@@ -14,7 +14,7 @@ from vmshift.api.reasons import MigrationPhase
 from vmshift.hypervisor.client import begin_migration
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.protocol import LinkShareSettings
-from vmshift.hypervisor.ratelimit import link_weights, weighted_shares
+from vmshift.hypervisor.ratelimit import TRICKLE_FLOOR, link_shares, link_weights, weighted_shares
 
 
 def test_weights_count_only_differences_of_rank() -> None:
@@ -31,6 +31,16 @@ def test_shares_divide_the_link_by_weight_and_pass_on_what_a_cap_leaves() -> Non
     assert weighted_shares([(1.0, 100.0), (1.0, 200.0)], 900.0) == pytest.approx([100.0, 200.0])
     assert weighted_shares([(1.0, 50.0)], math.inf) == [50.0]
     assert weighted_shares([], 900.0) == []
+
+
+def test_a_migration_kept_behind_on_a_slow_link_still_sends_often_enough_for_its_target() -> None:
+    # 100 Mbit/s: a thousandth of it would send one 1 MiB frame every 84 s, past the target's 30 s limit
+    first, ready = link_shares([(LinkShareSettings(rank=0, ratio=1000.0), 0.0),
+                                (LinkShareSettings(rank=1, ratio=1000.0), 0.0)], 100e6 / 8)
+    assert ready == TRICKLE_FLOOR and 2**20 / ready < 30 / 4
+    assert first == pytest.approx(100e6 / 8 * 1000 / 1001)
+    # a migration capped below the floor keeps its cap (0.5 Mbit/s)
+    assert link_shares([(None, 0.5)], 100e6 / 8) == [pytest.approx(0.5e6 / 8)]
 
 
 async def test_the_first_ranked_migration_takes_most_of_the_link_and_the_next_the_rest_when_it_ends(

@@ -117,10 +117,17 @@ def weighted_shares(flows: Sequence[tuple[float, float]], capacity: float) -> li
     return rates
 
 
+#: The least a sending migration gets, bytes per second: a migration kept trickling behind others still
+#: sends a frame (256 pages, 1 MiB) every few seconds, well within the target's 30 s idle limit. The
+#: host's egress bucket keeps the sum within the link.
+TRICKLE_FLOOR = 256 * 1024
+
+
 def link_shares(migrations: Sequence[tuple[LinkShareSettings | None, float]], capacity: float) -> list[float]:
     """Bytes per second for each migration sending on a link of ``capacity`` bytes per second, from its
     share (None: an equal one) and its own cap in Mbit/s (0: none, else the target's link or a policy's
-    cap): weighted max-min, so the link stays full when it can be."""
+    cap): weighted max-min, so the link stays full when it can be; never below ``TRICKLE_FLOOR``."""
     weights = link_weights([(s.rank, s.ratio) if s is not None else None for s, _ in migrations])
     caps = [mbps_to_bytes_per_second(mbps) if mbps > 0 else math.inf for _, mbps in migrations]
-    return weighted_shares(list(zip(weights, caps, strict=True)), capacity)
+    shares = weighted_shares(list(zip(weights, caps, strict=True)), capacity)
+    return [max(rate, min(cap, TRICKLE_FLOOR)) for rate, cap in zip(shares, caps, strict=True)]
