@@ -16,6 +16,7 @@ guests that needed auto-converge (their vCPUs slowed) or failed, ours / fixed-2.
     .venv/bin/python bench/drain.py                    # every scenario, seeds 1-3, 40 VMs
     .venv/bin/python bench/drain.py --seeds 5 --vms 60 --setup-seconds 0
     .venv/bin/python bench/drain.py --real              # the real thing: control plane, agents, operator
+    .venv/bin/python bench/drain.py --real --fixed-first   # the same, fixed-2 drained first
 
 ``--real`` runs the product instead of the simulator: the embedded control plane, one agent process
 per host, the operator as a process. Two identical source hosts hold the same VMs (real guests that
@@ -24,10 +25,14 @@ dirty memory; migrations stream it over TCP at the hosts' link rate). One is dra
 every VM is asked to move at once, round-robin over the same targets, and the migration queue runs
 them two per host first come first served (fixed-2). Each run has the targets to itself. Defaults: 12
 VMs of 1-4 GiB on 25 Gbit/s links, 3 targets; every host is sized so that all guests fit. It prints one
-table: each measured makespan beside the bandwidth lower bound from ``status.drain`` (the planner's),
-the ratio and the target, the best any schedule could do against fixed-2, and the per-migration
-overhead (from one migration's end to the next one's first byte, from the migrations' ``startedAt``
-and ``finishedAt``), with the load average before and after.
+table: each measured makespan beside the bandwidth lower bound from ``status.drain`` (the planner's)
+and beside the data-plane floor (the fewest bytes either schedule sent at the best aggregate rate
+either reached: on two shared cores the agents' CPUs, not a 25 Gbit/s link, bound the data plane),
+the ratio and the target, the best any schedule could do against fixed-2 by either measure, and the
+per-migration overhead (from one migration's end to the next one's first byte, and the link's idle
+time at each hand-over, from the migrations' ``startedAt`` and ``finishedAt``), with the load
+average. The planner drains first unless ``--fixed-first``: the load of a shared machine drifts
+over a run, so compare both orders.
 """
 
 from __future__ import annotations
@@ -230,7 +235,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def real_run(vms: int, link_mbps: int, targets: int, timeout: float) -> int:
+def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first: bool = False) -> int:
     """Drain a real source with the planner and another with fixed-2; print one table of both."""
     import json
     import os
@@ -310,28 +315,41 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float) -> int:
             reaches("vsvm", name, ns, {"Running"}, 180)
             stack.kubectl("patch", "vsvm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"placement":{"host":null}}}')
 
-        # planner: the other source is cordoned so it takes nothing
+        # Each drain has the targets to itself; the source not being drained is cordoned so it takes nothing.
         patch_host("src-fixed", {"unschedulable": True})
-        began = time.monotonic()
-        patch_host("src-plan", {"maintenance": True})
-        reaches("host", "src-plan", None, {"Maintenance"}, timeout)
-        planner = time.monotonic() - began
-        drain = status("host", "src-plan").get("drain") or {}
-        listing = json.loads(stack.kubectl("get", "vsmig", "-n", ns, "-o", "json").stdout)
-        planner_migrations = [m["metadata"]["name"] for m in listing["items"]]
-        planner_run = measure(planner_migrations, planner, int(drain.get("failed") or 0))
+        loads: dict[str, tuple[float, float]] = {}
 
-        # fixed-2: every move asked at once, round-robin over the targets; the queue runs 2 per host
-        began = time.monotonic()
-        fixed_migrations = [f"fixed-{g.name}" for g in guests]
-        stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
-                      "metadata": {"name": f"fixed-{g.name}", "namespace": ns},
-                      "spec": {"vmName": f"src-fixed-{g.name}", "targetHost": target_names[i % targets]}}
-                     for i, g in enumerate(guests)])
-        results = [reaches("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, timeout)
-                   for name in fixed_migrations]
-        fixed = time.monotonic() - began
-        fixed_run = measure(fixed_migrations, fixed, sum(1 for r in results if r != "Succeeded"))
+        def run_planner() -> tuple[RealRun, dict[str, Any]]:
+            began, load = time.monotonic(), os.getloadavg()[0]
+            patch_host("src-plan", {"maintenance": True})
+            reaches("host", "src-plan", None, {"Maintenance"}, timeout)
+            makespan = time.monotonic() - began
+            loads["planner"] = (load, os.getloadavg()[0])
+            drain = status("host", "src-plan").get("drain") or {}
+            listing = json.loads(stack.kubectl("get", "vsmig", "-n", ns, "-l", "vmshift.io/evacuation=src-plan",
+                                               "-o", "json").stdout)
+            names = [m["metadata"]["name"] for m in listing["items"]]
+            return measure(names, makespan, int(drain.get("failed") or 0)), drain
+
+        def run_fixed() -> RealRun:
+            # every move asked at once, round-robin over the targets; the queue runs 2 per host
+            began, load = time.monotonic(), os.getloadavg()[0]
+            names = [f"fixed-{g.name}" for g in guests]
+            stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                          "metadata": {"name": f"fixed-{g.name}", "namespace": ns},
+                          "spec": {"vmName": f"src-fixed-{g.name}", "targetHost": target_names[i % targets]}}
+                         for i, g in enumerate(guests)])
+            results = [reaches("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) for name in names]
+            makespan = time.monotonic() - began
+            loads["fixed-2"] = (load, os.getloadavg()[0])
+            return measure(names, makespan, sum(1 for r in results if r != "Succeeded"))
+
+        if fixed_first:
+            fixed_run = run_fixed()
+            planner_run, drain = run_planner()
+        else:
+            planner_run, drain = run_planner()
+            fixed_run = run_fixed()
         bound = float(drain.get("lowerBoundSeconds") or 0)
         planned = float(drain.get("expectedSeconds") or 0)
         load_after = os.getloadavg()
@@ -339,7 +357,9 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float) -> int:
                          targets=targets, planned=planned, strategy=str(drain.get("strategy")), bound=bound,
                          planner=planner_run, fixed=fixed_run)
         print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-              f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+              f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; 1 min at the start and end of "
+              + ", ".join(f"{k} {v[0]:.2f} -> {v[1]:.2f}" for k, v in loads.items())
+              + f" ({'fixed-2' if fixed_first else 'planner'} ran first)")
         return 0
     finally:
         stack.stop()
@@ -429,12 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-mbps", type=int, default=25_000, help="with --real: every host's migration link")
     parser.add_argument("--targets", type=int, default=3, help="with --real: target hosts")
     parser.add_argument("--timeout", type=float, default=1800.0, help="with --real: seconds each drain may take")
+    parser.add_argument("--fixed-first", action="store_true",
+                        help="with --real: fixed-2 first (a shared machine's load drifts: run both orders)")
     args = parser.parse_args(argv)
     args.vms_given = args.vms is not None
     if args.vms is None:
         args.vms = 40
     if args.real:
-        return real_run(args.vms if args.vms_given else REAL_VMS, args.link_mbps, args.targets, args.timeout)
+        return real_run(args.vms if args.vms_given else REAL_VMS, args.link_mbps, args.targets, args.timeout,
+                        fixed_first=args.fixed_first)
     header = (
         f"{'scenario':<19} {'seed':>4} {'VMs':>3} {'bound s':>7} {'planner s':>9} {'x bound':>7} "
         f"{'fixed-2 s':>9} {'x bound':>7} {'shorter':>7} {'best':>6} {'throttled':>9}  {'plan (ms to plan)'}"
