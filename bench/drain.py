@@ -401,7 +401,7 @@ def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int,
           f"{targets} targets, 2 migration slots per host; plan: {strategy}, {planned:.1f} s planned")
     print(f"data plane reached {planner.rate_mibps:.0f} MiB/s (planner) and {fixed.rate_mibps:.0f} MiB/s (fixed-2) "
           f"while sending; sent {planner.mib:.0f} and {fixed.mib:.0f} MiB")
-    header = f"{'what':<40} {'measured':>9} {'bound':>8} {'ratio':>7} {'target':>18}  verdict"
+    header = f"{'what':<44} {'measured':>9} {'bound':>8} {'ratio':>7} {'target':>18}  verdict"
     print(header)
     print("-" * len(header))
 
@@ -409,7 +409,7 @@ def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int,
         ratio = measured / against if against else float("inf")
         verdict = "" if target is None else ("meets" if ratio <= target else "MISSES")
         goal = "(baseline)" if target is None else f"<= {target:.2f} x bound"
-        print(f"{what:<40} {measured:>9.1f} {against:>8.1f} {ratio:>7.3f} {goal:>18}  {verdict}")
+        print(f"{what:<44} {measured:>9.1f} {against:>8.1f} {ratio:>7.3f} {goal:>18}  {verdict}")
 
     row("planner / link bound (s)", planner.makespan, bound, 1.15)
     row("planner / data-plane floor (s)", planner.makespan, floor, 1.15)
@@ -424,15 +424,15 @@ def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int,
         verdict = f"no schedule can here: best possible {best_floor:.1%} (data-plane floor)"
     else:
         verdict = "MISSES"
-    print(f"{'planner shorter than fixed-2':<40} {shorter:>9.1%} {'':>8} {'':>7} {'>= 15 %':>18}  {verdict}")
-    print(f"{'best possible vs fixed-2: link bound':<40} {best_link:>9.1%}")
-    print(f"{'best possible vs fixed-2: data-plane floor':<40} {best_floor:>9.1%}")
+    print(f"{'planner shorter than fixed-2':<44} {shorter:>9.1%} {'':>8} {'':>7} {'>= 15 %':>18}  {verdict}")
+    print(f"{'best possible vs fixed-2: link bound':<44} {best_link:>9.1%}")
+    print(f"{'best possible vs fixed-2: data-plane floor':<44} {best_floor:>9.1%}")
     for label, run in (("planner", planner), ("fixed-2", fixed)):
         gaps, idle = migration_gaps(run.spans), idle_handovers(run.spans)
-        print(f"{label + ': end -> next first byte (ms)':<40} {_percentile(gaps, 0.5) * 1000:>9.0f} "
+        print(f"{label + ': end -> next first byte (ms)':<44} {_percentile(gaps, 0.5) * 1000:>9.0f} "
               f"{'':>8} {'':>7} {'p50; p90 ' + format(_percentile(gaps, 0.9) * 1000, '.0f'):>18}  "
               f"{len(gaps)} new migrations after an end")
-        print(f"{label + ': link idle per hand-over (ms)':<40} {_percentile(idle, 0.5) * 1000:>9.0f} "
+        print(f"{label + ': link idle per hand-over (ms)':<44} {_percentile(idle, 0.5) * 1000:>9.0f} "
               f"{'':>8} {'':>7} {'p50; p90 ' + format(_percentile(idle, 0.9) * 1000, '.0f'):>18}  "
               f"{sum(idle):.1f} s idle in {len(idle)} hand-overs")
     print(f"failed attempts: planner {planner.failed}, fixed-2 {fixed.failed}")
