@@ -69,3 +69,25 @@ def test_the_data_plane_floor_takes_the_best_rate_and_the_fewest_bytes_never_abo
     assert bench.data_plane_floor(planner, fixed, link_mbps=25_000) == pytest.approx(1000.0 / 150.0)
     # a 1 Gbit/s link (119 MiB/s) is slower than the data plane: the link decides
     assert bench.data_plane_floor(planner, fixed, link_mbps=1000) == pytest.approx(1000.0 / (1e9 / 8 / 2**20))
+
+
+def _table(capsys: pytest.CaptureFixture[str], planner: float, fixed: float) -> str:
+    run = bench.RealRun(makespan=planner, spans=[(0.0, 10.0)], mib=1000.0, failed=0)  # floor: 10 s
+    base = bench.RealRun(makespan=fixed, spans=[(0.0, 10.0)], mib=1000.0, failed=0)
+    bench.print_real_table(vms=12, memory_mib=1000, link_mbps=25_000, targets=3, planned=5.0, strategy="s",
+                           bound=4.0, planner=run, fixed=base)
+    return capsys.readouterr().out
+
+
+def test_the_table_says_where_no_schedule_can_be_15_percent_shorter(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _table(capsys, planner=10.5, fixed=11.0)  # the floor (10 s) is within 10 % of fixed-2
+    shorter = next(line for line in out.splitlines() if line.startswith("planner shorter than fixed-2"))
+    assert "no schedule can here: best possible 9.1%" in shorter, out
+    floor = next(line for line in out.splitlines() if line.startswith("planner / data-plane floor"))
+    assert floor.split()[-1] == "meets" and "1.050" in floor, out
+
+
+def test_the_table_marks_a_miss(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _table(capsys, planner=19.0, fixed=20.0)
+    shorter = next(line for line in out.splitlines() if line.startswith("planner shorter than fixed-2"))
+    assert shorter.split()[-1] == "MISSES", out
