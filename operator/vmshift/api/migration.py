@@ -44,6 +44,25 @@ TARGET_IMMUTABLE = CelRule(
 )
 
 
+class LinkShare(ApiModel):
+    """This migration's share of its source host's migration link while other migrations send from it."""
+
+    rank: int = Field(
+        description="Position in the drain's order, 0 first. Among the migrations a source sends at once that "
+        "carry a linkShare, the lowest rank gets weight 1 and each other ratio^(lowest - rank); one without a "
+        "linkShare gets weight 1. 0 to 1000000.",
+        ge=0,
+        le=1_000_000,
+    )
+    ratio: float = Field(
+        1.0,
+        description="How many times the link share of the next rank this rank gets: 1 shares equally; a large "
+        "ratio keeps a later migration prepared and trickling until the earlier ones end. 1 to 1000, default 1.",
+        ge=1,
+        le=1000,
+    )
+
+
 class VirtualMachineMigrationSpec(ApiModel):
     """Which VM to move, where, and within which limits. The VM, target and mode never change after creation."""
 
@@ -88,6 +107,12 @@ class VirtualMachineMigrationSpec(ApiModel):
         "completionTimeoutPerGiBSeconds times the guest's memory in GiB. 1 to 86400.",
         ge=1,
         le=86400,
+    )
+    linkShare: LinkShare | None = Field(
+        None,
+        description="How this migration shares its source's migration link with the others the source sends at "
+        "the same time; the source's agent shapes each to its share. A drain sets it from its plan. Unset: an "
+        "equal share.",
     )
 
 

@@ -77,4 +77,4 @@ async def move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) ->
     events.info(run.vm_ref(), reason="MovedCold", message=decision.message)
     metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
     rt.gate.release(run.key)
-    rt.gate_changed.set()
+    rt.gate_released()

@@ -123,7 +123,8 @@ def migration_body(create: Create, host: str, episode: str, trigger: str, vm: VM
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "name": vm.name,
                                  "uid": vm.uid, "controller": False, "blockOwnerDeletion": False}],
         },
-        "spec": {"vmName": create.vm_name, "targetHost": move.target, "mode": "Auto", "reason": reason[:1024]},
+        "spec": {"vmName": create.vm_name, "targetHost": move.target, "mode": "Auto", "reason": reason[:1024],
+                 "linkShare": {"rank": min(create.rank, 1_000_000), "ratio": create.ratio}},
     }
 
 

@@ -66,6 +66,7 @@ from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
     IncomingMigrationRequest,
     IncomingVm,
+    LinkShareSettings,
     MigrationRequest,
     MigrationStatus,
     MigrationTarget,
@@ -78,6 +79,8 @@ AGENT_LOST_SECONDS = 20.0
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
+#: How often a queued migration looks at the queue again when no migration gave slots back meanwhile.
+QUEUE_POLL_SECONDS = 0.5
 #: How long a source agent holds a converged live switchover for this operator's go (written first:
 #: phase SwitchingOver). The guest runs on meanwhile, so the wait costs no downtime, only the link's
 #: share of the hot set; a responsive operator answers within a poll and two calls (well under a
@@ -134,6 +137,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
                 raise Leaving()  # still queued: a paused operator that resumes finds its ticket again
             rt.gate.release(run.key)
             return False
+        released = rt.gate_changed  # taken before looking, so a release meanwhile still wakes this wait
         now = fleet()
         hosts = {h.name: h for h in now}
         rt.gate.admit(hosts, run.policy.parallel_migrations_per_cluster)
@@ -143,8 +147,17 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
             told = ticket.waiting_for
             await run.set_phase(MigrationPhase.Pending, "WaitingForSlot",
                                 f"{run.vm_name} -> {target} waits: {told}", sourceHost=run.source, targetHost=target)
-        await stopped.wait(0.5)
+        await _released_or_stopped(released, stopped)
     return True
+
+
+async def _released_or_stopped(released: asyncio.Event, stopped: kopf.DaemonStopped) -> None:
+    """Wait until a migration gives slots back, the daemon is stopped, or QUEUE_POLL_SECONDS pass (the
+    fleet may have changed otherwise: a host came back, a cordon was lifted)."""
+    waits = {asyncio.ensure_future(released.wait()), asyncio.ensure_future(stopped.wait(QUEUE_POLL_SECONDS))}
+    _, pending = await asyncio.wait(waits, timeout=QUEUE_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
 
 
 async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
@@ -181,6 +194,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         fallback_to_quick=policy.allows_quick,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
+        link_share=LinkShareSettings.model_validate(spec.linkShare.model_dump()) if spec.linkShare else None,
         timeout_seconds=float(timeout),
         switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )
@@ -360,7 +374,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     """Write the end: the migration's status, the VM's status, events and metrics."""
     rt = runtime()
     mode = (report.mode if report else run.mode) or MigrationMode.Live
-    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(), "inDoubt": None}
+    extra: dict[str, Any] = {"finishedAt": timestamps.rfc3339(micro=True), "inDoubt": None}
     if run.source:
         extra["sourceHost"] = run.source
     if run.target:
@@ -410,7 +424,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
     rt.gate.release(run.key)
-    rt.gate_changed.set()
+    rt.gate_released()
 
 
 def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
@@ -532,8 +546,6 @@ async def drive_migration(
                 if not await _wait_for_slots(run, target, stopped):
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
-                                    targetHost=target, mode=mode.value, policy=run.policy.name)
                 # A second look at the admitted target (the fleet moved while this request waited).
                 move = await _validate(run, wanted, values(indexes.policy_index), admitted=target)
                 mode, why = move.mode, move.why
@@ -543,11 +555,15 @@ async def drive_migration(
                     # was sent yet, so it ends here rather than starting a move nobody wants.
                     await _finish(run, MigrationPhase.Cancelled)
                     return
-                await run.mark_vm(MigrationPhase.Validating)
+                # Both before any agent acts (a restarted daemon finds Validating, asks the source); one round trip.
+                await asyncio.gather(
+                    run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
+                                  targetHost=target, mode=mode.value, policy=run.policy.name),
+                    run.mark_vm(MigrationPhase.Validating))
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
-                                    startedAt=timestamps.rfc3339())
+                                    startedAt=timestamps.rfc3339(micro=True))
                 events.info(body, reason="Started",
                               message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:

@@ -143,6 +143,7 @@ class Runtime:
     #: Each VM's body (its fingerprint) as a reconcile last found it in order: its echo costs a comparison.
     settled: Expectations[str, tuple[Any, ...]] = field(default_factory=Expectations)
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set (and replaced) when a migration gives its slots back: see :meth:`gate_released`.
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: One lock per VM key: one reconcile of a VM at a time.
     vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -155,6 +156,13 @@ class Runtime:
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain
     #: pass, and the status they make, all run again when it is set.
     host_wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate_released(self) -> None:
+        """A migration gave its slots back: wake every migration waiting in the queue now, so the next
+        one is admitted at once rather than at its next poll. Waiters take ``gate_changed`` before they
+        look at the queue; a fresh event serves the waits that start after this."""
+        self.gate_changed.set()
+        self.gate_changed = asyncio.Event()
 
     def wake_host(self, name: str) -> None:
         """Ask the supervisor of Host ``name`` for a pass now (no-op when it does not run)."""

@@ -33,6 +33,7 @@ from vmshift.hypervisor.protocol import (
     IncomingMigrationGrant,
     IncomingMigrationRequest,
     IncomingVm,
+    LinkShareSettings,
     MigrationList,
     MigrationRequest,
     MigrationStatus,
@@ -312,7 +313,8 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                           max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
                           target_address: tuple[str, int] | None = None,
-                          switchover_wait_seconds: float = 0.0) -> MigrationStatus:
+                          switchover_wait_seconds: float = 0.0,
+                          link_share: LinkShareSettings | None = None) -> MigrationStatus:
     """Both calls of a migration: reserve on the target, then start on the source.
 
     ``target_address`` overrides where the source connects (tests put a proxy there).
@@ -330,4 +332,4 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
         threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
         auto_converge=auto_converge or AutoConvergeSettings(), fallback_to_quick=fallback_to_quick,
         max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds,
-        switchover_wait_seconds=switchover_wait_seconds))
+        switchover_wait_seconds=switchover_wait_seconds, link_share=link_share))

@@ -45,7 +45,7 @@ from vmshift.hypervisor.protocol import (
     VmState,
     valid_vm_id,
 )
-from vmshift.hypervisor.ratelimit import TokenBucket
+from vmshift.hypervisor.ratelimit import TokenBucket, link_shares
 from vmshift.processor import guest_features, processor_info
 from vmshift.sensors import (
     IDLE_HOST_WATTS,
@@ -501,6 +501,7 @@ class HypervisorHost:
         guest.migration_id = request.migration_id
         self._remember(migration)
         migration.start()
+        self._share_link()
         log.info("migration %s: %s VM %s to %s:%d", request.migration_id, request.mode.value, guest.vm_id,
                  request.target.host, request.target.port)
         return migration.record.status(), True
@@ -575,7 +576,19 @@ class HypervisorHost:
             guest.resume()
 
     def migration_ended(self, migration: Migration) -> None:
-        """Nothing to do beyond the record: finished migrations stay listed (bounded)."""
+        """A source that ends frees its share of the link for the others; finished migrations stay listed
+        (bounded)."""
+        if isinstance(migration, SourceMigration):
+            self._share_link(ended=migration)
+
+    def _share_link(self, ended: SourceMigration | None = None) -> None:
+        """Shape each sending migration to its share of this host's migration link (``LinkShareSettings``)."""
+        sending = [m for m in self.migrations.values()
+                   if isinstance(m, SourceMigration) and m is not ended and not m.record.finished]
+        shares = link_shares([(m.request.link_share, m.bandwidth_mbps) for m in sending], self.egress.rate)
+        for m, rate in zip(sending, shares, strict=True):
+            m.rate = rate
+            m.bucket.set_rate(rate)
 
     def find_incoming(self, migration_id: str) -> TargetMigration | None:
         migration = self.migrations.get(migration_id)

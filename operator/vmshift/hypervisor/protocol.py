@@ -423,6 +423,20 @@ class AutoConvergeSettings(Request):
     max_percent: float = Field(CONVERGENCE.throttle_max_percent, gt=0, le=99.9)
 
 
+class LinkShareSettings(Request):
+    """How a migration shares its source's migration link with the others the source sends at the same time.
+
+    The planner of a drain decides the shares; the source agent enforces them: among the migrations
+    that carry one, the lowest ``rank`` gets weight 1 and each other ``ratio ** (lowest - rank)``; a
+    migration without one gets weight 1. The link is divided by weight (weighted max-min: a migration
+    its own cap holds back leaves the rest to the others), again whenever one starts or ends.
+    """
+
+    rank: int = Field(ge=0, le=1_000_000, description="Position in the drain's order (0 first).")
+    ratio: float = Field(1.0, ge=1, le=1000, description="How many times the share of the next rank each rank "
+                         "gets (1: equal shares).")
+
+
 class MigrationRequest(Request):
     """``POST /v1/migrations`` on the source: move a VM to a target that issued a ticket."""
 
@@ -441,6 +455,8 @@ class MigrationRequest(Request):
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
+    link_share: LinkShareSettings | None = Field(None, description="This migration's share of the source's link while "
+                                         "others send too; unset: an equal share.")
     timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
     switchover_wait_seconds: float = Field(0.0, ge=0, le=20, description="Once pre-copy has converged, keep "
                                            "sending rounds (the guest runs on) for at most this long until POST "

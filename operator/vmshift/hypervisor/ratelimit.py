@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmshift.hypervisor.protocol import LinkShareSettings
 
 MBIT = 1_000_000 / 8  # bytes per second in one Mbit/s
 
@@ -92,3 +96,56 @@ class TokenBucket:
         delay = self.reserve(n)
         if delay > 0:
             await self._sleep(delay)
+
+
+def link_weights(ranks: Sequence[tuple[int, float] | None]) -> list[float]:
+    """Weights of migrations sharing one link, from each one's (rank, ratio) or None (no preference).
+
+    Among the migrations that carry a rank, the lowest rank gets weight 1 and each other ``ratio **
+    (lowest - rank)`` (its own ratio: 1 shares equally, 8 gives each earlier one 8 times the next one's
+    share). Only differences of rank count, so weights stay in range however long a drain runs.
+    Migrations without a rank get weight 1, as much as the first ranked one.
+    """
+    ranked = [r[0] for r in ranks if r is not None]
+    lowest = min(ranked, default=0)
+    return [1.0 if r is None else max(r[1], 1.0) ** -min(r[0] - lowest, 300) for r in ranks]
+
+
+def weighted_shares(flows: Sequence[tuple[float, float]], capacity: float) -> list[float]:
+    """Weighted max-min fair rates of ``flows`` (weight, cap; bytes per second, ``math.inf``: none) on one
+    link of ``capacity`` (``math.inf``: each flow gets its cap). A flow its cap holds below its weighted
+    share leaves the rest to the others (progressive filling), so the link stays full when it can be."""
+    rates = [0.0] * len(flows)
+    if math.isinf(capacity):
+        return [cap for _, cap in flows]
+    left = capacity
+    open_ = {i for i, (weight, _) in enumerate(flows) if weight > 0}
+    while open_ and left > 0:
+        total = sum(flows[i][0] for i in open_)
+        level = left / total
+        capped = {i for i in open_ if flows[i][1] - rates[i] <= flows[i][0] * level}
+        if not capped:
+            for i in open_:
+                rates[i] += flows[i][0] * level
+            break
+        for i in capped:
+            left -= flows[i][1] - rates[i]
+            rates[i] = flows[i][1]
+        open_ -= capped
+    return rates
+
+
+#: The least a sending migration gets, bytes per second: a migration kept trickling behind others still
+#: sends a frame (256 pages, 1 MiB) every few seconds, well within the target's 30 s idle limit. The
+#: host's egress bucket keeps the sum within the link.
+TRICKLE_FLOOR = 256 * 1024
+
+
+def link_shares(migrations: Sequence[tuple[LinkShareSettings | None, float]], capacity: float) -> list[float]:
+    """Bytes per second for each migration sending on a link of ``capacity`` bytes per second, from its
+    share (None: an equal one) and its own cap in Mbit/s (0: none, else the target's link or a policy's
+    cap): weighted max-min, so the link stays full when it can be; never below ``TRICKLE_FLOOR``."""
+    weights = link_weights([(s.rank, s.ratio) if s is not None else None for s, _ in migrations])
+    caps = [mbps_to_bytes_per_second(mbps) if mbps > 0 else math.inf for _, mbps in migrations]
+    shares = weighted_shares(list(zip(weights, caps, strict=True)), capacity)
+    return [max(rate, min(cap, TRICKLE_FLOOR)) for rate, cap in zip(shares, caps, strict=True)]

@@ -50,6 +50,7 @@ __all__ = [
     "fixed_parallelism_plan",
     "next_attempt",
     "plan_drain",
+    "share_ratio",
     "simulate_drain",
 ]
 
@@ -60,6 +61,9 @@ LINK_WEIGHT = 20.0
 SPREAD_PENALTY = 15.0
 #: How much more of the link each move gets than the next one in order, in the "priority" weighting.
 PRIORITY_RATIO = 8.0
+#: The share ratio of a plan that sends one move at a time: the move prepared ahead trickles (a
+#: thousandth of the link) until the one before it ends, then takes the whole link at once.
+READY_RATIO = 1000.0
 
 #: Failures that end a move for good: retrying cannot help.
 _FATAL = frozenset({FailureReason.SourceLost, FailureReason.Cancelled})
@@ -289,7 +293,8 @@ def plan_drain(
                     continue
                 label = f"{k} at once{' +1 ready' if ahead else ''}, {weighting} shares"
                 candidate = replace(
-                    base, moves=_weighted(moves, weighting), parallelism=k, prepare_ahead=ahead, strategy=label
+                    base, moves=_weighted(moves, weighting), parallelism=k, prepare_ahead=ahead, strategy=label,
+                    share_ratio=share_ratio(k, weighting),
                 )
                 result = simulate_drain(
                     candidate, fleet, limits=limits, policy=policy, vm_policies=vm_policies,
@@ -310,6 +315,15 @@ def plan_drain(
         chosen, fleet, limits=limits, policy=policy, vm_policies=vm_policies, setup_seconds=setup_seconds
     )
     return replace(chosen, lower_bound_seconds=bound)
+
+
+def share_ratio(parallelism: int, weighting: str) -> float:
+    """The ``linkShare`` ratio that makes the agents share the link as the plan was simulated: geometric
+    weights for the "priority" weighting; one move at a time (any move prepared ahead only trickles); else
+    equal shares."""
+    if weighting == "priority":
+        return PRIORITY_RATIO
+    return READY_RATIO if parallelism == 1 else 1.0
 
 
 def fixed_parallelism_plan(

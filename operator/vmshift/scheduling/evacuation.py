@@ -97,12 +97,15 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Create:
-    """A migration to create: the move, and the object's name and attempt number."""
+    """A migration to create: the move, the object's name and attempt number, and its share of the
+    source's link (``rank`` in the drain's order, ``ratio`` from the plan: see ``LinkShare``)."""
 
     move: Move
     name: str
     attempt: int
     total: int
+    rank: int = 0
+    ratio: float = 1.0
 
     @property
     def namespace(self) -> str:
@@ -236,7 +239,10 @@ def evacuation_step(
                 waiting += 1
                 continue
             attempt = max((a.attempt for a in tries), default=0) + 1
-            create.append(Create(move, migration_name(move.vm.split("/", 1)[1], episode, attempt), attempt, total))
+            # Ranks grow with every migration this drain creates, so one created later never takes the
+            # link from one already sending (only differences of rank count on the agents).
+            create.append(Create(move, migration_name(move.vm.split("/", 1)[1], episode, attempt), attempt, total,
+                                 rank=len(mine) + len(create), ratio=plan.share_ratio))
             budget -= 1
     in_flight = len(moving) + len(create) + len(landing)
     # Running while anything moves or waits for its turn; then Blocked if VMs are left that cannot

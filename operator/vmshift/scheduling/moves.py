@@ -87,7 +87,8 @@ class DrainPlan:
     ``parallelism`` is how many moves send bytes at once; ``prepare_ahead`` how many more may be set
     up on their targets meanwhile, to start sending the moment a sender ends (each started move holds
     a migration slot on source and target); ``per_host_limit`` (None: each host's
-    own ``max_concurrent_migrations``) caps migrations per target. ``skipped`` are VMs left alone
+    own ``max_concurrent_migrations``) caps migrations per target; ``share_ratio`` is how the agents
+    weigh the moves sending at once, in order (see ``Move.weight``). ``skipped`` are VMs left alone
     (filtered out by ``only``, or already migrating).
     """
 
@@ -101,6 +102,9 @@ class DrainPlan:
     expected_makespan_seconds: float = 0.0
     lower_bound_seconds: float = 0.0
     strategy: str = ""
+    #: How the source's agent shares its link among this plan's moves that send at once (``linkShare``):
+    #: each move gets this many times the share of the one after it in order (1: equal shares).
+    share_ratio: float = 1.0
 
     @property
     def total(self) -> int:

@@ -1,0 +1,93 @@
+"""The ``bench/drain.py --real`` set-up: every guest it creates fits on its hosts (the default run used
+to leave VMs Pending for want of cpus), and the overhead it reports is measured between the right events."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "drain.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_drain", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_drain"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+@pytest.mark.parametrize("vms", [8, bench.REAL_VMS, 40, 100])
+def test_every_guest_fits_its_source_and_the_targets(vms: int) -> None:
+    guests = bench.real_guests(vms)
+    (src_cores, src_memory), (t_cores, t_memory) = bench.real_host_sizes(guests, targets=3)
+    assert src_cores >= sum(g.cpus for g in guests), (src_cores, vms)
+    assert src_memory >= sum(g.memory_mib for g in guests), (src_memory, vms)
+    # both sources' guests may land on one target
+    assert t_cores >= 2 * sum(g.cpus for g in guests)
+    assert t_memory >= 2 * sum(g.memory_mib for g in guests)
+
+
+def test_host_sizes_refuse_no_targets() -> None:
+    with pytest.raises(ValueError, match="--targets must be at least 1"):
+        bench.real_host_sizes(bench.real_guests(3), targets=0)
+
+
+def test_migration_gaps_measure_from_the_latest_finish_to_the_next_start() -> None:
+    # two at once from t=0; the third starts 0.4 s after the first ends; the fourth 0.1 s after the second
+    spans = [(0.0, 5.0), (0.0, 7.0), (5.4, 9.0), (7.1, 12.0)]
+    assert bench.migration_gaps(spans) == pytest.approx([0.4, 0.1])
+
+
+def test_migration_gaps_of_migrations_all_started_at_once_are_empty() -> None:
+    assert bench.migration_gaps([(0.0, 3.0), (0.0, 4.0)]) == []
+
+
+def test_a_hand_over_to_a_migration_already_sending_leaves_the_link_busy() -> None:
+    # b was prepared ahead and trickles from 0.5: a's end hands the link over with no idle time; c then
+    # starts 0.3 s after b's end with nothing else sending
+    spans = [(0.0, 5.0), (0.5, 9.0), (9.3, 12.0)]
+    assert bench.idle_handovers(spans) == pytest.approx([0.0, 0.3])
+
+
+def test_busy_time_is_the_union_of_the_spans() -> None:
+    assert bench.busy_seconds([(0.0, 5.0), (1.0, 6.0), (8.0, 9.0)]) == pytest.approx(7.0)
+    assert bench.busy_seconds([]) == 0.0
+
+
+def test_the_data_plane_floor_takes_the_best_rate_and_the_fewest_bytes_never_above_the_link() -> None:
+    planner = bench.RealRun(makespan=12.0, spans=[(0.0, 10.0)], mib=1000.0, failed=0)  # 100 MiB/s
+    fixed = bench.RealRun(makespan=11.0, spans=[(0.0, 4.0), (4.0, 8.0)], mib=1200.0, failed=0)  # 150 MiB/s
+    assert bench.data_plane_floor(planner, fixed, link_mbps=25_000) == pytest.approx(1000.0 / 150.0)
+    # a 1 Gbit/s link (119 MiB/s) is slower than the data plane: the link decides
+    assert bench.data_plane_floor(planner, fixed, link_mbps=1000) == pytest.approx(1000.0 / (1e9 / 8 / 2**20))
+
+
+def _table(capsys: pytest.CaptureFixture[str], planner: float, fixed: float) -> str:
+    run = bench.RealRun(makespan=planner, spans=[(0.0, 10.0)], mib=1000.0, failed=0)  # floor: 10 s
+    base = bench.RealRun(makespan=fixed, spans=[(0.0, 10.0)], mib=1000.0, failed=0)
+    bench.print_real_table(vms=12, memory_mib=1000, link_mbps=25_000, targets=3, planned=5.0, strategy="s",
+                           bound=4.0, planner=run, fixed=base)
+    return capsys.readouterr().out
+
+
+def test_the_table_says_where_no_schedule_can_be_15_percent_shorter(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _table(capsys, planner=10.5, fixed=11.0)  # the floor (10 s) is within 10 % of fixed-2
+    shorter = next(line for line in out.splitlines() if line.startswith("planner shorter than fixed-2"))
+    assert "no schedule can here: best possible 9.1%" in shorter, out
+    floor = next(line for line in out.splitlines() if line.startswith("planner / data-plane floor"))
+    assert floor.split()[-1] == "meets" and "1.050" in floor, out
+
+
+def test_the_table_marks_a_miss(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _table(capsys, planner=19.0, fixed=20.0)
+    shorter = next(line for line in out.splitlines() if line.startswith("planner shorter than fixed-2"))
+    assert shorter.split()[-1] == "MISSES", out
