@@ -30,12 +30,14 @@ file QEMU writes it to. Knows nothing of HTTP, tickets or the operator.
   with ``-incoming defer`` and ``migrate-incoming exec:cat FILE``.
 - **Console**: ``describe`` reads the end of the serial console for the workload's last tick
   (``details["tick"]``, ``details["regionMd5"]``): the guest's heartbeat, for the agent's VmInfo.
+  When a guest leaves the host or is deleted, its console is kept in ``<work_dir>/consoles/<vm>/``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
@@ -84,6 +86,9 @@ CONSOLE_TAIL_BYTES = 4096
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
 DEFAULT_DOWNTIME_LIMIT_MS = 300
+PR_SET_PDEATHSIG = 1
+#: Under the work directory: the consoles of guests that left this host or were deleted (keep_console).
+CONSOLES = "consoles"
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
 
@@ -220,6 +225,15 @@ class QemuDriver:
         await self.describe(vm_id)
         return self._guest(vm_id)
 
+    def beat(self, vm_id: str) -> tuple[int, str] | None:
+        guest = self._guests.get(vm_id)
+        tick = last_tick(guest.serial) if guest is not None else None
+        return (tick.n, tick.md5) if tick is not None else None
+
+    def exited(self, vm_id: str) -> bool:
+        guest = self._guests.get(vm_id)
+        return guest is not None and guest.process is not None and guest.process.returncode is not None
+
     def console(self, vm_id: str) -> Path:
         """The file the guest's serial console is written to on this host."""
         return self._guest(vm_id).serial
@@ -268,6 +282,7 @@ class QemuDriver:
         if guest is None:
             return
         await self._quit(guest)
+        await asyncio.to_thread(keep_console, guest.serial, self.config.work_dir / CONSOLES / vm_id)
         shutil.rmtree(guest.directory, ignore_errors=True)
 
     async def describe(self, vm_id: str) -> GuestDescription:
@@ -496,7 +511,8 @@ class QemuDriver:
         stderr = await asyncio.to_thread(open, guest.directory / "qemu.log", "ab")  # the child's, closed below
         try:
             proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL, stdout=stderr,
-                                                        stderr=stderr, start_new_session=True)
+                                                        stderr=stderr, start_new_session=True,
+                                                        preexec_fn=die_with_parent)
         finally:
             stderr.close()
         guest.process = proc
@@ -613,6 +629,21 @@ class QemuDriver:
         finally:
             scratch.unlink(missing_ok=True)
         return path
+
+
+def keep_console(serial: Path, folder: Path) -> None:
+    """Keep what a guest printed on this host after it left or was deleted, as ``<ns-since-epoch>.log``
+    in ``folder`` (a person, or a test, reads a guest's whole life across hosts from these)."""
+    if serial.exists() and serial.stat().st_size:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(serial, folder / f"{time.time_ns()}.log")
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the agent that started it dies (Linux's PR_SET_PDEATHSIG),
+    so a killed agent leaves no guest running that nobody drives."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def last_tick(serial: Path) -> Tick | None:
