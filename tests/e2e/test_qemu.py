@@ -28,7 +28,8 @@ from tests.e2e.conftest import Fleet
 from tests.kube import wait_for
 from vmshift.devcluster.stack import HostPlan
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
-from vmshift.hypervisor.qemu.driver import CONSOLES, workload_params
+from vmshift.hypervisor.qemu.console import CONSOLES
+from vmshift.hypervisor.qemu.driver import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel, Tick, parse_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]

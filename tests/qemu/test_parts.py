@@ -15,18 +15,20 @@ import pytest
 
 from vmshift.devcluster.cachedbuild import build_once
 from vmshift.devcluster.guestimage import GuestImage
-from vmshift.hypervisor.driver import TransferPhase
-from vmshift.hypervisor.protocol import VmDefinition, WorkloadSpec
+from vmshift.hypervisor.driver import MigrationParameters, TransferPhase
+from vmshift.hypervisor.migration.qemu_source import parameters
+from vmshift.hypervisor.protocol import (
+    AutoConvergeSettings,
+    MigrationRequest,
+    MigrationTarget,
+    VmDefinition,
+    WorkloadSpec,
+)
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import (
-    QemuConfig,
-    QemuDriver,
-    _progress,
-    last_tick,
-    quit_monitor,
-    workload_params,
-)
+from vmshift.hypervisor.qemu.console import last_tick
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, workload_params
+from vmshift.hypervisor.qemu.monitor import progress_of, quit_monitor
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
 from vmshift.processor import baseline_features, processor_info
 
@@ -186,7 +188,7 @@ def test_offers_say_which_models_this_host_cannot_run() -> None:
 
 
 def test_query_migrate_maps_to_progress_in_status_units() -> None:
-    active = _progress({
+    active = progress_of({
         "status": "active", "expected-downtime": 120, "total-time": 900, "cpu-throttle-percentage": 20,
         "ram": {"transferred": 50 * 2**20, "remaining": 30 * 2**20, "total": 96 * 2**20, "page-size": 4096,
                 "dirty-pages-rate": 2560, "mbps": 812.5, "dirty-sync-count": 3},
@@ -196,12 +198,12 @@ def test_query_migrate_maps_to_progress_in_status_units() -> None:
     assert active.dirty_rate_mib_ps == 10.0 and active.throughput_mbps == 812.5
     assert active.expected_downtime_ms == 120 and active.throttle_percent == 20
     assert active.downtime_ms is None
-    done = _progress({"status": "completed", "downtime": 7, "total-time": 1500, "ram": {}})
+    done = progress_of({"status": "completed", "downtime": 7, "total-time": 1500, "ram": {}})
     assert done.phase is TransferPhase.Completed and done.finished and done.downtime_ms == 7
-    failed = _progress({"status": "failed", "error-desc": "Unable to write to socket: Connection reset by peer"})
+    failed = progress_of({"status": "failed", "error-desc": "Unable to write to socket: Connection reset by peer"})
     assert failed.phase is TransferPhase.Failed and "Connection reset" in (failed.error or "")
-    assert _progress({"status": "postcopy-active"}).phase is TransferPhase.PostCopy
-    assert _progress({"status": "cancelled"}).phase is TransferPhase.Cancelled
+    assert progress_of({"status": "postcopy-active"}).phase is TransferPhase.PostCopy
+    assert progress_of({"status": "cancelled"}).phase is TransferPhase.Cancelled
 
 
 # -- the workload ------------------------------------------------------------------------------------------
@@ -288,3 +290,21 @@ def test_build_once_builds_once_under_concurrency_and_leaves_nothing_on_failure(
         build_once(failed, broken)
     assert not failed.exists()
     assert sorted(p.name for p in failed.parent.iterdir()) == ["v1", "v1.lock", "v2.lock"]
+
+
+def test_an_arriving_guest_gets_the_qemu_model_it_was_started_with() -> None:
+    haswell = processor_info("haswell").features
+    assert cpumodels.for_incoming(haswell, False).model == "Haswell-noTSX"  # even on an icelake target
+    assert cpumodels.for_incoming(baseline_features(), True).model == cpumodels.BASELINE_MODEL
+    with pytest.raises(ValueError, match="no QEMU CPU model"):
+        cpumodels.for_incoming(frozenset({"sse2", "made-up"}), False)
+
+
+def test_the_policy_becomes_qemus_downtime_limit_and_bandwidth() -> None:
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    request = MigrationRequest(migration_id="m", vm_id="v", target=target, threshold_ms=50,
+                               auto_converge=AutoConvergeSettings(enabled=True))
+    assert parameters(request, 0) == MigrationParameters(downtime_limit_ms=50, bandwidth_mbps=None,
+                                                         auto_converge=True, postcopy_allowed=False)
+    capped = request.model_copy(update={"max_downtime_ms": 20.0})
+    assert parameters(capped, 800).downtime_limit_ms == 20 and parameters(capped, 800).bandwidth_mbps == 800

@@ -72,7 +72,11 @@ def for_incoming(features: frozenset[str], compatibility: bool) -> CpuChoice:
     if compatibility:
         return CpuChoice(model=BASELINE_MODEL, features=features)
     for host_model, model in QEMU_MODELS.items():
-        if guest_features(host_model, False) == features:
+        try:
+            known = guest_features(host_model, False)
+        except ValueError:  # a generation this archspec does not know
+            continue
+        if known == features:
             return CpuChoice(model=model, features=features)
     raise ValueError(f"no QEMU CPU model gives the {len(features)} features the guest runs with (known models: "
                      f"{', '.join(sorted(QEMU_MODELS))}); it cannot be received by a QEMU host")

@@ -2,7 +2,9 @@
 
 Implements ``vmshift.hypervisor.driver.GuestDriver``. Runs QEMU and ``qemu-img`` and talks QMP
 (the ``qemu.qmp`` client) over a UNIX socket per guest; reads the guest's serial console from the
-file QEMU writes it to. Knows nothing of HTTP, tickets or the operator.
+file QEMU writes it to. Knows nothing of HTTP, tickets or the operator. The monitor's plumbing
+(connect, quit, query-migrate read as progress) is monitor.py's, the console's console.py's, the
+qcow2 images disks.py's.
 
 - **Processes**: ``start`` launches QEMU (machine ``q35``, the guest image's kernel and initramfs,
   ``-nodefaults``, the serial port into ``<work_dir>/<vm>/serial.log``), KVM when a probe guest
@@ -68,43 +70,30 @@ from vmshift.hypervisor.driver import (
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.workload import Tick, WorkloadParams, parse_line
+from vmshift.hypervisor.qemu.console import CONSOLES, keep_console, last_tick
+from vmshift.hypervisor.qemu.disks import make_disks
+from vmshift.hypervisor.qemu.monitor import (
+    POLL_SECONDS,
+    QUIT_SECONDS,
+    RUNSTATES,
+    connect,
+    progress_of,
+    quit_monitor,
+)
+from vmshift.hypervisor.qemu.workload import WorkloadParams
 
 log = logging.getLogger("vmshift.agent.qemu")
 
 #: The smallest guest the Debian kernel and the workload boot in.
 MIN_MEMORY_MIB = 64
-#: A deadline, not an expectation: QEMU answers in well under a second, but a host loaded 10x over
-#: (two cores shared by a test campaign) has been seen to take many seconds to start it.
-QMP_CONNECT_SECONDS = 60.0
-QUIT_SECONDS = 5.0
 SAVE_SECONDS = 120.0
-POLL_SECONDS = 0.05
-#: How much of the console's end ``describe`` reads for the guest's last tick.
-CONSOLE_TAIL_BYTES = 4096
 #: ``max-bandwidth`` for "unlimited" (QEMU caps the parameter; 100 Gbit/s is beyond any link here).
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
 DEFAULT_DOWNTIME_LIMIT_MS = 300
 PR_SET_PDEATHSIG = 1
-#: Under the work directory: the consoles of guests that left this host or were deleted (keep_console).
-CONSOLES = "consoles"
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
-
-_PHASES = {
-    "none": TransferPhase.Setup, "setup": TransferPhase.Setup, "active": TransferPhase.Active,
-    "pre-switchover": TransferPhase.Active, "device": TransferPhase.Active, "wait-unplug": TransferPhase.Active,
-    "cancelling": TransferPhase.Active, "postcopy-active": TransferPhase.PostCopy,
-    "postcopy-paused": TransferPhase.PostCopy, "postcopy-recover": TransferPhase.PostCopy,
-    "completed": TransferPhase.Completed, "failed": TransferPhase.Failed, "cancelled": TransferPhase.Cancelled,
-}
-_RUNSTATES = {
-    "running": VmState.Running, "paused": VmState.Paused, "postmigrate": VmState.Paused,
-    "finish-migrate": VmState.Paused, "save-vm": VmState.Paused, "suspended": VmState.Paused,
-    "inmigrate": VmState.Incoming, "prelaunch": VmState.Defined, "shutdown": VmState.Stopped,
-    "internal-error": VmState.Stopped, "guest-panicked": VmState.Stopped,
-}
 
 
 @dataclass(frozen=True)
@@ -118,6 +107,13 @@ class QemuConfig:
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     listen_host: str = "127.0.0.1"
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the agent that started it dies (Linux's PR_SET_PDEATHSIG),
+    so a killed agent leaves no guest running that nobody drives."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def workload_params(definition: VmDefinition) -> WorkloadParams:
@@ -189,7 +185,7 @@ class QemuDriver:
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
             try:
-                qmp = await self._connect(proc, path, "the CPU model query")
+                qmp = await connect(proc, path, "the CPU model query")
                 try:
                     answer = await qmp.execute("query-cpu-definitions")
                 finally:
@@ -295,7 +291,7 @@ class QemuDriver:
             if isinstance(status, dict):
                 runstate = str(status.get("status"))
                 guest.details["runstate"] = runstate
-                mapped = _RUNSTATES.get(runstate)
+                mapped = RUNSTATES.get(runstate)
                 if mapped is not None and not (guest.state is VmState.MigratedAway and mapped is VmState.Paused):
                     guest.state = mapped
                 if guest.role == "target" and mapped is VmState.Running:  # the transfer completed: it is ours
@@ -309,6 +305,9 @@ class QemuDriver:
         if tick is not None:
             guest.details.update({"tick": str(tick.n), "regionMd5": tick.md5})
         return self._describe(guest)
+
+    async def _disks(self, directory: Path, vm_id: str, disks: list[DiskSpec]) -> tuple[DiskDescription, ...]:
+        return await make_disks(self.config.shared_dir, self.config.qemu_img, directory, vm_id, disks)
 
     def _describe(self, guest: _Guest) -> GuestDescription:
         d = guest.definition
@@ -446,7 +445,7 @@ class QemuDriver:
                                         f"({guest.process.returncode if guest.process else '?'})")
             raise DriverError(f"VM {vm_id} has no QEMU process here")
         answer = await self._execute(guest, "query-migrate")
-        progress = _progress(answer if isinstance(answer, dict) else {})
+        progress = progress_of(answer if isinstance(answer, dict) else {})
         if progress.finished and guest.role is not None:
             if progress.phase is TransferPhase.Completed:
                 guest.state = VmState.MigratedAway if guest.role == "source" else VmState.Running
@@ -477,7 +476,7 @@ class QemuDriver:
         deadline = time.monotonic() + within
         while True:
             answer = await self._execute(guest, "query-migrate")
-            progress = _progress(answer if isinstance(answer, dict) else {})
+            progress = progress_of(answer if isinstance(answer, dict) else {})
             if progress.finished:
                 return progress
             if time.monotonic() > deadline:
@@ -520,39 +519,11 @@ class QemuDriver:
         guest.details.update({"pid": str(proc.pid), "accel": choice.accel.value, "console": str(guest.serial),
                               "workload": workload.kernel_args()})
         try:
-            guest.qmp = await self._connect(proc, guest.qmp_path, f"VM {guest.vm_id}",
+            guest.qmp = await connect(proc, guest.qmp_path, f"VM {guest.vm_id}",
                                             log_file=guest.directory / "qemu.log")
         except DriverError:
             await self._quit(guest)
             raise
-
-    async def _connect(self, proc: asyncio.subprocess.Process, path: Path, what: str,
-                       log_file: Path | None = None) -> QMPClient:
-        deadline = time.monotonic() + QMP_CONNECT_SECONDS
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                break
-            if await asyncio.to_thread(path.exists):
-                qmp = QMPClient(what)
-                try:
-                    await qmp.connect(str(path))
-                    return qmp
-                except (QMPError, OSError) as exc:
-                    last = exc
-            await asyncio.sleep(POLL_SECONDS)
-        if proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.5)
-        message = ""
-        if log_file is not None and await asyncio.to_thread(log_file.exists):
-            message = (await asyncio.to_thread(log_file.read_text, errors="replace")).strip()[-2000:]
-        elif proc.stderr is not None and proc.returncode is not None:
-            message = (await proc.stderr.read()).decode(errors="replace").strip()[-2000:]
-        if proc.returncode is not None:
-            raise DriverError(f"QEMU for {what} exited ({proc.returncode}) before its monitor answered: "
-                              f"{message or 'no message'}")
-        raise DriverError(f"QEMU's monitor for {what} did not answer within {QMP_CONNECT_SECONDS:g} s ({last})")
 
     async def _execute(self, guest: _Guest, command: str, arguments: dict[str, Any] | None = None) -> Any:
         if guest.qmp is None or not guest.alive:
@@ -583,119 +554,6 @@ class QemuDriver:
         guest.process = None
         guest.role = None
         guest.details.pop("pid", None)
-
-    # -- disks -----------------------------------------------------------------------------------------
-
-    async def _disks(self, directory: Path, vm_id: str, disks: list[DiskSpec]) -> tuple[DiskDescription, ...]:
-        out = []
-        for disk in disks:
-            if disk.passthrough_lun is not None:
-                raise DriverError(f"disk {disk.name} of VM {vm_id} is pass-through LUN {disk.passthrough_lun}; the "
-                                  "QEMU driver attaches qcow2 images only: put the disk on a shared volume")
-            if disk.volume is not None:
-                volume_dir = self.config.shared_dir / disk.volume
-                if not volume_dir.is_dir():
-                    raise DriverError(f"disk {disk.name} of VM {vm_id} is on shared volume {disk.volume}, which this "
-                                      f"host does not mount (no directory {volume_dir})")
-                folder = volume_dir
-            else:
-                folder = directory / "disks"
-                folder.mkdir(exist_ok=True)
-            size = f"{disk.size_gib:g}".replace(".", "_")
-            base = await self._image(folder / f".base-{size}G.qcow2", disk.size_gib, None)
-            overlay = await self._image(folder / f"{vm_id}-{disk.name}.qcow2", disk.size_gib, base)
-            out.append(DiskDescription(name=disk.name, path=overlay, volume=disk.volume))
-        return tuple(out)
-
-    async def _image(self, path: Path, size_gib: float, backing: Path | None) -> Path:
-        """Create a qcow2 image (an overlay on ``backing``) unless it exists; safe when two hosts race."""
-        if await asyncio.to_thread(path.exists):
-            return path
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        args = [self.config.qemu_img, "create", "-q", "-f", "qcow2"]
-        if backing is not None:
-            args += ["-b", str(backing), "-F", "qcow2"]
-        args += [str(scratch), f"{int(size_gib * 1024)}M"]
-        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            scratch.unlink(missing_ok=True)
-            raise DriverError(f"qemu-img could not create {path}: {err.decode(errors='replace').strip()}")
-        try:
-            os.link(scratch, path)  # fails if another host made it first: theirs is as good
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink(missing_ok=True)
-        return path
-
-
-def keep_console(serial: Path, folder: Path) -> None:
-    """Keep what a guest printed on this host after it left or was deleted, as ``<ns-since-epoch>.log``
-    in ``folder`` (a person, or a test, reads a guest's whole life across hosts from these)."""
-    if serial.exists() and serial.stat().st_size:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.move(serial, folder / f"{time.time_ns()}.log")
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the agent that started it dies (Linux's PR_SET_PDEATHSIG),
-    so a killed agent leaves no guest running that nobody drives."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def last_tick(serial: Path) -> Tick | None:
-    """The last complete workload line the guest printed on this host's console (None: none yet)."""
-    try:
-        with open(serial, "rb") as console:
-            console.seek(max(0, console.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
-            text = console.read().decode(errors="replace")
-    except FileNotFoundError:
-        return None
-    for line in reversed(text.splitlines()[:-1] if not text.endswith("\n") else text.splitlines()):
-        item = parse_line(line)
-        if isinstance(item, Tick):
-            return item
-    return None
-
-
-async def quit_monitor(qmp: QMPClient, ask: bool = True) -> None:
-    """Ask QEMU to quit (when ``ask``) and drop the monitor connection. QEMU closing the socket before,
-    during or after its answer is what quitting looks like, not an error (the client then raises
-    EOFError from ``execute`` or ``disconnect``)."""
-    if ask:
-        with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
-            await asyncio.wait_for(qmp.execute("quit"), QUIT_SECONDS)
-    with contextlib.suppress(QMPError, OSError, EOFError):
-        await qmp.disconnect()
-
-
-def _progress(answer: dict[str, Any]) -> TransferProgress:
-    """``query-migrate``'s answer in the units of MigrationStatus."""
-    status = str(answer.get("status", "none"))
-    phase = _PHASES.get(status, TransferPhase.Active)
-    ram = answer.get("ram") or {}
-    page = float(ram.get("page-size") or 4096)
-    mib = 1024 * 1024
-    expected = answer.get("expected-downtime")
-    downtime = answer.get("downtime")
-    total_time = answer.get("total-time")
-    return TransferProgress(
-        phase=phase,
-        rounds=int(ram.get("dirty-sync-count") or 0),
-        transferred_mib=float(ram.get("transferred") or 0) / mib,
-        remaining_mib=float(ram.get("remaining") or 0) / mib,
-        total_mib=float(ram.get("total") or 0) / mib,
-        dirty_rate_mib_ps=float(ram.get("dirty-pages-rate") or 0) * page / mib,
-        throughput_mbps=float(ram.get("mbps") or 0),
-        expected_downtime_ms=float(expected) if expected is not None else None,
-        throttle_percent=float(answer.get("cpu-throttle-percentage") or 0),
-        downtime_ms=float(downtime) if downtime is not None and phase is TransferPhase.Completed else None,
-        duration_ms=float(total_time) if total_time is not None else None,
-        error=str(answer["error-desc"]) if answer.get("error-desc") else None,
-    )
 
 
 if TYPE_CHECKING:  # mypy checks that the driver has the interface's every method, with its signature
