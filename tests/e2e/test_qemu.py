@@ -26,8 +26,10 @@ import pytest
 
 from tests.e2e.conftest import Fleet
 from tests.kube import wait_for
+from vmshift.api.reasons import MigrationMode
 from vmshift.devcluster.stack import HostPlan
-from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
+from vmshift.hypervisor.client import AgentError, incoming_vm
+from vmshift.hypervisor.protocol import IncomingMigrationRequest, MigrationStatus, VmDefinition, WorkloadSpec
 from vmshift.hypervisor.qemu.console import CONSOLES
 from vmshift.hypervisor.qemu.driver import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel, Tick, parse_line
@@ -112,6 +114,21 @@ class Guest:
     def migrate(self, name: str, target: str, **spec: Any) -> dict[str, Any]:
         self.fleet.apply(self.fleet.migration(self.ns, name, self.name, target, **spec))
         return self.fleet.wait_phase("vsmig", name, self.ns, FINISHED, timeout=MOVE_SECONDS)
+
+    def ask_to_receive(self, source: str, target: str) -> AgentError | None:
+        """Ask ``target``'s agent to reserve room for the guest live; its refusal (None: it accepted)."""
+        async def call() -> AgentError | None:
+            async with self.fleet.stack.agents[source].client() as src, \
+                    self.fleet.stack.agents[target].client() as dst:
+                vm = await src.get_vm(self.uid)
+                try:
+                    await dst.prepare_incoming(IncomingMigrationRequest(
+                        migration_id=f"direct-{uuid.uuid4().hex[:8]}", vm=incoming_vm(vm, (await src.host()).vendor),
+                        mode=MigrationMode.Live))
+                except AgentError as exc:
+                    return exc
+                return None
+        return asyncio.run(call())
 
     def agent_migration(self, host: str, migration_uid: str) -> MigrationStatus:
         async def call() -> MigrationStatus:
@@ -203,6 +220,10 @@ def test_a_move_to_another_cpu_vendor_is_refused_before_qemu_is_asked(guest: Gue
     last = guest.check()
     status = guest.migrate("to-amd", amd)
     assert status["phase"] == "Failed" and status["failure"]["reason"] == "IncompatibleProcessor", status
+    assert not (guest.guests_dir(amd) / guest.uid).exists(), "the AMD host's QEMU was asked for the guest"
+    # The AMD host's agent refuses too, asked directly as a careless operator would, before its QEMU is.
+    refusal = guest.ask_to_receive(a, amd)
+    assert refusal is not None and refusal.code == "IncompatibleProcessor" and "vendor" in refusal.message, refusal
     assert not (guest.guests_dir(amd) / guest.uid).exists(), "the AMD host's QEMU was asked for the guest"
     guest.ticks_past(last)
     guest.only_on(a)
