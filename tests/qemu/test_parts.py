@@ -15,7 +15,7 @@ import pytest
 
 from vmshift.devcluster.cachedbuild import build_once
 from vmshift.devcluster.guestimage import GuestImage
-from vmshift.hypervisor.driver import MigrationParameters, TransferPhase
+from vmshift.hypervisor.driver import DriverError, MigrationParameters, TransferPhase
 from vmshift.hypervisor.migration.qemu_source import parameters
 from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
@@ -308,3 +308,14 @@ def test_the_policy_becomes_qemus_downtime_limit_and_bandwidth() -> None:
                                                          auto_converge=True, postcopy_allowed=False)
     capped = request.model_copy(update={"max_downtime_ms": 20.0})
     assert parameters(capped, 800).downtime_limit_ms == 20 and parameters(capped, 800).bandwidth_mbps == 800
+
+
+async def test_a_guest_too_small_to_boot_is_refused_before_qemu_runs(tmp_path: Path, guest_image: GuestImage) -> None:
+    """80 MiB was seen to reset before the console says a word (QEMU then exits 0): refuse it, naming the floor."""
+    driver = QemuDriver(QemuConfig(work_dir=tmp_path / "h", shared_dir=tmp_path / "s", image=guest_image))
+    try:
+        with pytest.raises(DriverError, match="needs at least 88 MiB"):
+            await driver.define("tiny", VmDefinition(name="tiny", cpus=1, memory_mib=80))
+        assert (await driver.define("fits", VmDefinition(name="fits", cpus=1, memory_mib=88))).memory_mib == 88
+    finally:
+        await driver.close()
