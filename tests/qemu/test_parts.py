@@ -26,7 +26,7 @@ from vmshift.hypervisor.protocol import (
 )
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.console import last_tick
+from vmshift.hypervisor.qemu.console import console_tail, last_tick
 from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, workload_params
 from vmshift.hypervisor.qemu.monitor import progress_of, quit_monitor
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
@@ -319,3 +319,14 @@ async def test_a_guest_too_small_to_boot_is_refused_before_qemu_runs(tmp_path: P
         assert (await driver.define("fits", VmDefinition(name="fits", cpus=1, memory_mib=88))).memory_mib == 88
     finally:
         await driver.close()
+
+
+def test_a_dead_guests_last_words_leave_out_its_ticks(tmp_path: Path) -> None:
+    serial = tmp_path / "serial.log"
+    md5 = "0123456789abcdef0123456789abcdef"
+    serial.write_text("".join(f"VMSHIFT tick={n} md5={md5} up={n}.5\n" for n in range(50))
+                      + "[   46.47] BUG: unable to handle page fault\n[   46.50] Kernel panic - not syncing\n")
+    assert console_tail(serial) == "[   46.47] BUG: unable to handle page fault | [   46.50] Kernel panic - not syncing"
+    assert console_tail(tmp_path / "missing.log") == ""
+    serial.write_text(f"VMSHIFT tick=1 md5={md5} up=1.5\n")
+    assert console_tail(serial) == ""

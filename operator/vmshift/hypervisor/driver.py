@@ -178,6 +178,10 @@ class GuestDriver(Protocol):
         """The guest's last heartbeat (its counter) and memory checksum, read without waiting (None: none yet)."""
         ...
 
+    def last_words(self, vm_id: str) -> str:
+        """The end of what the guest printed besides its heartbeat (an oops, a panic), for a log line."""
+        ...
+
     def exited(self, vm_id: str) -> bool:
         """True when the guest's process ended without this driver stopping it (a crash, a kill)."""
         ...

@@ -75,7 +75,8 @@ class DrivenHost(HypervisorHost):
 
     def _info(self, guest: Guest) -> VmInfo:
         if guest.state is VmState.Running and guest.migration_id is None and self.driver.exited(guest.vm_id):
-            log.warning("VM %s: its QEMU process ended without being stopped; it is Stopped", guest.vm_id)
+            log.warning("VM %s: its QEMU process ended without being stopped; it is Stopped (its console ends: %s)",
+                        guest.vm_id, self.driver.last_words(guest.vm_id) or "nothing but ticks")
             guest.stop()
         info = guest.info()
         if guest.state is VmState.MigratedAway:

@@ -39,3 +39,16 @@ def last_tick(serial: Path) -> Tick | None:
         if isinstance(item, Tick):
             return item
     return None
+
+
+def console_tail(serial: Path, lines: int = 6) -> str:
+    """The last lines the guest printed that are not workload ticks (a kernel's oops, a panic), joined by
+    " | " for a log line; empty when there are none."""
+    try:
+        with open(serial, "rb") as console:
+            console.seek(max(0, console.seek(0, os.SEEK_END) - 4 * CONSOLE_TAIL_BYTES))
+            text = console.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    said = [line.strip() for line in text.splitlines() if line.strip() and parse_line(line) is None]
+    return " | ".join(said[-lines:])

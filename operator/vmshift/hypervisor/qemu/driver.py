@@ -70,7 +70,7 @@ from vmshift.hypervisor.driver import (
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.console import CONSOLES, keep_console, last_tick
+from vmshift.hypervisor.qemu.console import CONSOLES, console_tail, keep_console, last_tick
 from vmshift.hypervisor.qemu.disks import make_disks
 from vmshift.hypervisor.qemu.monitor import (
     POLL_SECONDS,
@@ -231,6 +231,10 @@ class QemuDriver:
     def exited(self, vm_id: str) -> bool:
         guest = self._guests.get(vm_id)
         return guest is not None and guest.process is not None and guest.process.returncode is not None
+
+    def last_words(self, vm_id: str) -> str:
+        guest = self._guests.get(vm_id)
+        return console_tail(guest.serial) if guest is not None else ""
 
     def console(self, vm_id: str) -> Path:
         """The file the guest's serial console is written to on this host."""
@@ -494,6 +498,8 @@ class QemuDriver:
         d = guest.definition
         workload = workload_params(d)
         guest.qmp_path.unlink(missing_ok=True)
+        # QEMU truncates the console file: keep what the guest printed last time (an oops, say) first.
+        await asyncio.to_thread(keep_console, guest.serial, self.config.work_dir / CONSOLES / guest.vm_id)
         args = [
             self.config.qemu, "-name", f"guest={guest.vm_id}", "-machine", f"q35,accel={choice.accel.value}",
             "-cpu", cpu.model, "-m", str(d.memory_mib), "-smp", str(d.cpus),
