@@ -9,6 +9,11 @@ It reports what it measures, shortfalls included; it asserts nothing.
     .venv/bin/python bench/migration.py            # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
     .venv/bin/python bench/migration.py --driver qemu          # real guests (bench/migration_qemu.py)
+
+Live migrations hold their converged switchover for a go, as the operator asks
+(``--switchover-wait``, its SWITCHOVER_WAIT_SECONDS by default); the bench gives the go as soon as
+it sees ``readyToSwitchOver``, as the operator does once it has written SwitchingOver. With
+``--switchover-wait 0`` the source switches over the moment pre-copy converges.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vmshift.controllers.migrations import SWITCHOVER_WAIT_SECONDS
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
@@ -93,6 +99,7 @@ class Bench:
         self.workdir = workdir
         self.agents: list[AgentProcess] = []
         self.counter = 0
+        self.switchover_wait = SWITCHOVER_WAIT_SECONDS
 
     def start(self, name: str, bandwidth_mbps: float) -> AgentProcess:
         agent = start_agent(AgentConfig(name=name, bandwidth_mbps=bandwidth_mbps, memory_mib=1024 * 1024,
@@ -118,12 +125,24 @@ class Bench:
         await client.start_vm(vm_id)
         return vm_id
 
-    @staticmethod
-    async def migrate(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
+    async def migrate(self, source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
                       bandwidth_mbps: float | None) -> MigrationStatus:
         await begin_migration(source, target, vm_id, migration_id, threshold_ms=THRESHOLD_MS,
-                              max_rounds=MAX_ROUNDS, stall_rounds=STALL_ROUNDS, bandwidth_mbps=bandwidth_mbps)
-        return await source.wait_migration(migration_id, timeout_seconds=600, poll_seconds=0.02)
+                              max_rounds=MAX_ROUNDS, stall_rounds=STALL_ROUNDS, bandwidth_mbps=bandwidth_mbps,
+                              switchover_wait_seconds=self.switchover_wait)
+        deadline = time.monotonic() + 600
+        gone = False
+        while True:
+            status = await source.get_migration(migration_id)
+            if status.phase.finished:
+                return status
+            if status.ready_to_switch_over and not gone:
+                await source.switchover(migration_id)  # the operator's go, once it has written SwitchingOver
+                gone = True
+                continue
+            if time.monotonic() > deadline:
+                raise AgentError("Timeout", f"migration {migration_id} still {status.phase.value} after 600 s", 0)
+            await asyncio.sleep(0.02)
 
 
 def measured_row(s: Scenario, status: MigrationStatus) -> Row:
@@ -253,12 +272,15 @@ async def main() -> int:
     parser.add_argument("--driver", choices=("simulated", "qemu"), default="simulated",
                         help="qemu: real guests under QEMU beside the simulated driver and the model "
                              "(--migrations defaults to 50 there)")
+    parser.add_argument("--switchover-wait", type=float, default=SWITCHOVER_WAIT_SECONDS,
+                        help="seconds a converged live migration waits for the go (0: no wait)")
     args = parser.parse_args()
     started = time.monotonic()
     if args.driver == "qemu":
         return await qemu_main(args)
     with tempfile.TemporaryDirectory(prefix="vmshift-bench-") as tmp:
         bench = Bench(Path(tmp))
+        bench.switchover_wait = args.switchover_wait
         try:
             print("scenarios...", file=sys.stderr)
             rows = await scenario_table(bench, args.repeat)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kopf
 
 from tests.scheduling.strategies import host, vm
@@ -118,3 +120,38 @@ def test_an_agent_message_without_a_stop_still_reads_as_a_sentence_before_the_co
     assert as_sentence("pre-copy did not converge; migrate when the guest is quieter") == \
         "pre-copy did not converge; migrate when the guest is quieter."
     assert as_sentence("The target refused. ") == "The target refused."
+
+
+async def test_a_source_without_the_vm_because_the_vm_is_deleted_is_not_a_lost_source(monkeypatch: Any) -> None:
+    # Seen in the chaos campaign (seed 1008, CI of stop 11): the VM was deleted 30 ms after its
+    # migration was created; the deletion stopped the guest, the source answered NotFound, and the
+    # migration failed SourceLost although every agent was healthy.
+    from vmshift.controllers import migrations
+    from vmshift.controllers.migration_decisions import AgentRefusedError
+    from vmshift.controllers.migrationrun import Run
+    from vmshift.hypervisor.client import AgentError
+
+    bodies: dict[str, dict[str, Any] | None] = {}
+
+    async def get(plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        assert (plural, namespace) == ("virtualmachines", "ns")
+        return bodies[name]
+
+    monkeypatch.setattr(migrations.kubeapi, "get", get)
+    run = Run(name="m", namespace="ns", uid="u", vm_name="vm1", generation=1, body=kopf.Body({}), source="a")
+    gone = AgentRefusedError(Side.source, "a", AgentError("NotFound", "host a has no VM 'u'", 404))
+
+    async def verdict(exc: Exception) -> migrations.MigrationFailedError:
+        return await migrations._unless_deleted(run, exc, migrations._as_failure(run, exc))  # type: ignore[arg-type]
+
+    for body in (None, {"metadata": {"name": "vm1", "deletionTimestamp": "2026-11-30T07:00:00Z"}}):
+        bodies["vm1"] = body
+        deleted = await verdict(gone)
+        assert deleted.reason is FailureReason.VirtualMachineNotRunning
+        assert "vm1 was deleted" in deleted.message
+
+    bodies["vm1"] = {"metadata": {"name": "vm1"}}
+    assert (await verdict(gone)).reason is FailureReason.SourceLost, "a live VM the source lost is SourceLost"
+    refused = AgentRefusedError(Side.target, "b", AgentError("NotFound", "no such migration", 404))
+    bodies["vm1"] = None
+    assert (await verdict(refused)).reason is FailureReason.TargetLost, "only the source's NotFound is explained"

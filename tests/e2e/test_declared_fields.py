@@ -2,7 +2,8 @@
 
 VirtualMachine phases Scheduling and Failed, status.migration.phase following its migration, a
 Host's label change re-checking the selectors of its VMs; Host status.migrations and
-lastHeartbeatTime; a migration's strategy, and the strategy of each of its rounds.
+lastHeartbeatTime; a migration's strategy, and the strategy of each of its rounds; SwitchingOver
+shown by every live migration, before its pause.
 """
 
 from __future__ import annotations
@@ -105,6 +106,33 @@ def test_a_vm_is_scheduling_then_its_migration_phase_strategy_and_host_counts_mo
     assert migration["rounds"], migration
     assert all(r.get("strategy") in ("PreCopy", "AutoConverge") for r in migration["rounds"]), migration["rounds"]
     assert migration["rounds"][0]["strategy"] == "PreCopy"  # the full copy runs before any throttle
+
+
+def test_every_live_migration_shows_switching_over_before_it_succeeds(fleet: Fleet) -> None:
+    # The switchover pauses the guest for milliseconds; the phase must not be seen only when a poll
+    # happens to land in them. The source holds its converged switchover until the operator has
+    # written SwitchingOver, so a watch of the API sees it on every migration.
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "switcher", host="h-icelake-1", dirty=20, working_set=8, memory=128)
+    names = [f"switch-{i}" for i in range(3)]
+    with Watch(fleet, f"{API}/namespaces/{ns}/virtualmachinemigrations") as migrations:
+        for name, target in zip(names, ("h-icelake-2", "h-icelake-1", "h-icelake-2"), strict=True):
+            fleet.apply(fleet.migration(ns, name, "switcher", target, mode="Live"))
+            done = fleet.wait_phase("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, 120)
+            assert done["phase"] == "Succeeded", done
+        seen = migrations.stop()
+    order = ["Pending", "Validating", "Transferring", "SwitchingOver", "Succeeded"]
+    for name in names:
+        mine = [o for o in seen if o["metadata"]["name"] == name and (o.get("status") or {}).get("phase")]
+        phases = _in_order([o["status"]["phase"] for o in mine])
+        assert phases[-3:] == ["Transferring", "SwitchingOver", "Succeeded"], (name, phases)
+        assert phases == sorted(phases, key=order.index), (name, phases)
+        switching = next(o["status"] for o in mine if o["status"]["phase"] == "SwitchingOver")
+        reconciling = next(c for c in switching["conditions"] if c["type"] == "Reconciling")
+        assert reconciling["reason"] == "SwitchingOver" and "Pre-copy converged" in reconciling["message"], switching
+        final = mine[-1]["status"]
+        assert final["switchoverAcknowledged"] is True, final
+        assert final["downtimeMs"] < 1000 and final["memoryVerified"] is True, final
 
 
 def test_hosts_say_when_their_agent_last_answered(fleet: Fleet) -> None:

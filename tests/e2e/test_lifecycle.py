@@ -1,4 +1,5 @@
-"""Lifecycle faults end to end: the operator stopped mid-migration, orphans, guests running twice."""
+"""Lifecycle faults end to end: the operator stopped mid-migration (also while a switchover waits for
+its go), orphans, guests running twice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.e2e.conftest import Fleet
 from tests.hypervisor.helpers import running_vm
 from tests.kube import wait_for
 from vmshift.api.reasons import MigrationPhase
+from vmshift.hypervisor.protocol import MigrationStatus
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +51,34 @@ def test_a_sigterm_of_the_operator_mid_migration_neither_fails_nor_cancels_it(fl
                   "the VM's status to name its new host", 30)
     assert vm["phase"] == "Running"
     assert list(fleet.copies(uid)) == ["h-icelake-2"]
+
+
+def _source_report(fleet: Fleet, host: str, migration_uid: str) -> MigrationStatus:
+    async def call() -> MigrationStatus:
+        async with fleet.stack.agents[host].client() as client:
+            return await client.get_migration(migration_uid)
+    return asyncio.run(call())
+
+
+def test_a_migration_that_converges_while_the_operator_is_down_switches_over_without_its_go(fleet: Fleet) -> None:
+    """The source holds a converged switchover for the operator's go, but never for long: with the
+    operator stopped it switches over once the wait is out, and the next operator records that the
+    pause came without the go."""
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "unwatched", host="h-slow", compatibility=True, memory=1024, dirty=5, working_set=2)
+    fleet.apply(fleet.migration(ns, "unheard", "unwatched", "h-icelake-2", mode="Live"))
+    fleet.wait_phase("vsmig", "unheard", ns, {"Transferring"})
+    migration_uid = fleet.get("vsmig", "unheard", ns)["metadata"]["uid"]
+    fleet.stack.stop_operator()  # before round 0 (1 GiB at 1000 Mbit/s, about 9 s) is over
+    assert fleet.status("vsmig", "unheard", ns)["phase"] == "Transferring"
+    report = wait_for(lambda: (r := _source_report(fleet, "h-slow", migration_uid)).phase.finished and r,
+                      "the source to finish the migration without the operator", 90)
+    assert report.phase is MigrationPhase.Succeeded and report.switchover_acknowledged is False, report
+    fleet.stack.start_operator("--keep-finished-migrations", "50")
+    status = fleet.wait_phase("vsmig", "unheard", ns, FINISHED, timeout=120)
+    assert status["phase"] == "Succeeded" and status["switchoverAcknowledged"] is False, status
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "switched over without it" in ready["message"], ready
 
 
 def test_a_vm_running_on_two_agents_is_left_on_the_one_its_status_names(fleet: Fleet) -> None:

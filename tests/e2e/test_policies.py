@@ -59,8 +59,9 @@ def test_match_expressions_and_namespace_labels_choose_the_policy_and_its_status
         migration_policy(by_ns, {"selector": {"namespaceSelector": {"matchLabels": {f"team-{tag}": "data"}}}}),
     )
     policies += [batch, by_ns]
+    # w starts on an Intel host: the fleet has one AMD host, from which a running guest could go nowhere
     fleet.apply(fleet.vm(ns, "b", labels={"app": f"batch-{tag}"}),
-                fleet.vm(ns, "w", labels={"app": f"web-{tag}"}, compatibility=True))
+                fleet.vm(ns, "w", host="h-icelake-1", labels={"app": f"web-{tag}"}, compatibility=True))
     # matchExpressions select the batch VM only (they were ignored: the policy took every VM in the cluster)
     status = policy_status(fleet, batch, 1)
     assert status["selected"] == [f"{ns}/b"], status
@@ -76,6 +77,7 @@ def test_match_expressions_and_namespace_labels_choose_the_policy_and_its_status
     assert policy_status(fleet, batch, 1)["selected"] == [f"{ns}/b"]
     # the migration controller reads the same answer
     fleet.wait_phase("vsvm", "w", ns, {"Running"})
+    fleet.unpin(ns, "w")
     fleet.apply(fleet.migration(ns, "w-move", "w"))
     moved = fleet.wait_phase("vsmig", "w-move", ns, FINISHED)
     assert moved["phase"] == "Succeeded" and moved["policy"] == by_ns, moved

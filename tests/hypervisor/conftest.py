@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.hypervisor.helpers import Clients
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
 
 TOKEN = "test-token-0123456789"
@@ -42,3 +43,10 @@ def pair(agent_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Agen
     yield first, second
     first.stop()
     second.stop()
+
+
+@pytest.fixture
+async def clients(pair: tuple[AgentProcess, AgentProcess]) -> AsyncIterator[Clients]:
+    """Clients of the module's two agents."""
+    async with pair[0].client() as first, pair[1].client() as second:
+        yield first, second

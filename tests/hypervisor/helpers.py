@@ -18,6 +18,8 @@ from vmshift.hypervisor.client import AgentError, HypervisorClient
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, VmInfo, VmState, WorkloadSpec
 
 T = TypeVar("T")
+#: Clients of the two agents of ``pair``.
+Clients = tuple[HypervisorClient, HypervisorClient]
 
 
 async def poll(check: Callable[[], Awaitable[T | None]], what: str, within: float = 60.0,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator
 
 import kopf
 import pytest
 
 from tests.hypervisor.conftest import TOKEN
-from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
+from tests.hypervisor.helpers import BreakingProxy, Clients, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.api.virtualmachine import VirtualMachineSpec
@@ -28,19 +27,12 @@ from vmshift.hypervisor.protocol import AutoConvergeSettings, IncomingMigrationR
 
 pytestmark = pytest.mark.timeout(180)
 
-Clients = tuple[HypervisorClient, HypervisorClient]
 
 
 async def assert_only_on(owner: HypervisorClient, other: HypervisorClient, vm_id: str) -> None:
     """The VM runs on ``owner`` (its heartbeat moves there) and nowhere on ``other``."""
     await heartbeat_grows(owner, vm_id)
     assert await vm_state(other, vm_id) in (None, VmState.MigratedAway), f"{vm_id} is also on {other.endpoint}"
-
-
-@pytest.fixture
-async def clients(pair: tuple[AgentProcess, AgentProcess]) -> AsyncIterator[Clients]:
-    async with pair[0].client() as first, pair[1].client() as second:
-        yield first, second
 
 
 async def test_memory_that_arrives_different_fails_as_memory_mismatch(

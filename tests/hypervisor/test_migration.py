@@ -7,11 +7,11 @@ to the stream or to either agent before the commit point; after it, on the targe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
-from tests.hypervisor.helpers import BreakingProxy, finished, heartbeat_grows, poll, running_vm, vm_state
+from tests.hypervisor.helpers import BreakingProxy, Clients, finished, heartbeat_grows, poll, running_vm, vm_state
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
@@ -39,13 +39,6 @@ from vmshift.precopy.model import quick_migration_seconds
 
 pytestmark = pytest.mark.timeout(180)
 
-Clients = tuple[HypervisorClient, HypervisorClient]
-
-
-@pytest.fixture
-async def clients(pair: tuple[AgentProcess, AgentProcess]) -> AsyncIterator[Clients]:
-    async with pair[0].client() as first, pair[1].client() as second:
-        yield first, second
 
 
 async def assert_only_on(owner: HypervisorClient, other: HypervisorClient, vm_id: str) -> None:

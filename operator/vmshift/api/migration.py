@@ -137,7 +137,10 @@ class VirtualMachineMigrationStatus(ConditionsStatus):
 
     phase: MigrationPhase | None = Field(
         None,
-        description="Pending, Validating, Transferring, SwitchingOver, Succeeded, Failed or Cancelled.",
+        description="Pending (accepted, waiting for its turn), Validating (admitted: checked again, target "
+        "prepared), Transferring (memory is copied while the VM runs), SwitchingOver (the copy has converged: the "
+        "VM is paused on the source for the final copy and resumed on the target; a live migration always "
+        "passes through it, shown before the pause), Succeeded, Failed or Cancelled.",
     )
     sourceHost: str | None = Field(None, description="The host the VM was on when the migration started.")
     targetHost: str | None = Field(None, description="The host the VM is moving to (chosen or requested).")
@@ -160,6 +163,11 @@ class VirtualMachineMigrationStatus(ConditionsStatus):
         None, description="True while the switchover is in doubt: the source sent it but cannot ask the target "
         "whether it resumed the guest (a partition, a dead host), so the guest stays paused on the source until "
         "the target's agent answers. The condition Ready says what to do.",
+    )
+    switchoverAcknowledged: bool | None = Field(
+        None, description="Live migrations: true when the source paused the VM on the operator's go, after "
+        "SwitchingOver was written here; false when the source heard no go within a few seconds (the operator "
+        "was down or slow) and switched over without it, so the phase may not have been shown before the pause.",
     )
     startedAt: datetime | None = Field(None, description="When the transfer started.")
     finishedAt: datetime | None = Field(None, description="When the migration ended.")

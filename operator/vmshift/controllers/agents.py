@@ -301,8 +301,9 @@ class AgentDirectory:
         return [(host, info) for host, info in (a for a in answers if a is not None)
                 if info is not None and info.state in RESIDENT]
 
-    def all_reachable(self) -> bool:
-        return all(link.reachable for link in self._links.values())
+    def unreachable(self) -> list[str]:
+        """The hosts whose agents do not answer now, by name."""
+        return sorted(name for name, link in self._links.items() if not link.reachable)
 
     def _pool(self) -> aiohttp.ClientSession:
         """One connection pool for every agent (created on the operator's event loop), bounded per agent."""

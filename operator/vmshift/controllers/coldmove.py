@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 
-import kopf
-
 from vmshift import metrics, timestamps
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.indexes import fleet, values
 from vmshift.controllers.migration_decisions import AgentRefusedError, MigrationFailedError, Side
 from vmshift.controllers.migrationrun import Run, agent_link, policy_for
@@ -75,8 +73,8 @@ async def move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) ->
     await run.set_phase(MigrationPhase.Succeeded, "MovedCold", decision.message, sourceHost=run.source,
                         targetHost=run.target, policy=run.policy.name, startedAt=started, finishedAt=finished,
                         downtimeMs=0, inDoubt=None)
-    kopf.info(run.body, reason="MovedCold", message=decision.message)
-    kopf.info(run.vm_ref(), reason="MovedCold", message=decision.message)
+    events.info(run.body, reason="MovedCold", message=decision.message)
+    events.info(run.vm_ref(), reason="MovedCold", message=decision.message)
     metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
     rt.gate.release(run.key)
     rt.gate_changed.set()

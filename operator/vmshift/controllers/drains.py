@@ -28,7 +28,7 @@ from vmshift import metrics, timestamps
 from vmshift.api.host import DrainState
 from vmshift.api.labels import ATTEMPT_ANNOTATION, EPISODE_LABEL, EVACUATION_LABEL, ORDER_ANNOTATION, VM_LABEL
 from vmshift.api.reasons import FailureReason, MigrationPhase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.indexes import GROUP, MIGRATIONS, VERSION, Store, fleet, namespace_labels, one, values
 from vmshift.controllers.runtime import runtime
@@ -242,10 +242,10 @@ class Evacuator:
         }
         await self._write()
         scope = "every VM" if goal.min_priority is None else f"the VMs with priority >= {goal.min_priority}"
-        kopf.info(self.body, reason="DrainStarted",
-                  message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
-                          f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
-                          f"{plan.lower_bound_seconds:.1f} s).")
+        events.info(self.body, reason="DrainStarted",
+                    message=f"Draining {self.host} ({goal.trigger}): {scope}, {count} to move. Plan: {plan.strategy}; "
+                            f"about {plan.expected_makespan_seconds:.1f} s (no schedule could take less than "
+                            f"{plan.lower_bound_seconds:.1f} s).")
         metrics.DRAINS.labels(result="Started").inc()
 
     async def _act(self, step: Step, goal: Goal | None, vms: Store[VMEntry], episode: str) -> None:
@@ -270,13 +270,13 @@ class Evacuator:
                 continue  # made by an earlier pass whose result the index does not show yet
             move = create.move
             if create.attempt > 1:
-                kopf.warn(self.body, reason="DrainRetry",
-                          message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
-                                  f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
+                events.warn(self.body, reason="DrainRetry",
+                            message=f"Moving {move.vm} off {self.host} again, to {move.target} (attempt "
+                                    f"{create.attempt}; {', '.join(move.failed_targets)} failed).")
             else:
-                kopf.info(self.body, reason="DrainMove",
-                          message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
-                                  f"{move.why or 'chosen by the drain planner.'}"[:1024])
+                events.info(self.body, reason="DrainMove",
+                            message=f"Moving {move.vm} (priority {move.priority}) off {self.host} to {move.target}: "
+                                    f"{move.why or 'chosen by the drain planner.'}"[:1024])
 
     async def _delete(self, attempts: list[Attempt]) -> None:
         for a in attempts:
@@ -310,27 +310,27 @@ class Evacuator:
         if state.value == before and (goal is not None or not was_open):
             return
         if state is DrainState.Completed and goal is not None:
-            kopf.info(self.body, reason="DrainCompleted",
-                      message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
-                              f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
-                              f"s), {progress.failed} failed attempt(s).")
+            events.info(self.body, reason="DrainCompleted",
+                        message=f"{self.host} is drained ({goal.trigger}): {progress.moved} VM(s) moved in "
+                                f"{self._seconds():.1f} s (planned {float(self.drain.get('expectedSeconds') or 0):.1f} "
+                                f"s), {progress.failed} failed attempt(s).")
             metrics.DRAINS.labels(result="Completed").inc()
         elif state is DrainState.Completed:
-            kopf.info(self.body, reason="DrainClosed",
-                      message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
-                              f"else cordons it.")
+            events.info(self.body, reason="DrainClosed",
+                        message=f"Nothing asks {self.host} to stay drained any more; it takes VMs again once nothing "
+                                f"else cordons it.")
         elif state is DrainState.Blocked:
-            kopf.warn(self.body, reason="DrainBlocked",
-                      message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
-                              f"{describe_blocked(progress)}"[:1024])
+            events.warn(self.body, reason="DrainBlocked",
+                        message=f"The drain of {self.host} cannot finish: {len(progress.blocked)} VM(s) cannot move: "
+                                f"{describe_blocked(progress)}"[:1024])
             metrics.DRAINS.labels(result="Blocked").inc()
         elif state is DrainState.Running and before == DrainState.Blocked.value:
-            kopf.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
+            events.info(self.body, reason="DrainResumed", message=f"The drain of {self.host} can move VMs again.")
         elif state is DrainState.Cancelled and before != DrainState.Cancelled.value:
-            kopf.info(self.body, reason="DrainCancelled",
-                      message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
-                              f"{progress.in_flight} migration(s) already under way finish, queued ones were "
-                              f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
+            events.info(self.body, reason="DrainCancelled",
+                        message=f"The drain of {self.host} stopped: {progress.moved} of {progress.total} VM(s) moved; "
+                                f"{progress.in_flight} migration(s) already under way finish, queued ones were "
+                                f"withdrawn. {self.host} takes VMs again once nothing else cordons it.")
             metrics.DRAINS.labels(result="Cancelled").inc()
 
     def _seconds(self) -> float:

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
-from vmshift.controllers import drains, hosts, indexes, kubeapi, remediation
+from vmshift.controllers import drains, events, hosts, indexes, kubeapi, remediation
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import GROUP, VERSION, host_index, one, values
 from vmshift.controllers.runtime import runtime, until_woken
@@ -100,18 +100,18 @@ class HostSupervisor:
         link = self.link
         if link is not None and self.was_reachable is not None and link.reachable != self.was_reachable:
             if link.reachable:
-                kopf.info(self.body, reason="AgentReachable", message=f"The agent of {self.name} answers again.")
+                events.info(self.body, reason="AgentReachable", message=f"The agent of {self.name} answers again.")
             else:
-                kopf.warn(self.body, reason="AgentUnreachable",
-                          message=f"The agent of {self.name} stopped answering: {link.last_error}")
+                events.warn(self.body, reason="AgentUnreachable",
+                            message=f"The agent of {self.name} stopped answering: {link.last_error}")
         self.was_reachable = link.reachable if link is not None else self.was_reachable
 
     def host_part(self, spec: Mapping[str, Any], generation: int, stored: Mapping[str, Any]) -> dict[str, Any]:
         entry = one(host_index, self.name)
         problem = self.config_error.message if self.config_error is not None else entry.problem if entry else None
         if problem and problem != self.told:  # a person must fix the Host or its Secret: say it once, as an event
-            kopf.warn(self.body, reason=self.config_error.reason if self.config_error is not None else "InvalidSpec",
-                      message=problem)
+            events.warn(self.body, reason=self.config_error.reason if self.config_error is not None else "InvalidSpec",
+                        message=problem)
         self.told = problem or ""
         inbound, outbound = hosts.in_flight(self.name)
         inputs = hosts.HostInputs(

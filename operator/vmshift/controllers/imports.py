@@ -37,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from vmshift.api import conditions as cond
 from vmshift.api.vmimport import ImportPhase, StepState
 from vmshift.api.vmimport import ImportStepName as Step
-from vmshift.controllers import kubeapi
+from vmshift.controllers import events, kubeapi
 from vmshift.controllers.importsteps import (
     DRIVERS_ANNOTATION,
     EXECUTION_ORDER,
@@ -220,7 +220,7 @@ class ImportJob:
         if resumed:
             self.logger.info(f"import {self.namespace}/{self.name}: resuming step {step.value}")
         else:
-            kopf.info(self.body, reason="StepStarted", message=f"{step.value}: {headline}")
+            events.info(self.body, reason="StepStarted", message=f"{step.value}: {headline}")
         await self.write(phase=ImportPhase.Running.value, message=f"{step.value}: {headline}",
                          conditions=progressing(self._conditions(), step.value, f"{step.value}: {headline}",
                                                 self.generation))
@@ -245,7 +245,7 @@ class ImportJob:
                    f"{before.get('diskMBps')} -> {after.get('diskMBps')} MB/s.")
         await self.write(phase=ImportPhase.Succeeded.value, finishedAt=rfc3339(), message=message,
                          conditions=succeeded(self._conditions(), message, self.generation))
-        kopf.info(self.body, reason="Succeeded", message=message)
+        events.info(self.body, reason="Succeeded", message=message)
 
     async def _fail(self, exc: ImportFailed) -> None:
         deleted = await self._delete_vm()
@@ -255,7 +255,7 @@ class ImportJob:
         extra: dict[str, Any] = {"virtualMachine": None} if deleted else {}
         await self.write(phase=ImportPhase.Failed.value, finishedAt=rfc3339(), message=message,
                          conditions=failed(self._conditions(), exc.reason, message, self.generation), **extra)
-        kopf.warn(self.body, reason=exc.reason.value, message=message)
+        events.warn(self.body, reason=exc.reason.value, message=message)
         self.logger.info(f"import {self.namespace}/{self.name} failed: {exc.reason.value}: {message}")
 
     async def _stop(self) -> None:
@@ -284,8 +284,8 @@ class ImportJob:
         if not body or not owned_by(body, self.uid):
             return False
         await kubeapi.delete("virtualmachines", self.vm_namespace, self.vm_name)
-        kopf.info(self.body, reason="DeletedVirtualMachine",
-                  message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
+        events.info(self.body, reason="DeletedVirtualMachine",
+                    message=f"Deleted VirtualMachine {self.vm_key}: the import did not finish.")
         return True
 
     # -- Inspect -----------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ class ImportJob:
             except SourceMissing as exc:
                 if str(exc) != told:
                     told = str(exc)
-                    kopf.warn(self.body, reason=ImportFailure.SourceNotFound.value, message=told)
+                    events.warn(self.body, reason=ImportFailure.SourceNotFound.value, message=told)
                     await self.write(message=told, conditions=waiting(
                         self._conditions(), ImportFailure.SourceNotFound.value, told, self.generation))
             await self._sleep(SOURCE_RETRY_SECONDS[min(attempt, len(SOURCE_RETRY_SECONDS) - 1)])
@@ -372,7 +372,7 @@ class ImportJob:
                        f"for it. Create it, or correct spec.target.namespace.")
             if message != told:
                 told = message
-                kopf.warn(self.body, reason=ImportFailure.TargetNamespaceNotFound.value, message=message)
+                events.warn(self.body, reason=ImportFailure.TargetNamespaceNotFound.value, message=message)
                 await self.write(message=message, conditions=waiting(
                     self._conditions(), ImportFailure.TargetNamespaceNotFound.value, message, self.generation))
             await self._sleep(SOURCE_RETRY_SECONDS[min(attempt, len(SOURCE_RETRY_SECONDS) - 1)])
@@ -386,9 +386,9 @@ class ImportJob:
                                    f"that VirtualMachine, and create the import again.")
             created = body
         uid = str((created.get("metadata") or {}).get("uid", ""))
-        kopf.info(self.body, reason="CreatedVirtualMachine",
-                  message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
-                          f"({', '.join(plan.drivers_before) or 'none'}).")
+        events.info(self.body, reason="CreatedVirtualMachine",
+                    message=f"Created VirtualMachine {self.vm_key} with the source's drivers "
+                            f"({', '.join(plan.drivers_before) or 'none'}).")
         return uid
 
     def _lost(self) -> ImportFailed:
@@ -506,7 +506,7 @@ class ImportJob:
             if resumed:
                 return StepState.Succeeded, f"Already done on {where}. {now}"
             return StepState.Skipped, f"Nothing to do on {where}. {now}"
-        kopf.info(self.body, reason=step.value, message=f"On {where}: {describe_change(change)}.")
+        events.info(self.body, reason=step.value, message=f"On {where}: {describe_change(change)}.")
         return StepState.Succeeded, f"On {where}: {describe_change(change)}. {now}"
 
     async def _verify(self, resumed: bool) -> tuple[StepState, str]:

@@ -88,7 +88,7 @@ async def close() -> None:
 
 
 def _path(plural: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    core = plural in ("secrets", "configmaps")
+    core = plural in ("secrets", "configmaps", "events")
     base = "/api/v1" if core else f"/apis/{GROUP}/{VERSION}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")

@@ -217,6 +217,37 @@ def progress_status(agent: MigrationStatus, ledger: RoundLedger | None = None) -
     }
 
 
+def shown_phase(report: MigrationStatus, cancelling: bool = False) -> MigrationPhase:
+    """The phase an unfinished migration's status shows for its source's report (pure): SwitchingOver
+    from the moment the source holds its converged switchover for the operator's go, so the phase is
+    written before the guest pauses (and is seen every time, not by chance), unless the migration is
+    being cancelled (it gets no go); else Transferring."""
+    if report.phase is MigrationPhase.SwitchingOver or (report.ready_to_switch_over and not cancelling):
+        return MigrationPhase.SwitchingOver
+    return MigrationPhase.Transferring
+
+
+def switchover_go_due(report: MigrationStatus, written_phase: str | None, cancelling: bool) -> bool:
+    """Whether the operator gives the source its go now (pure): the source holds its switchover, the
+    status already says SwitchingOver (the write comes first), and nobody is cancelling the migration
+    (a cancel before the go leaves the VM running on the source)."""
+    return report.ready_to_switch_over and written_phase == MigrationPhase.SwitchingOver.value and not cancelling
+
+
+def switchover_message(vm: str, source: str | None, target: str | None, report: MigrationStatus) -> str:
+    """The SwitchingOver condition's message."""
+    return (f"Pre-copy converged after round {report.round} with {report.remaining_mib:.2f} MiB left: {vm} is "
+            f"paused on {source} for the final copy and resumed on {target}.")
+
+
+def unacknowledged_note(report: MigrationStatus, wait_seconds: float) -> str:
+    """What a Succeeded message adds when the source switched over without the operator's go (pure)."""
+    if report.switchover_acknowledged is not False:
+        return ""
+    return (f" The source heard no go from the operator within {wait_seconds:g} s and switched over without it, "
+            f"so SwitchingOver may not have been shown before the pause.")
+
+
 def _value(strategy: MigrationStrategy | None) -> str | None:
     return strategy.value if strategy is not None else None
 

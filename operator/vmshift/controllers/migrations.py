@@ -33,7 +33,7 @@ from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT
 from vmshift.controllers.coldmove import is_stopped, move_cold
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
@@ -50,8 +50,12 @@ from vmshift.controllers.migration_decisions import (
     decide_move,
     leaving,
     progress_status,
+    shown_phase,
     stop_action,
+    switchover_go_due,
+    switchover_message,
     target_verdict,
+    unacknowledged_note,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, policy_for
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
@@ -74,6 +78,12 @@ AGENT_LOST_SECONDS = 20.0
 #: Seconds between status patches while a migration transfers.
 PATCH_INTERVAL = 1.0
 POLL_INTERVAL = 0.25
+#: How long a source agent holds a converged live switchover for this operator's go (written first:
+#: phase SwitchingOver). The guest runs on meanwhile, so the wait costs no downtime, only the link's
+#: share of the hot set; a responsive operator answers within a poll and two calls (well under a
+#: second), and an operator that is down (a restart takes longer than this anyway) delays each
+#: converged migration by this much at most: the migration never hangs on the operator.
+SWITCHOVER_WAIT_SECONDS = 5.0
 
 
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -172,6 +182,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         timeout_seconds=float(timeout),
+        switchover_wait_seconds=SWITCHOVER_WAIT_SECONDS if mode is MigrationMode.Live else 0.0,
     )
     try:
         await source_link.client.start_migration(request)
@@ -212,6 +223,7 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
     watch = ProgressWatch(progress_timeout)
     doubt = _Doubt()
     cancelled = False
+    go_given = False
     while True:
         if stopped and stop_action(stopped.reason) is StopAction.Leave:
             raise Leaving()
@@ -240,8 +252,9 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
             await _in_doubt(run, report, doubt)
             await asyncio.sleep(POLL_INTERVAL)
             continue
+        phase = shown_phase(report, cancelled)
         if watch.stalled(report.remaining_mib, time.monotonic()) and not cancelled \
-                and report.phase is not MigrationPhase.SwitchingOver:
+                and phase is not MigrationPhase.SwitchingOver:
             link = rt.agents.get(run.source or "")
             if link is not None:
                 try:
@@ -256,14 +269,32 @@ async def _follow(run: Run, stopped: kopf.DaemonStopped, progress_timeout: float
                                        f"{progress_timeout:.0f} s (progressTimeoutSeconds of policy "
                                        f"{run.policy.name}); the migration was cancelled and {run.vm_name} stays on "
                                        f"{run.source}.")
-        phase = MigrationPhase.SwitchingOver if report.phase is MigrationPhase.SwitchingOver \
-            else MigrationPhase.Transferring
         if time.monotonic() - run.last_patch >= PATCH_INTERVAL or run.status.get("phase") != phase.value:
             extra = progress_status(report, run.ledger)
             if report.mode != run.mode:
                 extra["mode"] = report.mode.value
-            await run.set_phase(phase, phase.value, _progress_message(run, report), **extra)
+            message = switchover_message(run.vm_name, run.source, run.target, report) \
+                if phase is MigrationPhase.SwitchingOver else _progress_message(run, report)
+            await run.set_phase(phase, phase.value, message, **extra)
+        if not go_given and switchover_go_due(report, run.status.get("phase"), cancelled):
+            go_given = await _give_go(run)
+            if go_given:
+                continue  # the next report follows the switchover at once
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _give_go(run: Run) -> bool:
+    """Tell the source to switch over (its status says SwitchingOver already); False if it cannot be told
+    now (the next poll tries again; the source goes ahead by itself after SWITCHOVER_WAIT_SECONDS)."""
+    link = runtime().agents.get(run.source or "")
+    if link is None:
+        return False
+    try:
+        await link.client.switchover(run.uid)
+    except AgentError as exc:
+        logging.getLogger("vmshift.migrations").info("switchover go for %s on %s: %s", run.key, run.source, exc)
+        return False
+    return True
 
 
 @dataclass
@@ -287,8 +318,8 @@ async def _in_doubt(run: Run, report: MigrationStatus, doubt: _Doubt) -> None:
                    f"could run two copies). It is settled as soon as {run.target}'s agent answers; if {run.target} "
                    f"is gone for good, restore its agent or power the host off and delete its Host.")
         await run.set_phase(MigrationPhase.SwitchingOver, "InDoubt", message, inDoubt=True)
-        kopf.warn(run.body, reason="InDoubt", message=message)
-        kopf.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
+        events.warn(run.body, reason="InDoubt", message=message)
+        events.warn(run.vm_ref(), reason="MigrationInDoubt", message=message)
     if time.monotonic() - doubt.asked_at < DOUBT_ASK_INTERVAL:
         return
     doubt.asked_at = time.monotonic()
@@ -341,6 +372,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         if report.source_digest and report.target_digest:
             extra["memoryVerified"] = report.source_digest == report.target_digest
         extra["mode"] = mode.value
+        if report.switchover_acknowledged is not None:
+            extra["switchoverAcknowledged"] = report.switchover_acknowledged
     if run.vm is not None:
         last = {"name": run.name, "mode": mode.value, "result": phase.value, "sourceHost": run.source,
                 "targetHost": run.target, "downtimeMs": extra.get("downtimeMs"),
@@ -355,10 +388,11 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         metrics.TRANSFERRED_BYTES.labels(mode=mode.value).inc(max(report.transferred_mib, 0.0) * 1024 * 1024)
     if phase is MigrationPhase.Succeeded:
         message = (f"{run.vm_name} moved from {run.source} to {run.target} by {mode.value.lower()} migration "
-                   f"with {extra.get('downtimeMs')} ms of downtime.")
+                   f"with {extra.get('downtimeMs')} ms of downtime."
+                   + (unacknowledged_note(report, SWITCHOVER_WAIT_SECONDS) if report else ""))
         await run.set_phase(phase, "Succeeded", message, **extra)
-        kopf.info(run.body, reason="Succeeded", message=message)
-        kopf.info(run.vm_ref(), reason="Migrated", message=message)
+        events.info(run.body, reason="Succeeded", message=message)
+        events.info(run.vm_ref(), reason="Migrated", message=message)
         metrics.MIGRATIONS.labels(mode=mode.value, result="Succeeded").inc()
         if report and report.downtime_ms is not None:
             metrics.DOWNTIME.labels(mode=mode.value).observe(report.downtime_ms / 1000)
@@ -369,9 +403,9 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         text = failure.message if failure else "The migration was cancelled."
         extra["failure"] = {"reason": reason.value, "message": text}
         await run.set_phase(phase, reason.value, text, **extra)
-        kopf.warn(run.body, reason=reason.value, message=text)
+        events.warn(run.body, reason=reason.value, message=text)
         if run.vm is not None:
-            kopf.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
+            events.warn(run.vm_ref(), reason=f"Migration{phase.value}", message=text)
         metrics.MIGRATIONS.labels(mode=mode.value, result=phase.value).inc()
         if phase is MigrationPhase.Failed and report is None:  # refused before any transfer
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
@@ -391,6 +425,24 @@ def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentE
     return MigrationFailedError(  # AgentUnreachableError included
         agent_failure_reason(exc.code, None),
         f"An agent refused or failed the migration of {run.vm_name}: {exc}. {run.vm_name} stays on {run.source}.")
+
+
+async def _unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError) -> MigrationFailedError:
+    """A source that no longer holds the VM because the VM is being deleted has not been lost: the
+    deletion stopped the guest while this migration began. Ask the API server, not the cache (which
+    may not have seen the deletion yet), and say so."""
+    if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
+        return verdict
+    try:
+        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:  # the agent's own words stand when the API cannot be asked
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return verdict
+    if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
+        return verdict
+    return MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                f"{run.vm_name} was deleted while this migration began; its guest is stopped "
+                                f"and there is nothing left to move.")
 
 
 async def _collect_garbage(run: Run) -> None:
@@ -496,7 +548,8 @@ async def drive_migration(
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
                                     startedAt=timestamps.rfc3339())
-                kopf.info(body, reason="Started", message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
+                events.info(body, reason="Started",
+                              message=f"Moving {run.vm_name} from {run.source} to {target}: {why}")
         else:
             rt.gate.claim(run.vm_key, run.key)
             run.vm_phase = phase if phase in IN_FLIGHT else None
@@ -519,7 +572,7 @@ async def drive_migration(
                     f"the next operator follows it")
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
-        verdict = _as_failure(run, exc)
+        verdict = await _unless_deleted(run, exc, _as_failure(run, exc))
         if leaving(stopped):
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.

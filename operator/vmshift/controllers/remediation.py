@@ -32,7 +32,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import AlertSource
 from vmshift.api.remediationpolicy import RemediationAction
-from vmshift.controllers import kubeapi
+from vmshift.controllers import events, kubeapi
 from vmshift.controllers.indexes import GROUP, HOSTS, REMEDIATION_POLICIES, VERSION, Store, host_index, ready, values
 from vmshift.controllers.runtime import runtime, until_woken
 from vmshift.controllers.views import HostEntry
@@ -203,6 +203,8 @@ class HostRemediator:
         self.exported: set[tuple[str, str, str, str]] = set()
         #: Status fields decided but not written yet: the Host's supervisor writes them in its patch.
         self.staged: dict[str, Any] = {}
+        #: The agent report (its monotonic time) whose sensors the book last took.
+        self.observed_report: float | None = None
 
     def seed(self, policies: Mapping[str, RemediationPolicyView]) -> None:
         """After a restart: the alerts behind the remediation in force count as firing until the
@@ -216,9 +218,13 @@ class HostRemediator:
             receiver.book.seed(self.host, source, seed_labels(alert, self.host, policy), started)
 
     def observe_sensors(self, now: float) -> None:
+        """Feed the agent's sensor alerts to the book, once per report: a report read again at a
+        later pass would make an alert a person has just released fire again from readings taken
+        before the release."""
         link = runtime().agents.get(self.host)
-        if link is None or not link.reachable or link.info is None:
+        if link is None or not link.reachable or link.info is None or link.reported_at == self.observed_report:
             return
+        self.observed_report = link.reported_at
         alerts = host_signals_from_sensors(self.host, link.info.sensors, now=datetime.fromtimestamp(now, UTC))
         receiver.book.sensors(self.host, alerts, now)
 
@@ -273,7 +279,7 @@ class HostRemediator:
             await self._keep(decision, policy)
         elif self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
     async def _start(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         remediation: dict[str, Any] = {
@@ -285,7 +291,7 @@ class HostRemediator:
         self.staged["remediation"] = remediation
         self.remediation = remediation
         self.told[decision.policy] = decision.reason
-        kopf.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.warn(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="Start").inc()
 
     async def _keep(self, decision: Decision, policy: RemediationPolicyView | None) -> None:
@@ -300,7 +306,7 @@ class HostRemediator:
             self.remediation = current
         if self.told.get(decision.policy) != decision.reason:
             self.told[decision.policy] = decision.reason
-            kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+            events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
 
     async def _end(self, decision: Decision, policy: RemediationPolicyView | None, now: float) -> None:
         since = (self.remediation or {}).get("since")
@@ -310,15 +316,19 @@ class HostRemediator:
         self.remediation, self.last = None, last
         self.last_ended[decision.policy] = now
         self.told[decision.policy] = decision.reason
-        kopf.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
+        events.info(self.body, reason=f"Remediation{decision.reason}", message=decision.message)
         metrics.REMEDIATIONS.labels(policy=decision.policy, action=decision.action.value, decision="End").inc()
+        if decision.reason == "ReleasedByAnnotation":
+            # A person says the hardware is fixed: the agent's alerts count as resolved until its next
+            # report says otherwise, so the same policy does not start again at once from old readings.
+            receiver.book.sensors(self.host, [], now)
         if decision.reason == "ReleasedByAnnotation" and policy is not None:
             # The release is consumed, so it cannot end the next remediation at once.
             await kubeapi.patch("hosts", None, self.host,
                                 {"metadata": {"annotations": {policy.release_annotation: None}}})
-            kopf.info(self.body, reason="RemediationReleaseConsumed",
-                      message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
-                              f"{decision.action.value} of RemediationPolicy {decision.policy}.")
+            events.info(self.body, reason="RemediationReleaseConsumed",
+                        message=f"Removed annotation {policy.release_annotation} from {self.host}: it released "
+                                f"{decision.action.value} of RemediationPolicy {decision.policy}.")
 
 
 def _comparable(remediation: Mapping[str, Any]) -> Any:
@@ -408,6 +418,6 @@ async def report_policy(
         except ApiException as exc:
             logger.warning(f"status of RemediationPolicy {name} not written: {exc.status} {exc.reason}")
         for text in receiver.notices.pop(name, []):
-            kopf.warn(body, reason="UnknownHost", message=text)
+            events.warn(body, reason="UnknownHost", message=text)
         await until_woken(woken, stopped, IDLE_SECONDS)
     receiver.policy_wakers.pop(name, None)

@@ -148,6 +148,8 @@ class Runtime:
     vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     #: VMs whose last reconcile could not finish (an agent did not answer): the resync retries them.
     deferred: set[str] = field(default_factory=set)
+    #: Why each deferred VM waits, as last logged (a reason is logged once, not at every pass).
+    deferral_told: dict[str, str] = field(default_factory=dict)
     #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
     resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain

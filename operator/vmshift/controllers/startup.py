@@ -28,13 +28,12 @@ from vmshift.controllers import (  # noqa: F401
     remediation,
     virtualmachines,
 )
+from vmshift.controllers.events import REPORTING_COMPONENT, reporting_instance
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
 WORKER_LIMIT = 300
-#: The component named in every event the operator posts (source.component, reportingComponent).
-REPORTING_COMPONENT = "vmshift-operator"
 
 
 @kopf.on.startup()
@@ -49,7 +48,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.posting.level = logging.INFO
     # Events say they come from vmshift (the "From" column of `kubectl describe`), one instance per pod.
     settings.posting.reporting_component = REPORTING_COMPONENT
-    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or REPORTING_COMPONENT
+    settings.posting.reporting_instance = reporting_instance()
     # At most this many objects are handled at once; the rest wait in the watch stream. Without a
     # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies). An
     # idle worker leaves its slot soon (Kopf's default of 5 s would cap a 10,000-VM start-up at

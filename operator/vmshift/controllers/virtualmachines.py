@@ -23,12 +23,13 @@ from vmshift.api import conditions as cond
 from vmshift.api.labels import DRIVERS_ANNOTATION, VM_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
-from vmshift.controllers import indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.controllers.vmstatus import (
+    DEFERRED_RESYNC_SECONDS,
     RESYNC_SECONDS,
     DefinitionError,
     choose_copy,
@@ -58,7 +59,16 @@ def _lock(key: str) -> asyncio.Lock:
 
 
 class _UnknownLocation(Exception):
-    """The agent that would know where the guest lives does not answer now."""
+    """The agent that would know where the guest lives does not answer now (the hosts that do not, by name)."""
+
+
+def _defer(key: str, why: str, logger: kopf.Logger | logging.Logger) -> None:
+    """Look at the VM again at the next short resync pass, and say why (once per reason)."""
+    rt = runtime()
+    rt.deferred.add(key)
+    if rt.deferral_told.get(key) != why:
+        rt.deferral_told[key] = why
+        logger.info(f"{key}: looked at again within {DEFERRED_RESYNC_SECONDS:.0f} s: {why}")
 
 
 async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | None:
@@ -88,8 +98,9 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
     found = rt.agents.locate(entry.uid)
     if len(found) >= 1:
         return found[0]
-    if host and not rt.agents.all_reachable():
-        raise _UnknownLocation(host)
+    silent = rt.agents.unreachable()
+    if host and silent:
+        raise _UnknownLocation(", ".join(silent[:5]))
     if host or ever:
         live = await rt.agents.live_locate(entry.uid)
         if live is None:
@@ -105,10 +116,6 @@ async def _patch(entry: VMEntry, status: dict[str, Any], previous: Mapping[str, 
         return False
     await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, status)
     return True
-
-
-
-
 
 
 def _key(body: Mapping[str, Any]) -> str:
@@ -137,12 +144,12 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not await rt.agents.wait_synced(indexes.host_names):
             # An agent not heard from yet may hold this guest (adoption after a restart), and a
             # Migratable condition computed before every agent answered would undercount hosts.
-            runtime().deferred.add(entry.key)
+            _defer(entry.key, "not every agent has answered yet", logger)
             return
         try:
             located = await _locate(entry, ever_placed(previous))
-        except _UnknownLocation:
-            rt.deferred.add(entry.key)  # the agent that should know is not reachable now: the resync comes back
+        except _UnknownLocation as exc:
+            _defer(entry.key, f"where its guest runs is unknown while the agent(s) of {exc} do not answer", logger)
             return
         view = vm_view(entry)
         if located is None:
@@ -205,7 +212,7 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
                       "reason": decision.reason.value, "message": decision.message,
                       "conditions": cond.dump(conditions)}
             if not cond.changes_nothing(status, previous):
-                kopf.warn(body, reason="FailedScheduling", message=decision.message)
+                events.warn(body, reason="FailedScheduling", message=decision.message)
                 metrics.MIGRATION_REFUSALS.labels(reason=decision.reason.value).inc()
             await _patch(entry, status, previous)
             return
@@ -228,10 +235,10 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         if start_outcome_unknown(exc):
             # The agent may have started the guest before the answer was lost: keep the host in status
             # so the next pass asks that agent, and place nowhere else until it has answered.
-            runtime().deferred.add(entry.key)
+            _defer(entry.key, f"no answer from {host} to the start", logger)
             message = (f"Starting {entry.name} on {host}: no answer from its agent ({exc}). The guest may be "
                        f"running there; the operator asks again before it chooses another host.")
-            kopf.warn(body, reason="StartUnconfirmed", message=message)
+            events.warn(body, reason="StartUnconfirmed", message=message)
             await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {
                 "reason": "StartUnconfirmed", "message": message})
             return
@@ -240,11 +247,11 @@ async def _place(entry: VMEntry, body: Mapping[str, Any], view: VMView, previous
         rt.placements.observed(entry.key)
         message = (f"Starting {entry.name} on {host} failed: {exc}. The operator places it again at its next "
                    f"pass (at most {RESYNC_SECONDS:.0f} s).")
-        kopf.warn(body, reason="FailedStart", message=message)
+        events.warn(body, reason="FailedStart", message=message)
         await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name,
                                    failed_start_status(previous, generation, message))
         return
-    kopf.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
+    events.info(body, reason="Started", message=f"Started {entry.name} on {host} (score {decision.score:.1f}).")
     logger.info(f"started {entry.key} on {host}")
     started = {"startedAt": timestamps.rfc3339(micro=True)}
     chosen = now_fleet.host(host)
@@ -264,7 +271,7 @@ async def _refuse_spec(entry: VMEntry, body: Mapping[str, Any], previous: Mappin
     status = {"observedGeneration": entry.generation, "reason": "InvalidSpec", "message": message,
               "conditions": cond.dump(conditions)}
     if not cond.changes_nothing(status, previous):
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        events.warn(body, reason="InvalidSpec", message=message)
     await _patch(entry, status, previous)
 
 
@@ -281,7 +288,7 @@ async def _refuse_definition(entry: VMEntry, body: Mapping[str, Any], previous: 
     status = {"observedGeneration": generation, "phase": Phase.Pending.value, "host": None,
               "reason": "InvalidDefinition", "message": message, "conditions": cond.dump(conditions)}
     if not cond.changes_nothing(status, previous):
-        kopf.warn(body, reason="InvalidDefinition", message=message)
+        events.warn(body, reason="InvalidDefinition", message=message)
     await _patch(entry, status, previous)
 
 
@@ -328,6 +335,7 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
     if type == "DELETED":
         runtime().settled.observed(_key(body))
         runtime().deferred.discard(_key(body))
+        runtime().deferral_told.pop(_key(body), None)
         metrics.VMS_IN_SYNC.set(len(runtime().settled))
         return
     await indexes.ready()
@@ -337,10 +345,14 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 
 
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
-    runtime().settled.observed(_key(body))
-    runtime().deferred.discard(_key(body))
+    rt = runtime()
+    key = _key(body)
+    rt.settled.observed(key)
+    rt.deferred.discard(key)
     try:
         await reconcile(body, logger)
+        if key not in rt.deferred:
+            rt.deferral_told.pop(key, None)
     except AgentError as exc:
         runtime().deferred.add(_key(body))
         metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
@@ -398,7 +410,7 @@ async def _resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger
             message = (f"{entry.name} ran on both {keep} and {host}; the copy on {host} was stopped and deleted and "
                        f"the one on {keep} kept ({why}).")
             logger.warning("resync: %s", message)
-            kopf.warn(_ref(entry), reason="DuplicateStopped", message=message)
+            events.warn(_ref(entry), reason="DuplicateStopped", message=message)
         if entry.host != keep:
             await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": keep})
 
@@ -442,7 +454,8 @@ async def resync_forever(logger: logging.Logger) -> None:
     woken = runtime().resync_wake
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), RESYNC_SECONDS)
+            # A VM deferred because an agent did not answer is looked at again soon, not a full period later.
+            await asyncio.wait_for(woken.wait(), DEFERRED_RESYNC_SECONDS if runtime().deferred else RESYNC_SECONDS)
         # Woken by a change the cached fleet may not show yet: the pass reads a fresh one.
         fresh = woken.is_set()
         woken.clear()

@@ -273,6 +273,8 @@ def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
 
 #: How often the whole fleet is compared with the agents' reports.
 RESYNC_SECONDS = 30.0
+#: How soon a VM whose reconcile had to wait (an agent did not answer) is looked at again.
+DEFERRED_RESYNC_SECONDS = 5.0
 
 
 def resync_candidates(entries: Iterable[VMEntry], agents: AgentDirectory, gate_holder: Callable[[str], str | None],

@@ -222,6 +222,10 @@ class HypervisorClient:
         return await self._get("POST", f"/migrations/{migration_id}/resolve", MigrationStatus,
                                ResolveRequest(target_resumed=target_resumed))
 
+    async def switchover(self, migration_id: str) -> MigrationStatus:
+        """POST /v1/migrations/{id}/switchover: the go for a switchover the source holds."""
+        return await self._get("POST", f"/migrations/{migration_id}/switchover", MigrationStatus)
+
     async def watch_migration(self, migration_id: str) -> AsyncIterator[MigrationStatus]:
         """GET /v1/migrations/{id}/events: each status line until the migration ends."""
         url = f"{self.endpoint}{API_PREFIX}/migrations/{migration_id}/events"
@@ -307,7 +311,8 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                           auto_converge: AutoConvergeSettings | None = None, fallback_to_quick: bool = False,
                           max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
-                          target_address: tuple[str, int] | None = None) -> MigrationStatus:
+                          target_address: tuple[str, int] | None = None,
+                          switchover_wait_seconds: float = 0.0) -> MigrationStatus:
     """Both calls of a migration: reserve on the target, then start on the source.
 
     ``target_address`` overrides where the source connects (tests put a proxy there).
@@ -324,4 +329,5 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                                bandwidth_mbps=grant.bandwidth_mbps),
         threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
         auto_converge=auto_converge or AutoConvergeSettings(), fallback_to_quick=fallback_to_quick,
-        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds))
+        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds,
+        switchover_wait_seconds=switchover_wait_seconds))

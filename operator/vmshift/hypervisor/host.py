@@ -529,6 +529,16 @@ class HypervisorHost:
                            f"({migration.record.role.value}, {migration.record.phase.value}); nothing to resolve")
         return migration.record.status()
 
+    def switchover_migration(self, migration_id: str) -> MigrationStatus:
+        """The caller's go for a source's held switchover (harmless once it is under way or over)."""
+        migration = self.migration(migration_id)
+        if not isinstance(migration, SourceMigration):
+            raise ApiError(409, ErrorCode.InvalidState,
+                           f"migration {migration_id} on host {self.config.name} is a {migration.record.role.value}; "
+                           "only its source switches over")
+        migration.hold.go()
+        return migration.record.status()
+
     def _remember(self, migration: Migration) -> None:
         self.migrations[migration.migration_id] = migration
         finished = [k for k, m in self.migrations.items() if m.record.finished]

@@ -19,7 +19,8 @@ Conventions of the API:
   -> 202 :class:`MigrationStatus`; ``GET /v1/migrations`` -> :class:`MigrationList`; ``GET
   /v1/migrations/{id}`` -> :class:`MigrationStatus`; ``GET /v1/migrations/{id}/events`` streams
   :class:`MigrationStatus` lines (NDJSON) until the migration ends; ``DELETE /v1/migrations/{id}``
-  cancels it (409 once past the commit point).
+  cancels it (409 once past the commit point); ``POST /v1/migrations/{id}/switchover`` on the source
+  (no body) -> :class:`MigrationStatus`: the go for a switchover it holds (``readyToSwitchOver``).
 - ``POST /v1/sensors`` (:class:`SensorChange`) -> :class:`HostInfo`.
 
 Semantics an operator can rely on:
@@ -36,6 +37,13 @@ Semantics an operator can rely on:
   point when the target resumes the guest; before it, any failure or cancel leaves the VM running
   on the source; after it, the VM belongs to the target and cancel answers 409 ``PastCommitPoint``.
   ``committed`` says which side of that point a migration ended on.
+- Switchover go: a live migration asked with ``switchoverWaitSeconds`` > 0 does not pause its guest
+  the moment pre-copy converges. It reports ``readyToSwitchOver`` (phase still ``Transferring``, the
+  guest running) and goes on sending the pages dirtied meanwhile until ``POST .../switchover`` says
+  go, so the caller can show ``SwitchingOver`` before the pause; then it pauses after its next round,
+  as it would have without the wait. If no go comes within ``switchoverWaitSeconds`` (the caller is
+  down) it switches over anyway and reports ``switchoverAcknowledged`` false. A cancel before the go
+  leaves the guest running on the source, as any cancel before the commit point does.
 - Health: a failed fan is a Warning (Critical when half or more failed); a failed power supply a
   Warning (Critical when all failed); temperature >= 70 C Warning, >= 85 C Critical; corrected
   memory errors >= 100 Warning, >= 1000 Critical. ``healthy`` is false while any problem exists.
@@ -438,6 +446,11 @@ class MigrationRequest(Request):
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
     timeout_seconds: float | None = Field(None, gt=0, description="Fail with Timeout if not committed by then.")
+    switchover_wait_seconds: float = Field(0.0, ge=0, le=20, description="Once pre-copy has converged, keep "
+                                           "sending rounds (the guest runs on) for at most this long until POST "
+                                           "/v1/migrations/{id}/switchover says go; 0: switch over at once. At "
+                                           "most 20: an idle guest sends nothing meanwhile, and a target gives "
+                                           "up on a stream silent for 30 s.")
 
     @model_validator(mode="after")
     def _concrete_mode(self) -> Self:
@@ -494,6 +507,13 @@ class MigrationStatus(Response):
                            "asked whether it resumed the guest (a partition, a dead host). The source keeps its "
                            "copy paused and asks again until the target answers, or until POST "
                            "/v1/migrations/{id}/resolve tells it what the target did.")
+    ready_to_switch_over: bool = Field(False, description="Source only: pre-copy has converged and the source "
+                                       "waits for POST /v1/migrations/{id}/switchover (or the end of "
+                                       "switchoverWaitSeconds) to pause the guest; it keeps running and the "
+                                       "source keeps sending what it dirties.")
+    switchover_acknowledged: bool | None = Field(None, description="Source only, once a migration that waits "
+                                                 "for the go has switched over: true when the go came, false when "
+                                                 "the wait ran out and the source switched over without it.")
     failure: MigrationFailureReport | None = None
     peer: str | None = Field(None, description="The other host, as host:port when known.")
 

@@ -226,6 +226,10 @@ async def resolve_migration(request: web.Request) -> web.StreamResponse:
     return json_response(_host(request).resolve_migration(request.match_info["migration_id"], body.target_resumed))
 
 
+async def switchover_migration(request: web.Request) -> web.StreamResponse:
+    return json_response(_host(request).switchover_migration(request.match_info["migration_id"]))
+
+
 async def migration_events(request: web.Request) -> web.StreamResponse:
     record = _host(request).migration(request.match_info["migration_id"]).record
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
@@ -288,6 +292,7 @@ def create_app(host: HypervisorHost, token: str, guard: ConnectionGuard | None =
     app.router.add_get(f"{p}/migrations/{{migration_id}}/events", migration_events)
     app.router.add_delete(f"{p}/migrations/{{migration_id}}", delete_migration)
     app.router.add_post(f"{p}/migrations/{{migration_id}}/resolve", resolve_migration)
+    app.router.add_post(f"{p}/migrations/{{migration_id}}/switchover", switchover_migration)
     app.router.add_post(f"{p}/sensors", post_sensors)
     return app
 

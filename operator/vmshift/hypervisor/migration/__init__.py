@@ -3,13 +3,15 @@
 Rooms: ``wire`` (the wire format: frames, typed and versioned control messages, page runs; pure),
 ``stream`` (framed socket I/O), ``tickets`` (the one-time HMAC tickets), ``record`` (a migration's
 progress and outcome, and its failure), ``host`` (what a migration needs from its agent),
-``source`` (sends a VM) and ``target`` (receives one, and the migration port's listener). The
+``hold`` (a converged switchover held for the caller's go), ``source`` (sends a VM) and ``target``
+(receives one, and the migration port's listener). The
 package imports nothing from the rest of the agent but the guest model and the API's models.
 
     source                                   target
     HELLO {version, ticket, ...}      ──▶    checks the version, then the one-time HMAC ticket
                                       ◀──    WELCOME {resolvePort}
     PAGES … ROUND_END (round 0: all pages; round i: pages dirtied during round i-1)
+    [converged: rounds go on, the guest running, until the caller's go or the end of the wait]
     -- pause the guest --
     PAGES (flag FINAL) … SWITCHOVER {digest, heartbeat, drivers}     (one write)
                                              verifies the digest, resumes the guest: the commit point

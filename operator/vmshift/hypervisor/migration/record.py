@@ -68,6 +68,8 @@ class MigrationRecord:
         self.target_digest: str | None = None
         self.committed = False
         self.in_doubt = False
+        self.ready_to_switch_over = False
+        self.switchover_acknowledged: bool | None = None
         self.failure: MigrationFailureReport | None = None
         self.peer: str | None = None
         self.created = time.monotonic()
@@ -131,6 +133,8 @@ class MigrationRecord:
             target_digest=self.target_digest,
             committed=self.committed,
             in_doubt=self.in_doubt and not self.finished,
+            ready_to_switch_over=self.ready_to_switch_over and self.phase is MigrationPhase.Transferring,
+            switchover_acknowledged=self.switchover_acknowledged,
             failure=self.failure,
             peer=self.peer,
         )

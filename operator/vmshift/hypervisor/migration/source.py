@@ -4,7 +4,9 @@ Talks only to the peer agent, over one TCP connection per migration (plus a shor
 resolves an in-doubt switchover); reaches the rest of its own agent only through ``MigrationHost``.
 The source owns the guest until the commit point: any failure before SWITCHOVER resumes the guest
 here. After SWITCHOVER only the target's word decides (see the package's docstring); the
-convergence decision after each round is :func:`vmshift.precopy.convergence.next_action`'s.
+convergence decision after each round is :func:`vmshift.precopy.convergence.next_action`'s. When
+the request asks for a switchover wait, a converged live migration holds its switchover (guest
+running, rounds going on) until its agent passes on the caller's go, or the wait runs out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import PAGE_SIZE, Guest, GuestMemory
+from vmshift.hypervisor.migration.hold import WAIT_ROUND_SECONDS, SwitchoverHold
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
@@ -95,6 +98,7 @@ class SourceMigration:
         self._watchdog: asyncio.TimerHandle | None = None
         self._ending = False
         self._marks: list[tuple[str, float]] = []  # switchover timeline, for the debug log
+        self.hold = SwitchoverHold(self.record, request.switchover_wait_seconds, request.timeout_seconds)
 
     @property
     def migration_id(self) -> str:
@@ -299,14 +303,27 @@ class SourceMigration:
         await self._round(0, range(memory.pages))
         sent_last = memory.pages
         round_index = 0
+        waited = 0  # rounds sent while the switchover was held for the go: the ladder does not count them
         stalled = rung_started = 0
         while True:
             self.guest.advance()
             dirty = memory.dirty_count()
             action = next_action(RoundStats(
-                round_index=round_index, remaining_bytes=dirty * PAGE_SIZE, sent_bytes=sent_last * PAGE_SIZE,
-                link_rate=self._link_rate(), write_rate=record.dirty_rate_mib_ps * 2**20,
-                throttle_percent=self.guest.throttle_percent, stalled=stalled, rung_started=rung_started), policy)
+                round_index=round_index - waited, remaining_bytes=dirty * PAGE_SIZE,
+                sent_bytes=sent_last * PAGE_SIZE, link_rate=self._link_rate(),
+                write_rate=record.dirty_rate_mib_ps * 2**20, throttle_percent=self.guest.throttle_percent,
+                stalled=stalled, rung_started=rung_started), policy)
+            if self.hold.holding(action.kind is ActionKind.SwitchOver):
+                # Converged, waiting for the go: the guest runs on and each round sends what it dirtied,
+                # so the pause after the go copies no more than it would have without the wait.
+                await self.hold.wait(WAIT_ROUND_SECONDS)
+                pages = sorted(memory.take_dirty())
+                if pages:
+                    round_index += 1
+                    waited += 1
+                    await self._round(round_index, pages)
+                    sent_last = len(pages)
+                continue
             stalled, rung_started = action.stalled, action.rung_started
             if action.kind is ActionKind.SwitchOver:
                 await self._switchover(quick=False)

@@ -1,0 +1,69 @@
+"""A VM that must wait for an agent is looked at again soon, and the log says why, once per reason."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from vmshift.controllers import virtualmachines
+from vmshift.controllers.agents import AgentLink
+from vmshift.controllers.runtime import runtime
+from vmshift.controllers.vmstatus import DEFERRED_RESYNC_SECONDS, RESYNC_SECONDS
+
+
+def test_a_deferral_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("test.deferral")
+    rt = runtime()
+    try:
+        with caplog.at_level(logging.INFO, logger="test.deferral"):
+            virtualmachines._defer("ns/vm", "the agent(s) of h2 do not answer", log)
+            virtualmachines._defer("ns/vm", "the agent(s) of h2 do not answer", log)
+            virtualmachines._defer("ns/vm", "not every agent has answered yet", log)
+        assert "ns/vm" in rt.deferred
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == [f"ns/vm: looked at again within {DEFERRED_RESYNC_SECONDS:.0f} s: the agent(s) of h2 do "
+                         f"not answer",
+                         f"ns/vm: looked at again within {DEFERRED_RESYNC_SECONDS:.0f} s: not every agent has "
+                         f"answered yet"]
+    finally:
+        rt.deferred.discard("ns/vm")
+        rt.deferral_told.pop("ns/vm", None)
+
+
+def test_the_unreachable_agents_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {name: AgentLink(host=name, endpoint="http://127.0.0.1:1", token="t", client=cast(Any, None),
+                             reachable=name != "h2") for name in ("h1", "h2", "h3")}
+    monkeypatch.setattr(runtime().agents, "_links", links)
+    assert runtime().agents.unreachable() == ["h2"]
+
+
+async def test_the_resync_comes_back_soon_while_a_vm_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM lost with its host, deferred while another agent did not answer, is placed again within
+    seconds once it answers: the resync waits the short period while anything is deferred."""
+    waits: list[float] = []
+
+    async def ready() -> None:
+        return None
+
+    async def wait_for(awaitable: Any, seconds: float) -> None:
+        waits.append(seconds)
+        awaitable.close()
+        if len(waits) == 2:
+            raise asyncio.CancelledError
+        raise TimeoutError
+
+    async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
+        runtime().deferred.add("ns/lost")
+
+    monkeypatch.setattr(virtualmachines.indexes, "ready", ready)
+    monkeypatch.setattr(virtualmachines.asyncio, "wait_for", wait_for)
+    monkeypatch.setattr(virtualmachines, "resync_pass", resync_pass)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await virtualmachines.resync_forever(logging.getLogger("test.deferral"))
+    finally:
+        runtime().deferred.discard("ns/lost")
+    assert waits == [RESYNC_SECONDS, DEFERRED_RESYNC_SECONDS]
