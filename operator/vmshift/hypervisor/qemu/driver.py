@@ -8,8 +8,9 @@ qcow2 images disks.py's.
 
 - **Processes**: ``start`` launches QEMU (machine ``q35``, the guest image's kernel and initramfs,
   ``-nodefaults``, the serial port into ``<work_dir>/<vm>/serial.log``), KVM when a probe guest
-  boots under it, else TCG (accel.py; the choice and its reason are logged once). ``stop`` quits
-  the process (memory gone); the disks stay.
+  boots under it, else TCG (accel.py; the choice and its reason are logged once). Under TCG the
+  guest's RAM is 8 KiB over its definition, which keeps QEMU 7.2 from losing writes in a live
+  migration (TCG_RAM_PAD_KIB). ``stop`` quits the process (memory gone); the disks stay.
 - **CPU**: the model of the ``CpuChoice`` the agent made (cpu.py), ``cpu_models`` is QEMU's
   ``query-cpu-definitions`` with what this host cannot run.
 - **Disks**: each disk on a shared volume is a qcow2 overlay ``<shared_dir>/<volume>/<vm>-<disk>.qcow2``
@@ -96,6 +97,18 @@ DEFAULT_DOWNTIME_LIMIT_MS = 300
 PR_SET_PDEATHSIG = 1
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
+#: Under TCG a guest's RAM is this much larger than its definition says. QEMU before 9.0 (Debian 12 ships
+#: 7.2) loses guest writes during a live migration from a TCG source whose RAM block is a whole number of
+#: 256 KiB (64 pages, one bitmap word): the fast path of ``cpu_physical_memory_sync_dirty_bitmap`` clears the
+#: migration dirty bits a word at a time without resetting the vCPUs' TLB entries, so stores through an
+#: entry that is already marked dirty are not tracked again, and the page the target gets is stale
+#: (upstream fix "physmem: Fix migration dirty bitmap coherency with TCG memory access", QEMU 9.0). Every
+#: MiB-sized guest hits that path; measured here: a guest bounced between two TCG hosts lost writes (a wrong
+#: region checksum, then an oops or a hang) after its 5th-18th move. With 8 KiB more (QEMU rounds RAM to
+#: 8 KiB) the length is not word-aligned and QEMU takes its page-by-page path, which resets the TLB; 60 of
+#: 60 moves kept every write. Both hosts of a move must agree (QEMU refuses a RAM length mismatch): every
+#: TCG host pads, a KVM host (whose dirty log is the kernel's) does not.
+TCG_RAM_PAD_KIB = 8
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,13 @@ def workload_params(definition: VmDefinition) -> WorkloadParams:
     region = max(1, min(region, definition.memory_mib // 4))
     dirty_kib = int(spec.dirty_rate_mib_ps * 1024 * TICK_MS / 1000) // 4 * 4
     return WorkloadParams(region_mib=region, dirty_kib=min(dirty_kib, region * 1024), interval_ms=TICK_MS)
+
+
+def memory_argument(memory_mib: int, accelerator: accel.Accelerator) -> str:
+    """QEMU's ``-m`` for a guest of ``memory_mib`` MiB under ``accelerator`` (see TCG_RAM_PAD_KIB)."""
+    if accelerator is accel.Accelerator.TCG:
+        return f"{memory_mib * 1024 + TCG_RAM_PAD_KIB}k"
+    return f"{memory_mib}M"
 
 
 @dataclass
@@ -502,7 +522,7 @@ class QemuDriver:
         await asyncio.to_thread(keep_console, guest.serial, self.config.work_dir / CONSOLES / guest.vm_id)
         args = [
             self.config.qemu, "-name", f"guest={guest.vm_id}", "-machine", f"q35,accel={choice.accel.value}",
-            "-cpu", cpu.model, "-m", str(d.memory_mib), "-smp", str(d.cpus),
+            "-cpu", cpu.model, "-m", memory_argument(d.memory_mib, choice.accel), "-smp", str(d.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
             "-append", f"console=ttyS0 quiet panic=-1 {workload.kernel_args()}",
@@ -528,10 +548,13 @@ class QemuDriver:
                               "workload": workload.kernel_args()})
         try:
             guest.qmp = await connect(proc, guest.qmp_path, f"VM {guest.vm_id}",
-                                            log_file=guest.directory / "qemu.log")
+                                      log_file=guest.directory / "qemu.log")
+            size = await self._execute(guest, "query-memory-size-summary")
         except DriverError:
             await self._quit(guest)
             raise
+        if isinstance(size, dict) and "base-memory" in size:
+            guest.details["ramBytes"] = str(size["base-memory"])  # QEMU's own word on the RAM it gave the guest
 
     async def _execute(self, guest: _Guest, command: str, arguments: dict[str, Any] | None = None) -> Any:
         if guest.qmp is None or not guest.alive:
