@@ -12,6 +12,7 @@ included; it asserts nothing.
     .venv/bin/python bench/migration.py            # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
     .venv/bin/python bench/migration.py --only data-plane   # throughput, floors and switchovers only
+    .venv/bin/python bench/migration.py --driver qemu       # real guests (bench/migration_qemu.py)
 
 Live migrations hold their converged switchover for a go, as the operator asks
 (``--switchover-wait``, its SWITCHOVER_WAIT_SECONDS by default); the bench gives the go as soon as
@@ -403,12 +404,17 @@ async def main() -> int:
     parser.add_argument("--migrations", type=int, default=200, help="live migrations for each downtime series")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (the median is reported)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--driver", choices=("simulated", "qemu"), default="simulated",
+                        help="qemu: real guests under QEMU beside the simulated driver and the model "
+                             "(--migrations defaults to 50 there)")
     parser.add_argument("--switchover-wait", type=float, default=SWITCHOVER_WAIT_SECONDS,
                         help="seconds a converged live migration waits for the go (0: no wait)")
     parser.add_argument("--only", choices=("all", "data-plane"), default="all",
                         help="data-plane: skip the pre-copy scenarios (throughput, floors and switchovers only)")
     args = parser.parse_args()
     started = time.monotonic()
+    if args.driver == "qemu":
+        return await qemu_main(args)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="vmshift-bench-") as tmp:
         bench = Bench(Path(tmp))
@@ -441,6 +447,20 @@ async def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"scenarios": [asdict(r) for r in rows], "downtime": downtimes,
                                          "raw_socket": raw, "throughput": dict(rates)}, indent=2))
+    return 0
+
+
+async def qemu_main(args: argparse.Namespace) -> int:
+    import migration_qemu  # beside this script: python puts its directory on sys.path
+
+    started = time.monotonic()
+    migrations = args.migrations if "--migrations" in sys.argv else 50
+    with tempfile.TemporaryDirectory(prefix="vmshift-bench-qemu-") as tmp:
+        rows, downtime = await migration_qemu.run(Path(tmp), args.repeat, migrations)
+    print(f"\n(bench ran {time.monotonic() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"scenarios": [{"scenario": s.label, "qemu": asdict(q), "simulated": asdict(m)}
+                                                       for s, q, m in rows], "downtime": downtime}, indent=2))
     return 0
 
 

@@ -130,6 +130,13 @@ async def test_boot_prints_counter_and_checksums(hosts: Hosts) -> None:
     check_stream()
     details = (await driver.describe(VM)).details
     assert int(details["tick"]) >= 3 and details["accel"] in ("kvm", "tcg"), details
+    # Under TCG the RAM is 8 KiB over 96 MiB: not a whole number of 256 KiB, so QEMU 7.2 tracks every
+    # write during a live migration (driver.TCG_RAM_PAD_KIB).
+    ram = int(details["ramBytes"])
+    if details["accel"] == "tcg":
+        assert ram == 96 * 2**20 + 8 * 1024 and ram % (256 * 1024), details
+    else:
+        assert ram == 96 * 2**20, details
     assert details["regionMd5"] == RegionModel(8, 512).md5(int(details["tick"])), details
 
 
@@ -178,6 +185,26 @@ async def test_a_guest_that_just_arrived_moves_on_at_once(hosts: Hosts) -> None:
     await running_on(first)
     await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
+
+
+async def test_twenty_live_moves_in_a_row_keep_every_write(hosts: Hosts) -> None:
+    # Before the TCG RAM pad (driver.TCG_RAM_PAD_KIB) QEMU 7.2 lost a write in a move now and then: a
+    # region checksum went wrong after the 5th move, or the kernel oopsed or hung after the 5th-18th.
+    # Each move waits for the guest's next tick on its new host and checks the whole stream.
+    parameters = MigrationParameters(downtime_limit_ms=1)  # the policy's default switchover threshold
+    choice = cpumodels.choose("icelake", compatibility=True)
+    for move in range(20):
+        source, target = JOURNEY.host, JOURNEY.other(hosts)
+        assert source is not None
+        before = check_stream()
+        endpoint = await target.prepare_incoming(VM, DEFINITION, choice, parameters)
+        await source.migrate(VM, endpoint, parameters)
+        progress, _ = await follow(source)
+        assert progress.phase is TransferPhase.Completed, f"move {move + 1}: {progress}"
+        await JOURNEY.moved(source, target)
+        await wait_for_tick(JOURNEY.stream, before + 1, within=TICKS_SECONDS)
+        check_stream()
+    await running_on(JOURNEY.host)
 
 
 async def test_a_target_that_cannot_load_the_device_state_fails_the_move_and_the_source_runs_on(

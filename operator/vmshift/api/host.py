@@ -386,7 +386,8 @@ class HostStatus(ConditionsStatus):
     processor: HostProcessor | None = Field(None, description="Vendor and features of the host's processor.")
     sensors: list[SensorReading] = Field(
         default_factory=list,
-        description="Hardware sensors as the agent last reported them.",
+        description="Hardware sensors as the agent last reported them. Simulated on every agent, also on one "
+        "that runs real guests under QEMU (--driver qemu): a shared test machine has no sensors to read.",
         max_length=128,
         json_schema_extra=list_map("name"),
     )

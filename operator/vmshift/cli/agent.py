@@ -1,4 +1,6 @@
-"""``vmshift agent``: run one simulated hypervisor host (its API and migration ports) in this process.
+"""``vmshift agent``: run one hypervisor host (its API and migration ports) in this process.
+
+Its guests are simulated, or real ones under QEMU with ``--driver qemu``.
 
 Parses the command line into a HostConfig and hands over to vmshift.hypervisor.server.run_agent.
 """
@@ -49,6 +51,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="write the actual ports here (JSON) once both listeners are up")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="shut down when the process that started the agent dies")
+    parser.add_argument("--driver", choices=("simulated", "qemu"), default="simulated",
+                        help="what runs the guests: simulated (default) or qemu (real Linux guests under QEMU, "
+                             "KVM where it works, else TCG)")
+    parser.add_argument("--driver-dir", type=Path, default=None,
+                        help="qemu: where guests' consoles, monitors and local disks go")
+    parser.add_argument("--shared-dir", type=Path, default=None,
+                        help="qemu: the directory standing for the cluster shared volumes (one subdirectory per "
+                             "--shared-volume; quick migrations save guests' state here); every host must see "
+                             "the same one")
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                        help="qemu: the accelerator (auto: KVM when a probe guest boots under it, else TCG)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.set_defaults(func=run)
 
@@ -72,13 +85,18 @@ def run(args: argparse.Namespace) -> int:
     if args.cores < 1 or args.memory_mib < 1:
         print("vmshift agent: --cores and --memory-mib must be positive", file=sys.stderr)
         return 2
+    if args.driver == "qemu" and (args.driver_dir is None or args.shared_dir is None):
+        print("vmshift agent: --driver qemu needs --driver-dir and --shared-dir", file=sys.stderr)
+        return 2
     advertise = args.advertise_host or (args.listen if args.listen not in ("0.0.0.0", "::") else "127.0.0.1")
     config = HostConfig(
         name=args.name, cpu_model=args.cpu_model, cores=args.cores, memory_mib=args.memory_mib,
         bandwidth_mbps=args.bandwidth_mbps, shared_volumes=tuple(args.shared_volume),
         passthrough_luns=tuple(args.passthrough_lun), advertise_host=advertise,
         advertise_migration_port=args.advertise_migration_port,
-        reservation_seconds=args.reservation_seconds,
+        reservation_seconds=args.reservation_seconds, driver=args.driver,
+        driver_dir=args.driver_dir.resolve() if args.driver_dir else None,
+        shared_dir=args.shared_dir.resolve() if args.shared_dir else None, accel=args.accel,
     )
     from vmshift.hypervisor.server import run_agent
 
@@ -89,3 +107,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a port in use, an address not on this machine
         print(f"vmshift agent: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # the driver cannot run here (no guest image, no QEMU)
+        print(f"vmshift agent: {exc}", file=sys.stderr)
+        return 2

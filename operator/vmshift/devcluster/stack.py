@@ -52,13 +52,16 @@ class HostPlan:
     advertise_migration_port: int = 0
     #: How long the agent holds an incoming migration's reservation for its stream to arrive.
     reservation_seconds: float = 30.0
+    #: What runs the host's guests: simulated, or qemu (real guests; every qemu agent of a Stack shares
+    #: one directory as its shared volumes).
+    driver: str = "simulated"
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(name=self.name, cpu_model=self.cpu_model, cores=self.cores, memory_mib=self.memory_mib,
                            bandwidth_mbps=self.bandwidth_mbps, shared_volumes=self.shared_volumes,
                            passthrough_luns=self.passthrough_luns,
                            advertise_migration_port=self.advertise_migration_port,
-                           reservation_seconds=self.reservation_seconds)
+                           reservation_seconds=self.reservation_seconds, driver=self.driver)
 
     def manifest(self, endpoint: str) -> dict[str, Any]:
         return {

@@ -174,6 +174,22 @@ class GuestDriver(Protocol):
 
     async def describe(self, vm_id: str) -> GuestDescription: ...
 
+    def beat(self, vm_id: str) -> tuple[int, str] | None:
+        """The guest's last heartbeat (its counter) and memory checksum, read without waiting (None: none yet)."""
+        ...
+
+    def last_words(self, vm_id: str) -> str:
+        """The end of what the guest printed besides its heartbeat (an oops, a panic), for a log line."""
+        ...
+
+    def exited(self, vm_id: str) -> bool:
+        """True when the guest's process ended without this driver stopping it (a crash, a kill)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every guest this driver runs (the agent is stopping)."""
+        ...
+
     async def save(self, vm_id: str, state_file: Path) -> SavedState:
         """Stop the guest executing and write its whole state to ``state_file``."""
         ...

@@ -1,6 +1,7 @@
 """The simulated hardware of one agent's host: which fans and power supplies work, the inlet
 temperature and the corrected memory errors. Data and arithmetic only, no I/O; the agent
-(host.py) owns one and reports it through the thresholds of :mod:`vmshift.sensors`.
+(host.py) owns one and reports it through the thresholds of :mod:`vmshift.sensors`. The QEMU
+driver's hosts keep these sensors simulated too: there is nothing real to read on a shared test machine.
 """
 
 from __future__ import annotations

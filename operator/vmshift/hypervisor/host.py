@@ -14,11 +14,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.hardware import SensorState
+from vmshift.hypervisor.hostconfig import ApiError, HostConfig
 from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.tickets import TicketIssuer
@@ -47,12 +47,7 @@ from vmshift.hypervisor.protocol import (
 )
 from vmshift.hypervisor.ratelimit import TokenBucket, link_shares
 from vmshift.processor import guest_features, processor_info
-from vmshift.sensors import (
-    IDLE_HOST_WATTS,
-    NORMAL_TEMPERATURE_C,
-    assess,
-    psu_watts,
-)
+from vmshift.sensors import IDLE_HOST_WATTS, NORMAL_TEMPERATURE_C, assess, psu_watts
 
 log = logging.getLogger("vmshift.agent")
 
@@ -63,40 +58,6 @@ FINISHED_MIGRATIONS_KEPT = 1000
 #: What a running guest adds to the host's power draw: per vCPU and per GiB of memory, in watts.
 WATTS_PER_CPU = 12.0
 WATTS_PER_GIB = 0.4
-
-
-class ApiError(Exception):
-    """A refused request: HTTP status, a code from ErrorCode, and a message to act on."""
-
-    def __init__(self, status: int, code: ErrorCode | str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = str(code)
-        self.message = message
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """What a host is: set on the command line of ``vmshift agent``."""
-
-    name: str
-    cpu_model: str
-    cores: int
-    memory_mib: int
-    bandwidth_mbps: float
-    shared_volumes: tuple[str, ...] = ()
-    passthrough_luns: tuple[str, ...] = ()
-    advertise_host: str = "127.0.0.1"
-    #: The migration port other agents dial (0: the port the listener is bound to). Differs when a
-    #: proxy, a NAT or a Service sits between agents.
-    advertise_migration_port: int = 0
-    reservation_seconds: float = 30.0
-    fans: int = 4
-    power_supplies: int = 2
-    #: How long, and how many, tombstones of VMs that migrated away are kept (GET /v1/vms/{id} says
-    #: MigratedAway for them); older or more are forgotten.
-    tombstone_seconds: float = 3600.0
-    max_tombstones: int = 1000
 
 
 Migration = SourceMigration | TargetMigration
@@ -301,10 +262,36 @@ class HypervisorHost:
                            "cancel it first (DELETE /v1/migrations/{id})")
 
     def list_vms(self) -> list[VmInfo]:
-        return [g.info() for g in self.vms.values()]
+        return [self._info(g) for g in self.vms.values()]
 
     def get_vm(self, vm_id: str) -> VmInfo:
-        return self._guest(vm_id).info()
+        return self._info(self._guest(vm_id))
+
+    def _info(self, guest: Guest) -> VmInfo:
+        return guest.info()
+
+    # -- the API's entry points: async, as a driver's guests take time to start, stop and move ---------
+
+    async def define(self, vm_id: str, body: VmDefinition) -> tuple[VmInfo, bool]:
+        return self.define_vm(vm_id, body)
+
+    async def start(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        return self.start_vm(vm_id, baseline=baseline)
+
+    async def stop(self, vm_id: str) -> VmInfo:
+        return self.stop_vm(vm_id)
+
+    async def save(self, vm_id: str) -> VmInfo:
+        return self.save_vm(vm_id)
+
+    async def restore(self, vm_id: str) -> VmInfo:
+        return self.restore_vm(vm_id)
+
+    async def delete(self, vm_id: str, force: bool = False) -> None:
+        self.delete_vm(vm_id, force)
+
+    async def prepare(self, request: IncomingMigrationRequest) -> IncomingMigrationGrant:
+        return self.prepare_incoming(request)
 
     def define_vm(self, vm_id: str, body: VmDefinition) -> tuple[VmInfo, bool]:
         """Create or update a VM; True when it was created."""
@@ -463,10 +450,17 @@ class HypervisorHost:
         self.vms[vm.vm_id] = guest
         ttl = request.reservation_seconds or self.config.reservation_seconds
         ticket = self.tickets.issue(request.migration_id, vm.vm_id, ttl)
-        migration = TargetMigration(self, guest, request.migration_id, request.mode, ticket, ttl)
+        migration = self._new_target(guest, request, ticket, ttl)
         self._remember(migration)
         log.info("reserved room for incoming VM %s (migration %s)", vm.vm_id, request.migration_id)
         return self._grant(migration)
+
+    def _new_target(self, guest: Guest, request: IncomingMigrationRequest, ticket: str,
+                    ttl: float) -> TargetMigration:
+        return TargetMigration(self, guest, request.migration_id, request.mode, ticket, ttl)
+
+    def _new_source(self, guest: Guest, request: MigrationRequest, bandwidth_mbps: float) -> SourceMigration:
+        return SourceMigration(self, guest, request, bandwidth_mbps)
 
     def _grant(self, migration: TargetMigration) -> IncomingMigrationGrant:
         return IncomingMigrationGrant(ticket=migration.ticket, host=self.config.advertise_host,
@@ -497,7 +491,7 @@ class HypervisorHost:
                            f"{' or '.join(s.value for s in allowed)})")
         rates = [r for r in (self.config.bandwidth_mbps, request.target.bandwidth_mbps, request.bandwidth_mbps)
                  if r is not None and r > 0]
-        migration = SourceMigration(self, guest, request, min(rates) if rates else 0.0)
+        migration = self._new_source(guest, request, min(rates) if rates else 0.0)
         guest.migration_id = request.migration_id
         self._remember(migration)
         migration.start()

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmshift.hypervisor.client import HypervisorClient
@@ -44,6 +44,12 @@ class AgentConfig:
     advertise_migration_port: int = 0
     reservation_seconds: float = 30.0
     log_level: str = "INFO"
+    #: simulated, or qemu (then ``shared_dir`` is every host's shared volumes' directory, and the
+    #: guests' files go to ``driver_dir``, by default a directory beside the agent's log).
+    driver: str = "simulated"
+    driver_dir: Path | None = None
+    shared_dir: Path | None = None
+    accel: str = "auto"
 
     def argv(self, token_file: Path, ready_file: Path) -> list[str]:
         args = [
@@ -58,6 +64,12 @@ class AgentConfig:
         ]
         for volume in self.shared_volumes:
             args += ["--shared-volume", volume]
+        if self.driver != "simulated":
+            args += ["--driver", self.driver, "--accel", self.accel]
+            if self.driver_dir is not None:
+                args += ["--driver-dir", str(self.driver_dir)]
+            if self.shared_dir is not None:
+                args += ["--shared-dir", str(self.shared_dir)]
         for lun in self.passthrough_luns:
             args += ["--passthrough-lun", lun]
         return args
@@ -127,6 +139,11 @@ def start_agent(config: AgentConfig, token: str | None, workdir: Path, *,
                 ready_timeout_seconds: float = 60.0) -> AgentProcess:
     """Start ``vmshift agent`` and wait (with a deadline) until its ready-file names its ports."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if config.driver != "simulated":
+        config = replace(config, driver_dir=config.driver_dir or workdir / f"{config.name}.guests",
+                         shared_dir=config.shared_dir or workdir / "shared")
+        # QEMU's accelerator probe and CPU model query run before the agent is ready.
+        ready_timeout_seconds = max(ready_timeout_seconds, 300.0)
     token = token or secrets.token_urlsafe(24)
     token_file = workdir / f"{config.name}.token"
     write_private(token_file, token)

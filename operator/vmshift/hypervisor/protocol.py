@@ -235,6 +235,10 @@ class HostInfo(Response):
     boot_id: str = Field(description="Changes each time the agent process starts.")
     migration_port: int = Field(description="TCP port of the migration listener.")
     migrations: int = Field(0, description="Migrations in flight on this host (either role).")
+    driver: str = Field("simulated", description="What runs the guests: simulated, or qemu (real guests).")
+    accelerator: str | None = Field(None, description="QEMU driver: kvm or tcg, once chosen.")
+    cpu_models: list[str] = Field(default_factory=list, description="QEMU driver: the CPU models QEMU offers "
+                                  "that this host can run (query-cpu-definitions), once known.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -509,6 +513,8 @@ class MigrationStatus(Response):
     throttle_percent: float = 0.0
     rounds: list[RoundInfo] = Field(default_factory=list, description="The last rounds (at most 64).")
     downtime_ms: float | None = None
+    expected_downtime_ms: float | None = Field(None, description="QEMU driver: the pause QEMU expects if it "
+                                               "switched over now (query-migrate's expected-downtime).")
     duration_ms: float | None = None
     source_digest: str | None = None
     target_digest: str | None = None

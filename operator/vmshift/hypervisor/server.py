@@ -167,7 +167,7 @@ async def list_vms(request: web.Request) -> web.StreamResponse:
 
 async def put_vm(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, VmDefinition)
-    info, created = _host(request).define_vm(request.match_info["vm_id"], body)
+    info, created = await _host(request).define(request.match_info["vm_id"], body)
     return json_response(info, 201 if created else 200)
 
 
@@ -177,7 +177,7 @@ async def get_vm(request: web.Request) -> web.StreamResponse:
 
 async def delete_vm(request: web.Request) -> web.StreamResponse:
     force = request.query.get("force", "false").lower() in ("1", "true", "yes")
-    _host(request).delete_vm(request.match_info["vm_id"], force=force)
+    await _host(request).delete(request.match_info["vm_id"], force=force)
     return web.Response(status=204)
 
 
@@ -187,10 +187,10 @@ async def vm_action(request: web.Request) -> web.StreamResponse:
     if request.match_info["action"] == "start" and request.can_read_body:
         start = await read_body(request, StartRequest)
         baseline = frozenset(start.baseline_features) if start.baseline_features is not None else None
-        return json_response(host.start_vm(vm_id, baseline=baseline))
-    action = {"start": host.start_vm, "stop": host.stop_vm, "save": host.save_vm,
-              "restore": host.restore_vm}[request.match_info["action"]]
-    return json_response(action(vm_id))
+        return json_response(await host.start(vm_id, baseline=baseline))
+    action = {"start": host.start, "stop": host.stop, "save": host.save,
+              "restore": host.restore}[request.match_info["action"]]
+    return json_response(await action(vm_id))
 
 
 async def put_drivers(request: web.Request) -> web.StreamResponse:
@@ -200,7 +200,7 @@ async def put_drivers(request: web.Request) -> web.StreamResponse:
 
 async def post_incoming(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, IncomingMigrationRequest)
-    return json_response(_host(request).prepare_incoming(body), 201)
+    return json_response(await _host(request).prepare(body), 201)
 
 
 async def post_migration(request: web.Request) -> web.StreamResponse:
@@ -392,7 +392,7 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
                     exit_with_parent: bool = False) -> int:
     """Run one agent until SIGTERM/SIGINT (or its parent's death, if asked); return the exit code."""
     tune_allocator()
-    host = HypervisorHost(config)
+    host = await make_host(config)
     loop = asyncio.get_running_loop()
     migration_sock = bind_socket(listen, migration_port)
     bound_migration_port = int(migration_sock.getsockname()[1])
@@ -435,6 +435,29 @@ async def run_agent(config: HostConfig, token: str, *, listen: str = "127.0.0.1"
         await runner.cleanup()
     migration_sock.close()
     return 0
+
+
+async def make_host(config: HostConfig) -> HypervisorHost:
+    """The host of ``config.driver``: the simulated guests, or real ones under QEMU (its guest image is
+    built into the cache first if it is not there yet; the accelerator is chosen and logged now)."""
+    if config.driver == "simulated":
+        return HypervisorHost(config)
+    if config.driver != "qemu":
+        raise ValueError(f"unknown driver {config.driver!r}: use simulated or qemu")
+    from vmshift.devcluster import guestimage
+    from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver
+    from vmshift.hypervisor.qemuhost import DrivenHost
+
+    if config.driver_dir is None or config.shared_dir is None:
+        raise ValueError("the qemu driver needs --driver-dir and --shared-dir")
+    image = await asyncio.to_thread(guestimage.ensure)
+    for volume in config.shared_volumes:
+        (config.shared_dir / volume).mkdir(parents=True, exist_ok=True)
+    driver = QemuDriver(QemuConfig(work_dir=config.driver_dir, shared_dir=config.shared_dir, image=image,
+                                   accel=config.accel, listen_host=config.advertise_host))
+    host = DrivenHost(config, driver)
+    await host.discover()
+    return host
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:

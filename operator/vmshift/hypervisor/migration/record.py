@@ -62,6 +62,7 @@ class MigrationRecord:
         self.throttle_percent = 0.0
         self.rounds: deque[RoundInfo] = deque(maxlen=ROUND_HISTORY)
         self.downtime_ms: float | None = None
+        self.expected_downtime_ms: float | None = None
         self.duration_ms: float | None = None
         self.source_digest: str | None = None
         self.target_digest: str | None = None
@@ -126,6 +127,7 @@ class MigrationRecord:
             throttle_percent=self.throttle_percent,
             rounds=list(self.rounds),
             downtime_ms=self.downtime_ms,
+            expected_downtime_ms=self.expected_downtime_ms,
             duration_ms=self.duration_ms,
             source_digest=self.source_digest,
             target_digest=self.target_digest,

@@ -85,6 +85,7 @@ class SourceMigration:
         self.in_doubt = False  # SWITCHOVER sent: only the target's answer decides from here
         self._verdict: asyncio.Future[bool] | None = None  # the target's statement, passed on by the operator
         self._resolve_port: int | None = None
+        self.welcome: Welcome | None = None
         self.task: asyncio.Task[None] | None = None
         self._cancel: MigrationFailed | None = None
         self._stream: FrameStream | None = None
@@ -197,6 +198,7 @@ class SourceMigration:
         if not isinstance(answer, Welcome):
             raise ProtocolError(f"expected WELCOME, got {answer.kind.name}")
         self._resolve_port = answer.resolve_port
+        self.welcome = answer
         self._reader = asyncio.create_task(self._read_target())
         if request.mode is MigrationMode.Quick:
             await self._quick()

@@ -114,6 +114,9 @@ class Welcome(ControlMessage):
     kind: ClassVar[Frame] = Frame.WELCOME
 
     resolve_port: int | None = Field(None, ge=1, le=65535)
+    qemu_port: int | None = Field(None, ge=1, le=65535, description="QEMU driver, live: the port the target's "
+                                  "incoming QEMU listens on (on the host the source dialled); the source's QEMU "
+                                  "sends the guest there.")
 
 
 class RoundEnd(ControlMessage):
@@ -141,6 +144,8 @@ class Switchover(ControlMessage):
     resume_state: VmState = Field(VmState.Running, description="Running, or Saved for a guest that was saved "
                                   "before the migration (it arrives saved).")
     mode: MigrationMode | None = Field(None, description="The mode used (Live turns Quick on fallback).")
+    state_file: str | None = Field(None, max_length=4096, description="QEMU driver, quick: the file on the "
+                                   "shared volume the source saved the guest's state to; the target restores it.")
 
 
 class Resumed(ControlMessage):

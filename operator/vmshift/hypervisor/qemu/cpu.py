@@ -61,3 +61,22 @@ def offers(definitions: list[dict[str, Any]]) -> list[CpuModelOffer]:
         missing = tuple(str(f) for f in item.get("unavailable-features") or ())
         out.append(CpuModelOffer(name=str(item["name"]), usable=not missing, unavailable_features=missing))
     return sorted(out, key=lambda o: o.name)
+
+
+def for_incoming(features: frozenset[str], compatibility: bool) -> CpuChoice:
+    """The CPU an arriving guest must get: the model it was started with, found from the archspec
+    features it runs with (the agents' migration request carries those, not QEMU's name).
+
+    ValueError when no model QEMU knows gives exactly these features.
+    """
+    if compatibility:
+        return CpuChoice(model=BASELINE_MODEL, features=features)
+    for host_model, model in QEMU_MODELS.items():
+        try:
+            known = guest_features(host_model, False)
+        except ValueError:  # a generation this archspec does not know
+            continue
+        if known == features:
+            return CpuChoice(model=model, features=features)
+    raise ValueError(f"no QEMU CPU model gives the {len(features)} features the guest runs with (known models: "
+                     f"{', '.join(sorted(QEMU_MODELS))}); it cannot be received by a QEMU host")

@@ -32,12 +32,12 @@ async def make_disks(shared_dir: Path, qemu_img: str, directory: Path, vm_id: st
             folder = directory / "disks"
             folder.mkdir(exist_ok=True)
         size = f"{disk.size_gib:g}".replace(".", "_")
-        base = await _image(qemu_img, folder / f".base-{size}G.qcow2", disk.size_gib, None)
-        overlay = await _image(qemu_img, folder / f"{vm_id}-{disk.name}.qcow2", disk.size_gib, base)
+        base = await image(qemu_img, folder / f".base-{size}G.qcow2", disk.size_gib, None)
+        overlay = await image(qemu_img, folder / f"{vm_id}-{disk.name}.qcow2", disk.size_gib, base)
         out.append(DiskDescription(name=disk.name, path=overlay, volume=disk.volume))
     return tuple(out)
 
-async def _image(qemu_img: str, path: Path, size_gib: float, backing: Path | None) -> Path:
+async def image(qemu_img: str, path: Path, size_gib: float, backing: Path | None) -> Path:
     """Create a qcow2 image (an overlay on ``backing``) unless it exists; safe when two hosts race."""
     if await asyncio.to_thread(path.exists):
         return path

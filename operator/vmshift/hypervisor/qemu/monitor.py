@@ -1,21 +1,27 @@
-"""QEMU's monitor (QMP, through the ``qemu.qmp`` client): quitting, and reading ``query-migrate`` and
-the run state in the agent's terms.
+"""QEMU's monitor (QMP, through the ``qemu.qmp`` client): connecting, quitting, and reading
+``query-migrate`` and ``query-status`` in the agent's terms.
 
-Talks to one QEMU process's monitor; knows nothing of the guests' bookkeeping (driver.py) or the agent.
+Talks to one QEMU process's monitor; knows nothing of guests' bookkeeping (driver.py) or the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
-from vmshift.hypervisor.driver import TransferPhase, TransferProgress
+from vmshift.hypervisor.driver import DriverError, TransferPhase, TransferProgress
 from vmshift.hypervisor.protocol import VmState
 
+#: A deadline, not an expectation: QEMU answers in well under a second, but a host loaded 10x over
+#: (two cores shared by a test campaign) has been seen to take many seconds to start it.
+QMP_CONNECT_SECONDS = 60.0
 QUIT_SECONDS = 5.0
+POLL_SECONDS = 0.05
 
 PHASES = {
     "none": TransferPhase.Setup, "setup": TransferPhase.Setup, "active": TransferPhase.Active,
@@ -31,6 +37,36 @@ RUNSTATES = {
     "internal-error": VmState.Stopped, "guest-panicked": VmState.Stopped,
 }
 
+
+async def connect(proc: asyncio.subprocess.Process, path: Path, what: str,
+                  log_file: Path | None = None) -> QMPClient:
+    """Connect to the QMP socket at ``path`` of QEMU ``proc``, waiting for it to appear; DriverError, with
+    the end of QEMU's log, when QEMU exits first or the monitor does not answer in time."""
+    deadline = time.monotonic() + QMP_CONNECT_SECONDS
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            break
+        if await asyncio.to_thread(path.exists):
+            qmp = QMPClient(what)
+            try:
+                await qmp.connect(str(path))
+                return qmp
+            except (QMPError, OSError) as exc:
+                last = exc
+        await asyncio.sleep(POLL_SECONDS)
+    if proc.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.5)
+    message = ""
+    if log_file is not None and await asyncio.to_thread(log_file.exists):
+        message = (await asyncio.to_thread(log_file.read_text, errors="replace")).strip()[-2000:]
+    elif proc.stderr is not None and proc.returncode is not None:
+        message = (await proc.stderr.read()).decode(errors="replace").strip()[-2000:]
+    if proc.returncode is not None:
+        raise DriverError(f"QEMU for {what} exited ({proc.returncode}) before its monitor answered: "
+                          f"{message or 'no message'}")
+    raise DriverError(f"QEMU's monitor for {what} did not answer within {QMP_CONNECT_SECONDS:g} s ({last})")
 
 
 async def quit_monitor(qmp: QMPClient, ask: bool = True) -> None:
