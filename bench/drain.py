@@ -8,7 +8,7 @@ Hyper-V's two simultaneous live migrations), plays both in the same discrete-eve
 (the pre-copy model of ``vmshift.precopy.model``, links shared by max-min fairness), and prints
 one row per fleet and seed.
 
-Targets: planner <= 1.15 x the lower bound, and >= 15 % shorter than fixed-2 (DESIGN.md section 5).
+Targets: planner <= 1.15 x the lower bound, and >= 15 % shorter than fixed-2.
 ``best`` is the most any schedule could gain over fixed-2 (1 - bound / fixed-2): where it is below
 15 % the second target cannot be met by any planner, and the row says so. ``throttled`` counts
 guests that needed auto-converge (their vCPUs slowed) or failed, ours / fixed-2.
