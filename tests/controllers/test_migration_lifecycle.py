@@ -155,3 +155,32 @@ async def test_a_source_without_the_vm_because_the_vm_is_deleted_is_not_a_lost_s
     refused = AgentRefusedError(Side.target, "b", AgentError("NotFound", "no such migration", 404))
     bodies["vm1"] = None
     assert (await verdict(refused)).reason is FailureReason.TargetLost, "only the source's NotFound is explained"
+
+
+async def test_a_vm_the_cache_has_on_no_host_is_read_from_the_api_before_a_refusal(monkeypatch: Any) -> None:
+    # Seen in the chaos campaign (seed 7001, the first trial): a migration created as its VM reported
+    # Running failed VirtualMachineNotRunning at once, its informer one watch event behind.
+    from vmshift.controllers import migrations
+    from vmshift.controllers.migrationrun import Run
+    from vmshift.controllers.views import index_vm
+
+    def body(host: str | None) -> dict[str, Any]:
+        return {"metadata": {"namespace": "ns", "name": "vm1", "uid": "u-1", "generation": 1},
+                "spec": {"memoryMiB": 128}, "status": {"phase": "Running", "host": host} if host else {}}
+
+    live: list[dict[str, Any] | None] = []
+
+    async def get(plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return live[-1]
+
+    monkeypatch.setattr(migrations.kubeapi, "get", get)
+    run = Run(name="m", namespace="ns", uid="m-1", vm_name="vm1", generation=1, body=kopf.Body({}))
+    live.append(body("h1"))
+    newest = await migrations._newest_vm(run, index_vm(body(None)))
+    assert newest is not None and newest.host == "h1"
+    newest = await migrations._newest_vm(run, None)
+    assert newest is not None and newest.host == "h1", "a VM the cache has not seen yet is read too"
+    live.append(None)
+    assert await migrations._newest_vm(run, index_vm(body(None))) is None, "a VM the API has not: none"
+    cached = index_vm(body("h2"))
+    assert await migrations._newest_vm(run, cached) is cached, "a cached host is not looked up again"

@@ -59,7 +59,7 @@ from vmshift.controllers.migration_decisions import (
 )
 from vmshift.controllers.migrationrun import Run, agent_link, policy_for
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import IN_FLIGHT, migrations_to_collect, problems, vm_view
+from vmshift.controllers.views import IN_FLIGHT, VMEntry, index_vm, migrations_to_collect, problems, vm_view
 from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -94,10 +94,23 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return phase is not None and MigrationPhase(phase).finished
 
 
+async def _newest_vm(run: Run, cached: VMEntry | None) -> VMEntry | None:
+    """The VM as the API server has it now when the cache has it on no host (or not at all): a migration
+    created the moment its VM reports Running is not refused by a cache one watch event behind."""
+    if cached is not None and cached.host:
+        return cached
+    try:
+        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:  # the cache's answer stands when the API cannot be asked
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return cached
+    return index_vm(body) if body is not None else None
+
+
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
                     admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
-    vm = one(indexes.vm_index, run.vm_key)
+    vm = await _newest_vm(run, one(indexes.vm_index, run.vm_key))
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"There is no VirtualMachine {run.vm_name} in namespace {run.namespace}; "
