@@ -346,10 +346,25 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
     await _reconcile_logged(body, logger)
 
 
+async def recheck(key: str, logger: kopf.Logger | logging.Logger) -> None:
+    """A migration let go of the VM: reconcile it now unless a reconcile since found it in order. The
+    echo of the migration's last write to the VM can arrive while the migration still holds it, and
+    then that event's reconcile stood aside and no later event comes."""
+    if key in runtime().settled:
+        return
+    namespace, name = key.split("/", 1)
+    body = await kubeapi.get("virtualmachines", namespace, name)
+    if body is None:
+        runtime().resync_wake.set()  # deleted meanwhile: its guest is an orphan the resync collects
+        return
+    await _reconcile_logged(body, logger)
+
+
 async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
     rt = runtime()
     key = _key(body)
     rt.settled.observed(key)
+    metrics.VMS_IN_SYNC.set(len(rt.settled))
     rt.deferred.discard(key)
     try:
         await reconcile(body, logger)
