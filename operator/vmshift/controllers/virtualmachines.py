@@ -333,6 +333,7 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
+        runtime().handled.discard(_key(body))
         runtime().settled.observed(_key(body))
         runtime().deferred.discard(_key(body))
         runtime().deferral_told.pop(_key(body), None)
@@ -341,6 +342,7 @@ async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
         await release(body, logger)
         return
     await indexes.ready()
+    runtime().handled.add(_key(body))
     if settled(body, runtime().agents):
         return
     await _reconcile_logged(body, logger)
@@ -506,7 +508,10 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
     rt = runtime()
     entries = values(indexes.vm_index)
-    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
+    # A VM whose first event Kopf has not handled yet is left to it: after a start, thousands of
+    # them would each cost a read, a placement plan and a second reconcile here.
+    candidates = resync_candidates([e for e in entries if e.key in rt.handled], rt.agents, rt.gate.holder,
+                                   fleet(fresh=fresh), rt.deferred)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
