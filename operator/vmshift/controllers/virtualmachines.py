@@ -53,6 +53,9 @@ from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, plan_placement
 
+#: How many VMs a resync pass reads and reconciles at once.
+RESYNC_IN_FLIGHT = 16
+
 
 def _lock(key: str) -> asyncio.Lock:
     return runtime().vm_locks.setdefault(key, asyncio.Lock())
@@ -515,17 +518,24 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
-    for entry in candidates:
-        try:
-            body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
-            if body is not None:
-                await _reconcile_logged(body, logger)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # an API error, a bug: this VM waits for the next pass
-            runtime().deferred.add(entry.key)
-            metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
-            logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
+    slots = asyncio.Semaphore(RESYNC_IN_FLIGHT)
+
+    async def look(entry: VMEntry) -> None:
+        async with slots:
+            try:
+                body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
+                if body is not None:
+                    await _reconcile_logged(body, logger)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an API error, a bug: this VM waits for the next pass
+                runtime().deferred.add(entry.key)
+                metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+                logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
+
+    # Several at once (each waits on its read and its agent): thousands deferred while the agents
+    # first answered after a start were one at a time minutes of work.
+    await asyncio.gather(*(look(entry) for entry in candidates))
     await _resolve_duplicates(entries, logger)
     await _collect_orphans(entries, logger)
 
