@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -144,9 +143,9 @@ class VMView:
     migration_target: str | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
 
-    @cached_property
+    @property
     def key(self) -> str:
-        """``namespace/name``: how the fleet indexes VMs (asked three times per VM per fleet build)."""
+        """``namespace/name``: how the fleet indexes VMs."""
         return f"{self.namespace}/{self.name}"
 
     @property
