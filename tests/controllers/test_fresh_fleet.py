@@ -59,17 +59,3 @@ async def test_a_caller_after_a_change_never_gets_the_older_snapshot(
     assert len(builds) == 2, builds
     assert builds[1][0] == indexes._changes, "the second build must start from the changed caches"
     assert all(f is late[0] for f in late) and late[0] is not first
-
-
-async def test_a_fleet_too_old_for_the_bound_is_rebuilt_behind_the_callers_back(
-        builds: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> None:
-    first = await indexes.fresh_fleet()
-    monkeypatch.setattr(indexes, "FLEET_MAX_AGE", 0.0)
-    monkeypatch.setattr(indexes, "FLEET_REBUILD_SHARE", 0)
-    monkeypatch.setattr(indexes, "_changes", indexes._changes + 1)
-    assert indexes.fleet() is first, "the caller keeps the fleet it has while a new one is built"
-    build = indexes._building
-    assert build is not None, "no build was started"
-    assert indexes.fleet() is first and indexes._building is build, "one build at a time"
-    await asyncio.shield(build.done)
-    assert len(builds) == 2 and indexes.fleet() is not first

@@ -196,7 +196,7 @@ def _start_build() -> _Build:
         if not done.cancelled() and done.exception() is None:
             now = time.monotonic()
             if _cached is None or _cached.at < build.started:
-                _cached = _Built(build.started, now - build.started, build.inputs, done.result())
+                _cached = _Built(now, now - build.started, build.inputs, done.result())
 
     build.done.add_done_callback(finished)
     _building = build
@@ -225,12 +225,7 @@ async def fresh_fleet() -> Fleet:
 
 
 def fleet(*, fresh: bool = False) -> Fleet:
-    """The scheduler's fleet: the caches, agent reports, placements in progress.
-
-    Not ``fresh``: a fleet too old for the bound is rebuilt in a worker thread while the callers keep
-    the one they have (the loop is never held for a build); only the very first build, and a
-    ``fresh`` one asked outside :func:`fresh_fleet`, are made here on the spot.
-    """
+    """The scheduler's fleet: the caches, agent reports, placements in progress."""
     global _cached
     rt = runtime()
     now = time.monotonic()
@@ -238,12 +233,6 @@ def fleet(*, fresh: bool = False) -> Fleet:
     if _cached is not None and (_cached.inputs == inputs or (
             not fresh and now - _cached.at < max(FLEET_MAX_AGE, _cached.took * FLEET_REBUILD_SHARE))):
         return _cached.fleet
-    if _cached is not None and not fresh:
-        with contextlib.suppress(RuntimeError):  # no running loop (a thread): build here below
-            asyncio.get_running_loop()
-            if _building is None:
-                _start_build()
-            return _cached.fleet
     built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(),
                         dict(rt.placements.items()))
     _cached = _Built(now, time.monotonic() - now, inputs, built)
