@@ -7,8 +7,6 @@ controller modules add their own projections (``@VMS.index``) before the operato
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -160,68 +158,6 @@ class _Built:
 
 
 _cached: _Built | None = None
-
-
-def _fleet_inputs() -> tuple[int, int, int]:
-    rt = runtime()
-    return (_changes, rt.agents.facts_version, rt.placements.version)
-
-
-@dataclass
-class _Build:
-    """A build of the fleet under way in a worker thread, from a snapshot taken on the loop."""
-
-    inputs: tuple[int, int, int]
-    started: float
-    done: asyncio.Future[Fleet]
-
-
-_building: _Build | None = None
-
-
-def _start_build() -> _Build:
-    """Snapshot the caches on the loop (lists of immutable entries, copies of the dicts) and build the
-    fleet from the snapshot in a worker thread: the loop keeps serving events meanwhile."""
-    global _building
-    rt = runtime()
-    snapshot = (values(host_index), values(vm_index), values(migration_index), dict(rt.agents.facts()),
-                dict(rt.placements.items()))
-    build = _Build(_fleet_inputs(), time.monotonic(),
-                   asyncio.get_running_loop().run_in_executor(None, build_fleet, *snapshot))
-
-    def finished(done: asyncio.Future[Fleet]) -> None:
-        global _building, _cached
-        if _building is build:
-            _building = None
-        if not done.cancelled() and done.exception() is None:
-            now = time.monotonic()
-            if _cached is None or _cached.at < build.started:
-                _cached = _Built(now, now - build.started, build.inputs, done.result())
-
-    build.done.add_done_callback(finished)
-    _building = build
-    return build
-
-
-async def fresh_fleet() -> Fleet:
-    """The scheduler's fleet as of this call (every change made before it counts), built off the loop.
-
-    Callers that ask while one build is under way from the same inputs share it; one that asks after
-    a change waits for the build under way (made from an older snapshot) and then starts or joins the
-    next. So a burst of migrations being validated costs a few builds, not one each, and none blocks
-    the event loop for the ~0.1-0.3 s a 10,000-VM fleet takes.
-    """
-    while True:
-        inputs = _fleet_inputs()
-        if _cached is not None and _cached.inputs == inputs:
-            return _cached.fleet
-        build = _building
-        if build is None:
-            build = _start_build()
-        if build.inputs == inputs:
-            return await asyncio.shield(build.done)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(build.done)  # an older snapshot: then the next build
 
 
 def fleet(*, fresh: bool = False) -> Fleet:

@@ -110,7 +110,7 @@ async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[
     run.source = vm.host
     run.policy = policy_for(vm, policies)
     requested = spec.mode if spec.mode is not MigrationMode.Auto else vm.spec.migration.mode
-    return decide_move(vm_view(vm), await indexes.fresh_fleet(), run.policy, requested, admitted or spec.targetHost)
+    return decide_move(vm_view(vm), fleet(fresh=True), run.policy, requested, admitted or spec.targetHost)
 
 
 async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) -> bool:
