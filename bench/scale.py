@@ -298,6 +298,7 @@ def main() -> int:
                                 start_new_session=True)
         wait_until(port_file.exists, "the fake agents to listen", 60)
 
+        before_sync = apiserver_requests(plane, state.server)
         t0 = time.monotonic()
         proc = stack.start_operator("--agent-poll-seconds", "30")
         counter = ReadyCounter(api)
@@ -306,6 +307,7 @@ def main() -> int:
         wait_until(lambda: operator_gauge(stack.metrics_port, "vmshift_virtualmachines_in_sync") >= args.vms,
                    f"the operator to report {args.vms} VMs in sync", 900, interval=0.5)
         sync_seconds = time.monotonic() - t0
+        after_sync = apiserver_requests(plane, state.server)
         rss_sync = rss_mib(proc.pid)
         counter.stop.set()
 
@@ -329,9 +331,18 @@ def main() -> int:
         latencies = first_status_latencies(api, vms, args.hosts, args.migrations)
         lag_p99 = bucket_quantile(lag_before, operator_buckets(stack.metrics_port, "vmshift_event_loop_lag_seconds"),
                                   0.99)
+        # The restart below is over a settled fleet: every migration ended and the last writes echoed.
+        def migrations_ended() -> bool:
+            listing = api.list_cluster_custom_object(GROUP, VERSION, "virtualmachinemigrations")
+            return all((m.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled")
+                       for m in listing["items"])
+
+        wait_until(migrations_ended, f"the {args.migrations} migrations to end", 600, interval=2.0)
+        quiet.clear()
+        wait_until(settled, "API writes to stop after the migrations", 300, interval=1.0)
         rss_end = rss_mib(proc.pid)
 
-        # A restart: the fleet is settled (status, finalizers), so the operator only re-checks it.
+        # A restart: the fleet is settled (status, migrations ended), so the operator only re-checks it.
         stack.stop_operator()
         before_restart = apiserver_requests(plane, state.server)
         t1 = time.monotonic()
@@ -374,6 +385,10 @@ def main() -> int:
             print(f"{name:<38} {measured:>12} {floor:>14} {ratio:>7} {target:>12} {ok:>5}")
         if idle:
             print("idle requests by verb/resource:", json.dumps(idle))
+        for phase, (start, end) in {"first start": (before_sync, after_sync),
+                                    "restart sync": (before_restart, after_restart)}.items():
+            moved = {k: end.get(k, 0) - start.get(k, 0) for k in end if end.get(k, 0) - start.get(k, 0) > 0}
+            print(f"API requests during the {phase} by verb/resource:", json.dumps(moved, sort_keys=True))
         return 0
     finally:
         stack.stop()

@@ -210,3 +210,15 @@ def test_polls_of_an_unreachable_agent_back_off_to_a_cap_and_reset_on_success() 
     assert delays[FAILURES_TO_UNREACHABLE:] == [4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0]
     assert poll_delay(2.0, 0, cap=16.0) == 2.0  # a good poll resets failures to 0
     assert poll_delay(5.0, 50, cap=1.0) == 5.0, "never faster than the normal interval"
+
+
+async def test_hosts_sharing_a_token_secret_at_a_start_read_it_once(
+        secrets_read: list[tuple[str, str, str]]) -> None:
+    """1,000 Host supervisors start at once: one read of their shared Secret, not 1,000."""
+    directory = AgentDirectory()
+    specs = {f"h{i}": {"agent": {"endpoint": f"http://h{i}.example:80", "tokenSecretRef": {"name": "fleet"}}}
+             for i in range(50)}
+    links = await asyncio.gather(*(directory.link(host, spec) for host, spec in specs.items()))
+    assert len(secrets_read) == 1, secrets_read
+    assert all(link.token == TOKEN for link in links)
+    await directory.close()

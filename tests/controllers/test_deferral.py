@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -67,3 +68,61 @@ async def test_the_resync_comes_back_soon_while_a_vm_waits(monkeypatch: pytest.M
     finally:
         runtime().deferred.discard("ns/lost")
     assert waits == [RESYNC_SECONDS, DEFERRED_RESYNC_SECONDS]
+
+
+async def test_the_resync_leaves_a_vm_to_its_first_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a start Kopf's first events for thousands of VMs are still queued: the resync reads and
+    reconciles only VMs whose event this process has handled, even deferred ones."""
+    rt = runtime()
+    read: list[str] = []
+    entries = [SimpleNamespace(key=f"ns/{n}", namespace="ns", name=n) for n in ("handled", "queued")]
+    seen: list[list[str]] = []
+
+    def candidates(given: Any, *rest: Any) -> list[Any]:
+        seen.append([e.key for e in given])
+        return list(given)
+
+    async def get(plural: str, namespace: str, name: str) -> None:
+        read.append(f"{namespace}/{name}")
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
+    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
+    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
+    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
+    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(rt, "handled", {"ns/handled"})
+    await virtualmachines.resync_pass(logging.getLogger("test.resync"))
+    assert seen == [["ns/handled"]] and read == ["ns/handled"]
+
+
+async def test_a_resync_pass_looks_at_several_vms_at_once_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of VMs deferred while the agents first answered are read and reconciled a bounded
+    number at a time, not one by one."""
+    rt = runtime()
+    entries = [SimpleNamespace(key=f"ns/vm-{i}", namespace="ns", name=f"vm-{i}") for i in range(60)]
+    now, most = [0], [0]
+
+    async def get(plural: str, namespace: str, name: str) -> dict[str, Any]:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        await asyncio.sleep(0.01)
+        now[0] -= 1
+        return {"metadata": {"namespace": namespace, "name": name}}
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
+    monkeypatch.setattr(virtualmachines, "resync_candidates", lambda given, *rest: list(given))
+    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
+    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
+    monkeypatch.setattr(virtualmachines, "_reconcile_logged", nothing)
+    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(rt, "handled", {e.key for e in entries})
+    await virtualmachines.resync_pass(logging.getLogger("test.resync"))
+    assert 1 < most[0] <= virtualmachines.RESYNC_IN_FLIGHT, most

@@ -119,3 +119,31 @@ def test_a_vm_deleted_while_its_agent_was_cut_off_does_not_run_forever(fleet: Fl
     fleet.wait_phase("host", "h-zen3", None, {"Ready"}, timeout=60)
     wait_for(lambda: not fleet.copies(uid), "the resync to stop the orphaned guest", 120,
              describe=lambda: f"copies {list(fleet.copies(uid))}\n{fleet.stack.operator_log_tail(15)}")
+
+
+def test_a_vm_deleted_while_the_operator_is_down_has_its_guest_stopped_once_it_is_back(fleet: Fleet) -> None:
+    """No finalizer holds a VM's deletion: with the operator stopped the VM goes at once and its guest
+    keeps running; the next operator finds a guest the API no longer has and stops and deletes it."""
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "unattended", host="h-icelake-1", compatibility=True, memory=128, dirty=1)
+    uid = fleet.uid(ns, "unattended")
+    assert not fleet.get("vsvm", "unattended", ns)["metadata"].get("finalizers"), "a finalizer holds the VM"
+    fleet.stack.stop_operator()
+    try:
+        fleet.kube.kubectl("delete", "vsvm", "unattended", "-n", ns, "--timeout=30s")
+        assert list(fleet.copies(uid)) == ["h-icelake-1"], "the guest stopped without an operator"
+    finally:
+        fleet.stack.start_operator("--keep-finished-migrations", "50")
+    wait_for(lambda: not fleet.copies(uid), "the restarted operator to stop the orphaned guest", 120,
+             describe=lambda: f"copies {list(fleet.copies(uid))}\n{fleet.stack.operator_log_tail(15)}")
+
+
+def test_a_deleted_vm_has_its_guest_stopped(fleet: Fleet) -> None:
+    """With the operator up, deleting a VM stops and deletes its guest at once (the DELETED event),
+    without waiting for a resync pass."""
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "brief", host="h-icelake-2", compatibility=True, memory=128, dirty=1)
+    uid = fleet.uid(ns, "brief")
+    fleet.kube.kubectl("delete", "vsvm", "brief", "-n", ns, "--timeout=30s")
+    wait_for(lambda: not fleet.copies(uid), "the operator to stop the deleted VM's guest", 15,
+             describe=lambda: f"copies {list(fleet.copies(uid))}\n{fleet.stack.operator_log_tail(15)}")

@@ -35,7 +35,7 @@ def test_the_baseline_spans_the_allowed_hosts_and_changes_at_the_next_start(flee
     status = fleet.running_vm(ns, "evc", host="h-icelake-2", compatibility=True, keep_pin=True,
                               placement=dict(selector))
     processor = status["processor"]
-    assert processor["baseline"] == {"vendor": "Intel", "features": sorted(ICELAKE), "hosts": ["h-icelake-2"]}
+    assert processor["baseline"] == {"vendor": "Intel", "features": sorted(ICELAKE), "hostCount": 1}
     assert set(processor["features"]) == ICELAKE, "all of icelake: more than the fixed x86_64_v2 of old"
     assert condition(status, "ProcessorBaseline")["reason"] == "Current"
     # a haswell joins rack r2: the baseline shrinks, the running guest keeps what it started with
@@ -46,7 +46,7 @@ def test_the_baseline_spans_the_allowed_hosts_and_changes_at_the_next_start(flee
         return now if condition(now, "ProcessorBaseline").get("reason") == "ProcessorBaselineChanged" else None
     status = wait_for(changed, "the VM to say its processor baseline changed", 90,
                       describe=lambda: json.dumps(fleet.status("vsvm", "evc", ns))[:2000])
-    assert status["processor"]["baseline"]["hosts"] == ["h-haswell", "h-icelake-2"]
+    assert status["processor"]["baseline"]["hostCount"] == 2
     assert set(status["processor"]["baseline"]["features"]) == ICELAKE & HASWELL
     assert "avx512f" in status["processor"]["features"], "a running guest's features never change"
     message = condition(status, "ProcessorBaseline")["message"]

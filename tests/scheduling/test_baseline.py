@@ -79,7 +79,7 @@ def test_a_stale_baseline_in_status_is_found_by_the_resync() -> None:
             "status": {"host": "a", "phase": "Running", "processor": {
                 "compatibility": True, "features": sorted(current.features), "baseline": baseline}}})
     assert not baseline_stale(entry(current.to_status()), fleet)
-    assert baseline_stale(entry({"vendor": "Intel", "features": sorted(ICELAKE), "hosts": ["a"]}), fleet)
+    assert baseline_stale(entry({"vendor": "Intel", "features": sorted(ICELAKE), "hostCount": 1}), fleet)
 
 
 @settings(max_examples=60, deadline=None)

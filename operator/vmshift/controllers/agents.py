@@ -141,6 +141,8 @@ class AgentDirectory:
     def __init__(self) -> None:
         self._links: dict[str, AgentLink] = {}
         self._tokens: dict[tuple[str, str, str], tuple[float, str, str]] = {}
+        #: Reads of a token Secret under way: the Hosts that share it wait for the one read.
+        self._token_reads: dict[tuple[str, str, str], asyncio.Future[tuple[str | None, dict[str, str]]]] = {}
         self._sync_check: asyncio.Future[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         #: Which hosts' last reports hold a VM id (so locating a guest does not ask every host).
@@ -170,11 +172,18 @@ class AgentDirectory:
         return current
 
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
-        """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call)."""
+        """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call).
+        At a start every Host's supervisor asks at once: the ones sharing a Secret share one read of it."""
         namespace, name, key = token_secret(host, ref, operator_namespace())
         cached = self._tokens.get((namespace, name, key))
         if cached is None or time.monotonic() - cached[0] >= TOKEN_TTL:
-            token, annotations = await kubeapi.read_secret(namespace, name, key)
+            ref_key = (namespace, name, key)
+            read = self._token_reads.get(ref_key)
+            if read is None:
+                read = asyncio.ensure_future(kubeapi.read_secret(namespace, name, key))
+                self._token_reads[ref_key] = read
+                read.add_done_callback(lambda _: self._token_reads.pop(ref_key, None))
+            token, annotations = await asyncio.shield(read)
             if not token:
                 raise AgentConfigError("AgentTokenMissing", f"Host {host}: Secret {namespace}/{name} (key {key}) "
                                        f"with the agent token does not exist or lacks the key; create it.")

@@ -5,12 +5,13 @@ scheduling/cold.py)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from vmshift import metrics, timestamps
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
-from vmshift.controllers import events, indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi, virtualmachines
 from vmshift.controllers.indexes import fleet, values
 from vmshift.controllers.migration_decisions import AgentRefusedError, MigrationFailedError, Side
 from vmshift.controllers.migrationrun import Run, agent_link, policy_for
@@ -78,3 +79,4 @@ async def move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) ->
     metrics.MIGRATIONS.labels(mode="Cold", result="Succeeded").inc()
     rt.gate.release(run.key)
     rt.gate_released()
+    await virtualmachines.recheck(run.vm_key, logging.getLogger("vmshift.migrations"))

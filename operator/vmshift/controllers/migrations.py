@@ -33,7 +33,7 @@ from vmshift.api.labels import EVACUATION_LABEL
 from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.virtualmachine import VirtualMachinePhase
-from vmshift.controllers import events, indexes, kubeapi
+from vmshift.controllers import events, indexes, kubeapi, virtualmachines
 from vmshift.controllers.agents import RESIDENT
 from vmshift.controllers.coldmove import is_stopped, move_cold
 from vmshift.controllers.indexes import GROUP, VERSION, fleet, one, values
@@ -438,6 +438,7 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
     rt.gate.release(run.key)
     rt.gate_released()
+    await virtualmachines.recheck(run.vm_key, logging.getLogger("vmshift.migrations"))
 
 
 def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:

@@ -53,6 +53,9 @@ from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet, VMView
 from vmshift.scheduling.placement import Refusal, plan_placement
 
+#: How many VMs a resync pass reads and reconciles at once.
+RESYNC_IN_FLIGHT = 16
+
 
 def _lock(key: str) -> asyncio.Lock:
     return runtime().vm_locks.setdefault(key, asyncio.Lock())
@@ -333,22 +336,31 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
 @kopf.on.event(GROUP, VERSION, "virtualmachines")
 async def vm_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     if type == "DELETED":
-        rt = runtime()
-        key = _key(body)
-        rt.settled.observed(key)
-        rt.deferred.discard(key)
-        rt.deferral_told.pop(key, None)
-        metrics.VMS_IN_SYNC.set(len(rt.settled))
-        if rt.gate.holder(key) is None:
-            # Deleted before it carried the finalizer (or the finalizer was removed by hand): nothing
-            # else would stop its guest until the orphan collection of the next resync pass.
-            await _delete_guest(key, str(body["metadata"].get("uid", "")), (body.get("status") or {}).get("host"),
-                                logger)
-        rt.placements.observed(key)
-        rt.vm_locks.pop(key, None)
+        runtime().handled.discard(_key(body))
+        runtime().settled.observed(_key(body))
+        runtime().deferred.discard(_key(body))
+        runtime().deferral_told.pop(_key(body), None)
+        metrics.VMS_IN_SYNC.set(len(runtime().settled))
+        await indexes.ready()
+        await release(body, logger)
         return
     await indexes.ready()
+    runtime().handled.add(_key(body))
     if settled(body, runtime().agents):
+        return
+    await _reconcile_logged(body, logger)
+
+
+async def recheck(key: str, logger: kopf.Logger | logging.Logger) -> None:
+    """A migration let go of the VM: reconcile it now unless a reconcile since found it in order. The
+    echo of the migration's last write to the VM can arrive while the migration still holds it, and
+    then that event's reconcile stood aside and no later event comes."""
+    if key in runtime().settled:
+        return
+    namespace, name = key.split("/", 1)
+    body = await kubeapi.get("virtualmachines", namespace, name)
+    if body is None:
+        runtime().resync_wake.set()  # deleted meanwhile: its guest is an orphan the resync collects
         return
     await _reconcile_logged(body, logger)
 
@@ -357,6 +369,7 @@ async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | loggi
     rt = runtime()
     key = _key(body)
     rt.settled.observed(key)
+    metrics.VMS_IN_SYNC.set(len(rt.settled))
     rt.deferred.discard(key)
     try:
         await reconcile(body, logger)
@@ -498,54 +511,62 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
     rt = runtime()
     entries = values(indexes.vm_index)
-    candidates = resync_candidates(entries, rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
+    # A VM whose first event Kopf has not handled yet is left to it: after a start, thousands of
+    # them would each cost a read, a placement plan and a second reconcile here.
+    candidates = resync_candidates([e for e in entries if e.key in rt.handled], rt.agents, rt.gate.holder,
+                                   fleet(fresh=fresh), rt.deferred)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
-    for entry in candidates:
-        try:
-            body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
-            if body is not None:
-                await _reconcile_logged(body, logger)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # an API error, a bug: this VM waits for the next pass
-            runtime().deferred.add(entry.key)
-            metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
-            logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
+    slots = asyncio.Semaphore(RESYNC_IN_FLIGHT)
+
+    async def look(entry: VMEntry) -> None:
+        async with slots:
+            try:
+                body = await kubeapi.get("virtualmachines", entry.namespace, entry.name)
+                if body is not None:
+                    await _reconcile_logged(body, logger)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an API error, a bug: this VM waits for the next pass
+                runtime().deferred.add(entry.key)
+                metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
+                logger.warning("resync of %s failed (%r); it is looked at again next pass", entry.key, exc)
+
+    # Several at once (each waits on its read and its agent): thousands deferred while the agents
+    # first answered after a start were one at a time minutes of work.
+    await asyncio.gather(*(look(entry) for entry in candidates))
     await _resolve_duplicates(entries, logger)
     await _collect_orphans(entries, logger)
 
 
-@kopf.on.delete(GROUP, VERSION, "virtualmachines")
-async def vm_deleted(body: kopf.Body, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
-    """Stop and delete the guest wherever an agent holds it; cancel a migration in flight first."""
-    await indexes.ready()
+async def release(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
+    """A VirtualMachine is gone: cancel its migrations in flight and delete its guest wherever an agent holds it.
+
+    No finalizer holds the deletion (one write per VM fewer at adoption): this runs on the DELETED
+    event, once and best effort. Whatever it cannot do now (an agent that does not answer, a guest
+    still leaving by migration, an operator that was down when the VM went) the resync's orphan
+    collection does later, since an agent's guest whose VM the API no longer has is an orphan.
+    """
     rt = runtime()
-    key = f"{meta['namespace']}/{meta['name']}"
-    uid = meta["uid"]
+    meta = body.get("metadata") or {}
+    key, uid = _key(body), str(meta.get("uid") or "")
     for m in indexes.migrations_by_vm.get(key) or []:
         if m.in_flight:
             await kubeapi.delete("virtualmachinemigrations", m.namespace, m.name)
     holder = rt.gate.holder(key)
     if holder is not None:
-        raise kopf.TemporaryError(f"waiting for migration {holder} of {key} to end", delay=1)
-    failures = await _delete_guest(key, uid, (body.get("status") or {}).get("host"), logger)
-    if failures:
-        raise kopf.TemporaryError(f"could not delete the guest of {key}: {'; '.join(failures)}", delay=2)
+        logger.info(f"{key} was deleted during migration {holder}: its guest is deleted as an orphan once "
+                    f"the migration has ended")
+        rt.resync_wake.set()
+        rt.vm_locks.pop(key, None)
+        return
+    async with _lock(key):  # a start in progress ends first, and the host it chose is known
+        hinted = rt.placements.get(key)
+        hosts = {h for h, _ in rt.agents.locate(uid)} | {(body.get("status") or {}).get("host") or "",
+                                                         hinted[0] if hinted else ""}
     rt.placements.observed(key)
     rt.vm_locks.pop(key, None)
-
-
-async def _delete_guest(key: str, uid: str, host: str | None, logger: kopf.Logger | logging.Logger) -> list[str]:
-    """Stop and delete the guest on ``host`` and wherever the agents report it, after any start of it
-    in progress has ended; the agents' refusals (not a missing guest, not a silent agent: a host that
-    is gone takes its guest with it) by host."""
-    rt = runtime()
-    async with _lock(key):
-        hinted = rt.placements.get(key)
-        hosts = {h for h, _ in rt.agents.locate(uid)} | {host or "", hinted[0] if hinted else ""}
-    failures = []
     for name in sorted(hosts - {""}):
         link = rt.agents.get(name)
         if link is None:
@@ -553,10 +574,7 @@ async def _delete_guest(key: str, uid: str, host: str | None, logger: kopf.Logge
         try:
             await link.client.delete_vm(uid, force=True)
             logger.info(f"deleted the guest of {key} on {name}")
-        except AgentUnreachableError as exc:
-            logger.warning(f"agent of {name} unreachable while deleting {key}: {exc}")
         except AgentError as exc:
             if exc.status != 404:
-                failures.append(f"{name}: {exc}")
-    return failures
-
+                logger.warning(f"deleting the guest of {key} on {name} failed ({exc}); the resync deletes it "
+                               f"as an orphan once the agent answers")

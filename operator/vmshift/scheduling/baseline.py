@@ -26,7 +26,7 @@ class Baseline:
     hosts: tuple[str, ...]
 
     def to_status(self) -> dict[str, object]:
-        return {"vendor": self.vendor, "features": sorted(self.features), "hosts": list(self.hosts)}
+        return {"vendor": self.vendor, "features": sorted(self.features), "hostCount": len(self.hosts)}
 
 
 def allowed_hosts(vm: VMView, hosts: Iterable[HostView]) -> list[HostView]:
