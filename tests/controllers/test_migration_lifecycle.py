@@ -8,7 +8,7 @@ import kopf
 
 from tests.scheduling.strategies import host, vm
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.controllers.migrations import (
+from vmshift.controllers.migration_decisions import (
     ProgressWatch,
     Side,
     StopAction,
@@ -126,8 +126,8 @@ async def test_a_source_without_the_vm_because_the_vm_is_deleted_is_not_a_lost_s
     # Seen in the chaos campaign (seed 1008, CI of stop 11): the VM was deleted 30 ms after its
     # migration was created; the deletion stopped the guest, the source answered NotFound, and the
     # migration failed SourceLost although every agent was healthy.
-    from vmshift.controllers import migrations
-    from vmshift.controllers.migration_decisions import AgentRefusedError
+    from vmshift.controllers import migrationrun
+    from vmshift.controllers.migration_decisions import AgentRefusedError, MigrationFailedError
     from vmshift.controllers.migrationrun import Run
     from vmshift.hypervisor.client import AgentError
 
@@ -137,12 +137,12 @@ async def test_a_source_without_the_vm_because_the_vm_is_deleted_is_not_a_lost_s
         assert (plural, namespace) == ("virtualmachines", "ns")
         return bodies[name]
 
-    monkeypatch.setattr(migrations.kubeapi, "get", get)
+    monkeypatch.setattr(migrationrun.kubeapi, "get", get)
     run = Run(name="m", namespace="ns", uid="u", vm_name="vm1", generation=1, body=kopf.Body({}), source="a")
     gone = AgentRefusedError(Side.source, "a", AgentError("NotFound", "host a has no VM 'u'", 404))
 
-    async def verdict(exc: Exception) -> migrations.MigrationFailedError:
-        return await migrations._unless_deleted(run, exc, migrations._as_failure(run, exc))  # type: ignore[arg-type]
+    async def verdict(exc: Exception) -> MigrationFailedError:
+        return await migrationrun.unless_deleted(run, exc, migrationrun.as_failure(run, exc))  # type: ignore[arg-type]
 
     for body in (None, {"metadata": {"name": "vm1", "deletionTimestamp": "2026-11-30T07:00:00Z"}}):
         bodies["vm1"] = body
@@ -160,7 +160,7 @@ async def test_a_source_without_the_vm_because_the_vm_is_deleted_is_not_a_lost_s
 async def test_a_vm_the_cache_has_on_no_host_is_read_from_the_api_before_a_refusal(monkeypatch: Any) -> None:
     # Seen in the chaos campaign (seed 7001, the first trial): a migration created as its VM reported
     # Running failed VirtualMachineNotRunning at once, its informer one watch event behind.
-    from vmshift.controllers import migrations
+    from vmshift.controllers import migrationrun
     from vmshift.controllers.migrationrun import Run
     from vmshift.controllers.views import index_vm
 
@@ -173,14 +173,14 @@ async def test_a_vm_the_cache_has_on_no_host_is_read_from_the_api_before_a_refus
     async def get(plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return live[-1]
 
-    monkeypatch.setattr(migrations.kubeapi, "get", get)
+    monkeypatch.setattr(migrationrun.kubeapi, "get", get)
     run = Run(name="m", namespace="ns", uid="m-1", vm_name="vm1", generation=1, body=kopf.Body({}))
     live.append(body("h1"))
-    newest = await migrations._newest_vm(run, index_vm(body(None)))
+    newest = await migrationrun.newest_vm(run, index_vm(body(None)))
     assert newest is not None and newest.host == "h1"
-    newest = await migrations._newest_vm(run, None)
+    newest = await migrationrun.newest_vm(run, None)
     assert newest is not None and newest.host == "h1", "a VM the cache has not seen yet is read too"
     live.append(None)
-    assert await migrations._newest_vm(run, index_vm(body(None))) is None, "a VM the API has not: none"
+    assert await migrationrun.newest_vm(run, index_vm(body(None))) is None, "a VM the API has not: none"
     cached = index_vm(body("h2"))
-    assert await migrations._newest_vm(run, cached) is cached, "a cached host is not looked up again"
+    assert await migrationrun.newest_vm(run, cached) is cached, "a cached host is not looked up again"

@@ -4,6 +4,7 @@ live path (migrations.py) and its cold path (coldmove.py)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +16,17 @@ from vmshift.api.virtualmachine import VirtualMachinePhase
 from vmshift.controllers import indexes, kubeapi
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.indexes import GROUP, VERSION
-from vmshift.controllers.migration_decisions import MigrationFailedError, RoundLedger, migration_conditions
+from vmshift.controllers.migration_decisions import (
+    AgentRefusedError,
+    MigrationFailedError,
+    RoundLedger,
+    Side,
+    agent_failure_reason,
+    migration_conditions,
+)
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import IN_FLIGHT, VMEntry
+from vmshift.controllers.views import IN_FLIGHT, VMEntry, index_vm
+from vmshift.hypervisor.client import AgentError
 from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, select_policy
 
 
@@ -89,3 +98,48 @@ def policy_for(vm: VMEntry, policies: list[MigrationPolicyView]) -> MigrationPol
     requested = vm.spec.migration.policy
     return select_policy(vm.labels, vm.namespace, policies, requested=requested,
                          namespace_labels=indexes.namespace_labels(vm.namespace)) or DEFAULT_POLICY
+
+
+async def newest_vm(run: Run, cached: VMEntry | None) -> VMEntry | None:
+    """The VM as the API server has it now when the cache has it on no host (or not at all): a migration
+    created the moment its VM reports Running is not refused by a cache one watch event behind."""
+    if cached is not None and cached.host:
+        return cached
+    try:
+        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:  # the cache's answer stands when the API cannot be asked
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return cached
+    return index_vm(body) if body is not None else None
+
+
+def as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
+    """The failure to record for what ended the daemon, with words from the closed set."""
+    if isinstance(exc, MigrationFailedError):
+        return exc
+    if isinstance(exc, AgentRefusedError):
+        return MigrationFailedError(
+            agent_failure_reason(exc.error.code, exc.side),
+            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
+            f"{run.vm_name} stays on {run.source}.")
+    return MigrationFailedError(  # AgentUnreachableError included
+        agent_failure_reason(exc.code, None),
+        f"An agent refused or failed the migration of {run.vm_name}: {exc}. {run.vm_name} stays on {run.source}.")
+
+
+async def unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError) -> MigrationFailedError:
+    """A source that no longer holds the VM because the VM is being deleted has not been lost: the
+    deletion stopped the guest while this migration began. Ask the API server, not the cache (which
+    may not have seen the deletion yet), and say so."""
+    if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
+        return verdict
+    try:
+        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:  # the agent's own words stand when the API cannot be asked
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return verdict
+    if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
+        return verdict
+    return MigrationFailedError(FailureReason.VirtualMachineNotRunning,
+                                f"{run.vm_name} was deleted while this migration began; its guest is stopped "
+                                f"and there is nothing left to move.")

@@ -45,7 +45,6 @@ from vmshift.controllers.migration_decisions import (
     ProgressWatch,
     Side,
     StopAction,
-    agent_failure_reason,
     as_sentence,
     decide_move,
     leaving,
@@ -57,9 +56,9 @@ from vmshift.controllers.migration_decisions import (
     target_verdict,
     unacknowledged_note,
 )
-from vmshift.controllers.migrationrun import Run, agent_link, policy_for
+from vmshift.controllers.migrationrun import Run, agent_link, as_failure, newest_vm, policy_for, unless_deleted
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
-from vmshift.controllers.views import IN_FLIGHT, VMEntry, index_vm, migrations_to_collect, problems, vm_view
+from vmshift.controllers.views import IN_FLIGHT, migrations_to_collect, problems, vm_view
 from vmshift.controllers.vmstatus import definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
@@ -94,23 +93,12 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return phase is not None and MigrationPhase(phase).finished
 
 
-async def _newest_vm(run: Run, cached: VMEntry | None) -> VMEntry | None:
-    """The VM as the API server has it now when the cache has it on no host (or not at all): a migration
-    created the moment its VM reports Running is not refused by a cache one watch event behind."""
-    if cached is not None and cached.host:
-        return cached
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the cache's answer stands when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
-        return cached
-    return index_vm(body) if body is not None else None
 
 
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
                     admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
-    vm = await _newest_vm(run, one(indexes.vm_index, run.vm_key))
+    vm = await newest_vm(run, one(indexes.vm_index, run.vm_key))
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
                                    f"There is no VirtualMachine {run.vm_name} in namespace {run.namespace}; "
@@ -441,36 +429,8 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     await virtualmachines.recheck(run.vm_key, logging.getLogger("vmshift.migrations"))
 
 
-def _as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
-    """The failure to record for what ended the daemon, with words from the closed set."""
-    if isinstance(exc, MigrationFailedError):
-        return exc
-    if isinstance(exc, AgentRefusedError):
-        return MigrationFailedError(
-            agent_failure_reason(exc.error.code, exc.side),
-            f"The agent of {exc.host} ({exc.side.value}) refused the migration of {run.vm_name}: {exc.error}. "
-            f"{run.vm_name} stays on {run.source}.")
-    return MigrationFailedError(  # AgentUnreachableError included
-        agent_failure_reason(exc.code, None),
-        f"An agent refused or failed the migration of {run.vm_name}: {exc}. {run.vm_name} stays on {run.source}.")
 
 
-async def _unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError) -> MigrationFailedError:
-    """A source that no longer holds the VM because the VM is being deleted has not been lost: the
-    deletion stopped the guest while this migration began. Ask the API server, not the cache (which
-    may not have seen the deletion yet), and say so."""
-    if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
-        return verdict
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the agent's own words stand when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
-        return verdict
-    if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
-        return verdict
-    return MigrationFailedError(FailureReason.VirtualMachineNotRunning,
-                                f"{run.vm_name} was deleted while this migration began; its guest is stopped "
-                                f"and there is nothing left to move.")
 
 
 async def _collect_garbage(run: Run) -> None:
@@ -602,7 +562,7 @@ async def drive_migration(
                     f"the next operator follows it")
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
-        verdict = await _unless_deleted(run, exc, _as_failure(run, exc))
+        verdict = await unless_deleted(run, exc, as_failure(run, exc))
         if leaving(stopped):
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.
