@@ -133,19 +133,3 @@ def test_a_resync_pass_picks_contradicted_vms_and_refused_ones_only_once_room_ap
     assert [e.name for e in picked] == ["lost", "waited"]  # the new one belongs to its first event
     fits = entry("fits", "u-fits", phase="Pending")  # refused earlier, fits now
     assert [e.name for e in resync_candidates([fits], agents, holders.get, fleet_now, set())] == ["fits"]
-
-
-def test_only_what_the_fleet_is_built_from_makes_a_fresh_fleet_stale() -> None:
-    from vmshift.controllers import indexes
-
-    body = vm("a", "u-fleet", host="h1", phase="Running")
-    indexes._note("ADDED", body, indexes._vm_input)
-    before = indexes._changes
-    progress = {**body, "status": {**body["status"], "phase": "Migrating", "migration": {"progress": 40}}}
-    indexes._note("MODIFIED", progress, indexes._vm_input)
-    assert indexes._changes == before  # a VM's progress does not move capacity
-    moved = {**body, "status": {**body["status"], "host": "h2"}}
-    indexes._note("MODIFIED", moved, indexes._vm_input)
-    assert indexes._changes == before + 1
-    indexes._note("DELETED", moved, indexes._vm_input)
-    assert indexes._changes == before + 2 and "u-fleet" not in indexes._inputs

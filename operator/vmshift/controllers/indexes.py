@@ -7,19 +7,17 @@ controller modules add their own projections (``@VMS.index``) before the operato
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vmshift.api.common import GROUP, VERSION
 from vmshift.controllers.informer import Informer, Store, one, values, wait_synced
+from vmshift.controllers.livefleet import follow
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import (
     HostEntry,
     MigrationEntry,
     VMEntry,
-    build_fleet,
     forget_vm,
     index_host,
     index_migration,
@@ -92,45 +90,14 @@ async def ready() -> None:
     await wait_synced(INFORMERS)
 
 
-#: How old a fleet may be for decisions that tolerate it (conditions, queue passes): at least
-#: FLEET_MAX_AGE seconds, and long enough that rebuilding takes at most 1/FLEET_REBUILD_SHARE of
-#: the time (a 10,000-VM fleet takes ~0.1 s to build). A ``fresh`` fleet (placement, validation) is
-#: rebuilt only when something it is built from changed since: a cached object, an agent's facts,
-#: a placement this process made.
+#: How old a fleet may be for decisions that tolerate it (conditions, queue passes): a fleet
+#: assembled this recently serves them as is. A ``fresh`` fleet (placement, validation) shows every
+#: change the caches, the agents' facts and this process's placements hold when it is asked for.
 FLEET_MAX_AGE = 1.0
-FLEET_REBUILD_SHARE = 20
-_changes = 0
-#: What of each object the fleet is built from, by uid: an event that changes none of it (a VM's
-#: progress in status, a migration queued) leaves a fresh fleet fresh.
-_inputs: dict[str, tuple[Any, ...]] = {}
 
 
-def _host_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    return meta.get("generation"), meta.get("labels"), bool((status.get("remediation") or {}).get("action"))
-
-
-def _vm_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    return meta.get("generation"), meta.get("labels"), status.get("host"), status.get("processor")
-
-
-def _migration_input(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    entry = index_migration(body)
-    return entry.in_flight, entry.vm_key, entry.source, entry.target
-
-
-def _note(type: str, body: Mapping[str, Any], fleet_input: Callable[[Mapping[str, Any]], tuple[Any, ...]]) -> None:
-    """Count a change when the part of an object the fleet is built from changed (or it went)."""
-    global _changes
-    uid = str((body.get("metadata") or {}).get("uid", ""))
-    new = None if type == "DELETED" else fleet_input(body)
-    if _inputs.get(uid) != new:
-        _changes += 1
-        if new is None:
-            _inputs.pop(uid, None)
-        else:
-            _inputs[uid] = new
+#: The fleet, kept current by the informers' events: a change costs its own share, not a rebuild.
+LIVE = follow(HOSTS, VMS, MIGRATIONS, host_index, vm_index, migration_index)
 
 
 def host_names() -> Iterable[str]:
@@ -144,32 +111,10 @@ def forget_deleted_vm(type: str, body: Mapping[str, Any]) -> None:
         forget_vm(str((body.get("metadata") or {}).get("uid", "")))
 
 
-HOSTS.listen(lambda type, body: _note(type, body, _host_input))
-VMS.listen(lambda type, body: _note(type, body, _vm_input))
-MIGRATIONS.listen(lambda type, body: _note(type, body, _migration_input))
-
-
-@dataclass(frozen=True)
-class _Built:
-    at: float
-    took: float
-    inputs: tuple[int, int, int]  # (cache changes, agent facts version, placements' version)
-    fleet: Fleet
-
-
-_cached: _Built | None = None
 
 
 def fleet(*, fresh: bool = False) -> Fleet:
     """The scheduler's fleet: the caches, agent reports, placements in progress."""
-    global _cached
     rt = runtime()
-    now = time.monotonic()
-    inputs = (_changes, rt.agents.facts_version, rt.placements.version)
-    if _cached is not None and (_cached.inputs == inputs or (
-            not fresh and now - _cached.at < max(FLEET_MAX_AGE, _cached.took * FLEET_REBUILD_SHARE))):
-        return _cached.fleet
-    built = build_fleet(values(host_index), values(vm_index), values(migration_index), rt.agents.facts(),
-                        dict(rt.placements.items()))
-    _cached = _Built(now, time.monotonic() - now, inputs, built)
-    return built
+    return LIVE.fleet(rt.agents.facts(), rt.agents.facts_version, rt.placements,
+                      max_age=0.0 if fresh else FLEET_MAX_AGE)

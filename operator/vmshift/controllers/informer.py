@@ -118,6 +118,7 @@ class Informer:
         self.plural = plural
         self.stores: list[Store[Any]] = []
         self.listeners: list[Callable[[str, Body], None]] = []
+        self.relisted: list[Callable[[], None]] = []
         self.synced = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
@@ -134,6 +135,13 @@ class Informer:
         """Call ``fn(event type, body)`` after each change is in the stores (decorator): a waker
         that reads the stores next sees what woke it."""
         self.listeners.append(fn)
+        return fn
+
+    def on_listed(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn()`` after each complete listing is in the stores (decorator): a listing after the
+        watch lost its place drops objects without a DELETED event, so a listener that keeps its own
+        state from events looks at the stores whole again."""
+        self.relisted.append(fn)
         return fn
 
     # --- applied on the event loop -------------------------------------------------------------
@@ -153,6 +161,8 @@ class Informer:
         for store in self.stores:
             for gone in store.uids() - uids:
                 store.drop(gone)
+        for fn in self.relisted:
+            fn()
         self.synced.set()
 
     # --- read in a thread -----------------------------------------------------------------------

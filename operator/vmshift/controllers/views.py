@@ -8,7 +8,7 @@ into a :class:`~vmshift.scheduling.fleet.Fleet`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -337,7 +337,7 @@ def build_fleet(
     """The scheduler's fleet: allocation from the VMs placed on each host (plus placements in
     progress), reservations and slots from migrations in flight, health from the agents."""
     in_flight = [m for m in migrations if m.in_flight]
-    targets = {m.vm_key: m.target for m in in_flight}
+    targets = in_flight_targets(in_flight)
     vm_list = list(vms)
     placed = placed or {}
     allocated: dict[str, list[int]] = {}
@@ -366,46 +366,55 @@ def build_fleet(
                 r[1] += vm.memory_mib
         if m.source:
             outbound[m.source] = outbound.get(m.source, 0) + 1
-    host_views = []
-    for h in hosts:
-        spec = h.spec
-        facts = agents.get(h.name, AgentFacts())
-        model = facts.cpu_model or spec.cpu.model
-        try:
-            known = processor_info(model)
-            vendor, features = known.vendor, known.features
-        except ValueError:
-            vendor, features = facts.vendor or "", facts.features
-        cordon = spec.unschedulable or spec.maintenance or h.quarantined or h.problem is not None
-        reason = ("in maintenance" if spec.maintenance
-                  else "quarantined by remediation" if h.quarantined
-                  else f"its spec is refused ({h.problem})" if h.problem else "cordoned (spec.unschedulable)")
-        used = allocated.get(h.name, [0, 0])
-        res = reserved.get(h.name, [0, 0])
-        host_views.append(HostView(
-            name=h.name,
-            cpu_model=model,
-            vendor=vendor,
-            features=features,
-            cores=spec.cpu.cores,
-            memory_mib=spec.memoryMiB,
-            allocated_cpus=used[0],
-            allocated_memory_mib=used[1],
-            reserved_cpus=res[0],
-            reserved_memory_mib=res[1],
-            shared_volumes=frozenset(spec.storage.sharedVolumes),
-            passthrough_luns=frozenset(spec.storage.passthroughLuns),
-            schedulable=not cordon,
-            unschedulable_reason=reason,
-            healthy=facts.healthy,
-            reachable=facts.reachable,
-            labels=h.labels,
-            max_concurrent_migrations=spec.maxConcurrentMigrations,
-            inbound_migrations=inbound.get(h.name, 0),
-            outbound_migrations=outbound.get(h.name, 0),
-            bandwidth_mbps=float(spec.migrationBandwidthMbps),
-        ))
-    return Fleet(host_views, views)
+    return Fleet([host_view(h, agents.get(h.name, AgentFacts()), allocated.get(h.name, (0, 0)),
+                            reserved.get(h.name, (0, 0)), inbound.get(h.name, 0), outbound.get(h.name, 0))
+                  for h in hosts], views)
+
+
+def in_flight_targets(in_flight: Iterable[MigrationEntry]) -> dict[str, str | None]:
+    """Each VM's migration target, by VM key, over migrations in flight (pure). One VM has one in
+    flight, but should the caches show two for a moment, the newest (by creation, then name) counts."""
+    return {m.vm_key: m.target for m in sorted(in_flight, key=lambda m: (m.created, m.name))}
+
+
+def host_view(h: HostEntry, facts: AgentFacts, used: Sequence[int], reserved: Sequence[int], inbound: int,
+              outbound: int) -> HostView:
+    """The scheduler's view of one Host: its spec, what its agent reports, the cpus and memory VMs use
+    there (``used``) and migrations in flight reserve (``reserved``), and those migrations' count."""
+    spec = h.spec
+    model = facts.cpu_model or spec.cpu.model
+    try:
+        known = processor_info(model)
+        vendor, features = known.vendor, known.features
+    except ValueError:
+        vendor, features = facts.vendor or "", facts.features
+    cordon = spec.unschedulable or spec.maintenance or h.quarantined or h.problem is not None
+    reason = ("in maintenance" if spec.maintenance
+              else "quarantined by remediation" if h.quarantined
+              else f"its spec is refused ({h.problem})" if h.problem else "cordoned (spec.unschedulable)")
+    return HostView(
+        name=h.name,
+        cpu_model=model,
+        vendor=vendor,
+        features=features,
+        cores=spec.cpu.cores,
+        memory_mib=spec.memoryMiB,
+        allocated_cpus=used[0],
+        allocated_memory_mib=used[1],
+        reserved_cpus=reserved[0],
+        reserved_memory_mib=reserved[1],
+        shared_volumes=frozenset(spec.storage.sharedVolumes),
+        passthrough_luns=frozenset(spec.storage.passthroughLuns),
+        schedulable=not cordon,
+        unschedulable_reason=reason,
+        healthy=facts.healthy,
+        reachable=facts.reachable,
+        labels=h.labels,
+        max_concurrent_migrations=spec.maxConcurrentMigrations,
+        inbound_migrations=inbound,
+        outbound_migrations=outbound,
+        bandwidth_mbps=float(spec.migrationBandwidthMbps),
+    )
 
 
 def in_flight_summary(entries: Iterable[MigrationEntry], now: datetime) -> tuple[int, float]:

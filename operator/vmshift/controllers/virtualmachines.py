@@ -41,6 +41,7 @@ from vmshift.controllers.vmstatus import (
     migration_name,
     needs_resync,
     orphan_guests,
+    report_suffices,
     resync_candidates,
     running_copies,
     running_status,
@@ -88,6 +89,10 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
         link = rt.agents.get(host)
         if link is None or link.info is None:
             raise _UnknownLocation(host)
+        reported = link.vms.get(entry.uid)
+        if link.reachable and report_suffices(reported, link.reported_at, rt.started_at, entry.spec.running):
+            assert reported is not None
+            return host, reported
         try:
             info: VmInfo | None = await link.client.get_vm(entry.uid)
         except AgentUnreachableError:

@@ -235,6 +235,22 @@ def ever_placed(status: Mapping[str, Any]) -> bool:
     return bool(status.get("host") or status.get("startedAt") or status.get("lastMigration"))
 
 
+def report_suffices(report: VmInfo | None, reported_at: float, since: float, wants_running: bool) -> bool:
+    """May the agent's last report of a guest stand in for asking the agent now? (pure)
+
+    Only a report taken after ``since`` (the operator's start: nothing older is trusted across a
+    restart) that shows the guest resident and in the state the spec asks for, so it leads to no
+    action: a settled fleet is re-checked without one agent call per VM. A report that would make
+    the operator start or stop the guest is confirmed by a live call first (it may be a poll old),
+    and one that is wrong in a way needing no action is corrected by the next poll and resync.
+    """
+    if report is None or reported_at <= since or report.state not in RESIDENT:
+        return False
+    if wants_running:
+        return report.state not in (VmState.Defined, VmState.Stopped)
+    return report.state is not VmState.Running
+
+
 def start_baseline(view: VMView, host: str, fleet_now: Fleet) -> frozenset[str] | None:
     """In compatibility mode, the fleet's baseline a guest starting on ``host`` gets (pure; None: not
     in compatibility mode, or ``host`` unknown)."""

@@ -217,6 +217,23 @@ class Fleet:
             g: {h: frozenset(keys) for h, keys in by_host.items()} for g, by_host in groups.items()
         }
 
+    @classmethod
+    def assembled(cls, hosts: dict[str, HostView], vms: dict[str, VMView], on_host: dict[str, tuple[str, ...]],
+                  group_hosts: dict[str, dict[str, frozenset[str]]], *, memo_of: Fleet | None = None) -> Fleet:
+        """A fleet from lookups already derived (by a caller that keeps them current change by change):
+        ``on_host`` the sorted keys of the VMs on each host, ``group_hosts`` each anti-affinity
+        group's members by host (where they run or move to). The maps become the fleet's: the caller
+        hands over copies and never changes them after. ``memo_of``: a fleet with the same hosts,
+        whose answers that depend on the hosts alone (:meth:`per_hosts`) this one shares."""
+        other = cls.__new__(cls)
+        other._hosts = hosts
+        other._vms = vms
+        other._on_host = on_host
+        other._group_hosts = group_hosts
+        other._planned = {}
+        other._memo = memo_of._memo if memo_of is not None else {}
+        return other
+
     # --- lookups -------------------------------------------------------------------------------
 
     @property
