@@ -9,10 +9,10 @@ from typing import Any, cast
 
 import pytest
 
-from vmshift.controllers import virtualmachines
+from vmshift.controllers import indexes, virtualmachines
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.runtime import reset_runtime, runtime
-from vmshift.controllers.views import index_vm
+from vmshift.controllers.views import index_migration, index_vm
 from vmshift.controllers.vmstatus import report_suffices
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
 
@@ -92,3 +92,16 @@ def test_report_suffices_only_for_a_resident_guest_in_the_state_asked_for() -> N
     assert not report_suffices(info(VmState.Running), now - 2, now - 1, wants_running=True)
     assert not report_suffices(info(VmState.Stopped), now, now - 1, wants_running=True)
     assert not report_suffices(info(VmState.Running), now, now - 1, wants_running=False)
+
+
+async def test_after_a_migration_ended_here_the_agent_is_asked(link: AgentLink,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source's report from before the switchover still shows the guest Running there: a body
+    from before the migration's last write must not be confirmed by it."""
+    report(link, VmState.Running, after_start=True)
+    moved = index_migration({"metadata": {"name": "m-1", "namespace": "ns", "uid": "u-m"},
+                             "spec": {"vmName": "a"}, "status": {"phase": "Succeeded"}})
+    monkeypatch.setattr(indexes, "migrations_by_vm", {"ns/a": [moved]})
+    runtime().gate.finished.expect("ns/m-1", None)
+    await virtualmachines._locate(index_vm(vm_body()), True)
+    assert cast(CountingClient, link.client).calls == 1

@@ -75,6 +75,14 @@ def _defer(key: str, why: str, logger: kopf.Logger | logging.Logger) -> None:
         logger.info(f"{key}: looked at again within {DEFERRED_RESYNC_SECONDS:.0f} s: {why}")
 
 
+def _moved_here(key: str) -> bool:
+    """Did a migration of this VM end in this process? Then a source's report from before its
+    switchover may still show the guest there (and a body from before it the source in status):
+    only the agent's live answer says where it runs."""
+    finished = runtime().gate.finished
+    return any(m.key in finished for m in indexes.migrations_by_vm.get(key) or [])
+
+
 async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | None:
     """Where the guest lives: (host, info), or None when nowhere; _UnknownLocation when it cannot be known now.
 
@@ -90,7 +98,8 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
         if link is None or link.info is None:
             raise _UnknownLocation(host)
         reported = link.vms.get(entry.uid)
-        if link.reachable and report_suffices(reported, link.reported_at, rt.started_at, entry.spec.running):
+        if (link.reachable and report_suffices(reported, link.reported_at, rt.started_at, entry.spec.running)
+                and not _moved_here(entry.key)):
             assert reported is not None
             return host, reported
         try:
