@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kopf
+import pytest
 
 from tests.scheduling.strategies import host, vm
 from vmshift.api.reasons import FailureReason, MigrationMode
@@ -184,3 +185,30 @@ async def test_a_vm_the_cache_has_on_no_host_is_read_from_the_api_before_a_refus
     assert await migrationrun.newest_vm(run, index_vm(body(None))) is None, "a VM the API has not: none"
     cached = index_vm(body("h2"))
     assert await migrationrun.newest_vm(run, cached) is cached, "a cached host is not looked up again"
+
+
+async def test_an_agent_not_heard_from_yet_is_waited_for_not_judged_unreachable(monkeypatch: Any) -> None:
+    # Seen in the chaos campaign (seed 7071): SIGTERM 40 ms after two migrations were created; the next
+    # operator validated the second before its first poll of the source agent and failed it
+    # AgentUnreachable, although every agent was healthy.
+    from vmshift.controllers.agents import AgentLink
+    from vmshift.controllers.migrationrun import MigrationFailedError, agent_link
+    from vmshift.controllers.runtime import runtime
+    from vmshift.hypervisor.protocol import HostInfo
+
+    fresh = AgentLink(host="a", endpoint="http://127.0.0.1:1", token="t", client=cast(Any, None))
+    lost = AgentLink(host="b", endpoint="http://127.0.0.1:2", token="t", client=cast(Any, None),
+                     info=cast(HostInfo, object()), failures=5)
+    monkeypatch.setattr(runtime().agents, "_links", {"a": fresh, "b": lost})
+    waited: list[bool] = []
+
+    async def wait_synced(hosts: Any, patience: float = 15.0) -> bool:
+        waited.append(True)
+        fresh.info, fresh.reachable = cast(HostInfo, object()), True  # its first poll answers
+        return True
+
+    monkeypatch.setattr(runtime().agents, "wait_synced", wait_synced)
+    assert await agent_link("a") is fresh and waited == [True]
+    with pytest.raises(MigrationFailedError) as refused:
+        await agent_link("b")  # heard from, then lost: judged at once
+    assert refused.value.reason is FailureReason.AgentUnreachable and waited == [True]
