@@ -155,6 +155,9 @@ class Runtime:
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain
     #: pass, and the status they make, all run again when it is set.
     host_wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Set by the operator's cleanup before it closes the agent links: a daemon Kopf spawned while the
+    #: operator was already stopping never gets its stop flag, yet sees the links closed under it.
+    stopping: bool = False
 
     def wake_host(self, name: str) -> None:
         """Ask the supervisor of Host ``name`` for a pass now (no-op when it does not run)."""
