@@ -43,7 +43,7 @@ async def move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) ->
         raise MigrationFailedError(FailureReason.AlreadyMigrating,
                                    f"{run.vm_name} already has a migration in flight ({exc.holder}); this request "
                                    f"is refused. Wait for it to end, or delete it, then ask again.") from None
-    source_link, target_link = await agent_link(run.source), await agent_link(run.target)
+    source_link, target_link = agent_link(run.source), agent_link(run.target)
     try:
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:

@@ -85,14 +85,8 @@ class Run:
                              "uid": self.vm.uid if self.vm else ""}}
 
 
-async def agent_link(host: str | None) -> AgentLink:
-    """The link to ``host``'s agent, or AgentUnreachable. An agent not heard from yet (the operator just
-    started: every link looks unreachable until its first poll) is waited for, not judged."""
-    rt = runtime()
-    link = rt.agents.get(host or "")
-    if link is not None and not link.reachable and link.info is None:
-        await rt.agents.wait_synced(indexes.host_names)
-        link = rt.agents.get(host or "")
+def agent_link(host: str | None) -> AgentLink:
+    link = runtime().agents.get(host or "")
     if link is None or not link.reachable:
         raise MigrationFailedError(FailureReason.AgentUnreachable,
                                    f"The agent of {host} is not reachable; the VM stays where it is. "

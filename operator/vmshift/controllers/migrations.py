@@ -98,8 +98,6 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
                     admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
-    # Right after a start the fleet knows no agent's facts yet: judge no host before each has answered.
-    await runtime().agents.wait_synced(indexes.host_names)
     vm = await newest_vm(run, one(indexes.vm_index, run.vm_key))
     if vm is None:
         raise MigrationFailedError(FailureReason.VirtualMachineNotRunning,
@@ -166,7 +164,7 @@ async def _released_or_stopped(released: asyncio.Event, stopped: kopf.DaemonStop
 async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: VirtualMachineMigrationSpec) -> None:
     vm = run.vm
     assert vm is not None and run.source is not None
-    source_link, target_link = await agent_link(run.source), await agent_link(target)
+    source_link, target_link = agent_link(run.source), agent_link(target)
     try:
         info = await source_link.client.get_vm(vm.uid)
     except AgentError as exc:
@@ -564,7 +562,7 @@ async def drive_migration(
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
         verdict = await unless_deleted(run, exc, as_failure(run, exc))
-        if leaving(stopped):
+        if leaving(stopped) or rt.stopping:
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.
             logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); not recording "
