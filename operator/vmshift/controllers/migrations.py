@@ -563,7 +563,7 @@ async def drive_migration(
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
         verdict = await unless_deleted(run, exc, as_failure(run, exc))
-        if leaving(stopped):
+        if leaving(stopped) or rt.stopping:
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.
             logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); not recording "
