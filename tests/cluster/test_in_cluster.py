@@ -246,6 +246,9 @@ def test_uninstall_leaves_nothing_behind(cluster: InCluster) -> None:
     for ns in cluster.namespaces:
         cluster.kubectl("wait", "--for=delete", f"namespace/{ns}", "--timeout=180s", timeout=200)
     cluster.kubectl("delete", "migrationpolicies.vmshift.io", "--all")
+    # A RemediationPolicy carries the operator's finalizer too: deleted with the CRD while the
+    # operator's Deployment goes, it held the CRD's deletion past 240 s (seen in a CI run).
+    cluster.kubectl("delete", "remediationpolicies.vmshift.io", "--all", "--wait=true", "--timeout=120s", timeout=140)
     cluster.kubectl("delete", "-f", str(SAMPLE_HOSTS), "--wait=true", "--timeout=120s", timeout=140)
     cluster.kubectl("delete", "-k", str(OVERLAY), "--wait=true", "--timeout=240s", timeout=260)
     crds = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
