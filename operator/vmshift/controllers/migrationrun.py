@@ -105,12 +105,19 @@ async def newest_vm(run: Run, cached: VMEntry | None) -> VMEntry | None:
     created the moment its VM reports Running is not refused by a cache one watch event behind."""
     if cached is not None and cached.host:
         return cached
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the cache's answer stands when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+    read, body = await _read_vm(run)
+    if not read:  # the cache's answer stands when the API cannot be asked
         return cached
     return index_vm(body) if body is not None else None
+
+
+async def _read_vm(run: Run) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the API server answered, the VM's body as it has it now or None when it has none)."""
+    try:
+        return True, await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return False, None
 
 
 def as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
@@ -133,10 +140,8 @@ async def unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError
     may not have seen the deletion yet), and say so."""
     if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
         return verdict
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the agent's own words stand when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+    read, body = await _read_vm(run)
+    if not read:  # the agent's own words stand when the API cannot be asked
         return verdict
     if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
         return verdict

@@ -93,8 +93,6 @@ def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return phase is not None and MigrationPhase(phase).finished
 
 
-
-
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
                     admitted: str | None = None) -> ChosenMove:
     """Read the VM and the fleet, then :func:`decide_move`. ``admitted``: the target the queue admitted."""
@@ -426,10 +424,6 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
             metrics.MIGRATION_REFUSALS.labels(reason=reason.value).inc()
     rt.gate.release(run.key)
     rt.gate_released()
-
-
-
-
 
 
 async def _collect_garbage(run: Run) -> None:
