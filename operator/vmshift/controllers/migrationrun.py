@@ -60,17 +60,21 @@ class Run:
     def vm_key(self) -> str:
         return f"{self.namespace}/{self.vm_name}"
 
-    async def patch(self, status: dict[str, Any]) -> None:
+    async def patch(self, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the migration's status: the object as written (None when it is gone)."""
         self.status.update(status)
         self.last_patch = time.monotonic()
-        await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
+        return await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
 
-    async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
-        await self.patch({"phase": phase.value, "observedGeneration": self.generation,
-                          "conditions": migration_conditions(self.status, phase, reason, message, self.generation),
-                          **extra})
+    async def set_phase(self, phase: MigrationPhase, reason: str, message: str,
+                        **extra: Any) -> dict[str, Any] | None:
+        written = await self.patch({"phase": phase.value, "observedGeneration": self.generation,
+                                    "conditions": migration_conditions(self.status, phase, reason, message,
+                                                                       self.generation),
+                                    **extra})
         if self.vm_phase is not None and phase in IN_FLIGHT and phase is not self.vm_phase:
             await self.mark_vm(phase)
+        return written
 
     async def mark_vm(self, phase: MigrationPhase) -> None:
         """The VM's status.migration follows the migration's phase while it is in flight."""

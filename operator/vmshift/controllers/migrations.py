@@ -55,6 +55,7 @@ from vmshift.controllers.migration_decisions import (
     switchover_message,
     target_verdict,
     unacknowledged_note,
+    withdrawn_before_admission,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, as_failure, newest_vm, policy_for, unless_deleted
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
@@ -523,10 +524,13 @@ async def drive_migration(
                     await _finish(run, MigrationPhase.Cancelled)
                     return
                 # Both before any agent acts (a restarted daemon finds Validating, asks the source); one round trip.
-                await asyncio.gather(
+                written, _vm = await asyncio.gather(
                     run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                   targetHost=target, mode=mode.value, policy=run.policy.name),
                     run.mark_vm(MigrationPhase.Validating))
+                if withdrawn_before_admission(written):
+                    await _finish(run, MigrationPhase.Cancelled)
+                    return
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
