@@ -47,6 +47,18 @@ def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
     return StopAction.Leave
 
 
+def withdrawn_before_admission(written: Mapping[str, Any] | None) -> bool:
+    """Whether the migration was deleted before its admission was written (pure): ``written`` is the
+    object as the API server answered that write (None when it was gone already).
+
+    A drain withdraws a queued migration by a delete conditional on the version it saw queued, and
+    the admission is a write that changes that version, so the API server orders the two: when the
+    answer to the write already carries a deletion time, the withdrawal came first and no agent may
+    be asked to move anything. Kopf's own stop flag comes later, with the watch event.
+    """
+    return written is None or bool((written.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def as_sentence(text: str) -> str:
     """``text`` ending as a sentence does (pure): an agent's message may lack the final stop, and the
     controller appends its own sentence after it."""

@@ -55,6 +55,7 @@ from vmshift.controllers.migration_decisions import (
     switchover_message,
     target_verdict,
     unacknowledged_note,
+    withdrawn_before_admission,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, as_failure, newest_vm, policy_for, unless_deleted
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
@@ -91,8 +92,6 @@ SWITCHOVER_WAIT_SECONDS = 5.0
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     phase = (status or {}).get("phase")
     return phase is not None and MigrationPhase(phase).finished
-
-
 
 
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
@@ -429,10 +428,6 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     await virtualmachines.recheck(run.vm_key, logging.getLogger("vmshift.migrations"))
 
 
-
-
-
-
 async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
     ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
@@ -530,10 +525,13 @@ async def drive_migration(
                     await _finish(run, MigrationPhase.Cancelled)
                     return
                 # Both before any agent acts (a restarted daemon finds Validating, asks the source); one round trip.
-                await asyncio.gather(
+                written, _vm = await asyncio.gather(
                     run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                   targetHost=target, mode=mode.value, policy=run.policy.name),
                     run.mark_vm(MigrationPhase.Validating))
+                if withdrawn_before_admission(written):
+                    await _finish(run, MigrationPhase.Cancelled)
+                    return
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
