@@ -54,6 +54,7 @@ def test_the_strategy_follows_the_report_and_each_round_keeps_the_one_it_ran_und
     assert strategy_of(report(0)) is MigrationStrategy.PreCopy
     assert strategy_of(report(3, throttle=20)) is MigrationStrategy.AutoConverge
     assert strategy_of(report(3, mode=MigrationMode.Quick)) is MigrationStrategy.Quick
+    assert strategy_of(report(3).model_copy(update={"postcopy": True})) is MigrationStrategy.PostCopy
     ledger = RoundLedger()
     progress_status(report(2, rounds=2), ledger)  # rounds 0, 1 done, 2 under way, no throttle
     out = progress_status(report(4, throttle=20, rounds=4), ledger)  # round 3 ended unseen, 4 throttled

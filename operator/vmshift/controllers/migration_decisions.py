@@ -156,7 +156,10 @@ class ProgressWatch:
 
 def strategy_of(report: MigrationStatus) -> MigrationStrategy:
     """The ladder rung a migration runs under now, from its agent's report (pure): Quick once it
-    fell back (or was asked for), AutoConverge while the guest is throttled, else PreCopy."""
+    fell back (or was asked for), PostCopy once it switched to post-copy, AutoConverge while the guest is
+    throttled, else PreCopy."""
+    if report.postcopy:
+        return MigrationStrategy.PostCopy
     if report.mode is MigrationMode.Quick:
         return MigrationStrategy.Quick
     if report.throttle_percent > 0:

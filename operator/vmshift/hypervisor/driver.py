@@ -143,6 +143,9 @@ class TransferProgress:
     downtime_ms: float | None = None
     duration_ms: float | None = None
     error: str | None = None
+    #: The guest is paused on the source while the last of its state crosses (QEMU: ``device``,
+    #: ``pre-switchover``): the switchover is under way.
+    switching_over: bool = False
 
     @property
     def finished(self) -> bool:
@@ -215,6 +218,11 @@ class GuestDriver(Protocol):
 
     async def switch_to_postcopy(self, vm_id: str) -> None:
         """Run the guest on the target now and let it pull the rest (only when post-copy was allowed)."""
+        ...
+
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        """Let the transfer under way pause the guest for up to ``downtime_ms`` to finish: the ladder's
+        Quick step when pre-copy does not converge (the guest arrives running, after that pause)."""
         ...
 
     async def cancel(self, vm_id: str) -> TransferProgress:

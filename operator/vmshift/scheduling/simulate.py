@@ -204,8 +204,9 @@ def simulate(
             flow.final_outcome = "AutoConverge" if flow.throttle > 0 else "Live"
             pause(flow, dirtied)
             return None
-        if action.kind is ActionKind.Quick:
-            flow.final_outcome = "Quick"
+        if action.kind in (ActionKind.Quick, ActionKind.PostCopy):
+            # Post-copy runs the guest on the target at once, but the rest still crosses the link.
+            flow.final_outcome = action.kind.value
             pause(flow, dirtied)
             return None
         if action.kind is ActionKind.Fail:

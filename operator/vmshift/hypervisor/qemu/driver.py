@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -94,6 +95,8 @@ SAVE_SECONDS = 120.0
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
 DEFAULT_DOWNTIME_LIMIT_MS = 300
+#: The largest ``downtime-limit`` QEMU accepts (its MAX_MIGRATE_DOWNTIME, 2000 s).
+MAX_DOWNTIME_LIMIT_MS = 2_000_000
 PR_SET_PDEATHSIG = 1
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
@@ -486,6 +489,14 @@ class QemuDriver:
         if guest.role != "source":
             raise DriverError(f"VM {vm_id} is not being migrated from this host")
         await self._execute(guest, "migrate-start-postcopy")
+
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        guest = self._guest(vm_id)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} is not being migrated from this host")
+        limit = max(1, min(math.ceil(downtime_ms), MAX_DOWNTIME_LIMIT_MS))
+        await self._execute(guest, "migrate-set-parameters", {"downtime-limit": limit})
+        log.info("VM %s: QEMU may now pause it for up to %d ms to finish the transfer", vm_id, limit)
 
     async def cancel(self, vm_id: str) -> TransferProgress:
         guest = self._guest(vm_id)
