@@ -12,7 +12,14 @@ from vmshift.api.reasons import MigrationMode, MigrationPhase
 from vmshift.api.statuspatch import StatusPatchError, status_patch
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.hosts import HostInputs, heartbeat, host_status
-from vmshift.controllers.migration_decisions import RoundLedger, migration_conditions, progress_status, strategy_of
+from vmshift.controllers.migration_decisions import (
+    RoundLedger,
+    migration_conditions,
+    progress_status,
+    shown_phase,
+    strategy_of,
+    switchover_message,
+)
 from vmshift.controllers.views import VMEntry, index_vm, parse_host_spec, parse_vm_spec, vm_view
 from vmshift.controllers.vmstatus import (
     failed_start_status,
@@ -48,6 +55,15 @@ def test_a_status_key_outside_the_model_fails_at_any_depth() -> None:
     # None clears a field in a merge patch: kept as None
     assert status_patch("virtualmachines", {"migration": None, "phase": "Running"}) == {"migration": None,
                                                                                        "phase": "Running"}
+
+
+def test_a_move_switched_to_postcopy_shows_switching_over_and_says_the_guest_runs_on_the_target() -> None:
+    postcopy = report(3, phase=MigrationPhase.SwitchingOver).model_copy(update={"postcopy": True})
+    assert shown_phase(postcopy) is MigrationPhase.SwitchingOver
+    assert progress_status(postcopy)["strategy"] == "PostCopy"
+    message = switchover_message("vm-1", "h1", "h2", postcopy)
+    assert "switched to post-copy and runs on h2" in message and "paused" not in message, message
+    assert "paused on h1" in switchover_message("vm-1", "h1", "h2", report(3, phase=MigrationPhase.SwitchingOver))
 
 
 def test_the_strategy_follows_the_report_and_each_round_keeps_the_one_it_ran_under() -> None:

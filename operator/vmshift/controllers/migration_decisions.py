@@ -239,6 +239,9 @@ def switchover_go_due(report: MigrationStatus, written_phase: str | None, cancel
 
 def switchover_message(vm: str, source: str | None, target: str | None, report: MigrationStatus) -> str:
     """The SwitchingOver condition's message."""
+    if report.postcopy:
+        return (f"Pre-copy did not converge after round {report.round}: {vm} switched to post-copy and runs on "
+                f"{target}, which pulls the {report.remaining_mib:.2f} MiB it still lacks from {source}.")
     return (f"Pre-copy converged after round {report.round} with {report.remaining_mib:.2f} MiB left: {vm} is "
             f"paused on {source} for the final copy and resumed on {target}.")
 
