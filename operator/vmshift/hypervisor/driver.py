@@ -15,7 +15,8 @@ paused and waiting, and returns where the source must send), the source's agent 
 ``IncomingEndpoint`` to ``migrate`` with the policy's ``MigrationParameters`` and polls
 ``progress`` (which the agent turns into MigrationStatus rounds, remaining, dirty rate, throughput,
 expected downtime); ``cancel`` stops a transfer before its commit point and leaves the guest running
-on the source; ``switch_to_postcopy`` is the policy ladder's last step when post-copy is allowed.
+on the source; ``switch_to_postcopy`` is the policy ladder's last step when post-copy is allowed,
+``allow_downtime`` its Quick step (the transfer may pause the guest long enough to send the rest).
 When ``progress`` says ``Completed``, the guest runs on the target and the source's copy is
 released with ``delete``; on ``Failed`` or ``Cancelled`` the source's guest runs and the target's
 agent calls ``abort_incoming``.

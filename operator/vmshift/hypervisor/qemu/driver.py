@@ -23,7 +23,10 @@ qcow2 images disks.py's.
   ``query-migrate``); the source gets ``migrate-set-capabilities`` (auto-converge, post-copy when
   allowed), ``migrate-set-parameters`` (downtime-limit, max-bandwidth) and ``migrate``.
   ``progress`` is ``query-migrate``: rounds are QEMU's dirty-sync-count, and the final
-  ``downtime`` is QEMU's own measurement. A transfer that fails or is cancelled before it
+  ``downtime`` is QEMU's own measurement. The agent's ladder steps in through
+  ``switch_to_postcopy`` (``migrate-start-postcopy``; the target always has ``postcopy-ram`` on, the
+  source only when the policy allows it) and ``allow_downtime`` (a larger ``downtime-limit``: QEMU
+  stops the guest, sends the rest, and the target runs it). A transfer that fails or is cancelled before it
   completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
   the source completes only after the target loaded the state: a target that fails to load it
   makes the source fail the transfer and run the guest again.
