@@ -309,17 +309,21 @@ def test_the_target_qemu_killed_mid_transfer_leaves_the_guest_on_its_source(gues
 
 
 def _ladder_policy(guest: Guest, ladder: list[str]) -> str:
-    """A policy above the slow one for the guest: one round on the ladder's first rung, then ``ladder``."""
+    """The guest's policy in place of the slow one: one round on the ladder's first rung, then ``ladder``."""
     fleet = guest.fleet
     name = f"{guest.ns}-ladder"
+    fleet.kube.kubectl("delete", "migrationpolicy", f"{guest.ns}-slow", "--ignore-not-found", "--wait=true",
+                       "--timeout=60s", timeout=90)
     fleet.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "MigrationPolicy", "metadata": {"name": name},
-                 "spec": {"selector": {"namespaces": [guest.ns]}, "precedence": 2000, "bandwidthMbps": LADDER_MBPS,
+                 "spec": {"selector": {"namespaces": [guest.ns]}, "precedence": 1000, "bandwidthMbps": LADDER_MBPS,
                           "maxDowntimeMs": 300, "maxRounds": 1, "stallRounds": 1, "ladder": ladder}})
+    generation = fleet.get("migrationpolicy", name)["metadata"]["generation"]
 
-    def governs() -> dict[str, Any] | None:
+    def governs() -> dict[str, Any] | None:  # this ladder, not the one an earlier test applied
         status = fleet.status("migrationpolicy", name)
-        return status if status.get("selectedVirtualMachines") == 1 else None
-    wait_for(governs, f"MigrationPolicy {name} to govern the guest", 60)
+        current = status.get("observedGeneration") == generation and status.get("selectedVirtualMachines") == 1
+        return status if current else None
+    wait_for(governs, f"MigrationPolicy {name} (generation {generation}) to govern the guest", 60)
     return name
 
 
