@@ -374,14 +374,15 @@ def test_a_ladder_ending_in_quick_lets_qemu_pause_the_guest_for_the_rest(guest: 
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
     source, target = (b, a) if guest.fleet.copies(guest.uid).get(b) else (a, b)
-    # the rest (the 8 MiB region and what the kernel dirtied) crosses 3 MB/s in about 3 s: within 20 s
+    # the rest (the 8 MiB region and what the kernel dirtied) would cross 3 MB/s in about 3 s: within 20 s
     _ladder_policy(guest, ["PreCopy", "Quick"], allowQuick=True, maxDowntimeMs=20_000)
     last = guest.check()
     status = guest.migrate("quick-fallback", target)
     assert status["phase"] == "Succeeded", status
     assert status.get("strategy") == "Quick" and status["mode"] == "Quick", status
     agent = guest.agent_migration(source, fleet.get("vsmig", "quick-fallback", guest.ns)["metadata"]["uid"])
-    assert agent.downtime_ms is not None and 300 < agent.downtime_ms < 20_000, agent
+    # QEMU lifts its bandwidth cap for the last copy: the pause is the uncapped link's, within the budget
+    assert agent.downtime_ms is not None and agent.downtime_ms <= 20_000, agent
     assert status["downtimeMs"] == agent.downtime_ms
     assert "falling back to quick" in fleet.stack.agents[source].log_tail(300)
     print(f"\nquick fallback: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
