@@ -147,6 +147,8 @@ class QemuSourceMigration(SourceMigration):
         try:
             progress = await self._follow()
         except (asyncio.CancelledError, MigrationFailed):
+            if self._postcopy:  # nothing to stop: the guest runs on the target, QEMU's stream decides
+                raise
             progress = await self._stop_transfer()
             if progress.phase is not TransferPhase.Completed:
                 raise
@@ -167,12 +169,17 @@ class QemuSourceMigration(SourceMigration):
             if progress.phase is TransferPhase.Completed:
                 return progress
             if progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled):
+                if self._postcopy:
+                    raise MigrationFailed(FailureReason.TargetLost, f"QEMU's post-copy failed: "
+                                          f"{progress.error or 'the target QEMU went away'}; the guest had switched "
+                                          "to the target and its memory was split between the hosts")
                 self._check_target()  # the target's own word first, when it sent one
                 raise MigrationFailed(FailureReason.TargetLost,
                                       f"QEMU's transfer {progress.phase.value.lower()}: "
                                       f"{progress.error or 'the target QEMU went away'}; the VM keeps running on "
                                       "the source")
-            self._check_target()
+            if not self._postcopy:  # after the switch the target agent may well close its stream: QEMU's decides
+                self._check_target()
             action = self.rounds.judge(progress)
             if action is not None:
                 await self._act(action, progress)
@@ -302,7 +309,7 @@ class QemuSourceMigration(SourceMigration):
                           self.vm_id, exc)
             await asyncio.to_thread(self._saved.path.unlink, True)
             self._saved = None
-        elif self._qemu_started:
+        elif self._qemu_started and not self._postcopy:
             progress = await self._stop_transfer()
             if progress.phase is TransferPhase.Completed:  # should not happen: the caller checked
                 log.error("migration %s: QEMU completed the transfer the agent was failing", self.migration_id)
