@@ -7,9 +7,9 @@ the AMD host, stays on its source when its migration is deleted mid-transfer, st
 source when the target's QEMU is killed mid-transfer, stays on its source when pre-copy does not
 converge and the policy's ladder has nothing after it (NotConverging), moves by post-copy when the
 ladder ends in PostCopy, and moves with one longer pause when it ends in Quick. After every step the
-guest's serial stream (its consoles on every host it ran on, in order) must show its counter going up by one each tick,
-never restarting and never repeating, with every memory checksum the one the host-side replay of its
-writes predicts; and exactly one host must hold it.
+guest's serial stream (its consoles on every host it ran on, in order) must show its counter going up
+by one each tick, never restarting and never repeating, with every memory checksum the one the
+host-side replay of its writes predicts; and exactly one host must hold it.
 """
 
 from __future__ import annotations
