@@ -308,6 +308,29 @@ async def test_save_and_restore_in_place_after_a_capped_attempt_runs_uncapped(ho
     check_stream()
 
 
+async def test_allowing_the_rest_as_downtime_finishes_a_slow_transfer_with_the_guest_running_on_the_target(
+        hosts: Hosts) -> None:
+    """The ladder's Quick step under QEMU: the downtime limit grows to the pause the rest needs, QEMU stops the
+    guest, sends the rest and the target runs it (it arrives running, not paused). QEMU lifts its bandwidth
+    cap for that last copy, so the pause is the uncapped link's, within the limit given."""
+    source, target, _, before = await _slow_transfer(hosts)
+    with pytest.raises(DriverError, match="not being migrated from this host"):
+        await target.allow_downtime(VM, 1000)
+    progress = await source.progress(VM)
+    assert progress.phase is TransferPhase.Active and progress.remaining_mib > 1, \
+        f"at 8 Mbit/s with a 300 ms limit QEMU cannot have switched over by itself: {progress}"
+    limit_ms = progress.remaining_mib * 2**20 / 1e6 * 1000 * 1.5 + 100
+    await source.allow_downtime(VM, limit_ms)
+    progress, _ = await follow(source, within=TICKS_SECONDS)
+    assert progress.phase is TransferPhase.Completed, progress
+    assert progress.downtime_ms is not None and progress.downtime_ms <= limit_ms, progress
+    JOURNEY.timings["quick_fallback_downtime_ms"] = progress.downtime_ms
+    await running_on(target)
+    await JOURNEY.moved(source, target)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
+    check_stream()
+
+
 async def test_switch_to_postcopy_finishes_a_slow_transfer_on_the_target(hosts: Hosts) -> None:
     source, target, _, before = await _slow_transfer(hosts, postcopy=True)
     started = time.monotonic()

@@ -168,7 +168,10 @@ class ProgressWatch:
 
 def strategy_of(report: MigrationStatus) -> MigrationStrategy:
     """The ladder rung a migration runs under now, from its agent's report (pure): Quick once it
-    fell back (or was asked for), AutoConverge while the guest is throttled, else PreCopy."""
+    fell back (or was asked for), PostCopy once it switched to post-copy, AutoConverge while the guest is
+    throttled, else PreCopy."""
+    if report.postcopy:
+        return MigrationStrategy.PostCopy
     if report.mode is MigrationMode.Quick:
         return MigrationStrategy.Quick
     if report.throttle_percent > 0:
@@ -248,6 +251,9 @@ def switchover_go_due(report: MigrationStatus, written_phase: str | None, cancel
 
 def switchover_message(vm: str, source: str | None, target: str | None, report: MigrationStatus) -> str:
     """The SwitchingOver condition's message."""
+    if report.postcopy:
+        return (f"Pre-copy did not converge after round {report.round}: {vm} switched to post-copy and runs on "
+                f"{target}, which pulls the {report.remaining_mib:.2f} MiB it still lacks from {source}.")
     return (f"Pre-copy converged after round {report.round} with {report.remaining_mib:.2f} MiB left: {vm} is "
             f"paused on {source} for the final copy and resumed on {target}.")
 

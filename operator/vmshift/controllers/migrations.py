@@ -192,6 +192,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
                                            initial_percent=policy.throttle[0], step_percent=policy.throttle[1],
                                            max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
+        fallback_to_postcopy=policy.allows_postcopy,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         link_share=LinkShareSettings.model_validate(spec.linkShare.model_dump()) if spec.linkShare else None,

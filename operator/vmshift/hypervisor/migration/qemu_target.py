@@ -76,8 +76,9 @@ class QemuTargetMigration(TargetMigration):
             if self._ready:
                 return
             if self.record.mode is MigrationMode.Live:
+                # post-copy on: the source's QEMU decides whether it is used (when its policy allows it)
                 self.endpoint = await self.driver.prepare_incoming(self.vm_id, self.guest.definition, self.cpu,
-                                                                   MigrationParameters())
+                                                                   MigrationParameters(postcopy_allowed=True))
             else:
                 await self.driver.define(self.vm_id, self.guest.definition)
             self._ready = True

@@ -23,7 +23,10 @@ qcow2 images disks.py's.
   ``query-migrate``); the source gets ``migrate-set-capabilities`` (auto-converge, post-copy when
   allowed), ``migrate-set-parameters`` (downtime-limit, max-bandwidth) and ``migrate``.
   ``progress`` is ``query-migrate``: rounds are QEMU's dirty-sync-count, and the final
-  ``downtime`` is QEMU's own measurement. A transfer that fails or is cancelled before it
+  ``downtime`` is QEMU's own measurement. The agent's ladder steps in through
+  ``switch_to_postcopy`` (``migrate-start-postcopy``; the target always has ``postcopy-ram`` on, the
+  source only when the policy allows it) and ``allow_downtime`` (a larger ``downtime-limit``: QEMU
+  stops the guest, sends the rest, and the target runs it). A transfer that fails or is cancelled before it
   completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
   the source completes only after the target loaded the state: a target that fails to load it
   makes the source fail the transfer and run the guest again.
@@ -42,6 +45,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -94,6 +98,8 @@ SAVE_SECONDS = 120.0
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
 DEFAULT_DOWNTIME_LIMIT_MS = 300
+#: The largest ``downtime-limit`` QEMU accepts (its MAX_MIGRATE_DOWNTIME, 2000 s).
+MAX_DOWNTIME_LIMIT_MS = 2_000_000
 PR_SET_PDEATHSIG = 1
 #: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
 TICK_MS = 200
@@ -486,6 +492,14 @@ class QemuDriver:
         if guest.role != "source":
             raise DriverError(f"VM {vm_id} is not being migrated from this host")
         await self._execute(guest, "migrate-start-postcopy")
+
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        guest = self._guest(vm_id)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} is not being migrated from this host")
+        limit = max(1, min(math.ceil(downtime_ms), MAX_DOWNTIME_LIMIT_MS))
+        await self._execute(guest, "migrate-set-parameters", {"downtime-limit": limit})
+        log.info("VM %s: QEMU may now pause it for up to %d ms to finish the transfer", vm_id, limit)
 
     async def cancel(self, vm_id: str) -> TransferProgress:
         guest = self._guest(vm_id)
