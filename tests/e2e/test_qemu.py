@@ -249,22 +249,26 @@ def _slow_policy(guest: Guest) -> None:
     wait_for(governs, f"MigrationPolicy {name} to govern the guest", 60)
 
 
-def _transferring(guest: Guest, name: str) -> None:
+def _slow_move_transferring(guest: Guest, name: str) -> int:
+    """Start migration ``name`` of the guest from its first host to its second under the slow policy and wait
+    until it transfers; the guest's tick before it started."""
+    _slow_policy(guest)
+    last = guest.check()
+    guest.fleet.apply(guest.fleet.migration(guest.ns, name, guest.name, guest.hosts[1]))
+
     def moving() -> dict[str, Any] | None:
         status = guest.fleet.status("vsmig", name, guest.ns)
         assert status.get("phase") not in FINISHED, f"migration {name} ended before it could be interrupted: {status}"
         progress = status.get("progress") or {}
         return status if status.get("phase") == "Transferring" and progress else None
     wait_for(moving, f"migration {name} to transfer", MOVE_SECONDS)
+    return last
 
 
 def test_deleting_the_migration_mid_transfer_leaves_the_guest_on_its_source(guest: Guest) -> None:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
-    _slow_policy(guest)
-    last = guest.check()
-    fleet.apply(fleet.migration(guest.ns, "cancelled", guest.name, b))
-    _transferring(guest, "cancelled")
+    last = _slow_move_transferring(guest, "cancelled")
     uid = fleet.get("vsmig", "cancelled", guest.ns)["metadata"]["uid"]
     fleet.kube.kubectl("delete", "vsmig", "cancelled", "-n", guest.ns, "--wait=true", "--timeout=120s", timeout=150)
     agent = guest.agent_migration(a, uid)
@@ -293,10 +297,7 @@ def _target_qemu(agent_pid: int, vm_uid: str) -> int | None:
 def test_the_target_qemu_killed_mid_transfer_leaves_the_guest_on_its_source(guest: Guest) -> None:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
-    _slow_policy(guest)
-    last = guest.check()
-    fleet.apply(fleet.migration(guest.ns, "target-killed", guest.name, b))
-    _transferring(guest, "target-killed")
+    last = _slow_move_transferring(guest, "target-killed")
     pid = _target_qemu(fleet.stack.agents[b].pid, guest.uid)
     assert pid is not None, "no incoming QEMU of the guest runs under the target's agent"
     os.kill(pid, signal.SIGKILL)
