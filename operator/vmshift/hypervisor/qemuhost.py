@@ -154,7 +154,8 @@ class DrivenHost(HypervisorHost):
             await self.driver.save(vm_id, path)
         except DriverError as exc:
             raise driver_failed(vm_id, "save", exc) from None
-        return self.save_vm(vm_id)
+        self.save_vm(vm_id)
+        return self._info(guest)
 
     async def restore(self, vm_id: str) -> VmInfo:
         guest = self._guest(vm_id)
@@ -166,7 +167,8 @@ class DrivenHost(HypervisorHost):
             await self.driver.restore(vm_id, SavedState(path=path, size_bytes=size, cpu=self._cpu(guest)))
         except (OSError, DriverError) as exc:
             raise driver_failed(vm_id, "restore", DriverError(str(exc))) from None
-        return self.restore_vm(vm_id)
+        self.restore_vm(vm_id)
+        return self._info(guest)
 
     async def delete(self, vm_id: str, force: bool = False) -> None:
         self.delete_vm(vm_id, force)
