@@ -111,7 +111,9 @@ async def booted(client: HypervisorClient, vm_id: str, ticks: int = 2, within: f
     the checksum it printed is not the one ``model`` predicts (its memory arrived corrupted)."""
     deadline = time.monotonic() + within
     while (vm := await client.get_vm(vm_id)).heartbeat < ticks:
-        if vm.state.value != "Running":
+        # Incoming: the target agent sees its QEMU run at its next look (within 0.1 s), after the
+        # source has already reported the move Succeeded
+        if vm.state.value not in ("Running", "Incoming"):
             raise GuestLost(f"guest {vm_id} is {vm.state.value} before it printed {ticks} ticks")
         if time.monotonic() > deadline:
             raise GuestLost(f"guest {vm_id} printed no tick within {within:g} s")
