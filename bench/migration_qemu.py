@@ -30,7 +30,7 @@ from agent_pool import AgentPool  # beside this script (bench/)
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
 from vmshift.hypervisor.launcher import AgentConfig, AgentProcess
 from vmshift.hypervisor.protocol import DiskSpec, MigrationStatus, VmDefinition, WorkloadSpec
-from vmshift.hypervisor.qemu.driver import workload_params
+from vmshift.hypervisor.qemu.cmdline import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel
 from vmshift.precopy.model import predict_precopy
 

@@ -32,8 +32,8 @@ from vmshift.api.reasons import MigrationMode
 from vmshift.devcluster.stack import HostPlan
 from vmshift.hypervisor.client import AgentError, incoming_vm
 from vmshift.hypervisor.protocol import IncomingMigrationRequest, MigrationStatus, VmDefinition, WorkloadSpec
+from vmshift.hypervisor.qemu.cmdline import workload_params
 from vmshift.hypervisor.qemu.console import CONSOLES
-from vmshift.hypervisor.qemu.driver import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel, Tick, parse_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]

@@ -26,8 +26,9 @@ from vmshift.hypervisor.protocol import (
 )
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
+from vmshift.hypervisor.qemu.cmdline import memory_argument, workload_params
 from vmshift.hypervisor.qemu.console import console_tail, last_tick
-from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, memory_argument, workload_params
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver
 from vmshift.hypervisor.qemu.monitor import progress_of, quit_monitor
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
 from vmshift.precopy.convergence import ActionKind, ConvergencePolicy

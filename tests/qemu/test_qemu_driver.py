@@ -31,7 +31,8 @@ from vmshift.hypervisor.driver import (
 )
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState, WorkloadSpec
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import QemuDriver, workload_params
+from vmshift.hypervisor.qemu.cmdline import workload_params
+from vmshift.hypervisor.qemu.driver import QemuDriver
 from vmshift.hypervisor.qemu.workload import RegionModel
 
 pytestmark = [pytest.mark.qemu, pytest.mark.asyncio(loop_scope="module")]
@@ -131,7 +132,7 @@ async def test_boot_prints_counter_and_checksums(hosts: Hosts) -> None:
     details = (await driver.describe(VM)).details
     assert int(details["tick"]) >= 3 and details["accel"] in ("kvm", "tcg"), details
     # Under TCG the RAM is 8 KiB over 96 MiB: not a whole number of 256 KiB, so QEMU 7.2 tracks every
-    # write during a live migration (driver.TCG_RAM_PAD_KIB).
+    # write during a live migration (cmdline.TCG_RAM_PAD_KIB).
     ram = int(details["ramBytes"])
     if details["accel"] == "tcg":
         assert ram == 96 * 2**20 + 8 * 1024 and ram % (256 * 1024), details
@@ -188,7 +189,7 @@ async def test_a_guest_that_just_arrived_moves_on_at_once(hosts: Hosts) -> None:
 
 
 async def test_twenty_live_moves_in_a_row_keep_every_write(hosts: Hosts) -> None:
-    # Before the TCG RAM pad (driver.TCG_RAM_PAD_KIB) QEMU 7.2 lost a write in a move now and then: a
+    # Before the TCG RAM pad (cmdline.TCG_RAM_PAD_KIB) QEMU 7.2 lost a write in a move now and then: a
     # region checksum went wrong after the 5th move, or the kernel oopsed or hung after the 5th-18th.
     # Each move waits for the guest's next tick on its new host and checks the whole stream.
     parameters = MigrationParameters(downtime_limit_ms=1)  # the policy's default switchover threshold
