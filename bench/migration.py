@@ -35,13 +35,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent_pool import AgentPool  # beside this script: python puts its directory on sys.path
 from vmshift.controllers.migrations import POLL_INTERVAL, SWITCHOVER_WAIT_SECONDS
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
-from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
+from vmshift.hypervisor.launcher import AgentConfig, AgentProcess
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, WorkloadSpec
 from vmshift.precopy.model import MIB, PrecopyPrediction, predict_precopy
 
-TOKEN = "bench-token"
 THRESHOLD_MS = 1.0
 MAX_ROUNDS = 30
 STALL_ROUNDS = 3
@@ -107,28 +107,15 @@ def model_of(s: Scenario) -> PrecopyPrediction:
                            threshold_ms=THRESHOLD_MS, max_rounds=MAX_ROUNDS, stall_rounds=STALL_ROUNDS)
 
 
-class Bench:
+class Bench(AgentPool):
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.agents: list[AgentProcess] = []
-        self.counter = 0
+        super().__init__(workdir)
         self.switchover_wait = SWITCHOVER_WAIT_SECONDS
         self.poll_seconds = 0.02  # how often migrate() asks the source for the status
 
     def start(self, name: str, bandwidth_mbps: float) -> AgentProcess:
-        agent = start_agent(AgentConfig(name=name, bandwidth_mbps=bandwidth_mbps, memory_mib=1024 * 1024,
-                                        cores=1024, log_level="WARNING"), TOKEN, self.workdir)
-        self.agents.append(agent)
-        return agent
-
-    def stop_all(self) -> None:
-        for agent in self.agents:
-            agent.stop()
-        self.agents.clear()
-
-    def next_id(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}-{self.counter}"
+        return self.launch(AgentConfig(name=name, bandwidth_mbps=bandwidth_mbps, memory_mib=1024 * 1024,
+                                       cores=1024, log_level="WARNING"))
 
     async def vm(self, client: HypervisorClient, memory_mib: int, dirty: float, working_set: float,
                  prefill: bool = True) -> str:

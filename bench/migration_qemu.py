@@ -26,14 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_pool import AgentPool  # beside this script (bench/)
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration
-from vmshift.hypervisor.launcher import AgentConfig, AgentProcess, start_agent
+from vmshift.hypervisor.launcher import AgentConfig, AgentProcess
 from vmshift.hypervisor.protocol import DiskSpec, MigrationStatus, VmDefinition, WorkloadSpec
-from vmshift.hypervisor.qemu.driver import workload_params
+from vmshift.hypervisor.qemu.cmdline import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel
 from vmshift.precopy.model import predict_precopy
 
-TOKEN = "bench-token"
 #: QEMU's downtime limit and the simulated agents' switchover threshold alike (ms): the policy's
 #: default switchoverThresholdMs, which is what the operator sends.
 THRESHOLD_MS = 1.0
@@ -89,26 +89,10 @@ def measured(status: MigrationStatus) -> Measured:
                     status.downtime_ms if status.failure is None else None)
 
 
-class Agents:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.agents: list[AgentProcess] = []
-        self.count = 0
-
+class Agents(AgentPool):
     def start(self, name: str, driver: str) -> AgentProcess:
-        agent = start_agent(AgentConfig(name=name, memory_mib=4096, cores=8, bandwidth_mbps=0, driver=driver,
-                                        shared_volumes=(VOLUME,), log_level="WARNING"), TOKEN, self.workdir)
-        self.agents.append(agent)
-        return agent
-
-    def stop_all(self) -> None:
-        for agent in self.agents:
-            agent.stop()
-        self.agents.clear()
-
-    def next_id(self, prefix: str) -> str:
-        self.count += 1
-        return f"{prefix}-{self.count}"
+        return self.launch(AgentConfig(name=name, memory_mib=4096, cores=8, bandwidth_mbps=0, driver=driver,
+                                       shared_volumes=(VOLUME,), log_level="WARNING"))
 
 
 async def migrate(source: HypervisorClient, target: HypervisorClient, vm_id: str, migration_id: str,
@@ -127,7 +111,9 @@ async def booted(client: HypervisorClient, vm_id: str, ticks: int = 2, within: f
     the checksum it printed is not the one ``model`` predicts (its memory arrived corrupted)."""
     deadline = time.monotonic() + within
     while (vm := await client.get_vm(vm_id)).heartbeat < ticks:
-        if vm.state.value != "Running":
+        # Incoming: the target agent sees its QEMU run at its next look (within 0.1 s), after the
+        # source has already reported the move Succeeded
+        if vm.state.value not in ("Running", "Incoming"):
             raise GuestLost(f"guest {vm_id} is {vm.state.value} before it printed {ticks} ticks")
         if time.monotonic() > deadline:
             raise GuestLost(f"guest {vm_id} printed no tick within {within:g} s")

@@ -27,7 +27,8 @@ from vmshift.devcluster import guestimage
 from vmshift.hypervisor.driver import MigrationParameters, TransferPhase
 from vmshift.hypervisor.protocol import VmDefinition, WorkloadSpec
 from vmshift.hypervisor.qemu import cpu as cpumodels
-from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, workload_params
+from vmshift.hypervisor.qemu.cmdline import workload_params
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver
 from vmshift.hypervisor.qemu.workload import Ready, RegionModel, Tick, parse_line
 
 VM = "bench-1"

@@ -101,6 +101,12 @@ MIGRATION_POLICY: dict[str, Any] = {
     "metadata": {"name": "mp-valid"},
     "spec": {"ladder": ["PreCopy", "AutoConverge", "Quick"], "allowQuick": True},
 }
+MIGRATION_POLICY_POSTCOPY: dict[str, Any] = {
+    "apiVersion": "vmshift.io/v1alpha1",
+    "kind": "MigrationPolicy",
+    "metadata": {"name": "mp-postcopy"},
+    "spec": {"ladder": ["PreCopy", "AutoConverge", "PostCopy"]},
+}
 REMEDIATION_POLICY: dict[str, Any] = {
     "apiVersion": "vmshift.io/v1alpha1",
     "kind": "RemediationPolicy",
@@ -129,7 +135,8 @@ IMPORT_PHYSICAL: dict[str, Any] = {
         "target": {"name": "fs01", "volume": "csv-01"},
     },
 }
-VALID = [HOST, VM, MIGRATION, MIGRATION_POLICY, REMEDIATION_POLICY, IMPORT_OVF, IMPORT_PHYSICAL]
+VALID = [HOST, VM, MIGRATION, MIGRATION_POLICY, REMEDIATION_POLICY, IMPORT_OVF, IMPORT_PHYSICAL,
+         MIGRATION_POLICY_POSTCOPY]
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,13 @@ INVALID: list[Invalid] = [
     Invalid("mp-ladder-duplicate", changed(MIGRATION_POLICY, **{"spec.ladder": ["PreCopy", "PreCopy"]}),
             "spec.ladder", message="must not name a strategy twice"),
     Invalid("mp-ladder-empty", changed(MIGRATION_POLICY, **{"spec.ladder": []}), "spec.ladder"),
-    Invalid("mp-ladder-unknown", changed(MIGRATION_POLICY, **{"spec.ladder": ["PostCopy"]}), "spec.ladder[0]"),
+    Invalid("mp-ladder-unknown", changed(MIGRATION_POLICY, **{"spec.ladder": ["StopAndCopy"]}), "spec.ladder[0]"),
+    Invalid("mp-postcopy-not-last",
+            changed(MIGRATION_POLICY, **{"spec.ladder": ["PreCopy", "PostCopy", "AutoConverge"],
+                                          "spec.allowQuick": False}),
+            "spec.ladder", message="PostCopy always finishes"),
+    Invalid("mp-postcopy-and-quick", changed(MIGRATION_POLICY, **{"spec.ladder": ["PreCopy", "PostCopy", "Quick"]}),
+            "spec.ladder", message="PostCopy always finishes"),
     Invalid("mp-quick-not-last",
             changed(MIGRATION_POLICY, **{"spec.ladder": ["Quick", "PreCopy"]}),
             "spec.ladder", message="only be the last rung"),

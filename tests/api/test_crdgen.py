@@ -116,6 +116,7 @@ def _rules(kind: str) -> dict[str, str]:
     ("VirtualMachineMigration", ".spec", "targetHost is immutable"),
     ("MigrationPolicy", ".spec.ladder", "ladder must not name a strategy twice"),
     ("MigrationPolicy", ".spec.ladder", "Quick always finishes"),
+    ("MigrationPolicy", ".spec.ladder", "PostCopy always finishes"),
     ("MigrationPolicy", ".spec", "ladder names Quick but allowQuick is false"),
     ("MigrationPolicy", ".spec", "parallelOutboundMigrationsPerHost must not exceed"),
     ("MigrationPolicy", ".spec", "switchoverThresholdMs must not exceed maxDowntimeMs"),

@@ -161,6 +161,45 @@ class InCluster:
                     found[host] = vm
         return found
 
+    def vmshift_crds(self) -> list[dict[str, Any]]:
+        """The vmshift CRDs still in the API server (terminating ones included)."""
+        return [c for c in self.kube.get_json("crd")["items"] if c["metadata"]["name"] in VMSHIFT_CRDS]
+
+    def wait_crds_gone(self, timeout: float) -> None:
+        """Wait until no vmshift CRD is left; on timeout, say what each one's Terminating condition reports.
+
+        The API server deletes a CRD only after its own finalizer has listed the kind and found no
+        object left; on a loaded node that list can outlast the finalizer's one-minute poll and is
+        retried with back-off, so a CRD with no objects can still take minutes to go.
+        """
+        def left() -> str:
+            said = []
+            for crd in self.vmshift_crds():
+                conditions = [(c["type"], c["status"], c.get("reason"), c.get("message"))
+                              for c in crd.get("status", {}).get("conditions", []) if c["type"] == "Terminating"]
+                said.append(f"{crd['metadata']['name']} {conditions}")
+            return "; ".join(said)
+        wait_for(lambda: not self.vmshift_crds(), "every vmshift CRD to be gone", timeout, interval=2.0,
+                 describe=left)
+
+    def clear_leftovers(self) -> None:
+        """Remove what an earlier, interrupted run left installed, so that this run starts from nothing.
+
+        The leftover objects may carry the finalizers of an operator that no longer runs: the
+        harness strips them (a user would run the uninstall in order instead, see docs/install.md).
+        """
+        if not self.vmshift_crds():
+            return
+        self.kubectl("delete", "-k", str(OVERLAY), "--wait=false", "--ignore-not-found", check=False, timeout=180)
+        for crd in self.vmshift_crds():
+            plural = crd["metadata"]["name"]
+            for obj in self.kube.get_json(plural, "-A")["items"]:
+                meta = obj["metadata"]
+                self.kubectl("patch", plural, meta["name"], *(["-n", meta["namespace"]] if "namespace" in meta else []),
+                             "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+            self.kubectl("delete", "crd", plural, "--wait=false", "--ignore-not-found", check=False)
+        self.wait_crds_gone(600)
+
     def hosts(self) -> list[str]:
         return [h["metadata"]["name"] for h in self.kube.get_json("hosts")["items"]]
 
@@ -189,4 +228,6 @@ def cluster() -> Iterator[InCluster]:
     started = time.monotonic()
     node.load_images([IMAGE])
     timings["image_load_s"] = time.monotonic() - started
-    yield InCluster(Kube(state), node, timings=timings)
+    cluster = InCluster(Kube(state), node, timings=timings)
+    cluster.clear_leftovers()
+    yield cluster

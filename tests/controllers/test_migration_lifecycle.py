@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+import pytest
 
 from tests.scheduling.strategies import host, vm
 from vmshift.api.reasons import FailureReason, MigrationMode
@@ -18,6 +19,7 @@ from vmshift.controllers.migration_decisions import (
     leaving,
     stop_action,
     target_verdict,
+    withdrawn_before_admission,
 )
 from vmshift.hypervisor.protocol import MigrationStatus
 from vmshift.scheduling.fleet import Fleet
@@ -52,6 +54,17 @@ async def test_what_a_stopping_operator_sees_is_not_recorded_unless_the_migratio
     assert leaving(flag(R.OPERATOR_EXITING))
     assert leaving(flag(R.OPERATOR_PAUSING))
     assert not leaving(flag(R.RESOURCE_DELETED | R.OPERATOR_EXITING)), "a deletion is the user's word: it ends"
+
+
+def test_a_migration_withdrawn_before_its_admission_was_written_moves_nothing() -> None:
+    # Seen in a CI run (test_turning_maintenance_off_mid_drain_stops_it_cleanly: 4 VMs moved, the
+    # drain counted 3): the drain withdrew a queued migration as the queue admitted it; Kopf's stop
+    # flag came after the admission was written, the VM moved, and its migration object was gone.
+    admitted = {"metadata": {"name": "m", "resourceVersion": "12"}, "status": {"phase": "Validating"}}
+    assert not withdrawn_before_admission(admitted)
+    deleting = {"name": "m", "deletionTimestamp": "2026-11-30T10:00:00Z", "finalizers": ["vmshift.io/finalizer"]}
+    assert withdrawn_before_admission({**admitted, "metadata": deleting})
+    assert withdrawn_before_admission(None), "a migration gone before the write is not admitted either"
 
 
 def test_agent_refusals_get_words_from_the_closed_set_by_side() -> None:
@@ -184,3 +197,28 @@ async def test_a_vm_the_cache_has_on_no_host_is_read_from_the_api_before_a_refus
     assert await migrationrun.newest_vm(run, index_vm(body(None))) is None, "a VM the API has not: none"
     cached = index_vm(body("h2"))
     assert await migrationrun.newest_vm(run, cached) is cached, "a cached host is not looked up again"
+
+
+async def test_the_operator_says_it_stops_before_it_closes_the_agent_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in the chaos campaign (seed 7071): SIGTERM 40 ms after two migrations were created. Their
+    # daemons, started as the operator stopped, never saw Kopf's stop flag; the cleanup closed the
+    # agent links under them ("Connector is closed") and they failed both migrations AgentUnreachable.
+    # A daemon records no verdict once runtime().stopping is set, and the cleanup sets it first.
+    from vmshift.controllers import startup
+    from vmshift.controllers.runtime import runtime
+
+    seen: list[bool] = []
+
+    async def nothing() -> None:
+        return None
+
+    async def close() -> None:
+        seen.append(runtime().stopping)
+
+    monkeypatch.setattr(startup.background, "stop", nothing)
+    monkeypatch.setattr(startup.indexes, "INFORMERS", [])
+    monkeypatch.setattr(runtime().agents, "close", close)
+    monkeypatch.setattr(startup.kubeapi, "close", nothing)
+    monkeypatch.setattr(runtime(), "stopping", False)
+    await startup.close_agents()
+    assert seen == [True], "the links were closed before the operator said it stops"

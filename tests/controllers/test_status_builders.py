@@ -12,7 +12,14 @@ from vmshift.api.reasons import MigrationMode, MigrationPhase
 from vmshift.api.statuspatch import StatusPatchError, status_patch
 from vmshift.api.virtualmachine import VirtualMachineSpec
 from vmshift.controllers.hosts import HostInputs, heartbeat, host_status
-from vmshift.controllers.migration_decisions import RoundLedger, migration_conditions, progress_status, strategy_of
+from vmshift.controllers.migration_decisions import (
+    RoundLedger,
+    migration_conditions,
+    progress_status,
+    shown_phase,
+    strategy_of,
+    switchover_message,
+)
 from vmshift.controllers.views import VMEntry, index_vm, parse_host_spec, parse_vm_spec, vm_view
 from vmshift.controllers.vmstatus import (
     failed_start_status,
@@ -50,10 +57,20 @@ def test_a_status_key_outside_the_model_fails_at_any_depth() -> None:
                                                                                        "phase": "Running"}
 
 
+def test_a_move_switched_to_postcopy_shows_switching_over_and_says_the_guest_runs_on_the_target() -> None:
+    postcopy = report(3, phase=MigrationPhase.SwitchingOver).model_copy(update={"postcopy": True})
+    assert shown_phase(postcopy) is MigrationPhase.SwitchingOver
+    assert progress_status(postcopy)["strategy"] == "PostCopy"
+    message = switchover_message("vm-1", "h1", "h2", postcopy)
+    assert "switched to post-copy and runs on h2" in message and "paused" not in message, message
+    assert "paused on h1" in switchover_message("vm-1", "h1", "h2", report(3, phase=MigrationPhase.SwitchingOver))
+
+
 def test_the_strategy_follows_the_report_and_each_round_keeps_the_one_it_ran_under() -> None:
     assert strategy_of(report(0)) is MigrationStrategy.PreCopy
     assert strategy_of(report(3, throttle=20)) is MigrationStrategy.AutoConverge
     assert strategy_of(report(3, mode=MigrationMode.Quick)) is MigrationStrategy.Quick
+    assert strategy_of(report(3).model_copy(update={"postcopy": True})) is MigrationStrategy.PostCopy
     ledger = RoundLedger()
     progress_status(report(2, rounds=2), ledger)  # rounds 0, 1 done, 2 under way, no throttle
     out = progress_status(report(4, throttle=20, rounds=4), ledger)  # round 3 ended unseen, 4 throttled

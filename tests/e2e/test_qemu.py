@@ -3,11 +3,13 @@
 Three agents with ``--driver qemu`` join the shared e2e fleet (two icelake hosts and an AMD one; their
 only shared volume, ``csv-q``, keeps the other tests' VMs off them). One 96 MiB guest boots once and
 then, in order: moves live when its ``spec.placement.host`` changes, moves quick, is refused a move to
-the AMD host, stays on its source when its migration is deleted mid-transfer, and stays on its
-source when the target's QEMU is killed mid-transfer. After every step the guest's serial stream
-(its consoles on every host it ran on, in order) must show its counter going up by one each tick,
-never restarting and never repeating, with every memory checksum the one the host-side replay of its
-writes predicts; and exactly one host must hold it.
+the AMD host, stays on its source when its migration is deleted mid-transfer, stays on its
+source when the target's QEMU is killed mid-transfer, stays on its source when pre-copy does not
+converge and the policy's ladder has nothing after it (NotConverging), moves by post-copy when the
+ladder ends in PostCopy, and moves with one longer pause when it ends in Quick. After every step the
+guest's serial stream (its consoles on every host it ran on, in order) must show its counter going up
+by one each tick, never restarting and never repeating, with every memory checksum the one the
+host-side replay of its writes predicts; and exactly one host must hold it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from vmshift.api.reasons import MigrationMode
 from vmshift.devcluster.stack import HostPlan
 from vmshift.hypervisor.client import AgentError, incoming_vm
 from vmshift.hypervisor.protocol import IncomingMigrationRequest, MigrationStatus, VmDefinition, WorkloadSpec
+from vmshift.hypervisor.qemu.cmdline import workload_params
 from vmshift.hypervisor.qemu.console import CONSOLES
-from vmshift.hypervisor.qemu.driver import workload_params
 from vmshift.hypervisor.qemu.workload import RegionModel, Tick, parse_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -46,6 +48,9 @@ BOOT_SECONDS = 400.0
 MOVE_SECONDS = 300.0
 #: The slow policy's link: the guest's first round (some 30 MiB of non-zero pages) takes tens of seconds.
 SLOW_MBPS = 8
+#: The ladder tests' link: the guest rewrites its 8 MiB region faster than this carries it (2.5 MiB/s against
+#: 3 MB/s and a 1 ms switchover threshold), so QEMU never switches over by itself; round 0 takes ~10 s.
+LADDER_MBPS = 24
 
 
 class Guest:
@@ -155,8 +160,8 @@ def guest(fleet: Fleet) -> Iterator[Guest]:
             fleet.wait_phase("host", name, None, {"Ready"}, timeout=120)
         yield made
     finally:
-        fleet.kube.kubectl("delete", "migrationpolicy", f"{ns}-slow", "--ignore-not-found", "--wait=false",
-                           check=False)
+        fleet.kube.kubectl("delete", "migrationpolicy", f"{ns}-slow", f"{ns}-ladder", "--ignore-not-found",
+                           "--wait=false", check=False)
         fleet.kube.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False, timeout=150)
         fleet.stack.remove_hosts(names)
 
@@ -244,22 +249,26 @@ def _slow_policy(guest: Guest) -> None:
     wait_for(governs, f"MigrationPolicy {name} to govern the guest", 60)
 
 
-def _transferring(guest: Guest, name: str) -> None:
+def _slow_move_transferring(guest: Guest, name: str) -> int:
+    """Start migration ``name`` of the guest from its first host to its second under the slow policy and wait
+    until it transfers; the guest's tick before it started."""
+    _slow_policy(guest)
+    last = guest.check()
+    guest.fleet.apply(guest.fleet.migration(guest.ns, name, guest.name, guest.hosts[1]))
+
     def moving() -> dict[str, Any] | None:
         status = guest.fleet.status("vsmig", name, guest.ns)
         assert status.get("phase") not in FINISHED, f"migration {name} ended before it could be interrupted: {status}"
         progress = status.get("progress") or {}
         return status if status.get("phase") == "Transferring" and progress else None
     wait_for(moving, f"migration {name} to transfer", MOVE_SECONDS)
+    return last
 
 
 def test_deleting_the_migration_mid_transfer_leaves_the_guest_on_its_source(guest: Guest) -> None:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
-    _slow_policy(guest)
-    last = guest.check()
-    fleet.apply(fleet.migration(guest.ns, "cancelled", guest.name, b))
-    _transferring(guest, "cancelled")
+    last = _slow_move_transferring(guest, "cancelled")
     uid = fleet.get("vsmig", "cancelled", guest.ns)["metadata"]["uid"]
     fleet.kube.kubectl("delete", "vsmig", "cancelled", "-n", guest.ns, "--wait=true", "--timeout=120s", timeout=150)
     agent = guest.agent_migration(a, uid)
@@ -288,10 +297,7 @@ def _target_qemu(agent_pid: int, vm_uid: str) -> int | None:
 def test_the_target_qemu_killed_mid_transfer_leaves_the_guest_on_its_source(guest: Guest) -> None:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
-    _slow_policy(guest)
-    last = guest.check()
-    fleet.apply(fleet.migration(guest.ns, "target-killed", guest.name, b))
-    _transferring(guest, "target-killed")
+    last = _slow_move_transferring(guest, "target-killed")
     pid = _target_qemu(fleet.stack.agents[b].pid, guest.uid)
     assert pid is not None, "no incoming QEMU of the guest runs under the target's agent"
     os.kill(pid, signal.SIGKILL)
@@ -301,3 +307,85 @@ def test_the_target_qemu_killed_mid_transfer_leaves_the_guest_on_its_source(gues
     assert time.monotonic() - killed < 60, "the failure took long to be seen"
     guest.ticks_past(last)
     guest.only_on(a)
+
+
+def _ladder_policy(guest: Guest, ladder: list[str], **spec: Any) -> str:
+    """The guest's policy in place of the slow one: one round on the ladder's first rung, then ``ladder``."""
+    fleet = guest.fleet
+    name = f"{guest.ns}-ladder"
+    fleet.kube.kubectl("delete", "migrationpolicy", f"{guest.ns}-slow", "--ignore-not-found", "--wait=true",
+                       "--timeout=60s", timeout=90)
+    fleet.apply({"apiVersion": "vmshift.io/v1alpha1", "kind": "MigrationPolicy", "metadata": {"name": name},
+                 "spec": {"selector": {"namespaces": [guest.ns]}, "precedence": 1000, "bandwidthMbps": LADDER_MBPS,
+                          "maxDowntimeMs": 300, "maxRounds": 1, "stallRounds": 1, "ladder": ladder, **spec}})
+    generation = fleet.get("migrationpolicy", name)["metadata"]["generation"]
+
+    def governs() -> dict[str, Any] | None:  # this ladder, not the one an earlier test applied
+        status = fleet.status("migrationpolicy", name)
+        current = status.get("observedGeneration") == generation and status.get("selectedVirtualMachines") == 1
+        return status if current else None
+    wait_for(governs, f"MigrationPolicy {name} (generation {generation}) to govern the guest", 60)
+    return name
+
+
+def test_a_move_that_does_not_converge_fails_and_the_guest_runs_on_its_source(guest: Guest) -> None:
+    fleet = guest.fleet
+    a, b = guest.hosts[0], guest.hosts[1]
+    _ladder_policy(guest, ["PreCopy"])
+    last = guest.check()
+    status = guest.migrate("not-converging", b)
+    failure = status.get("failure") or {}
+    assert status["phase"] == "Failed" and failure.get("reason") == "NotConverging", status
+    assert "the limit of 1 rounds was reached" in failure.get("message", ""), failure
+    agent = guest.agent_migration(a, fleet.get("vsmig", "not-converging", guest.ns)["metadata"]["uid"])
+    assert agent.round >= 2 and not agent.committed and not agent.postcopy, agent
+    wait_for(lambda: not (guest.guests_dir(b) / guest.uid).exists() or None,
+             "the target to discard its incoming QEMU", 60)
+    guest.ticks_past(last)
+    guest.only_on(a)
+
+
+def test_a_ladder_ending_in_postcopy_moves_the_guest_by_post_copy(guest: Guest) -> None:
+    fleet = guest.fleet
+    a, b = guest.hosts[0], guest.hosts[1]
+    _ladder_policy(guest, ["PreCopy", "PostCopy"])
+    last = guest.check()
+    fleet.apply(fleet.migration(guest.ns, "postcopy", guest.name, b))
+    seen: set[str] = set()
+
+    def done() -> dict[str, Any] | None:
+        status = fleet.status("vsmig", "postcopy", guest.ns)
+        seen.add(str(status.get("phase")))
+        return status if status.get("phase") in FINISHED else None
+    status = wait_for(done, "the post-copy move to finish", MOVE_SECONDS)
+    assert status["phase"] == "Succeeded", status
+    assert status.get("strategy") == "PostCopy", status
+    agent = guest.agent_migration(a, fleet.get("vsmig", "postcopy", guest.ns)["metadata"]["uid"])
+    assert agent.postcopy and agent.committed and agent.downtime_ms is not None, agent
+    assert status["downtimeMs"] == agent.downtime_ms
+    assert "switching to post-copy" in fleet.stack.agents[a].log_tail(300)
+    print(f"\npost-copy move: phases seen {sorted(seen)}, QEMU downtime {agent.downtime_ms} ms, "
+          f"{agent.duration_ms} ms in all, {agent.round} rounds")
+    fleet.wait_phase("vsvm", guest.name, guest.ns, {"Running"})
+    guest.ticks_past(last)
+    guest.only_on(b)
+
+
+def test_a_ladder_ending_in_quick_lets_qemu_pause_the_guest_for_the_rest(guest: Guest) -> None:
+    fleet = guest.fleet
+    a, b = guest.hosts[0], guest.hosts[1]
+    source, target = (b, a) if guest.fleet.copies(guest.uid).get(b) else (a, b)
+    # the rest (the 8 MiB region and what the kernel dirtied) would cross 3 MB/s in about 3 s: within 20 s
+    _ladder_policy(guest, ["PreCopy", "Quick"], allowQuick=True, maxDowntimeMs=20_000)
+    last = guest.check()
+    status = guest.migrate("quick-fallback", target)
+    assert status["phase"] == "Succeeded", status
+    assert status.get("strategy") == "Quick" and status["mode"] == "Quick", status
+    agent = guest.agent_migration(source, fleet.get("vsmig", "quick-fallback", guest.ns)["metadata"]["uid"])
+    # QEMU lifts its bandwidth cap for the last copy: the pause is the uncapped link's, within the budget
+    assert agent.downtime_ms is not None and agent.downtime_ms <= 20_000, agent
+    assert status["downtimeMs"] == agent.downtime_ms
+    assert "falling back to quick" in fleet.stack.agents[source].log_tail(300)
+    print(f"\nquick fallback: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
+    guest.ticks_past(last)
+    guest.only_on(target)

@@ -154,6 +154,18 @@ async def test_non_converging_workload_fails_and_the_vm_stays(clients: Clients) 
     assert after.state is VmState.Running and after.throttle_percent == 0 and after.features == before.features
 
 
+async def test_a_ladder_ending_in_postcopy_fails_on_the_simulated_driver_and_says_why(clients: Clients) -> None:
+    h1, h2 = clients
+    await non_converging_vm(h1, "hot-pc")
+    await begin_migration(h1, h2, "hot-pc", "mig-hot-pc", bandwidth_mbps=400, fallback_to_postcopy=True)
+    source = await finished(h1, "mig-hot-pc")
+    assert source.phase is MigrationPhase.Failed and source.failure is not None, source.model_dump_json()
+    assert source.failure.reason is FailureReason.NotConverging and not source.postcopy
+    assert "PostCopy, which only the QEMU driver offers" in source.failure.message
+    await assert_only_on(h1, h2, "hot-pc")
+    await heartbeat_grows(h1, "hot-pc")
+
+
 async def test_auto_converge_throttles_the_guest_until_it_converges(clients: Clients) -> None:
     h1, h2 = clients
     await non_converging_vm(h1, "throttled")

@@ -25,7 +25,7 @@ LINK = 2.5 * MIB  # ~20 Mbit/s
 DEFAULT = ConvergencePolicy(threshold_ms=1, max_rounds=30, stall_rounds=3, auto_converge=True,
                             throttle_initial_percent=20, throttle_step_percent=10, throttle_max_percent=99,
                             fallback_to_quick=True, max_downtime_ms=1)
-TERMINAL = (ActionKind.SwitchOver, ActionKind.Quick, ActionKind.Fail)
+TERMINAL = (ActionKind.SwitchOver, ActionKind.Quick, ActionKind.PostCopy, ActionKind.Fail)
 
 
 def run(policy: ConvergencePolicy, write_rate: float, hot: float, first: float) -> list[Action]:
@@ -104,6 +104,17 @@ CASES: list[tuple[str, RoundStats, ConvergencePolicy, ActionKind, float]] = [
     ("no throttle can tame a guest writing 100x the link", RoundStats(4, 8 * MIB, 8 * MIB, LINK, 250 * LINK,
                                                                         stalled=2),
      dataclasses.replace(DEFAULT, max_downtime_ms=None), ActionKind.Quick, 0),
+    ("a ladder ending in PostCopy switches to it when pre-copy stalls",
+     RoundStats(4, 8 * MIB, 8 * MIB, LINK, 10 * MIB, stalled=2),
+     dataclasses.replace(DEFAULT, auto_converge=False, fallback_to_quick=False, fallback_to_postcopy=True),
+     ActionKind.PostCopy, 0),
+    ("a downtime budget does not refuse post-copy (its pause is the device state's)",
+     RoundStats(4, 8 * MIB, 8 * MIB, LINK, 10 * MIB, stalled=2),
+     dataclasses.replace(DEFAULT, auto_converge=False, fallback_to_quick=False, fallback_to_postcopy=True,
+                         max_downtime_ms=1), ActionKind.PostCopy, 0),
+    ("PostCopy comes after AutoConverge's round limit", RoundStats(44, 2 * MIB, 8 * MIB, LINK, MIB,
+                                                                   throttle_percent=50, rung_started=15),
+     dataclasses.replace(DEFAULT, fallback_to_quick=False, fallback_to_postcopy=True), ActionKind.PostCopy, 50),
 ]
 
 
@@ -127,6 +138,15 @@ def test_defaults_are_the_api_models_and_every_layer_agrees() -> None:
     assert DEFAULT_POLICY.convergence() == dataclasses.replace(DEFAULTS, auto_converge=True)
 
 
+def test_a_postcopy_rung_reaches_the_rule_as_the_agent_receives_it() -> None:
+    view = MigrationPolicyView("p", ladder=(Rung.PreCopy, Rung.PostCopy))
+    assert view.allows_postcopy and not view.allows_quick
+    request = MigrationRequest(migration_id="m", vm_id="v", target=MigrationTarget(
+        host="h", port=1, ticket="t", bandwidth_mbps=0), fallback_to_postcopy=True, max_downtime_ms=40)
+    assert view.convergence(max_downtime_ms=40) == request.convergence()
+    assert request.convergence().fallback_to_postcopy
+
+
 def test_a_policy_reaches_the_rule_as_the_agent_receives_it() -> None:
     view = MigrationPolicyView("p", threshold_ms=5, max_rounds=12, stall_rounds=2, ladder=(Rung.PreCopy, Rung.Quick),
                       throttle=(30, 5, 80))
@@ -147,6 +167,7 @@ policies = st.builds(
     throttle_step_percent=st.floats(1, 99),
     throttle_max_percent=st.floats(1, 99),
     fallback_to_quick=st.booleans(),
+    fallback_to_postcopy=st.booleans(),
     max_downtime_ms=st.none() | st.floats(1, 10_000),
 )
 
@@ -162,7 +183,9 @@ def test_the_rule_always_answers_within_its_limits(
     if action.kind is ActionKind.Throttle:
         assert policy.auto_converge and action.throttle_percent > throttle
     if action.kind is ActionKind.Quick:
-        assert policy.fallback_to_quick
+        assert policy.fallback_to_quick and not policy.fallback_to_postcopy
+    if action.kind is ActionKind.PostCopy:
+        assert policy.fallback_to_postcopy
     if index - rung + 1 >= policy.max_rounds:  # a rung's round limit: step down the ladder
         assert action.kind in TERMINAL or (action.kind is ActionKind.Throttle and throttle == 0
                                            and action.rung_started == index + 1)

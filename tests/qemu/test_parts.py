@@ -15,8 +15,8 @@ import pytest
 
 from vmshift.devcluster.cachedbuild import build_once
 from vmshift.devcluster.guestimage import GuestImage
-from vmshift.hypervisor.driver import DriverError, MigrationParameters, TransferPhase
-from vmshift.hypervisor.migration.qemu_source import parameters
+from vmshift.hypervisor.driver import DriverError, MigrationParameters, TransferPhase, TransferProgress
+from vmshift.hypervisor.migration.qemu_source import QemuRounds, parameters
 from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
     MigrationRequest,
@@ -26,10 +26,12 @@ from vmshift.hypervisor.protocol import (
 )
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
+from vmshift.hypervisor.qemu.cmdline import memory_argument, workload_params
 from vmshift.hypervisor.qemu.console import console_tail, last_tick
-from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver, memory_argument, workload_params
+from vmshift.hypervisor.qemu.driver import QemuConfig, QemuDriver
 from vmshift.hypervisor.qemu.monitor import progress_of, quit_monitor
 from vmshift.hypervisor.qemu.workload import INIT_SCRIPT, Ready, RegionModel, Tick, WorkloadParams, parse_line
+from vmshift.precopy.convergence import ActionKind, ConvergencePolicy
 from vmshift.processor import baseline_features, processor_info
 
 # -- the KVM probe ----------------------------------------------------------------------------------
@@ -204,6 +206,56 @@ def test_query_migrate_maps_to_progress_in_status_units() -> None:
     assert failed.phase is TransferPhase.Failed and "Connection reset" in (failed.error or "")
     assert progress_of({"status": "postcopy-active"}).phase is TransferPhase.PostCopy
     assert progress_of({"status": "cancelled"}).phase is TransferPhase.Cancelled
+    assert not active.switching_over
+    for status in ("device", "pre-switchover"):
+        stopped = progress_of({"status": status, "ram": {"remaining": 2**20}})
+        assert stopped.phase is TransferPhase.Active and stopped.switching_over, status
+
+
+def _round(rounds: int, sent_mib: float, remaining_mib: float, status: TransferPhase = TransferPhase.Active,
+           switching_over: bool = False) -> TransferProgress:
+    """A look at QEMU's transfer: 1 MiB/s link, 8 MiB/s of guest writes."""
+    return TransferProgress(phase=status, rounds=rounds, transferred_mib=sent_mib, remaining_mib=remaining_mib,
+                            dirty_rate_mib_ps=8, throughput_mbps=8.4, switching_over=switching_over)
+
+
+def test_qemus_rounds_are_judged_once_each_by_the_convergence_rule() -> None:
+    """A guest rewriting an 8 MiB hot set faster than a 1 MiB/s link carries: rounds 1, 2, 3 do not shrink
+    the remaining set; the third in a row ends pre-copy (stallRounds 3) as the simulated driver's would."""
+    policy = ConvergencePolicy(threshold_ms=10, max_rounds=30, stall_rounds=3)
+    rounds = QemuRounds(policy, link_rate=2**20)
+    assert rounds.judge(_round(1, 5, 91)) is None, "round 0 is still under way (only the first sync happened)"
+    first = rounds.judge(_round(2, 96, 8))
+    assert first is not None and first.kind is ActionKind.Continue and first.stalled == 0, first
+    assert rounds.judge(_round(2, 99, 6)) is None, "the same round is judged once"
+    kinds = [action.kind for look in (_round(3, 104, 8), _round(4, 112, 8)) if (action := rounds.judge(look))]
+    assert kinds == [ActionKind.Continue, ActionKind.Continue] and rounds.stalled == 2
+    ended = rounds.judge(_round(5, 120, 8))
+    assert ended is not None and ended.kind is ActionKind.Fail, ended
+    assert "3 rounds in a row did not shrink" in ended.why
+
+
+def test_rounds_that_end_between_two_looks_are_judged_together() -> None:
+    rounds = QemuRounds(ConvergencePolicy(threshold_ms=10, stall_rounds=2, fallback_to_postcopy=True),
+                        link_rate=2**20)
+    assert rounds.judge(_round(2, 96, 8)) is not None
+    action = rounds.judge(_round(5, 120, 8))  # rounds 1-3 sent 24 MiB: 8 MiB each, 8 MiB dirty again
+    assert action is not None and action.kind is ActionKind.Continue and action.stalled == 1, action
+    action = rounds.judge(_round(6, 128, 8))
+    assert action is not None and action.kind is ActionKind.PostCopy, action
+
+
+def test_a_round_qemu_is_already_switching_over_or_finishing_is_not_judged() -> None:
+    rounds = QemuRounds(ConvergencePolicy(threshold_ms=10, stall_rounds=1), link_rate=2**20)
+    assert rounds.judge(_round(2, 96, 8, switching_over=True)) is None
+    assert rounds.judge(_round(3, 96, 0, status=TransferPhase.Completed)) is None
+    assert rounds.judge(_round(3, 96, 8, status=TransferPhase.PostCopy)) is None
+
+
+def test_without_a_configured_rate_the_rule_uses_qemus_measured_throughput() -> None:
+    rounds = QemuRounds(ConvergencePolicy(threshold_ms=1000), link_rate=None)
+    action = rounds.judge(_round(2, 96, 0.9))  # 8.4 Mbit/s carries ~1 MiB in a second: within 1000 ms
+    assert action is not None and action.kind is ActionKind.SwitchOver, action
 
 
 # -- the workload ------------------------------------------------------------------------------------------
@@ -317,6 +369,8 @@ def test_the_policy_becomes_qemus_downtime_limit_and_bandwidth() -> None:
                                auto_converge=AutoConvergeSettings(enabled=True))
     assert parameters(request, 0) == MigrationParameters(downtime_limit_ms=50, bandwidth_mbps=None,
                                                          auto_converge=True, postcopy_allowed=False)
+    postcopy = request.model_copy(update={"fallback_to_postcopy": True})
+    assert parameters(postcopy, 0).postcopy_allowed, "a ladder ending in PostCopy turns QEMU's post-copy on"
     capped = request.model_copy(update={"max_downtime_ms": 20.0})
     assert parameters(capped, 800).downtime_limit_ms == 20 and parameters(capped, 800).bandwidth_mbps == 800
 

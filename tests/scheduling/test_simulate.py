@@ -69,6 +69,18 @@ def test_quick_move_pauses_for_the_whole_copy() -> None:
     assert result.outcome["q"] == "Quick"
 
 
+def test_a_ladder_ending_in_postcopy_finishes_with_the_rest_crossing_while_the_guest_runs() -> None:
+    busy = SimMigration("p", "s", "t", memory_mib=8192, dirty_rate_mibps=3000, working_set_mib=4096,
+                        policy=MigrationPolicyView("pc", ladder=(Rung.PreCopy, Rung.PostCopy)))
+    result = run([busy])
+    assert result.outcome["p"] == "PostCopy"
+    assert result.downtime_ms["p"] == 0.0, "no pause for the rest: the guest runs on the target meanwhile"
+    assert result.transferred_mib["p"] > 8192 and result.finish["p"] > 8192 / mbps_to_mibps(LINK)
+    failed = run([SimMigration("p", "s", "t", memory_mib=8192, dirty_rate_mibps=3000, working_set_mib=4096,
+                               policy=MigrationPolicyView("pre", ladder=(Rung.PreCopy,)))])
+    assert failed.outcome["p"] == "Failed"
+
+
 def test_ladder_auto_converge_or_fail() -> None:
     def busy(policy: MigrationPolicyView) -> SimMigration:
         return SimMigration("a", "s", "t", memory_mib=8192, dirty_rate_mibps=3000, working_set_mib=4096,

@@ -35,6 +35,11 @@ class MigrationStrategy(StrEnum):
     AutoConverge = "AutoConverge"
     #: Save the guest, copy its state, restore it: always finishes; the pause is the whole copy.
     Quick = "Quick"
+    #: QEMU driver only: run the guest on the target at once and let it pull the pages it still lacks.
+    #: Always finishes with a short pause, but from the switch on the guest lives on the target: a target
+    #: lost before every page arrived loses the guest. The simulated driver has no post-copy (a rung it
+    #: reaches fails NotConverging, the VM stays).
+    PostCopy = "PostCopy"
 
 
 LADDER_UNIQUE = CelRule(
@@ -44,6 +49,10 @@ LADDER_UNIQUE = CelRule(
 QUICK_IS_LAST = CelRule(
     rule="!self.exists(s, s == 'Quick') || self[size(self) - 1] == 'Quick'",
     message="Quick always finishes, so it can only be the last rung of the ladder",
+)
+POSTCOPY_IS_LAST = CelRule(
+    rule="!self.exists(s, s == 'PostCopy') || self[size(self) - 1] == 'PostCopy'",
+    message="PostCopy always finishes, so it can only be the last rung of the ladder (and not with Quick)",
 )
 QUICK_NEEDS_ALLOW = CelRule(
     rule="!self.ladder.exists(s, s == 'Quick') || self.allowQuick",
@@ -175,12 +184,13 @@ class MigrationPolicySpec(ApiModel):
     ladder: list[MigrationStrategy] = Field(
         default_factory=lambda: [MigrationStrategy.PreCopy, MigrationStrategy.AutoConverge],
         description="Strategies to try in order when a live migration does not converge: PreCopy, "
-        "AutoConverge, Quick. Each at most once; Quick only last and only with allowQuick. When the "
-        "last rung fails the migration fails and the VM stays where it was. Default [PreCopy, "
-        "AutoConverge].",
+        "AutoConverge, Quick, PostCopy. Each at most once; Quick only last and only with allowQuick; "
+        "PostCopy (QEMU driver only: the guest runs on the target and pulls the rest, so a target lost "
+        "meanwhile loses it) only last, never with Quick. When the last rung fails the migration fails "
+        "and the VM stays where it was. Default [PreCopy, AutoConverge].",
         min_length=1,
         max_length=3,
-        json_schema_extra={**list_atomic(), **cel(LADDER_UNIQUE, QUICK_IS_LAST)},
+        json_schema_extra={**list_atomic(), **cel(LADDER_UNIQUE, QUICK_IS_LAST, POSTCOPY_IS_LAST)},
     )
     autoConverge: AutoConverge = Field(
         default_factory=AutoConverge, description="How the AutoConverge rung throttles the guest's CPU."
@@ -236,6 +246,8 @@ class MigrationPolicySpec(ApiModel):
                 raise ValueError(QUICK_IS_LAST.message)
             if not self.allowQuick:
                 raise ValueError(QUICK_NEEDS_ALLOW.message)
+        if MigrationStrategy.PostCopy in self.ladder and self.ladder[-1] is not MigrationStrategy.PostCopy:
+            raise ValueError(POSTCOPY_IS_LAST.message)
         for rule, broken in (
             (OUTBOUND_WITHIN_CLUSTER, self.parallelOutboundMigrationsPerHost > self.parallelMigrationsPerCluster),
             (THRESHOLD_WITHIN_DOWNTIME, self.switchoverThresholdMs > self.maxDowntimeMs),

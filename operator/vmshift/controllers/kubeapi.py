@@ -169,15 +169,17 @@ def checked_status(plural: str, status: dict[str, Any]) -> dict[str, Any]:
         return status
 
 
-async def patch_status(plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch ``status`` of one of our objects, checked by its status model; a vanished object
-    is not an error."""
+async def patch_status(plural: str, namespace: str | None, name: str,
+                       status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch ``status`` of one of our objects, checked by its status model: the object as
+    written, or None when it has vanished (not an error)."""
     body = {"status": checked_status(plural, status)}
     try:
-        await _request("patch", plural, _path(plural, namespace, name, "status"), body, MERGE_PATCH)
+        return await _request("patch", plural, _path(plural, namespace, name, "status"), body, MERGE_PATCH)
     except ApiException as exc:
         if exc.status != 404:
             raise
+        return None
 
 
 async def patch(plural: str, namespace: str | None, name: str, body: dict[str, Any]) -> None:

@@ -47,6 +47,18 @@ def stop_action(reason: kopf.DaemonStoppingReason | None) -> StopAction:
     return StopAction.Leave
 
 
+def withdrawn_before_admission(written: Mapping[str, Any] | None) -> bool:
+    """Whether the migration was deleted before its admission was written (pure): ``written`` is the
+    object as the API server answered that write (None when it was gone already).
+
+    A drain withdraws a queued migration by a delete conditional on the version it saw queued, and
+    the admission is a write that changes that version, so the API server orders the two: when the
+    answer to the write already carries a deletion time, the withdrawal came first and no agent may
+    be asked to move anything. Kopf's own stop flag comes later, with the watch event.
+    """
+    return written is None or bool((written.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def as_sentence(text: str) -> str:
     """``text`` ending as a sentence does (pure): an agent's message may lack the final stop, and the
     controller appends its own sentence after it."""
@@ -156,7 +168,10 @@ class ProgressWatch:
 
 def strategy_of(report: MigrationStatus) -> MigrationStrategy:
     """The ladder rung a migration runs under now, from its agent's report (pure): Quick once it
-    fell back (or was asked for), AutoConverge while the guest is throttled, else PreCopy."""
+    fell back (or was asked for), PostCopy once it switched to post-copy, AutoConverge while the guest is
+    throttled, else PreCopy."""
+    if report.postcopy:
+        return MigrationStrategy.PostCopy
     if report.mode is MigrationMode.Quick:
         return MigrationStrategy.Quick
     if report.throttle_percent > 0:
@@ -236,6 +251,9 @@ def switchover_go_due(report: MigrationStatus, written_phase: str | None, cancel
 
 def switchover_message(vm: str, source: str | None, target: str | None, report: MigrationStatus) -> str:
     """The SwitchingOver condition's message."""
+    if report.postcopy:
+        return (f"Pre-copy did not converge after round {report.round}: {vm} switched to post-copy and runs on "
+                f"{target}, which pulls the {report.remaining_mib:.2f} MiB it still lacks from {source}.")
     return (f"Pre-copy converged after round {report.round} with {report.remaining_mib:.2f} MiB left: {vm} is "
             f"paused on {source} for the final copy and resumed on {target}.")
 

@@ -60,17 +60,21 @@ class Run:
     def vm_key(self) -> str:
         return f"{self.namespace}/{self.vm_name}"
 
-    async def patch(self, status: dict[str, Any]) -> None:
+    async def patch(self, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the migration's status: the object as written (None when it is gone)."""
         self.status.update(status)
         self.last_patch = time.monotonic()
-        await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
+        return await kubeapi.patch_status("virtualmachinemigrations", self.namespace, self.name, status)
 
-    async def set_phase(self, phase: MigrationPhase, reason: str, message: str, **extra: Any) -> None:
-        await self.patch({"phase": phase.value, "observedGeneration": self.generation,
-                          "conditions": migration_conditions(self.status, phase, reason, message, self.generation),
-                          **extra})
+    async def set_phase(self, phase: MigrationPhase, reason: str, message: str,
+                        **extra: Any) -> dict[str, Any] | None:
+        written = await self.patch({"phase": phase.value, "observedGeneration": self.generation,
+                                    "conditions": migration_conditions(self.status, phase, reason, message,
+                                                                       self.generation),
+                                    **extra})
         if self.vm_phase is not None and phase in IN_FLIGHT and phase is not self.vm_phase:
             await self.mark_vm(phase)
+        return written
 
     async def mark_vm(self, phase: MigrationPhase) -> None:
         """The VM's status.migration follows the migration's phase while it is in flight."""
@@ -105,12 +109,19 @@ async def newest_vm(run: Run, cached: VMEntry | None) -> VMEntry | None:
     created the moment its VM reports Running is not refused by a cache one watch event behind."""
     if cached is not None and cached.host:
         return cached
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the cache's answer stands when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+    read, body = await _read_vm(run)
+    if not read:  # the cache's answer stands when the API cannot be asked
         return cached
     return index_vm(body) if body is not None else None
+
+
+async def _read_vm(run: Run) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the API server answered, the VM's body as it has it now or None when it has none)."""
+    try:
+        return True, await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
+    except Exception as look:
+        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+        return False, None
 
 
 def as_failure(run: Run, exc: MigrationFailedError | AgentRefusedError | AgentError) -> MigrationFailedError:
@@ -133,10 +144,8 @@ async def unless_deleted(run: Run, exc: Exception, verdict: MigrationFailedError
     may not have seen the deletion yet), and say so."""
     if not (isinstance(exc, AgentRefusedError) and exc.side is Side.source and exc.error.code == "NotFound"):
         return verdict
-    try:
-        body = await kubeapi.get("virtualmachines", run.namespace, run.vm_name)
-    except Exception as look:  # the agent's own words stand when the API cannot be asked
-        logging.getLogger("vmshift.migrations").info("migration %s: could not read %s (%r)", run.key, run.vm_name, look)
+    read, body = await _read_vm(run)
+    if not read:  # the agent's own words stand when the API cannot be asked
         return verdict
     if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
         return verdict

@@ -55,6 +55,7 @@ from vmshift.controllers.migration_decisions import (
     switchover_message,
     target_verdict,
     unacknowledged_note,
+    withdrawn_before_admission,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, as_failure, newest_vm, policy_for, unless_deleted
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
@@ -91,8 +92,6 @@ SWITCHOVER_WAIT_SECONDS = 5.0
 def _finished(status: Mapping[str, Any] | None, **_: Any) -> bool:
     phase = (status or {}).get("phase")
     return phase is not None and MigrationPhase(phase).finished
-
-
 
 
 async def _validate(run: Run, spec: VirtualMachineMigrationSpec, policies: list[MigrationPolicyView], *,
@@ -193,6 +192,7 @@ async def _prepare_and_start(run: Run, target: str, mode: MigrationMode, spec: V
                                            initial_percent=policy.throttle[0], step_percent=policy.throttle[1],
                                            max_percent=policy.throttle[2]),
         fallback_to_quick=policy.allows_quick,
+        fallback_to_postcopy=policy.allows_postcopy,
         max_downtime_ms=max_downtime,
         bandwidth_mbps=policy.bandwidth_mbps,
         link_share=LinkShareSettings.model_validate(spec.linkShare.model_dump()) if spec.linkShare else None,
@@ -429,10 +429,6 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
     await virtualmachines.recheck(run.vm_key, logging.getLogger("vmshift.migrations"))
 
 
-
-
-
-
 async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
     ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
@@ -530,10 +526,13 @@ async def drive_migration(
                     await _finish(run, MigrationPhase.Cancelled)
                     return
                 # Both before any agent acts (a restarted daemon finds Validating, asks the source); one round trip.
-                await asyncio.gather(
+                written, _vm = await asyncio.gather(
                     run.set_phase(MigrationPhase.Validating, "Admitted", why, sourceHost=run.source,
                                   targetHost=target, mode=mode.value, policy=run.policy.name),
                     run.mark_vm(MigrationPhase.Validating))
+                if withdrawn_before_admission(written):
+                    await _finish(run, MigrationPhase.Cancelled)
+                    return
                 await _prepare_and_start(run, target, mode, wanted)
                 await run.set_phase(MigrationPhase.Transferring, "Transferring",
                                     f"Moving {run.vm_name} from {run.source} to {target}: {why}",
@@ -563,7 +562,7 @@ async def drive_migration(
         return  # the claim and slots stay held: the migration is still in flight
     except (MigrationFailedError, AgentRefusedError, AgentError) as exc:
         verdict = await unless_deleted(run, exc, as_failure(run, exc))
-        if leaving(stopped):
+        if leaving(stopped) or rt.stopping:
             # Seen while the operator stops: the host daemons drop their agent links then, so a
             # healthy agent may look unreachable. The next operator looks again.
             logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); not recording "

@@ -159,6 +159,9 @@ class Runtime:
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain
     #: pass, and the status they make, all run again when it is set.
     host_wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Set by the operator's cleanup before it closes the agent links: a daemon Kopf spawned while the
+    #: operator was already stopping never gets its stop flag, yet sees the links closed under it.
+    stopping: bool = False
 
     def gate_released(self) -> None:
         """A migration gave its slots back: wake every migration waiting in the queue now, so the next

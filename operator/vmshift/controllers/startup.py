@@ -106,6 +106,7 @@ background = Supervisor()
 
 @kopf.on.cleanup()
 async def close_agents(**_: Any) -> None:
+    runtime().stopping = True
     await background.stop()
     for informer in indexes.INFORMERS:
         informer.stop()

@@ -310,7 +310,8 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                           threshold_ms: float = CONVERGENCE.threshold_ms, max_rounds: int = CONVERGENCE.max_rounds,
                           stall_rounds: int = CONVERGENCE.stall_rounds,
                           auto_converge: AutoConvergeSettings | None = None, fallback_to_quick: bool = False,
-                          max_downtime_ms: float | None = None, bandwidth_mbps: float | None = None,
+                          fallback_to_postcopy: bool = False, max_downtime_ms: float | None = None,
+                          bandwidth_mbps: float | None = None,
                           timeout_seconds: float | None = None, reservation_seconds: float | None = None,
                           target_address: tuple[str, int] | None = None,
                           switchover_wait_seconds: float = 0.0,
@@ -331,5 +332,6 @@ async def begin_migration(source: HypervisorClient, target: HypervisorClient, vm
                                bandwidth_mbps=grant.bandwidth_mbps),
         threshold_ms=threshold_ms, max_rounds=max_rounds, stall_rounds=stall_rounds,
         auto_converge=auto_converge or AutoConvergeSettings(), fallback_to_quick=fallback_to_quick,
-        max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps, timeout_seconds=timeout_seconds,
+        fallback_to_postcopy=fallback_to_postcopy, max_downtime_ms=max_downtime_ms, bandwidth_mbps=bandwidth_mbps,
+        timeout_seconds=timeout_seconds,
         switchover_wait_seconds=switchover_wait_seconds, link_share=link_share))

@@ -15,7 +15,8 @@ paused and waiting, and returns where the source must send), the source's agent 
 ``IncomingEndpoint`` to ``migrate`` with the policy's ``MigrationParameters`` and polls
 ``progress`` (which the agent turns into MigrationStatus rounds, remaining, dirty rate, throughput,
 expected downtime); ``cancel`` stops a transfer before its commit point and leaves the guest running
-on the source; ``switch_to_postcopy`` is the policy ladder's last step when post-copy is allowed.
+on the source; ``switch_to_postcopy`` is the policy ladder's last step when post-copy is allowed,
+``allow_downtime`` its Quick step (the transfer may pause the guest long enough to send the rest).
 When ``progress`` says ``Completed``, the guest runs on the target and the source's copy is
 released with ``delete``; on ``Failed`` or ``Cancelled`` the source's guest runs and the target's
 agent calls ``abort_incoming``.
@@ -143,6 +144,9 @@ class TransferProgress:
     downtime_ms: float | None = None
     duration_ms: float | None = None
     error: str | None = None
+    #: The guest is paused on the source while the last of its state crosses (QEMU: ``device``,
+    #: ``pre-switchover``): the switchover is under way.
+    switching_over: bool = False
 
     @property
     def finished(self) -> bool:
@@ -215,6 +219,11 @@ class GuestDriver(Protocol):
 
     async def switch_to_postcopy(self, vm_id: str) -> None:
         """Run the guest on the target now and let it pull the rest (only when post-copy was allowed)."""
+        ...
+
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        """Let the transfer under way pause the guest for up to ``downtime_ms`` to finish: the ladder's
+        Quick step when pre-copy does not converge (the guest arrives running, after that pause)."""
         ...
 
     async def cancel(self, vm_id: str) -> TransferProgress:

@@ -456,6 +456,9 @@ class MigrationRequest(Request):
     auto_converge: AutoConvergeSettings = Field(default_factory=AutoConvergeSettings)
     fallback_to_quick: bool = Field(False, description="When pre-copy cannot converge, pause the guest and "
                                     "copy the rest (a quick migration of what the target lacks).")
+    fallback_to_postcopy: bool = Field(False, description="When pre-copy cannot converge, run the guest on the "
+                                       "target and let it pull the rest (QEMU driver only: a source under "
+                                       "the simulated driver fails NotConverging instead).")
     max_downtime_ms: float | None = Field(None, gt=0, description="Refuse a fallback whose predicted pause "
                                           "exceeds this.")
     bandwidth_mbps: float | None = Field(None, gt=0, description="A cap below both hosts' rates.")
@@ -481,7 +484,8 @@ class MigrationRequest(Request):
             threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
             auto_converge=auto.enabled, throttle_initial_percent=auto.initial_percent,
             throttle_step_percent=auto.step_percent, throttle_max_percent=auto.max_percent,
-            fallback_to_quick=self.fallback_to_quick, max_downtime_ms=self.max_downtime_ms)
+            fallback_to_quick=self.fallback_to_quick, fallback_to_postcopy=self.fallback_to_postcopy,
+            max_downtime_ms=self.max_downtime_ms)
 
 
 class RoundInfo(Response):
@@ -512,6 +516,8 @@ class MigrationStatus(Response):
     percent: float = 0.0
     throttle_percent: float = 0.0
     rounds: list[RoundInfo] = Field(default_factory=list, description="The last rounds (at most 64).")
+    postcopy: bool = Field(False, description="QEMU driver, source: the ladder switched to post-copy; the guest "
+                           "runs on the target and pulls the pages it still lacks.")
     downtime_ms: float | None = None
     expected_downtime_ms: float | None = Field(None, description="QEMU driver: the pause QEMU expects if it "
                                                "switched over now (query-migrate's expected-downtime).")

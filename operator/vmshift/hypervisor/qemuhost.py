@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from vmshift.api.reasons import FailureReason
 from vmshift.hypervisor.driver import CpuChoice, DriverError, GuestDriver, SavedState
@@ -134,37 +135,40 @@ class DrivenHost(HypervisorHost):
                 raise driver_failed(vm_id, "stop", exc) from None
         return info
 
+    def _state_file(self, guest: Guest, action: str, needs: VmState) -> Path:
+        """The file ``action`` (save or restore) writes or reads the guest's state in, once it is sure the
+        guest is not migrating and is ``needs``; ApiError otherwise."""
+        self._not_migrating(guest, action)
+        if guest.state is not needs:
+            raise self._bad_state(guest, action)
+        directory = self.config.driver_dir or self.config.shared_dir
+        assert directory is not None
+        return directory / guest.vm_id / SAVED_STATE
+
     async def save(self, vm_id: str) -> VmInfo:
         guest = self._guest(vm_id)
         if guest.state is VmState.Saved:
             return self._info(guest)
-        self._not_migrating(guest, "save")
-        if guest.state is not VmState.Running:
-            raise self._bad_state(guest, "save")
-        directory = self.config.driver_dir or self.config.shared_dir
-        assert directory is not None
+        path = self._state_file(guest, "save", VmState.Running)
         try:
-            await self.driver.save(vm_id, directory / vm_id / SAVED_STATE)
+            await self.driver.save(vm_id, path)
         except DriverError as exc:
             raise driver_failed(vm_id, "save", exc) from None
-        return self.save_vm(vm_id)
+        self.save_vm(vm_id)
+        return self._info(guest)
 
     async def restore(self, vm_id: str) -> VmInfo:
         guest = self._guest(vm_id)
         if guest.state is VmState.Running:
             return self._info(guest)
-        self._not_migrating(guest, "restore")
-        if guest.state is not VmState.Saved:
-            raise self._bad_state(guest, "restore")
-        directory = self.config.driver_dir or self.config.shared_dir
-        assert directory is not None
-        path = directory / vm_id / SAVED_STATE
+        path = self._state_file(guest, "restore", VmState.Saved)
         try:
             size = (await asyncio.to_thread(path.stat)).st_size
             await self.driver.restore(vm_id, SavedState(path=path, size_bytes=size, cpu=self._cpu(guest)))
         except (OSError, DriverError) as exc:
             raise driver_failed(vm_id, "restore", DriverError(str(exc))) from None
-        return self.restore_vm(vm_id)
+        self.restore_vm(vm_id)
+        return self._info(guest)
 
     async def delete(self, vm_id: str, force: bool = False) -> None:
         self.delete_vm(vm_id, force)

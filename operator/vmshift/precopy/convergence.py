@@ -31,6 +31,7 @@ class ActionKind(StrEnum):
     SwitchOver = "SwitchOver"  # pause, send the rest, resume on the target
     Throttle = "Throttle"  # auto-converge: slow the guest's writes (more), then another round
     Quick = "Quick"  # fall back: pause and copy what remains (a quick migration of the rest)
+    PostCopy = "PostCopy"  # fall back: run the guest on the target now; it pulls what it still lacks
     Fail = "Fail"  # NotConverging: the VM stays on the source
 
 
@@ -38,8 +39,9 @@ class ActionKind(StrEnum):
 class ConvergencePolicy:
     """The rules one live migration converges by, in the units the rule works in.
 
-    ``auto_converge`` and ``fallback_to_quick`` say whether the policy's ladder holds AutoConverge
-    and Quick; ``max_downtime_ms`` (None: no budget) caps every pause the rule may decide on.
+    ``auto_converge``, ``fallback_to_quick`` and ``fallback_to_postcopy`` say whether the policy's
+    ladder holds AutoConverge, Quick and PostCopy; ``max_downtime_ms`` (None: no budget) caps every
+    pause the rule may decide on.
     """
 
     threshold_ms: float = float(_API_DEFAULTS.switchoverThresholdMs)
@@ -50,6 +52,7 @@ class ConvergencePolicy:
     throttle_step_percent: float = float(_API_DEFAULTS.autoConverge.stepPercent)
     throttle_max_percent: float = float(_API_DEFAULTS.autoConverge.maxPercent)
     fallback_to_quick: bool = False
+    fallback_to_postcopy: bool = False
     max_downtime_ms: float | None = None
 
     @property
@@ -132,7 +135,9 @@ def next_action(stats: RoundStats, policy: ConvergencePolicy) -> Action:
       guest writing faster than the link carries: then it cannot converge, and waiting rounds for it
       would only run into the timeout.
     - Quick, when allowed, pauses the guest and copies the rest, unless that pause would exceed
-      ``max_downtime_ms``; otherwise the migration fails NotConverging and the VM stays.
+      ``max_downtime_ms``; PostCopy, when allowed, runs the guest on the target at once (its pause is
+      the device state's, not the remaining memory's, so no budget refuses it); otherwise the
+      migration fails NotConverging and the VM stays.
     """
     rung = stats.rung_started
     if stats.remaining_bytes <= stats.link_rate * policy.switchover_ms / 1000:
@@ -167,6 +172,8 @@ def next_action(stats: RoundStats, policy: ConvergencePolicy) -> Action:
         why = "the remaining set did not shrink fast enough to converge in the rounds left"
     if hopeless:
         why += f"; {hopeless}"
+    if policy.fallback_to_postcopy:
+        return Action(ActionKind.PostCopy, stalled, stats.throttle_percent, why)
     if policy.fallback_to_quick:
         predicted_ms = stats.remaining_bytes / stats.link_rate * 1000
         if policy.max_downtime_ms is not None and predicted_ms > policy.max_downtime_ms:

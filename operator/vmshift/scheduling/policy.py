@@ -30,6 +30,7 @@ class Rung(StrEnum):
     PreCopy = "PreCopy"
     AutoConverge = "AutoConverge"
     Quick = "Quick"
+    PostCopy = "PostCopy"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class MigrationPolicyView:
     def allows_quick(self) -> bool:
         return Rung.Quick in self.ladder
 
+    @property
+    def allows_postcopy(self) -> bool:
+        return Rung.PostCopy in self.ladder
+
     def convergence(self, max_downtime_ms: float | None = None) -> ConvergencePolicy:
         """The rules a live migration under this policy converges by, as the agent receives them.
 
@@ -77,7 +82,8 @@ class MigrationPolicyView:
             threshold_ms=self.threshold_ms, max_rounds=self.max_rounds, stall_rounds=self.stall_rounds,
             auto_converge=Rung.AutoConverge in self.ladder, throttle_initial_percent=self.throttle[0],
             throttle_step_percent=self.throttle[1], throttle_max_percent=self.throttle[2],
-            fallback_to_quick=self.allows_quick, max_downtime_ms=max_downtime_ms)
+            fallback_to_quick=self.allows_quick, fallback_to_postcopy=self.allows_postcopy,
+            max_downtime_ms=max_downtime_ms)
 
     def completion_timeout_seconds(self, memory_mib: float) -> float:
         """The whole migration's deadline for a guest of ``memory_mib`` (at least one GiB's worth)."""

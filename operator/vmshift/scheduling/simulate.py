@@ -177,7 +177,9 @@ def simulate(
         finish[m.vm] = now + overhead
         sent[m.vm] = flow.sent
         outcome[m.vm] = result
-        if flow.final_started is not None and result != "Failed":
+        if result == "PostCopy":  # the guest ran on the target while the rest crossed
+            downtime[m.vm] = switchover_overhead_ms
+        elif flow.final_started is not None and result != "Failed":
             downtime[m.vm] = (now - flow.final_started) * 1000 + switchover_overhead_ms
         if result == "Failed":
             failed.append(m.vm)
@@ -204,8 +206,9 @@ def simulate(
             flow.final_outcome = "AutoConverge" if flow.throttle > 0 else "Live"
             pause(flow, dirtied)
             return None
-        if action.kind is ActionKind.Quick:
-            flow.final_outcome = "Quick"
+        if action.kind in (ActionKind.Quick, ActionKind.PostCopy):
+            # Post-copy runs the guest on the target at once, but the rest still crosses the link.
+            flow.final_outcome = action.kind.value
             pause(flow, dirtied)
             return None
         if action.kind is ActionKind.Fail:

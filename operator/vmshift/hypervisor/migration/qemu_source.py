@@ -5,8 +5,17 @@ The agents' handshake, ticket, control messages, cancel, watchdog and in-doubt r
 QEMU to the port the target's incoming QEMU listens on (the target's WELCOME names it), with the
 request's switchover threshold (capped by its downtime budget) as QEMU's ``downtime-limit`` and its
 bandwidth as ``max-bandwidth``; ``query-migrate`` fills the record, and QEMU's measured downtime is the
-final one. Quick: the guest's state is saved to a file on the shared directory standing for the
-cluster shared volume, the SWITCHOVER names that file, and the target restores it.
+final one. QEMU switches over by itself once the rest fits its downtime limit; after each round QEMU
+reports (its dirty-sync-count) the agents' convergence rule (``next_action``) judges the round from
+``query-migrate`` as it judges the simulated driver's, and its ladder applies: Fail cancels QEMU's
+transfer (NotConverging, the guest runs on here), Quick raises QEMU's downtime limit to the pause the
+rest needs (QEMU stops the guest, sends the rest, and the target runs it: the guest arrives running),
+PostCopy switches QEMU to post-copy (both QEMUs have ``postcopy-ram`` on when the policy allows it; from
+then on the guest runs on the target and the move can no longer be cancelled). Throttling is QEMU's own
+auto-converge. The record's phase is SwitchingOver while QEMU has the guest stopped for the last of
+its state, and from the switch to post-copy on. Quick: the guest's state is saved to a file on the
+shared directory standing for the cluster shared volume, the SWITCHOVER names that file, and the
+target restores it.
 
 Reaches its driver only through ``GuestDriver``; a transfer QEMU fails or that is cancelled before QEMU
 completed it leaves the guest running here (QEMU resumes it, or this side restores the saved state).
@@ -17,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
@@ -37,6 +48,7 @@ from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.stream import StreamClosed
 from vmshift.hypervisor.migration.wire import ProtocolError, Resumed, Switchover
 from vmshift.hypervisor.protocol import MigrationRequest, RoundInfo, VmState
+from vmshift.precopy.convergence import Action, ActionKind, ConvergencePolicy, RoundStats, next_action
 
 log = logging.getLogger("vmshift.agent.migration")
 
@@ -55,7 +67,42 @@ def parameters(request: MigrationRequest, bandwidth_mbps: float) -> MigrationPar
     if request.max_downtime_ms is not None:
         limit = min(limit, request.max_downtime_ms)
     return MigrationParameters(downtime_limit_ms=limit, bandwidth_mbps=bandwidth_mbps or None,
-                               auto_converge=request.auto_converge.enabled, postcopy_allowed=False)
+                               auto_converge=request.auto_converge.enabled,
+                               postcopy_allowed=request.fallback_to_postcopy)
+
+
+@dataclass
+class QemuRounds:
+    """The convergence rule over QEMU's rounds: ``judge`` takes each ``query-migrate`` look and, when QEMU
+    finished a round since the last one judged, returns ``next_action``'s verdict on it (None otherwise).
+
+    QEMU's dirty-sync-count is 1 once its first bitmap sync is done and grows by one at the end of every
+    pass over dirty memory, so after ``rounds`` syncs round ``rounds - 2`` has ended. Polled, several
+    rounds may end between two looks: they are judged as one, what was sent since the last look spread
+    evenly over them. ``link_rate`` is the configured rate in bytes per second (None: QEMU's measured one).
+    """
+
+    policy: ConvergencePolicy
+    link_rate: float | None
+    judged: int = 1  # the dirty-sync-count last judged
+    sent_mib: float = 0.0  # transferred when it was judged
+    stalled: int = 0
+    rung_started: int = 0
+
+    def judge(self, progress: TransferProgress) -> Action | None:
+        if progress.phase is not TransferPhase.Active or progress.switching_over or progress.rounds <= self.judged:
+            return None
+        ended = progress.rounds - self.judged
+        sent = (progress.transferred_mib - self.sent_mib) / ended
+        self.judged, self.sent_mib = progress.rounds, progress.transferred_mib
+        rate = self.link_rate if self.link_rate is not None else progress.throughput_mbps * 1e6 / 8
+        action = next_action(RoundStats(
+            round_index=progress.rounds - 2, remaining_bytes=progress.remaining_mib * 2**20,
+            sent_bytes=sent * 2**20, link_rate=rate if rate > 0 else 1e9,
+            write_rate=progress.dirty_rate_mib_ps * 2**20, throttle_percent=progress.throttle_percent,
+            stalled=self.stalled, rung_started=self.rung_started), self.policy)
+        self.stalled, self.rung_started = action.stalled, action.rung_started
+        return action
 
 
 class QemuSourceMigration(SourceMigration):
@@ -68,10 +115,18 @@ class QemuSourceMigration(SourceMigration):
         self.shared_dir = shared_dir
         self._qemu_started = False
         self._saved: SavedState | None = None
+        self._postcopy = False  # switched to post-copy: the guest runs on the target, no way back
+        self.rounds = QemuRounds(request.convergence(),
+                                 None if math.isinf(self.rate) else self.rate)
 
     @property
     def vm_id(self) -> str:
         return self.guest.vm_id
+
+    def cancel(self, reason: FailureReason, message: str) -> bool:
+        if self._postcopy:  # the guest already runs on the target
+            return False
+        return super().cancel(reason, message)
 
     # -- live: QEMU's pre-copy ---------------------------------------------------------------------
 
@@ -92,6 +147,8 @@ class QemuSourceMigration(SourceMigration):
         try:
             progress = await self._follow()
         except (asyncio.CancelledError, MigrationFailed):
+            if self._postcopy:  # nothing to stop: the guest runs on the target, QEMU's stream decides
+                raise
             progress = await self._stop_transfer()
             if progress.phase is not TransferPhase.Completed:
                 raise
@@ -112,13 +169,53 @@ class QemuSourceMigration(SourceMigration):
             if progress.phase is TransferPhase.Completed:
                 return progress
             if progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled):
+                if self._postcopy:
+                    raise MigrationFailed(FailureReason.TargetLost, f"QEMU's post-copy failed: "
+                                          f"{progress.error or 'the target QEMU went away'}; the guest had switched "
+                                          "to the target and its memory was split between the hosts")
                 self._check_target()  # the target's own word first, when it sent one
                 raise MigrationFailed(FailureReason.TargetLost,
                                       f"QEMU's transfer {progress.phase.value.lower()}: "
                                       f"{progress.error or 'the target QEMU went away'}; the VM keeps running on "
                                       "the source")
-            self._check_target()
+            if not self._postcopy:  # after the switch the target agent may well close its stream: QEMU's decides
+                self._check_target()
+            action = self.rounds.judge(progress)
+            if action is not None:
+                await self._act(action, progress)
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _act(self, action: Action, progress: TransferProgress) -> None:
+        """Follow the ladder's word on a round QEMU just ended (QEMU itself switches over and throttles)."""
+        if action.kind is ActionKind.Fail:
+            raise MigrationFailed(FailureReason.NotConverging, self._not_converging(
+                int(progress.remaining_mib * 256), progress.rounds - 2, action.why))
+        if action.kind is ActionKind.Quick:
+            pause_ms = progress.remaining_mib * 2**20 / (self.rounds.link_rate or
+                                                          max(progress.throughput_mbps * 1e6 / 8, 1.0)) * 1000
+            log.info("migration %s: pre-copy does not converge (%s), falling back to quick: QEMU may pause the "
+                     "guest ~%.0f ms to send the rest", self.migration_id, action.why, pause_ms)
+            try:
+                await self.driver.allow_downtime(self.vm_id, pause_ms * 1.5 + 100)
+            except DriverError as exc:
+                raise MigrationFailed(FailureReason.NotConverging, f"pre-copy does not converge ({action.why}) "
+                                      f"and QEMU refused the quick fallback: {exc}; the VM keeps running on the "
+                                      "source") from None
+            self.record.mode = MigrationMode.Quick
+            self.record.touch()
+        elif action.kind is ActionKind.PostCopy:
+            log.info("migration %s: pre-copy does not converge (%s), switching to post-copy", self.migration_id,
+                     action.why)
+            try:
+                await self.driver.switch_to_postcopy(self.vm_id)
+            except DriverError as exc:
+                raise MigrationFailed(FailureReason.NotConverging, f"pre-copy does not converge ({action.why}) "
+                                      f"and QEMU could not switch to post-copy: {exc}; the VM keeps running on "
+                                      "the source") from None
+            self._postcopy = True
+            self.record.postcopy = True
+            self.record.phase = MigrationPhase.SwitchingOver
+            self.record.touch()
 
     async def _stop_transfer(self) -> TransferProgress:
         """Cancel QEMU's transfer; what QEMU says it ended as (Completed if it won the race)."""
@@ -145,6 +242,8 @@ class QemuSourceMigration(SourceMigration):
         record.throughput_mbps = progress.throughput_mbps
         record.throttle_percent = progress.throttle_percent
         record.expected_downtime_ms = progress.expected_downtime_ms
+        if progress.switching_over or progress.phase is TransferPhase.PostCopy:
+            record.phase = MigrationPhase.SwitchingOver
         record.touch()
 
     def _committed_by_qemu(self, progress: TransferProgress) -> None:
@@ -210,7 +309,7 @@ class QemuSourceMigration(SourceMigration):
                           self.vm_id, exc)
             await asyncio.to_thread(self._saved.path.unlink, True)
             self._saved = None
-        elif self._qemu_started:
+        elif self._qemu_started and not self._postcopy:
             progress = await self._stop_transfer()
             if progress.phase is TransferPhase.Completed:  # should not happen: the caller checked
                 log.error("migration %s: QEMU completed the transfer the agent was failing", self.migration_id)

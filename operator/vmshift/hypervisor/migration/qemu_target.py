@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from pathlib import Path
 
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
@@ -76,8 +75,9 @@ class QemuTargetMigration(TargetMigration):
             if self._ready:
                 return
             if self.record.mode is MigrationMode.Live:
+                # post-copy on: the source's QEMU decides whether it is used (when its policy allows it)
                 self.endpoint = await self.driver.prepare_incoming(self.vm_id, self.guest.definition, self.cpu,
-                                                                   MigrationParameters())
+                                                                   MigrationParameters(postcopy_allowed=True))
             else:
                 await self.driver.define(self.vm_id, self.guest.definition)
             self._ready = True
@@ -101,16 +101,7 @@ class QemuTargetMigration(TargetMigration):
                 log.warning("incoming migration %s: %s", self.migration_id, exc)
 
     async def serve(self, stream: FrameStream, hello: Hello) -> None:
-        self.connected = True
-        self._expiry.cancel()
-        self.task = asyncio.current_task()
-        record = self.record
-        record.started = time.monotonic()
-        record.phase = MigrationPhase.Transferring
-        record.peer = stream.peer[0]
-        record.touch()
-        token = hello.resolve_token
-        self.resolve_token = token if token is not None and 16 <= len(token) <= 128 else None
+        record = self._begin(stream, hello)
         inbox: asyncio.Queue[ControlMessage | None] = asyncio.Queue()
         reader = asyncio.create_task(_read(stream, inbox))
         try:
@@ -118,26 +109,16 @@ class QemuTargetMigration(TargetMigration):
                 if not self._ready:
                     raise MigrationFailed(FailureReason.TargetLost, "the target's QEMU was not ready to receive "
                                           "the guest; ask the target for a new reservation")
-                try:
-                    await stream.send_message(Welcome(resolve_port=self.host.migration_port,
-                                                      qemu_port=self.endpoint.port if self.endpoint else None))
-                except (StreamClosed, OSError) as exc:
-                    raise MigrationFailed(FailureReason.SourceLost, f"the source went away at the handshake "
-                                          f"({exc}); the reservation was released") from None
+                await self._welcome(stream, Welcome(resolve_port=self.host.migration_port,
+                                                    qemu_port=self.endpoint.port if self.endpoint else None))
                 if record.mode is MigrationMode.Live:
                     await self._until_qemu_runs_it(inbox)
                 else:
                     await self._restore(inbox)
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                raise self._cancel or MigrationFailed(FailureReason.TargetLost, "the target agent is shutting down") \
-                    from None
+                raise self._interrupted() from None
         except MigrationFailed as failure:
-            with contextlib.suppress(StreamClosed, OSError, TimeoutError):
-                await stream.send_message(failure.abort(), within=1.0)
-            self._discard(failure)
+            await self._fail(stream, failure)
             reader.cancel()
             return
         self._commit()

@@ -60,6 +60,7 @@ class MigrationRecord:
         self.dirty_rate_mib_ps = 0.0
         self.throughput_mbps = 0.0
         self.throttle_percent = 0.0
+        self.postcopy = False
         self.rounds: deque[RoundInfo] = deque(maxlen=ROUND_HISTORY)
         self.downtime_ms: float | None = None
         self.expected_downtime_ms: float | None = None
@@ -126,6 +127,7 @@ class MigrationRecord:
             percent=round(percent, 2),
             throttle_percent=self.throttle_percent,
             rounds=list(self.rounds),
+            postcopy=self.postcopy,
             downtime_ms=self.downtime_ms,
             expected_downtime_ms=self.expected_downtime_ms,
             duration_ms=self.duration_ms,

@@ -343,6 +343,10 @@ class SourceMigration:
             elif action.kind is ActionKind.Fail:
                 raise MigrationFailed(FailureReason.NotConverging,
                                       self._not_converging(dirty, round_index, action.why))
+            elif action.kind is ActionKind.PostCopy:
+                raise MigrationFailed(FailureReason.NotConverging, self._not_converging(
+                    dirty, round_index, f"{action.why}; the policy's ladder ends in PostCopy, which only the QEMU "
+                    "driver offers (this host runs the simulated one)"))
             round_index += 1
             pages = sorted(memory.take_dirty())
             await self._round(round_index, pages)

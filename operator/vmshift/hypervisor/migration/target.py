@@ -115,8 +115,8 @@ class TargetMigration:
                 and issuer.check(ticket, self.migration_id, self.guest.vm_id)
                 and hello.vm_id == self.guest.vm_id and hello.pages == self.memory.pages)
 
-    async def serve(self, stream: FrameStream, hello: Hello) -> None:
-        """Run the target side on an accepted, authenticated stream."""
+    def _begin(self, stream: FrameStream, hello: Hello) -> MigrationRecord:
+        """The stream arrived: the reservation no longer expires, the record starts, the resolve token is kept."""
         self.connected = True
         self._expiry.cancel()
         self.task = asyncio.current_task()
@@ -127,25 +127,41 @@ class TargetMigration:
         record.touch()
         token = hello.resolve_token
         self.resolve_token = token if token is not None and 16 <= len(token) <= 128 else None
+        return record
+
+    async def _welcome(self, stream: FrameStream, welcome: Welcome) -> None:
+        """Answer the HELLO; MigrationFailed when the source went away."""
+        try:
+            await stream.send_message(welcome)
+        except (StreamClosed, OSError) as exc:
+            raise MigrationFailed(FailureReason.SourceLost, f"the source went away at the handshake ({exc}); "
+                                  "the reservation was released") from None
+
+    def _interrupted(self) -> MigrationFailed:
+        """Why the serving task was cancelled (a cancel's failure, else the agent's shutdown); clears the cancel."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return self._cancel or MigrationFailed(FailureReason.TargetLost, "the target agent is shutting down")
+
+    async def _fail(self, stream: FrameStream, failure: MigrationFailed) -> None:
+        """Tell the source (if it still listens) and discard the reservation and the partial VM."""
+        with contextlib.suppress(StreamClosed, OSError, TimeoutError):
+            await stream.send_message(failure.abort(), within=1.0)
+        self._discard(failure)
+
+    async def serve(self, stream: FrameStream, hello: Hello) -> None:
+        """Run the target side on an accepted, authenticated stream."""
+        record = self._begin(stream, hello)
         try:
             try:
-                try:
-                    await stream.send_message(Welcome(resolve_port=self.host.migration_port))
-                except (StreamClosed, OSError) as exc:
-                    raise MigrationFailed(FailureReason.SourceLost, f"the source went away at the handshake ({exc}); "
-                                  "the reservation was released") from None
+                await self._welcome(stream, Welcome(resolve_port=self.host.migration_port))
                 switchover = await self._receive(stream)
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                raise self._cancel or MigrationFailed(FailureReason.TargetLost, "the target agent is shutting down") \
-                    from None
+                raise self._interrupted() from None
             self._switchover(switchover)  # no await in there: the guest resumes or the copy is refused
         except MigrationFailed as failure:
-            with contextlib.suppress(StreamClosed, OSError, TimeoutError):
-                await stream.send_message(failure.abort(), within=1.0)
-            self._discard(failure)
+            await self._fail(stream, failure)
             return
         except Exception as exc:  # a bug must not keep the reservation (or the copy) forever
             log.exception("incoming migration %s failed unexpectedly", self.migration_id)

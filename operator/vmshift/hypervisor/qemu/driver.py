@@ -3,14 +3,14 @@
 Implements ``vmshift.hypervisor.driver.GuestDriver``. Runs QEMU and ``qemu-img`` and talks QMP
 (the ``qemu.qmp`` client) over a UNIX socket per guest; reads the guest's serial console from the
 file QEMU writes it to. Knows nothing of HTTP, tickets or the operator. The monitor's plumbing
-(connect, quit, query-migrate read as progress) is monitor.py's, the console's console.py's, the
-qcow2 images disks.py's.
+(connect, quit, query-migrate read as progress) is monitor.py's, the command line cmdline.py's, the
+console's console.py's, the qcow2 images disks.py's.
 
 - **Processes**: ``start`` launches QEMU (machine ``q35``, the guest image's kernel and initramfs,
   ``-nodefaults``, the serial port into ``<work_dir>/<vm>/serial.log``), KVM when a probe guest
   boots under it, else TCG (accel.py; the choice and its reason are logged once). Under TCG the
   guest's RAM is 8 KiB over its definition, which keeps QEMU 7.2 from losing writes in a live
-  migration (TCG_RAM_PAD_KIB). ``stop`` quits the process (memory gone); the disks stay.
+  migration (cmdline.TCG_RAM_PAD_KIB). ``stop`` quits the process (memory gone); the disks stay.
 - **CPU**: the model of the ``CpuChoice`` the agent made (cpu.py), ``cpu_models`` is QEMU's
   ``query-cpu-definitions`` with what this host cannot run.
 - **Disks**: each disk on a shared volume is a qcow2 overlay ``<shared_dir>/<volume>/<vm>-<disk>.qcow2``
@@ -23,7 +23,10 @@ qcow2 images disks.py's.
   ``query-migrate``); the source gets ``migrate-set-capabilities`` (auto-converge, post-copy when
   allowed), ``migrate-set-parameters`` (downtime-limit, max-bandwidth) and ``migrate``.
   ``progress`` is ``query-migrate``: rounds are QEMU's dirty-sync-count, and the final
-  ``downtime`` is QEMU's own measurement. A transfer that fails or is cancelled before it
+  ``downtime`` is QEMU's own measurement. The agent's ladder steps in through
+  ``switch_to_postcopy`` (``migrate-start-postcopy``; the target always has ``postcopy-ram`` on, the
+  source only when the policy allows it) and ``allow_downtime`` (a larger ``downtime-limit``: QEMU
+  stops the guest, sends the rest, and the target runs it). A transfer that fails or is cancelled before it
   completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
   the source completes only after the target loaded the state: a target that fails to load it
   makes the source fail the transfer and run the guest again.
@@ -40,8 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -71,6 +74,7 @@ from vmshift.hypervisor.driver import (
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmState
 from vmshift.hypervisor.qemu import accel
 from vmshift.hypervisor.qemu import cpu as cpumodels
+from vmshift.hypervisor.qemu.cmdline import command_line, die_with_parent, workload_params
 from vmshift.hypervisor.qemu.console import CONSOLES, console_tail, keep_console, last_tick
 from vmshift.hypervisor.qemu.disks import make_disks
 from vmshift.hypervisor.qemu.monitor import (
@@ -81,7 +85,6 @@ from vmshift.hypervisor.qemu.monitor import (
     progress_of,
     quit_monitor,
 )
-from vmshift.hypervisor.qemu.workload import WorkloadParams
 
 log = logging.getLogger("vmshift.agent.qemu")
 
@@ -94,23 +97,8 @@ SAVE_SECONDS = 120.0
 UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 #: QEMU's own default, set again when a migration names none (an earlier one's limit stays in QEMU otherwise).
 DEFAULT_DOWNTIME_LIMIT_MS = 300
-PR_SET_PDEATHSIG = 1
-#: Workload tick the guest runs at (see workload.py); the dirty rate maps to KiB per tick.
-TICK_MS = 200
-#: Under TCG a guest's RAM is this much larger than its definition says. QEMU before 9.0 (Debian 12 ships
-#: 7.2) loses guest writes during a live migration from a TCG source whose RAM block is a whole number of
-#: 256 KiB (64 pages, one bitmap word): the fast path of ``cpu_physical_memory_sync_dirty_bitmap`` clears the
-#: migration dirty bits a word at a time without resetting the vCPUs' TLB entries, so stores through an
-#: entry that is already marked dirty are not tracked again, and the page the target gets is stale
-#: (upstream fix "physmem: Fix migration dirty bitmap coherency with TCG memory access", QEMU 9.0). Every
-#: MiB-sized guest hits that path. With 8 KiB more (QEMU rounds RAM to 8 KiB) the length is not
-#: word-aligned and QEMU takes its page-by-page path, which resets the TLB. Measured here, one 96 MiB guest
-#: bounced between two TCG hosts: without the pad 8 writes lost in 75 moves (5 kernels oopsed or hung, 3
-#: wrong region checksums), with it 1 in 180 (a wrong checksum at 10 MiB/s, none at 2.5 MiB/s; QEMU's
-#: notdirty path has a narrower race of the same kind that no command line avoids). Both hosts of a move
-#: must agree (QEMU refuses a RAM length mismatch): every TCG host pads, a KVM host (whose dirty log is the
-#: kernel's) does not.
-TCG_RAM_PAD_KIB = 8
+#: The largest ``downtime-limit`` QEMU accepts (its MAX_MIGRATE_DOWNTIME, 2000 s).
+MAX_DOWNTIME_LIMIT_MS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -124,31 +112,6 @@ class QemuConfig:
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     listen_host: str = "127.0.0.1"
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the agent that started it dies (Linux's PR_SET_PDEATHSIG),
-    so a killed agent leaves no guest running that nobody drives."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def workload_params(definition: VmDefinition) -> WorkloadParams:
-    """The guest workload for a VM's simulated-workload spec: ``workingSetMiB`` is the region (8 MiB
-    when 0, at most a quarter of memory), ``dirtyRateMiBps`` becomes KiB rewritten per 200 ms tick
-    (the guest's real rate is lower by the time it spends checksumming the region each tick)."""
-    spec = definition.workload
-    region = int(spec.working_set_mib) if spec.working_set_mib >= 1 else 8
-    region = max(1, min(region, definition.memory_mib // 4))
-    dirty_kib = int(spec.dirty_rate_mib_ps * 1024 * TICK_MS / 1000) // 4 * 4
-    return WorkloadParams(region_mib=region, dirty_kib=min(dirty_kib, region * 1024), interval_ms=TICK_MS)
-
-
-def memory_argument(memory_mib: int, accelerator: accel.Accelerator) -> str:
-    """QEMU's ``-m`` for a guest of ``memory_mib`` MiB under ``accelerator`` (see TCG_RAM_PAD_KIB)."""
-    if accelerator is accel.Accelerator.TCG:
-        return f"{memory_mib * 1024 + TCG_RAM_PAD_KIB}k"
-    return f"{memory_mib}M"
 
 
 @dataclass
@@ -487,6 +450,14 @@ class QemuDriver:
             raise DriverError(f"VM {vm_id} is not being migrated from this host")
         await self._execute(guest, "migrate-start-postcopy")
 
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        guest = self._guest(vm_id)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} is not being migrated from this host")
+        limit = max(1, min(math.ceil(downtime_ms), MAX_DOWNTIME_LIMIT_MS))
+        await self._execute(guest, "migrate-set-parameters", {"downtime-limit": limit})
+        log.info("VM %s: QEMU may now pause it for up to %d ms to finish the transfer", vm_id, limit)
+
     async def cancel(self, vm_id: str) -> TransferProgress:
         guest = self._guest(vm_id)
         if guest.role == "target":
@@ -522,21 +493,8 @@ class QemuDriver:
         guest.qmp_path.unlink(missing_ok=True)
         # QEMU truncates the console file: keep what the guest printed last time (an oops, say) first.
         await asyncio.to_thread(keep_console, guest.serial, self.config.work_dir / CONSOLES / guest.vm_id)
-        args = [
-            self.config.qemu, "-name", f"guest={guest.vm_id}", "-machine", f"q35,accel={choice.accel.value}",
-            "-cpu", cpu.model, "-m", memory_argument(d.memory_mib, choice.accel), "-smp", str(d.cpus),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", f"console=ttyS0 quiet panic=-1 {workload.kernel_args()}",
-            "-chardev", f"file,id=serial0,path={guest.serial}", "-serial", "chardev:serial0",
-            "-qmp", f"unix:{guest.qmp_path},server=on,wait=off",
-        ]
-        for index, disk in enumerate(guest.disks):
-            assert disk.path is not None
-            args += ["-blockdev", f"driver=qcow2,node-name=disk{index},file.driver=file,file.filename={disk.path}",
-                     "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index}"]
-        if incoming:
-            args += ["-incoming", "defer"]
+        args = command_line(self.config.qemu, guest.vm_id, d, cpu.model, choice.accel, image, workload,
+                            serial=guest.serial, qmp=guest.qmp_path, disks=guest.disks, incoming=incoming)
         stderr = await asyncio.to_thread(open, guest.directory / "qemu.log", "ab")  # the child's, closed below
         try:
             proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL, stdout=stderr,

@@ -30,6 +30,8 @@ PHASES = {
     "postcopy-paused": TransferPhase.PostCopy, "postcopy-recover": TransferPhase.PostCopy,
     "completed": TransferPhase.Completed, "failed": TransferPhase.Failed, "cancelled": TransferPhase.Cancelled,
 }
+#: query-migrate statuses in which the source's guest is stopped and its last state crosses.
+SWITCHING_OVER = frozenset({"pre-switchover", "device"})
 RUNSTATES = {
     "running": VmState.Running, "paused": VmState.Paused, "postmigrate": VmState.Paused,
     "finish-migrate": VmState.Paused, "save-vm": VmState.Paused, "suspended": VmState.Paused,
@@ -103,4 +105,5 @@ def progress_of(answer: dict[str, Any]) -> TransferProgress:
         downtime_ms=float(downtime) if downtime is not None and phase is TransferPhase.Completed else None,
         duration_ms=float(total_time) if total_time is not None else None,
         error=str(answer["error-desc"]) if answer.get("error-desc") else None,
+        switching_over=status in SWITCHING_OVER,
     )

@@ -1,0 +1,112 @@
+"""The QEMU source's following of QEMU's transfer (``QemuSourceMigration._follow``), against a scripted driver:
+the ladder's verdict on QEMU's rounds, post-copy, and the phase it reports. Real QEMU: tests/qemu, tests/e2e."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from vmshift.api.reasons import FailureReason, MigrationPhase
+from vmshift.hypervisor.driver import GuestDriver, TransferPhase, TransferProgress
+from vmshift.hypervisor.guest import Guest
+from vmshift.hypervisor.migration.host import MigrationHost
+from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration
+from vmshift.hypervisor.migration.record import MigrationFailed
+from vmshift.hypervisor.protocol import MigrationRequest, MigrationTarget, VmDefinition
+
+ACTIVE = TransferPhase.Active
+
+
+class ScriptedDriver:
+    """Answers ``progress`` from a script (the last look repeats) and notes the ladder's calls."""
+
+    def __init__(self, looks: list[TransferProgress]) -> None:
+        self._looks: Iterator[TransferProgress] = iter(looks)
+        self._last = looks[0]
+        self.calls: list[str] = []
+
+    async def progress(self, vm_id: str) -> TransferProgress:
+        self._last = next(self._looks, self._last)
+        return self._last
+
+    async def switch_to_postcopy(self, vm_id: str) -> None:
+        self.calls.append("postcopy")
+
+    async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
+        self.calls.append(f"downtime {downtime_ms:.0f}")
+
+
+def look(rounds: int, sent: float, remaining: float, phase: TransferPhase = ACTIVE) -> TransferProgress:
+    return TransferProgress(phase=phase, rounds=rounds, transferred_mib=sent, remaining_mib=remaining, total_mib=96,
+                            dirty_rate_mib_ps=2.5, throughput_mbps=8.0, downtime_ms=30.0 if
+                            phase is TransferPhase.Completed else None)
+
+
+#: A guest that re-dirties its 8 MiB region every round: round 0 ends at the 2nd sync, round 1 at the 3rd.
+NOT_CONVERGING = [look(1, 4, 92), look(2, 96, 8), look(2, 100, 6), look(3, 104, 8), look(4, 112, 8)]
+
+
+def migration(looks: list[TransferProgress], **request: Any) -> tuple[QemuSourceMigration, ScriptedDriver]:
+    driver = ScriptedDriver(looks)
+    guest = Guest("v-1", VmDefinition(name="v-1", cpus=1, memory_mib=96))
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    source = QemuSourceMigration(cast(MigrationHost, object()), guest, MigrationRequest(
+        migration_id="m-1", vm_id="v-1", target=target, max_rounds=2, stall_rounds=1, **request),
+        bandwidth_mbps=8, driver=cast(GuestDriver, driver), shared_dir=Path("/nonexistent"))
+    return source, driver
+
+
+async def test_rounds_qemu_cannot_converge_end_the_move_not_converging() -> None:
+    source, driver = migration(NOT_CONVERGING)
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    assert failed.value.reason is FailureReason.NotConverging, failed.value.message
+    assert "keeps running on the source" in failed.value.message and driver.calls == []
+
+
+async def test_a_ladder_ending_in_postcopy_switches_qemu_and_follows_it_to_the_end_whatever_the_agents_stream_does(
+        ) -> None:
+    source, driver = migration([*NOT_CONVERGING[:4], look(3, 106, 6, TransferPhase.PostCopy),
+                                look(3, 110, 0, TransferPhase.Completed)], fallback_to_postcopy=True)
+    switch = driver.switch_to_postcopy
+
+    async def switch_and_lose_the_agents_stream(vm_id: str) -> None:
+        await switch(vm_id)
+        # The target agent runs the guest once post-copy starts, and may close the agents' stream then.
+        source._target_gone = "the target closed the migration stream"
+    driver.switch_to_postcopy = switch_and_lose_the_agents_stream  # type: ignore[method-assign]
+    phases: list[MigrationPhase] = []
+    progress_of = driver.progress
+
+    async def sampled(vm_id: str) -> TransferProgress:
+        phases.append(source.record.phase)
+        return await progress_of(vm_id)
+    driver.progress = sampled  # type: ignore[method-assign]
+    source.record.phase = MigrationPhase.Transferring
+    progress = await source._follow()
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["postcopy"]
+    assert source.record.postcopy and source.record.status().postcopy
+    assert phases[-1] is MigrationPhase.SwitchingOver and MigrationPhase.Transferring in phases, phases
+    assert not source.cancel(FailureReason.Cancelled, "too late"), "a move in post-copy cannot be cancelled"
+
+
+async def test_a_ladder_ending_in_quick_lets_qemu_pause_the_guest_for_the_rest_and_says_quick() -> None:
+    source, driver = migration([*NOT_CONVERGING[:4], look(3, 110, 0, TransferPhase.Completed)],
+                               fallback_to_quick=True, max_downtime_ms=20_000)
+    progress = await source._follow()
+    assert progress.phase is TransferPhase.Completed
+    assert len(driver.calls) == 1 and driver.calls[0].startswith("downtime "), driver.calls
+    assert source.record.mode.value == "Quick"
+
+
+async def test_qemu_stopping_the_guest_for_the_last_copy_shows_as_switching_over() -> None:
+    stopped = TransferProgress(phase=ACTIVE, rounds=3, transferred_mib=100, remaining_mib=0.2, switching_over=True)
+    source, _ = migration([look(2, 96, 1), stopped, look(3, 100, 0, TransferPhase.Completed)])
+    source.record.phase = MigrationPhase.Transferring
+    source._record(look(2, 96, 1))
+    assert source.record.phase is MigrationPhase.Transferring
+    source._record(stopped)
+    assert source.record.phase is MigrationPhase.SwitchingOver
