@@ -13,7 +13,11 @@ Measured, in one run, each beside its floor and the target the project set itsel
   * operator RSS after sync and after the migrations;
   * API requests per minute while idle (from kube-apiserver's own request counter).
 
-    .venv/bin/python bench/scale.py [--hosts 1000] [--vms 10000]
+    .venv/bin/python bench/scale.py [--hosts 1000] [--vms 10000] [--profile DIR]
+
+``--profile DIR``: py-spy (``pip install py-spy``) samples the operator during the first start, the
+migrations and the restart, into ``DIR/<phase>.txt`` (raw collapsed stacks; ``bench/pyspy_top.py``
+prints their top entries). The sampler costs CPU on the same cores, so time a run without it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import statistics
@@ -204,6 +209,36 @@ def first_status_latencies(api: Any, vms: list[dict[str, Any]], hosts: int, coun
     return [seen[name] - created[name] for name in created]
 
 
+class Profiler:
+    """py-spy sampling one process for one phase of the benchmark (nothing when ``out_dir`` is None)."""
+
+    def __init__(self, out_dir: Path | None) -> None:
+        self.out_dir = out_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, pid: int, phase: str) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            raise SystemExit(f"--profile needs py-spy in the venv ({spy} is missing): pip install py-spy")
+        self.proc = subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+                                      "--format", "raw", "--output", str(self.out_dir / f"{phase}.txt")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def writes(requests: dict[str, float]) -> float:
     return sum(v for k, v in requests.items() if k.split()[0] in ("PATCH", "POST", "PUT", "DELETE"))
 
@@ -266,7 +301,11 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=10000)
     parser.add_argument("--migrations", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the operator with py-spy into this directory (one raw file per phase)")
     args = parser.parse_args()
+    profiler = Profiler(args.profile)
+    loads = {"at start": os.getloadavg()}
 
     plane = ControlPlane(default_dir("bench-scale"), tie_to_parent=True)
     state = plane.up(fresh=True)
@@ -301,12 +340,15 @@ def main() -> int:
         before_sync = apiserver_requests(plane, state.server)
         t0 = time.monotonic()
         proc = stack.start_operator("--agent-poll-seconds", "30")
+        profiler.start(proc.pid, "first-start")
         counter = ReadyCounter(api)
         ready = wait_until(lambda: (n := counter.count()) >= args.vms and n, f"{args.vms} VMs Ready", 900,
                            interval=0.5, describe=lambda: f"{counter.count()} Ready\n{stack.operator_log_tail(10)}")
         wait_until(lambda: operator_gauge(stack.metrics_port, "vmshift_virtualmachines_in_sync") >= args.vms,
                    f"the operator to report {args.vms} VMs in sync", 900, interval=0.5)
         sync_seconds = time.monotonic() - t0
+        profiler.stop()
+        loads["after the first start"] = os.getloadavg()
         after_sync = apiserver_requests(plane, state.server)
         rss_sync = rss_mib(proc.pid)
         counter.stop.set()
@@ -328,7 +370,10 @@ def main() -> int:
         idle_per_minute = sum(idle.values()) * 60 / args.idle_seconds
 
         lag_before = operator_buckets(stack.metrics_port, "vmshift_event_loop_lag_seconds")
+        profiler.start(proc.pid, "migrations")
         latencies = first_status_latencies(api, vms, args.hosts, args.migrations)
+        profiler.stop()
+        loads["after the migrations"] = os.getloadavg()
         lag_p99 = bucket_quantile(lag_before, operator_buckets(stack.metrics_port, "vmshift_event_loop_lag_seconds"),
                                   0.99)
         # The restart below is over a settled fleet: every migration ended and the last writes echoed.
@@ -347,11 +392,14 @@ def main() -> int:
         before_restart = apiserver_requests(plane, state.server)
         t1 = time.monotonic()
         proc = stack.start_operator("--agent-poll-seconds", "30")
+        profiler.start(proc.pid, "restart")
         wait_until(lambda: operator_gauge(stack.metrics_port, "vmshift_virtualmachines_in_sync") >= args.vms,
                    f"the restarted operator to re-check {args.vms} VMs", 900, interval=0.5,
                    describe=lambda: f"{operator_gauge(stack.metrics_port, 'vmshift_virtualmachines_in_sync'):.0f} "
                                     f"in sync\n{stack.operator_log_tail(10)}")
         restart_seconds = time.monotonic() - t1
+        profiler.stop()
+        loads["after the restart"] = os.getloadavg()
         rss_restart = rss_mib(proc.pid)
         after_restart = apiserver_requests(plane, state.server)
         restart_writes = writes(after_restart) - writes(before_restart)
@@ -383,6 +431,8 @@ def main() -> int:
         print(f"{'measure':<38} {'measured':>12} {'floor':>14} {'ratio':>7} {'target':>12} {'met':>5}")
         for name, measured, floor, ratio, target, ok in rows:
             print(f"{name:<38} {measured:>12} {floor:>14} {ratio:>7} {target:>12} {ok:>5}")
+        print("machine load average (1/5/15 min):",
+              "; ".join(f"{when} {a:.1f}/{b:.1f}/{c:.1f}" for when, (a, b, c) in loads.items()))
         if idle:
             print("idle requests by verb/resource:", json.dumps(idle))
         for phase, (start, end) in {"first start": (before_sync, after_sync),
@@ -391,6 +441,7 @@ def main() -> int:
             print(f"API requests during the {phase} by verb/resource:", json.dumps(moved, sort_keys=True))
         return 0
     finally:
+        profiler.stop()
         stack.stop()
         if fake is not None:
             fake.kill()
