@@ -151,8 +151,8 @@ class Runtime:
     deferred: set[str] = field(default_factory=set)
     #: Why each deferred VM waits, as last logged (a reason is logged once, not at every pass).
     deferral_told: dict[str, str] = field(default_factory=dict)
-    #: VMs whose watch event this process has handled: the resync looks only at those. One Kopf has
-    #: not reached yet (its first event still queued after a start) belongs to that event.
+    #: VMs whose watch event this process has handled: the resync looks only at those. One the work
+    #: queue has not reached yet (its first event still queued after a start) belongs to that event.
     handled: set[str] = field(default_factory=set)
     #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
     resync_wake: asyncio.Event = field(default_factory=asyncio.Event)

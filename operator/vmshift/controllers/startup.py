@@ -50,7 +50,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.posting.reporting_component = REPORTING_COMPONENT
     settings.posting.reporting_instance = reporting_instance()
     # At most this many objects are handled at once; the rest wait in the watch stream. Without a
-    # limit, 10,000 VMs listed at start-up are 10,000 handlers in flight (a gigabyte of bodies). An
+    # limit, 10,000 migrations listed at start-up are 10,000 handlers in flight. (VMs are not Kopf's:
+    # their events go from the VM informer to virtualmachines' work queue, see workqueue.py.) An
     # idle worker leaves its slot soon (Kopf's default of 5 s would cap a 10,000-VM start-up at
     # WORKER_LIMIT / 5 objects a second); a later event simply starts a new one.
     settings.queueing.worker_limit = WORKER_LIMIT
@@ -72,6 +73,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     rt.poll_backoff_cap = float(os.environ.get("VMSHIFT_AGENT_POLL_MAX_SECONDS", rt.poll_backoff_cap))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
+    background.start("vm-events", virtualmachines.start_event_workers().run)
     indexes.start()
     metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
