@@ -16,10 +16,13 @@ from collections.abc import Callable, Sequence
 SUBCOMMANDS = ("dev", "crds", "docs", "agent", "operator", "demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``only`` when it names one: each subcommand module
+    imports what it runs, and the operator's start (which a restart waits for) need not import the
+    demo's, the agent's and the dev cluster's."""
     parser = argparse.ArgumentParser(prog="vmshift", description=__doc__.splitlines()[0] if __doc__ else None)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in (only,) if only in SUBCOMMANDS else SUBCOMMANDS:
         try:
             module = importlib.import_module(f"vmshift.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 
