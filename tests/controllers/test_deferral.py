@@ -126,3 +126,56 @@ async def test_a_resync_pass_looks_at_several_vms_at_once_within_its_bound(monke
     monkeypatch.setattr(rt, "handled", {e.key for e in entries})
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert 1 < most[0] <= virtualmachines.RESYNC_IN_FLIGHT, most
+
+
+async def test_the_resync_leaves_a_vm_to_its_event_waiting_or_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM whose event the work queue holds (waiting, or its reconcile under way) belongs to that
+    event: a pass during adoption used to read and reconcile again every VM caught mid-reconcile."""
+    rt = runtime()
+    read: list[str] = []
+    entries = [SimpleNamespace(key=f"ns/{n}", namespace="ns", name=n, uid=f"uid-{n}")
+               for n in ("settled", "in-progress", "waiting")]
+    seen: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def handler(kind: str, body: Any) -> None:
+        await gate.wait()
+
+    queue = virtualmachines.WorkQueue(handler, workers=1)
+    worker = asyncio.create_task(queue.run())
+    queue.put("MODIFIED", {"metadata": {"uid": "uid-in-progress"}})
+    await asyncio.sleep(0.01)
+    queue.put("MODIFIED", {"metadata": {"uid": "uid-waiting"}})  # one worker: this one waits
+    assert queue.holds("uid-in-progress") and queue.holds("uid-waiting") and not queue.holds("uid-settled")
+
+    def candidates(given: Any, *rest: Any) -> list[Any]:
+        seen.append([e.key for e in given])
+        return list(given)
+
+    async def get(plural: str, namespace: str, name: str) -> None:
+        read.append(f"{namespace}/{name}")
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(virtualmachines, "_events", [queue])
+    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
+    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
+    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
+    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
+    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(rt, "handled", {e.key for e in entries})
+    try:
+        await virtualmachines.resync_pass(logging.getLogger("test.resync"))
+        assert seen == [["ns/settled"]] and read == ["ns/settled"]
+        gate.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if queue.idle():
+                break
+        await virtualmachines.resync_pass(logging.getLogger("test.resync"))
+        assert seen[-1] == ["ns/settled", "ns/in-progress", "ns/waiting"]
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -557,9 +557,12 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     rt = runtime()
     entries = values(indexes.vm_index)
     # A VM whose first event the work queue has not handled yet is left to it: after a start,
-    # thousands of them would each cost a read, a placement plan and a second reconcile here.
-    candidates = resync_candidates([e for e in entries if e.key in rt.handled], rt.agents, rt.gate.holder,
-                                   fleet(fresh=fresh), rt.deferred)
+    # thousands of them would each cost a read, a placement plan and a second reconcile here. So is
+    # one whose event waits or is being handled now (a pass during adoption found every VM in the
+    # middle of its reconcile, before its status was written, and read each again).
+    queue = _events[0] if _events else None
+    candidates = resync_candidates([e for e in entries if e.key in rt.handled and not (queue and queue.holds(e.uid))],
+                                   rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")

@@ -56,6 +56,10 @@ class WorkQueue:
         if not waiting and uid not in self._busy:
             self._ready.put_nowait(uid)
 
+    def holds(self, uid: str) -> bool:
+        """Whether an event of the object waits or is being handled."""
+        return uid in self._latest or uid in self._busy
+
     def waiting(self) -> int:
         """Objects with an event not yet handed to the handler."""
         return len(self._latest)
