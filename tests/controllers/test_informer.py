@@ -7,6 +7,9 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from vmshift.controllers import kubeapi
 from vmshift.controllers.agents import AgentDirectory, AgentLink
 from vmshift.controllers.informer import Informer, lines, one, values
 from vmshift.controllers.views import index_vm
@@ -133,3 +136,18 @@ def test_a_resync_pass_picks_contradicted_vms_and_refused_ones_only_once_room_ap
     assert [e.name for e in picked] == ["lost", "waited"]  # the new one belongs to its first event
     fits = entry("fits", "u-fits", phase="Pending")  # refused earlier, fits now
     assert [e.name for e in resync_candidates([fits], agents, holders.get, fleet_now, set())] == ["fits"]
+
+
+def test_a_listed_item_gets_the_kind_and_api_version_its_list_leaves_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM's body goes from the informer to the VM controller, whose events name the object by its
+    apiVersion and kind: a list response gives those only once, for the list."""
+    page = {"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineList", "metadata": {"resourceVersion": "7"},
+            "items": [{"metadata": {"name": "a", "namespace": "ns", "uid": "u-a"}, "spec": {}}]}
+    monkeypatch.setattr(kubeapi, "list_page", lambda plural, limit, token: page)
+    informer = Informer("virtualmachines")
+    delivered: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(informer, "_deliver", lambda fn, *args: delivered.append(args))
+    assert informer._list() == "7"
+    (kind, body), (uids,) = delivered
+    assert kind == "ADDED" and body["kind"] == "VirtualMachine" and body["apiVersion"] == "vmshift.io/v1alpha1"
+    assert uids == {"u-a"}

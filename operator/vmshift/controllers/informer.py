@@ -107,6 +107,16 @@ def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield pending
 
 
+def typed(item: dict[str, Any], page: Body) -> None:
+    """Give a listed item the ``apiVersion`` and ``kind`` a list response leaves out of its items (as
+    Kopf's listing does): a handler handed the body posts events whose involvedObject names them."""
+    kind = str(page.get("kind") or "")
+    if kind.endswith("List"):
+        item.setdefault("kind", kind.removesuffix("List"))
+    if page.get("apiVersion"):
+        item.setdefault("apiVersion", page["apiVersion"])
+
+
 class Gone(Exception):
     """The server no longer has the resourceVersion the watch asked from: list again."""
 
@@ -224,6 +234,7 @@ class Informer:
         while True:
             page = kubeapi.list_page(self.plural, limit=PAGE, token=token)
             for item in page.get("items") or []:
+                typed(item, page)
                 uids.add(str(item.get("metadata", {}).get("uid", "")))
                 self._deliver(self.apply, "ADDED", item)
             meta = page.get("metadata") or {}
