@@ -13,6 +13,7 @@ from vmshift.controllers import virtualmachines
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.vmstatus import DEFERRED_RESYNC_SECONDS, RESYNC_SECONDS
+from vmshift.controllers.workqueue import WorkQueue
 
 
 def test_a_deferral_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -141,7 +142,7 @@ async def test_the_resync_leaves_a_vm_to_its_event_waiting_or_in_progress(monkey
     async def handler(kind: str, body: Any) -> None:
         await gate.wait()
 
-    queue = virtualmachines.WorkQueue(handler, workers=1)
+    queue = WorkQueue(handler, workers=1)
     worker = asyncio.create_task(queue.run())
     queue.put("MODIFIED", {"metadata": {"uid": "uid-in-progress"}})
     await asyncio.sleep(0.01)
@@ -158,7 +159,7 @@ async def test_the_resync_leaves_a_vm_to_its_event_waiting_or_in_progress(monkey
     async def nothing(*_: Any) -> None:
         return None
 
-    monkeypatch.setattr(virtualmachines, "_events", [queue])
+    monkeypatch.setattr(rt, "vm_events", queue)
     monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
     monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
     monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)

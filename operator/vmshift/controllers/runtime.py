@@ -19,6 +19,7 @@ import kopf
 from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.views import MigrationEntry
+from vmshift.controllers.workqueue import WorkQueue
 from vmshift.scheduling.fleet import HostView
 from vmshift.scheduling.queue import QueuedMigration, admit
 
@@ -154,6 +155,8 @@ class Runtime:
     #: VMs whose watch event this process has handled: the resync looks only at those. One the work
     #: queue has not reached yet (its first event still queued after a start) belongs to that event.
     handled: set[str] = field(default_factory=set)
+    #: The VM controller's events, from the VM informer (vmevents.py); None until the operator starts.
+    vm_events: WorkQueue | None = None
     #: Ask the VM resync loop for a pass now (a Host's labels changed under its VMs).
     resync_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Each Host's supervisor sleeps on its event: the agent's poll, the remediation and the drain

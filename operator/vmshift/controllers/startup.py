@@ -27,6 +27,7 @@ from vmshift.controllers import (  # noqa: F401
     policies,
     remediation,
     virtualmachines,
+    vmevents,
 )
 from vmshift.controllers.events import REPORTING_COMPONENT, reporting_instance
 from vmshift.controllers.runtime import runtime
@@ -73,7 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     rt.poll_backoff_cap = float(os.environ.get("VMSHIFT_AGENT_POLL_MAX_SECONDS", rt.poll_backoff_cap))
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
-    background.start("vm-events", virtualmachines.start_event_workers().run)
+    background.start("vm-events", vmevents.start_event_workers().run)
     indexes.start()
     metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])

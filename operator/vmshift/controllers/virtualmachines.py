@@ -49,7 +49,6 @@ from vmshift.controllers.vmstatus import (
     start_baseline,
     start_outcome_unknown,
 )
-from vmshift.controllers.workqueue import WorkQueue
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet, VMView
@@ -348,36 +347,6 @@ async def _ask_for_migration(entry: VMEntry, view: VMView, host: str, status: Ma
     await kubeapi.create("virtualmachinemigrations", entry.namespace, body)
 
 
-#: How many VMs' events are handled at once (each mostly waits on its agent and its status write;
-#: the API client holds 32 connections, so more would wait for one).
-EVENT_WORKERS = 32
-log = logging.getLogger("vmshift.virtualmachines")
-_events: list[WorkQueue] = []
-
-
-def start_event_workers() -> WorkQueue:
-    """The VM controller's events: every change the VM informer applies is handled here, by
-    :func:`vm_event` (one object at a time, the newest event of each). Made before the informers
-    start (so no event goes missing) and run by the operator's supervisor."""
-    queue = WorkQueue(lambda kind, body: vm_event(kind, body, log), workers=EVENT_WORKERS, on_error=_event_failed)
-    _events[:] = [queue]
-    return queue
-
-
-@indexes.VMS.listen
-def _enqueue(kind: str, body: Mapping[str, Any]) -> None:
-    if _events:
-        _events[0].put(kind, body)
-
-
-def _event_failed(kind: str, body: Mapping[str, Any], exc: Exception) -> None:
-    """A handler call failed (an API error, a bug): the resync looks at the VM again soon."""
-    runtime().deferred.add(_key(body))
-    metrics.RECONCILE_ERRORS.labels(kind="VirtualMachine").inc()
-    log.warning("handling the %s event of %s failed (%r); it is looked at again within %.0f s", kind, _key(body),
-                exc, DEFERRED_RESYNC_SECONDS, exc_info=not isinstance(exc, kopf.TemporaryError))
-
-
 async def vm_event(type: str | None, body: Mapping[str, Any], logger: kopf.Logger | logging.Logger,
                    **_: Any) -> None:
     if type == "DELETED":
@@ -560,7 +529,7 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     # thousands of them would each cost a read, a placement plan and a second reconcile here. So is
     # one whose event waits or is being handled now (a pass during adoption found every VM in the
     # middle of its reconcile, before its status was written, and read each again).
-    queue = _events[0] if _events else None
+    queue = rt.vm_events
     candidates = resync_candidates([e for e in entries if e.key in rt.handled and not (queue and queue.holds(e.uid))],
                                    rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
     if candidates:
