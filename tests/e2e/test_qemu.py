@@ -389,3 +389,63 @@ def test_a_ladder_ending_in_quick_lets_qemu_pause_the_guest_for_the_rest(guest: 
     print(f"\nquick fallback: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
     guest.ticks_past(last)
     guest.only_on(target)
+
+
+def test_the_target_qemu_killed_in_post_copy_fails_the_move_and_leaves_the_guest_paused_for_a_person(
+        guest: Guest) -> None:
+    """Post-copy's risk (the last test: the guest is lost). Once switched, the guest runs on the target and its
+    memory is split between the hosts; the target's QEMU killed then leaves it running nowhere. The source's
+    agent sees QEMU's ``postcopy-paused``: the migration fails TargetLost saying so, the source's QEMU is kept
+    paused (never resumed: its memory there is stale), the VM's status and a Warning event say so, and a
+    person's spec.running: false stops it."""
+    fleet = guest.fleet
+    source, target = (guest.hosts[1], guest.hosts[0]) if fleet.copies(guest.uid).get(guest.hosts[1]) \
+        else (guest.hosts[0], guest.hosts[1])
+    # At 8 Mbit/s (the cap holds in post-copy too) the rest takes many seconds to pull: time to kill the target.
+    _ladder_policy(guest, ["PreCopy", "PostCopy"], bandwidthMbps=SLOW_MBPS)
+    guest.check()
+    fleet.apply(fleet.migration(guest.ns, "postcopy-lost", guest.name, target))
+    uid = wait_for(lambda: fleet.get("vsmig", "postcopy-lost", guest.ns).get("metadata", {}).get("uid"),
+                   "the migration to exist", 30)
+
+    def switched() -> MigrationStatus | None:
+        try:
+            agent = guest.agent_migration(source, uid)
+        except AgentError:
+            return None  # not started on the source yet
+        assert not agent.phase.finished, f"the move ended before it could be interrupted: {agent}"
+        return agent if agent.postcopy else None
+    wait_for(switched, "the move to switch to post-copy", MOVE_SECONDS, interval=0.1)
+    pid = _target_qemu(fleet.stack.agents[target].pid, guest.uid)
+    assert pid is not None, "no QEMU of the guest runs under the target's agent"
+    os.kill(pid, signal.SIGKILL)
+    status = fleet.wait_phase("vsmig", "postcopy-lost", guest.ns, FINISHED, timeout=MOVE_SECONDS)
+    failure = status.get("failure") or {}
+    assert status["phase"] == "Failed" and failure.get("reason") == "TargetLost", status
+    message = failure["message"]
+    for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed",
+                  f"runs on neither {source} nor {target}"):
+        assert words in message, f"{words!r} is not in the failure's message: {message}"
+    assert "keeps running" not in message and "runs on the source" not in message.replace(
+        "does not run on the source", ""), message
+    agent = guest.agent_migration(source, uid)
+    assert agent.postcopy and not agent.committed, agent
+    assert fleet.copies(guest.uid)[source].state.value == "Paused", fleet.copies(guest.uid)
+    vm = fleet.status("vsvm", guest.name, guest.ns)
+    assert vm["phase"] == "Failed" and vm["reason"] == "PostCopyLost" and "split" in vm["message"], vm
+    ready = next(c for c in vm["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PostCopyLost", ready
+    events = json.loads(fleet.kube.kubectl(
+        "get", "events", "-n", guest.ns, "--field-selector",
+        f"involvedObject.name={guest.name},reason=MigrationFailed", "-o", "json").stdout)["items"]
+    assert any("split between the hosts" in e["message"] for e in events), events
+    serial = guest.guests_dir(source) / guest.uid / "serial.log"
+    printed = serial.read_text(errors="replace")
+    time.sleep(3)
+    assert serial.read_text(errors="replace") == printed, "the guest ran on again on the source"
+    print(f"\npost-copy target lost: {message}")
+    # A person decides: stop it.
+    fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
+                       "-p", json.dumps({"spec": {"running": False}}))
+    fleet.wait_phase("vsvm", guest.name, guest.ns, {"Stopped"}, timeout=120)
+    assert fleet.copies(guest.uid)[source].state.value == "Stopped", fleet.copies(guest.uid)

@@ -358,3 +358,43 @@ async def test_unknown_cpu_model_and_unmounted_volume_are_refused(hosts: Hosts) 
     with pytest.raises(DriverError, match=r"exited .* before its monitor answered: .*Pentium9000"):
         await hosts.h2.start("db-1", CpuChoice(model="Pentium9000"))
     await hosts.h2.delete("db-1")
+
+
+async def test_target_qemu_killed_in_post_copy_leaves_the_source_qemu_paused_not_resumed(hosts: Hosts) -> None:
+    """Post-copy's risk: once switched, the target runs the guest and its memory is split between the hosts,
+    so when the target's QEMU dies the guest cannot run on either. The source's QEMU goes to QEMU's
+    ``postcopy-paused`` and the driver reports PostCopyPaused: the guest is kept paused there (never
+    resumed: its memory there is stale), its QEMU alive for a person to decide, and stop quits it.
+    The last test of the module: the guest is lost."""
+    source, target, _, _ = await _slow_transfer(hosts, postcopy=True)
+    await source.switch_to_postcopy(VM)
+    deadline = time.monotonic() + TICKS_SECONDS
+    while (progress := await source.progress(VM)).phase is not TransferPhase.PostCopy:
+        assert progress.phase is TransferPhase.Active, progress
+        assert time.monotonic() < deadline, f"QEMU did not switch to post-copy within {TICKS_SECONDS:g} s"
+        await asyncio.sleep(0.05)
+    # The policy's 8 Mbit/s cap holds in post-copy too: most of the guest is still to come.
+    assert progress.remaining_mib > 1, progress
+    while (await target.describe(VM)).details.get("runstate") != "running":  # it loads the devices' state first
+        assert time.monotonic() < deadline, f"the target did not run the guest within {TICKS_SECONDS:g} s"
+        await asyncio.sleep(0.05)
+    assert (await source.progress(VM)).phase is TransferPhase.PostCopy, "post-copy ended before the kill"
+    os.kill(int((await target.describe(VM)).details["pid"]), signal.SIGKILL)
+    killed = time.monotonic()
+    progress, _ = await follow(source, within=TICKS_SECONDS)
+    assert progress.phase is TransferPhase.PostCopyPaused, progress
+    print(f"\npost-copy target killed: the source saw postcopy-paused after {time.monotonic() - killed:.2f} s, "
+          f"{progress.remaining_mib:.1f} MiB of the guest still on the source")
+    description = await source.describe(VM)
+    assert description.state is VmState.Paused, description
+    assert description.details.get("runstate") != "running" and "split" in description.details["postcopy"], \
+        description
+    assert not source.exited(VM), "the source's QEMU must be kept (paused) for a person to decide"
+    printed = await asyncio.to_thread(console_text, source.console(VM))
+    await asyncio.sleep(2.0)
+    assert await asyncio.to_thread(console_text, source.console(VM)) == printed, "the guest ran on the source"
+    assert (await source.describe(VM)).state is VmState.Paused
+    assert (await source.stop(VM)).state is VmState.Stopped
+    assert "pid" not in (await source.describe(VM)).details, "stop did not quit the source's QEMU"
+    await source.delete(VM)
+    await target.delete(VM)
