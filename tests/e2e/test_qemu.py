@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Fleet
+from tests.e2e.test_declared_fields import API, Watch
 from tests.kube import wait_for
 from vmshift.api.reasons import MigrationMode
 from vmshift.devcluster.stack import HostPlan
@@ -51,6 +52,9 @@ SLOW_MBPS = 8
 #: The ladder tests' link: the guest rewrites its 8 MiB region faster than this carries it (2.5 MiB/s against
 #: 3 MB/s and a 1 ms switchover threshold), so QEMU never switches over by itself; round 0 takes ~10 s.
 LADDER_MBPS = 24
+#: The first host holds a converged switchover for the operator's go (QEMU's pause-before-switchover) at most
+#: this long; the guest is paused meanwhile. The other hosts do not hold (the agents' default).
+HOLD_SECONDS = 2.0
 
 
 class Guest:
@@ -146,7 +150,7 @@ class Guest:
 def guest(fleet: Fleet) -> Iterator[Guest]:
     pool = f"q-{uuid.uuid4().hex[:5]}"
     plans = [HostPlan(f"{pool}-a", "icelake", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
-                      labels={"pool": pool}),
+                      labels={"pool": pool}, qemu_switchover_hold_seconds=HOLD_SECONDS),
              HostPlan(f"{pool}-b", "icelake", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
                       labels={"pool": pool}),
              HostPlan(f"{pool}-amd", "zen3", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
@@ -185,25 +189,34 @@ def test_changing_the_placement_host_live_migrates_it_with_qemus_downtime(guest:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
     last = guest.check()
-    fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
-                       "-p", json.dumps({"spec": {"placement": {"host": b}}}))
+    with Watch(fleet, f"{API}/namespaces/{guest.ns}/virtualmachinemigrations") as watch:
+        fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
+                           "-p", json.dumps({"spec": {"placement": {"host": b}}}))
 
-    def moved() -> dict[str, Any] | None:
-        items = json.loads(fleet.kube.kubectl("get", "vsmig", "-n", guest.ns, "-o", "json").stdout)["items"]
-        done = [m for m in items if (m.get("status") or {}).get("phase") in FINISHED]
-        return done[0] if done else None
-    migration = wait_for(moved, "the placement change's migration to finish", MOVE_SECONDS,
-                         describe=lambda: fleet.stack.operator_log_tail(25))
+        def moved() -> dict[str, Any] | None:
+            items = json.loads(fleet.kube.kubectl("get", "vsmig", "-n", guest.ns, "-o", "json").stdout)["items"]
+            done = [m for m in items if (m.get("status") or {}).get("phase") in FINISHED]
+            return done[0] if done else None
+        migration = wait_for(moved, "the placement change's migration to finish", MOVE_SECONDS,
+                             describe=lambda: fleet.stack.operator_log_tail(25))
+        seen = watch.stop()
     status = migration["status"]
     assert status["phase"] == "Succeeded", status
     assert status["mode"] == "Live"
+    # The source (host a) held QEMU's converged switchover (pre-switchover) until the operator had written
+    # SwitchingOver and given its go, as for simulated moves.
+    phases = [str((o.get("status") or {}).get("phase")) for o in seen if (o.get("status") or {}).get("phase")]
+    assert "SwitchingOver" in phases and phases.index("SwitchingOver") < phases.index("Succeeded"), phases
+    assert status["switchoverAcknowledged"] is True, status
     fleet.wait_phase("vsvm", guest.name, guest.ns, {"Running"})
     assert fleet.status("vsvm", guest.name, guest.ns)["host"] == b
     agent = guest.agent_migration(a, migration["metadata"]["uid"])
     assert agent.downtime_ms is not None and agent.downtime_ms == int(agent.downtime_ms), \
         f"the source agent's downtime is QEMU's (whole milliseconds): {agent}"
     assert status["downtimeMs"] == agent.downtime_ms
-    assert "QEMU moved VM" in fleet.stack.agents[a].log_tail(200)
+    log_tail = fleet.stack.agents[a].log_tail(200)
+    assert "QEMU moved VM" in log_tail and "QEMU goes on with the switchover (after the operator's go)" in log_tail
+    print(f"\nlive move held for the go: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
     guest.ticks_past(last)
     guest.only_on(b)
     fleet.unpin(guest.ns, guest.name)

@@ -3,6 +3,7 @@ the ladder's verdict on QEMU's rounds, post-copy, and the phase it reports. Real
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -13,7 +14,7 @@ from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.hypervisor.driver import GuestDriver, TransferPhase, TransferProgress
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.migration.host import MigrationHost
-from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration
+from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration, parameters
 from vmshift.hypervisor.migration.record import MigrationFailed
 from vmshift.hypervisor.protocol import MigrationRequest, MigrationTarget, VmDefinition
 
@@ -110,3 +111,71 @@ async def test_qemu_stopping_the_guest_for_the_last_copy_shows_as_switching_over
     assert source.record.phase is MigrationPhase.Transferring
     source._record(stopped)
     assert source.record.phase is MigrationPhase.SwitchingOver
+
+
+async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_guest_runs_on_the_source() -> None:
+    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 5, TransferPhase.PostCopyPaused)])
+    source._postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    assert "during post-copy" in message and "split between the hosts" in message and "kept paused" in message
+    assert "keeps running" not in message and "5.0 MiB not yet pulled" in message, message
+
+
+class HoldingDriver(ScriptedDriver):
+    """QEMU with pause-before-switchover: pre-switchover (held) until ``continue_switchover``, then completed."""
+
+    def __init__(self) -> None:
+        super().__init__([look(2, 96, 0.1)])
+        self.held = TransferProgress(phase=ACTIVE, rounds=3, transferred_mib=100, remaining_mib=0.1,
+                                     switching_over=True, held=True)
+
+    async def progress(self, vm_id: str) -> TransferProgress:
+        if "continue" in self.calls:
+            return look(3, 100, 0, TransferPhase.Completed)
+        return self.held
+
+    async def continue_switchover(self, vm_id: str) -> None:
+        self.calls.append("continue")
+
+
+def held_migration(hold_seconds: float) -> tuple[QemuSourceMigration, HoldingDriver]:
+    driver = HoldingDriver()
+    guest = Guest("v-1", VmDefinition(name="v-1", cpus=1, memory_mib=96))
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    source = QemuSourceMigration(cast(MigrationHost, object()), guest, MigrationRequest(
+        migration_id="m-1", vm_id="v-1", target=target, switchover_wait_seconds=5),
+        bandwidth_mbps=8, driver=cast(GuestDriver, driver), shared_dir=None, hold_seconds=hold_seconds)
+    source.record.phase = MigrationPhase.Transferring  # as run() leaves it
+    return source, driver
+
+
+async def test_qemu_holds_a_converged_switchover_until_the_go_and_the_record_says_ready_then_acknowledged() -> None:
+    source, driver = held_migration(hold_seconds=5)
+    assert parameters(source.request, 8, hold=True).pause_before_switchover
+    following = asyncio.create_task(source._follow())
+    for _ in range(500):  # the first look at pre-switchover marks the record ready
+        if source.record.ready_to_switch_over:
+            break
+        await asyncio.sleep(0.01)
+    assert source.record.status().ready_to_switch_over, "the operator is not told the switchover waits for its go"
+    await asyncio.sleep(0.3)
+    assert driver.calls == [] and not following.done(), "QEMU went on before the go"
+    source.hold.go()
+    progress = await asyncio.wait_for(following, 5)
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is True and source.record.phase is MigrationPhase.SwitchingOver
+
+
+async def test_a_held_switchover_goes_on_without_the_go_after_the_hosts_short_wait() -> None:
+    source, driver = held_migration(hold_seconds=0.3)
+    assert source.hold.wait_seconds == 0.3, "the request's 5 s wait is capped by the host's (the guest is paused)"
+    started = asyncio.get_running_loop().time()
+    progress = await asyncio.wait_for(source._follow(), 5)
+    waited = asyncio.get_running_loop().time() - started
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is False and 0.3 <= waited < 2, waited
+    off, _ = held_migration(hold_seconds=0)
+    assert off.hold.wait_seconds == 0 and not off.hold.holding(converged=True), "no hold unless the host allows one"

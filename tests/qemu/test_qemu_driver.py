@@ -169,6 +169,48 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     check_stream()
 
 
+#: How long the held switchover waits before its go in the test below (the operator's go takes a poll or two).
+HOLD_MS = 500.0
+
+
+async def test_a_switchover_held_before_its_go_pauses_the_guest_and_adds_the_wait_to_qemus_downtime(
+        hosts: Hosts) -> None:
+    """pause-before-switchover: QEMU stops at ``pre-switchover`` with the guest already paused (unlike the
+    simulated hold, where it runs on), so the wait for the go is downtime; QEMU's own measure says so."""
+    source, target = JOURNEY.host, JOURNEY.other(hosts)
+    assert source is not None
+    await running_on(source)
+    before = check_stream()
+    parameters = MigrationParameters(downtime_limit_ms=300, pause_before_switchover=True)
+    endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
+    await source.migrate(VM, endpoint, parameters)
+    deadline = time.monotonic() + TRANSFER_SECONDS
+    while not (progress := await source.progress(VM)).held:
+        assert progress.phase in (TransferPhase.Setup, TransferPhase.Active), progress
+        assert time.monotonic() < deadline, f"QEMU did not hold the switchover within {TRANSFER_SECONDS:g} s"
+        await asyncio.sleep(0.02)
+    assert progress.switching_over, progress
+    runstate = (await source.describe(VM)).details["runstate"]
+    assert runstate != "running", f"the guest runs while QEMU holds the switchover ({runstate})"
+    printed = await asyncio.to_thread(console_text, source.console(VM))
+    await asyncio.sleep(HOLD_MS / 1000)
+    assert (await source.progress(VM)).held, "QEMU went on without its go"
+    assert await asyncio.to_thread(console_text, source.console(VM)) == printed, "the guest ran while held"
+    with pytest.raises(DriverError, match="not being migrated from this host"):
+        await target.continue_switchover(VM)
+    await source.continue_switchover(VM)
+    progress, _ = await follow(source)
+    assert progress.phase is TransferPhase.Completed, progress
+    assert progress.downtime_ms is not None and progress.downtime_ms >= HOLD_MS, progress
+    JOURNEY.timings["held_downtime_ms"] = progress.downtime_ms
+    print(f"\nQEMU downtime: {JOURNEY.timings.get('live_downtime_ms')} ms without a hold, {progress.downtime_ms} ms "
+          f"with the switchover held {HOLD_MS:g} ms for its go")
+    await running_on(target)
+    await JOURNEY.moved(source, target)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
+    check_stream()
+
+
 async def test_a_guest_that_just_arrived_moves_on_at_once(hosts: Hosts) -> None:
     # Nobody looks at the guest on its new host between the two moves: the driver must learn from QEMU
     # that it runs there.

@@ -50,6 +50,7 @@ class AgentConfig:
     driver_dir: Path | None = None
     shared_dir: Path | None = None
     accel: str = "auto"
+    qemu_switchover_hold_seconds: float = 0.0
 
     def argv(self, token_file: Path, ready_file: Path) -> list[str]:
         args = [
@@ -65,7 +66,8 @@ class AgentConfig:
         for volume in self.shared_volumes:
             args += ["--shared-volume", volume]
         if self.driver != "simulated":
-            args += ["--driver", self.driver, "--accel", self.accel]
+            args += ["--driver", self.driver, "--accel", self.accel,
+                     "--qemu-switchover-hold-seconds", f"{self.qemu_switchover_hold_seconds:g}"]
             if self.driver_dir is not None:
                 args += ["--driver-dir", str(self.driver_dir)]
             if self.shared_dir is not None:

@@ -209,6 +209,8 @@ class QemuSourceMigration(SourceMigration):
             raise MigrationFailed(FailureReason.SourceLost, f"QEMU held the switchover and did not go on: {exc}; "
                                   "the VM keeps running on the source") from None
         self._continued = True
+        self.record.phase = MigrationPhase.SwitchingOver
+        self.record.touch()
         log.info("migration %s: QEMU goes on with the switchover (%s the operator's go)", self.migration_id,
                  "after" if self.record.switchover_acknowledged else "without")
 
@@ -281,7 +283,10 @@ class QemuSourceMigration(SourceMigration):
         record.throughput_mbps = progress.throughput_mbps
         record.throttle_percent = progress.throttle_percent
         record.expected_downtime_ms = progress.expected_downtime_ms
-        if progress.switching_over or progress.phase is TransferPhase.PostCopy:
+        waiting = progress.held and not self._continued and self.hold.wait_seconds > 0
+        if (progress.switching_over and not waiting) or progress.phase is TransferPhase.PostCopy:
+            # While QEMU holds the switchover for the go the record stays Transferring, as the simulated
+            # source's does, so that it reports readyToSwitchOver (the operator then shows SwitchingOver).
             record.phase = MigrationPhase.SwitchingOver
         record.touch()
 
