@@ -179,3 +179,11 @@ async def test_a_held_switchover_goes_on_without_the_go_after_the_hosts_short_wa
     assert source.record.switchover_acknowledged is False and 0.3 <= waited < 2, waited
     off, _ = held_migration(hold_seconds=0)
     assert off.hold.wait_seconds == 0 and not off.hold.holding(converged=True), "no hold unless the host allows one"
+
+
+async def test_qemu_holding_the_switch_to_post_copy_goes_on_at_once() -> None:
+    source, driver = held_migration(hold_seconds=5)
+    source._postcopy = True  # the ladder switched: QEMU stops at pre-switchover before post-copy too
+    progress = await asyncio.wait_for(source._follow(), 2)
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is None and not source.record.ready_to_switch_over

@@ -200,8 +200,8 @@ class QemuSourceMigration(SourceMigration):
         """QEMU converged and stopped at ``pre-switchover``: the guest is already paused here (the simulated
         hold keeps it running), and the record says ready to switch over so the operator shows SwitchingOver
         and gives its go. Wait for the go a poll at a time, at most the hold's end, then let QEMU go on."""
-        if self.hold.holding(converged=True):
-            await self.hold.wait(POLL_SECONDS)
+        if not self._postcopy and self.hold.holding(converged=True):  # QEMU holds the switch to post-copy too:
+            await self.hold.wait(POLL_SECONDS)  # that one goes on at once (the ladder's, already SwitchingOver)
             return
         try:
             await self.driver.continue_switchover(self.vm_id)
