@@ -16,7 +16,8 @@ from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration, parameters
 from vmshift.hypervisor.migration.record import MigrationFailed
-from vmshift.hypervisor.protocol import MigrationRequest, MigrationTarget, VmDefinition
+from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget, VmDefinition
+from vmshift.hypervisor.qemu.driver import QEMU_THROTTLE, throttle_settings
 
 ACTIVE = TransferPhase.Active
 
@@ -187,3 +188,17 @@ async def test_qemu_holding_the_switch_to_post_copy_goes_on_at_once() -> None:
     progress = await asyncio.wait_for(source._follow(), 2)
     assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
     assert source.record.switchover_acknowledged is None and not source.record.ready_to_switch_over
+
+
+def test_the_policys_auto_converge_throttle_becomes_qemus_only_when_auto_converge_is_on() -> None:
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    on = MigrationRequest(migration_id="m-1", vm_id="v-1", target=target, auto_converge=AutoConvergeSettings(
+        enabled=True, initial_percent=35, step_percent=15, max_percent=80))
+    settings = throttle_settings(parameters(on, 8))
+    assert settings == {"cpu-throttle-initial": 35, "cpu-throttle-increment": 15, "max-cpu-throttle": 80}
+    off = on.model_copy(update={"auto_converge": AutoConvergeSettings(enabled=False, initial_percent=35)})
+    assert throttle_settings(parameters(off, 8)) == QEMU_THROTTLE, "QEMU's defaults when auto-converge is off"
+    tiny = on.model_copy(update={"auto_converge": AutoConvergeSettings(enabled=True, initial_percent=0.2,
+                                                                       step_percent=99.9, max_percent=99.9)})
+    assert throttle_settings(parameters(tiny, 8)) == {"cpu-throttle-initial": 1, "cpu-throttle-increment": 99,
+                                                      "max-cpu-throttle": 99}, "QEMU takes whole percents 1-99"

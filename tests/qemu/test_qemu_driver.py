@@ -146,11 +146,16 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     assert source is not None
     await running_on(source)
     before = check_stream()
-    parameters = MigrationParameters(downtime_limit_ms=300, auto_converge=True)
+    parameters = MigrationParameters(downtime_limit_ms=300, auto_converge=True, throttle_initial_percent=35,
+                                     throttle_step_percent=15, throttle_max_percent=80)
     choice = cpumodels.choose("icelake", compatibility=True)
     endpoint = await target.prepare_incoming(VM, DEFINITION, choice, parameters)
     assert (await target.describe(VM)).state is VmState.Incoming
     await source.migrate(VM, endpoint, parameters)
+    # The policy's auto-converge throttle is QEMU's, as QEMU states it.
+    settings = await source.migration_settings(VM)
+    assert (settings["cpu-throttle-initial"], settings["cpu-throttle-increment"], settings["max-cpu-throttle"]) == \
+        (35, 15, 80), settings
     progress, rounds = await follow(source)
     assert progress.phase is TransferPhase.Completed, progress
     # The downtime and the duration are QEMU's own measurements, from query-migrate.
@@ -184,6 +189,9 @@ async def test_a_switchover_held_before_its_go_pauses_the_guest_and_adds_the_wai
     parameters = MigrationParameters(downtime_limit_ms=300, pause_before_switchover=True)
     endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
     await source.migrate(VM, endpoint, parameters)
+    settings = await source.migration_settings(VM)  # no auto-converge named: QEMU's defaults
+    assert (settings["cpu-throttle-initial"], settings["cpu-throttle-increment"], settings["max-cpu-throttle"]) == \
+        (20, 10, 99), settings
     deadline = time.monotonic() + TRANSFER_SECONDS
     while not (progress := await source.progress(VM)).held:
         assert progress.phase in (TransferPhase.Setup, TransferPhase.Active), progress

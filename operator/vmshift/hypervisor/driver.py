@@ -110,6 +110,10 @@ class MigrationParameters:
     downtime_limit_ms: float | None = None
     bandwidth_mbps: float | None = None  # None or 0: unlimited
     auto_converge: bool = False
+    #: The auto-converge throttle: first step, increment and ceiling, in percent (QEMU: 1 to 99).
+    throttle_initial_percent: float | None = None
+    throttle_step_percent: float | None = None
+    throttle_max_percent: float | None = None
     postcopy_allowed: bool = False
     #: Stop before the switchover (the guest already paused) until ``continue_switchover``: the caller's go.
     pause_before_switchover: bool = False

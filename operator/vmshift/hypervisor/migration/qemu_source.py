@@ -65,12 +65,17 @@ STATES_DIR = ".vmshift-states"
 
 def parameters(request: MigrationRequest, bandwidth_mbps: float, hold: bool = False) -> MigrationParameters:
     """The request's policy as QEMU's knobs: the switchover threshold is QEMU's downtime limit (capped by
-    the downtime budget when one is set), the link rate its bandwidth cap."""
+    the downtime budget when one is set), the link rate its bandwidth cap, the policy's auto-converge
+    throttle (initial, step, max percent) QEMU's own when auto-converge is on."""
     limit = request.threshold_ms
     if request.max_downtime_ms is not None:
         limit = min(limit, request.max_downtime_ms)
+    auto = request.auto_converge
     return MigrationParameters(downtime_limit_ms=limit, bandwidth_mbps=bandwidth_mbps or None,
-                               auto_converge=request.auto_converge.enabled,
+                               auto_converge=auto.enabled,
+                               throttle_initial_percent=auto.initial_percent if auto.enabled else None,
+                               throttle_step_percent=auto.step_percent if auto.enabled else None,
+                               throttle_max_percent=auto.max_percent if auto.enabled else None,
                                postcopy_allowed=request.fallback_to_postcopy, pause_before_switchover=hold)
 
 

@@ -104,6 +104,22 @@ DEFAULT_DOWNTIME_LIMIT_MS = 300
 MAX_DOWNTIME_LIMIT_MS = 2_000_000
 
 
+#: QEMU's own auto-converge throttle (its defaults), set again when a migration names none: an earlier
+#: one's values stay in QEMU otherwise.
+QEMU_THROTTLE = {"cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
+
+
+def throttle_settings(parameters: MigrationParameters) -> dict[str, int]:
+    """The policy's auto-converge throttle as QEMU's ``migrate-set-parameters`` (whole percents, 1 to 99)."""
+    out = dict(QEMU_THROTTLE)
+    for name, value in (("cpu-throttle-initial", parameters.throttle_initial_percent),
+                        ("cpu-throttle-increment", parameters.throttle_step_percent),
+                        ("max-cpu-throttle", parameters.throttle_max_percent)):
+        if value is not None:
+            out[name] = max(1, min(99, round(value)))
+    return out
+
+
 @dataclass(frozen=True)
 class QemuConfig:
     """One host's QEMU driver: where its files go, where the shared volumes are, what it boots."""
@@ -427,6 +443,7 @@ class QemuDriver:
             "downtime-limit": max(1, int(parameters.downtime_limit_ms)) if parameters.downtime_limit_ms is not None
             else DEFAULT_DOWNTIME_LIMIT_MS,
         }
+        settings.update(throttle_settings(parameters))
         await self._execute(guest, "migrate-set-parameters", settings)
         await self._execute(guest, "migrate", {"uri": f"tcp:{endpoint.host}:{endpoint.port}"})
         guest.role = "source"
@@ -471,6 +488,11 @@ class QemuDriver:
         limit = max(1, min(math.ceil(downtime_ms), MAX_DOWNTIME_LIMIT_MS))
         await self._execute(guest, "migrate-set-parameters", {"downtime-limit": limit})
         log.info("VM %s: QEMU may now pause it for up to %d ms to finish the transfer", vm_id, limit)
+
+    async def migration_settings(self, vm_id: str) -> dict[str, Any]:
+        """QEMU's migration parameters for the guest here, as QEMU states them (``query-migrate-parameters``)."""
+        answer = await self._execute(self._guest(vm_id), "query-migrate-parameters")
+        return answer if isinstance(answer, dict) else {}
 
     async def continue_switchover(self, vm_id: str) -> None:
         guest = self._guest(vm_id)
