@@ -66,12 +66,13 @@ class AgentConfig:
         for volume in self.shared_volumes:
             args += ["--shared-volume", volume]
         if self.driver != "simulated":
-            args += ["--driver", self.driver, "--accel", self.accel,
-                     "--qemu-switchover-hold-seconds", f"{self.qemu_switchover_hold_seconds:g}"]
+            args += ["--driver", self.driver, "--accel", self.accel]
             if self.driver_dir is not None:
                 args += ["--driver-dir", str(self.driver_dir)]
             if self.shared_dir is not None:
                 args += ["--shared-dir", str(self.shared_dir)]
+            if self.qemu_switchover_hold_seconds:
+                args += ["--qemu-switchover-hold-seconds", f"{self.qemu_switchover_hold_seconds:g}"]
         for lun in self.passthrough_luns:
             args += ["--passthrough-lun", lun]
         return args

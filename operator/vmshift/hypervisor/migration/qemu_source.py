@@ -15,7 +15,10 @@ then on the guest runs on the target and the move can no longer be cancelled; wh
 or the link is lost after the switch, QEMU's ``postcopy-paused``, the move fails TargetLost with the
 guest kept paused here, never resumed: its memory is split between the hosts). Throttling is QEMU's own
 auto-converge. The record's phase is SwitchingOver while QEMU has the guest stopped for the last of
-its state, and from the switch to post-copy on. Quick: the guest's state is saved to a file on the
+its state, and from the switch to post-copy on. The operator's switchover hold (hold.py) is QEMU's
+pause-before-switchover, only on a host started with --qemu-switchover-hold-seconds: QEMU stops at
+``pre-switchover`` with the guest already paused, so the wait is downtime (see ``_held``).
+Quick: the guest's state is saved to a file on the
 shared directory standing for the cluster shared volume, the SWITCHOVER names that file, and the
 target restores it.
 
