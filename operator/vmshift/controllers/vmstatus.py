@@ -122,8 +122,8 @@ def running_status(
         kept = previous.get("reason") == POSTCOPY_LOST and previous.get("message")
         status["reason"] = POSTCOPY_LOST if kept else "GuestPaused"
         status["message"] = previous["message"] if kept else (
-            f"{vm.name}'s guest is paused on {host} and does not run; its events say why. Stop the VM "
-            f"(spec.running: false) or resume it there.")
+            f"{vm.name}'s guest is paused on {host} and does not run; its events say why. Set spec.running: "
+            f"false to stop it, then true to boot it again.")
         conditions = cond.ready(conditions, False, status["reason"], status["message"],
                                 observed_generation=generation)
     else:
