@@ -123,6 +123,21 @@ async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_g
     assert failed.value.reason is FailureReason.TargetLost, message
     assert "during post-copy" in message and "split between the hosts" in message and "kept paused" in message
     assert "keeps running" not in message and "5.0 MiB not yet pulled" in message, message
+    assert "resume the post-copy" in message, "a paused post-copy can be resumed once the target is back"
+
+
+async def test_a_post_copy_qemu_ended_for_good_is_not_offered_a_resume() -> None:
+    # Seen in a CI run: the target's QEMU killed late in post-copy; the source's QEMU went to "failed",
+    # not postcopy-paused, and the message offered a resume that QEMU can no longer do.
+    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 0, TransferPhase.Failed)])
+    source._postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed", "can run on neither"):
+        assert words in message, (words, message)
+    assert "resume the post-copy" not in message and "MiB not yet pulled" not in message, message
 
 
 class HoldingDriver(ScriptedDriver):

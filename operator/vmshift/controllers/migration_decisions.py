@@ -263,8 +263,7 @@ def where_it_is_left(vm: str, source: str | None, target: str | None, report: Mi
     guest keeps running on its source; after a switch to post-copy it ran on the target and its memory
     is split between the hosts, so it runs on neither (the source's agent said how it is left)."""
     if report is not None and report.postcopy:
-        return (f" {vm} runs on neither {source} nor {target}: a person must decide (recover the target's QEMU, "
-                f"or stop {vm}, which loses the memory {target} held).")
+        return f" {vm} runs on neither {source} nor {target}: a person must decide, as said above."
     return f" {vm} keeps running on {source}."
 
 

@@ -224,15 +224,19 @@ class QemuSourceMigration(SourceMigration):
 
     def _postcopy_lost(self, progress: TransferProgress) -> str:
         """The failure's message when post-copy lost its target: where the guest is, and what a person can do."""
-        kept = ("its QEMU on the source is kept paused (QEMU status postcopy-paused), not resumed and not stopped"
-                if progress.phase is TransferPhase.PostCopyPaused else
-                f"its QEMU on the source ended the transfer ({progress.error or 'failed'}) and keeps it paused")
+        if progress.phase is TransferPhase.PostCopyPaused:
+            split = f"({progress.remaining_mib:.1f} MiB not yet pulled from the source, the rest only on the target)"
+            kept = "its QEMU on the source is kept paused (QEMU status postcopy-paused), not resumed and not stopped"
+            choice = ("recover the target's QEMU and resume the post-copy (QMP migrate with resume), or stop the VM, "
+                      "which loses the memory the target held")
+        else:  # QEMU ended the transfer for good: nothing can resume it
+            split = "(the pages the target had pulled or the guest wrote there are only on the target)"
+            kept = (f"its QEMU on the source ended the transfer ({progress.error or 'failed'}) and is kept paused, "
+                    f"not resumed and not stopped")
+            choice = "stop the VM, which loses the memory the target held, and boot it again"
         return (f"the target's QEMU (or the link to it) was lost during post-copy: the guest had switched to the "
-                f"target and ran there, and its memory was split between the hosts ({progress.remaining_mib:.1f} "
-                f"MiB not yet pulled from the source, the rest only on the target), so it can run on neither. It "
-                f"does not run on the source: {kept}, so that a person decides: recover the target's QEMU and "
-                f"resume the post-copy (QMP migrate with resume), or stop the VM, which loses the memory the "
-                f"target held")
+                f"target and ran there, and its memory was split between the hosts {split}, so it can run on "
+                f"neither. It does not run on the source: {kept}, so that a person decides: {choice}")
 
     async def _act(self, action: Action, progress: TransferProgress) -> None:
         """Follow the ladder's word on a round QEMU just ended (QEMU itself switches over and throttles)."""
