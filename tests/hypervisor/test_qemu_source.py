@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -16,7 +17,7 @@ from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration, parameters
 from vmshift.hypervisor.migration.record import MigrationFailed
-from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget, VmDefinition
+from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget, VmDefinition, VmState
 from vmshift.hypervisor.qemu.driver import QEMU_THROTTLE, throttle_settings
 
 ACTIVE = TransferPhase.Active
@@ -25,10 +26,14 @@ ACTIVE = TransferPhase.Active
 class ScriptedDriver:
     """Answers ``progress`` from a script (the last look repeats) and notes the ladder's calls."""
 
-    def __init__(self, looks: list[TransferProgress]) -> None:
+    def __init__(self, looks: list[TransferProgress], runs: VmState = VmState.Paused) -> None:
         self._looks: Iterator[TransferProgress] = iter(looks)
         self._last = looks[0]
         self.calls: list[str] = []
+        self.runs = runs  # the source guest's run state QEMU reports
+
+    async def describe(self, vm_id: str) -> SimpleNamespace:
+        return SimpleNamespace(state=self.runs)
 
     async def progress(self, vm_id: str) -> TransferProgress:
         self._last = next(self._looks, self._last)
@@ -138,6 +143,21 @@ async def test_a_post_copy_qemu_ended_for_good_is_not_offered_a_resume() -> None
     for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed", "can run on neither"):
         assert words in message, (words, message)
     assert "resume the post-copy" not in message and "MiB not yet pulled" not in message, message
+
+
+async def test_a_transfer_qemu_ended_and_resumed_here_after_the_switch_was_asked_is_an_ordinary_failure() -> None:
+    # Seen in an e2e run: the target's QEMU killed just after migrate-start-postcopy; QEMU had not handed
+    # the guest over, failed the transfer and ran the guest on the source again (its run state: running).
+    source, driver = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 0, TransferPhase.Failed)])
+    driver.runs = VmState.Running
+    source._postcopy = True
+    source.record.postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    assert "keeps running on the source" in message and "post-copy" not in message, message
+    assert not source._postcopy and not source.record.postcopy
 
 
 class HoldingDriver(ScriptedDriver):

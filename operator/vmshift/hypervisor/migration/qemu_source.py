@@ -185,6 +185,13 @@ class QemuSourceMigration(SourceMigration):
             self._record(progress)
             if progress.phase is TransferPhase.Completed:
                 return progress
+            if self._postcopy and progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled) \
+                    and await self._resumed_here():
+                # QEMU ended the transfer before the target ran the guest (the switch to post-copy had not
+                # happened yet, or its device state never arrived) and ran it here again: an ordinary failure.
+                log.warning("migration %s: QEMU's transfer %s before the target ran VM %s, and QEMU resumed it "
+                            "here", self.migration_id, progress.phase.value.lower(), self.vm_id)
+                self._postcopy = self.record.postcopy = False
             if progress.phase is TransferPhase.PostCopyPaused or (
                     self._postcopy and progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled)):
                 raise MigrationFailed(FailureReason.TargetLost, self._postcopy_lost(progress))
@@ -221,6 +228,14 @@ class QemuSourceMigration(SourceMigration):
         self.record.touch()
         log.info("migration %s: QEMU goes on with the switchover (%s the operator's go)", self.migration_id,
                  "after" if self.record.switchover_acknowledged else "without")
+
+    async def _resumed_here(self) -> bool:
+        """Whether QEMU runs the guest here again (its run state), as QEMU does when a transfer ends before the
+        target ran the guest."""
+        try:
+            return (await self.driver.describe(self.vm_id)).state is VmState.Running
+        except DriverError:
+            return False
 
     def _postcopy_lost(self, progress: TransferProgress) -> str:
         """The failure's message when post-copy lost its target: where the guest is, and what a person can do."""
