@@ -19,9 +19,11 @@ from vmshift.controllers.migration_decisions import (
     shown_phase,
     strategy_of,
     switchover_message,
+    where_it_is_left,
 )
 from vmshift.controllers.views import VMEntry, index_vm, parse_host_spec, parse_vm_spec, vm_view
 from vmshift.controllers.vmstatus import (
+    POSTCOPY_LOST,
     failed_start_status,
     label_rechecks,
     migration_name,
@@ -175,3 +177,25 @@ def test_alertmanager_alerts_make_the_host_hardware_unhealthy_but_not_its_phase(
     assert "HostPsuRedundancyLost (critical)" in hardware["message"]
     assert s["phase"] == "Unreachable"  # the phase follows the agent, not the alert
     status_patch("hosts", s)
+
+
+def test_a_guest_left_paused_by_a_lost_post_copy_is_failed_stalled_and_never_said_to_run() -> None:
+    fleet = Fleet([host("h1"), host("h2")], [])
+    entry = _entry()
+    paused = VmInfo.model_construct(state=VmState.Paused, features=[], drivers=["vmbus"],
+                                    io_ceilings=GuestIoCeilings(network_mbps=100, diskMBps=100), compatibility=False)
+    lost = "the target's QEMU was lost during post-copy: its memory was split between the hosts"
+    kept = running_status(vm_view(entry), paused, "h1", fleet, 3, {"reason": POSTCOPY_LOST, "message": lost})
+    assert kept["phase"] == "Failed" and kept["reason"] == POSTCOPY_LOST and kept["message"] == lost, kept
+    conditions = {c["type"]: c for c in kept["conditions"]}
+    assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == POSTCOPY_LOST
+    assert conditions["Stalled"]["status"] == "True" and conditions["Stalled"]["message"] == lost
+    status_patch("virtualmachines", kept)
+    other = running_status(vm_view(entry), paused, "h1", fleet, 3, {})
+    assert other["phase"] == "Failed" and other["reason"] == "GuestPaused" and "does not run" in other["message"]
+    assert "runs on h1" not in str(other["conditions"])
+    before = report(3)
+    after = before.model_copy(update={"postcopy": True})
+    assert where_it_is_left("vm", "h1", "h2", before) == " vm keeps running on h1."
+    note = where_it_is_left("vm", "h1", "h2", after)
+    assert "runs on neither h1 nor h2" in note and "keeps running" not in note

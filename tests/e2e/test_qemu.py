@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Fleet
+from tests.e2e.test_declared_fields import API, Watch
 from tests.kube import wait_for
 from vmshift.api.reasons import MigrationMode
 from vmshift.devcluster.stack import HostPlan
@@ -51,6 +52,9 @@ SLOW_MBPS = 8
 #: The ladder tests' link: the guest rewrites its 8 MiB region faster than this carries it (2.5 MiB/s against
 #: 3 MB/s and a 1 ms switchover threshold), so QEMU never switches over by itself; round 0 takes ~10 s.
 LADDER_MBPS = 24
+#: The first host holds a converged switchover for the operator's go (QEMU's pause-before-switchover) at most
+#: this long; the guest is paused meanwhile. The other hosts do not hold (the agents' default).
+HOLD_SECONDS = 2.0
 
 
 class Guest:
@@ -146,7 +150,7 @@ class Guest:
 def guest(fleet: Fleet) -> Iterator[Guest]:
     pool = f"q-{uuid.uuid4().hex[:5]}"
     plans = [HostPlan(f"{pool}-a", "icelake", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
-                      labels={"pool": pool}),
+                      labels={"pool": pool}, qemu_switchover_hold_seconds=HOLD_SECONDS),
              HostPlan(f"{pool}-b", "icelake", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
                       labels={"pool": pool}),
              HostPlan(f"{pool}-amd", "zen3", cores=2, memory_mib=256, shared_volumes=(VOLUME,), driver="qemu",
@@ -185,25 +189,34 @@ def test_changing_the_placement_host_live_migrates_it_with_qemus_downtime(guest:
     fleet = guest.fleet
     a, b = guest.hosts[0], guest.hosts[1]
     last = guest.check()
-    fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
-                       "-p", json.dumps({"spec": {"placement": {"host": b}}}))
+    with Watch(fleet, f"{API}/namespaces/{guest.ns}/virtualmachinemigrations") as watch:
+        fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
+                           "-p", json.dumps({"spec": {"placement": {"host": b}}}))
 
-    def moved() -> dict[str, Any] | None:
-        items = json.loads(fleet.kube.kubectl("get", "vsmig", "-n", guest.ns, "-o", "json").stdout)["items"]
-        done = [m for m in items if (m.get("status") or {}).get("phase") in FINISHED]
-        return done[0] if done else None
-    migration = wait_for(moved, "the placement change's migration to finish", MOVE_SECONDS,
-                         describe=lambda: fleet.stack.operator_log_tail(25))
+        def moved() -> dict[str, Any] | None:
+            items = json.loads(fleet.kube.kubectl("get", "vsmig", "-n", guest.ns, "-o", "json").stdout)["items"]
+            done = [m for m in items if (m.get("status") or {}).get("phase") in FINISHED]
+            return done[0] if done else None
+        migration = wait_for(moved, "the placement change's migration to finish", MOVE_SECONDS,
+                             describe=lambda: fleet.stack.operator_log_tail(25))
+        seen = watch.stop()
     status = migration["status"]
     assert status["phase"] == "Succeeded", status
     assert status["mode"] == "Live"
+    # The source (host a) held QEMU's converged switchover (pre-switchover) until the operator had written
+    # SwitchingOver and given its go, as for simulated moves.
+    phases = [str((o.get("status") or {}).get("phase")) for o in seen if (o.get("status") or {}).get("phase")]
+    assert "SwitchingOver" in phases and phases.index("SwitchingOver") < phases.index("Succeeded"), phases
+    assert status["switchoverAcknowledged"] is True, status
     fleet.wait_phase("vsvm", guest.name, guest.ns, {"Running"})
     assert fleet.status("vsvm", guest.name, guest.ns)["host"] == b
     agent = guest.agent_migration(a, migration["metadata"]["uid"])
     assert agent.downtime_ms is not None and agent.downtime_ms == int(agent.downtime_ms), \
         f"the source agent's downtime is QEMU's (whole milliseconds): {agent}"
     assert status["downtimeMs"] == agent.downtime_ms
-    assert "QEMU moved VM" in fleet.stack.agents[a].log_tail(200)
+    log_tail = fleet.stack.agents[a].log_tail(200)
+    assert "QEMU moved VM" in log_tail and "QEMU goes on with the switchover (after the operator's go)" in log_tail
+    print(f"\nlive move held for the go: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
     guest.ticks_past(last)
     guest.only_on(b)
     fleet.unpin(guest.ns, guest.name)
@@ -389,3 +402,68 @@ def test_a_ladder_ending_in_quick_lets_qemu_pause_the_guest_for_the_rest(guest: 
     print(f"\nquick fallback: QEMU downtime {agent.downtime_ms} ms, {agent.duration_ms} ms in all")
     guest.ticks_past(last)
     guest.only_on(target)
+
+
+def test_the_target_qemu_killed_in_post_copy_fails_the_move_and_leaves_the_guest_paused_for_a_person(
+        guest: Guest) -> None:
+    """Post-copy's risk (the last test: the guest is lost). Once switched, the guest runs on the target and its
+    memory is split between the hosts; the target's QEMU killed then leaves it running nowhere. The source's
+    agent sees QEMU's ``postcopy-paused``: the migration fails TargetLost saying so, the source's QEMU is kept
+    paused (never resumed: its memory there is stale), the VM's status and a Warning event say so, and a
+    person's spec.running: false stops it."""
+    fleet = guest.fleet
+    source, target = (guest.hosts[1], guest.hosts[0]) if fleet.copies(guest.uid).get(guest.hosts[1]) \
+        else (guest.hosts[0], guest.hosts[1])
+    # At 8 Mbit/s (the cap holds in post-copy too) the rest takes many seconds to pull: time to kill the target.
+    _ladder_policy(guest, ["PreCopy", "PostCopy"], bandwidthMbps=SLOW_MBPS)
+    guest.check()
+    fleet.apply(fleet.migration(guest.ns, "postcopy-lost", guest.name, target))
+    uid = wait_for(lambda: fleet.get("vsmig", "postcopy-lost", guest.ns).get("metadata", {}).get("uid"),
+                   "the migration to exist", 30)
+
+    def switched() -> MigrationStatus | None:
+        try:
+            agent = guest.agent_migration(source, uid)
+        except AgentError:
+            return None  # not started on the source yet
+        assert not agent.phase.finished, f"the move ended before it could be interrupted: {agent}"
+        if not agent.postcopy:
+            return None
+        # Asked is not done: until the target runs the guest, a lost target makes QEMU fail the transfer and
+        # run the guest on the source again (an ordinary failure, tests/hypervisor/test_qemu_source.py).
+        there = fleet.copies(guest.uid).get(target)
+        return agent if there is not None and there.state.value == "Running" else None
+    wait_for(switched, "the guest to run on the target in post-copy", MOVE_SECONDS, interval=0.1)
+    pid = _target_qemu(fleet.stack.agents[target].pid, guest.uid)
+    assert pid is not None, "no QEMU of the guest runs under the target's agent"
+    os.kill(pid, signal.SIGKILL)
+    status = fleet.wait_phase("vsmig", "postcopy-lost", guest.ns, FINISHED, timeout=MOVE_SECONDS)
+    failure = status.get("failure") or {}
+    assert status["phase"] == "Failed" and failure.get("reason") == "TargetLost", status
+    message = failure["message"]
+    for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed",
+                  f"runs on neither {source} nor {target}"):
+        assert words in message, f"{words!r} is not in the failure's message: {message}"
+    assert "keeps running" not in message and "runs on the source" not in message.replace(
+        "does not run on the source", ""), message
+    agent = guest.agent_migration(source, uid)
+    assert agent.postcopy and not agent.committed, agent
+    assert fleet.copies(guest.uid)[source].state.value == "Paused", fleet.copies(guest.uid)
+    vm = fleet.status("vsvm", guest.name, guest.ns)
+    assert vm["phase"] == "Failed" and vm["reason"] == "PostCopyLost" and "split" in vm["message"], vm
+    ready = next(c for c in vm["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PostCopyLost", ready
+    events = json.loads(fleet.kube.kubectl(
+        "get", "events", "-n", guest.ns, "--field-selector",
+        f"involvedObject.name={guest.name},reason=MigrationFailed", "-o", "json").stdout)["items"]
+    assert any("split between the hosts" in e["message"] for e in events), events
+    serial = guest.guests_dir(source) / guest.uid / "serial.log"
+    printed = serial.read_text(errors="replace")
+    time.sleep(3)
+    assert serial.read_text(errors="replace") == printed, "the guest ran on again on the source"
+    print(f"\npost-copy target lost: {message}")
+    # A person decides: stop it.
+    fleet.kube.kubectl("patch", "vsvm", guest.name, "-n", guest.ns, "--type=merge",
+                       "-p", json.dumps({"spec": {"running": False}}))
+    fleet.wait_phase("vsvm", guest.name, guest.ns, {"Stopped"}, timeout=120)
+    assert fleet.copies(guest.uid)[source].state.value == "Stopped", fleet.copies(guest.uid)

@@ -42,3 +42,7 @@ def test_a_qemu_agents_command_line_names_its_driver_and_directories(tmp_path: P
     argv = config.argv(tmp_path / "token", tmp_path / "ready")
     joined = " ".join(argv)
     assert f"--driver qemu --accel tcg --driver-dir {tmp_path / 'g'} --shared-dir {tmp_path / 's'}" in joined
+    assert "--qemu-switchover-hold-seconds" not in joined  # no hold unless asked
+    held = " ".join(AgentConfig(name="q1", driver="qemu", qemu_switchover_hold_seconds=2).argv(tmp_path / "t",
+                                                                                               tmp_path / "r"))
+    assert held.endswith("--qemu-switchover-hold-seconds 2"), held

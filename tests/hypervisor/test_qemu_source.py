@@ -3,8 +3,10 @@ the ladder's verdict on QEMU's rounds, post-copy, and the phase it reports. Real
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -13,9 +15,10 @@ from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.hypervisor.driver import GuestDriver, TransferPhase, TransferProgress
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.migration.host import MigrationHost
-from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration
+from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration, parameters
 from vmshift.hypervisor.migration.record import MigrationFailed
-from vmshift.hypervisor.protocol import MigrationRequest, MigrationTarget, VmDefinition
+from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget, VmDefinition, VmState
+from vmshift.hypervisor.qemu.driver import QEMU_THROTTLE, throttle_settings
 
 ACTIVE = TransferPhase.Active
 
@@ -23,10 +26,14 @@ ACTIVE = TransferPhase.Active
 class ScriptedDriver:
     """Answers ``progress`` from a script (the last look repeats) and notes the ladder's calls."""
 
-    def __init__(self, looks: list[TransferProgress]) -> None:
+    def __init__(self, looks: list[TransferProgress], runs: VmState = VmState.Paused) -> None:
         self._looks: Iterator[TransferProgress] = iter(looks)
         self._last = looks[0]
         self.calls: list[str] = []
+        self.runs = runs  # the source guest's run state QEMU reports
+
+    async def describe(self, vm_id: str) -> SimpleNamespace:
+        return SimpleNamespace(state=self.runs)
 
     async def progress(self, vm_id: str) -> TransferProgress:
         self._last = next(self._looks, self._last)
@@ -110,3 +117,123 @@ async def test_qemu_stopping_the_guest_for_the_last_copy_shows_as_switching_over
     assert source.record.phase is MigrationPhase.Transferring
     source._record(stopped)
     assert source.record.phase is MigrationPhase.SwitchingOver
+
+
+async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_guest_runs_on_the_source() -> None:
+    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 5, TransferPhase.PostCopyPaused)])
+    source._postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    assert "during post-copy" in message and "split between the hosts" in message and "kept paused" in message
+    assert "keeps running" not in message and "5.0 MiB not yet pulled" in message, message
+    assert "resume the post-copy" in message, "a paused post-copy can be resumed once the target is back"
+
+
+async def test_a_post_copy_qemu_ended_for_good_is_not_offered_a_resume() -> None:
+    # Seen in a CI run: the target's QEMU killed late in post-copy; the source's QEMU went to "failed",
+    # not postcopy-paused, and the message offered a resume that QEMU can no longer do.
+    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 0, TransferPhase.Failed)])
+    source._postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed", "can run on neither"):
+        assert words in message, (words, message)
+    assert "resume the post-copy" not in message and "MiB not yet pulled" not in message, message
+
+
+async def test_a_transfer_qemu_ended_and_resumed_here_after_the_switch_was_asked_is_an_ordinary_failure() -> None:
+    # Seen in an e2e run: the target's QEMU killed just after migrate-start-postcopy; QEMU had not handed
+    # the guest over, failed the transfer and ran the guest on the source again (its run state: running).
+    source, driver = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 0, TransferPhase.Failed)])
+    driver.runs = VmState.Running
+    source._postcopy = True
+    source.record.postcopy = True
+    with pytest.raises(MigrationFailed) as failed:
+        await source._follow()
+    message = failed.value.message
+    assert failed.value.reason is FailureReason.TargetLost, message
+    assert "keeps running on the source" in message and "post-copy" not in message, message
+    assert not source._postcopy and not source.record.postcopy
+
+
+class HoldingDriver(ScriptedDriver):
+    """QEMU with pause-before-switchover: pre-switchover (held) until ``continue_switchover``, then completed."""
+
+    def __init__(self) -> None:
+        super().__init__([look(2, 96, 0.1)])
+        self.held = TransferProgress(phase=ACTIVE, rounds=3, transferred_mib=100, remaining_mib=0.1,
+                                     switching_over=True, held=True)
+
+    async def progress(self, vm_id: str) -> TransferProgress:
+        if "continue" in self.calls:
+            return look(3, 100, 0, TransferPhase.Completed)
+        return self.held
+
+    async def continue_switchover(self, vm_id: str) -> None:
+        self.calls.append("continue")
+
+
+def held_migration(hold_seconds: float) -> tuple[QemuSourceMigration, HoldingDriver]:
+    driver = HoldingDriver()
+    guest = Guest("v-1", VmDefinition(name="v-1", cpus=1, memory_mib=96))
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    source = QemuSourceMigration(cast(MigrationHost, object()), guest, MigrationRequest(
+        migration_id="m-1", vm_id="v-1", target=target, switchover_wait_seconds=5),
+        bandwidth_mbps=8, driver=cast(GuestDriver, driver), shared_dir=None, hold_seconds=hold_seconds)
+    source.record.phase = MigrationPhase.Transferring  # as run() leaves it
+    return source, driver
+
+
+async def test_qemu_holds_a_converged_switchover_until_the_go_and_the_record_says_ready_then_acknowledged() -> None:
+    source, driver = held_migration(hold_seconds=5)
+    assert parameters(source.request, 8, hold=True).pause_before_switchover
+    following = asyncio.create_task(source._follow())
+    for _ in range(500):  # the first look at pre-switchover marks the record ready
+        if source.record.ready_to_switch_over:
+            break
+        await asyncio.sleep(0.01)
+    assert source.record.status().ready_to_switch_over, "the operator is not told the switchover waits for its go"
+    await asyncio.sleep(0.3)
+    assert driver.calls == [] and not following.done(), "QEMU went on before the go"
+    source.hold.go()
+    progress = await asyncio.wait_for(following, 5)
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is True and source.record.phase is MigrationPhase.SwitchingOver
+
+
+async def test_a_held_switchover_goes_on_without_the_go_after_the_hosts_short_wait() -> None:
+    source, driver = held_migration(hold_seconds=0.3)
+    assert source.hold.wait_seconds == 0.3, "the request's 5 s wait is capped by the host's (the guest is paused)"
+    started = asyncio.get_running_loop().time()
+    progress = await asyncio.wait_for(source._follow(), 5)
+    waited = asyncio.get_running_loop().time() - started
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is False and 0.3 <= waited < 2, waited
+    off, _ = held_migration(hold_seconds=0)
+    assert off.hold.wait_seconds == 0 and not off.hold.holding(converged=True), "no hold unless the host allows one"
+
+
+async def test_qemu_holding_the_switch_to_post_copy_goes_on_at_once() -> None:
+    source, driver = held_migration(hold_seconds=5)
+    source._postcopy = True  # the ladder switched: QEMU stops at pre-switchover before post-copy too
+    progress = await asyncio.wait_for(source._follow(), 2)
+    assert progress.phase is TransferPhase.Completed and driver.calls == ["continue"]
+    assert source.record.switchover_acknowledged is None and not source.record.ready_to_switch_over
+
+
+def test_the_policys_auto_converge_throttle_becomes_qemus_only_when_auto_converge_is_on() -> None:
+    target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
+    on = MigrationRequest(migration_id="m-1", vm_id="v-1", target=target, auto_converge=AutoConvergeSettings(
+        enabled=True, initial_percent=35, step_percent=15, max_percent=80))
+    settings = throttle_settings(parameters(on, 8))
+    assert settings == {"cpu-throttle-initial": 35, "cpu-throttle-increment": 15, "max-cpu-throttle": 80}
+    off = on.model_copy(update={"auto_converge": AutoConvergeSettings(enabled=False, initial_percent=35)})
+    assert throttle_settings(parameters(off, 8)) == QEMU_THROTTLE, "QEMU's defaults when auto-converge is off"
+    tiny = on.model_copy(update={"auto_converge": AutoConvergeSettings(enabled=True, initial_percent=0.2,
+                                                                       step_percent=99.9, max_percent=99.9)})
+    assert throttle_settings(parameters(tiny, 8)) == {"cpu-throttle-initial": 1, "cpu-throttle-increment": 99,
+                                                      "max-cpu-throttle": 99}, "QEMU takes whole percents 1-99"

@@ -367,8 +367,10 @@ def test_the_policy_becomes_qemus_downtime_limit_and_bandwidth() -> None:
     target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
     request = MigrationRequest(migration_id="m", vm_id="v", target=target, threshold_ms=50,
                                auto_converge=AutoConvergeSettings(enabled=True))
-    assert parameters(request, 0) == MigrationParameters(downtime_limit_ms=50, bandwidth_mbps=None,
-                                                         auto_converge=True, postcopy_allowed=False)
+    auto = request.auto_converge
+    assert parameters(request, 0) == MigrationParameters(
+        downtime_limit_ms=50, bandwidth_mbps=None, auto_converge=True, throttle_initial_percent=auto.initial_percent,
+        throttle_step_percent=auto.step_percent, throttle_max_percent=auto.max_percent, postcopy_allowed=False)
     postcopy = request.model_copy(update={"fallback_to_postcopy": True})
     assert parameters(postcopy, 0).postcopy_allowed, "a ladder ending in PostCopy turns QEMU's post-copy on"
     capped = request.model_copy(update={"max_downtime_ms": 20.0})

@@ -146,11 +146,16 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     assert source is not None
     await running_on(source)
     before = check_stream()
-    parameters = MigrationParameters(downtime_limit_ms=300, auto_converge=True)
+    parameters = MigrationParameters(downtime_limit_ms=300, auto_converge=True, throttle_initial_percent=35,
+                                     throttle_step_percent=15, throttle_max_percent=80)
     choice = cpumodels.choose("icelake", compatibility=True)
     endpoint = await target.prepare_incoming(VM, DEFINITION, choice, parameters)
     assert (await target.describe(VM)).state is VmState.Incoming
     await source.migrate(VM, endpoint, parameters)
+    # The policy's auto-converge throttle is QEMU's, as QEMU states it.
+    settings = await source.migration_settings(VM)
+    assert (settings["cpu-throttle-initial"], settings["cpu-throttle-increment"], settings["max-cpu-throttle"]) == \
+        (35, 15, 80), settings
     progress, rounds = await follow(source)
     assert progress.phase is TransferPhase.Completed, progress
     # The downtime and the duration are QEMU's own measurements, from query-migrate.
@@ -166,6 +171,51 @@ async def test_live_migration_keeps_the_guest_running_and_its_memory_intact(host
     await JOURNEY.moved(source, target)
     seen = await wait_for_tick(JOURNEY.stream, before + 3, within=TICKS_SECONDS)
     assert seen[-1].n >= before + 3
+    check_stream()
+
+
+#: How long the held switchover waits before its go in the test below (the operator's go takes a poll or two).
+HOLD_MS = 500.0
+
+
+async def test_a_switchover_held_before_its_go_pauses_the_guest_and_adds_the_wait_to_qemus_downtime(
+        hosts: Hosts) -> None:
+    """pause-before-switchover: QEMU stops at ``pre-switchover`` with the guest already paused (unlike the
+    simulated hold, where it runs on), so the wait for the go is downtime; QEMU's own measure says so."""
+    source, target = JOURNEY.host, JOURNEY.other(hosts)
+    assert source is not None
+    await running_on(source)
+    before = check_stream()
+    parameters = MigrationParameters(downtime_limit_ms=300, pause_before_switchover=True)
+    endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
+    await source.migrate(VM, endpoint, parameters)
+    settings = await source.migration_settings(VM)  # no auto-converge named: QEMU's defaults
+    assert (settings["cpu-throttle-initial"], settings["cpu-throttle-increment"], settings["max-cpu-throttle"]) == \
+        (20, 10, 99), settings
+    deadline = time.monotonic() + TRANSFER_SECONDS
+    while not (progress := await source.progress(VM)).held:
+        assert progress.phase in (TransferPhase.Setup, TransferPhase.Active), progress
+        assert time.monotonic() < deadline, f"QEMU did not hold the switchover within {TRANSFER_SECONDS:g} s"
+        await asyncio.sleep(0.02)
+    assert progress.switching_over, progress
+    runstate = (await source.describe(VM)).details["runstate"]
+    assert runstate != "running", f"the guest runs while QEMU holds the switchover ({runstate})"
+    printed = await asyncio.to_thread(console_text, source.console(VM))
+    await asyncio.sleep(HOLD_MS / 1000)
+    assert (await source.progress(VM)).held, "QEMU went on without its go"
+    assert await asyncio.to_thread(console_text, source.console(VM)) == printed, "the guest ran while held"
+    with pytest.raises(DriverError, match="not being migrated from this host"):
+        await target.continue_switchover(VM)
+    await source.continue_switchover(VM)
+    progress, _ = await follow(source)
+    assert progress.phase is TransferPhase.Completed, progress
+    assert progress.downtime_ms is not None and progress.downtime_ms >= HOLD_MS, progress
+    JOURNEY.timings["held_downtime_ms"] = progress.downtime_ms
+    print(f"\nQEMU downtime: {JOURNEY.timings.get('live_downtime_ms')} ms without a hold, {progress.downtime_ms} ms "
+          f"with the switchover held {HOLD_MS:g} ms for its go")
+    await running_on(target)
+    await JOURNEY.moved(source, target)
+    await wait_for_tick(JOURNEY.stream, before + 2, within=TICKS_SECONDS)
     check_stream()
 
 
@@ -358,3 +408,43 @@ async def test_unknown_cpu_model_and_unmounted_volume_are_refused(hosts: Hosts) 
     with pytest.raises(DriverError, match=r"exited .* before its monitor answered: .*Pentium9000"):
         await hosts.h2.start("db-1", CpuChoice(model="Pentium9000"))
     await hosts.h2.delete("db-1")
+
+
+async def test_target_qemu_killed_in_post_copy_leaves_the_source_qemu_paused_not_resumed(hosts: Hosts) -> None:
+    """Post-copy's risk: once switched, the target runs the guest and its memory is split between the hosts,
+    so when the target's QEMU dies the guest cannot run on either. The source's QEMU goes to QEMU's
+    ``postcopy-paused`` and the driver reports PostCopyPaused: the guest is kept paused there (never
+    resumed: its memory there is stale), its QEMU alive for a person to decide, and stop quits it.
+    The last test of the module: the guest is lost."""
+    source, target, _, _ = await _slow_transfer(hosts, postcopy=True)
+    await source.switch_to_postcopy(VM)
+    deadline = time.monotonic() + TICKS_SECONDS
+    while (progress := await source.progress(VM)).phase is not TransferPhase.PostCopy:
+        assert progress.phase is TransferPhase.Active, progress
+        assert time.monotonic() < deadline, f"QEMU did not switch to post-copy within {TICKS_SECONDS:g} s"
+        await asyncio.sleep(0.05)
+    # The policy's 8 Mbit/s cap holds in post-copy too: most of the guest is still to come.
+    assert progress.remaining_mib > 1, progress
+    while (await target.describe(VM)).details.get("runstate") != "running":  # it loads the devices' state first
+        assert time.monotonic() < deadline, f"the target did not run the guest within {TICKS_SECONDS:g} s"
+        await asyncio.sleep(0.05)
+    assert (await source.progress(VM)).phase is TransferPhase.PostCopy, "post-copy ended before the kill"
+    os.kill(int((await target.describe(VM)).details["pid"]), signal.SIGKILL)
+    killed = time.monotonic()
+    progress, _ = await follow(source, within=TICKS_SECONDS)
+    assert progress.phase is TransferPhase.PostCopyPaused, progress
+    print(f"\npost-copy target killed: the source saw postcopy-paused after {time.monotonic() - killed:.2f} s, "
+          f"{progress.remaining_mib:.1f} MiB of the guest still on the source")
+    description = await source.describe(VM)
+    assert description.state is VmState.Paused, description
+    assert description.details.get("runstate") != "running" and "split" in description.details["postcopy"], \
+        description
+    assert not source.exited(VM), "the source's QEMU must be kept (paused) for a person to decide"
+    printed = await asyncio.to_thread(console_text, source.console(VM))
+    await asyncio.sleep(2.0)
+    assert await asyncio.to_thread(console_text, source.console(VM)) == printed, "the guest ran on the source"
+    assert (await source.describe(VM)).state is VmState.Paused
+    assert (await source.stop(VM)).state is VmState.Stopped
+    assert "pid" not in (await source.describe(VM)).details, "stop did not quit the source's QEMU"
+    await source.delete(VM)
+    await target.delete(VM)

@@ -185,9 +185,12 @@ class MigrationPolicySpec(ApiModel):
         default_factory=lambda: [MigrationStrategy.PreCopy, MigrationStrategy.AutoConverge],
         description="Strategies to try in order when a live migration does not converge: PreCopy, "
         "AutoConverge, Quick, PostCopy. Each at most once; Quick only last and only with allowQuick; "
-        "PostCopy (QEMU driver only: the guest runs on the target and pulls the rest, so a target lost "
-        "meanwhile loses it) only last, never with Quick. When the last rung fails the migration fails "
-        "and the VM stays where it was. Default [PreCopy, AutoConverge].",
+        "PostCopy (QEMU driver only) only last, never with Quick. When the last rung fails the migration "
+        "fails and the VM stays where it was, except after a switch to PostCopy: from then on the guest "
+        "runs on the target and pulls the rest, its memory split between the hosts, so if the target or "
+        "the link fails before the rest arrived the guest runs nowhere (the migration fails TargetLost, "
+        "the VM Failed with reason PostCopyLost, its source kept paused for a person to decide); use "
+        "PostCopy only for guests that can afford that. Default [PreCopy, AutoConverge].",
         min_length=1,
         max_length=3,
         json_schema_extra={**list_atomic(), **cel(LADDER_UNIQUE, QUICK_IS_LAST, POSTCOPY_IS_LAST)},

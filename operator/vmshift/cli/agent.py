@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "the same one")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                         help="qemu: the accelerator (auto: KVM when a probe guest boots under it, else TCG)")
+    parser.add_argument("--qemu-switchover-hold-seconds", type=float, default=0.0,
+                        help="qemu: hold a converged live migration's switchover for the operator's go at most "
+                             "this long, with the guest already paused (it adds to the downtime); 0 (default): "
+                             "switch over at once")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.set_defaults(func=run)
 
@@ -85,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cores < 1 or args.memory_mib < 1:
         print("vmshift agent: --cores and --memory-mib must be positive", file=sys.stderr)
         return 2
+    if not 0 <= args.qemu_switchover_hold_seconds <= 20:
+        print("vmshift agent: --qemu-switchover-hold-seconds must be from 0 to 20", file=sys.stderr)
+        return 2
     if args.driver == "qemu" and (args.driver_dir is None or args.shared_dir is None):
         print("vmshift agent: --driver qemu needs --driver-dir and --shared-dir", file=sys.stderr)
         return 2
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         reservation_seconds=args.reservation_seconds, driver=args.driver,
         driver_dir=args.driver_dir.resolve() if args.driver_dir else None,
         shared_dir=args.shared_dir.resolve() if args.shared_dir else None, accel=args.accel,
+        qemu_switchover_hold_seconds=args.qemu_switchover_hold_seconds,
     )
     from vmshift.hypervisor.server import run_agent
 

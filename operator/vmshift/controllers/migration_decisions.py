@@ -258,6 +258,15 @@ def switchover_message(vm: str, source: str | None, target: str | None, report: 
             f"paused on {source} for the final copy and resumed on {target}.")
 
 
+def where_it_is_left(vm: str, source: str | None, target: str | None, report: MigrationStatus | None) -> str:
+    """What a Failed migration's message adds about where the guest is (pure). Before the switchover the
+    guest keeps running on its source; after a switch to post-copy it ran on the target and its memory
+    is split between the hosts, so it runs on neither (the source's agent said how it is left)."""
+    if report is not None and report.postcopy:
+        return f" {vm} runs on neither {source} nor {target}: a person must decide, as said above."
+    return f" {vm} keeps running on {source}."
+
+
 def unacknowledged_note(report: MigrationStatus, wait_seconds: float) -> str:
     """What a Succeeded message adds when the source switched over without the operator's go (pure)."""
     if report.switchover_acknowledged is not False:

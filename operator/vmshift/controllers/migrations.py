@@ -55,12 +55,13 @@ from vmshift.controllers.migration_decisions import (
     switchover_message,
     target_verdict,
     unacknowledged_note,
+    where_it_is_left,
     withdrawn_before_admission,
 )
 from vmshift.controllers.migrationrun import Run, agent_link, as_failure, newest_vm, policy_for, unless_deleted
 from vmshift.controllers.runtime import AlreadyMigratingError, runtime
 from vmshift.controllers.views import IN_FLIGHT, migrations_to_collect, problems, vm_view
-from vmshift.controllers.vmstatus import definition
+from vmshift.controllers.vmstatus import POSTCOPY_LOST, definition
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import (
     AutoConvergeSettings,
@@ -396,6 +397,10 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
         vm_status: dict[str, Any] = {"lastMigration": last, "migration": None}
         if phase is MigrationPhase.Succeeded:
             vm_status.update({"host": run.target, "phase": VirtualMachinePhase.Running.value})
+        elif phase is MigrationPhase.Failed and report is not None and report.postcopy:
+            # Post-copy lost its target: the guest runs nowhere (its source's QEMU is kept paused)
+            vm_status.update({"phase": VirtualMachinePhase.Failed.value, "reason": POSTCOPY_LOST,
+                              "message": failure.message if failure else None})
         elif run.status.get("phase") in {p.value for p in IN_FLIGHT}:
             vm_status["phase"] = VirtualMachinePhase.Running.value
         await kubeapi.patch_status("virtualmachines", run.namespace, run.vm_name, vm_status)
@@ -555,7 +560,7 @@ async def drive_migration(
             await _finish(run, MigrationPhase.Failed, report=report, failure=MigrationFailedError(
                 failure.reason if failure else FailureReason.TargetLost,
                 as_sentence(failure.message if failure else "The agents reported a failure without a reason")
-                + f" {run.vm_name} keeps running on {run.source}."))
+                + where_it_is_left(run.vm_name, run.source, run.target, report)))
     except Leaving:
         logger.info(f"migration {run.key}: the operator stops ({stopped.reason}); the agents carry on and "
                     f"the next operator follows it")

@@ -186,7 +186,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             await _place(entry, body, view, previous, logger)
             return
         host, info = located
-        if not entry.spec.running and info.state == VmState.Running:
+        if not entry.spec.running and info.state in (VmState.Running, VmState.Paused):
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
         elif entry.spec.running and info.state in (VmState.Defined, VmState.Stopped):
             info = await rt.agents.get(host).client.start_vm(  # type: ignore[union-attr]

@@ -67,6 +67,11 @@ def definition(entry: VMEntry, annotations: Mapping[str, str] | None = None) -> 
         raise DefinitionError(problems("the agent's VM definition", exc)) from None
 
 
+#: The VM's status reason once a post-copy lost its target (migrations.py writes it with the failure's
+#: message): the guest runs nowhere and a person decides; a later look at the paused guest keeps both.
+POSTCOPY_LOST = "PostCopyLost"
+
+
 def running_status(
     vm: VMView,
     info: VmInfo,
@@ -79,7 +84,9 @@ def running_status(
 ) -> dict[str, Any]:
     """Status of a VM whose guest the agent on ``host`` holds (pure)."""
     conditions = list(previous.get("conditions") or [])
-    phase = {VmState.Running: Phase.Running, VmState.Paused: Phase.Running, VmState.Saved: Phase.Stopped,
+    # Paused outside a migration (whose daemon owns the status while it moves): a guest left paused, as
+    # by a post-copy that lost its target; it does not run, and a person decides.
+    phase = {VmState.Running: Phase.Running, VmState.Paused: Phase.Failed, VmState.Saved: Phase.Stopped,
              VmState.Stopped: Phase.Stopped,
              VmState.Defined: Phase.Starting if wants_running else Phase.Stopped}.get(info.state, Phase.Pending)
     status: dict[str, Any] = {
@@ -111,6 +118,14 @@ def running_status(
     if phase is Phase.Running:
         conditions = cond.ready(conditions, True, "Running", f"{vm.name} runs on {host}.",
                                 observed_generation=generation)
+    elif info.state is VmState.Paused:
+        kept = previous.get("reason") == POSTCOPY_LOST and previous.get("message")
+        status["reason"] = POSTCOPY_LOST if kept else "GuestPaused"
+        status["message"] = previous["message"] if kept else (
+            f"{vm.name}'s guest is paused on {host} and does not run; its events say why. Set spec.running: "
+            f"false to stop it, then true to boot it again.")
+        conditions = cond.ready(conditions, False, status["reason"], status["message"],
+                                observed_generation=generation)
     else:
         wanted = "stopped" if phase is Phase.Stopped else "starting"
         conditions = cond.ready(conditions, phase is Phase.Stopped and not wants_running,
@@ -124,6 +139,9 @@ def running_status(
         conditions = cond.reconciling(conditions, False, "Reconciled", f"{vm.name} is where its spec asks.",
                                       observed_generation=generation)
         conditions = cond.stalled(conditions, False, "Reconciled", f"{vm.name} is where its spec asks.",
+                                  observed_generation=generation)
+    if info.state is VmState.Paused:  # a person must act: Stalled says so (after Placed's Reconciled)
+        conditions = cond.stalled(conditions, True, status["reason"], status["message"],
                                   observed_generation=generation)
     status["conditions"] = cond.dump(conditions)
     return status

@@ -55,13 +55,16 @@ class HostPlan:
     #: What runs the host's guests: simulated, or qemu (real guests; every qemu agent of a Stack shares
     #: one directory as its shared volumes).
     driver: str = "simulated"
+    #: qemu: how long a converged switchover waits for the operator's go, the guest paused (0: never).
+    qemu_switchover_hold_seconds: float = 0.0
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(name=self.name, cpu_model=self.cpu_model, cores=self.cores, memory_mib=self.memory_mib,
                            bandwidth_mbps=self.bandwidth_mbps, shared_volumes=self.shared_volumes,
                            passthrough_luns=self.passthrough_luns,
                            advertise_migration_port=self.advertise_migration_port,
-                           reservation_seconds=self.reservation_seconds, driver=self.driver)
+                           reservation_seconds=self.reservation_seconds, driver=self.driver,
+                           qemu_switchover_hold_seconds=self.qemu_switchover_hold_seconds)
 
     def manifest(self, endpoint: str) -> dict[str, Any]:
         return {

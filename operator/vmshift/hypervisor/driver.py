@@ -57,6 +57,9 @@ class TransferPhase(StrEnum):
     Completed = "Completed"  # the guest runs on the target
     Failed = "Failed"  # the guest runs on the source
     Cancelled = "Cancelled"  # the guest runs on the source
+    #: Post-copy lost its target (its QEMU or the link died): the guest ran on the target and its memory
+    #: is split between the hosts, so it runs nowhere; the source's QEMU keeps its part, paused.
+    PostCopyPaused = "PostCopyPaused"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,13 @@ class MigrationParameters:
     downtime_limit_ms: float | None = None
     bandwidth_mbps: float | None = None  # None or 0: unlimited
     auto_converge: bool = False
+    #: The auto-converge throttle: first step, increment and ceiling, in percent (QEMU: 1 to 99).
+    throttle_initial_percent: float | None = None
+    throttle_step_percent: float | None = None
+    throttle_max_percent: float | None = None
     postcopy_allowed: bool = False
+    #: Stop before the switchover (the guest already paused) until ``continue_switchover``: the caller's go.
+    pause_before_switchover: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,10 +156,13 @@ class TransferProgress:
     #: The guest is paused on the source while the last of its state crosses (QEMU: ``device``,
     #: ``pre-switchover``): the switchover is under way.
     switching_over: bool = False
+    #: The switchover waits for ``continue_switchover`` (QEMU: ``pre-switchover``): the guest is paused.
+    held: bool = False
 
     @property
     def finished(self) -> bool:
-        return self.phase in (TransferPhase.Completed, TransferPhase.Failed, TransferPhase.Cancelled)
+        return self.phase in (TransferPhase.Completed, TransferPhase.Failed, TransferPhase.Cancelled,
+                              TransferPhase.PostCopyPaused)
 
 
 class GuestDriver(Protocol):
@@ -224,6 +236,10 @@ class GuestDriver(Protocol):
     async def allow_downtime(self, vm_id: str, downtime_ms: float) -> None:
         """Let the transfer under way pause the guest for up to ``downtime_ms`` to finish: the ladder's
         Quick step when pre-copy does not converge (the guest arrives running, after that pause)."""
+        ...
+
+    async def continue_switchover(self, vm_id: str) -> None:
+        """Go on with a switchover held by ``pause_before_switchover`` (progress says ``held``)."""
         ...
 
     async def cancel(self, vm_id: str) -> TransferProgress:

@@ -51,3 +51,7 @@ class HostConfig:
     shared_dir: Path | None = None
     #: QEMU driver: kvm, tcg, or auto (KVM when a probe guest boots under it).
     accel: str = "auto"
+    #: QEMU driver: hold a converged live migration's switchover for the operator's go at most this long
+    #: (QEMU's pause-before-switchover), 0: never. The guest is already paused while it waits, so every
+    #: second of it is downtime; off by default (see migration/qemu_source.py).
+    qemu_switchover_hold_seconds: float = 0.0

@@ -50,6 +50,7 @@ class AgentConfig:
     driver_dir: Path | None = None
     shared_dir: Path | None = None
     accel: str = "auto"
+    qemu_switchover_hold_seconds: float = 0.0
 
     def argv(self, token_file: Path, ready_file: Path) -> list[str]:
         args = [
@@ -70,6 +71,8 @@ class AgentConfig:
                 args += ["--driver-dir", str(self.driver_dir)]
             if self.shared_dir is not None:
                 args += ["--shared-dir", str(self.shared_dir)]
+            if self.qemu_switchover_hold_seconds:
+                args += ["--qemu-switchover-hold-seconds", f"{self.qemu_switchover_hold_seconds:g}"]
         for lun in self.passthrough_luns:
             args += ["--passthrough-lun", lun]
         return args

@@ -205,5 +205,6 @@ class DrivenHost(HypervisorHost):
         if guest.state is not VmState.Running:
             raise ApiError(409, ErrorCode.InvalidState, f"cannot migrate VM {guest.vm_id}: it is "
                            f"{guest.state.value}; a QEMU guest moves only while it runs")
-        return QemuSourceMigration(self, guest, request, bandwidth_mbps, self.driver, self.config.shared_dir)
+        return QemuSourceMigration(self, guest, request, bandwidth_mbps, self.driver, self.config.shared_dir,
+                                   self.config.qemu_switchover_hold_seconds)
 

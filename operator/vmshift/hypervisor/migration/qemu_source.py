@@ -11,9 +11,14 @@ reports (its dirty-sync-count) the agents' convergence rule (``next_action``) ju
 transfer (NotConverging, the guest runs on here), Quick raises QEMU's downtime limit to the pause the
 rest needs (QEMU stops the guest, sends the rest, and the target runs it: the guest arrives running),
 PostCopy switches QEMU to post-copy (both QEMUs have ``postcopy-ram`` on when the policy allows it; from
-then on the guest runs on the target and the move can no longer be cancelled). Throttling is QEMU's own
+then on the guest runs on the target and the move can no longer be cancelled; when the target's QEMU
+or the link is lost after the switch, QEMU's ``postcopy-paused``, the move fails TargetLost with the
+guest kept paused here, never resumed: its memory is split between the hosts). Throttling is QEMU's own
 auto-converge. The record's phase is SwitchingOver while QEMU has the guest stopped for the last of
-its state, and from the switch to post-copy on. Quick: the guest's state is saved to a file on the
+its state, and from the switch to post-copy on. The operator's switchover hold (hold.py) is QEMU's
+pause-before-switchover, only on a host started with --qemu-switchover-hold-seconds: QEMU stops at
+``pre-switchover`` with the guest already paused, so the wait is downtime (see ``_held``).
+Quick: the guest's state is saved to a file on the
 shared directory standing for the cluster shared volume, the SWITCHOVER names that file, and the
 target restores it.
 
@@ -42,6 +47,7 @@ from vmshift.hypervisor.driver import (
     TransferProgress,
 )
 from vmshift.hypervisor.guest import Guest
+from vmshift.hypervisor.migration.hold import SwitchoverHold
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.record import MigrationFailed, failure_from_abort
 from vmshift.hypervisor.migration.source import SourceMigration
@@ -60,15 +66,20 @@ RESTORE_SECONDS = 300.0
 STATES_DIR = ".vmshift-states"
 
 
-def parameters(request: MigrationRequest, bandwidth_mbps: float) -> MigrationParameters:
+def parameters(request: MigrationRequest, bandwidth_mbps: float, hold: bool = False) -> MigrationParameters:
     """The request's policy as QEMU's knobs: the switchover threshold is QEMU's downtime limit (capped by
-    the downtime budget when one is set), the link rate its bandwidth cap."""
+    the downtime budget when one is set), the link rate its bandwidth cap, the policy's auto-converge
+    throttle (initial, step, max percent) QEMU's own when auto-converge is on."""
     limit = request.threshold_ms
     if request.max_downtime_ms is not None:
         limit = min(limit, request.max_downtime_ms)
+    auto = request.auto_converge
     return MigrationParameters(downtime_limit_ms=limit, bandwidth_mbps=bandwidth_mbps or None,
-                               auto_converge=request.auto_converge.enabled,
-                               postcopy_allowed=request.fallback_to_postcopy)
+                               auto_converge=auto.enabled,
+                               throttle_initial_percent=auto.initial_percent if auto.enabled else None,
+                               throttle_step_percent=auto.step_percent if auto.enabled else None,
+                               throttle_max_percent=auto.max_percent if auto.enabled else None,
+                               postcopy_allowed=request.fallback_to_postcopy, pause_before_switchover=hold)
 
 
 @dataclass
@@ -109,8 +120,14 @@ class QemuSourceMigration(SourceMigration):
     """Sends one QEMU guest to a target agent that runs the QEMU driver too."""
 
     def __init__(self, host: MigrationHost, guest: Guest, request: MigrationRequest, bandwidth_mbps: float,
-                 driver: GuestDriver, shared_dir: Path | None) -> None:
+                 driver: GuestDriver, shared_dir: Path | None, hold_seconds: float = 0.0) -> None:
         super().__init__(host, guest, request, bandwidth_mbps)
+        # The switchover hold under QEMU (pause-before-switchover) waits with the guest already paused, unlike
+        # the simulated driver's, where it runs on: every second of it is downtime. So it waits at most the
+        # host's --qemu-switchover-hold-seconds (0 by default: no hold), never the request's longer wait.
+        self.hold = SwitchoverHold(self.record, min(request.switchover_wait_seconds, hold_seconds),
+                                   request.timeout_seconds)
+        self._continued = False  # QEMU was told to go on past pre-switchover
         self.driver = driver
         self.shared_dir = shared_dir
         self._qemu_started = False
@@ -137,7 +154,7 @@ class QemuSourceMigration(SourceMigration):
                                   "the target agent offered no QEMU to receive the guest (it runs the simulated "
                                   "driver); move QEMU guests between hosts whose agents run --driver qemu")
         endpoint = IncomingEndpoint(host=self.request.target.host, port=welcome.qemu_port)
-        settings = parameters(self.request, self.bandwidth_mbps)
+        settings = parameters(self.request, self.bandwidth_mbps, hold=self.hold.wait_seconds > 0)
         try:
             await self.driver.migrate(self.vm_id, endpoint, settings)
         except DriverError as exc:
@@ -168,11 +185,17 @@ class QemuSourceMigration(SourceMigration):
             self._record(progress)
             if progress.phase is TransferPhase.Completed:
                 return progress
+            if self._postcopy and progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled) \
+                    and await self._resumed_here():
+                # QEMU ended the transfer before the target ran the guest (the switch to post-copy had not
+                # happened yet, or its device state never arrived) and ran it here again: an ordinary failure.
+                log.warning("migration %s: QEMU's transfer %s before the target ran VM %s, and QEMU resumed it "
+                            "here", self.migration_id, progress.phase.value.lower(), self.vm_id)
+                self._postcopy = self.record.postcopy = False
+            if progress.phase is TransferPhase.PostCopyPaused or (
+                    self._postcopy and progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled)):
+                raise MigrationFailed(FailureReason.TargetLost, self._postcopy_lost(progress))
             if progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled):
-                if self._postcopy:
-                    raise MigrationFailed(FailureReason.TargetLost, f"QEMU's post-copy failed: "
-                                          f"{progress.error or 'the target QEMU went away'}; the guest had switched "
-                                          "to the target and its memory was split between the hosts")
                 self._check_target()  # the target's own word first, when it sent one
                 raise MigrationFailed(FailureReason.TargetLost,
                                       f"QEMU's transfer {progress.phase.value.lower()}: "
@@ -180,10 +203,55 @@ class QemuSourceMigration(SourceMigration):
                                       "the source")
             if not self._postcopy:  # after the switch the target agent may well close its stream: QEMU's decides
                 self._check_target()
+            if progress.held and not self._continued:
+                await self._held()
+                continue
             action = self.rounds.judge(progress)
             if action is not None:
                 await self._act(action, progress)
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _held(self) -> None:
+        """QEMU converged and stopped at ``pre-switchover``: the guest is already paused here (the simulated
+        hold keeps it running), and the record says ready to switch over so the operator shows SwitchingOver
+        and gives its go. Wait for the go a poll at a time, at most the hold's end, then let QEMU go on."""
+        if not self._postcopy and self.hold.holding(converged=True):  # QEMU holds the switch to post-copy too:
+            await self.hold.wait(POLL_SECONDS)  # that one goes on at once (the ladder's, already SwitchingOver)
+            return
+        try:
+            await self.driver.continue_switchover(self.vm_id)
+        except DriverError as exc:
+            raise MigrationFailed(FailureReason.SourceLost, f"QEMU held the switchover and did not go on: {exc}; "
+                                  "the VM keeps running on the source") from None
+        self._continued = True
+        self.record.phase = MigrationPhase.SwitchingOver
+        self.record.touch()
+        log.info("migration %s: QEMU goes on with the switchover (%s the operator's go)", self.migration_id,
+                 "after" if self.record.switchover_acknowledged else "without")
+
+    async def _resumed_here(self) -> bool:
+        """Whether QEMU runs the guest here again (its run state), as QEMU does when a transfer ends before the
+        target ran the guest."""
+        try:
+            return (await self.driver.describe(self.vm_id)).state is VmState.Running
+        except DriverError:
+            return False
+
+    def _postcopy_lost(self, progress: TransferProgress) -> str:
+        """The failure's message when post-copy lost its target: where the guest is, and what a person can do."""
+        if progress.phase is TransferPhase.PostCopyPaused:
+            split = f"({progress.remaining_mib:.1f} MiB not yet pulled from the source, the rest only on the target)"
+            kept = "its QEMU on the source is kept paused (QEMU status postcopy-paused), not resumed and not stopped"
+            choice = ("recover the target's QEMU and resume the post-copy (QMP migrate with resume), or stop the VM, "
+                      "which loses the memory the target held")
+        else:  # QEMU ended the transfer for good: nothing can resume it
+            split = "(the pages the target had pulled or the guest wrote there are only on the target)"
+            kept = (f"its QEMU on the source ended the transfer ({progress.error or 'failed'}) and is kept paused, "
+                    f"not resumed and not stopped")
+            choice = "stop the VM, which loses the memory the target held, and boot it again"
+        return (f"the target's QEMU (or the link to it) was lost during post-copy: the guest had switched to the "
+                f"target and ran there, and its memory was split between the hosts {split}, so it can run on "
+                f"neither. It does not run on the source: {kept}, so that a person decides: {choice}")
 
     async def _act(self, action: Action, progress: TransferProgress) -> None:
         """Follow the ladder's word on a round QEMU just ended (QEMU itself switches over and throttles)."""
@@ -242,7 +310,10 @@ class QemuSourceMigration(SourceMigration):
         record.throughput_mbps = progress.throughput_mbps
         record.throttle_percent = progress.throttle_percent
         record.expected_downtime_ms = progress.expected_downtime_ms
-        if progress.switching_over or progress.phase is TransferPhase.PostCopy:
+        waiting = progress.held and not self._continued and self.hold.wait_seconds > 0
+        if (progress.switching_over and not waiting) or progress.phase is TransferPhase.PostCopy:
+            # While QEMU holds the switchover for the go the record stays Transferring, as the simulated
+            # source's does, so that it reports readyToSwitchOver (the operator then shows SwitchingOver).
             record.phase = MigrationPhase.SwitchingOver
         record.touch()
 
@@ -309,7 +380,10 @@ class QemuSourceMigration(SourceMigration):
                           self.vm_id, exc)
             await asyncio.to_thread(self._saved.path.unlink, True)
             self._saved = None
-        elif self._qemu_started and not self._postcopy:
+        elif self._postcopy:  # the guest's memory is split: never resumed here (see _postcopy_lost)
+            if self.guest.state is VmState.Running:
+                self.guest.pause()
+        elif self._qemu_started:
             progress = await self._stop_transfer()
             if progress.phase is TransferPhase.Completed:  # should not happen: the caller checked
                 log.error("migration %s: QEMU completed the transfer the agent was failing", self.migration_id)

@@ -29,7 +29,10 @@ console's console.py's, the qcow2 images disks.py's.
   stops the guest, sends the rest, and the target runs it). A transfer that fails or is cancelled before it
   completes leaves QEMU running the guest on the source. Both sides open QEMU's return path, so
   the source completes only after the target loaded the state: a target that fails to load it
-  makes the source fail the transfer and run the guest again.
+  makes the source fail the transfer and run the guest again. With ``pause_before_switchover`` QEMU
+  stops at ``pre-switchover`` (the guest already paused) until ``continue_switchover``
+  (``migrate-continue``). After a switch to post-copy a lost target leaves the source's QEMU in
+  ``postcopy-paused``: progress says PostCopyPaused and the guest is kept paused, never resumed.
 - **Quick migration**: ``save`` stops the guest and streams its state into a file (``migrate``
   to ``exec:cat > FILE``, QEMU 7.2 has no ``file:`` transport), leaving the paused source process
   alive; ``restore`` resumes that process (``cont``) on the same host, or on a target starts QEMU
@@ -99,6 +102,22 @@ UNLIMITED_BYTES_PER_SECOND = 12_500_000_000
 DEFAULT_DOWNTIME_LIMIT_MS = 300
 #: The largest ``downtime-limit`` QEMU accepts (its MAX_MIGRATE_DOWNTIME, 2000 s).
 MAX_DOWNTIME_LIMIT_MS = 2_000_000
+
+
+#: QEMU's own auto-converge throttle (its defaults), set again when a migration names none: an earlier
+#: one's values stay in QEMU otherwise.
+QEMU_THROTTLE = {"cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
+
+
+def throttle_settings(parameters: MigrationParameters) -> dict[str, int]:
+    """The policy's auto-converge throttle as QEMU's ``migrate-set-parameters`` (whole percents, 1 to 99)."""
+    out = dict(QEMU_THROTTLE)
+    for name, value in (("cpu-throttle-initial", parameters.throttle_initial_percent),
+                        ("cpu-throttle-increment", parameters.throttle_step_percent),
+                        ("max-cpu-throttle", parameters.throttle_max_percent)):
+        if value is not None:
+            out[name] = max(1, min(99, round(value)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -414,13 +433,17 @@ class QemuDriver:
         if guest.role is not None:
             raise DriverError(f"VM {vm_id} is already migrating ({guest.role})")
         await self._capabilities(guest, {"return-path": True, "auto-converge": parameters.auto_converge,
-                                         "postcopy-ram": parameters.postcopy_allowed})
+                                         "postcopy-ram": parameters.postcopy_allowed,
+                                         "pause-before-switchover": parameters.pause_before_switchover})
+        cap = int(parameters.bandwidth_mbps * 1e6 / 8) if parameters.bandwidth_mbps else None
         settings: dict[str, Any] = {
-            "max-bandwidth": int(parameters.bandwidth_mbps * 1e6 / 8) if parameters.bandwidth_mbps
-            else UNLIMITED_BYTES_PER_SECOND,
+            "max-bandwidth": cap or UNLIMITED_BYTES_PER_SECOND,
+            # QEMU's post-copy has its own cap (0: none); the policy's link cap holds after the switch too
+            "max-postcopy-bandwidth": cap or 0,
             "downtime-limit": max(1, int(parameters.downtime_limit_ms)) if parameters.downtime_limit_ms is not None
             else DEFAULT_DOWNTIME_LIMIT_MS,
         }
+        settings.update(throttle_settings(parameters))
         await self._execute(guest, "migrate-set-parameters", settings)
         await self._execute(guest, "migrate", {"uri": f"tcp:{endpoint.host}:{endpoint.port}"})
         guest.role = "source"
@@ -440,6 +463,14 @@ class QemuDriver:
         if progress.finished and guest.role is not None:
             if progress.phase is TransferPhase.Completed:
                 guest.state = VmState.MigratedAway if guest.role == "source" else VmState.Running
+            elif progress.phase is TransferPhase.PostCopyPaused:
+                # Post-copy lost its target: QEMU waits for a recovery (migrate with resume) and keeps the
+                # guest stopped. It is left so (never resumed here: part of its memory is on the target);
+                # stop or delete quits it.
+                guest.state = VmState.Paused
+                guest.details["postcopy"] = "paused: the target was lost, the guest's memory is split"
+                log.error("VM %s: QEMU's post-copy lost its target; the guest's memory is split between the hosts "
+                          "and its QEMU here is kept paused", vm_id)
             guest.role = None
             guest.details.pop("migratingTo", None)
         return progress
@@ -457,6 +488,17 @@ class QemuDriver:
         limit = max(1, min(math.ceil(downtime_ms), MAX_DOWNTIME_LIMIT_MS))
         await self._execute(guest, "migrate-set-parameters", {"downtime-limit": limit})
         log.info("VM %s: QEMU may now pause it for up to %d ms to finish the transfer", vm_id, limit)
+
+    async def migration_settings(self, vm_id: str) -> dict[str, Any]:
+        """QEMU's migration parameters for the guest here, as QEMU states them (``query-migrate-parameters``)."""
+        answer = await self._execute(self._guest(vm_id), "query-migrate-parameters")
+        return answer if isinstance(answer, dict) else {}
+
+    async def continue_switchover(self, vm_id: str) -> None:
+        guest = self._guest(vm_id)
+        if guest.role != "source":
+            raise DriverError(f"VM {vm_id} is not being migrated from this host")
+        await self._execute(guest, "migrate-continue", {"state": "pre-switchover"})
 
     async def cancel(self, vm_id: str) -> TransferProgress:
         guest = self._guest(vm_id)

@@ -27,7 +27,7 @@ PHASES = {
     "none": TransferPhase.Setup, "setup": TransferPhase.Setup, "active": TransferPhase.Active,
     "pre-switchover": TransferPhase.Active, "device": TransferPhase.Active, "wait-unplug": TransferPhase.Active,
     "cancelling": TransferPhase.Active, "postcopy-active": TransferPhase.PostCopy,
-    "postcopy-paused": TransferPhase.PostCopy, "postcopy-recover": TransferPhase.PostCopy,
+    "postcopy-paused": TransferPhase.PostCopyPaused, "postcopy-recover": TransferPhase.PostCopy,
     "completed": TransferPhase.Completed, "failed": TransferPhase.Failed, "cancelled": TransferPhase.Cancelled,
 }
 #: query-migrate statuses in which the source's guest is stopped and its last state crosses.
@@ -106,4 +106,5 @@ def progress_of(answer: dict[str, Any]) -> TransferProgress:
         duration_ms=float(total_time) if total_time is not None else None,
         error=str(answer["error-desc"]) if answer.get("error-desc") else None,
         switching_over=status in SWITCHING_OVER,
+        held=status == "pre-switchover",
     )
