@@ -119,13 +119,18 @@ async def test_qemu_stopping_the_guest_for_the_last_copy_shows_as_switching_over
     assert source.record.phase is MigrationPhase.SwitchingOver
 
 
-async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_guest_runs_on_the_source() -> None:
-    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 5, TransferPhase.PostCopyPaused)])
+async def lost_in_post_copy(end: TransferProgress) -> str:
+    """The TargetLost message of a move switched to post-copy whose QEMU then reports ``end``."""
+    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), end])
     source._postcopy = True
     with pytest.raises(MigrationFailed) as failed:
         await source._follow()
-    message = failed.value.message
-    assert failed.value.reason is FailureReason.TargetLost, message
+    assert failed.value.reason is FailureReason.TargetLost, failed.value.message
+    return failed.value.message
+
+
+async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_guest_runs_on_the_source() -> None:
+    message = await lost_in_post_copy(look(3, 107, 5, TransferPhase.PostCopyPaused))
     assert "during post-copy" in message and "split between the hosts" in message and "kept paused" in message
     assert "keeps running" not in message and "5.0 MiB not yet pulled" in message, message
     assert "resume the post-copy" in message, "a paused post-copy can be resumed once the target is back"
@@ -134,12 +139,7 @@ async def test_a_target_lost_in_post_copy_fails_target_lost_and_never_says_the_g
 async def test_a_post_copy_qemu_ended_for_good_is_not_offered_a_resume() -> None:
     # Seen in a CI run: the target's QEMU killed late in post-copy; the source's QEMU went to "failed",
     # not postcopy-paused, and the message offered a resume that QEMU can no longer do.
-    source, _ = migration([look(3, 106, 6, TransferPhase.PostCopy), look(3, 107, 0, TransferPhase.Failed)])
-    source._postcopy = True
-    with pytest.raises(MigrationFailed) as failed:
-        await source._follow()
-    message = failed.value.message
-    assert failed.value.reason is FailureReason.TargetLost, message
+    message = await lost_in_post_copy(look(3, 107, 0, TransferPhase.Failed))
     for words in ("during post-copy", "split between the hosts", "kept paused", "not resumed", "can run on neither"):
         assert words in message, (words, message)
     assert "resume the post-copy" not in message and "MiB not yet pulled" not in message, message

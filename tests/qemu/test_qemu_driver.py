@@ -182,13 +182,8 @@ async def test_a_switchover_held_before_its_go_pauses_the_guest_and_adds_the_wai
         hosts: Hosts) -> None:
     """pause-before-switchover: QEMU stops at ``pre-switchover`` with the guest already paused (unlike the
     simulated hold, where it runs on), so the wait for the go is downtime; QEMU's own measure says so."""
-    source, target = JOURNEY.host, JOURNEY.other(hosts)
-    assert source is not None
-    await running_on(source)
-    before = check_stream()
-    parameters = MigrationParameters(downtime_limit_ms=300, pause_before_switchover=True)
-    endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
-    await source.migrate(VM, endpoint, parameters)
+    source, target, _, before = await _start_move(
+        hosts, MigrationParameters(downtime_limit_ms=300, pause_before_switchover=True))
     settings = await source.migration_settings(VM)  # no auto-converge named: QEMU's defaults
     assert (settings["cpu-throttle-initial"], settings["cpu-throttle-increment"], settings["max-cpu-throttle"]) == \
         (20, 10, 99), settings
@@ -296,15 +291,23 @@ async def test_quick_migration_saves_and_restores_on_the_other_host(hosts: Hosts
     check_stream()
 
 
-async def _slow_transfer(hosts: Hosts, postcopy: bool = False) -> tuple[QemuDriver, QemuDriver, IncomingEndpoint, int]:
-    """Start a live migration throttled to 8 Mbit/s (96 MiB would take ~100 s) and wait until it moves."""
+async def _start_move(hosts: Hosts, parameters: MigrationParameters) -> tuple[QemuDriver, QemuDriver,
+                                                                             IncomingEndpoint, int]:
+    """Start moving the journey's guest from the host it runs on to the other, with ``parameters``: the two
+    drivers, the target's endpoint and the guest's last tick before the move."""
     source, target = JOURNEY.host, JOURNEY.other(hosts)
     assert source is not None
     await running_on(source)
     before = check_stream()
-    parameters = MigrationParameters(bandwidth_mbps=8, postcopy_allowed=postcopy)
     endpoint = await target.prepare_incoming(VM, DEFINITION, cpumodels.choose("icelake", True), parameters)
     await source.migrate(VM, endpoint, parameters)
+    return source, target, endpoint, before
+
+
+async def _slow_transfer(hosts: Hosts, postcopy: bool = False) -> tuple[QemuDriver, QemuDriver, IncomingEndpoint, int]:
+    """Start a live migration throttled to 8 Mbit/s (96 MiB would take ~100 s) and wait until it moves."""
+    source, target, endpoint, before = await _start_move(
+        hosts, MigrationParameters(bandwidth_mbps=8, postcopy_allowed=postcopy))
     deadline = time.monotonic() + TICKS_SECONDS
     while True:
         progress = await source.progress(VM)
