@@ -102,6 +102,10 @@ def test_the_resync_reconciles_only_a_vm_the_agents_contradict() -> None:
     assert not needs_resync(entry, agents)
     assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Running", running=False)), agents)  # should stop
     assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Starting")), agents)  # status lags the agent
+    # Written from a report of a quick migration's saved moment; the migration was cancelled and the guest runs
+    # again (chaos seed 10057: the status said Stopped for good, since the guest agreed with the spec).
+    assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Stopped")), agents)
+    assert needs_resync(index_vm(vm("a", "u1", host="h1", phase="Failed")), agents)
     assert not needs_resync(index_vm(vm("a", "u1", host="h9", phase="Running")), agents)  # no link to that host
     link.reachable = False
     assert not needs_resync(index_vm(vm("b", "u2", host="h1", phase="Running")), agents)  # nothing to learn now

@@ -63,6 +63,9 @@ async def test_a_report_after_the_start_that_agrees_with_the_spec_is_enough(link
     (VmState.Stopped, True, True),    # it would start the guest: confirm first
     (VmState.Defined, True, True),
     (VmState.Running, True, False),   # it would stop the guest: confirm first
+    (VmState.Saved, True, True),      # a moment of a quick migration since cancelled: the guest may run again
+    (VmState.Paused, True, True),     # a moment of a switchover
+    (VmState.Paused, True, False),    # it would stop the paused guest: confirm first
 ])
 async def test_otherwise_the_agent_is_asked(link: AgentLink, state: VmState, after_start: bool,
                                             running: bool) -> None:
@@ -92,6 +95,9 @@ def test_report_suffices_only_for_a_resident_guest_in_the_state_asked_for() -> N
     assert not report_suffices(info(VmState.Running), now - 2, now - 1, wants_running=True)
     assert not report_suffices(info(VmState.Stopped), now, now - 1, wants_running=True)
     assert not report_suffices(info(VmState.Running), now, now - 1, wants_running=False)
+    assert not report_suffices(info(VmState.Saved), now, now - 1, wants_running=True)
+    assert not report_suffices(info(VmState.Paused), now, now - 1, wants_running=True)
+    assert not report_suffices(info(VmState.Paused), now, now - 1, wants_running=False)
 
 
 async def test_after_a_migration_ended_here_the_agent_is_asked(link: AgentLink,

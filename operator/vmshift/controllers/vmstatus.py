@@ -258,15 +258,17 @@ def report_suffices(report: VmInfo | None, reported_at: float, since: float, wan
 
     Only a report taken after ``since`` (the operator's start: nothing older is trusted across a
     restart) that shows the guest resident and in the state the spec asks for, so it leads to no
-    action: a settled fleet is re-checked without one agent call per VM. A report that would make
-    the operator start or stop the guest is confirmed by a live call first (it may be a poll old),
-    and one that is wrong in a way needing no action is corrected by the next poll and resync.
+    action: a settled fleet is re-checked without one agent call per VM. Any other report is
+    confirmed by a live call first (it may be a poll old): one that would make the operator start or
+    stop the guest, and one of a moment in between (Saved or Paused while a migration ran: the
+    migration may have ended since and the guest run again, and a status written from that report
+    would say Stopped or Failed of a running guest).
     """
-    if report is None or reported_at <= since or report.state not in RESIDENT:
+    if report is None or reported_at <= since:
         return False
     if wants_running:
-        return report.state not in (VmState.Defined, VmState.Stopped)
-    return report.state is not VmState.Running
+        return report.state is VmState.Running
+    return report.state in (VmState.Stopped, VmState.Defined)
 
 
 def start_baseline(view: VMView, host: str, fleet_now: Fleet) -> frozenset[str] | None:
@@ -302,7 +304,14 @@ def needs_resync(entry: VMEntry, agents: AgentDirectory) -> bool:
         return False
     guest = link.vms.get(entry.uid)
     wanted = VmState.Running if entry.spec.running else VmState.Stopped
-    return guest is None or guest.state != wanted or entry.phase not in (Phase.Running, Phase.Stopped)
+    # The guest is as the spec asks, so the phase must say so too: a status written from a report of a
+    # moment in between (Saved by a quick migration later cancelled) says Stopped of a running guest.
+    return guest is None or guest.state != wanted or entry.phase is not settled_phase(entry.spec.running)
+
+
+def settled_phase(wants_running: bool) -> Phase:
+    """The phase of a VM whose guest is in the state its spec asks for."""
+    return Phase.Running if wants_running else Phase.Stopped
 
 
 #: How often the whole fleet is compared with the agents' reports.
