@@ -80,18 +80,32 @@ class FrameStream:
         between (sendmsg of up to IOV_MAX buffers at a time; a partial write goes on where it stopped)."""
         if self.closed:
             raise StreamClosed("stream already closed")
-        pending = list(parts)
+        pending = _advance(list(parts), self._send_now(parts))
+        if not pending:
+            return
         try:
             async with asyncio.timeout(within):
                 while pending:
-                    try:
-                        sent = self.sock.sendmsg(pending[:IOV_MAX])
-                    except (BlockingIOError, InterruptedError):
-                        await self._writable()
-                        continue
-                    pending = _advance(pending, sent)
+                    await self._writable()
+                    pending = _advance(pending, self._send_now(pending))
         except TimeoutError:
             raise StreamClosed(f"the peer accepted no data for {within:.0f} s") from None
+        except OSError as exc:
+            raise StreamClosed(f"sending failed: {exc}") from None
+
+    def _send_now(self, parts: Sequence[Buffer]) -> int:
+        """Bytes of ``parts`` the kernel takes now, without waiting (0 when the socket is full)."""
+        sent = 0
+        try:
+            while True:
+                batch = parts[:IOV_MAX] if len(parts) > IOV_MAX else parts
+                n = self.sock.sendmsg(batch)
+                sent += n
+                if batch is parts or n < sum(map(len, batch)):
+                    return sent
+                parts = parts[IOV_MAX:]
+        except (BlockingIOError, InterruptedError):
+            return sent
         except OSError as exc:
             raise StreamClosed(f"sending failed: {exc}") from None
 
@@ -135,30 +149,57 @@ class FrameStream:
     async def read_exactly(self, n: int, within: float | None) -> memoryview:
         """The next ``n`` bytes, as a view that stays valid until the next read.
 
-        A large read asks the kernel for exactly what is missing, so a frame lands in place and
-        nothing is copied; small reads take up to READ_AHEAD bytes at once to save system calls.
+        A frame lands in place and nothing of it is copied; each read also takes up to READ_AHEAD bytes
+        of what follows, so the next frame's header costs no system call. What the kernel holds already
+        is read without a trip through the event loop; only a read that must wait sets a timeout.
         """
         if self._end - self._start < n:
             self._make_room(n)
-            try:
-                async with asyncio.timeout(within):
-                    while self._end - self._start < n:
-                        want = max(n - (self._end - self._start), READ_AHEAD)
-                        limit = min(len(self._buf), self._end + want)
-                        got = await self._loop.sock_recv_into(self.sock, self._view[self._end:limit])
-                        if got == 0:
-                            raise StreamClosed("the peer closed the connection")
-                        self._end += got
-                        self.bytes_received += got
-            except TimeoutError:
-                raise StreamClosed(f"no data from the peer for {within:.0f} s") from None
-            except OSError as exc:
-                if isinstance(exc, StreamClosed):
-                    raise
-                raise StreamClosed(f"receiving failed: {exc}") from None
+            if not self._recv_now(n):
+                await self._recv_within(n, within)
         out = self._view[self._start:self._start + n]
         self._start += n
         return out
+
+    def _want(self, n: int) -> memoryview:
+        """Where the next read lands: what ``n`` still misses, plus READ_AHEAD (the next frame's header
+        and the start of its body come along) as far as the buffer has room."""
+        limit = min(len(self._buf), self._start + n + READ_AHEAD)
+        return self._view[self._end:limit]
+
+    def _recv_now(self, n: int) -> bool:
+        """Read what the kernel holds, without waiting; True once ``n`` bytes are buffered."""
+        try:
+            while self._end - self._start < n:
+                got = self.sock.recv_into(self._want(n))
+                if got == 0:
+                    raise StreamClosed("the peer closed the connection")
+                self._end += got
+                self.bytes_received += got
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if isinstance(exc, StreamClosed):
+                raise
+            raise StreamClosed(f"receiving failed: {exc}") from None
+        return True
+
+    async def _recv_within(self, n: int, within: float | None) -> None:
+        """Wait for the rest of ``n`` bytes; StreamClosed when none come for ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while self._end - self._start < n:
+                    got = await self._loop.sock_recv_into(self.sock, self._want(n))
+                    if got == 0:
+                        raise StreamClosed("the peer closed the connection")
+                    self._end += got
+                    self.bytes_received += got
+        except TimeoutError:
+            raise StreamClosed(f"no data from the peer for {within:.0f} s") from None
+        except OSError as exc:
+            if isinstance(exc, StreamClosed):
+                raise
+            raise StreamClosed(f"receiving failed: {exc}") from None
 
     async def read_frame(self, within: float | None, max_body: int) -> Received:
         head = await self.read_exactly(HEADER.size, within)
