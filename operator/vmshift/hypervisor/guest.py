@@ -157,14 +157,14 @@ class GuestMemory:
                     seeds[i] = 0
         return seeds
 
-    def _expected(self, idx: array[int], versions: array[int], shift: int = 0) -> tuple[int, list[int]]:
-        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`_offset` >> ``shift``)."""
+    def _expected(self, idx: array[int], versions: array[int]) -> tuple[int, list[int]]:
+        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`_offset`)."""
         count = len(idx)
         if count == 0 or not any(versions):
             return 0, [0] * count
         x, lanes = self._seed_lanes(idx, versions)
         seeds: list[int] = _lane_words(x, count, "Q").tolist()
-        offsets: list[int] = _lane_words(((x & lanes.offset_bits) + lanes.page_size) >> shift, count, "I").tolist()
+        offsets: list[int] = _lane_words((x & lanes.offset_bits) + lanes.page_size, count, "I").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
                 if not v:
@@ -286,9 +286,9 @@ class GuestMemory:
         else:
             ver = self._ver
             versions = array("I", [ver[p] for p in pages])
-        _total, windows = self._expected(idx, versions, _WINDOW_SHIFT)
+        _total, offsets = self._expected(idx, versions)
         head = b"".join((prefix, idx.tobytes(), versions.tobytes()))
-        return [head, *map(_window_views().__getitem__, windows)]
+        return [head, *map(_PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets)))]
 
     def encode(self, pages: Sequence[int], prefix: bytes) -> bytes:
         """``prefix`` + page indexes (u32) + versions (u32) + the pages' bytes, as one buffer."""
@@ -342,23 +342,6 @@ def _lane_words(lanes: int, count: int, kind: Literal["I", "Q"]) -> memoryview:
     """The low word (``kind`` "I": 32 bits, "Q": 64 bits) of each of ``count`` 128-bit lanes."""
     step = 4 if kind == "I" else 2
     return memoryview(lanes.to_bytes(16 * count, "little")).cast(kind)[0::step]
-
-
-_WINDOW_VIEWS: list[memoryview] = []
-#: Pages start at multiples of 8 in the pattern: the views are indexed by offset >> 3.
-_WINDOW_SHIFT = 3
-
-
-def _window_views() -> list[memoryview]:
-    """A view of the pattern at each offset a page can start at (made once, on first use: a slice per
-    page per frame costs more than the rest of building the frame). Index: the offset >> _WINDOW_SHIFT."""
-    if not _WINDOW_VIEWS:
-        step = 1 << _WINDOW_SHIFT
-        views: list[memoryview] = [_PATTERN_VIEW[:PAGE_SIZE]] * ((PAGE_SIZE + PATTERN_BYTES) // step)
-        for offset in range(PAGE_SIZE, PAGE_SIZE + PATTERN_BYTES, step):
-            views[offset >> _WINDOW_SHIFT] = _PATTERN_VIEW[offset:offset + PAGE_SIZE]
-        _WINDOW_VIEWS[:] = views
-    return _WINDOW_VIEWS
 
 
 def _matches(offsets: Sequence[int], payload: bytes | memoryview) -> bool:
