@@ -7,9 +7,11 @@ import itertools
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmshift.hypervisor.guest import GuestMemory
-from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed
+from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed, _advance
 from vmshift.hypervisor.migration.wire import MAX_PAGES_BODY, Frame, pages_prefix, parse_pages
 
 
@@ -85,3 +87,16 @@ async def test_frames_arrive_whole_however_the_bytes_are_cut_and_a_silent_peer_t
         await receiver.read_frame(0.05, MAX_PAGES_BODY)
     sender.close()
     receiver.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=12), cut=st.floats(0, 1))
+def test_what_is_left_after_a_partial_write_is_exactly_the_unsent_bytes(sizes: list[int], cut: float) -> None:
+    data = bytes(range(sum(sizes)))
+    parts: list[bytes | bytearray | memoryview] = []
+    at = 0
+    for size in sizes:
+        parts.append(data[at:at + size])
+        at += size
+    sent = int(cut * len(data))
+    assert b"".join(bytes(p) for p in _advance(list(parts), sent)) == data[sent:]

@@ -9,7 +9,9 @@ as one scatter-gather write (:meth:`FrameStream.send_parts`) straight from the v
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import os
 import socket
 from collections.abc import Sequence
@@ -219,14 +221,16 @@ class FrameStream:
 
 
 def _advance(parts: list[Buffer], sent: int) -> list[Buffer]:
-    """What is left of ``parts`` after the first ``sent`` bytes went out."""
-    done = 0
-    while done < len(parts) and sent >= len(parts[done]):
-        sent -= len(parts[done])
-        done += 1
+    """What is left of ``parts`` after the first ``sent`` bytes went out (found by bisection over the
+    running total: a frame has a part per page, and a loop over them cost as much as building the frame)."""
+    if not sent:
+        return parts
+    ends = list(itertools.accumulate(map(len, parts)))
+    done = bisect.bisect_right(ends, sent)
     rest = parts[done:]
-    if sent and rest:
-        rest[0] = memoryview(rest[0])[sent:]
+    into = sent - (ends[done - 1] if done else 0)
+    if into and rest:
+        rest[0] = memoryview(rest[0])[into:]
     return rest
 
 
