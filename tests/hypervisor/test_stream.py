@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmshift.hypervisor.guest import GuestMemory
-from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed, _advance
+from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed, _rest
 from vmshift.hypervisor.migration.wire import MAX_PAGES_BODY, Frame, pages_prefix, parse_pages
 
 
@@ -99,4 +99,7 @@ def test_what_is_left_after_a_partial_write_is_exactly_the_unsent_bytes(sizes: l
         parts.append(data[at:at + size])
         at += size
     sent = int(cut * len(data))
-    assert b"".join(bytes(p) for p in _advance(list(parts), sent)) == data[sent:]
+    ends = list(itertools.accumulate(map(len, parts)))
+    assert b"".join(bytes(p) for p in _rest(parts, ends, sent, len(parts))) == data[sent:]
+    rest = _rest(parts, ends, sent, 2)
+    assert len(rest) <= 2 and data[sent:].startswith(b"".join(bytes(p) for p in rest))

@@ -82,34 +82,37 @@ class FrameStream:
         between (sendmsg of up to IOV_MAX buffers at a time; a partial write goes on where it stopped)."""
         if self.closed:
             raise StreamClosed("stream already closed")
-        pending = _advance(list(parts), self._send_now(parts))
-        if not pending:
+        parts = list(parts)
+        ends = list(itertools.accumulate(map(len, parts)))  # where each part ends in the whole write
+        total = ends[-1] if ends else 0
+        done = self._send_now(parts, ends, 0)
+        if done >= total:
             return
         try:
             async with asyncio.timeout(within):
-                while pending:
+                while done < total:
                     await self._writable()
-                    pending = _advance(pending, self._send_now(pending))
+                    done = self._send_now(parts, ends, done)
         except TimeoutError:
             raise StreamClosed(f"the peer accepted no data for {within:.0f} s") from None
         except OSError as exc:
             raise StreamClosed(f"sending failed: {exc}") from None
 
-    def _send_now(self, parts: Sequence[Buffer]) -> int:
-        """Bytes of ``parts`` the kernel takes now, without waiting (0 when the socket is full)."""
-        sent = 0
+    def _send_now(self, parts: list[Buffer], ends: list[int], done: int) -> int:
+        """Send ``parts`` from byte ``done`` on, as much as the kernel takes without waiting; the new ``done``."""
+        total = ends[-1] if ends else 0
         try:
-            while True:
-                batch = parts[:IOV_MAX] if len(parts) > IOV_MAX else parts
+            while done < total:
+                batch = _rest(parts, ends, done, IOV_MAX)
                 n = self.sock.sendmsg(batch)
-                sent += n
-                if batch is parts or n < sum(map(len, batch)):
-                    return sent
-                parts = parts[IOV_MAX:]
+                done += n
+                if n < sum(map(len, batch)):
+                    return done
         except (BlockingIOError, InterruptedError):
-            return sent
+            return done
         except OSError as exc:
             raise StreamClosed(f"sending failed: {exc}") from None
+        return done
 
     async def _writable(self) -> None:
         """Wait until the socket takes data again."""
@@ -220,15 +223,13 @@ class FrameStream:
                 self.sock.close()
 
 
-def _advance(parts: list[Buffer], sent: int) -> list[Buffer]:
-    """What is left of ``parts`` after the first ``sent`` bytes went out (found by bisection over the
-    running total: a frame has a part per page, and a loop over them cost as much as building the frame)."""
-    if not sent:
-        return parts
-    ends = list(itertools.accumulate(map(len, parts)))
-    done = bisect.bisect_right(ends, sent)
-    rest = parts[done:]
-    into = sent - (ends[done - 1] if done else 0)
+def _rest(parts: list[Buffer], ends: list[int], done: int, most: int) -> list[Buffer]:
+    """Up to ``most`` of the parts that follow the first ``done`` bytes (the first one cut where they end).
+    ``ends``: the running total of the parts' sizes, so the place is found by bisection, not a loop
+    over a frame's thousand parts."""
+    first = bisect.bisect_right(ends, done)
+    rest = parts[first:first + most]
+    into = done - (ends[first - 1] if first else 0)
     if into and rest:
         rest[0] = memoryview(rest[0])[into:]
     return rest
