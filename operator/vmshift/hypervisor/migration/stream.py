@@ -87,7 +87,6 @@ class FrameStream:
         total = ends[-1] if ends else 0
         done = self._send_now(parts, ends, 0)
         if done >= total:
-            await asyncio.sleep(0)  # the kernel took it all at once: let the loop's other work run (see read_frame)
             return
         try:
             async with asyncio.timeout(within):
@@ -208,10 +207,6 @@ class FrameStream:
             raise StreamClosed(f"receiving failed: {exc}") from None
 
     async def read_frame(self, within: float | None, max_body: int) -> Received:
-        """The next frame. It always passes through the event loop once: a frame already in the kernel is
-        read without waiting, and a bulk transfer would otherwise hold the loop for as long as data keeps
-        coming, keeping other migrations' switchovers and the agent's API waiting behind it."""
-        await asyncio.sleep(0)
         head = await self.read_exactly(HEADER.size, within)
         kind, flags, _reserved, length = HEADER.unpack(head)
         if kind not in Frame._value2member_map_:
