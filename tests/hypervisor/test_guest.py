@@ -89,6 +89,26 @@ def test_a_full_copy_gives_the_same_digest_and_corrupt_pages_are_refused() -> No
     assert target.digest == before and target.version(3) != source.version(3), "a refused frame changes nothing"
 
 
+@pytest.mark.parametrize("bad", [0, 77, 130, 255])  # 77: page 333, a zero page
+def test_a_corrupt_page_inside_a_run_is_named_and_the_run_changes_nothing(bad: int) -> None:
+    """A run of consecutive pages (round 0's frames) mixing written and never-written pages: one changed
+    byte anywhere in one page, zero page or not, refuses the frame and names that page."""
+    source = GuestMemory("vm-run", 2)
+    source.write_pages([p for p in range(256, 512) if p % 3])  # page 258, 261, ... stay zero pages
+    target = GuestMemory("vm-run", 2)
+    frame = bytearray(source.encode(range(256, 512), pages_prefix(0, 256)))
+    header = 8 + 8 + 8 * 256
+    frame[header + bad * PAGE_SIZE + 1234] ^= 0x01
+    _round, idx, versions, payload = parse_pages(memoryview(frame)[8:])
+    with pytest.raises(CorruptPage, match=f"page {256 + bad} does not hold the bytes of version "
+                                          f"{source.version(256 + bad)}"):
+        target.apply(idx, versions, payload)
+    assert target.digest == 0 and all(target.version(p) == 0 for p in range(target.pages))
+    frame[header + bad * PAGE_SIZE + 1234] ^= 0x01
+    target.apply(*parse_pages(memoryview(frame)[8:])[1:])
+    assert target.digest == source.digest == target.full_digest()
+
+
 def test_apply_refuses_pages_beyond_the_guest() -> None:
     memory = GuestMemory("vm", 1)
     with pytest.raises(CorruptPage, match="beyond"):

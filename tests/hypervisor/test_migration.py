@@ -446,3 +446,20 @@ async def test_a_switchover_that_never_arrives_keeps_the_vm_on_the_source(
     assert target.phase is MigrationPhase.Failed and target.failure is not None, target.model_dump_json()
     assert target.failure.reason is FailureReason.SourceLost
     await assert_only_on(h1, h2, "kept")
+
+
+async def test_an_unshaped_migration_sends_bulk_frames_and_moves_exact_memory(
+        spawn: Callable[..., AgentProcess]) -> None:
+    """Hosts without a link rate and no bandwidth asked: the source sends BULK_CHUNK_PAGES frames (the
+    target takes them whole and checks every page), under dirtying, and the memory arrives exact."""
+    first, second = spawn("bulk-h1", bandwidth_mbps=0), spawn("bulk-h2", bandwidth_mbps=0)
+    async with first.client() as h1, second.client() as h2:
+        await running_vm(h1, "bulk", memory_mib=64, dirty=30, working_set=4, prefill=64)
+        await begin_migration(h1, h2, "bulk", "mig-bulk")
+        source = await finished(h1, "mig-bulk")
+        target = await finished(h2, "mig-bulk")
+        assert source.phase is MigrationPhase.Succeeded and target.phase is MigrationPhase.Succeeded, \
+            source.model_dump_json()
+        assert source.source_digest == source.target_digest == target.target_digest
+        assert source.rounds[0].sent_mib == 64
+        await assert_only_on(h2, h1, "bulk")

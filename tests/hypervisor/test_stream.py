@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmshift.hypervisor.guest import GuestMemory
-from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed
+from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed, _rest
 from vmshift.hypervisor.migration.wire import MAX_PAGES_BODY, Frame, pages_prefix, parse_pages
 
 
@@ -52,3 +55,51 @@ async def test_a_scatter_gather_write_to_a_closed_peer_is_a_closed_stream() -> N
     with pytest.raises(StreamClosed, match="sending failed"):
         await sender.send_parts([b"x" * 65536] * 64)
     sender.close()
+
+
+async def test_frames_arrive_whole_however_the_bytes_are_cut_and_a_silent_peer_times_out() -> None:
+    """Reads take what the kernel holds (and read ahead into the next frame): frames written in odd
+    pieces (a header split, several frames in one write, a body a byte at a time) arrive byte for byte,
+    then a peer that sends nothing more is a closed stream after ``within`` seconds."""
+    memory = GuestMemory("vm-cuts", 4)
+    memory.prefill(300)
+    frames = [memory.encode(range(lo, lo + n), pages_prefix(0, n)) for lo, n in ((0, 3), (3, 256), (259, 1), (260, 40))]
+    data = b"".join(frames)
+    cuts = [0, 5, 9, len(frames[0]) + 17, len(frames[0]) + len(frames[1]) - 1, len(frames[0]) + len(frames[1]),
+            len(data) - 4000, *range(len(data) - 20, len(data)), len(data)]
+    left, right = socket.socketpair()
+    sender, receiver = FrameStream(left), FrameStream(right)
+    target = GuestMemory("vm-cuts", 4)
+
+    async def write() -> None:
+        for lo, hi in itertools.pairwise(cuts):
+            await sender.send(data[lo:hi])
+            await asyncio.sleep(0.001)
+
+    writing = asyncio.create_task(write())
+    for expected in frames:
+        frame = await receiver.read_frame(5.0, MAX_PAGES_BODY)
+        assert frame.kind == Frame.PAGES and len(frame.body) == len(expected) - 8
+        target.apply(*parse_pages(frame.body)[1:])
+    await writing
+    assert target.digest == memory.digest
+    with pytest.raises(StreamClosed, match="no data from the peer"):
+        await receiver.read_frame(0.05, MAX_PAGES_BODY)
+    sender.close()
+    receiver.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=12), cut=st.floats(0, 1))
+def test_what_is_left_after_a_partial_write_is_exactly_the_unsent_bytes(sizes: list[int], cut: float) -> None:
+    data = bytes(range(sum(sizes)))
+    parts: list[bytes | bytearray | memoryview] = []
+    at = 0
+    for size in sizes:
+        parts.append(data[at:at + size])
+        at += size
+    sent = int(cut * len(data))
+    ends = list(itertools.accumulate(map(len, parts)))
+    assert b"".join(bytes(p) for p in _rest(parts, ends, sent, len(parts))) == data[sent:]
+    rest = _rest(parts, ends, sent, 2)
+    assert len(rest) <= 2 and data[sent:].startswith(b"".join(bytes(p) for p in rest))

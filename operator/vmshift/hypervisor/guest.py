@@ -22,6 +22,7 @@ import random
 import time
 from array import array
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 from vmshift.drivers import io_ceilings
 from vmshift.hypervisor.protocol import (
@@ -87,14 +88,17 @@ class _Lanes:
 
     Each lane holds a 64-bit value in its low half, so multiplying the whole integer by a 64-bit
     constant never carries into the next lane; masking keeps the low halves. This turns the per-page
-    hash into a handful of C-level operations per frame instead of a Python loop.
+    hash into a handful of C-level operations per frame instead of a Python loop, and the same goes
+    for where each page's bytes lie in the pattern (:func:`_offset` of every lane at once).
     """
 
-    __slots__ = ("key", "mask")
+    __slots__ = ("key", "mask", "offset_bits", "page_size")
 
     def __init__(self, key: int, count: int) -> None:
         self.mask = int.from_bytes(_LANE_MASK * count, "little")
         self.key = int.from_bytes((key.to_bytes(8, "little") + bytes(8)) * count, "little")
+        self.offset_bits = int.from_bytes(_OFFSET_MASK.to_bytes(16, "little") * count, "little")
+        self.page_size = int.from_bytes(PAGE_SIZE.to_bytes(16, "little") * count, "little")
 
 
 _LANE_MASK = b"\xff" * 8 + bytes(8)
@@ -119,13 +123,13 @@ class GuestMemory:
 
     # -- hashing many pages at once ----------------------------------------------------------------
 
-    def seeds(self, idx: array[int], versions: array[int]) -> list[int]:
-        """page_seed() of each (page, version) pair, computed lane-parallel (see _Lanes)."""
+    def _seed_lanes(self, idx: array[int], versions: array[int]) -> tuple[int, _Lanes]:
+        """The 64-bit hash of each (page, version) pair in its lane (version 0 not special-cased)."""
         count = len(idx)
-        if count == 0 or not any(versions):
-            return [0] * count
         lanes = self._lanes.get(count)
         if lanes is None:
+            if len(self._lanes) > 64:  # frames of many sizes (dirty rounds): keep the cache small
+                self._lanes.clear()
             lanes = self._lanes[count] = _Lanes(self.key, count)
         buf = bytearray(16 * count)
         words = memoryview(buf).cast("I")
@@ -138,12 +142,34 @@ class GuestMemory:
         x ^= (x >> 29) & mask
         x = (x * _K3) & mask
         x ^= (x >> 32) & mask
-        seeds: list[int] = memoryview(x.to_bytes(16 * count, "little")).cast("Q")[0::2].tolist()
+        return x, lanes
+
+    def seeds(self, idx: array[int], versions: array[int]) -> list[int]:
+        """page_seed() of each (page, version) pair, computed lane-parallel (see _Lanes)."""
+        count = len(idx)
+        if count == 0 or not any(versions):
+            return [0] * count
+        x, _lanes = self._seed_lanes(idx, versions)
+        seeds: list[int] = _lane_words(x, count, "Q").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
                 if not v:
                     seeds[i] = 0
         return seeds
+
+    def _expected(self, idx: array[int], versions: array[int]) -> tuple[int, list[int]]:
+        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`_offset`)."""
+        count = len(idx)
+        if count == 0 or not any(versions):
+            return 0, [0] * count
+        x, lanes = self._seed_lanes(idx, versions)
+        seeds: list[int] = _lane_words(x, count, "Q").tolist()
+        offsets: list[int] = _lane_words((x & lanes.offset_bits) + lanes.page_size, count, "I").tolist()
+        if 0 in versions:
+            for i, v in enumerate(versions):
+                if not v:
+                    seeds[i] = offsets[i] = 0
+        return sum(seeds), offsets
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -260,7 +286,9 @@ class GuestMemory:
         else:
             ver = self._ver
             versions = array("I", [ver[p] for p in pages])
-        return [b"".join((prefix, idx.tobytes(), versions.tobytes())), *_windows(self.seeds(idx, versions))]
+        _total, offsets = self._expected(idx, versions)
+        head = b"".join((prefix, idx.tobytes(), versions.tobytes()))
+        return [head, *map(_PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets)))]
 
     def encode(self, pages: Sequence[int], prefix: bytes) -> bytes:
         """``prefix`` + page indexes (u32) + versions (u32) + the pages' bytes, as one buffer."""
@@ -277,23 +305,24 @@ class GuestMemory:
                               f"{len(payload)} bytes")
         if count == 0:
             return
-        if max(idx) >= self.pages:
+        first, last = idx[0], idx[-1]
+        run = last - first == count - 1 and idx == array("I", range(first, last + 1))
+        if (last if run else max(idx)) >= self.pages:
             raise CorruptPage(f"page {max(idx)} is beyond the guest's {self.pages} pages")
-        seeds = self.seeds(idx, versions)
-        if not _matches(seeds, payload):
-            for i, seed in enumerate(seeds):
-                if not _matches([seed], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
+        total, offsets = self._expected(idx, versions)
+        if not _matches(offsets, payload):
+            for i, offset in enumerate(offsets):
+                if not _matches([offset], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
                     raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
         ver = self._ver
-        first, last = idx[0], idx[-1]
-        if last - first == count - 1 and idx == array("I", range(first, last + 1)):
+        if run:
             old = array("I", ver[first:last + 1])
             ver[first:last + 1] = versions
         else:
             old = array("I", [ver[p] for p in idx])
             for p, v in zip(idx, versions, strict=True):
                 ver[p] = v
-        self.digest = (self.digest + sum(seeds) - sum(self.seeds(idx, old))) & _M64
+        self.digest = (self.digest + total - sum(self.seeds(idx, old))) & _M64
 
     def release(self) -> None:
         """Give the memory back to the host (the object is unusable afterwards)."""
@@ -309,30 +338,26 @@ def _offset(seed: int) -> int:
     return PAGE_SIZE + (seed & _OFFSET_MASK) if seed else 0
 
 
-def _offsets(seeds: list[int]) -> list[int]:
-    return [PAGE_SIZE + (s & _OFFSET_MASK) if s else 0 for s in seeds]
+def _lane_words(lanes: int, count: int, kind: Literal["I", "Q"]) -> memoryview:
+    """The low word (``kind`` "I": 32 bits, "Q": 64 bits) of each of ``count`` 128-bit lanes."""
+    step = 4 if kind == "I" else 2
+    return memoryview(lanes.to_bytes(16 * count, "little")).cast(kind)[0::step]
 
 
-def _windows(seeds: list[int]) -> list[memoryview]:
-    """Views of the pattern windows that hold the pages with these seeds, in order (nothing copied)."""
-    offsets = _offsets(seeds)
-    return list(map(_PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets))))
-
-
-def _matches(seeds: list[int], payload: bytes | memoryview) -> bool:
-    """True when each 4 KiB page of ``payload`` is the pattern window of its seed.
+def _matches(offsets: Sequence[int], payload: bytes | memoryview) -> bool:
+    """True when each 4 KiB page of ``payload`` is the pattern window at its offset (see :func:`_offset`).
 
     Every byte is compared (memcmp per page against the pattern, where it lies), without building
     the expected bytes: a megabyte-sized temporary per frame costs page faults on every frame.
     """
     view = memoryview(payload)
-    count = len(seeds)
+    count = len(offsets)
     if view.nbytes != count * PAGE_SIZE:
         return False
     if count > len(_PAGE_SLICES):
         _PAGE_SLICES.extend(slice(i * PAGE_SIZE, (i + 1) * PAGE_SIZE) for i in range(len(_PAGE_SLICES), count))
     pages = map(view.__getitem__, _PAGE_SLICES[:count])
-    return all(map(_PATTERN.startswith, pages, _offsets(seeds)))
+    return all(map(_PATTERN.startswith, pages, offsets))
 
 
 #: Where each page of a run lies in it (made once: a slice per page per frame costs a third of a check).

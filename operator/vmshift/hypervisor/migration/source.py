@@ -26,6 +26,7 @@ from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
 from vmshift.hypervisor.migration.wire import (
+    BULK_CHUNK_PAGES,
     CHUNK_PAGES,
     FLAG_FINAL,
     MAX_CONTROL_BYTES,
@@ -256,8 +257,11 @@ class SourceMigration:
         started = time.monotonic()
         sent_bytes = 0
         total = len(pages)
-        for lo in range(0, total, CHUNK_PAGES):
-            chunk = pages[lo:lo + CHUNK_PAGES]
+        lo = 0
+        while lo < total:
+            # Bulk frames only while nothing shapes this migration (a share can come with another's start).
+            step = BULK_CHUNK_PAGES if self.bucket.unlimited and self.host.egress.unlimited else CHUNK_PAGES
+            chunk = pages[lo:lo + step]
             prefix = pages_prefix(round_index, len(chunk), flags)
             size = frame_size(len(chunk))
             await self.bucket.consume(size)
@@ -267,7 +271,8 @@ class SourceMigration:
             sent_bytes += size
             record.pages_sent += len(chunk)
             record.wire_bytes += size
-            record.remaining_pages = (total - lo - len(chunk)) + memory.dirty_count()
+            lo += len(chunk)
+            record.remaining_pages = (total - lo) + memory.dirty_count()
             elapsed = time.monotonic() - started
             if elapsed > 0.02:
                 record.throughput_mbps = sent_bytes * 8 / 1e6 / elapsed

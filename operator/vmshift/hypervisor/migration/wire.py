@@ -46,6 +46,10 @@ FLAG_FINAL = 1
 
 #: Pages per PAGES frame: 1 MiB writes keep syscalls and Python overhead small against the bytes.
 CHUNK_PAGES = 256
+#: Pages per PAGES frame of a migration no rate limits (neither its own nor its host's link): 4 MiB
+#: frames spread the per-frame work over four times the bytes. A shaped migration keeps CHUNK_PAGES, so
+#: its frames stay short against the rate and a trickling one still sends often.
+BULK_CHUNK_PAGES = 1024
 MAX_FRAME_PAGES = 4096
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_HELLO_BYTES = 4096
