@@ -108,3 +108,38 @@ def test_expectations_with_a_capacity_keep_the_newest() -> None:
     finished.expect("b", None)  # renewed: now the newest
     finished.expect("d", None)
     assert [k for k, _ in finished.items()] == ["b", "d"]
+
+
+def test_an_admission_pass_over_the_same_fleet_and_queue_is_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every waiting migration runs a pass when woken; passes that would decide the same (same fleet
+    object, same limit, nothing enqueued, admitted or released since) are skipped (bench/scale.py:
+    100 waiting migrations each copying 1,000 hosts held the event loop for seconds)."""
+    from vmshift.controllers import runtime as runtime_module
+    from vmshift.scheduling.fleet import Fleet
+
+    passes: list[int] = []
+    real = runtime_module.admit
+
+    def counted(*args: object, **kwargs: object) -> object:
+        passes.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime_module, "admit", counted)
+    gate = MigrationGate()
+    one_slot = Fleet(hosts(h1=65536, h2=65536).values())  # type: ignore[arg-type]
+    first, second = gate.enqueue(request("ns/a", "ns/va", created=1)), gate.enqueue(request("ns/b", "ns/vb", created=2))
+    gate.admit_fleet(one_slot, cluster_limit=None)
+    assert first.admitted.is_set() and not second.admitted.is_set() and len(passes) == 1
+    for _ in range(5):  # the other waiters woken: nothing changed
+        gate.admit_fleet(one_slot, cluster_limit=None)
+    assert len(passes) == 1 and not second.admitted.is_set()
+    gate.admit_fleet(one_slot, cluster_limit=3)  # another limit: another pass
+    assert len(passes) == 2
+    gate.release("ns/a")  # slots given back: the next pass runs and admits the second
+    gate.admit_fleet(one_slot, cluster_limit=3)
+    assert len(passes) == 3 and second.admitted.is_set()
+    third = gate.enqueue(request("ns/c", "ns/vc", created=3))
+    gate.admit_fleet(one_slot, cluster_limit=3)  # a new ticket: a pass (it waits for the slot)
+    assert len(passes) == 4 and not third.admitted.is_set()
+    gate.admit_fleet(Fleet(hosts(h1=65536, h2=65536).values()), cluster_limit=3)  # type: ignore[arg-type]
+    assert len(passes) == 5  # a newer fleet (a host changed) is looked at

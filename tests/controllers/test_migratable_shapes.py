@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 
 from vmshift.controllers import vmstatus
@@ -37,3 +39,27 @@ def test_a_new_fleet_is_not_answered_from_the_last_fleets_cache() -> None:
     answer = vmstatus._migratable(db, full)
     assert (answer.migratable, answer.reason) == (False, migratable(db, full).reason)
     assert answer.reason is not None
+
+
+def test_a_new_fleet_rechecks_only_the_hosts_whose_view_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While VMs are adopted every second brings a new fleet (each VM changes its host's usage); a shape's
+    verdict on a host whose view object is the same is kept, one on a changed view is made again."""
+    checked: list[str] = []
+    real = vmstatus.check_target
+
+    def counted(vm: Any, target: Any, fleet: Fleet, **kwargs: Any) -> Any:
+        checked.append(target.name)
+        return real(vm, target, fleet, **kwargs)
+
+    monkeypatch.setattr(vmstatus, "check_target", counted)
+    views = [host(f"h{i}") for i in range(1, 5)]
+    db = make_vm("db", on=views[0])
+    before = Fleet(views, [db])
+    assert vmstatus._migratable(db, before).hosts == ["h2", "h3", "h4"]
+    checked.clear()
+    after = Fleet([views[0], views[1], host("h3", memory_mib=1024), views[3]], [db])  # h3 filled up
+    answer = vmstatus._migratable(db, after)
+    assert checked == ["h3"]
+    assert (answer.migratable, answer.hosts, answer.message) == (True, ["h2", "h4"], migratable(db, after).message)
+    gone = Fleet([views[0], views[1]], [db])  # h3 and h4 left the fleet: their verdicts are forgotten
+    assert vmstatus._migratable(db, gone).hosts == migratable(db, gone).hosts == ["h2"]

@@ -139,9 +139,7 @@ async def _wait_for_slots(run: Run, target: str, stopped: kopf.DaemonStopped) ->
             rt.gate.release(run.key)
             return False
         released = rt.gate_changed  # taken before looking, so a release meanwhile still wakes this wait
-        now = fleet()
-        hosts = {h.name: h for h in now}
-        rt.gate.admit(hosts, run.policy.parallel_migrations_per_cluster)
+        rt.gate.admit_fleet(fleet(), run.policy.parallel_migrations_per_cluster)
         if ticket.admitted.is_set():
             break
         if ticket.waiting_for and ticket.waiting_for != told:

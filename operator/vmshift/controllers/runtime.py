@@ -20,7 +20,7 @@ from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.expectations import Expectations
 from vmshift.controllers.views import MigrationEntry
 from vmshift.controllers.workqueue import WorkQueue
-from vmshift.scheduling.fleet import HostView
+from vmshift.scheduling.fleet import Fleet, HostView
 from vmshift.scheduling.queue import QueuedMigration, admit
 
 
@@ -56,12 +56,17 @@ class MigrationGate:
         #: Migrations that ended in this process (the newest 10,000): the indexes may not show it yet.
         self.finished: Expectations[str, None] = Expectations(capacity=10_000)
         self.seeded = False
+        #: Bumped by every change of the waiting or admitted tickets.
+        self.version = 0
+        #: The fleet, cluster limit and version of the last pass of :meth:`admit_fleet`.
+        self._last_pass: tuple[Fleet, int | None, int] | None = None
 
     def seed(self, migrations: Iterable[MigrationEntry], sizes: dict[str, tuple[int, int]]) -> None:
         """After a restart: migrations already in flight hold their VM and slots again."""
         if self.seeded:
             return
         self.seeded = True
+        self.version += 1
         for m in migrations:
             if not m.in_flight:
                 continue
@@ -94,7 +99,19 @@ class MigrationGate:
         ticket = self.pending.get(request.key) or Ticket(request)
         ticket.request = request
         self.pending[request.key] = ticket
+        self.version += 1
         return ticket
+
+    def admit_fleet(self, fleet_now: Fleet, cluster_limit: int | None) -> None:
+        """:meth:`admit` against a fleet's hosts, unless the last pass had this very fleet, limit and
+        queue: it would decide the same. Every waiting migration runs a pass when woken, and each
+        pass copies every host (at 1,000 hosts and 100 migrations waiting, the passes alone held the
+        event loop for seconds, delaying every first status)."""
+        last = self._last_pass
+        if last is not None and last[0] is fleet_now and last[1:] == (cluster_limit, self.version):
+            return
+        self.admit({h.name: h for h in fleet_now}, cluster_limit)
+        self._last_pass = (fleet_now, cluster_limit, self.version)
 
     def admit(self, hosts: dict[str, HostView], cluster_limit: int | None) -> None:
         """One admission pass over the waiting tickets against ``hosts``.
@@ -121,12 +138,14 @@ class MigrationGate:
             ticket = self.pending.pop(request.key)
             self.in_flight[request.key] = request
             ticket.admitted.set()
+            self.version += 1
         for key, why in answer.waiting.items():
             if key in self.pending:
                 self.pending[key].waiting_for = why
 
     def release(self, migration_key: str, vm_key: str | None = None) -> None:
         """A migration ended (any outcome) or gave up waiting: free its VM, slots and capacity."""
+        self.version += 1
         self.pending.pop(migration_key, None)
         if self.in_flight.pop(migration_key, None) is not None or migration_key in self.claims.values():
             self.finished.expect(migration_key, None)

@@ -25,7 +25,8 @@ from vmshift.controllers.views import VMEntry, problems, vm_view
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import DiskSpec, VmDefinition, VmInfo, VmState, WorkloadSpec
 from vmshift.scheduling.baseline import baseline_condition, baseline_in
-from vmshift.scheduling.fleet import Fleet, VMView
+from vmshift.scheduling.compatibility import Suggestions, blocking, check_target
+from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.placement import Migratability, Refusal, migratable, plan_placement, targets_available
 
 #: Annotation an import (or a person) sets to give a new guest its initial driver inventory.
@@ -167,12 +168,46 @@ def _migratable(vm: VMView, fleet_now: Fleet) -> Migratability:
         _migratable_fleet[:] = [fleet_now]
     shape = (vm.guest_vendor, vm.guest_cpu_model, vm.guest_features, vm.compatibility, vm.cpus, vm.memory_mib, vm.disks,
              vm.host_selector, vm.migration_target)
-    anywhere = _cached(shape, lambda: migratable(replace(vm, name="{vm}", host=SOMEWHERE), fleet_now))
+    anywhere = _cached(shape, lambda: _anywhere(replace(vm, name="{vm}", host=SOMEWHERE), shape, fleet_now))
     hosts = [h for h in anywhere.hosts if h != vm.host]
     if hosts:
         return targets_available(vm.name, hosts)
     exact = _cached((*shape, vm.host), lambda: migratable(replace(vm, name="{vm}"), fleet_now))
     return replace(exact, message=exact.message.replace("{vm}", vm.name))
+
+
+#: Per VM shape, each host's verdict (could it take the shape's guest from SOMEWHERE?) with the
+#: host's view it was made from. A new fleet (every second while VMs are adopted, since each changes
+#: its host's usage) re-checks only the hosts whose view changed, not all 1,000 for every shape.
+_verdicts: dict[tuple[Any, ...], dict[str, tuple[HostView, bool]]] = {}
+
+
+def _anywhere(vm: VMView, shape: tuple[Any, ...], fleet_now: Fleet) -> Migratability:
+    """:func:`migratable` of a shape placed SOMEWHERE (``vm``), its host list from the verdicts kept
+    per host view. Without an anti-affinity group and with its source nowhere, whether a host can
+    take the guest depends on the shape and that host's view alone (a busy migration slot only
+    makes it wait, which does not count), so a view object seen before has its verdict."""
+    known = _verdicts.get(shape)
+    if known is None:
+        if len(_verdicts) > 1000:
+            _verdicts.clear()
+        known = _verdicts[shape] = {}
+    suggestions = Suggestions(vm, fleet_now)
+    hosts: list[str] = []
+    for name in fleet_now.host_names():
+        view = fleet_now.hosts[name]
+        seen = known.get(name)
+        if seen is None or seen[0] is not view:
+            seen = known[name] = (view, not blocking(check_target(vm, view, fleet_now, moving=True,
+                                                                  suggestions=suggestions)))
+        if seen[1]:
+            hosts.append(name)
+    if len(known) > len(fleet_now.hosts):  # hosts gone from the fleet
+        for gone in set(known) - set(fleet_now.hosts):
+            del known[gone]
+    if hosts:
+        return targets_available(vm.name, hosts)
+    return migratable(vm, fleet_now)  # no host: the full answer says why
 
 
 def _cached(key: tuple[Any, ...], compute: Callable[[], Migratability]) -> Migratability:
@@ -224,11 +259,13 @@ def selector_candidates(vm: VMView, fleet_now: Fleet) -> list[str]:
 
 
 def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a reconcile reads from a VM's body, timestamps aside (pure)."""
+    """What a reconcile reads from a VM's body, timestamps aside (pure). The labels, annotations and
+    status go in as a digest: one is kept per VM (10,000 statuses as text were ~20 MiB)."""
     meta = body.get("metadata") or {}
+    text = json.dumps([meta.get("labels"), meta.get("annotations"), cond.without_timestamps(body.get("status") or {})],
+                      sort_keys=True, default=str)
     return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
-            json.dumps([meta.get("labels"), meta.get("annotations"), cond.without_timestamps(body.get("status") or {})],
-                       sort_keys=True, default=str))
+            hashlib.blake2b(text.encode(), digest_size=16).digest())
 
 
 def failed_start_status(previous: Mapping[str, Any], generation: int, message: str) -> dict[str, Any]:
