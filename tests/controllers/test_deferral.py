@@ -93,8 +93,8 @@ async def test_the_resync_leaves_a_vm_to_its_first_event(monkeypatch: pytest.Mon
     monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
     monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
     monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
-    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
     monkeypatch.setattr(rt, "handled", {"ns/handled"})
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert seen == [["ns/handled"]] and read == ["ns/handled"]
@@ -122,8 +122,8 @@ async def test_a_resync_pass_looks_at_several_vms_at_once_within_its_bound(monke
     monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
     monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
     monkeypatch.setattr(virtualmachines, "_reconcile_logged", nothing)
-    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
     monkeypatch.setattr(rt, "handled", {e.key for e in entries})
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert 1 < most[0] <= virtualmachines.RESYNC_IN_FLIGHT, most
@@ -164,8 +164,8 @@ async def test_the_resync_leaves_a_vm_to_its_event_waiting_or_in_progress(monkey
     monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
     monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
     monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
-    monkeypatch.setattr(virtualmachines, "_resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "_collect_orphans", nothing)
+    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
+    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
     monkeypatch.setattr(rt, "handled", {e.key for e in entries})
     try:
         await virtualmachines.resync_pass(logging.getLogger("test.resync"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from vmshift.api.migration import VirtualMachineMigrationSpec
 from vmshift.api.virtualmachine import VirtualMachinePhase as Phase
 from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
+from vmshift.controllers.guestcleanup import collect_orphans, resolve_duplicates
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION, fleet, values
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
@@ -32,7 +33,6 @@ from vmshift.controllers.vmstatus import (
     DEFERRED_RESYNC_SECONDS,
     RESYNC_SECONDS,
     DefinitionError,
-    choose_copy,
     definition,
     ever_placed,
     failed_start_status,
@@ -40,10 +40,8 @@ from vmshift.controllers.vmstatus import (
     label_rechecks,
     migration_name,
     needs_resync,
-    orphan_guests,
     report_suffices,
     resync_candidates,
-    running_copies,
     running_status,
     selector_candidates,
     start_baseline,
@@ -403,88 +401,6 @@ async def _reconcile_logged(body: Mapping[str, Any], logger: kopf.Logger | loggi
         logger.warning(f"reconcile of {body['metadata']['name']} deferred: {exc}")
 
 
-async def _resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger) -> None:
-    """Two agents run the same guest (a switchover settled wrongly, a host back from a partition): keep the
-    copy the VM's last migration completed on (or the one status names) and stop the others."""
-    rt = runtime()
-    by_uid = {e.uid: e for e in entries}
-    for vm_id, hosts in running_copies(rt.agents.reports()).items():
-        entry = by_uid.get(vm_id)
-        if entry is None or rt.gate.holder(entry.key) is not None:
-            continue  # an orphan (collected below) or a migration in flight (its switchover window)
-        mine = indexes.migrations_by_vm.get(entry.key) or []
-        if any(m.in_flight for m in mine):
-            continue
-        completed: str | None = None
-        for m in sorted(mine, key=lambda m: (m.created, m.name), reverse=True):
-            link = rt.agents.get(m.target or "")
-            if m.target in hosts and link is not None:
-                try:
-                    if (await link.client.get_migration(m.uid)).committed:
-                        completed = m.target
-                        break
-                except AgentError:
-                    continue
-        keep = choose_copy(hosts, completed, entry.host)
-        if keep is None:
-            logger.error("resync: %s runs on %s and nothing says which copy is right; a person must stop one",
-                         entry.key, ", ".join(hosts))
-            continue
-        keeper = rt.agents.get(keep)
-        try:
-            if keeper is None or (await keeper.client.get_vm(vm_id)).state is not VmState.Running:
-                continue  # the reports are a poll old: look again next pass
-        except AgentError:
-            continue
-        for host in hosts:
-            if host == keep:
-                continue
-            link = rt.agents.get(host)
-            if link is None:
-                continue
-            try:
-                info = await link.client.get_vm(vm_id)
-                if info.state is not VmState.Running or info.migration_id is not None:
-                    continue
-                await link.client.delete_vm(vm_id, force=True)
-            except AgentError as exc:
-                logger.warning("resync: stopping the second copy of %s on %s failed: %s", entry.key, host, exc)
-                continue
-            why = "it completed the last migration" if keep == completed else "status names it"
-            message = (f"{entry.name} ran on both {keep} and {host}; the copy on {host} was stopped and deleted and "
-                       f"the one on {keep} kept ({why}).")
-            logger.warning("resync: %s", message)
-            events.warn(_ref(entry), reason="DuplicateStopped", message=message)
-        if entry.host != keep:
-            await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": keep})
-
-
-async def _collect_orphans(entries: Iterable[VMEntry], logger: logging.Logger) -> None:
-    """Stop and delete guests whose VirtualMachine was deleted while their agent could not be reached."""
-    rt = runtime()
-    known = {e.uid for e in entries}
-    for host, info in orphan_guests(rt.agents.reports(), known):
-        body = await kubeapi.get("virtualmachines", info.namespace, info.name)
-        if body is not None and body.get("metadata", {}).get("uid") == info.id:
-            continue  # the cache lags: the VM exists
-        link = rt.agents.get(host)
-        if link is None:
-            continue
-        try:
-            await link.client.delete_vm(info.id, force=True)
-        except AgentError as exc:
-            if exc.status != 404:
-                logger.warning("resync: deleting orphan guest %s on %s failed: %s", info.id, host, exc)
-            continue
-        logger.warning("resync: deleted guest %s (%s/%s) on %s: its VirtualMachine no longer exists", info.id,
-                       info.namespace, info.name, host)
-
-
-def _ref(entry: VMEntry) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
-            "metadata": {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}}
-
-
 async def resync_forever(logger: logging.Logger) -> None:
     """Catch what no event announces: a guest lost with its host, an agent back after an outage,
     room freed for a VM that was refused.
@@ -561,8 +477,8 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     # Several at once (each waits on its read and its agent): thousands deferred while the agents
     # first answered after a start were one at a time minutes of work.
     await asyncio.gather(*(look(entry) for entry in candidates))
-    await _resolve_duplicates(entries, logger)
-    await _collect_orphans(entries, logger)
+    await resolve_duplicates(entries, logger)
+    await collect_orphans(entries, logger)
 
 
 async def release(body: Mapping[str, Any], logger: kopf.Logger | logging.Logger) -> None:
