@@ -66,7 +66,8 @@ async def resolve_duplicates(entries: Iterable[VMEntry], logger: logging.Logger)
                     continue
                 await link.client.delete_vm(vm_id, force=True)
             except AgentError as exc:
-                logger.warning("resync: stopping the second copy of %s on %s failed: %s", entry.key, host, exc)
+                if exc.status != 404:  # gone since the report (it was the source of a finished move): nothing to stop
+                    logger.warning("resync: stopping the second copy of %s on %s failed: %s", entry.key, host, exc)
                 continue
             why = "it completed the last migration" if keep == completed else "status names it"
             message = (f"{entry.name} ran on both {keep} and {host}; the copy on {host} was stopped and deleted and "
