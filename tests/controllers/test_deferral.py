@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -14,6 +15,23 @@ from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.vmstatus import DEFERRED_RESYNC_SECONDS, RESYNC_SECONDS
 from vmshift.controllers.workqueue import WorkQueue
+
+
+async def _nothing(*_: Any) -> None:
+    return None
+
+
+def _resync_over(monkeypatch: pytest.MonkeyPatch, entries: list[Any], handled: set[str],
+                 get: Callable[..., Awaitable[Any]], candidates: Callable[..., list[Any]] | None = None) -> None:
+    """A resync pass over ``entries`` only: no fleet, reads through ``get``, no clean-up on agents."""
+    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
+    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates or (lambda given, *rest: list(given)))
+    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
+    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
+    monkeypatch.setattr(virtualmachines, "resolve_duplicates", _nothing)
+    monkeypatch.setattr(virtualmachines, "collect_orphans", _nothing)
+    monkeypatch.setattr(runtime(), "handled", handled)
+
 
 
 def test_a_deferral_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,7 +92,6 @@ async def test_the_resync_comes_back_soon_while_a_vm_waits(monkeypatch: pytest.M
 async def test_the_resync_leaves_a_vm_to_its_first_event(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a start Kopf's first events for thousands of VMs are still queued: the resync reads and
     reconciles only VMs whose event this process has handled, even deferred ones."""
-    rt = runtime()
     read: list[str] = []
     entries = [SimpleNamespace(key=f"ns/{n}", namespace="ns", name=n) for n in ("handled", "queued")]
     seen: list[list[str]] = []
@@ -86,16 +103,7 @@ async def test_the_resync_leaves_a_vm_to_its_first_event(monkeypatch: pytest.Mon
     async def get(plural: str, namespace: str, name: str) -> None:
         read.append(f"{namespace}/{name}")
 
-    async def nothing(*_: Any) -> None:
-        return None
-
-    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
-    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
-    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
-    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
-    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
-    monkeypatch.setattr(rt, "handled", {"ns/handled"})
+    _resync_over(monkeypatch, entries, {"ns/handled"}, get, candidates)
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert seen == [["ns/handled"]] and read == ["ns/handled"]
 
@@ -103,7 +111,6 @@ async def test_the_resync_leaves_a_vm_to_its_first_event(monkeypatch: pytest.Mon
 async def test_a_resync_pass_looks_at_several_vms_at_once_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thousands of VMs deferred while the agents first answered are read and reconciled a bounded
     number at a time, not one by one."""
-    rt = runtime()
     entries = [SimpleNamespace(key=f"ns/vm-{i}", namespace="ns", name=f"vm-{i}") for i in range(60)]
     now, most = [0], [0]
 
@@ -114,17 +121,8 @@ async def test_a_resync_pass_looks_at_several_vms_at_once_within_its_bound(monke
         now[0] -= 1
         return {"metadata": {"namespace": namespace, "name": name}}
 
-    async def nothing(*_: Any) -> None:
-        return None
-
-    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
-    monkeypatch.setattr(virtualmachines, "resync_candidates", lambda given, *rest: list(given))
-    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
-    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
-    monkeypatch.setattr(virtualmachines, "_reconcile_logged", nothing)
-    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
-    monkeypatch.setattr(rt, "handled", {e.key for e in entries})
+    _resync_over(monkeypatch, entries, {e.key for e in entries}, get)
+    monkeypatch.setattr(virtualmachines, "_reconcile_logged", _nothing)
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert 1 < most[0] <= virtualmachines.RESYNC_IN_FLIGHT, most
 
@@ -156,17 +154,8 @@ async def test_the_resync_leaves_a_vm_to_its_event_waiting_or_in_progress(monkey
     async def get(plural: str, namespace: str, name: str) -> None:
         read.append(f"{namespace}/{name}")
 
-    async def nothing(*_: Any) -> None:
-        return None
-
     monkeypatch.setattr(rt, "vm_events", queue)
-    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
-    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
-    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
-    monkeypatch.setattr(virtualmachines.kubeapi, "get", get)
-    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
-    monkeypatch.setattr(rt, "handled", {e.key for e in entries})
+    _resync_over(monkeypatch, entries, {e.key for e in entries}, get, candidates)
     try:
         await virtualmachines.resync_pass(logging.getLogger("test.resync"))
         assert seen == [["ns/settled"]] and read == ["ns/settled"]
