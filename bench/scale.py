@@ -15,11 +15,18 @@ Measured, in one run, each beside its floor and the target the project set itsel
     time of a phase depends on the neighbours, its CPU time much less;
   * API requests per minute while idle (from kube-apiserver's own request counter).
 
-    .venv/bin/python bench/scale.py [--hosts 1000] [--vms 10000] [--profile DIR]
+  * the API server's and etcd's CPU time per VM in the floor and in the first start: what a write
+    costs the control plane, the operator's own requests and watches included.
+
+    .venv/bin/python bench/scale.py [--hosts 1000] [--vms 10000] [--profile DIR] [--apiserver-profile DIR]
 
 ``--profile DIR``: py-spy (``pip install py-spy``) samples the operator during the first start, the
 migrations and the restart, into ``DIR/<phase>.txt`` (raw collapsed stacks; ``bench/pyspy_top.py``
 prints their top entries). The sampler costs CPU on the same cores, so time a run without it.
+
+``--apiserver-profile DIR``: kube-apiserver's own CPU profile (its /debug/pprof/profile) during the
+floor and during the first start, into ``DIR/<phase>.pprof``, and a table of where its samples go
+(``go tool pprof`` reads the files; Go must be on PATH).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kubernetes
@@ -70,6 +77,84 @@ def cpu_seconds(pid: int) -> float:
     time of a phase says as much about the neighbours as about the operator; this does not."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane_cpu(state: Any) -> dict[str, float]:
+    """CPU seconds kube-apiserver and etcd have used so far."""
+    return {name: cpu_seconds(state.pids[name]) for name in ("kube-apiserver", "etcd")}
+
+
+#: Where kube-apiserver's CPU goes: each sample counts once, for the first category in this order
+#: that one of its frames matches (so JSON work done for managed fields counts as managed fields).
+APISERVER_CATEGORIES = {
+    "managed fields (structured merge diff)": ("structured-merge-diff", "fieldmanager"),
+    "CRD schema validation and defaulting": ("apiextensions-apiserver/pkg/apiserver/validation",
+                                             "kube-openapi/pkg/validation", "apiserver/schema", "cel-go"),
+    "merge patch": ("json-patch", "(*jsonPatcher)", "mergepatch", "strategicpatch"),
+    "JSON decode/encode": ("encoding/json", "sigs.k8s.io/json", "serializer/json", "json-iterator",
+                           "serializer/cbor"),
+    "watch cache and watch delivery": ("cacher",),
+    "etcd client and storage": ("go.etcd.io/etcd/client", "storage/etcd3", "grpc"),
+    "authentication, authorization, audit, admission": ("authentication", "authorization", "audit", "admission"),
+    "TLS": ("crypto/",),
+    "HTTP/2 and HTTP": ("net/http", "golang.org/x/net/http2"),
+    "garbage collection": ("runtime.gcBgMarkWorker", "runtime.gcDrain"),
+    "memory allocation": ("runtime.mallocgc",),
+}
+
+
+class ApiserverProfile:
+    """kube-apiserver's CPU profile over one phase of the benchmark (nothing when ``out_dir`` is None)."""
+
+    def __init__(self, plane: ControlPlane, server: str, out_dir: Path | None) -> None:
+        self.plane, self.server, self.out_dir = plane, server, out_dir
+        self.thread: threading.Thread | None = None
+        self.shares: dict[str, dict[str, float]] = {}
+
+    def start(self, phase: str, seconds: int) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        out = self.out_dir / f"{phase}.pprof"
+        ctx = ssl.create_default_context(cafile=str(self.plane.pki.ca_cert))
+        ctx.load_cert_chain(str(self.plane.pki.admin_cert), str(self.plane.pki.admin_key))
+
+        def fetch() -> None:
+            url = f"{self.server}/debug/pprof/profile?seconds={seconds}"
+            out.write_bytes(urllib.request.urlopen(url, context=ctx, timeout=seconds + 60).read())
+            self.shares[phase] = apiserver_shares(out)
+
+        self.thread = threading.Thread(target=fetch, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            thread.join()
+
+
+def apiserver_shares(profile: Path) -> dict[str, float]:
+    """The share of the profile's CPU samples in each of ``APISERVER_CATEGORIES`` (and "other")."""
+    text = subprocess.run(["go", "tool", "pprof", "-traces", str(profile)], capture_output=True, text=True,
+                          check=True).stdout
+    totals = dict.fromkeys([*APISERVER_CATEGORIES, "other"], 0.0)
+    total = 0.0
+    # -traces prints each distinct stack once: a line with its sample value, then its frames, then a line of dashes.
+    for block in re.split(r"(?m)^-+\+-+$", text)[1:]:
+        lines = [line for line in block.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        value = re.match(r"\s*([\d.]+)(ms|s|us|µs)?", lines[0])
+        if not value:
+            continue
+        unit = {"s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001}.get(value.group(2) or "ms", 1.0)
+        weight = float(value.group(1)) * unit
+        frames = " ".join(lines)
+        total += weight
+        category = next((c for c, patterns in APISERVER_CATEGORIES.items() if any(p in frames for p in patterns)),
+                        "other")
+        totals[category] += weight
+    return {category: (100 * value / total if total else 0.0) for category, value in totals.items()}
 
 
 def apiserver_requests(plane: ControlPlane, server: str) -> dict[str, float]:
@@ -210,7 +295,7 @@ def first_status_latencies(api: Any, vms: list[dict[str, Any]], hosts: int, coun
     for i in range(count):
         vm = vms[i * (len(vms) // count)]
         target = f"h-{(int(vm['host'][2:]) + 4) % hosts:04d}"  # same CPU model, another host
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachineMigration",
+        body: dict[str, Any] = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachineMigration",
                 "metadata": {"name": f"m-{i:04d}", "namespace": vm["namespace"]},
                 "spec": {"vmName": vm["name"], "targetHost": target}}
         created[body["metadata"]["name"]] = time.monotonic()
@@ -303,6 +388,11 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return float("nan")
 
 
+def per_vm_ms(cpu: dict[str, float], vms: int) -> str:
+    """API server and etcd CPU milliseconds per VM, as "apiserver/etcd ms"."""
+    return f"{cpu['kube-apiserver'] * 1000 / vms:.2f}/{cpu['etcd'] * 1000 / vms:.2f} ms"
+
+
 def met(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -326,6 +416,8 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the operator with py-spy into this directory (one raw file per phase)")
+    parser.add_argument("--apiserver-profile", type=Path, default=None,
+                        help="kube-apiserver's CPU profile of the floor and of the first start, into this directory")
     args = parser.parse_args()
     profiler = Profiler(args.profile)
     loads = {"at start": os.getloadavg()}
@@ -347,7 +439,12 @@ def main() -> int:
         t = time.monotonic()
         vms = create_objects(api, args.hosts, args.vms, f"http://127.0.0.1:{port}")
         create_seconds = time.monotonic() - t
+        apiprof = ApiserverProfile(plane, state.server, args.apiserver_profile)
+        cpu = control_plane_cpu(state)
+        apiprof.start("floor", max(5, round(args.vms / 1000)))
         floor_seconds = floor_status_writes(plane, state.server, vms)
+        floor_cpu = {k: v - cpu[k] for k, v in control_plane_cpu(state).items()}
+        apiprof.stop()
         spec_file = work / "fake-spec.json"
         spec_file.write_text(json.dumps({
             "hosts": [{"name": f"h-{i:04d}", "cpu": MODELS[i % len(MODELS)], "cores": 64, "memoryMiB": 262144}
@@ -362,8 +459,10 @@ def main() -> int:
 
         before_sync = apiserver_requests(plane, state.server)
         t0 = time.monotonic()
+        cpu = control_plane_cpu(state)
         proc = stack.start_operator("--agent-poll-seconds", "30")
         profiler.start(proc.pid, "first-start")
+        apiprof.start("first-start", max(10, round(args.vms / 300)))
         wait_until(lambda: metrics_answer(stack.metrics_port), "the operator to serve /metrics", 300, interval=0.05)
         startup_seconds = time.monotonic() - t0
         counter = ReadyCounter(api)
@@ -373,7 +472,9 @@ def main() -> int:
                    f"the operator to report {args.vms} VMs in sync", 900, interval=0.5)
         sync_seconds = time.monotonic() - t0
         sync_cpu = cpu_seconds(proc.pid)
+        sync_plane_cpu = {k: v - cpu[k] for k, v in control_plane_cpu(state).items()}
         profiler.stop()
+        apiprof.stop()
         loads["after the first start"] = os.getloadavg()
         after_sync = apiserver_requests(plane, state.server)
         rss_sync = rss_mib(proc.pid)
@@ -404,7 +505,7 @@ def main() -> int:
                                   0.99)
         # The restart below is over a settled fleet: every migration ended and the last writes echoed.
         def migrations_ended() -> bool:
-            listing = api.list_cluster_custom_object(GROUP, VERSION, "virtualmachinemigrations")
+            listing = cast(dict[str, Any], api.list_cluster_custom_object(GROUP, VERSION, "virtualmachinemigrations"))
             return all((m.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled")
                        for m in listing["items"])
 
@@ -441,6 +542,8 @@ def main() -> int:
             ("  of which process start-up", f"{startup_seconds:.1f} s", "", "", "", ""),
             ("  until the first VM was Ready", f"{(counter.first_ready_at or t0) - t0:.1f} s", "", "", "", ""),
             ("  operator CPU time in it", f"{sync_cpu:.1f} s", "", "", "", ""),
+            ("  API server / etcd CPU per VM", per_vm_ms(sync_plane_cpu, args.vms),
+             per_vm_ms(floor_cpu, args.vms), "", "", ""),
             ("  then until API writes stop", f"{settle_seconds:.1f} s", "", "", "", ""),
             ratio_row("restart: re-check all VMs", restart_seconds, floor_seconds, 0.5),
             ("  of which process start-up", f"{restart_startup_seconds:.1f} s", "", "", "", ""),
@@ -467,6 +570,9 @@ def main() -> int:
             print(f"{name:<38} {measured:>12} {floor:>14} {ratio:>7} {target:>12} {ok:>5}")
         print("machine load average (1/5/15 min):",
               "; ".join(f"{when} {a:.1f}/{b:.1f}/{c:.1f}" for when, (a, b, c) in loads.items()))
+        for phase, shares in apiprof.shares.items():
+            print(f"kube-apiserver CPU profile, {phase} (share of CPU samples):",
+                  "; ".join(f"{name} {share:.0f} %" for name, share in sorted(shares.items(), key=lambda kv: -kv[1])))
         if idle:
             print("idle requests by verb/resource:", json.dumps(idle))
         for phase, (start, end) in {"first start": (before_sync, after_sync),
