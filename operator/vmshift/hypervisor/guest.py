@@ -6,17 +6,21 @@ never stored, they are derived from (VM id, page, version), so any side can rebu
 must contain and check what it received. Versions live in a private anonymous mapping (4 bytes a
 page, touched only where written), so a 64 GiB guest costs the agent megabytes, not gigabytes.
 
-Page contents: version 0 is a zero page; version v > 0 is the 4 KiB window of a fixed
-pseudo-random pattern (the same in every agent) at an offset chosen by the 64-bit word
-``seed(vm, page, v)``. The memory digest is the sum (mod 2^64) of the seeds of every page, kept up
+Page contents: memory is laid out in blocks of BLOCK_PAGES (64) aligned pages. A page at version
+v > 0 is a 4 KiB window of a fixed pseudo-random pattern (the same in every agent): its block's
+pages at version v lie back to back in the pattern from a place chosen by the 64-bit word
+``window_seed(vm, block, v)``, so a run of consecutive pages of one version is one contiguous
+stretch of the pattern, as it is one stretch of a real guest's RAM. A page at version 0 is a zero
+page. The memory digest is the sum (mod 2^64) of ``page_seed(vm, page, v)`` over every page, kept up
 to date as the workload writes and as migration frames arrive, so comparing two digests costs
-nothing at switchover. A receiver compares every byte of every page it receives with the window
-its (page, version) header names before it applies it.
+nothing at switchover. A receiver compares every byte of every page it receives with the bytes its
+(page, version) header names before it applies it: a run of pages with one comparison per block.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import mmap
 import random
 import time
@@ -47,11 +51,21 @@ _K1 = 0x9E3779B97F4A7C15
 _K3 = 0xBF58476D1CE4E5B9
 _MAX_VERSION = 0xFFFFFFFF
 ZERO_PAGE = bytes(PAGE_SIZE)
-#: Page contents are windows of this pattern: a zero page, then pseudo-random bytes.
-PATTERN_BYTES = 256 * 1024  # small enough to stay in a core's cache
-_PATTERN = ZERO_PAGE + hashlib.shake_256(b"vmshift guest page pattern v1").digest(PATTERN_BYTES + PAGE_SIZE)
+#: Pages whose windows lie back to back in the pattern at one version (an aligned block).
+BLOCK_PAGES = 64
+BLOCK_BYTES = BLOCK_PAGES * PAGE_SIZE
+#: Where a block's windows may start: one of PATTERN_BYTES / 8 places (32768), enough to catch corruption.
+PATTERN_BYTES = 256 * 1024
+#: Page contents are windows of this pattern: a block of zero pages (version 0), then pseudo-random bytes
+#: (PATTERN_BYTES of starting places plus a block's length). 772 KiB: small enough to stay in a core's cache.
+_PATTERN = bytes(BLOCK_BYTES) + hashlib.shake_256(b"vmshift guest page pattern v2").digest(PATTERN_BYTES + BLOCK_BYTES)
 _PATTERN_VIEW = memoryview(_PATTERN)
 _OFFSET_MASK = PATTERN_BYTES - 8
+_BLOCK_SHIFT = BLOCK_PAGES.bit_length() - 1
+_IN_BLOCK = BLOCK_PAGES - 1
+_PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+#: Makes window_seed() a different hash of (block, version) than page_seed() of (page, version).
+_WINDOW_SALT = 0x5DEECE66D2545F49
 
 
 class CorruptPage(ValueError):
@@ -64,11 +78,8 @@ def vm_key(vm_id: str) -> int:
 
 
 def page_seed(key: int, page: int, version: int) -> int:
-    """The 64-bit seed of ``page`` at ``version`` (0 for a never-written page).
-
-    It picks the page's bytes (one of 32768 pattern windows, enough to catch corruption) and is the
-    page's share of the digest (all 64 bits, which is what tells versions apart).
-    """
+    """The 64-bit seed of ``page`` at ``version`` (0 for a never-written page): the page's share of the
+    digest (all 64 bits, which is what tells pages and versions apart)."""
     if version == 0:
         return 0
     x = (((version << 32) | page) ^ key) * _K1 & _M64
@@ -77,10 +88,48 @@ def page_seed(key: int, page: int, version: int) -> int:
     return x ^ (x >> 32)
 
 
+def window_seed(key: int, block: int, version: int) -> int:
+    """The 64-bit word that places the pages of ``block`` at ``version`` in the pattern (see :func:`page_offset`)."""
+    return page_seed(key ^ _WINDOW_SALT, block, version)
+
+
+def page_offset(key: int, page: int, version: int) -> int:
+    """Where in the pattern the bytes of ``page`` at ``version`` start. The pages of one block at one
+    version follow each other, so ``page_offset(key, p + 1, v) == page_offset(key, p, v) + PAGE_SIZE``
+    within a block; version 0 is a zero page."""
+    within = (page & _IN_BLOCK) * PAGE_SIZE
+    if version == 0:
+        return within
+    return BLOCK_BYTES + (window_seed(key, page >> _BLOCK_SHIFT, version) & _OFFSET_MASK) + within
+
+
 def page_content(key: int, page: int, version: int) -> bytes:
     """The 4 KiB a page holds at ``version``."""
-    offset = _offset(page_seed(key, page, version))
+    offset = page_offset(key, page, version)
     return _PATTERN[offset:offset + PAGE_SIZE]
+
+
+def stretches(first: int, versions: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The pages ``first``, ``first + 1``, ... at ``versions`` cut where the version changes and at block
+    ends: (index of the stretch's first page in ``versions``, pages, version) each. A stretch's bytes are
+    one contiguous piece of the pattern, from :func:`page_offset` of its first page on."""
+    count = len(versions)
+    if not count:
+        return []
+    head = versions[0]
+    if versions.count(head) == count:  # the usual round-0 run: one version (a C-level count)
+        groups: Iterable[tuple[int, int]] = ((head, count),)
+    else:
+        groups = ((v, len(list(g))) for v, g in itertools.groupby(versions))
+    out: list[tuple[int, int, int]] = []
+    at = 0
+    for version, length in groups:
+        end = at + length
+        while at < end:
+            stop = min(end, at + BLOCK_PAGES - ((first + at) & _IN_BLOCK))
+            out.append((at, stop - at, version))
+            at = stop
+    return out
 
 
 class _Lanes:
@@ -92,16 +141,27 @@ class _Lanes:
     for where each page's bytes lie in the pattern (:func:`_offset` of every lane at once).
     """
 
-    __slots__ = ("key", "mask", "offset_bits", "page_size")
+    __slots__ = ("block_bytes", "key", "mask", "offset_bits", "page_word", "window_key", "within")
 
     def __init__(self, key: int, count: int) -> None:
         self.mask = int.from_bytes(_LANE_MASK * count, "little")
         self.key = int.from_bytes((key.to_bytes(8, "little") + bytes(8)) * count, "little")
+        self.window_key = int.from_bytes(((key ^ _WINDOW_SALT).to_bytes(8, "little") + bytes(8)) * count, "little")
         self.offset_bits = int.from_bytes(_OFFSET_MASK.to_bytes(16, "little") * count, "little")
-        self.page_size = int.from_bytes(PAGE_SIZE.to_bytes(16, "little") * count, "little")
+        self.block_bytes = int.from_bytes(BLOCK_BYTES.to_bytes(16, "little") * count, "little")
+        self.page_word = int.from_bytes((b"\xff" * 4 + bytes(12)) * count, "little")
+        self.within = int.from_bytes(_IN_BLOCK.to_bytes(16, "little") * count, "little")
 
 
 _LANE_MASK = b"\xff" * 8 + bytes(8)
+
+
+def _mix(x: int, mask: int) -> int:
+    """page_seed()'s mixing, on every lane of ``x`` at once (``x`` already multiplied by nothing)."""
+    x = (x * _K1) & mask
+    x ^= (x >> 29) & mask
+    x = (x * _K3) & mask
+    return x ^ ((x >> 32) & mask)
 
 
 class GuestMemory:
@@ -123,33 +183,33 @@ class GuestMemory:
 
     # -- hashing many pages at once ----------------------------------------------------------------
 
-    def _seed_lanes(self, idx: array[int], versions: array[int]) -> tuple[int, _Lanes]:
-        """The 64-bit hash of each (page, version) pair in its lane (version 0 not special-cased)."""
-        count = len(idx)
+    def _lanes_for(self, count: int) -> _Lanes:
         lanes = self._lanes.get(count)
         if lanes is None:
             if len(self._lanes) > 64:  # frames of many sizes (dirty rounds): keep the cache small
                 self._lanes.clear()
             lanes = self._lanes[count] = _Lanes(self.key, count)
+        return lanes
+
+    def _seed_lanes(self, idx: array[int], versions: array[int]) -> tuple[int, int, _Lanes]:
+        """(the 64-bit hash of each (page, version) pair in its lane (version 0 not special-cased), the
+        pairs themselves as lanes (page in the low word, version in the next), the constants)."""
+        count = len(idx)
+        lanes = self._lanes_for(count)
         buf = bytearray(16 * count)
         words = memoryview(buf).cast("I")
         words[0::4] = idx
         words[1::4] = versions
         words.release()
-        mask = lanes.mask
-        x = int.from_bytes(buf, "little") ^ lanes.key
-        x = (x * _K1) & mask
-        x ^= (x >> 29) & mask
-        x = (x * _K3) & mask
-        x ^= (x >> 32) & mask
-        return x, lanes
+        pairs = int.from_bytes(buf, "little")
+        return _mix(pairs ^ lanes.key, lanes.mask), pairs, lanes
 
     def seeds(self, idx: array[int], versions: array[int]) -> list[int]:
         """page_seed() of each (page, version) pair, computed lane-parallel (see _Lanes)."""
         count = len(idx)
         if count == 0 or not any(versions):
             return [0] * count
-        x, _lanes = self._seed_lanes(idx, versions)
+        x, _pairs, _lanes = self._seed_lanes(idx, versions)
         seeds: list[int] = _lane_words(x, count, "Q").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
@@ -157,18 +217,36 @@ class GuestMemory:
                     seeds[i] = 0
         return seeds
 
+    def seed_sum(self, first: int, versions: array[int], runs: list[tuple[int, int, int]]) -> int:
+        """The sum of page_seed() over the pages ``first``, ``first + 1``, ... at ``versions``, whose
+        :func:`stretches` are ``runs`` (version-0 stretches add nothing), without a Python step per page."""
+        count = len(versions)
+        if count == 0 or not any(versions):
+            return 0
+        x, _pairs, _lanes = self._seed_lanes(array("I", range(first, first + count)), versions)
+        if all(version for _at, _length, version in runs):
+            return _lane_sum(x, count)
+        seeds = _lane_words(x, count, "Q")
+        return sum(sum(seeds[at:at + length]) for at, length, version in runs if version)
+
     def _expected(self, idx: array[int], versions: array[int]) -> tuple[int, list[int]]:
-        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`_offset`)."""
+        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`page_offset`)."""
         count = len(idx)
         if count == 0 or not any(versions):
-            return 0, [0] * count
-        x, lanes = self._seed_lanes(idx, versions)
+            return 0, [(p & _IN_BLOCK) * PAGE_SIZE for p in idx]
+        x, pairs, lanes = self._seed_lanes(idx, versions)
         seeds: list[int] = _lane_words(x, count, "Q").tolist()
-        offsets: list[int] = _lane_words((x & lanes.offset_bits) + lanes.page_size, count, "I").tolist()
+        # window_seed() of each (block, version): the page word shifted down to the block number.
+        page_word = lanes.page_word
+        blocks = (pairs & ~page_word) | (((pairs & page_word) >> _BLOCK_SHIFT) & page_word)
+        w = _mix(blocks ^ lanes.window_key, lanes.mask)
+        placed = (w & lanes.offset_bits) + lanes.block_bytes + ((pairs & lanes.within) << _PAGE_SHIFT)
+        offsets: list[int] = _lane_words(placed, count, "I").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
                 if not v:
-                    seeds[i] = offsets[i] = 0
+                    seeds[i] = 0
+                    offsets[i] = (idx[i] & _IN_BLOCK) * PAGE_SIZE
         return sum(seeds), offsets
 
     # -- reading -------------------------------------------------------------------------------
@@ -273,21 +351,36 @@ class GuestMemory:
     def stop_tracking(self) -> None:
         self.dirty = None
 
-    def frame_parts(self, pages: Sequence[int], prefix: bytes) -> list[bytes | memoryview]:
-        """A PAGES frame as the parts of one scatter-gather write: ``prefix`` + page indexes (u32) +
-        versions (u32) as one small buffer, then each page's bytes as a view of the pattern.
-
-        Nothing of a page is copied here (the kernel copies each window straight into the socket), and
-        nothing large is allocated, so the cost of a frame does not depend on the allocator.
-        """
+    def _versions_of(self, pages: Sequence[int]) -> tuple[array[int], array[int], bool]:
+        """(page indexes, their versions, whether the pages are consecutive: first, first + 1, ...)."""
         idx = array("I", pages)
         if isinstance(pages, range) and pages.step == 1:
-            versions = array("I", self._ver[pages.start:pages.stop])
-        else:
-            ver = self._ver
-            versions = array("I", [ver[p] for p in pages])
-        _total, offsets = self._expected(idx, versions)
+            return idx, array("I", self._ver[pages.start:pages.stop]), True
+        ver = self._ver
+        count = len(idx)
+        if count and idx[-1] - idx[0] == count - 1 and idx == array("I", range(idx[0], idx[-1] + 1)):
+            return idx, array("I", ver[idx[0]:idx[-1] + 1]), True
+        return idx, array("I", [ver[p] for p in pages]), False
+
+    def frame_parts(self, pages: Sequence[int], prefix: bytes) -> list[bytes | memoryview]:
+        """A PAGES frame as the parts of one scatter-gather write: ``prefix`` + page indexes (u32) +
+        versions (u32) as one small buffer, then the pages' bytes as views of the pattern: one view per
+        stretch of consecutive pages (one version, one block: up to 256 KiB), else one per page.
+
+        Nothing of a page is copied here (the kernel copies each view straight into the socket), and
+        nothing large is allocated, so the cost of a frame does not depend on the allocator.
+        """
+        idx, versions, consecutive = self._versions_of(pages)
         head = b"".join((prefix, idx.tobytes(), versions.tobytes()))
+        if consecutive and len(idx):
+            first = idx[0]
+            key = self.key
+            parts: list[bytes | memoryview] = [head]
+            for at, length, version in stretches(first, versions):
+                offset = page_offset(key, first + at, version)
+                parts.append(_PATTERN_VIEW[offset:offset + length * PAGE_SIZE])
+            return parts
+        _total, offsets = self._expected(idx, versions)
         return [head, *map(_PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets)))]
 
     def encode(self, pages: Sequence[int], prefix: bytes) -> bytes:
@@ -297,7 +390,10 @@ class GuestMemory:
     def apply(self, idx: array[int], versions: array[int], payload: bytes | memoryview) -> None:
         """Check received pages byte for byte against their (page, version), then store them.
 
-        Raises CorruptPage (and changes nothing) if any page is out of range or holds other bytes.
+        Consecutive pages (round 0's frames, runs of a dirty round) are checked a stretch at a time (one
+        comparison of up to a block, 256 KiB, against the pattern where the stretch's bytes lie), other
+        frames a page at a time. Raises CorruptPage naming the first bad page (and changes nothing) if
+        any page is out of range or holds other bytes.
         """
         count = len(idx)
         if count != len(versions) or len(payload) != count * PAGE_SIZE:
@@ -309,20 +405,26 @@ class GuestMemory:
         run = last - first == count - 1 and idx == array("I", range(first, last + 1))
         if (last if run else max(idx)) >= self.pages:
             raise CorruptPage(f"page {max(idx)} is beyond the guest's {self.pages} pages")
-        total, offsets = self._expected(idx, versions)
-        if not _matches(offsets, payload):
-            for i, offset in enumerate(offsets):
-                if not _matches([offset], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
-                    raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
         ver = self._ver
         if run:
+            runs = stretches(first, versions)
+            _check_stretches(self.key, first, runs, payload)
+            total = self.seed_sum(first, versions, runs)
             old = array("I", ver[first:last + 1])
             ver[first:last + 1] = versions
+            if any(old):
+                total -= self.seed_sum(first, old, stretches(first, old))
         else:
+            total, offsets = self._expected(idx, versions)
+            if not _matches(offsets, payload):
+                for i, offset in enumerate(offsets):
+                    if not _matches([offset], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
+                        raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
             old = array("I", [ver[p] for p in idx])
             for p, v in zip(idx, versions, strict=True):
                 ver[p] = v
-        self.digest = (self.digest + total - sum(self.seeds(idx, old))) & _M64
+            total -= sum(self.seeds(idx, old))
+        self.digest = (self.digest + total) & _M64
 
     def release(self) -> None:
         """Give the memory back to the host (the object is unusable afterwards)."""
@@ -333,9 +435,15 @@ class GuestMemory:
             pass
 
 
-def _offset(seed: int) -> int:
-    """Where in the pattern the page with this seed starts (0, the zero page, for seed 0)."""
-    return PAGE_SIZE + (seed & _OFFSET_MASK) if seed else 0
+def _lane_sum(lanes: int, count: int) -> int:
+    """The sum of the 64-bit values in the low halves of ``count`` 128-bit lanes: halves folded onto each
+    other (a lane has room for the carries of 2^64 values), a dozen big-integer steps instead of a loop."""
+    while count > 1:
+        low = count // 2
+        bits = 128 * low
+        lanes = (lanes & ((1 << bits) - 1)) + (lanes >> bits)
+        count -= low
+    return lanes
 
 
 def _lane_words(lanes: int, count: int, kind: Literal["I", "Q"]) -> memoryview:
@@ -344,8 +452,21 @@ def _lane_words(lanes: int, count: int, kind: Literal["I", "Q"]) -> memoryview:
     return memoryview(lanes.to_bytes(16 * count, "little")).cast(kind)[0::step]
 
 
+def _check_stretches(key: int, first: int, runs: list[tuple[int, int, int]], payload: bytes | memoryview) -> None:
+    """Compare ``payload``, the pages ``first``, ``first + 1``, ... cut into ``runs`` (:func:`stretches`),
+    with the pattern, one comparison (memcmp) per stretch; CorruptPage names the first page that differs."""
+    view = memoryview(payload)
+    startswith = _PATTERN.startswith
+    for at, length, version in runs:
+        offset = page_offset(key, first + at, version)
+        if not startswith(view[at * PAGE_SIZE:(at + length) * PAGE_SIZE], offset):
+            for i in range(at, at + length):
+                if not startswith(view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE], offset + (i - at) * PAGE_SIZE):
+                    raise CorruptPage(f"page {first + i} does not hold the bytes of version {version}")
+
+
 def _matches(offsets: Sequence[int], payload: bytes | memoryview) -> bool:
-    """True when each 4 KiB page of ``payload`` is the pattern window at its offset (see :func:`_offset`).
+    """True when each 4 KiB page of ``payload`` is the pattern window at its offset (see :func:`page_offset`).
 
     Every byte is compared (memcmp per page against the pattern, where it lies), without building
     the expected bytes: a megabyte-sized temporary per frame costs page faults on every frame.
