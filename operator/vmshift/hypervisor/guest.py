@@ -223,7 +223,7 @@ class GuestMemory:
         count = len(versions)
         if count == 0 or not any(versions):
             return 0
-        x, _pairs, _lanes = self._seed_lanes(array("I", range(first, first + count)), versions)
+        x, _pairs, _lanes = self._seed_lanes(_ramp(first, count), versions)
         if all(version for _at, _length, version in runs):
             return _lane_sum(x, count)
         seeds = _lane_words(x, count, "Q")
@@ -351,15 +351,21 @@ class GuestMemory:
     def stop_tracking(self) -> None:
         self.dirty = None
 
+    def _versions_slice(self, lo: int, hi: int) -> array[int]:
+        """The versions of pages [lo, hi), copied at C speed."""
+        out = array("I")
+        out.frombytes(self._ver[lo:hi].cast("B"))
+        return out
+
     def _versions_of(self, pages: Sequence[int]) -> tuple[array[int], array[int], bool]:
         """(page indexes, their versions, whether the pages are consecutive: first, first + 1, ...)."""
-        idx = array("I", pages)
         if isinstance(pages, range) and pages.step == 1:
-            return idx, array("I", self._ver[pages.start:pages.stop]), True
-        ver = self._ver
+            return _ramp(pages.start, len(pages)), self._versions_slice(pages.start, pages.stop), True
+        idx = array("I", pages)
         count = len(idx)
-        if count and idx[-1] - idx[0] == count - 1 and idx == array("I", range(idx[0], idx[-1] + 1)):
-            return idx, array("I", ver[idx[0]:idx[-1] + 1]), True
+        if count and idx[-1] - idx[0] == count - 1 and idx == _ramp(idx[0], count):
+            return idx, self._versions_slice(idx[0], idx[-1] + 1), True
+        ver = self._ver
         return idx, array("I", [ver[p] for p in pages]), False
 
     def frame_parts(self, pages: Sequence[int], prefix: bytes) -> list[bytes | memoryview]:
@@ -402,7 +408,7 @@ class GuestMemory:
         if count == 0:
             return
         first, last = idx[0], idx[-1]
-        run = last - first == count - 1 and idx == array("I", range(first, last + 1))
+        run = last - first == count - 1 and idx == _ramp(first, count)
         if (last if run else max(idx)) >= self.pages:
             raise CorruptPage(f"page {max(idx)} is beyond the guest's {self.pages} pages")
         ver = self._ver
@@ -410,7 +416,7 @@ class GuestMemory:
             runs = stretches(first, versions)
             _check_stretches(self.key, first, runs, payload)
             total = self.seed_sum(first, versions, runs)
-            old = array("I", ver[first:last + 1])
+            old = self._versions_slice(first, last + 1)
             ver[first:last + 1] = versions
             if any(old):
                 total -= self.seed_sum(first, old, stretches(first, old))
@@ -433,6 +439,23 @@ class GuestMemory:
             self._map.close()
         except BufferError:  # a view is still alive somewhere; the GC frees the mapping later
             pass
+
+
+_RAMPS: dict[int, tuple[int, int]] = {}
+
+
+def _ramp(first: int, count: int) -> array[int]:
+    """array("I", range(first, first + count)), four times faster: 32-bit lanes of one big integer."""
+    consts = _RAMPS.get(count)
+    if consts is None:
+        if len(_RAMPS) > 64:
+            _RAMPS.clear()
+        consts = _RAMPS[count] = (int.from_bytes(b"\x01\x00\x00\x00" * count, "little"),
+                                  int.from_bytes(array("I", range(count)).tobytes(), "little"))
+    ones, steps = consts
+    out = array("I")
+    out.frombytes((first * ones + steps).to_bytes(4 * count, "little"))
+    return out
 
 
 def _lane_sum(lanes: int, count: int) -> int:
