@@ -10,19 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmshift.hypervisor.guest import (
+from vmshift.hypervisor.guest import Guest, GuestMemory
+from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
+from vmshift.hypervisor.pages import (
     BLOCK_PAGES,
     PAGE_SIZE,
     PAGES_PER_MIB,
     CorruptPage,
-    Guest,
-    GuestMemory,
     page_content,
     page_offset,
     page_seed,
     stretches,
 )
-from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
 from vmshift.hypervisor.protocol import VmDefinition, VmState, WorkloadSpec
 from vmshift.precopy.model import distinct_dirtied_mib
 
