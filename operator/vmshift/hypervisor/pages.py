@@ -116,7 +116,7 @@ class Lanes:
     Each lane holds a 64-bit value in its low half, so multiplying the whole integer by a 64-bit
     constant never carries into the next lane; masking keeps the low halves. This turns the per-page
     hash into a handful of C-level operations per frame instead of a Python loop, and the same goes
-    for where each page's bytes lie in the pattern (:func:`_offset` of every lane at once).
+    for where each page's bytes lie in the pattern (:func:`page_offset` of every lane at once).
     """
 
     __slots__ = ("block_bytes", "key", "mask", "offset_bits", "page_word", "window_key", "within")
@@ -135,7 +135,7 @@ _LANE_MASK = b"\xff" * 8 + bytes(8)
 
 
 def mix_lanes(x: int, mask: int) -> int:
-    """page_seed()'s mixing, on every lane of ``x`` at once (``x`` already multiplied by nothing)."""
+    """page_seed()'s mixing, on every lane of ``x`` (the (page, version) pairs xor the key) at once."""
     x = (x * K1) & mask
     x ^= (x >> 29) & mask
     x = (x * K3) & mask
