@@ -14,6 +14,7 @@ included; it asserts nothing.
     .venv/bin/python bench/migration.py            # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
     .venv/bin/python bench/migration.py --only data-plane   # throughput, floors and switchovers only
+    .venv/bin/python bench/migration.py --only throughput   # throughput and the raw socket floor only
     .venv/bin/python bench/migration.py --driver qemu       # real guests (bench/migration_qemu.py)
 
 Live migrations hold their converged switchover for a go, as the operator asks
@@ -50,8 +51,6 @@ MAX_ROUNDS = 30
 STALL_ROUNDS = 3
 #: The data plane's targets (issue 15): unshaped loopback with verification on, shaped share, switchover p99.
 UNSHAPED_TARGET_GIB_S = 2.5
-#: The raw loopback socket rate the unshaped target was set against (measured on a quiet machine).
-QUIET_RAW_GIB_S = 6.0
 SHAPED_TARGET_SHARE = 0.99
 SWITCHOVER_P99_TARGET_MS = 5.0
 CONCURRENT_MIGRATIONS = 8
@@ -285,26 +284,37 @@ while data := conn.recv(64):
 """
 
 
-def raw_socket_floor(total_mib: int = 2048) -> dict[str, float]:
+def raw_socket_floor(total_mib: int = 2048, runs: int = 2) -> dict[str, float]:
     """The loopback socket's own rate here and now: one bare process writes ``total_mib`` MiB in 1 MiB
-    writes to another that reads them into one buffer; no framing, no pages, no checks. Also what each
-    process spent (CPU-s per GiB: the kernel's copy and little else), the floor of an agent's cost."""
-    sink = subprocess.Popen([sys.executable, "-c", _RAW_SINK], stdout=subprocess.PIPE, text=True)
-    try:
-        assert sink.stdout is not None
-        port = sink.stdout.readline().strip()
-        done = subprocess.run([sys.executable, "-c", _RAW_SOURCE, port, str(total_mib * MIB)],
-                              capture_output=True, text=True, timeout=600, check=True)
-        sink_cpu = float(sink.stdout.readline())
-        sink.wait(timeout=60)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    seconds, source_cpu = map(float, done.stdout.split())
-    gib = total_mib / 1024
-    return {"gib_per_s": gib / seconds, "seconds": seconds, "source_cpu_s_per_gib": source_cpu / gib,
-            "target_cpu_s_per_gib": sink_cpu / gib, "load_average": os.getloadavg()[0]}
+    writes to another that reads them into one 1 MiB buffer; no framing, no pages, no checks. Also what
+    each process spent (CPU-s per GiB: the kernel's copy and little else), the floor of an agent's cost.
+    The fastest of ``runs`` runs (a floor is an upper bound: a moment of load elsewhere must not lower it).
+
+    This is the fastest single stream found on these machines: 4 MiB writes and reads, 4 MiB
+    SO_SNDBUF/SO_RCVBUF, sendfile() from a memfd (cache-resident or not), the same loop in C, and two or
+    four connections at once did no better in rate or CPU per GiB (issue 15)."""
+    best: dict[str, float] | None = None
+    for _ in range(runs):
+        sink = subprocess.Popen([sys.executable, "-c", _RAW_SINK], stdout=subprocess.PIPE, text=True)
+        try:
+            assert sink.stdout is not None
+            port = sink.stdout.readline().strip()
+            done = subprocess.run([sys.executable, "-c", _RAW_SOURCE, port, str(total_mib * MIB)],
+                                  capture_output=True, text=True, timeout=600, check=True)
+            sink_cpu = float(sink.stdout.readline())
+            sink.wait(timeout=60)
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait()
+        seconds, source_cpu = map(float, done.stdout.split())
+        gib = total_mib / 1024
+        run = {"gib_per_s": gib / seconds, "seconds": seconds, "source_cpu_s_per_gib": source_cpu / gib,
+               "target_cpu_s_per_gib": sink_cpu / gib, "load_average": os.getloadavg()[0]}
+        if best is None or run["gib_per_s"] > best["gib_per_s"]:
+            best = run
+    assert best is not None
+    return best
 
 
 def raw_round_trip(count: int = 400, idle_seconds: float = 0.01) -> dict[str, float]:
@@ -400,7 +410,7 @@ def print_throughput(rates: list[tuple[str, dict[str, float]]], raw: dict[str, f
         print(f"| {label:<56} | {configured:>10} | {rate['measured_mbps']:10.0f} | {rate['gib_per_s']:6.2f} | "
               f"{share:>7} | {rate['source_cpu_s_per_gib']:12.2f} | {rate['target_cpu_s_per_gib']:12.2f} | "
               f"{rate['load_average']:5.1f} |")
-    print(f"| {'raw loopback socket (two bare processes, 1 MiB writes)':<56} | {'unlimited':>10} | "
+    print(f"| {'raw loopback socket (bare processes, 1 MiB, best of 2)':<56} | {'unlimited':>10} | "
           f"{raw['gib_per_s'] * 2**30 * 8 / 1e6:10.0f} | {raw['gib_per_s']:6.2f} | {'-':>7} | "
           f"{raw['source_cpu_s_per_gib']:12.2f} | {raw['target_cpu_s_per_gib']:12.2f} | {raw['load_average']:5.1f} |")
     print("\nCPU-s/GiB is user + system time of each process over the transfer (load-independent, unlike the "
@@ -409,18 +419,18 @@ def print_throughput(rates: list[tuple[str, dict[str, float]]], raw: dict[str, f
 
 def target_rows(rates: list[tuple[str, dict[str, float]]], raw: dict[str, float],
                 downtimes: list[dict[str, float]]) -> list[tuple[str, str, str, str, str, bool]]:
-    """(figure, measured, floor or bound, ratio, target, met) for each data-plane target."""
+    """(figure, measured, floor or bound, ratio, target, met) for each data-plane target. The unshaped
+    target is absolute (GiB/s): met means measured >= it, nothing scaled; the ratio column gives the
+    measured rate over the raw socket's of the same run."""
     rows: list[tuple[str, str, str, str, str, bool]] = []
-    scaled = UNSHAPED_TARGET_GIB_S / QUIET_RAW_GIB_S
     for label, rate in rates:
         if not rate["configured_mbps"]:
             if "non-zero" not in label:
                 continue
             ratio = rate["gib_per_s"] / raw["gib_per_s"]
             rows.append((f"unshaped GiB/s ({label.split(': ', 1)[1]})", f"{rate['gib_per_s']:.2f}",
-                         f"raw socket {raw['gib_per_s']:.2f}", f"{ratio:.2f}",
-                         f">= {UNSHAPED_TARGET_GIB_S:g} (>= {scaled:.2f} of raw)",
-                         rate["gib_per_s"] >= UNSHAPED_TARGET_GIB_S or ratio >= scaled))
+                         f"raw socket {raw['gib_per_s']:.2f}", f"{ratio:.2f}", f">= {UNSHAPED_TARGET_GIB_S:g}",
+                         rate["gib_per_s"] >= UNSHAPED_TARGET_GIB_S))
             continue
         bound_mbps = min(rate["configured_mbps"], raw["gib_per_s"] * 2**30 * 8 / 1e6)
         above_raw = " > raw socket" if bound_mbps < rate["configured_mbps"] else ""
@@ -455,8 +465,9 @@ async def main() -> int:
                              "(--migrations defaults to 50 there)")
     parser.add_argument("--switchover-wait", type=float, default=SWITCHOVER_WAIT_SECONDS,
                         help="seconds a converged live migration waits for the go (0: no wait)")
-    parser.add_argument("--only", choices=("all", "data-plane"), default="all",
-                        help="data-plane: skip the pre-copy scenarios (throughput, floors and switchovers only)")
+    parser.add_argument("--only", choices=("all", "data-plane", "throughput"), default="all",
+                        help="data-plane: skip the pre-copy scenarios (throughput, floors and switchovers only); "
+                             "throughput: the throughput rows and the raw socket floor only")
     args = parser.parse_args()
     started = time.monotonic()
     if args.driver == "qemu":
@@ -469,9 +480,11 @@ async def main() -> int:
             if args.only == "all":
                 print("scenarios...", file=sys.stderr)
                 rows = await scenario_table(bench, args.repeat)
-            print("downtime series...", file=sys.stderr)
-            downtimes = [await downtime_series(bench, args.migrations),
-                         await downtime_series(bench, args.migrations, CONCURRENT_MIGRATIONS)]
+            downtimes = []
+            if args.only != "throughput":
+                print("downtime series...", file=sys.stderr)
+                downtimes = [await downtime_series(bench, args.migrations),
+                             await downtime_series(bench, args.migrations, CONCURRENT_MIGRATIONS)]
             print("throughput...", file=sys.stderr)
             raw = raw_socket_floor()
             rates = [

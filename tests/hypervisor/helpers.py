@@ -105,12 +105,16 @@ class BreakingProxy:
     rest (e.g. a PAGES frame: the target misses those pages without knowing it).
     ``resolve_port``: tell the source (in the target's WELCOME) to re-dial this port to resolve a broken
     switchover, e.g. a closed one: the source cannot ask the target (a partition).
+    ``corrupt_source_frame``: (type, k, offset): flip one bit of the body byte at ``offset`` (negative:
+    from the end) in the source's k-th frame of that type and forward it (a page damaged on the way).
     """
 
     def __init__(self, target_host: str, target_port: int, *, cut_after_bytes: int | None = None,
                  close_on_source_frame: int | None = None, close_on_target_frame: int | None = None,
-                 drop_source_frame: tuple[int, int] | None = None, resolve_port: int | None = None) -> None:
+                 drop_source_frame: tuple[int, int] | None = None, resolve_port: int | None = None,
+                 corrupt_source_frame: tuple[int, int, int] | None = None) -> None:
         self.target = (target_host, target_port)
+        self.corrupt_source_frame = corrupt_source_frame
         self.resolve_port = resolve_port
         self.drop_source_frame = drop_source_frame
         self.source_frames: dict[int, int] = {}
@@ -158,6 +162,11 @@ class BreakingProxy:
                 self.source_frames[kind] = self.source_frames.get(kind, 0) + 1
                 if self.drop_source_frame == (kind, self.source_frames[kind]):
                     continue
+                if self.corrupt_source_frame is not None and self.corrupt_source_frame[:2] == (
+                        kind, self.source_frames[kind]):
+                    damaged = bytearray(body)
+                    damaged[self.corrupt_source_frame[2]] ^= 0x10
+                    body = bytes(damaged)
                 writer.write(head + body)
                 await writer.drain()
                 self.forwarded += len(head) + len(body)

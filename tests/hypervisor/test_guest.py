@@ -10,15 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmshift.hypervisor.guest import (
+from vmshift.hypervisor.guest import Guest, GuestMemory
+from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
+from vmshift.hypervisor.pages import (
+    BLOCK_PAGES,
     PAGE_SIZE,
     PAGES_PER_MIB,
     CorruptPage,
-    Guest,
-    GuestMemory,
     page_content,
+    page_offset,
+    page_seed,
+    stretches,
 )
-from vmshift.hypervisor.migration.wire import pages_prefix, parse_pages
 from vmshift.hypervisor.protocol import VmDefinition, VmState, WorkloadSpec
 from vmshift.precopy.model import distinct_dirtied_mib
 
@@ -107,6 +110,85 @@ def test_a_corrupt_page_inside_a_run_is_named_and_the_run_changes_nothing(bad: i
     frame[header + bad * PAGE_SIZE + 1234] ^= 0x01
     target.apply(*parse_pages(memoryview(frame)[8:])[1:])
     assert target.digest == source.digest == target.full_digest()
+
+
+def test_a_blocks_pages_at_one_version_lie_back_to_back_and_other_blocks_elsewhere() -> None:
+    """What lets a run of pages cross as one piece and be checked with one comparison: within an aligned
+    block of BLOCK_PAGES pages, page p + 1 at version v starts where page p at v ends; the next block, or
+    another version, starts somewhere else."""
+    key = GuestMemory("vm-blocks", 1).key
+    for version in (1, 2, 9):
+        starts = [page_offset(key, p, version) for p in range(BLOCK_PAGES, 2 * BLOCK_PAGES)]
+        assert starts == [starts[0] + i * PAGE_SIZE for i in range(BLOCK_PAGES)]
+        assert page_offset(key, 2 * BLOCK_PAGES, version) != starts[-1] + PAGE_SIZE
+    assert page_offset(key, BLOCK_PAGES, 1) != page_offset(key, BLOCK_PAGES, 2)
+    assert {page_content(key, p, 0) for p in range(BLOCK_PAGES)} == {bytes(PAGE_SIZE)}
+    contents = {page_content(key, p, 1) for p in range(4 * BLOCK_PAGES)}
+    assert len(contents) == 4 * BLOCK_PAGES, "every page of a run holds its own bytes"
+
+
+def test_stretches_cut_at_version_changes_and_block_ends() -> None:
+    assert stretches(60, array("I", [1] * 10)) == [(0, 4, 1), (4, 6, 1)]
+    assert stretches(0, array("I", [1, 1, 0, 0, 2])) == [(0, 2, 1), (2, 2, 0), (4, 1, 2)]
+    assert stretches(5, array("I")) == []
+    long = stretches(0, array("I", [3] * 1024))
+    assert len(long) == 1024 // BLOCK_PAGES and all(length == BLOCK_PAGES for _at, length, _v in long)
+
+
+@settings(max_examples=80, deadline=None)
+@given(first=st.integers(0, 8 * PAGES_PER_MIB - 1100), versions=st.lists(st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
+                                                                          min_size=1, max_size=1100))
+def test_a_runs_seed_sum_is_the_sum_of_its_page_seeds(first: int, versions: list[int]) -> None:
+    memory = GuestMemory("vm-sum", 8)
+    run = array("I", versions)
+    assert memory.seed_sum(first, run, stretches(first, run)) == sum(
+        page_seed(memory.key, first + i, v) for i, v in enumerate(versions))
+
+
+@pytest.mark.parametrize("pages", [range(0, 1024), range(40, 300), [7, 8, 9, 10, 11]],
+                         ids=["round0-bulk-frame", "unaligned-run", "dirty-run"])
+@pytest.mark.parametrize("where", ["first", "block-start", "block-end", "last"])
+def test_a_run_is_sent_as_stretches_and_a_corrupt_page_in_any_of_them_is_named(
+        pages: range | list[int], where: str) -> None:
+    """Consecutive pages (a bulk frame of round 0, a run not aligned to blocks, consecutive dirty pages) go out
+    as one view per stretch and are checked one stretch at a time; one changed byte in any page, at a block's
+    first or last page too, refuses the frame, names that page, and changes nothing."""
+    source = GuestMemory("vm-stretch", 8)
+    source.prefill(source.pages)
+    source.write_pages(range(100, 140))  # a second version inside the runs
+    target = GuestMemory("vm-stretch", 8)
+    prefix = pages_prefix(0, len(pages))
+    parts = source.frame_parts(pages, prefix)
+    assert len(parts) - 1 <= len(pages) // BLOCK_PAGES + 3, f"{len(pages)} consecutive pages in {len(parts)} parts"
+    frame = bytearray(b"".join(parts))
+    page_list = list(pages)
+    bad = {"first": 0, "block-start": next((i for i, p in enumerate(page_list) if p % BLOCK_PAGES == 0 and i), 1),
+           "block-end": next((i for i, p in enumerate(page_list) if p % BLOCK_PAGES == BLOCK_PAGES - 1), 2),
+           "last": len(page_list) - 1}[where]
+    at = len(prefix) + 8 * len(page_list) + bad * PAGE_SIZE + (PAGE_SIZE - 1 if where == "last" else 17)
+    frame[at] ^= 0x40
+    _round, idx, versions, payload = parse_pages(memoryview(frame)[8:])
+    with pytest.raises(CorruptPage, match=f"page {page_list[bad]} does not hold the bytes of version "
+                                          f"{source.version(page_list[bad])}$"):
+        target.apply(idx, versions, payload)
+    assert target.digest == 0 and not any(target.version(p) for p in page_list), "a refused frame changes nothing"
+    frame[at] ^= 0x40
+    target.apply(*parse_pages(memoryview(frame)[8:])[1:])
+    assert all(target.version(p) == source.version(p) for p in page_list)
+    assert target.digest == target.full_digest()
+
+
+def test_a_run_over_pages_already_there_replaces_them_in_the_digest() -> None:
+    """Round 0 then a run of re-written consecutive pages (a later round): the digest takes the old versions out."""
+    source = GuestMemory("vm-again", 4)
+    source.prefill(source.pages)
+    target = GuestMemory("vm-again", 4)
+    transfer(source, target, range(source.pages))
+    source.take_dirty()
+    source.write_pages(range(200, 520))
+    source.write_pages(range(300, 310))
+    transfer(source, target, sorted(source.take_dirty()))
+    assert target.digest == source.digest == source.full_digest()
 
 
 def test_apply_refuses_pages_beyond_the_guest() -> None:

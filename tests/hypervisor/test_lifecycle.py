@@ -22,7 +22,7 @@ from vmshift.controllers.views import VMEntry
 from vmshift.hypervisor.client import AgentError, HypervisorClient, begin_migration, incoming_vm
 from vmshift.hypervisor.launcher import AgentProcess
 from vmshift.hypervisor.migration.stream import FrameStream, open_stream
-from vmshift.hypervisor.migration.wire import Frame, Hello
+from vmshift.hypervisor.migration.wire import CHUNK_PAGES, Frame, Hello
 from vmshift.hypervisor.protocol import AutoConvergeSettings, IncomingMigrationRequest, MigrationStatus, VmState
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,6 +58,33 @@ async def test_memory_that_arrives_different_fails_as_memory_mismatch(
     await heartbeat_grows(h1, "mismatch")
     assert await vm_state(h2, "mismatch") is None
     assert (await h1.get_vm("mismatch")).state is VmState.Running
+
+
+async def test_a_page_damaged_on_the_way_in_a_run_of_round_0_is_named_and_the_copy_refused(
+        clients: Clients, pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """Round 0 crosses in frames of consecutive pages, each checked a stretch (up to a block) at a time: one bit
+    flipped in the last page of the second frame fails the migration as MemoryMismatch naming that page, the
+    target keeps nothing and the VM runs on at the source. (These agents' 10 Gbit/s links make the frames
+    CHUNK_PAGES long; an unshaped migration's BULK_CHUNK_PAGES frames take the same check.)"""
+    h1, h2 = clients
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, corrupt_source_frame=(Frame.PAGES, 2, -5))
+    port = await proxy.start()
+    try:
+        await running_vm(h1, "damaged", memory_mib=32, prefill=32)
+        await begin_migration(h1, h2, "damaged", "mig-damaged", target_address=("127.0.0.1", port))
+        target = await finished(h2, "mig-damaged")
+        source = await finished(h1, "mig-damaged")
+    finally:
+        await proxy.close()
+    last_page = 2 * CHUNK_PAGES - 1  # the second frame of round 0 ends with this page
+    assert target.failure is not None and target.failure.reason is FailureReason.MemoryMismatch, \
+        target.model_dump_json()
+    assert f"page {last_page} does not hold the bytes of version 1" in target.failure.message, target.failure.message
+    assert source.phase is MigrationPhase.Failed and source.failure is not None, source.model_dump_json()
+    assert source.failure.reason is FailureReason.MemoryMismatch, source.model_dump_json()
+    await heartbeat_grows(h1, "damaged")
+    assert await vm_state(h2, "damaged") is None
+    assert (await h2.host()).reserved.memory_mib == 0
 
 
 async def _hello(h1: HypervisorClient, h2: HypervisorClient, vm_id: str, migration_id: str) -> tuple[FrameStream, int]:

@@ -6,25 +6,41 @@ never stored, they are derived from (VM id, page, version), so any side can rebu
 must contain and check what it received. Versions live in a private anonymous mapping (4 bytes a
 page, touched only where written), so a 64 GiB guest costs the agent megabytes, not gigabytes.
 
-Page contents: version 0 is a zero page; version v > 0 is the 4 KiB window of a fixed
-pseudo-random pattern (the same in every agent) at an offset chosen by the 64-bit word
-``seed(vm, page, v)``. The memory digest is the sum (mod 2^64) of the seeds of every page, kept up
-to date as the workload writes and as migration frames arrive, so comparing two digests costs
-nothing at switchover. A receiver compares every byte of every page it receives with the window
-its (page, version) header names before it applies it.
+What a page holds at a version, the per-page hashes and the byte checks live in ``pages.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import random
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 from vmshift.drivers import io_ceilings
+from vmshift.hypervisor.pages import (
+    BLOCK_SHIFT,
+    IN_BLOCK,
+    K1,
+    K3,
+    M64,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_PER_MIB,
+    PATTERN_VIEW,
+    CorruptPage,
+    Lanes,
+    check_stretches,
+    lane_sum,
+    lane_words,
+    mix_lanes,
+    page_content,
+    page_offset,
+    pages_match,
+    ramp,
+    stretches,
+    vm_key,
+)
 from vmshift.hypervisor.protocol import (
     DiskInfo,
     GuestIoCeilings,
@@ -35,73 +51,12 @@ from vmshift.hypervisor.protocol import (
     WorkloadSpec,
 )
 
-PAGE_SIZE = 4096
-PAGES_PER_MIB = 256
 #: Heartbeat ticks per second of guest run time.
 HEARTBEAT_HZ = 100
 #: A guest starved of CPU for longer than this does not catch up on the writes it missed.
 MAX_CATCH_UP_SECONDS = 0.5
 
-_M64 = (1 << 64) - 1
-_K1 = 0x9E3779B97F4A7C15
-_K3 = 0xBF58476D1CE4E5B9
 _MAX_VERSION = 0xFFFFFFFF
-ZERO_PAGE = bytes(PAGE_SIZE)
-#: Page contents are windows of this pattern: a zero page, then pseudo-random bytes.
-PATTERN_BYTES = 256 * 1024  # small enough to stay in a core's cache
-_PATTERN = ZERO_PAGE + hashlib.shake_256(b"vmshift guest page pattern v1").digest(PATTERN_BYTES + PAGE_SIZE)
-_PATTERN_VIEW = memoryview(_PATTERN)
-_OFFSET_MASK = PATTERN_BYTES - 8
-
-
-class CorruptPage(ValueError):
-    """A received page does not hold the bytes its (page, version) header promises."""
-
-
-def vm_key(vm_id: str) -> int:
-    """The 64-bit key that makes one VM's page contents differ from another's."""
-    return int.from_bytes(hashlib.blake2b(vm_id.encode(), digest_size=8).digest(), "little")
-
-
-def page_seed(key: int, page: int, version: int) -> int:
-    """The 64-bit seed of ``page`` at ``version`` (0 for a never-written page).
-
-    It picks the page's bytes (one of 32768 pattern windows, enough to catch corruption) and is the
-    page's share of the digest (all 64 bits, which is what tells versions apart).
-    """
-    if version == 0:
-        return 0
-    x = (((version << 32) | page) ^ key) * _K1 & _M64
-    x ^= x >> 29
-    x = (x * _K3) & _M64
-    return x ^ (x >> 32)
-
-
-def page_content(key: int, page: int, version: int) -> bytes:
-    """The 4 KiB a page holds at ``version``."""
-    offset = _offset(page_seed(key, page, version))
-    return _PATTERN[offset:offset + PAGE_SIZE]
-
-
-class _Lanes:
-    """Constants for hashing ``count`` pages at once: one 128-bit lane per page in a big integer.
-
-    Each lane holds a 64-bit value in its low half, so multiplying the whole integer by a 64-bit
-    constant never carries into the next lane; masking keeps the low halves. This turns the per-page
-    hash into a handful of C-level operations per frame instead of a Python loop, and the same goes
-    for where each page's bytes lie in the pattern (:func:`_offset` of every lane at once).
-    """
-
-    __slots__ = ("key", "mask", "offset_bits", "page_size")
-
-    def __init__(self, key: int, count: int) -> None:
-        self.mask = int.from_bytes(_LANE_MASK * count, "little")
-        self.key = int.from_bytes((key.to_bytes(8, "little") + bytes(8)) * count, "little")
-        self.offset_bits = int.from_bytes(_OFFSET_MASK.to_bytes(16, "little") * count, "little")
-        self.page_size = int.from_bytes(PAGE_SIZE.to_bytes(16, "little") * count, "little")
-
-
-_LANE_MASK = b"\xff" * 8 + bytes(8)
 
 
 class GuestMemory:
@@ -114,7 +69,7 @@ class GuestMemory:
         self._map = mmap.mmap(-1, max(self.pages * 4, mmap.PAGESIZE),
                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._ver = memoryview(self._map).cast("I")
-        self._lanes: dict[int, _Lanes] = {}
+        self._lanes: dict[int, Lanes] = {}
         self.digest = 0
         #: Pages written since the last take_dirty(); None while nobody tracks them.
         self.dirty: set[int] | None = None
@@ -123,52 +78,70 @@ class GuestMemory:
 
     # -- hashing many pages at once ----------------------------------------------------------------
 
-    def _seed_lanes(self, idx: array[int], versions: array[int]) -> tuple[int, _Lanes]:
-        """The 64-bit hash of each (page, version) pair in its lane (version 0 not special-cased)."""
-        count = len(idx)
+    def _lanes_for(self, count: int) -> Lanes:
         lanes = self._lanes.get(count)
         if lanes is None:
             if len(self._lanes) > 64:  # frames of many sizes (dirty rounds): keep the cache small
                 self._lanes.clear()
-            lanes = self._lanes[count] = _Lanes(self.key, count)
+            lanes = self._lanes[count] = Lanes(self.key, count)
+        return lanes
+
+    def _seed_lanes(self, idx: array[int], versions: array[int]) -> tuple[int, int, Lanes]:
+        """(the 64-bit hash of each (page, version) pair in its lane (version 0 not special-cased), the
+        pairs themselves as lanes (page in the low word, version in the next), the constants)."""
+        count = len(idx)
+        lanes = self._lanes_for(count)
         buf = bytearray(16 * count)
         words = memoryview(buf).cast("I")
         words[0::4] = idx
         words[1::4] = versions
         words.release()
-        mask = lanes.mask
-        x = int.from_bytes(buf, "little") ^ lanes.key
-        x = (x * _K1) & mask
-        x ^= (x >> 29) & mask
-        x = (x * _K3) & mask
-        x ^= (x >> 32) & mask
-        return x, lanes
+        pairs = int.from_bytes(buf, "little")
+        return mix_lanes(pairs ^ lanes.key, lanes.mask), pairs, lanes
 
     def seeds(self, idx: array[int], versions: array[int]) -> list[int]:
-        """page_seed() of each (page, version) pair, computed lane-parallel (see _Lanes)."""
+        """page_seed() of each (page, version) pair, computed lane-parallel (see Lanes)."""
         count = len(idx)
         if count == 0 or not any(versions):
             return [0] * count
-        x, _lanes = self._seed_lanes(idx, versions)
-        seeds: list[int] = _lane_words(x, count, "Q").tolist()
+        x, _pairs, _lanes = self._seed_lanes(idx, versions)
+        seeds: list[int] = lane_words(x, count, "Q").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
                 if not v:
                     seeds[i] = 0
         return seeds
 
+    def seed_sum(self, first: int, versions: array[int], runs: list[tuple[int, int, int]]) -> int:
+        """The sum of page_seed() over the pages ``first``, ``first + 1``, ... at ``versions``, whose
+        :func:`stretches` are ``runs`` (version-0 stretches add nothing), without a Python step per page."""
+        count = len(versions)
+        if count == 0 or not any(versions):
+            return 0
+        x, _pairs, _lanes = self._seed_lanes(ramp(first, count), versions)
+        if all(version for _at, _length, version in runs):
+            return lane_sum(x, count)
+        seeds = lane_words(x, count, "Q")
+        return sum(sum(seeds[at:at + length]) for at, length, version in runs if version)
+
     def _expected(self, idx: array[int], versions: array[int]) -> tuple[int, list[int]]:
-        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`_offset`)."""
+        """(the sum of the pairs' seeds, where in the pattern each page's bytes lie: :func:`page_offset`)."""
         count = len(idx)
         if count == 0 or not any(versions):
-            return 0, [0] * count
-        x, lanes = self._seed_lanes(idx, versions)
-        seeds: list[int] = _lane_words(x, count, "Q").tolist()
-        offsets: list[int] = _lane_words((x & lanes.offset_bits) + lanes.page_size, count, "I").tolist()
+            return 0, [(p & IN_BLOCK) * PAGE_SIZE for p in idx]
+        x, pairs, lanes = self._seed_lanes(idx, versions)
+        seeds: list[int] = lane_words(x, count, "Q").tolist()
+        # window_seed() of each (block, version): the page word shifted down to the block number.
+        page_word = lanes.page_word
+        blocks = (pairs & ~page_word) | (((pairs & page_word) >> BLOCK_SHIFT) & page_word)
+        w = mix_lanes(blocks ^ lanes.window_key, lanes.mask)
+        placed = (w & lanes.offset_bits) + lanes.block_bytes + ((pairs & lanes.within) << PAGE_SHIFT)
+        offsets: list[int] = lane_words(placed, count, "I").tolist()
         if 0 in versions:
             for i, v in enumerate(versions):
                 if not v:
-                    seeds[i] = offsets[i] = 0
+                    seeds[i] = 0
+                    offsets[i] = (idx[i] & IN_BLOCK) * PAGE_SIZE
         return sum(seeds), offsets
 
     # -- reading -------------------------------------------------------------------------------
@@ -188,7 +161,7 @@ class GuestMemory:
         for start in range(0, self.pages, 4096):
             stop = min(start + 4096, self.pages)
             total += sum(self.seeds(array("I", range(start, stop)), array("I", self._ver[start:stop])))
-        return total & _M64
+        return total & M64
 
     # -- writing (the workload) ------------------------------------------------------------------
 
@@ -206,19 +179,19 @@ class GuestMemory:
             old = ver[p]
             v = old + 1 if old < _MAX_VERSION else 1
             ver[p] = v
-            x = (((v << 32) | p) ^ key) * _K1 & _M64
+            x = (((v << 32) | p) ^ key) * K1 & M64
             x ^= x >> 29
-            x = (x * _K3) & _M64
+            x = (x * K3) & M64
             digest += x ^ (x >> 32)
             if old:
-                x = (((old << 32) | p) ^ key) * _K1 & _M64
+                x = (((old << 32) | p) ^ key) * K1 & M64
                 x ^= x >> 29
-                x = (x * _K3) & _M64
+                x = (x * K3) & M64
                 digest -= x ^ (x >> 32)
             if dirty is not None:
                 dirty.add(p)
             count += 1
-        self.digest = digest & _M64
+        self.digest = digest & M64
         self.writes += count
 
     def prefill(self, pages: int) -> None:
@@ -232,7 +205,7 @@ class GuestMemory:
             new = array("I", [v + 1 if v < _MAX_VERSION else 1 for v in old])
             ver[lo:hi] = new
             digest += sum(self.seeds(idx, new)) - sum(self.seeds(idx, old))
-        self.digest = digest & _M64
+        self.digest = digest & M64
 
     def write_random(self, count: int, rng: random.Random, hot_pages: int, hot_fraction: float) -> None:
         """``count`` writes: uniform in pages [0, hot_pages) with probability ``hot_fraction``, else
@@ -273,22 +246,43 @@ class GuestMemory:
     def stop_tracking(self) -> None:
         self.dirty = None
 
+    def _versions_slice(self, lo: int, hi: int) -> array[int]:
+        """The versions of pages [lo, hi), copied at C speed."""
+        out = array("I")
+        out.frombytes(self._ver[lo:hi].cast("B"))
+        return out
+
+    def _versions_of(self, pages: Sequence[int]) -> tuple[array[int], array[int], bool]:
+        """(page indexes, their versions, whether the pages are consecutive: first, first + 1, ...)."""
+        if isinstance(pages, range) and pages.step == 1:
+            return ramp(pages.start, len(pages)), self._versions_slice(pages.start, pages.stop), True
+        idx = array("I", pages)
+        count = len(idx)
+        if count and idx[-1] - idx[0] == count - 1 and idx == ramp(idx[0], count):
+            return idx, self._versions_slice(idx[0], idx[-1] + 1), True
+        ver = self._ver
+        return idx, array("I", [ver[p] for p in pages]), False
+
     def frame_parts(self, pages: Sequence[int], prefix: bytes) -> list[bytes | memoryview]:
         """A PAGES frame as the parts of one scatter-gather write: ``prefix`` + page indexes (u32) +
-        versions (u32) as one small buffer, then each page's bytes as a view of the pattern.
+        versions (u32) as one small buffer, then the pages' bytes as views of the pattern: one view per
+        stretch of consecutive pages (one version, one block: up to 256 KiB), else one per page.
 
-        Nothing of a page is copied here (the kernel copies each window straight into the socket), and
+        Nothing of a page is copied here (the kernel copies each view straight into the socket), and
         nothing large is allocated, so the cost of a frame does not depend on the allocator.
         """
-        idx = array("I", pages)
-        if isinstance(pages, range) and pages.step == 1:
-            versions = array("I", self._ver[pages.start:pages.stop])
-        else:
-            ver = self._ver
-            versions = array("I", [ver[p] for p in pages])
-        _total, offsets = self._expected(idx, versions)
+        idx, versions, consecutive = self._versions_of(pages)
         head = b"".join((prefix, idx.tobytes(), versions.tobytes()))
-        return [head, *map(_PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets)))]
+        if consecutive and len(idx):
+            first = idx[0]
+            key = self.key
+            parts: list[bytes | memoryview] = [head]
+            for at, length, version in stretches(first, versions):
+                offset = page_offset(key, first + at, version)
+                parts.append(PATTERN_VIEW[offset:offset + length * PAGE_SIZE])
+            return parts
+        _total, offsets = self._expected(idx, versions)
+        return [head, *map(PATTERN_VIEW.__getitem__, map(slice, offsets, map(PAGE_SIZE.__add__, offsets)))]
 
     def encode(self, pages: Sequence[int], prefix: bytes) -> bytes:
         """``prefix`` + page indexes (u32) + versions (u32) + the pages' bytes, as one buffer."""
@@ -297,7 +291,10 @@ class GuestMemory:
     def apply(self, idx: array[int], versions: array[int], payload: bytes | memoryview) -> None:
         """Check received pages byte for byte against their (page, version), then store them.
 
-        Raises CorruptPage (and changes nothing) if any page is out of range or holds other bytes.
+        Consecutive pages (round 0's frames, runs of a dirty round) are checked a stretch at a time (one
+        comparison of up to a block, 256 KiB, against the pattern where the stretch's bytes lie), other
+        frames a page at a time. Raises CorruptPage naming the first bad page (and changes nothing) if
+        any page is out of range or holds other bytes.
         """
         count = len(idx)
         if count != len(versions) or len(payload) != count * PAGE_SIZE:
@@ -306,23 +303,29 @@ class GuestMemory:
         if count == 0:
             return
         first, last = idx[0], idx[-1]
-        run = last - first == count - 1 and idx == array("I", range(first, last + 1))
+        run = last - first == count - 1 and idx == ramp(first, count)
         if (last if run else max(idx)) >= self.pages:
             raise CorruptPage(f"page {max(idx)} is beyond the guest's {self.pages} pages")
-        total, offsets = self._expected(idx, versions)
-        if not _matches(offsets, payload):
-            for i, offset in enumerate(offsets):
-                if not _matches([offset], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
-                    raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
         ver = self._ver
         if run:
-            old = array("I", ver[first:last + 1])
+            runs = stretches(first, versions)
+            check_stretches(self.key, first, runs, payload)
+            total = self.seed_sum(first, versions, runs)
+            old = self._versions_slice(first, last + 1)
             ver[first:last + 1] = versions
+            if any(old):
+                total -= self.seed_sum(first, old, stretches(first, old))
         else:
+            total, offsets = self._expected(idx, versions)
+            if not pages_match(offsets, payload):
+                for i, offset in enumerate(offsets):
+                    if not pages_match([offset], payload[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]):
+                        raise CorruptPage(f"page {idx[i]} does not hold the bytes of version {versions[i]}")
             old = array("I", [ver[p] for p in idx])
             for p, v in zip(idx, versions, strict=True):
                 ver[p] = v
-        self.digest = (self.digest + total - sum(self.seeds(idx, old))) & _M64
+            total -= sum(self.seeds(idx, old))
+        self.digest = (self.digest + total) & M64
 
     def release(self) -> None:
         """Give the memory back to the host (the object is unusable afterwards)."""
@@ -331,37 +334,6 @@ class GuestMemory:
             self._map.close()
         except BufferError:  # a view is still alive somewhere; the GC frees the mapping later
             pass
-
-
-def _offset(seed: int) -> int:
-    """Where in the pattern the page with this seed starts (0, the zero page, for seed 0)."""
-    return PAGE_SIZE + (seed & _OFFSET_MASK) if seed else 0
-
-
-def _lane_words(lanes: int, count: int, kind: Literal["I", "Q"]) -> memoryview:
-    """The low word (``kind`` "I": 32 bits, "Q": 64 bits) of each of ``count`` 128-bit lanes."""
-    step = 4 if kind == "I" else 2
-    return memoryview(lanes.to_bytes(16 * count, "little")).cast(kind)[0::step]
-
-
-def _matches(offsets: Sequence[int], payload: bytes | memoryview) -> bool:
-    """True when each 4 KiB page of ``payload`` is the pattern window at its offset (see :func:`_offset`).
-
-    Every byte is compared (memcmp per page against the pattern, where it lies), without building
-    the expected bytes: a megabyte-sized temporary per frame costs page faults on every frame.
-    """
-    view = memoryview(payload)
-    count = len(offsets)
-    if view.nbytes != count * PAGE_SIZE:
-        return False
-    if count > len(_PAGE_SLICES):
-        _PAGE_SLICES.extend(slice(i * PAGE_SIZE, (i + 1) * PAGE_SIZE) for i in range(len(_PAGE_SLICES), count))
-    pages = map(view.__getitem__, _PAGE_SLICES[:count])
-    return all(map(_PATTERN.startswith, pages, offsets))
-
-
-#: Where each page of a run lies in it (made once: a slice per page per frame costs a third of a check).
-_PAGE_SLICES: list[slice] = [slice(i * PAGE_SIZE, (i + 1) * PAGE_SIZE) for i in range(256)]
 
 
 class Guest:

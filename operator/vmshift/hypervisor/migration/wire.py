@@ -1,4 +1,4 @@
-"""The migration stream's wire format, version 1: frames, the typed control messages, page runs.
+"""The migration stream's wire format, version 2: frames, the typed control messages, page runs.
 
 Pure: no I/O (``stream.py`` moves these bytes over a socket). The one place that says what crosses
 a migration connection; both sides encode with :func:`encode` and decode with :func:`decode`, so
@@ -36,8 +36,10 @@ from vmshift.hypervisor.guest import PAGE_SIZE
 from vmshift.hypervisor.protocol import VmState
 
 #: The version of this wire format. Raise it with any change a peer of the previous version would
-#: misread; a listener refuses every other version (see :func:`check_version`).
-PROTOCOL_VERSION = 1
+#: misread; a listener refuses every other version (see :func:`check_version`). Version 2: the bytes a
+#: page holds at a version (guest.page_offset: a block's pages lie back to back), so a version-1 peer
+#: would refuse every page as corrupt.
+PROTOCOL_VERSION = 2
 
 MAGIC = b"VMSHIFT\x01"
 HEADER = struct.Struct("<BBHI")
