@@ -380,7 +380,8 @@ def print_downtime(downtime: dict[str, float]) -> None:
     print(f"\n## Switchover downtime over {downtime['migrations']:.0f} live migrations, "
           f"{downtime['concurrent']:.0f} at a time (16 MiB guests, 10 MiB/s into a 0.1 MiB hot set, 2000 Mbit/s; "
           f"status polled every {downtime['poll_ms']:.0f} ms; load average {downtime['load_average']:.1f})\n")
-    print(f"p50 {downtime['p50_ms']:.2f} ms, p90 {downtime['p90_ms']:.2f} ms, p99 {downtime['p99_ms']:.2f} ms, max {downtime['max_ms']:.2f} ms, "
+    print(f"p50 {downtime['p50_ms']:.2f} ms, p90 {downtime['p90_ms']:.2f} ms, p99 {downtime['p99_ms']:.2f} ms, "
+          f"max {downtime['max_ms']:.2f} ms, "
           f"mean {downtime['mean_ms']:.2f} ms; {100 * downtime['within_5ms']:.1f} % within 5 ms; "
           f"{downtime['failed']:.0f} failed; model transfer part {downtime['model_transfer_ms']:.3f} ms; "
           f"median migration {downtime['median_duration_ms']:.0f} ms.")

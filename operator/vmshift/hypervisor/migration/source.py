@@ -23,6 +23,7 @@ from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import PAGE_SIZE, Guest, GuestMemory
 from vmshift.hypervisor.migration.hold import WAIT_ROUND_SECONDS, SwitchoverHold
 from vmshift.hypervisor.migration.host import MigrationHost
+from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
 from vmshift.hypervisor.migration.wire import (
@@ -34,7 +35,9 @@ from vmshift.hypervisor.migration.wire import (
     ControlMessage,
     Finished,
     Hello,
+    Prepare,
     ProtocolError,
+    Ready,
     Resolve,
     ResolveDecision,
     Resumed,
@@ -56,6 +59,8 @@ Expected = TypeVar("Expected", bound=ControlMessage)
 
 HANDSHAKE_TIMEOUT = 5.0
 RESUMED_TIMEOUT = 10.0
+#: How long the source waits for READY after PREPARE (the guest runs meanwhile) before it gives up.
+READY_TIMEOUT = 10.0
 #: How long the source asks the target after a broken switchover before it reports the migration in doubt.
 IN_DOUBT_AFTER = 10.0
 #: The longest pause between two questions to a target that cannot be asked.
@@ -100,6 +105,7 @@ class SourceMigration:
         self._watchdog: asyncio.TimerHandle | None = None
         self._ending = False
         self._marks: list[tuple[str, float]] = []  # switchover timeline, for the debug log
+        self._gate_hold: GateHold | None = None  # this switchover's hold on the agent's other bulk work
         self.hold = SwitchoverHold(self.record, request.switchover_wait_seconds, request.timeout_seconds)
 
     @property
@@ -157,6 +163,7 @@ class SourceMigration:
             log.exception("migration %s failed unexpectedly", self.migration_id)
             failure = MigrationFailed(FailureReason.TargetLost, f"internal error on the source: {exc!r}")
         self._ending = True
+        self._release_gate()
         if self._watchdog is not None:
             self._watchdog.cancel()
         try:
@@ -215,10 +222,11 @@ class SourceMigration:
                 if isinstance(message, Abort):
                     self._target_abort = message
                 self._inbox.put_nowait(message)
+                if isinstance(message, Ready):
+                    return  # the switchover reads the stream from here on (_switchover)
         except (StreamClosed, OSError, ProtocolError) as exc:
             self._target_gone = str(exc)
-        finally:
-            self._inbox.put_nowait(None)
+        self._inbox.put_nowait(None)
 
     def _check_target(self) -> None:
         if self._target_abort is not None:
@@ -266,6 +274,8 @@ class SourceMigration:
             size = frame_size(len(chunk))
             await self.bucket.consume(size)
             await self.host.egress.consume(size)
+            if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
+                await self.host.switchover_gate.wait()
             self._check_target()
             await stream.send_parts(memory.frame_parts(chunk, prefix))
             sent_bytes += size
@@ -333,6 +343,7 @@ class SourceMigration:
                 continue
             stalled, rung_started = action.stalled, action.rung_started
             if action.kind is ActionKind.SwitchOver:
+                await self._prepare()
                 await self._switchover(quick=False)
                 return
             if action.kind is ActionKind.Throttle:
@@ -391,9 +402,58 @@ class SourceMigration:
         await self._round(0, range(memory.pages), final=True)
         await self._switchover(quick=True, already_halted=True)
 
+    async def _prepare(self) -> None:
+        """Announce the switchover while the guest still runs, when the target offered it: both agents
+        hold their other migrations' bulk work from here to the end of the switchover (``priority``), and
+        READY says the target now waits for the final pages. Without the offer, nothing happens here."""
+        if self.welcome is None or not self.welcome.prepare:
+            return
+        assert self._stream is not None
+        self._gate_hold = self.host.switchover_gate.hold()
+        await self._stream.send_message(Prepare())
+        await self._expect(Ready, READY_TIMEOUT)
+        self._marks.append(("ready", time.monotonic()))
+
+    async def _stop_reader(self) -> None:
+        """Stop reading the target's frames in the background: the switchover reads its answer itself.
+
+        The target sends nothing unasked before RESUMED but ABORT, so the reader is between frames; one
+        it has queued (an abort) is kept for :meth:`_check_target`."""
+        reader = self._reader
+        if reader is None:
+            return
+        self._reader = None
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader})  # (a cancel of this task still raises here)
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, Abort):
+                self._target_abort = item
+
+    async def _read_resumed(self) -> Resumed:
+        """The target's answer to the switchover, read straight off the stream (polled briefly first)."""
+        assert self._stream is not None
+        frame = await read_frame_spinning(self._stream, RESUMED_TIMEOUT, MAX_CONTROL_BYTES)
+        answer = decode(frame.kind, frame.body)
+        if isinstance(answer, Abort):
+            self._target_abort = answer
+            raise failure_from_abort(answer, FailureReason.TargetLost, "the target aborted")
+        if not isinstance(answer, Resumed):
+            raise ProtocolError(f"expected RESUMED, got {answer.kind.name}")
+        return answer
+
     async def _switchover(self, quick: bool, already_halted: bool = False) -> None:
-        """Pause, send the rest with the device state in one write, and learn whether the target resumed."""
+        """Pause, send the rest with the device state in one write, and learn whether the target resumed.
+
+        From the pause to the answer nothing else of this agent's migrations runs: the gate holds their
+        bulk work, the final write goes out without a wait, and the answer is polled for before the
+        event loop sleeps (``priority``)."""
         record = self.record
+        await self._stop_reader()
+        self._check_target()
+        if self._gate_hold is None:
+            self._gate_hold = self.host.switchover_gate.hold()
         record.phase = MigrationPhase.SwitchingOver
         record.touch()
         assert self._stream is not None
@@ -437,8 +497,9 @@ class SourceMigration:
                 assert self._paused_at is not None
                 record.rounds.append(RoundInfo(round=record.round, sent_mib=len(final) / 256,
                                                seconds=round(time.monotonic() - self._paused_at, 6), dirty_mib=0.0))
-            resumed = await self._expect(Resumed, RESUMED_TIMEOUT)
+            resumed = await self._read_resumed()
         except (MigrationFailed, StreamClosed, OSError, ProtocolError) as exc:
+            self._release_gate()
             if self._target_abort is not None:  # the target refused explicitly: it did not resume
                 raise failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted") \
                     from None
@@ -452,6 +513,12 @@ class SourceMigration:
         record.committed = True
         assert self._paused_at is not None
         record.downtime_ms = (time.monotonic() - self._paused_at) * 1000
+        self._release_gate()
+
+    def _release_gate(self) -> None:
+        if self._gate_hold is not None:
+            self._gate_hold.release()
+            self._gate_hold = None
 
     async def _resolve(self, why: str) -> None:
         """Ask the target whether it resumed the guest; return if it did, raise Failure if it says it did not.
