@@ -211,10 +211,14 @@ async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) ->
         # several at once are polled as the operator polls them.
         bench.poll_seconds = 0.02 if concurrent == 1 else POLL_INTERVAL
         share, extra = divmod(migrations, concurrent)
+        cpu_before = cpu_seconds(first.pid) + cpu_seconds(second.pid)
+        series_started = time.monotonic()
         try:
             await asyncio.gather(*(bounce(share + (1 if i < extra else 0)) for i in range(concurrent)))
         finally:
             bench.poll_seconds = 0.02
+        series_seconds = time.monotonic() - series_started
+        agents_cpu = cpu_seconds(first.pid) + cpu_seconds(second.pid) - cpu_before
     bench.stop_all()
     floor = raw_round_trip()
     downtimes.sort()
@@ -228,6 +232,8 @@ async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) ->
             "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": downtimes[-1], "mean_ms": statistics.fmean(downtimes),
             "within_5ms": sum(1 for d in downtimes if d <= 5) / len(downtimes),
             "model_transfer_ms": model.downtime_ms, "median_duration_ms": statistics.median(durations),
+            "agents_cpu_ms_per_migration": agents_cpu * 1000 / max(1, len(downtimes) + failures),
+            "agents_cpu_share": agents_cpu / series_seconds,
             "load_average": os.getloadavg()[0], "raw_rtt_p50_ms": floor["p50_ms"], "raw_rtt_p99_ms": floor["p99_ms"],
             "raw_rtt_load_average": floor["load_average"]}
 
@@ -384,7 +390,9 @@ def print_downtime(downtime: dict[str, float]) -> None:
           f"max {downtime['max_ms']:.2f} ms, "
           f"mean {downtime['mean_ms']:.2f} ms; {100 * downtime['within_5ms']:.1f} % within 5 ms; "
           f"{downtime['failed']:.0f} failed; model transfer part {downtime['model_transfer_ms']:.3f} ms; "
-          f"median migration {downtime['median_duration_ms']:.0f} ms.")
+          f"median migration {downtime['median_duration_ms']:.0f} ms; both agents' CPU "
+          f"{downtime['agents_cpu_ms_per_migration']:.1f} ms per migration "
+          f"({downtime['agents_cpu_share']:.2f} of a core).")
     print(f"Floor, measured right after: one round trip between two bare processes over loopback TCP p50 "
           f"{downtime['raw_rtt_p50_ms']:.2f} ms, p99 {downtime['raw_rtt_p99_ms']:.2f} ms (load average "
           f"{downtime['raw_rtt_load_average']:.1f}); a switchover is one such round trip plus the agents' work.")

@@ -159,7 +159,8 @@ class TargetMigration:
         record = self._begin(stream, hello)
         try:
             try:
-                await self._welcome(stream, Welcome(resolve_port=self.host.migration_port, prepare=True))
+                welcome = Welcome(resolve_port=self.host.migration_port, prepare=True)
+                await self._welcome(stream, welcome)
                 switchover = await self._receive(stream)
             except asyncio.CancelledError:
                 raise self._interrupted() from None
