@@ -29,9 +29,9 @@ from vmshift.hypervisor.migration.wire import (
     Abort,
     Frame,
     Hello,
-    Prepare,
+    PrepareSwitchover,
     ProtocolError,
-    Ready,
+    ReadyForSwitchover,
     Resumed,
     Switchover,
     Welcome,
@@ -94,17 +94,17 @@ async def test_the_garbage_collector_waits_while_the_gate_is_held_and_its_state_
 async def test_poll_frame_takes_a_frame_only_once_all_of_it_arrived_and_consumes_nothing_before() -> None:
     left, right = socket.socketpair()
     reader = FrameStream(right)
-    frames = encode(Ready()) + encode(Resumed(digest="00ff", heartbeat=7))
+    frames = encode(ReadyForSwitchover()) + encode(Resumed(digest="00ff", heartbeat=7))
     assert reader.poll_frame(MAX_PAGES_BODY) is None
     left.sendall(frames[:5])  # part of a header
     await asyncio.sleep(0.01)
     assert reader.poll_frame(MAX_PAGES_BODY) is None
-    left.sendall(frames[5:len(encode(Ready())) + 10])  # the first frame and part of the second
+    left.sendall(frames[5:len(encode(ReadyForSwitchover())) + 10])  # the first frame and part of the second
     await asyncio.sleep(0.01)
     first = reader.poll_frame(MAX_PAGES_BODY)
     assert first is not None and first.kind == Frame.READY
     assert reader.poll_frame(MAX_PAGES_BODY) is None
-    left.sendall(frames[len(encode(Ready())) + 10:])
+    left.sendall(frames[len(encode(ReadyForSwitchover())) + 10:])
     second = await reader.read_frame(1.0, MAX_PAGES_BODY)  # the ordinary read goes on where the poll stopped
     assert decode(second.kind, second.body) == Resumed(digest="00ff", heartbeat=7)
     left.sendall(bytes([99, 0, 0, 0, 0, 0, 0, 0]))
@@ -118,7 +118,7 @@ async def test_poll_frame_takes_a_frame_only_once_all_of_it_arrived_and_consumes
 async def test_the_spinning_read_takes_what_arrived_and_awaits_what_comes_after_the_spin() -> None:
     left, right = socket.socketpair()
     reader = FrameStream(right)
-    left.sendall(encode(Ready()))
+    left.sendall(encode(ReadyForSwitchover()))
     await asyncio.sleep(0.01)
     assert (await read_frame_spinning(reader, 1.0, MAX_PAGES_BODY, spin_seconds=0.001)).kind == Frame.READY
     asyncio.get_running_loop().call_later(0.05, left.sendall, encode(Resumed()))
@@ -213,7 +213,7 @@ async def test_the_source_announces_its_switchover_holds_its_agent_from_prepare_
 
     async def target(stream: FrameStream, host: FakeHost, source: SourceMigration) -> None:
         states.append(("prepare", host.switchover_gate.closed, source.guest.state))
-        await stream.send_message(Ready())
+        await stream.send_message(ReadyForSwitchover())
         while (frame := await stream.read_frame(5.0, MAX_PAGES_BODY)).kind != Frame.SWITCHOVER:
             assert frame.kind == Frame.PAGES and frame.flags
         switchover = decode(frame.kind, frame.body)
@@ -256,7 +256,7 @@ async def test_a_cancel_while_the_source_waits_for_ready_leaves_the_guest_runnin
 async def test_a_target_that_aborts_instead_of_resuming_leaves_the_guest_running_on_its_source(
         listener: socket.socket) -> None:
     async def target(stream: FrameStream, host: FakeHost, source: SourceMigration) -> None:
-        await stream.send_message(Ready())
+        await stream.send_message(ReadyForSwitchover())
         while (await stream.read_frame(5.0, MAX_PAGES_BODY)).kind != Frame.SWITCHOVER:
             pass
         await stream.send_message(Abort(reason=FailureReason.MemoryMismatch.value, message="digest mismatch"))
@@ -340,7 +340,7 @@ async def test_the_target_answers_prepare_holds_its_agent_until_resumed_and_othe
     source_memory = GuestMemory("v-a", 1)
     source_memory.prefill(source_memory.pages)
     await to_switching.send_parts(source_memory.frame_parts(range(256), pages_prefix(0, 256)))
-    await to_switching.send_message(Prepare())
+    await to_switching.send_message(PrepareSwitchover())
     ready = await to_switching.read_frame(5.0, MAX_PAGES_BODY)
     assert ready.kind == Frame.READY and host.switchover_gate.closed
 

@@ -25,6 +25,7 @@ from vmshift.hypervisor.migration.hold import WAIT_ROUND_SECONDS, SwitchoverHold
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
+from vmshift.hypervisor.migration.resolve import resolve_with_target
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
 from vmshift.hypervisor.migration.wire import (
     BULK_CHUNK_PAGES,
@@ -35,11 +36,9 @@ from vmshift.hypervisor.migration.wire import (
     ControlMessage,
     Finished,
     Hello,
-    Prepare,
+    PrepareSwitchover,
     ProtocolError,
-    Ready,
-    Resolve,
-    ResolveDecision,
+    ReadyForSwitchover,
     Resumed,
     RoundEnd,
     Switchover,
@@ -59,8 +58,6 @@ Expected = TypeVar("Expected", bound=ControlMessage)
 
 HANDSHAKE_TIMEOUT = 5.0
 RESUMED_TIMEOUT = 10.0
-#: How long the source waits for READY after PREPARE (the guest runs meanwhile) before it gives up.
-READY_TIMEOUT = 10.0
 #: How long the source asks the target after a broken switchover before it reports the migration in doubt.
 IN_DOUBT_AFTER = 10.0
 #: The longest pause between two questions to a target that cannot be asked.
@@ -222,7 +219,7 @@ class SourceMigration:
                 if isinstance(message, Abort):
                     self._target_abort = message
                 self._inbox.put_nowait(message)
-                if isinstance(message, Ready):
+                if isinstance(message, ReadyForSwitchover):
                     return  # the switchover reads the stream from here on (_switchover)
         except (StreamClosed, OSError, ProtocolError) as exc:
             self._target_gone = str(exc)
@@ -403,22 +400,18 @@ class SourceMigration:
         await self._switchover(quick=True, already_halted=True)
 
     async def _prepare(self) -> None:
-        """Announce the switchover while the guest still runs, when the target offered it: both agents
-        hold their other migrations' bulk work from here to the end of the switchover (``priority``), and
-        READY says the target now waits for the final pages. Without the offer, nothing happens here."""
+        """Announce the switchover, the guest still running, if the target offered it: both agents hold their
+        other migrations' bulk work from here to the answer (``priority``); READY: the target waits for it."""
         if self.welcome is None or not self.welcome.prepare:
             return
         assert self._stream is not None
         self._gate_hold = self.host.switchover_gate.hold()
-        await self._stream.send_message(Prepare())
-        await self._expect(Ready, READY_TIMEOUT)
-        self._marks.append(("ready", time.monotonic()))
+        await self._stream.send_message(PrepareSwitchover())
+        await self._expect(ReadyForSwitchover, HANDSHAKE_TIMEOUT)
 
     async def _stop_reader(self) -> None:
-        """Stop reading the target's frames in the background: the switchover reads its answer itself.
-
-        The target sends nothing unasked before RESUMED but ABORT, so the reader is between frames; one
-        it has queued (an abort) is kept for :meth:`_check_target`."""
+        """Stop the background reader (between frames: the target sends nothing unasked but ABORT, which is
+        kept): the switchover reads its answer itself."""
         reader = self._reader
         if reader is None:
             return
@@ -437,18 +430,14 @@ class SourceMigration:
         frame = await read_frame_spinning(self._stream, RESUMED_TIMEOUT, MAX_CONTROL_BYTES)
         answer = decode(frame.kind, frame.body)
         if isinstance(answer, Abort):
-            self._target_abort = answer
-            raise failure_from_abort(answer, FailureReason.TargetLost, "the target aborted")
+            self._target_abort = answer  # (the caller's failure)
         if not isinstance(answer, Resumed):
             raise ProtocolError(f"expected RESUMED, got {answer.kind.name}")
         return answer
 
     async def _switchover(self, quick: bool, already_halted: bool = False) -> None:
         """Pause, send the rest with the device state in one write, and learn whether the target resumed.
-
-        From the pause to the answer nothing else of this agent's migrations runs: the gate holds their
-        bulk work, the final write goes out without a wait, and the answer is polled for before the
-        event loop sleeps (``priority``)."""
+        Until the answer the gate holds the agent's other bulk work and the answer is polled for (``priority``)."""
         record = self.record
         await self._stop_reader()
         self._check_target()
@@ -608,36 +597,3 @@ class SourceMigration:
                 await self._reader
         if self._stream is not None:
             self._stream.close()
-
-async def resolve_with_target(host: str, port: int, migration_id: str, token: str,
-                              give_up_after: float = 60.0) -> bool | None:
-    """Ask the target whether it resumed the guest: True or False as it states, None when it cannot be
-    asked within ``give_up_after`` seconds (refused connections and silence prove nothing: a partition
-    looks the same as a dead host). A target that does not know the migration has restarted since,
-    with whatever it ran: the guest cannot run there (False)."""
-    deadline = time.monotonic() + give_up_after
-    delay = 0.05
-    while True:
-        try:
-            stream = await open_stream(host, port, within=2.0)
-        except (OSError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                log.warning("migration %s: cannot reach the target for %.0f s (%s)", migration_id, give_up_after,
-                            exc)
-                return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            continue
-        try:
-            await stream.send_message(Resolve(migration_id=migration_id, resolve_token=token))
-            frame = await stream.read_frame(10.0, MAX_CONTROL_BYTES)
-            answer = decode(frame.kind, frame.body)
-            if isinstance(answer, ResolveDecision):
-                return answer.known and answer.resumed
-        except (StreamClosed, OSError, ProtocolError):
-            pass
-        finally:
-            stream.close()
-        if time.monotonic() > deadline:
-            return None
-        await asyncio.sleep(delay)

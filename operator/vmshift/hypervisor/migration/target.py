@@ -33,9 +33,9 @@ from vmshift.hypervisor.migration.wire import (
     Finished,
     Frame,
     Hello,
-    Prepare,
+    PrepareSwitchover,
     ProtocolError,
-    Ready,
+    ReadyForSwitchover,
     Resolve,
     ResolveDecision,
     Resumed,
@@ -240,10 +240,10 @@ class TargetMigration:
                     record.rounds.append(RoundInfo(round=message.round, sent_mib=message.pages / 256,
                                                    seconds=message.seconds, dirty_mib=record.remaining_pages / 256))
                     record.touch()
-                elif isinstance(message, Prepare):
+                elif isinstance(message, PrepareSwitchover):
                     if self._gate_hold is None:
                         self._gate_hold = self.host.switchover_gate.hold()
-                    await stream.send_message(Ready())
+                    await stream.send_message(ReadyForSwitchover())
                 elif isinstance(message, Switchover):
                     return message
                 elif isinstance(message, Abort):

@@ -156,7 +156,7 @@ class Switchover(ControlMessage):
                                    "shared volume the source saved the guest's state to; the target restores it.")
 
 
-class Prepare(ControlMessage):
+class PrepareSwitchover(ControlMessage):
     """Source → target, the guest still running: the switchover comes next; make room for it (hold the
     target's other bulk work, read this stream at once) and answer READY. Only sent to a target whose
     WELCOME offered ``prepare``."""
@@ -164,8 +164,8 @@ class Prepare(ControlMessage):
     kind: ClassVar[Frame] = Frame.PREPARE
 
 
-class Ready(ControlMessage):
-    """Target → source, the answer to :class:`Prepare`: the target waits for the final pages now."""
+class ReadyForSwitchover(ControlMessage):
+    """Target → source, the answer to :class:`PrepareSwitchover`: the target waits for the final pages now."""
 
     kind: ClassVar[Frame] = Frame.READY
 
@@ -219,8 +219,8 @@ class ResolveDecision(ControlMessage):
 
 
 MESSAGES: dict[Frame, type[ControlMessage]] = {
-    m.kind: m for m in (Hello, Welcome, RoundEnd, Switchover, Prepare, Ready, Resumed, Abort, Finished, Resolve,
-                        ResolveDecision)
+    m.kind: m for m in (Hello, Welcome, RoundEnd, Switchover, PrepareSwitchover, ReadyForSwitchover, Resumed, Abort,
+                        Finished, Resolve, ResolveDecision)
 }
 
 
