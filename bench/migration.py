@@ -206,6 +206,8 @@ async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) ->
                     holder, other = other, holder
                 else:
                     failures += 1
+                    said = f"{status.failure.reason.value}: {status.failure.message}" if status.failure else "-"
+                    print(f"  migration {status.migration_id} failed: {said}", file=sys.stderr)
 
         # Eight guests polled every 20 ms would be 400 status requests a second that no deployment makes:
         # several at once are polled as the operator polls them.
