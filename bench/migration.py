@@ -14,6 +14,7 @@ included; it asserts nothing.
     .venv/bin/python bench/migration.py            # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
     .venv/bin/python bench/migration.py --only data-plane   # throughput, floors and switchovers only
+    .venv/bin/python bench/migration.py --only downtime --concurrent 8   # the switchover series alone
     .venv/bin/python bench/migration.py --driver qemu       # real guests (bench/migration_qemu.py)
 
 Live migrations hold their converged switchover for a go, as the operator asks

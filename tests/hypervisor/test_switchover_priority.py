@@ -171,11 +171,11 @@ async def listener() -> AsyncIterator[socket.socket]:
     server.close()
 
 
-async def run_source(listener: socket.socket, script: Script, offer_prepare: bool = True) -> tuple[
-        SourceMigration, FakeHost, list[Frame]]:
+async def run_source(listener: socket.socket, script: Script, offer_prepare: bool = True,
+                     egress_mbps: float = 0) -> tuple[SourceMigration, FakeHost, list[Frame]]:
     """A source migration of a 1 MiB idle guest to a scripted target that answers WELCOME, reads up to the
     source's PREPARE, then runs ``script``; (the migration once over, its host, the frames the target read)."""
-    host = FakeHost()
+    host = FakeHost(egress=TokenBucket.mbps(egress_mbps))
     guest = Guest("v-1", VmDefinition(name="v-1", cpus=1, memory_mib=1))
     guest.start(frozenset())
     port = listener.getsockname()[1]
@@ -228,6 +228,26 @@ async def test_the_source_announces_its_switchover_holds_its_agent_from_prepare_
     assert source.record.phase is MigrationPhase.Succeeded and source.record.committed
     assert host.released == ["v-1"] and source.record.downtime_ms is not None
     assert not host.switchover_gate.closed and gc.isenabled()
+
+
+async def test_the_final_pages_take_the_whole_link_not_the_share_the_others_left_this_migration(
+        listener: socket.socket) -> None:
+    """Eight migrations share a 2000 Mbit/s link, so each is shaped to a share; at the switchover the others' bulk
+    waits at the gate, so what this one still owes its share drains at the link's rate, not the share's."""
+    share = 1_000_000.0  # bytes per second
+    owed = 512 * 1024  # half a second at the share, 2 ms at the link
+
+    async def target(stream: FrameStream, host: FakeHost, source: SourceMigration) -> None:
+        source.bucket.set_rate(share)
+        source.bucket.reserve(source.bucket.tokens + owed)  # its last round went out just now
+        await stream.send_message(ReadyForSwitchover())
+        while (await stream.read_frame(5.0, MAX_PAGES_BODY)).kind != Frame.SWITCHOVER:
+            pass
+        await stream.send_message(Resumed())
+
+    source, _host, _seen = await run_source(listener, target, egress_mbps=2000)
+    assert source.record.phase is MigrationPhase.Succeeded and source.record.downtime_ms is not None
+    assert source.record.downtime_ms < 200, f"the final pages waited {source.record.downtime_ms:.0f} ms for the share"
 
 
 async def test_a_target_that_does_not_offer_prepare_gets_the_switchover_without_it(listener: socket.socket) -> None:

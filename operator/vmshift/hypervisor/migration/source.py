@@ -466,8 +466,10 @@ class SourceMigration:
             parts += self.memory.frame_parts(chunk, pages_prefix(record.round + 1, len(chunk), FLAG_FINAL))
         pages_bytes = sum(map(len, parts))
         parts.append(switchover)
-        # The final pages keep to this migration's own rate (the model's transfer part of the downtime)
-        # but take priority on the host's link: the guest is paused, other migrations' bulk waits.
+        # The final pages take the whole link within this migration's cap (the gate holds the others' bulk:
+        # its share's debt drains at the link's rate), the model's transfer part of the downtime.
+        cap = mbps_to_bytes_per_second(self.bandwidth_mbps) if self.bandwidth_mbps > 0 else math.inf
+        self.bucket.set_rate(min(cap, self.host.egress.rate))
         await self.bucket.consume(pages_bytes)
         self.host.egress.charge(pages_bytes)
         self._check_target()
@@ -506,8 +508,7 @@ class SourceMigration:
 
     def _release_gate(self) -> None:
         if self._gate_hold is not None:
-            self._gate_hold.release()
-            self._gate_hold = None
+            self._gate_hold.release()  # (idempotent)
 
     async def _resolve(self, why: str) -> None:
         """Ask the target whether it resumed the guest; return if it did, raise Failure if it says it did not.
