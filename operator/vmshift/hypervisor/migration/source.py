@@ -219,11 +219,10 @@ class SourceMigration:
                 if isinstance(message, Abort):
                     self._target_abort = message
                 self._inbox.put_nowait(message)
-                if isinstance(message, ReadyForSwitchover):
-                    return  # the switchover reads the stream from here on (_switchover)
         except (StreamClosed, OSError, ProtocolError) as exc:
             self._target_gone = str(exc)
-        self._inbox.put_nowait(None)
+        finally:
+            self._inbox.put_nowait(None)
 
     def _check_target(self) -> None:
         if self._target_abort is not None:
@@ -405,9 +404,10 @@ class SourceMigration:
         if self.welcome is None or not self.welcome.prepare:
             return
         assert self._stream is not None
+        await self._stop_reader()
         self._gate_hold = self.host.switchover_gate.hold()
         await self._stream.send_message(PrepareSwitchover())
-        await self._expect(ReadyForSwitchover, HANDSHAKE_TIMEOUT)
+        await self._answer(ReadyForSwitchover, HANDSHAKE_TIMEOUT)
 
     async def _stop_reader(self) -> None:
         """Stop the background reader (between frames: the target sends nothing unasked but ABORT, which is
@@ -424,15 +424,15 @@ class SourceMigration:
             if isinstance(item, Abort):
                 self._target_abort = item
 
-    async def _read_resumed(self) -> Resumed:
-        """The target's answer to the switchover, read straight off the stream (polled briefly first)."""
+    async def _answer(self, kind: type[Expected], within: float) -> Expected:
+        """The target's next frame, read straight off the stream (polled briefly first): ``kind``, or a failure."""
         assert self._stream is not None
-        frame = await read_frame_spinning(self._stream, RESUMED_TIMEOUT, MAX_CONTROL_BYTES)
+        frame = await read_frame_spinning(self._stream, within, MAX_CONTROL_BYTES)
         answer = decode(frame.kind, frame.body)
         if isinstance(answer, Abort):
-            self._target_abort = answer  # (the caller's failure)
-        if not isinstance(answer, Resumed):
-            raise ProtocolError(f"expected RESUMED, got {answer.kind.name}")
+            self._target_abort = answer  # (the failure's reason)
+        if not isinstance(answer, kind):
+            raise ProtocolError(f"expected {kind.kind.name}, got {answer.kind.name}")
         return answer
 
     async def _switchover(self, quick: bool, already_halted: bool = False) -> None:
@@ -488,7 +488,7 @@ class SourceMigration:
                 assert self._paused_at is not None
                 record.rounds.append(RoundInfo(round=record.round, sent_mib=len(final) / 256,
                                                seconds=round(time.monotonic() - self._paused_at, 6), dirty_mib=0.0))
-            resumed = await self._read_resumed()
+            resumed = await self._answer(Resumed, RESUMED_TIMEOUT)
         except (MigrationFailed, StreamClosed, OSError, ProtocolError) as exc:
             self._release_gate()
             if self._target_abort is not None:  # the target refused explicitly: it did not resume
