@@ -18,10 +18,11 @@ import pytest
 from tests.hypervisor.helpers import poll
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import Guest, GuestMemory
+from vmshift.hypervisor.migration import priority
 from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.priority import SwitchoverGate, read_frame_spinning
 from vmshift.hypervisor.migration.source import SourceMigration
-from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed
+from vmshift.hypervisor.migration.stream import FrameStream, Received, StreamClosed
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.wire import (
     MAGIC,
@@ -123,6 +124,29 @@ async def test_the_spinning_read_takes_what_arrived_and_awaits_what_comes_after_
     assert (await read_frame_spinning(reader, 1.0, MAX_PAGES_BODY, spin_seconds=0.001)).kind == Frame.READY
     asyncio.get_running_loop().call_later(0.05, left.sendall, encode(Resumed()))
     assert (await read_frame_spinning(reader, 1.0, MAX_PAGES_BODY, spin_seconds=0.001)).kind == Frame.RESUMED
+    left.close()
+    reader.close()
+
+
+async def test_the_spin_stops_at_once_when_another_process_had_the_cpu_between_two_polls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy host the spin would only spend CPU time the scheduler then makes the agent wait for."""
+    left, right = socket.socketpair()
+    reader = FrameStream(right)
+    polls = 0
+    real_poll = reader.poll_frame
+
+    def counted(max_body: int) -> Received | None:
+        nonlocal polls
+        polls += 1
+        return real_poll(max_body)
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(reader, "poll_frame", counted)
+    monkeypatch.setattr(priority.time, "perf_counter", lambda: next(clock) * 0.001)  # 1 ms between two looks
+    asyncio.get_running_loop().call_later(0.05, left.sendall, encode(Resumed()))
+    assert (await read_frame_spinning(reader, 1.0, MAX_PAGES_BODY, spin_seconds=10.0)).kind == Frame.RESUMED
+    assert polls == 1, "the spin went on after another process had the CPU"
     left.close()
     reader.close()
 

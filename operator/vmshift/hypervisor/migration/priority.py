@@ -33,6 +33,9 @@ from vmshift.hypervisor.migration.stream import FrameStream, Received
 LEASE_SECONDS = 0.1
 #: How long a switchover polls its socket for the frame it waits for before it sleeps on the event loop.
 SPIN_SECONDS = 0.002
+#: A gap this long between two polls means another process had this CPU: the spin stops at once (on a busy
+#: host it would only spend the CPU time the scheduler then makes the agent wait for).
+PREEMPTED_SECONDS = 0.0002
 
 
 class GateHold:
@@ -89,13 +92,17 @@ class SwitchoverGate:
 
 async def read_frame_spinning(stream: FrameStream, within: float, max_body: int,
                               spin_seconds: float = SPIN_SECONDS) -> Received:
-    """The stream's next frame: polled for up to ``spin_seconds`` without giving up the thread, then
-    awaited on the event loop (StreamClosed when nothing comes within ``within`` seconds)."""
-    deadline = time.perf_counter() + spin_seconds
+    """The stream's next frame: polled for up to ``spin_seconds`` while this CPU is free (the spin yields it
+    between polls and stops once another process took it), then awaited on the event loop (StreamClosed when
+    nothing comes within ``within`` seconds)."""
+    last = time.perf_counter()
+    deadline = last + spin_seconds
     while True:
         frame = stream.poll_frame(max_body)
         if frame is not None:
             return frame
-        if time.perf_counter() >= deadline:
+        now = time.perf_counter()
+        if now >= deadline or now - last > PREEMPTED_SECONDS:
             return await stream.read_frame(within, max_body)
+        last = now
         os.sched_yield()
