@@ -15,6 +15,7 @@ included; it asserts nothing.
     .venv/bin/python bench/migration.py --migrations 50 --repeat 1   # a quicker look
     .venv/bin/python bench/migration.py --only data-plane   # throughput, floors and switchovers only
     .venv/bin/python bench/migration.py --only throughput   # throughput and the raw socket floor only
+    .venv/bin/python bench/migration.py --only downtime --concurrent 8   # the switchover series alone
     .venv/bin/python bench/migration.py --driver qemu       # real guests (bench/migration_qemu.py)
 
 Live migrations hold their converged switchover for a go, as the operator asks
@@ -205,15 +206,21 @@ async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) ->
                     holder, other = other, holder
                 else:
                     failures += 1
+                    said = f"{status.failure.reason.value}: {status.failure.message}" if status.failure else "-"
+                    print(f"  migration {status.migration_id} failed: {said}", file=sys.stderr)
 
         # Eight guests polled every 20 ms would be 400 status requests a second that no deployment makes:
         # several at once are polled as the operator polls them.
         bench.poll_seconds = 0.02 if concurrent == 1 else POLL_INTERVAL
         share, extra = divmod(migrations, concurrent)
+        cpu_before = cpu_seconds(first.pid) + cpu_seconds(second.pid)
+        series_started = time.monotonic()
         try:
             await asyncio.gather(*(bounce(share + (1 if i < extra else 0)) for i in range(concurrent)))
         finally:
             bench.poll_seconds = 0.02
+        series_seconds = time.monotonic() - series_started
+        agents_cpu = cpu_seconds(first.pid) + cpu_seconds(second.pid) - cpu_before
     bench.stop_all()
     floor = raw_round_trip()
     downtimes.sort()
@@ -224,9 +231,11 @@ async def downtime_series(bench: Bench, migrations: int, concurrent: int = 1) ->
 
     return {"migrations": len(downtimes), "concurrent": concurrent,
             "poll_ms": 20.0 if concurrent == 1 else POLL_INTERVAL * 1000, "failed": failures, "p50_ms": pct(50),
-            "p99_ms": pct(99), "max_ms": downtimes[-1], "mean_ms": statistics.fmean(downtimes),
+            "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": downtimes[-1], "mean_ms": statistics.fmean(downtimes),
             "within_5ms": sum(1 for d in downtimes if d <= 5) / len(downtimes),
             "model_transfer_ms": model.downtime_ms, "median_duration_ms": statistics.median(durations),
+            "agents_cpu_ms_per_migration": agents_cpu * 1000 / max(1, len(downtimes) + failures),
+            "agents_cpu_share": agents_cpu / series_seconds,
             "load_average": os.getloadavg()[0], "raw_rtt_p50_ms": floor["p50_ms"], "raw_rtt_p99_ms": floor["p99_ms"],
             "raw_rtt_load_average": floor["load_average"]}
 
@@ -390,10 +399,13 @@ def print_downtime(downtime: dict[str, float]) -> None:
     print(f"\n## Switchover downtime over {downtime['migrations']:.0f} live migrations, "
           f"{downtime['concurrent']:.0f} at a time (16 MiB guests, 10 MiB/s into a 0.1 MiB hot set, 2000 Mbit/s; "
           f"status polled every {downtime['poll_ms']:.0f} ms; load average {downtime['load_average']:.1f})\n")
-    print(f"p50 {downtime['p50_ms']:.2f} ms, p99 {downtime['p99_ms']:.2f} ms, max {downtime['max_ms']:.2f} ms, "
+    print(f"p50 {downtime['p50_ms']:.2f} ms, p90 {downtime['p90_ms']:.2f} ms, p99 {downtime['p99_ms']:.2f} ms, "
+          f"max {downtime['max_ms']:.2f} ms, "
           f"mean {downtime['mean_ms']:.2f} ms; {100 * downtime['within_5ms']:.1f} % within 5 ms; "
           f"{downtime['failed']:.0f} failed; model transfer part {downtime['model_transfer_ms']:.3f} ms; "
-          f"median migration {downtime['median_duration_ms']:.0f} ms.")
+          f"median migration {downtime['median_duration_ms']:.0f} ms; both agents' CPU "
+          f"{downtime['agents_cpu_ms_per_migration']:.1f} ms per migration "
+          f"({downtime['agents_cpu_share']:.2f} of a core).")
     print(f"Floor, measured right after: one round trip between two bare processes over loopback TCP p50 "
           f"{downtime['raw_rtt_p50_ms']:.2f} ms, p99 {downtime['raw_rtt_p99_ms']:.2f} ms (load average "
           f"{downtime['raw_rtt_load_average']:.1f}); a switchover is one such round trip plus the agents' work.")
@@ -465,13 +477,18 @@ async def main() -> int:
                              "(--migrations defaults to 50 there)")
     parser.add_argument("--switchover-wait", type=float, default=SWITCHOVER_WAIT_SECONDS,
                         help="seconds a converged live migration waits for the go (0: no wait)")
-    parser.add_argument("--only", choices=("all", "data-plane", "throughput"), default="all",
+    parser.add_argument("--only", choices=("all", "data-plane", "throughput", "downtime"), default="all",
                         help="data-plane: skip the pre-copy scenarios (throughput, floors and switchovers only); "
-                             "throughput: the throughput rows and the raw socket floor only")
+                             "throughput: the throughput rows and the raw socket floor only; "
+                             "downtime: the switchover series only")
+    parser.add_argument("--concurrent", type=int, nargs="+", default=[1, CONCURRENT_MIGRATIONS],
+                        help="with --only downtime: migrations in flight at once, one series each (default 1 8)")
     args = parser.parse_args()
     started = time.monotonic()
     if args.driver == "qemu":
         return await qemu_main(args)
+    if args.only == "downtime":
+        return await downtime_main(args)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="vmshift-bench-") as tmp:
         bench = Bench(Path(tmp))
@@ -506,6 +523,25 @@ async def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"scenarios": [asdict(r) for r in rows], "downtime": downtimes,
                                          "raw_socket": raw, "throughput": dict(rates)}, indent=2))
+    return 0
+
+
+async def downtime_main(args: argparse.Namespace) -> int:
+    """The switchover series alone (``--only downtime``): one per ``--concurrent`` count, each beside its floor."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vmshift-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.switchover_wait = args.switchover_wait
+        try:
+            downtimes = [await downtime_series(bench, args.migrations, n) for n in args.concurrent]
+        finally:
+            bench.stop_all()
+    for downtime in downtimes:
+        print_downtime(downtime)
+    print_targets(target_rows([], {}, downtimes))
+    print(f"\n(bench ran {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end)")
+    if args.json:
+        args.json.write_text(json.dumps({"downtime": downtimes}, indent=2))
     return 0
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from vmshift.hypervisor.client import AgentError, HypervisorClient
+from vmshift.hypervisor.migration.wire import Frame
 from vmshift.hypervisor.protocol import MigrationStatus, VmDefinition, VmInfo, VmState, WorkloadSpec
 
 T = TypeVar("T")
@@ -99,12 +100,12 @@ class BreakingProxy:
     ``cut_after_bytes``: close both sides once that many bytes went source -> target.
     ``close_on_source_frame``: close both sides, without forwarding it, when the source sends a frame
     of this type (e.g. SWITCHOVER: the source is left in doubt, the target never heard it).
-    ``close_on_target_frame``: close both sides, without forwarding it, when the target sends its
-    frame number k (1: WELCOME, 2: RESUMED), so the source never hears it.
+    ``close_on_target_frame``: close both sides, without forwarding it, when the target sends a frame of
+    this type (e.g. RESUMED), so the source never hears it; ``target_kinds``: the types the target sent.
     ``drop_source_frame``: (type, k): silently drop the source's k-th frame of that type and forward the
     rest (e.g. a PAGES frame: the target misses those pages without knowing it).
-    ``resolve_port``: tell the source (in the target's WELCOME) to re-dial this port to resolve a broken
-    switchover, e.g. a closed one: the source cannot ask the target (a partition).
+    ``resolve_port``: tell the source (in the target's WELCOME, the rest of it kept) to re-dial this port to
+    resolve a broken switchover, e.g. a closed one: the source cannot ask the target (a partition).
     ``corrupt_source_frame``: (type, k, offset): flip one bit of the body byte at ``offset`` (negative:
     from the end) in the source's k-th frame of that type and forward it (a page damaged on the way).
     """
@@ -122,7 +123,7 @@ class BreakingProxy:
         self.close_on_source_frame = close_on_source_frame
         self.close_on_target_frame = close_on_target_frame
         self.forwarded = 0
-        self.target_frames = 0
+        self.target_kinds: list[int] = []
         self.broken = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -183,11 +184,12 @@ class BreakingProxy:
                 body = await reader.readexactly(_HEADER.unpack(head)[3])
             except (asyncio.IncompleteReadError, ConnectionError):
                 break
-            self.target_frames += 1
-            if self.close_on_target_frame == self.target_frames:
+            kind = _HEADER.unpack(head)[0]
+            self.target_kinds.append(kind)
+            if kind == self.close_on_target_frame:
                 break
-            if self.target_frames == 1 and self.resolve_port is not None:  # WELCOME
-                body = json.dumps({"resolvePort": self.resolve_port}).encode()
+            if kind == Frame.WELCOME and self.resolve_port is not None:
+                body = json.dumps({**json.loads(body), "resolvePort": self.resolve_port}).encode()
                 head = _HEADER.pack(*_HEADER.unpack(head)[:3], len(body))
             writer.write(head + body)
             await writer.drain()

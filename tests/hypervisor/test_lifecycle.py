@@ -190,7 +190,8 @@ async def test_a_switchover_in_doubt_never_resumes_the_source_while_the_target_r
     The source must keep its copy paused and report the migration in doubt, not resume it (two running
     copies); once told what the target said, it releases its copy."""
     h1, h2 = clients
-    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=2, resolve_port=_closed_port())
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=Frame.RESUMED,
+                          resolve_port=_closed_port())
     port = await proxy.start()
     try:
         await running_vm(h1, "doubt-resumed", memory_mib=32, dirty=5, working_set=1, prefill=32)
@@ -247,7 +248,8 @@ async def test_the_operator_settles_a_switchover_in_doubt_with_the_targets_word(
     """The source cannot reach the target, the operator can: it asks the target (which had resumed) and
     passes its word on; the source releases its paused copy."""
     h1, h2 = clients
-    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=2, resolve_port=_closed_port())
+    proxy = BreakingProxy("127.0.0.1", pair[1].migration_port, close_on_target_frame=Frame.RESUMED,
+                          resolve_port=_closed_port())
     port = await proxy.start()
     try:
         await running_vm(h1, "settled", memory_mib=32, dirty=5, working_set=1, prefill=32)

@@ -19,6 +19,7 @@ from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.hardware import SensorState
 from vmshift.hypervisor.hostconfig import ApiError, HostConfig
+from vmshift.hypervisor.migration.priority import SwitchoverGate
 from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.tickets import TicketIssuer
@@ -99,6 +100,7 @@ class HypervisorHost:
         # them together, so its burst is large enough never to delay a single stream's switchover.
         self.ingress = TokenBucket.mbps(config.bandwidth_mbps, burst_seconds=0.05)
         self.migration_port = 0
+        self.switchover_gate = SwitchoverGate()
         self._ticker: asyncio.Task[None] | None = None
         #: VMs that migrated away, oldest first, with when (monotonic): bounded by prune_tombstones.
         self._tombstones: OrderedDict[str, float] = OrderedDict()

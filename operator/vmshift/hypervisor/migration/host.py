@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from vmshift.hypervisor.guest import Guest
+from vmshift.hypervisor.migration.priority import SwitchoverGate
 from vmshift.hypervisor.protocol import VmState
 from vmshift.hypervisor.ratelimit import TokenBucket
 
@@ -23,6 +24,8 @@ class MigrationHost(Protocol):
     egress: TokenBucket
     ingress: TokenBucket
     migration_port: int
+    #: Closed while a switchover of this agent's is in its critical section: other migrations' bulk waits.
+    switchover_gate: SwitchoverGate
 
     def release_source_vm(self, guest: Guest) -> None: ...
 

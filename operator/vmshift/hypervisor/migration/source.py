@@ -23,7 +23,9 @@ from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import PAGE_SIZE, Guest, GuestMemory
 from vmshift.hypervisor.migration.hold import WAIT_ROUND_SECONDS, SwitchoverHold
 from vmshift.hypervisor.migration.host import MigrationHost
+from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
+from vmshift.hypervisor.migration.resolve import resolve_with_target
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
 from vmshift.hypervisor.migration.wire import (
     BULK_CHUNK_PAGES,
@@ -34,9 +36,9 @@ from vmshift.hypervisor.migration.wire import (
     ControlMessage,
     Finished,
     Hello,
+    PrepareSwitchover,
     ProtocolError,
-    Resolve,
-    ResolveDecision,
+    ReadyForSwitchover,
     Resumed,
     RoundEnd,
     Switchover,
@@ -100,6 +102,7 @@ class SourceMigration:
         self._watchdog: asyncio.TimerHandle | None = None
         self._ending = False
         self._marks: list[tuple[str, float]] = []  # switchover timeline, for the debug log
+        self._gate_hold: GateHold | None = None  # this switchover's hold on the agent's other bulk work
         self.hold = SwitchoverHold(self.record, request.switchover_wait_seconds, request.timeout_seconds)
 
     @property
@@ -157,6 +160,7 @@ class SourceMigration:
             log.exception("migration %s failed unexpectedly", self.migration_id)
             failure = MigrationFailed(FailureReason.TargetLost, f"internal error on the source: {exc!r}")
         self._ending = True
+        self._release_gate()
         if self._watchdog is not None:
             self._watchdog.cancel()
         try:
@@ -266,6 +270,8 @@ class SourceMigration:
             size = frame_size(len(chunk))
             await self.bucket.consume(size)
             await self.host.egress.consume(size)
+            if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
+                await self.host.switchover_gate.wait()
             self._check_target()
             await stream.send_parts(memory.frame_parts(chunk, prefix))
             sent_bytes += size
@@ -333,6 +339,7 @@ class SourceMigration:
                 continue
             stalled, rung_started = action.stalled, action.rung_started
             if action.kind is ActionKind.SwitchOver:
+                await self._prepare()
                 await self._switchover(quick=False)
                 return
             if action.kind is ActionKind.Throttle:
@@ -391,9 +398,51 @@ class SourceMigration:
         await self._round(0, range(memory.pages), final=True)
         await self._switchover(quick=True, already_halted=True)
 
+    async def _prepare(self) -> None:
+        """Announce the switchover, the guest still running, if the target offered it: both agents hold their
+        other migrations' bulk work from here to the answer (``priority``); READY: the target waits for it."""
+        if self.welcome is None or not self.welcome.prepare:
+            return
+        assert self._stream is not None
+        await self._stop_reader()
+        self._gate_hold = self.host.switchover_gate.hold()
+        await self._stream.send_message(PrepareSwitchover())
+        await self._answer(ReadyForSwitchover, HANDSHAKE_TIMEOUT)
+
+    async def _stop_reader(self) -> None:
+        """Stop the background reader (between frames: the target sends nothing unasked but ABORT, which is
+        kept): the switchover reads its answer itself."""
+        reader = self._reader
+        if reader is None:
+            return
+        self._reader = None
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader})  # (a cancel of this task still raises here)
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, Abort):
+                self._target_abort = item
+
+    async def _answer(self, kind: type[Expected], within: float) -> Expected:
+        """The target's next frame, read straight off the stream (polled briefly first): ``kind``, or a failure."""
+        assert self._stream is not None
+        frame = await read_frame_spinning(self._stream, within, MAX_CONTROL_BYTES)
+        answer = decode(frame.kind, frame.body)
+        if isinstance(answer, Abort):
+            self._target_abort = answer  # (the failure's reason)
+        if not isinstance(answer, kind):
+            raise ProtocolError(f"expected {kind.kind.name}, got {answer.kind.name}")
+        return answer
+
     async def _switchover(self, quick: bool, already_halted: bool = False) -> None:
-        """Pause, send the rest with the device state in one write, and learn whether the target resumed."""
+        """Pause, send the rest with the device state in one write, and learn whether the target resumed.
+        Until the answer the gate holds the agent's other bulk work and the answer is polled for (``priority``)."""
         record = self.record
+        await self._stop_reader()
+        self._check_target()
+        if self._gate_hold is None:
+            self._gate_hold = self.host.switchover_gate.hold()
         record.phase = MigrationPhase.SwitchingOver
         record.touch()
         assert self._stream is not None
@@ -417,8 +466,10 @@ class SourceMigration:
             parts += self.memory.frame_parts(chunk, pages_prefix(record.round + 1, len(chunk), FLAG_FINAL))
         pages_bytes = sum(map(len, parts))
         parts.append(switchover)
-        # The final pages keep to this migration's own rate (the model's transfer part of the downtime)
-        # but take priority on the host's link: the guest is paused, other migrations' bulk waits.
+        # The final pages take the whole link within this migration's cap (the gate holds the others' bulk:
+        # its share's debt drains at the link's rate), the model's transfer part of the downtime.
+        cap = mbps_to_bytes_per_second(self.bandwidth_mbps) if self.bandwidth_mbps > 0 else math.inf
+        self.bucket.set_rate(min(cap, self.host.egress.rate))
         await self.bucket.consume(pages_bytes)
         self.host.egress.charge(pages_bytes)
         self._check_target()
@@ -437,8 +488,9 @@ class SourceMigration:
                 assert self._paused_at is not None
                 record.rounds.append(RoundInfo(round=record.round, sent_mib=len(final) / 256,
                                                seconds=round(time.monotonic() - self._paused_at, 6), dirty_mib=0.0))
-            resumed = await self._expect(Resumed, RESUMED_TIMEOUT)
+            resumed = await self._answer(Resumed, RESUMED_TIMEOUT)
         except (MigrationFailed, StreamClosed, OSError, ProtocolError) as exc:
+            self._release_gate()
             if self._target_abort is not None:  # the target refused explicitly: it did not resume
                 raise failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted") \
                     from None
@@ -452,6 +504,11 @@ class SourceMigration:
         record.committed = True
         assert self._paused_at is not None
         record.downtime_ms = (time.monotonic() - self._paused_at) * 1000
+        self._release_gate()
+
+    def _release_gate(self) -> None:
+        if self._gate_hold is not None:
+            self._gate_hold.release()  # (idempotent)
 
     async def _resolve(self, why: str) -> None:
         """Ask the target whether it resumed the guest; return if it did, raise Failure if it says it did not.
@@ -541,36 +598,3 @@ class SourceMigration:
                 await self._reader
         if self._stream is not None:
             self._stream.close()
-
-async def resolve_with_target(host: str, port: int, migration_id: str, token: str,
-                              give_up_after: float = 60.0) -> bool | None:
-    """Ask the target whether it resumed the guest: True or False as it states, None when it cannot be
-    asked within ``give_up_after`` seconds (refused connections and silence prove nothing: a partition
-    looks the same as a dead host). A target that does not know the migration has restarted since,
-    with whatever it ran: the guest cannot run there (False)."""
-    deadline = time.monotonic() + give_up_after
-    delay = 0.05
-    while True:
-        try:
-            stream = await open_stream(host, port, within=2.0)
-        except (OSError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                log.warning("migration %s: cannot reach the target for %.0f s (%s)", migration_id, give_up_after,
-                            exc)
-                return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            continue
-        try:
-            await stream.send_message(Resolve(migration_id=migration_id, resolve_token=token))
-            frame = await stream.read_frame(10.0, MAX_CONTROL_BYTES)
-            answer = decode(frame.kind, frame.body)
-            if isinstance(answer, ResolveDecision):
-                return answer.known and answer.resumed
-        except (StreamClosed, OSError, ProtocolError):
-            pass
-        finally:
-            stream.close()
-        if time.monotonic() > deadline:
-            return None
-        await asyncio.sleep(delay)

@@ -216,6 +216,26 @@ class FrameStream:
         body = await self.read_exactly(length, within)
         return Received(kind, flags, body)
 
+    def poll_frame(self, max_body: int) -> Received | None:
+        """The next frame if the kernel holds all of it now, else None and nothing consumed (never waits)."""
+        if self._end - self._start < HEADER.size:
+            self._make_room(HEADER.size)
+            if not self._recv_now(HEADER.size):
+                return None
+        kind, flags, _reserved, length = HEADER.unpack_from(self._buf, self._start)
+        if kind not in Frame._value2member_map_:
+            raise ProtocolError(f"unknown frame type {kind}")
+        if length > max_body:
+            raise ProtocolError(f"frame of type {Frame(kind).name} is {length} bytes, more than {max_body}")
+        whole = HEADER.size + length
+        if self._end - self._start < whole:
+            self._make_room(whole)
+            if not self._recv_now(whole):
+                return None
+        body = self._view[self._start + HEADER.size:self._start + whole]
+        self._start += whole
+        return Received(kind, flags, body)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -19,6 +19,7 @@ import time
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.hypervisor.guest import CorruptPage, Guest, GuestMemory
 from vmshift.hypervisor.migration.host import MigrationHost
+from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed
 from vmshift.hypervisor.migration.tickets import TicketIssuer
@@ -32,7 +33,9 @@ from vmshift.hypervisor.migration.wire import (
     Finished,
     Frame,
     Hello,
+    PrepareSwitchover,
     ProtocolError,
+    ReadyForSwitchover,
     Resolve,
     ResolveDecision,
     Resumed,
@@ -71,6 +74,7 @@ class TargetMigration:
         self.task: asyncio.Task[None] | None = None
         self._cancel: MigrationFailed | None = None
         self._final_at: float | None = None
+        self._gate_hold: GateHold | None = None  # held from PREPARE to RESUMED: the switchover goes first
         self._marks: list[tuple[str, float]] = []
         self._expiry = asyncio.get_running_loop().call_later(expires_in, self._expire)
 
@@ -155,22 +159,29 @@ class TargetMigration:
         record = self._begin(stream, hello)
         try:
             try:
-                await self._welcome(stream, Welcome(resolve_port=self.host.migration_port))
+                welcome = Welcome(resolve_port=self.host.migration_port, prepare=True)
+                await self._welcome(stream, welcome)
                 switchover = await self._receive(stream)
             except asyncio.CancelledError:
                 raise self._interrupted() from None
             self._switchover(switchover)  # no await in there: the guest resumes or the copy is refused
         except MigrationFailed as failure:
+            self._release_gate()
             await self._fail(stream, failure)
             return
         except Exception as exc:  # a bug must not keep the reservation (or the copy) forever
+            self._release_gate()
             log.exception("incoming migration %s failed unexpectedly", self.migration_id)
             if not self.committed:
                 self._discard(MigrationFailed(FailureReason.SourceLost, f"internal error on the target: {exc!r}; the "
                                       "partial VM was discarded"))
             return
         with contextlib.suppress(StreamClosed, OSError, ProtocolError, TimeoutError):
-            await stream.send_message(Resumed(digest=record.target_digest, heartbeat=self.guest.heartbeat))
+            try:
+                await stream.send_message(Resumed(digest=record.target_digest, heartbeat=self.guest.heartbeat))
+            finally:
+                self._release_gate()
+            self._marks.append(("resumed sent", time.monotonic()))
             log.info("VM %s arrived by migration %s and is %s", self.guest.vm_id, self.migration_id,
                      self.guest.state.value)
             frame = await stream.read_frame(5.0, MAX_CONTROL_BYTES)
@@ -188,7 +199,10 @@ class TargetMigration:
         round_bytes = 0
         try:
             while True:
-                frame = await stream.read_frame(IDLE_TIMEOUT, MAX_PAGES_BODY)
+                if self._gate_hold is None:
+                    frame = await stream.read_frame(IDLE_TIMEOUT, MAX_PAGES_BODY)
+                else:  # prepared: the final pages come next, take them the moment they arrive
+                    frame = await read_frame_spinning(stream, IDLE_TIMEOUT, MAX_PAGES_BODY)
                 if frame.kind == Frame.PAGES:
                     size = len(frame.body)
                     round_index, idx, versions, payload = parse_pages(frame.body)
@@ -196,6 +210,8 @@ class TargetMigration:
                         self._final_at = time.monotonic()
                         if record.mode is MigrationMode.Live:
                             record.phase = MigrationPhase.SwitchingOver
+                    if self._final_at is None and self._gate_hold is None and self.host.switchover_gate.closed:
+                        await self.host.switchover_gate.wait()  # another migration's guest is paused: it goes first
                     memory.apply(idx, versions, payload)
                     if round_index != record.round:
                         record.round = round_index
@@ -224,6 +240,10 @@ class TargetMigration:
                     record.rounds.append(RoundInfo(round=message.round, sent_mib=message.pages / 256,
                                                    seconds=message.seconds, dirty_mib=record.remaining_pages / 256))
                     record.touch()
+                elif isinstance(message, PrepareSwitchover):
+                    if self._gate_hold is None:
+                        self._gate_hold = self.host.switchover_gate.hold()
+                    await stream.send_message(ReadyForSwitchover())
                 elif isinstance(message, Switchover):
                     return message
                 elif isinstance(message, Abort):
@@ -242,6 +262,11 @@ class TargetMigration:
             raise MigrationFailed(FailureReason.SourceLost,
                           f"the source broke the migration protocol ({exc}); the partial VM was discarded") \
                 from None
+
+    def _release_gate(self) -> None:
+        if self._gate_hold is not None:
+            self._gate_hold.release()
+            self._gate_hold = None
 
     def _switchover(self, switchover: Switchover) -> None:
         """Verify the memory and resume the guest here (the commit point), or raise MigrationFailed."""
@@ -262,6 +287,7 @@ class TargetMigration:
             self.guest.drivers = list(switchover.drivers)
         state = VmState.Saved if switchover.resume_state is VmState.Saved else VmState.Running
         self.host.activate_incoming(self.guest, state)
+        self._marks.append(("activated", time.monotonic()))
         record.committed = True
         record.remaining_pages = 0
         record.finish(MigrationPhase.Succeeded)

@@ -65,6 +65,8 @@ class Frame(IntEnum):
     PAGES = 3
     ROUND_END = 4
     SWITCHOVER = 5
+    PREPARE = 6
+    READY = 7
     RESUMED = 8
     ABORT = 9
     FINISHED = 10
@@ -123,6 +125,8 @@ class Welcome(ControlMessage):
     qemu_port: int | None = Field(None, ge=1, le=65535, description="QEMU driver, live: the port the target's "
                                   "incoming QEMU listens on (on the host the source dialled); the source's QEMU "
                                   "sends the guest there.")
+    prepare: bool = Field(False, description="The target answers PREPARE with READY: the source may announce "
+                          "its switchover before it pauses the guest (a target that does not say so is not asked).")
 
 
 class RoundEnd(ControlMessage):
@@ -152,6 +156,20 @@ class Switchover(ControlMessage):
     mode: MigrationMode | None = Field(None, description="The mode used (Live turns Quick on fallback).")
     state_file: str | None = Field(None, max_length=4096, description="QEMU driver, quick: the file on the "
                                    "shared volume the source saved the guest's state to; the target restores it.")
+
+
+class PrepareSwitchover(ControlMessage):
+    """Source → target, the guest still running: the switchover comes next; make room for it (hold the
+    target's other bulk work, read this stream at once) and answer READY. Only sent to a target whose
+    WELCOME offered ``prepare``."""
+
+    kind: ClassVar[Frame] = Frame.PREPARE
+
+
+class ReadyForSwitchover(ControlMessage):
+    """Target → source, the answer to :class:`PrepareSwitchover`: the target waits for the final pages now."""
+
+    kind: ClassVar[Frame] = Frame.READY
 
 
 class Resumed(ControlMessage):
@@ -203,7 +221,8 @@ class ResolveDecision(ControlMessage):
 
 
 MESSAGES: dict[Frame, type[ControlMessage]] = {
-    m.kind: m for m in (Hello, Welcome, RoundEnd, Switchover, Resumed, Abort, Finished, Resolve, ResolveDecision)
+    m.kind: m for m in (Hello, Welcome, RoundEnd, Switchover, PrepareSwitchover, ReadyForSwitchover, Resumed, Abort,
+                        Finished, Resolve, ResolveDecision)
 }
 
 
