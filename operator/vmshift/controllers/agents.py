@@ -13,6 +13,7 @@ so a host does not flap on one lost request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from vmshift.controllers.tokens import operator_namespace
 from vmshift.controllers.views import AgentFacts
 from vmshift.hypervisor.client import AgentError, HypervisorClient, clean, shared_pool
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
+
+log = logging.getLogger("vmshift.agents")
 
 #: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
 FAILURES_TO_UNREACHABLE = 3
@@ -151,6 +154,10 @@ class AgentDirectory:
         self.facts_version = 0
         self._where: dict[str, set[str]] = {}
         self._sync_checked_at = 0.0
+        #: Whether a sync check passed once in this process (logged the first time).
+        self.synced_once = False
+        #: When the first and the last link were made (monotonic), for the log line of the first sync.
+        self._linked = (float("inf"), 0.0)
 
     async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
         """The link to ``host``'s agent, (re)built when its endpoint or token changed."""
@@ -167,6 +174,8 @@ class AgentDirectory:
                 await current.client.close()
             client = HypervisorClient(endpoint, token, session=self._pool())
             current = AgentLink(host=host, endpoint=endpoint, token=token, client=client)
+            now = time.monotonic()
+            self._linked = (min(self._linked[0], now), now)
             self._links[host] = current
             self._set_facts(host, current.facts())
         return current
@@ -251,6 +260,11 @@ class AgentDirectory:
                 if time.monotonic() > deadline:
                     return False
                 await asyncio.sleep(0.2)
+            if not self.synced_once:
+                self.synced_once = True
+                log.info("every agent has answered or is unreachable (%d hosts; the first link was made %.1f s "
+                         "before, the last %.1f s before)", len(self._links),
+                         time.monotonic() - self._linked[0], time.monotonic() - self._linked[1])
             return True
         finally:
             self._sync_checked_at = time.monotonic()

@@ -7,12 +7,12 @@ into a :class:`~vmshift.scheduling.fleet.Fleet`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from vmshift import timestamps
@@ -177,7 +177,7 @@ def _vm_phase(value: Any) -> VirtualMachinePhase | None:
 
 
 #: Parsed ``status.processor`` values by their JSON text, shared by every VM that shows the same one.
-_processors: dict[str, GuestProcessor | None] = {}
+_processors: dict[bytes, GuestProcessor | None] = {}
 #: Distinct values kept before the table starts again (a fleet has a few per CPU model and selector).
 PROCESSOR_TABLE_LIMIT = 4096
 
@@ -189,7 +189,7 @@ def _guest_processor(value: Any) -> GuestProcessor | None:
     Callers never change the parsed model."""
     if not value:
         return None
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     try:
         return _processors[text]
     except KeyError:

@@ -9,11 +9,11 @@ gathers the inputs and applies these.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from vmshift import limits
@@ -262,10 +262,10 @@ def fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a reconcile reads from a VM's body, timestamps aside (pure). The labels, annotations and
     status go in as a digest: one is kept per VM (10,000 statuses as text were ~20 MiB)."""
     meta = body.get("metadata") or {}
-    text = json.dumps([meta.get("labels"), meta.get("annotations"), cond.without_timestamps(body.get("status") or {})],
-                      sort_keys=True, default=str)
+    parts = [meta.get("labels"), meta.get("annotations"), cond.without_timestamps(body.get("status") or {})]
+    text = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
-            hashlib.blake2b(text.encode(), digest_size=16).digest())
+            hashlib.blake2b(text, digest_size=16).digest())
 
 
 def failed_start_status(previous: Mapping[str, Any], generation: int, message: str) -> dict[str, Any]:
