@@ -107,6 +107,12 @@ def app(world: World) -> web.Application:
     async def get_host(request: web.Request) -> web.Response:
         return web.json_response(world.host_info(host_of(request)))
 
+    @routes.get("/{host}/v1/report")
+    async def report(request: web.Request) -> web.Response:
+        host = host_of(request)
+        return web.json_response({"host": world.host_info(host),
+                                  "vms": [vm.model_dump(mode="json", by_alias=True) for vm in host.vms.values()]})
+
     @routes.get("/{host}/v1/vms")
     async def list_vms(request: web.Request) -> web.Response:
         return dump(VmList(vms=list(host_of(request).vms.values())))

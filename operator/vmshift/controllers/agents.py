@@ -92,6 +92,8 @@ class AgentLink:
     reachable: bool = False
     last_error: str = ""
     boot_id: str | None = None
+    #: Whether the agent answers ``GET /v1/report`` (an agent of an earlier release answers 404).
+    combined: bool = True
 
     def facts(self) -> AgentFacts:
         if self.info is None:
@@ -215,8 +217,7 @@ class AgentDirectory:
     async def poll(self, link: AgentLink) -> bool:
         """Ask the agent for its host info and VMs; update reachability. True if it answered."""
         try:
-            info = await link.client.host()
-            vms = await link.client.list_vms()
+            info, vms = await self._report(link)
         except AgentError as exc:  # AgentUnreachableError included
             link.failures += 1
             link.successes = 0
@@ -237,6 +238,19 @@ class AgentDirectory:
         link.boot_id = info.boot_id
         self._set_facts(link.host, link.facts())
         return True
+
+    @staticmethod
+    async def _report(link: AgentLink) -> tuple[HostInfo, list[VmInfo]]:
+        """The host and its VMs: one call (``GET /v1/report``), or two to an agent older than it."""
+        if link.combined:
+            try:
+                report = await link.client.report()
+                return report.host, report.vms
+            except AgentError as exc:
+                if exc.status != 404:
+                    raise
+                link.combined = False  # an agent of an earlier release: ask it as it understands
+        return await link.client.host(), await link.client.list_vms()
 
     async def wait_synced(self, hosts: Callable[[], Iterable[str]], patience: float = 15.0) -> bool:
         """Wait until every host's agent has answered once or been declared unreachable.
