@@ -485,7 +485,7 @@ def main() -> int:
         if fake is not None:
             fake.kill()
         plane.down()
-        if args.keep_log is not None:
+        if args.keep_log is not None and stack.operator_log.exists():
             shutil.copyfile(stack.operator_log, args.keep_log)
         shutil.rmtree(plane.dir, ignore_errors=True)
 

@@ -158,6 +158,8 @@ class AgentDirectory:
         self._sync_checked_at = 0.0
         #: Whether a sync check passed once in this process (logged the first time).
         self.synced_once = False
+        #: The operator's namespace, where agent tokens are read (looked up at the first token read).
+        self._namespace: str | None = None
         #: When the first and the last link were made (monotonic), for the log line of the first sync.
         self._linked = (float("inf"), 0.0)
 
@@ -185,7 +187,9 @@ class AgentDirectory:
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
         """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call).
         At a start every Host's supervisor asks at once: the ones sharing a Secret share one read of it."""
-        namespace, name, key = token_secret(host, ref, operator_namespace())
+        if self._namespace is None:  # read once: 1,000 Hosts asked it (an environment and a file look-up) each
+            self._namespace = operator_namespace()
+        namespace, name, key = token_secret(host, ref, self._namespace)
         cached = self._tokens.get((namespace, name, key))
         if cached is None or time.monotonic() - cached[0] >= TOKEN_TTL:
             ref_key = (namespace, name, key)
