@@ -181,3 +181,43 @@ async def test_a_supervisor_started_after_the_first_round_does_not_ask_again(mon
         assert supervisor.next_poll == pytest.approx(answered.reported_at + rt.poll_interval)
     finally:
         runtime.reset_runtime()
+
+
+async def test_a_host_deleted_while_the_first_round_asks_it_leaves_no_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No supervisor will ever run for it, and a link left behind would be asked by every live look for
+    a guest: an agent gone with its Host would make every VM's location unknown."""
+    import asyncio
+
+    from vmshift.controllers import agents, indexes, runtime
+
+    runtime.reset_runtime()
+    monkeypatch.setitem(hosts._seen, "gone", {"metadata": {"name": "gone"}, "spec": {"agent": {"endpoint": "x"}}})
+    monkeypatch.setattr(indexes, "host_names", lambda: ["gone"])
+    monkeypatch.setattr(indexes.HOSTS, "synced", asyncio.Event())
+    indexes.HOSTS.synced.set()
+    forgotten: list[str] = []
+
+    async def link(self: agents.AgentDirectory, host: str, spec: Any) -> Any:
+        return host
+
+    async def poll(self: agents.AgentDirectory, link: Any) -> bool:
+        hosts._seen.pop(link, None)  # the Host's DELETED event came while its agent was asked
+        return True
+
+    async def forget(self: agents.AgentDirectory, host: str) -> None:
+        forgotten.append(host)
+
+    monkeypatch.setattr(agents.AgentDirectory, "link", link)
+    monkeypatch.setattr(agents.AgentDirectory, "poll", poll)
+    monkeypatch.setattr(agents.AgentDirectory, "forget", forget)
+    task = asyncio.ensure_future(hostsupervisor.first_round())
+    try:
+        for _ in range(100):
+            if forgotten:
+                break
+            await asyncio.sleep(0.01)
+        assert forgotten == ["gone"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        runtime.reset_runtime()

@@ -211,6 +211,10 @@ async def first_round() -> None:
             except AgentConfigError:
                 return
             await rt.agents.poll(link)
+        if hosts.last_seen(name) is None and name not in rt.host_wakers:
+            # Deleted meanwhile, with no supervisor to forget its link: a link left behind would be asked
+            # by every live look for a guest (live_locate) and, unanswered, make every location unknown.
+            await rt.agents.forget(name)
 
     await asyncio.gather(*(ask(name) for name in list(indexes.host_names())))
     await asyncio.Event().wait()
