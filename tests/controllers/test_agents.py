@@ -263,3 +263,27 @@ async def test_the_report_is_what_host_and_vms_answer(healthy: AgentProcess) -> 
         host, vms = await client.host(), await client.list_vms()
     assert report.host.name == host.name == "pool-healthy" and report.host.boot_id == host.boot_id
     assert report.vms == vms
+
+
+async def test_polls_of_one_agent_at_the_same_time_share_one_request(
+        healthy: AgentProcess, secrets_read: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart Kopf starts 1,000 Host supervisors at once while the first round asks the same
+    agents: each agent is asked once, and every caller gets its answer."""
+    directory = AgentDirectory()
+    ref = {"tokenSecretRef": {"name": "t", "namespace": SYSTEM}}
+    link = await directory.link("real", {"agent": {"endpoint": healthy.endpoint, **ref}})
+    real = link.client.report
+    asked = [0]
+
+    async def report() -> Any:
+        asked[0] += 1
+        await asyncio.sleep(0.05)
+        return await real()
+
+    monkeypatch.setattr(link.client, "report", report)
+    try:
+        answers = await asyncio.gather(*(directory.poll(link) for _ in range(5)))
+        assert answers == [True] * 5 and asked[0] == 1 and link.successes == 1
+        assert await directory.poll(link) and asked[0] == 2, "a poll after the shared one asks again"
+    finally:
+        await directory.close()

@@ -158,6 +158,8 @@ class AgentDirectory:
         self._sync_checked_at = 0.0
         #: Whether a sync check passed once in this process (logged the first time).
         self.synced_once = False
+        #: The poll under way of each host, with the link it asks.
+        self._polls: dict[str, tuple[AgentLink, asyncio.Future[bool]]] = {}
         #: The operator's namespace, where agent tokens are read (looked up at the first token read).
         self._namespace: str | None = None
         #: When the first and the last link were made (monotonic), for the log line of the first sync.
@@ -219,7 +221,24 @@ class AgentDirectory:
             await link.client.close()
 
     async def poll(self, link: AgentLink) -> bool:
-        """Ask the agent for its host info and VMs; update reachability. True if it answered."""
+        """Ask the agent for its host info and VMs; update reachability. True if it answered.
+
+        Polls of one link at the same time share one request: at a start, the first round and the
+        Host's supervisor (1,000 of them, which Kopf starts at once after a restart) ask together."""
+        running = self._polls.get(link.host)
+        if running is None or running[0] is not link:
+            task = asyncio.ensure_future(self._poll(link))
+            entry = running = (link, task)
+
+            def done(_: asyncio.Future[bool]) -> None:
+                if self._polls.get(link.host) is entry:
+                    del self._polls[link.host]
+
+            self._polls[link.host] = entry
+            task.add_done_callback(done)
+        return await asyncio.shield(running[1])
+
+    async def _poll(self, link: AgentLink) -> bool:
         try:
             info, vms = await self._report(link)
         except AgentError as exc:  # AgentUnreachableError included

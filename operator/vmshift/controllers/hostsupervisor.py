@@ -202,10 +202,10 @@ async def first_round() -> None:
     gate = asyncio.Semaphore(FIRST_ROUND_IN_FLIGHT)
 
     async def ask(name: str) -> None:
-        body = hosts.last_seen(name)
-        if body is None or rt.agents.get(name) is not None:
-            return  # gone, or its supervisor (or an earlier round) has a link
         async with gate:
+            body = hosts.last_seen(name)
+            if body is None or rt.agents.get(name) is not None:
+                return  # gone, or its supervisor (or an earlier round) has a link
             try:
                 link = await rt.agents.link(name, body.get("spec") or {})
             except AgentConfigError:
