@@ -221,3 +221,46 @@ async def test_a_host_deleted_while_the_first_round_asks_it_leaves_no_link(monke
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         runtime.reset_runtime()
+
+
+async def test_a_supervisor_asked_to_stop_during_its_first_poll_ends_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator exiting while an agent is slow to answer the first poll: the daemon ends on its
+    stop flag, without waiting for the agent and without Kopf having to cancel it."""
+    import asyncio
+    import logging
+
+    from vmshift.controllers import indexes, runtime
+
+    class Stopped:
+        def __init__(self) -> None:
+            self.event = asyncio.Event()
+            self.reason = None
+
+        def __bool__(self) -> bool:
+            return self.event.is_set()
+
+        async def wait(self) -> None:
+            await self.event.wait()
+
+    async def slow(self: HostSupervisor, spec: Any) -> None:
+        await asyncio.sleep(60)
+
+    async def ready() -> None:
+        return None
+
+    runtime.reset_runtime()
+    monkeypatch.setattr(HostSupervisor, "first_poll", slow)
+    monkeypatch.setattr(indexes, "ready", ready)
+    monkeypatch.setattr(hostsupervisor, "values", lambda index: [])
+    stopped = Stopped()
+    task = asyncio.ensure_future(hostsupervisor.supervise_host(
+        name="h1", spec={}, meta={}, status={}, body=kopf.Body({}), stopped=stopped,  # type: ignore[arg-type]
+        logger=logging.getLogger("test")))
+    try:
+        await asyncio.sleep(0.05)
+        stopped.event.set()
+        await asyncio.wait_for(task, 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        runtime.reset_runtime()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -220,6 +220,18 @@ async def first_round() -> None:
     await asyncio.Event().wait()
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: kopf.DaemonStopped) -> None:
+    """``work``, given up when the daemon is asked to stop first (the operator exiting must not wait for
+    an agent that is slow to answer, nor have Kopf cancel the daemon)."""
+    doing, halt = asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([doing, halt], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (doing, halt):
+            task.cancel()
+        await asyncio.gather(doing, halt, return_exceptions=True)
+
+
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
 async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
                          stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
@@ -229,7 +241,7 @@ async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: ko
     supervisor = HostSupervisor(name, body, status)
     # The agent's first answer needs only the Host's spec, and every VM waits for all of them (none is
     # placed until every agent has said what it runs): ask before the caches' first listing is in.
-    await supervisor.first_poll(spec)
+    await _unless_stopped(supervisor.first_poll(spec), stopped)
     await indexes.ready()
     supervisor.remediator.seed({p.name: p for p in values(remediation.remediation_policy_index)})
     while not stopped:
