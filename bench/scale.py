@@ -37,6 +37,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -418,11 +419,15 @@ def main() -> int:
                         help="sample the operator with py-spy into this directory (one raw file per phase)")
     parser.add_argument("--apiserver-profile", type=Path, default=None,
                         help="kube-apiserver's CPU profile of the floor and of the first start, into this directory")
+    parser.add_argument("--keep-log", type=Path, default=None,
+                        help="copy the operator's log (both starts) to this file at the end")
     args = parser.parse_args()
     profiler = Profiler(args.profile)
     loads = {"at start": os.getloadavg()}
 
-    plane = ControlPlane(default_dir("bench-scale"), tie_to_parent=True)
+    # A directory of its own: two runs at once (several engineers on one machine) must not share (and
+    # sweep) one control plane.
+    plane = ControlPlane(default_dir(f"bench-scale-{os.getpid()}"), tie_to_parent=True)
     state = plane.up(fresh=True)
     work = plane.dir / "bench"
     stack = Stack(state, work)
@@ -586,6 +591,9 @@ def main() -> int:
         if fake is not None:
             fake.kill()
         plane.down()
+        if args.keep_log is not None and stack.operator_log.exists():
+            shutil.copyfile(stack.operator_log, args.keep_log)
+        shutil.rmtree(plane.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

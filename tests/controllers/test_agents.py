@@ -222,3 +222,68 @@ async def test_hosts_sharing_a_token_secret_at_a_start_read_it_once(
     assert len(secrets_read) == 1, secrets_read
     assert all(link.token == TOKEN for link in links)
     await directory.close()
+
+
+# -- one call per poll -------------------------------------------------------------------------------
+
+
+async def test_a_poll_is_one_call_and_an_agent_of_an_earlier_release_gets_the_two_it_knows(
+        healthy: AgentProcess, secrets_read: list[Any]) -> None:
+    """1,000 agents polled twice each were 2,000 requests a round (the first round gates every VM's
+    adoption); the report gives host and VMs in one. An agent without it (404) is asked as before."""
+    directory = AgentDirectory()
+    ref = {"tokenSecretRef": {"name": "t", "namespace": SYSTEM}}
+    real = await directory.link("real", {"agent": {"endpoint": healthy.endpoint, **ref}})
+    assert await directory.poll(real) and real.combined and real.info is not None
+    info = real.info.model_dump(mode="json", by_alias=True)
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response(info if request.path.endswith("/host") else {"vms": []})
+
+    app = web.Application()
+    app.router.add_get("/v1/host", answer)
+    app.router.add_get("/v1/vms", answer)
+    older = TestServer(app)
+    await older.start_server()
+    try:
+        link = await directory.link("older", {"agent": {"endpoint": str(older.make_url("")).rstrip("/"), **ref}})
+        assert await directory.poll(link) and link.info is not None and not link.combined
+        assert await directory.poll(link)
+        assert asked == ["/v1/host", "/v1/vms"] * 2, "the report is asked once, then never again"
+    finally:
+        await older.close()
+        await directory.close()
+
+
+async def test_the_report_is_what_host_and_vms_answer(healthy: AgentProcess) -> None:
+    async with HypervisorClient(healthy.endpoint, TOKEN) as client:
+        report = await client.report()
+        host, vms = await client.host(), await client.list_vms()
+    assert report.host.name == host.name == "pool-healthy" and report.host.boot_id == host.boot_id
+    assert report.vms == vms
+
+
+async def test_polls_of_one_agent_at_the_same_time_share_one_request(
+        healthy: AgentProcess, secrets_read: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart Kopf starts 1,000 Host supervisors at once while the first round asks the same
+    agents: each agent is asked once, and every caller gets its answer."""
+    directory = AgentDirectory()
+    ref = {"tokenSecretRef": {"name": "t", "namespace": SYSTEM}}
+    link = await directory.link("real", {"agent": {"endpoint": healthy.endpoint, **ref}})
+    real = link.client.report
+    asked = [0]
+
+    async def report() -> Any:
+        asked[0] += 1
+        await asyncio.sleep(0.05)
+        return await real()
+
+    monkeypatch.setattr(link.client, "report", report)
+    try:
+        answers = await asyncio.gather(*(directory.poll(link) for _ in range(5)))
+        assert answers == [True] * 5 and asked[0] == 1 and link.successes == 1
+        assert await directory.poll(link) and asked[0] == 2, "a poll after the shared one asks again"
+    finally:
+        await directory.close()

@@ -60,14 +60,19 @@ def set_condition(
     otherwise. Setting Reconciling or Stalled to True sets the other to False with the same
     reason and message, so the pair never reads True-True.
     """
-    when = whole_seconds(now)
     wanted = _status(status)
     result: list[Condition] = []
     found = False
+    when: datetime | None = None  # read from the clock only when a condition is made
     for old in _parse(conditions):
         if old.type == type:
             found = True
+            if (old.status, old.reason, old.message, old.observedGeneration) == (
+                    wanted, reason, message, observed_generation):
+                result.append(old)  # as it was (a re-check of a settled object changes nothing; no new model)
+                continue
             moved = old.status != wanted
+            when = whole_seconds(now)
             result.append(Condition(
                 type=type, status=wanted, reason=reason, message=message,
                 observedGeneration=observed_generation,
@@ -76,12 +81,13 @@ def set_condition(
         else:
             result.append(old)
     if not found:
+        when = whole_seconds(now)
         result.append(Condition(type=type, status=wanted, reason=reason, message=message,
                                 observedGeneration=observed_generation, lastTransitionTime=when))
     other = _EXCLUSIVE.get(type)
     if wanted == "True" and other is not None and is_true(result, other):
         result = set_condition(result, other, False, reason, message,
-                               observed_generation=observed_generation, now=when)
+                               observed_generation=observed_generation, now=when or whole_seconds(now))
     return result
 
 

@@ -13,6 +13,7 @@ so a host does not flap on one lost request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from vmshift.controllers.tokens import operator_namespace
 from vmshift.controllers.views import AgentFacts
 from vmshift.hypervisor.client import AgentError, HypervisorClient, clean, shared_pool
 from vmshift.hypervisor.protocol import HostInfo, VmInfo, VmState
+
+log = logging.getLogger("vmshift.agents")
 
 #: Failed polls in a row before a host is Unreachable, and good ones before it is reachable again.
 FAILURES_TO_UNREACHABLE = 3
@@ -89,6 +92,8 @@ class AgentLink:
     reachable: bool = False
     last_error: str = ""
     boot_id: str | None = None
+    #: Whether the agent answers ``GET /v1/report`` (an agent of an earlier release answers 404).
+    combined: bool = True
 
     def facts(self) -> AgentFacts:
         if self.info is None:
@@ -151,6 +156,14 @@ class AgentDirectory:
         self.facts_version = 0
         self._where: dict[str, set[str]] = {}
         self._sync_checked_at = 0.0
+        #: Whether a sync check passed once in this process (logged the first time).
+        self.synced_once = False
+        #: The poll under way of each host, with the link it asks.
+        self._polls: dict[str, tuple[AgentLink, asyncio.Future[bool]]] = {}
+        #: The operator's namespace, where agent tokens are read (looked up at the first token read).
+        self._namespace: str | None = None
+        #: When the first and the last link were made (monotonic), for the log line of the first sync.
+        self._linked = (float("inf"), 0.0)
 
     async def link(self, host: str, spec: Mapping[str, Any]) -> AgentLink:
         """The link to ``host``'s agent, (re)built when its endpoint or token changed."""
@@ -167,6 +180,8 @@ class AgentDirectory:
                 await current.client.close()
             client = HypervisorClient(endpoint, token, session=self._pool())
             current = AgentLink(host=host, endpoint=endpoint, token=token, client=client)
+            now = time.monotonic()
+            self._linked = (min(self._linked[0], now), now)
             self._links[host] = current
             self._set_facts(host, current.facts())
         return current
@@ -174,7 +189,9 @@ class AgentDirectory:
     async def _token(self, host: str, ref: Mapping[str, Any] | None) -> str:
         """The agent token, read from its Secret at most every TOKEN_TTL seconds (polls cost no API call).
         At a start every Host's supervisor asks at once: the ones sharing a Secret share one read of it."""
-        namespace, name, key = token_secret(host, ref, operator_namespace())
+        if self._namespace is None:  # read once: 1,000 Hosts asked it (an environment and a file look-up) each
+            self._namespace = operator_namespace()
+        namespace, name, key = token_secret(host, ref, self._namespace)
         cached = self._tokens.get((namespace, name, key))
         if cached is None or time.monotonic() - cached[0] >= TOKEN_TTL:
             ref_key = (namespace, name, key)
@@ -204,10 +221,26 @@ class AgentDirectory:
             await link.client.close()
 
     async def poll(self, link: AgentLink) -> bool:
-        """Ask the agent for its host info and VMs; update reachability. True if it answered."""
+        """Ask the agent for its host info and VMs; update reachability. True if it answered.
+
+        Polls of one link at the same time share one request: at a start, the first round and the
+        Host's supervisor (1,000 of them, which Kopf starts at once after a restart) ask together."""
+        running = self._polls.get(link.host)
+        if running is None or running[0] is not link:
+            task = asyncio.ensure_future(self._poll(link))
+            entry = running = (link, task)
+
+            def done(_: asyncio.Future[bool]) -> None:
+                if self._polls.get(link.host) is entry:
+                    del self._polls[link.host]
+
+            self._polls[link.host] = entry
+            task.add_done_callback(done)
+        return await asyncio.shield(running[1])
+
+    async def _poll(self, link: AgentLink) -> bool:
         try:
-            info = await link.client.host()
-            vms = await link.client.list_vms()
+            info, vms = await self._report(link)
         except AgentError as exc:  # AgentUnreachableError included
             link.failures += 1
             link.successes = 0
@@ -228,6 +261,19 @@ class AgentDirectory:
         link.boot_id = info.boot_id
         self._set_facts(link.host, link.facts())
         return True
+
+    @staticmethod
+    async def _report(link: AgentLink) -> tuple[HostInfo, list[VmInfo]]:
+        """The host and its VMs: one call (``GET /v1/report``), or two to an agent older than it."""
+        if link.combined:
+            try:
+                report = await link.client.report()
+                return report.host, report.vms
+            except AgentError as exc:
+                if exc.status != 404:
+                    raise
+                link.combined = False  # an agent of an earlier release: ask it as it understands
+        return await link.client.host(), await link.client.list_vms()
 
     async def wait_synced(self, hosts: Callable[[], Iterable[str]], patience: float = 15.0) -> bool:
         """Wait until every host's agent has answered once or been declared unreachable.
@@ -251,6 +297,11 @@ class AgentDirectory:
                 if time.monotonic() > deadline:
                     return False
                 await asyncio.sleep(0.2)
+            if not self.synced_once:
+                self.synced_once = True
+                log.info("every agent has answered or is unreachable (%d hosts; the first link was made %.1f s "
+                         "before, the last %.1f s before)", len(self._links),
+                         time.monotonic() - self._linked[0], time.monotonic() - self._linked[1])
             return True
         finally:
             self._sync_checked_at = time.monotonic()

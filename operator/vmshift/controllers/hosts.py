@@ -22,7 +22,7 @@ from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
-from vmshift.sensors import verdicts
+from vmshift.sensors import Reading, verdicts
 from vmshift.timestamps import rfc3339
 
 _host_phase: dict[str, str] = {}
@@ -55,10 +55,23 @@ def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
         runtime().wake_host(name)
 
 
+#: ``status.sensors`` by reading: a fleet's hosts mostly read alike, and every poll of every host asks.
+_sensor_status: dict[Reading, list[dict[str, Any]]] = {}
+SENSOR_TABLE_LIMIT = 4096
+
+
 def _sensors(info: HostInfo) -> list[dict[str, Any]]:
-    """``status.sensors``: each sensor in its unit (RPM, W, °C, errors per hour) with its health."""
-    return [SensorReading(name=v.name, kind=v.kind, value=v.value, health=v.health, message=v.message).to_api()
-            for v in verdicts(info.sensors.reading())]
+    """``status.sensors``: each sensor in its unit (RPM, W, °C, errors per hour) with its health
+    (a fresh copy: the caller may change it)."""
+    reading = info.sensors.reading()
+    made = _sensor_status.get(reading)
+    if made is None:
+        made = [SensorReading(name=v.name, kind=v.kind, value=v.value, health=v.health, message=v.message).to_api()
+                for v in verdicts(reading)]
+        if len(_sensor_status) >= SENSOR_TABLE_LIMIT:
+            _sensor_status.clear()
+        _sensor_status[reading] = made
+    return [dict(s) for s in made]
 
 
 def heartbeat(previous: str | None, answered: datetime | None, *, changed: bool) -> str | None:

@@ -17,9 +17,10 @@ to or from it: see ``hosts``, ``drains``, ``remediation``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,6 +107,22 @@ class HostSupervisor:
                             message=f"The agent of {self.name} stopped answering: {link.last_error}")
         self.was_reachable = link.reachable if link is not None else self.was_reachable
 
+    async def first_poll(self, spec: Mapping[str, Any]) -> None:
+        """The agent's first poll, before the caches are in, unless the start's :func:`first_round`
+        has just asked it (Kopf starts the supervisors at its own pace: 1,000 took over 10 s). A
+        failure here is the first pass's to meet again (``next_poll`` stays due) and report."""
+        rt = runtime()
+        known = rt.agents.get(self.name)
+        if known is not None and known.reported_at and time.monotonic() - known.reported_at < rt.poll_interval:
+            with contextlib.suppress(AgentConfigError):  # the first pass polls again and reports it
+                self.link = await rt.agents.link(self.name, spec)
+            if self.link is known:  # same endpoint and token as the round asked
+                self.was_reachable = known.reachable
+                self.next_poll = known.reported_at + rt.poll_interval
+                return
+        with contextlib.suppress(Exception):
+            await self.poll(spec)
+
     def host_part(self, spec: Mapping[str, Any], generation: int, stored: Mapping[str, Any]) -> dict[str, Any]:
         entry = one(host_index, self.name)
         problem = self.config_error.message if self.config_error is not None else entry.problem if entry else None
@@ -168,14 +185,64 @@ class HostSupervisor:
         await self.write(None)
 
 
+#: How many agents the start's first round asks at once.
+FIRST_ROUND_IN_FLIGHT = 64
+
+
+async def first_round() -> None:
+    """At a start, ask every Host's agent once, as soon as the Host cache's first listing is in.
+
+    No VM is placed or adopted until every agent has answered (any of them may run its guest), and
+    the supervisors, which poll from then on, are Kopf daemons that Kopf starts one Host at a time
+    (a finalizer write and its echo each): at 1,000 Hosts the last started over 10 s after the first.
+    A Host whose agent settings are wrong is left to its supervisor, which reports it. Runs once
+    under the operator's supervisor, then sleeps (returning would have it started again)."""
+    await indexes.HOSTS.synced.wait()
+    rt = runtime()
+    gate = asyncio.Semaphore(FIRST_ROUND_IN_FLIGHT)
+
+    async def ask(name: str) -> None:
+        async with gate:
+            body = hosts.last_seen(name)
+            if body is None or rt.agents.get(name) is not None:
+                return  # gone, or its supervisor (or an earlier round) has a link
+            try:
+                link = await rt.agents.link(name, body.get("spec") or {})
+            except AgentConfigError:
+                return
+            await rt.agents.poll(link)
+        if hosts.last_seen(name) is None and name not in rt.host_wakers:
+            # Deleted meanwhile, with no supervisor to forget its link: a link left behind would be asked
+            # by every live look for a guest (live_locate) and, unanswered, make every location unknown.
+            await rt.agents.forget(name)
+
+    await asyncio.gather(*(ask(name) for name in list(indexes.host_names())))
+    await asyncio.Event().wait()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: kopf.DaemonStopped) -> None:
+    """``work``, given up when the daemon is asked to stop first (the operator exiting must not wait for
+    an agent that is slow to answer, nor have Kopf cancel the daemon)."""
+    doing, halt = asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([doing, halt], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (doing, halt):
+            task.cancel()
+        await asyncio.gather(doing, halt, return_exceptions=True)
+
+
 @kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
 async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
                          stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     """Poll, remediate, drain, write: one loop per Host."""
-    await indexes.ready()
     rt = runtime()
     wake = rt.host_wakers.setdefault(name, asyncio.Event())
     supervisor = HostSupervisor(name, body, status)
+    # The agent's first answer needs only the Host's spec, and every VM waits for all of them (none is
+    # placed until every agent has said what it runs): ask before the caches' first listing is in.
+    await _unless_stopped(supervisor.first_poll(spec), stopped)
+    await indexes.ready()
     supervisor.remediator.seed({p.name: p for p in values(remediation.remediation_policy_index)})
     while not stopped:
         wake.clear()

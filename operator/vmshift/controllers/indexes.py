@@ -18,7 +18,6 @@ from vmshift.controllers.views import (
     HostEntry,
     MigrationEntry,
     VMEntry,
-    forget_vm,
     index_host,
     index_migration,
     index_vm,
@@ -103,14 +102,6 @@ LIVE = follow(HOSTS, VMS, MIGRATIONS, host_index, vm_index, migration_index)
 def host_names() -> Iterable[str]:
     """Every Host the cache holds (what the agents' first answers are awaited for)."""
     return host_index.keys()
-
-
-@VMS.listen
-def forget_deleted_vm(type: str, body: Mapping[str, Any]) -> None:
-    if type == "DELETED":
-        forget_vm(str((body.get("metadata") or {}).get("uid", "")))
-
-
 
 
 def fleet(*, fresh: bool = False) -> Fleet:

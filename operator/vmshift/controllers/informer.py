@@ -19,12 +19,12 @@ Kopf's loop); entries are applied on the event loop, so stores are only touched 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
+import orjson
 from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
@@ -184,6 +184,8 @@ class Informer:
                 store.drop(gone)
         for fn in self.relisted:
             fn()
+        if not self.synced.is_set():
+            log.info("%s: %d listed", self.plural, len(uids))
         self.synced.set()
 
     # --- read in a thread -----------------------------------------------------------------------
@@ -264,7 +266,7 @@ class Informer:
             for line in lines(response.stream(65536, decode_content=True)):
                 if self._stopping.is_set():
                     break
-                event = json.loads(line)
+                event = orjson.loads(line)
                 kind, obj = event.get("type"), compact(event.get("object") or {})
                 if kind == "ERROR":
                     if obj.get("code") == 410:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import ssl
@@ -25,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import kubernetes
+import orjson
 from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
@@ -42,6 +42,8 @@ RETRY_SECONDS = 30.0
 #: (MigrationPolicy's namespaceSelector).
 CLUSTER_CORE = frozenset({"namespaces"})
 
+#: The longest one call may take.
+_TIMEOUT = aiohttp.ClientTimeout(total=60)
 #: Statuses that say "not now" rather than "no".
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -139,16 +141,16 @@ async def _request_once(verb: str, plural: str, path: str, body: Any, content_ty
     data = None
     if body is not None:
         headers["Content-Type"] = content_type
-        data = json.dumps(body)
+        data = orjson.dumps(body)
     method = {"get": "GET", "create": "POST", "delete": "DELETE", "patch": "PATCH"}[verb]
     async with session.request(method, config.host + path, data=data, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=60)) as response:
-        text = await response.text()
+                               timeout=_TIMEOUT) as response:
+        raw = await response.read()
         if response.status >= 400:
             exc = ApiException(status=response.status, reason=response.reason)
-            exc.body = text
+            exc.body = raw.decode(errors="replace")
             raise exc
-        result: dict[str, Any] = json.loads(text) if text else {}
+        result: dict[str, Any] = orjson.loads(raw) if raw else {}
         return result
 
 
@@ -271,9 +273,12 @@ def list_page(plural: str, *, limit: int, token: str | None) -> dict[str, Any]:
         kwargs["_continue"] = token
     if plural in CLUSTER_CORE:
         query = [("limit", limit), *([("continue", token)] if token else [])]
-        core_page: dict[str, Any] = json.loads(_core_get(plural, query, 60).data)
+        core_page: dict[str, Any] = orjson.loads(_core_get(plural, query, 60).data)
         return core_page
-    page: dict[str, Any] = _custom().list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+    # The raw body, parsed by orjson: the official client's own parsing (stdlib json, then a walk of
+    # the result) cost several times as much for a page of 500 VMs.
+    raw = _custom().list_cluster_custom_object(GROUP, VERSION, plural, _preload_content=False, **kwargs)
+    page: dict[str, Any] = orjson.loads(raw.data)
     return page
 
 

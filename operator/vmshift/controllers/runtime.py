@@ -154,6 +154,10 @@ class MigrationGate:
                 del self.claims[vm]
 
 
+#: How long a VM whose status was just written is left out of the resync while its echo is awaited.
+ECHO_SECONDS = 30.0
+
+
 @dataclass
 class Runtime:
     agents: AgentDirectory = field(default_factory=AgentDirectory)
@@ -162,6 +166,10 @@ class Runtime:
     placements: Expectations[str, tuple[str, int, int]] = field(default_factory=Expectations)
     #: Each VM's body (its fingerprint) as a reconcile last found it in order: its echo costs a comparison.
     settled: Expectations[str, tuple[Any, ...]] = field(default_factory=Expectations)
+    #: VMs whose status a reconcile wrote and whose watch echo has not reached the cache yet (30 s at
+    #: most: an echo that came before the write's answer must not hide a VM from the resync for long).
+    #: The resync leaves them be: the cache shows them as before the write.
+    echo_pending: Expectations[str, None] = field(default_factory=lambda: Expectations(ttl=ECHO_SECONDS))
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Set (and replaced) when a migration gives its slots back: see :meth:`gate_released`.
     gate_changed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -76,6 +76,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
                                                      rt.keep_finished_migrations))
     background.start("vm-events", vmevents.start_event_workers().run)
     indexes.start()
+    background.start("agents-first-round", hostsupervisor.first_round)
     metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")

@@ -204,6 +204,8 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             rt.settled.expect(entry.key, fingerprint(body))
         else:
             written = await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, status)
+            if written is not None:
+                rt.echo_pending.expect(entry.key, None)
             if written is not None and rt.placements.get(entry.key) is None:
                 # The object as written is what this pass found right: its echo (the same object,
                 # at the same resourceVersion) needs no second pass. A later change by anyone else
@@ -422,6 +424,12 @@ async def resync_forever(logger: logging.Logger) -> None:
         await resync_pass(logger, fresh=fresh)
 
 
+@indexes.VMS.listen
+def echo_arrived(type: str, body: Mapping[str, Any]) -> None:
+    """A VM's event is in the cache: a status written before it is no longer awaited."""
+    runtime().echo_pending.observed(_key(body))
+
+
 #: Each Host's labels as last seen, by name: a change re-checks the selectors of the VMs on it.
 _host_labels: dict[str, Mapping[str, str]] = {}
 
@@ -454,7 +462,11 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     # one whose event waits or is being handled now (a pass during adoption found every VM in the
     # middle of its reconcile, before its status was written, and read each again).
     queue = rt.vm_events
-    candidates = resync_candidates([e for e in entries if e.key in rt.handled and not (queue and queue.holds(e.uid))],
+    # Nor is one whose status was just written: until its echo is in, the cache shows it as before
+    # (at 10,000 VMs a pass during adoption read every VM whose echo the API server had not sent yet).
+    echoing = {key for key, _ in rt.echo_pending.items()}
+    candidates = resync_candidates([e for e in entries if e.key in rt.handled and e.key not in echoing
+                                    and not (queue and queue.holds(e.uid))],
                                    rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),

@@ -30,6 +30,7 @@ from vmshift.hypervisor.protocol import (
     DiskSpec,
     DriverChange,
     HostInfo,
+    HostReport,
     IncomingMigrationGrant,
     IncomingMigrationRequest,
     IncomingVm,
@@ -160,6 +161,10 @@ class HypervisorClient:
     async def host(self) -> HostInfo:
         """GET /v1/host."""
         return await self._get("GET", "/host", HostInfo)
+
+    async def report(self) -> HostReport:
+        """GET /v1/report: the host and its VMs in one call."""
+        return await self._get("GET", "/report", HostReport)
 
     async def set_sensors(self, change: SensorChange) -> HostInfo:
         """POST /v1/sensors: fail or heal simulated hardware."""

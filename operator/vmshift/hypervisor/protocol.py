@@ -10,6 +10,7 @@ Conventions of the API:
 - Errors are ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx status; ``code`` is one
   of :class:`ErrorCode`.
 - ``GET  /v1/host`` -> :class:`HostInfo`.
+- ``GET  /v1/report`` -> :class:`HostReport`: host and VMs in one answer (the operator's poll).
 - ``GET  /v1/vms`` -> :class:`VmList`; ``PUT /v1/vms/{vmId}`` (:class:`VmDefinition`, idempotent)
   -> :class:`VmInfo` (201 when created, 200 when it already existed); ``GET``/``DELETE
   /v1/vms/{vmId}`` (``?force=true`` deletes a running VM); ``POST /v1/vms/{vmId}/start|stop|save|restore``
@@ -87,12 +88,8 @@ def _alias(name: str) -> str:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_alias,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = ConfigDict(alias_generator=_alias, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
 
 
 class Request(_Wire):
@@ -182,13 +179,9 @@ class Sensors(Response):
 
     def reading(self) -> Reading:
         """These sensors as the pure verdicts (vmshift.sensors) read them."""
-        return Reading(
-            fan_rpm=tuple(f.rpm for f in self.fans),
-            psu_ok=tuple(p.ok for p in self.power_supplies),
-            psu_watts=tuple(p.watts for p in self.power_supplies),
-            temperature_c=self.temperature_c,
-            corrected_errors_per_hour=self.corrected_memory_errors_per_hour,
-        )
+        return Reading(fan_rpm=tuple(f.rpm for f in self.fans), psu_ok=tuple(p.ok for p in self.power_supplies),
+                       psu_watts=tuple(p.watts for p in self.power_supplies), temperature_c=self.temperature_c,
+                       corrected_errors_per_hour=self.corrected_memory_errors_per_hour)
 
 
 class Severity(StrEnum):
@@ -357,6 +350,13 @@ class VmInfo(Response):
 
 
 class VmList(Response):
+    vms: list[VmInfo]
+
+
+class HostReport(Response):
+    """``GET /v1/report``: what ``GET /v1/host`` and ``GET /v1/vms`` answer, taken at one moment."""
+
+    host: HostInfo
     vms: list[VmInfo]
 
 

@@ -31,6 +31,7 @@ from vmshift.hypervisor.protocol import (
     API_PREFIX,
     DriverChange,
     ErrorCode,
+    HostReport,
     IncomingMigrationRequest,
     MigrationList,
     MigrationRequest,
@@ -165,6 +166,11 @@ async def list_vms(request: web.Request) -> web.StreamResponse:
     return json_response(VmList(vms=_host(request).list_vms()))
 
 
+async def get_report(request: web.Request) -> web.StreamResponse:
+    host = _host(request)
+    return json_response(HostReport(host=host.host_info(), vms=host.list_vms()))
+
+
 async def put_vm(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, VmDefinition)
     info, created = await _host(request).define(request.match_info["vm_id"], body)
@@ -280,6 +286,7 @@ def create_app(host: HypervisorHost, token: str, guard: ConnectionGuard | None =
     p = API_PREFIX
     app.router.add_get(f"{p}/host", get_host)
     app.router.add_get(f"{p}/vms", list_vms)
+    app.router.add_get(f"{p}/report", get_report)
     app.router.add_put(f"{p}/vms/{{vm_id}}", put_vm)
     app.router.add_get(f"{p}/vms/{{vm_id}}", get_vm)
     app.router.add_delete(f"{p}/vms/{{vm_id}}", delete_vm)
