@@ -184,15 +184,10 @@ async def test_the_resync_leaves_a_vm_whose_written_status_has_not_echoed_yet(mo
         seen.append([e.key for e in given])
         return []
 
-    async def nothing(*_: Any) -> None:
-        return None
+    async def get(plural: str, namespace: str, name: str) -> None:
+        raise AssertionError(f"{namespace}/{name} read: no VM is a candidate")
 
-    monkeypatch.setattr(virtualmachines, "values", lambda index: entries)
-    monkeypatch.setattr(virtualmachines, "resync_candidates", candidates)
-    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
-    monkeypatch.setattr(virtualmachines, "resolve_duplicates", nothing)
-    monkeypatch.setattr(virtualmachines, "collect_orphans", nothing)
-    monkeypatch.setattr(rt, "handled", {e.key for e in entries})
+    _resync_over(monkeypatch, entries, {e.key for e in entries}, get, candidates)
     rt.echo_pending.expect("ns/written", None)
     try:
         await virtualmachines.resync_pass(logging.getLogger("test.resync"))
