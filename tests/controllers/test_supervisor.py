@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,33 @@ async def test_a_blocked_event_loop_shows_in_the_lag_histogram() -> None:
     count1, sum1 = observed()
     assert count1 - count0 >= 3
     assert sum1 - sum0 >= 0.25, "the 0.3 s block was not seen as lag"
+
+
+async def test_the_lag_record_holds_every_sample_with_its_time(tmp_path: Path) -> None:
+    """Sampled every 10 ms, a phase of a second has ~100 samples, and the record gives each one (a
+    benchmark takes the exact p99 and max of its window, not a histogram bucket's bound)."""
+    import time
+
+    from vmshift.controllers.supervisor import LAG_SAMPLE_SECONDS, read_lag_record, watch_loop_lag
+
+    assert LAG_SAMPLE_SECONDS <= 0.02
+    record = tmp_path / "lag.txt"
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(watch_loop_lag(record=record))
+    try:
+        await asyncio.sleep(0.3)
+        blocked_at = loop.time()
+        time.sleep(0.2)  # noqa: ASYNC251 (the point: a handler that blocks the loop)
+        await asyncio.sleep(0.3)
+        end = loop.time()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    lags = read_lag_record(record, 0.0, end)
+    assert len(lags) >= 20, f"only {len(lags)} samples in 0.8 s"
+    after_block = read_lag_record(record, blocked_at + 0.19, end)
+    assert after_block and max(after_block) >= 0.18, \
+        f"the 0.2 s block is missing from the samples after it: {sorted(after_block)[-3:]}"
+    before = read_lag_record(record, 0.0, blocked_at)
+    assert before and len(before) + len(after_block) == len(lags), "the window's bounds select the wrong samples"

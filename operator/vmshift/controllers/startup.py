@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -80,7 +81,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
-    background.start("loop-lag", watch_loop_lag)
+    lag_record = os.environ.get("VMSHIFT_LOOP_LAG_RECORD")
+    background.start("loop-lag", lambda: watch_loop_lag(record=Path(lag_record) if lag_record else None))
     logger.info("vmshift operator configured")
 
 
