@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 import kubernetes
+import urllib3
 
 from vmshift.controllers.supervisor import read_lag_record
 from vmshift.devcluster.cluster import ControlPlane, default_dir
@@ -174,19 +175,27 @@ class ReadyCounter:
             self.ready[item["metadata"]["uid"]] = is_ready(item)
         version = listing["metadata"]["resourceVersion"]
         while not self.stop.is_set():
-            w = kubernetes.watch.Watch()
-            for event in w.stream(self.api.list_cluster_custom_object, GROUP, VERSION, "virtualmachines",
-                                  resource_version=version, timeout_seconds=60):
-                obj = event["object"]
-                version = obj["metadata"]["resourceVersion"]
-                if event["type"] == "DELETED":
-                    self.ready.pop(obj["metadata"]["uid"], None)
-                else:
-                    self.ready[obj["metadata"]["uid"]] = is_ready(obj)
-                    if self.first_ready_at is None and self.ready[obj["metadata"]["uid"]]:
-                        self.first_ready_at = time.monotonic()
-                if self.stop.is_set():
-                    w.stop()
+            try:
+                version = self._watch(version)
+            except urllib3.exceptions.HTTPError as exc:  # a watch cut short: resume from the last version
+                print(f"ReadyCounter: watch broke ({exc!r}); watching again from {version}", file=sys.stderr)
+                time.sleep(1.0)
+
+    def _watch(self, version: str) -> str:
+        w = kubernetes.watch.Watch()
+        for event in w.stream(self.api.list_cluster_custom_object, GROUP, VERSION, "virtualmachines",
+                              resource_version=version, timeout_seconds=60):
+            obj = event["object"]
+            version = obj["metadata"]["resourceVersion"]
+            if event["type"] == "DELETED":
+                self.ready.pop(obj["metadata"]["uid"], None)
+            else:
+                self.ready[obj["metadata"]["uid"]] = is_ready(obj)
+                if self.first_ready_at is None and self.ready[obj["metadata"]["uid"]]:
+                    self.first_ready_at = time.monotonic()
+            if self.stop.is_set():
+                w.stop()
+        return version
 
 
 def first_status_latencies(api: Any, vms: list[dict[str, Any]], hosts: int,
@@ -323,7 +332,9 @@ def main() -> int:
     profiler = Profiler(args.profile)
     loads = {"at start": os.getloadavg()}
 
-    plane = ControlPlane(default_dir("bench-scale"), tie_to_parent=True)
+    # One control plane per checkout: two worktrees running this benchmark at once must not wipe each
+    # other's (``up(fresh=True)`` starts from an empty directory).
+    plane = ControlPlane(default_dir(f"bench-scale-{Path(__file__).resolve().parents[1].name}"), tie_to_parent=True)
     state = plane.up(fresh=True)
     work = plane.dir / "bench"
     stack = Stack(state, work)
