@@ -32,7 +32,7 @@ from vmshift.controllers import (  # noqa: F401
 )
 from vmshift.controllers.events import REPORTING_COMPONENT, reporting_instance
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
+from vmshift.controllers.supervisor import GC_PAUSES, Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
 WORKER_LIMIT = 300
@@ -82,7 +82,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
     lag_record = os.environ.get("VMSHIFT_LOOP_LAG_RECORD")
-    background.start("loop-lag", lambda: watch_loop_lag(record=Path(lag_record) if lag_record else None))
+    GC_PAUSES.install()
+    background.start("loop-lag", lambda: watch_loop_lag(record=Path(lag_record) if lag_record else None,
+                                                        collector=GC_PAUSES))
     logger.info("vmshift operator configured")
 
 

@@ -7,8 +7,10 @@ again; a task nobody awaits is a failure nobody sees. No decisions about VMs or 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -87,13 +89,94 @@ LAG_SAMPLE_SECONDS = 0.01
 LAG_FLUSH_SECONDS = 1.0
 
 
-async def watch_loop_lag(interval: float = LAG_SAMPLE_SECONDS, *, record: Path | None = None) -> None:
+class GcPauses:
+    """Keeps the garbage collector's full collections short, and times every collection.
+
+    A full (generation 2) collection walks every tracked object: with thousands of VMs cached that
+    is millions of objects, and one pass held the event loop for 0.6-1 s (3,000 VMs, loaded
+    machine): the longest stalls of the operator. Almost all of those objects live as long as the
+    process (the caches, the models, the code). So when a full collection takes longer than
+    ``freeze_after``, what survived it is moved to the permanent generation (``gc.freeze``, done in
+    the collector's own callback, where the young generations are empty and every survivor was
+    just found reachable: nothing that is garbage gets frozen), and later collections walk only
+    what was allocated since. One collection right after (:meth:`tick`, on the loop; a few objects
+    only) resets the collector's idea of the old generation's size, so the next full collection
+    comes as soon as it is worth doing and stays short.
+
+    The price: a frozen object that later becomes part of a garbage *cycle* is not reclaimed (one
+    freed by its reference count is, as usual). So every ``thaw_seconds`` the frozen objects are
+    given back (``gc.unfreeze``): the next full collection walks everything once (one long pause
+    then, instead of one every few seconds under load), reclaims such cycles, and freezes again.
+
+    Pauses are kept in a bounded deque by the callback (which runs on whichever thread allocated,
+    inside an allocation: no locks there) and moved into ``vmshift_gc_pause_seconds`` by :meth:`tick`.
+    """
+
+    def __init__(self, *, freeze_after: float = 0.02, thaw_seconds: float = 3600.0) -> None:
+        self.freeze_after = freeze_after
+        self.thaw_seconds = thaw_seconds
+        self.pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
+        self.freezes = 0
+        self._started: float | None = None
+        self._collect_due = False
+        self._thaw_at: float | None = None
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self._callback)
+            self._installed = False
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        if self._started is None:
+            return
+        took = time.perf_counter() - self._started
+        self._started = None
+        generation = info.get("generation", 0)
+        self.pauses.append((generation, took))
+        if generation == 2 and took > self.freeze_after:
+            gc.freeze()
+            self.freezes += 1
+            self._collect_due = True
+
+    def tick(self) -> None:
+        """On the event loop, now and then: record the pauses; after a freeze, one (short) collection
+        of what is not frozen; every ``thaw_seconds``, thaw."""
+        while self.pauses:
+            generation, took = self.pauses.popleft()
+            metrics.GC_PAUSES.labels(generation=str(generation)).observe(took)
+        if self._collect_due:
+            self._collect_due = False
+            metrics.GC_FREEZES.inc()
+            gc.collect()
+            if self._thaw_at is None:
+                self._thaw_at = time.monotonic() + self.thaw_seconds
+        elif self._thaw_at is not None and time.monotonic() >= self._thaw_at:
+            self._thaw_at = None
+            gc.unfreeze()
+
+
+#: The operator's one collector watch (installed at start-up).
+GC_PAUSES = GcPauses()
+
+
+async def watch_loop_lag(interval: float = LAG_SAMPLE_SECONDS, *, record: Path | None = None,
+                         collector: GcPauses | None = None) -> None:
     """Sleep ``interval`` again and again and record how much later than asked each sleep ended:
     the time any callback of this loop waits for its turn (a blocking call shows up here).
 
     Every sample goes into the ``vmshift_event_loop_lag_seconds`` histogram; with ``record``, also
     appended to that file as a line ``<monotonic seconds at wake-up> <lag seconds>`` (flushed about
-    once a second), so a benchmark can take the exact quantiles of any time window.
+    once a second), so a benchmark can take the exact quantiles of any time window. ``collector``
+    is ticked once a sample.
     """
     loop = asyncio.get_running_loop()
     out = record.open("a", encoding="ascii") if record is not None else None
@@ -110,6 +193,8 @@ async def watch_loop_lag(interval: float = LAG_SAMPLE_SECONDS, *, record: Path |
                 if now - flushed >= LAG_FLUSH_SECONDS:
                     out.flush()
                     flushed = now
+            if collector is not None:
+                collector.tick()
     finally:
         if out is not None:
             out.close()

@@ -444,6 +444,10 @@ def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
         runtime().resync_wake.set()
 
 
+#: VMs a resync pass compares with the agents in one step of the event loop.
+RESYNC_SLICE = 250
+
+
 async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     """One comparison of the fleet with the agents; one VM's failure does not stop the others.
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
@@ -454,8 +458,15 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     # one whose event waits or is being handled now (a pass during adoption found every VM in the
     # middle of its reconcile, before its status was written, and read each again).
     queue = rt.vm_events
-    candidates = resync_candidates([e for e in entries if e.key in rt.handled and not (queue and queue.holds(e.uid))],
-                                   rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
+    looked_at = [e for e in entries if e.key in rt.handled and not (queue and queue.holds(e.uid))]
+    fleet_now = fleet(fresh=fresh)
+    candidates: list[VMEntry] = []
+    # In slices, letting the loop run between them: the whole fleet at once held it for 0.15 s at
+    # 3,000 VMs (every handler, watch and timer waiting). Each candidate is read fresh before acting.
+    for start in range(0, len(looked_at), RESYNC_SLICE):
+        candidates += resync_candidates(looked_at[start:start + RESYNC_SLICE], rt.agents, rt.gate.holder, fleet_now,
+                                        rt.deferred)
+        await asyncio.sleep(0)
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")
