@@ -476,7 +476,8 @@ def main() -> int:
             print(f"{name:<38} {measured:>12} {floor:>14} {ratio:>7} {target:>12} {ok:>5}")
         print("machine load average (1/5/15 min):",
               "; ".join(f"{when} {a:.1f}/{b:.1f}/{c:.1f}" for when, (a, b, c) in loads.items()))
-        print("longest event-loop lags in the migrations' window (ms):",
+        print(f"longest event-loop lags in the migrations' window (monotonic {window_start:.1f}-{window_end:.1f} s)"
+              ", ms:",
               ", ".join(f"{lag * 1000:.0f}" for lag in sorted(lags, reverse=True)[:10]))
         if idle:
             print("idle requests by verb/resource:", json.dumps(idle))
