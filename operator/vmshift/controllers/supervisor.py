@@ -1,4 +1,5 @@
-"""The one supervisor of the operator's background loops (those Kopf does not own).
+"""The one supervisor of the operator's background loops (those Kopf does not own), and the watch
+on the event loop's health: its lag, and the garbage collector's pauses that cause the longest of it.
 
 Each loop runs in a task that logs when the loop raises or returns, backs off, and starts it
 again; a task nobody awaits is a failure nobody sees. No decisions about VMs or hosts here.
