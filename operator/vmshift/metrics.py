@@ -27,8 +27,20 @@ DURATION = Histogram(
 )
 EVENT_LOOP_LAG = Histogram(
     "vmshift_event_loop_lag_seconds",
-    "How late the operator's event loop ran a timer it had set: every handler, watch and poll waits that long.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "How late the operator's event loop ran a timer it had set (sampled every 10 ms): every handler, watch and "
+    "poll waits that long.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GC_PAUSES = Histogram(
+    "vmshift_gc_pause_seconds",
+    "How long each pass of Python's garbage collector held the operator, by generation (2: a full collection).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+GC_FREEZES = Counter(
+    "vmshift_gc_freezes_total",
+    "Times the operator moved what survived a long full collection out of the garbage collector's walks "
+    "(gc.freeze), so the next full collections stay short.",
 )
 RECONCILE_ERRORS = Counter(
     "vmshift_reconcile_errors_total", "Reconcile passes that ended in an error, by kind.", ["kind"]

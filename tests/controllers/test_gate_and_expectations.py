@@ -143,3 +143,39 @@ def test_an_admission_pass_over_the_same_fleet_and_queue_is_not_repeated(monkeyp
     assert len(passes) == 4 and not third.admitted.is_set()
     gate.admit_fleet(Fleet(hosts(h1=65536, h2=65536).values()), cluster_limit=3)  # type: ignore[arg-type]
     assert len(passes) == 5  # a newer fleet (a host changed) is looked at
+
+
+def test_an_admission_pass_reads_only_the_hosts_its_requests_name() -> None:
+    """A pass adjusted (and so copied) every host of the fleet for the gate's own reservations: with
+    1,000 hosts and migrations requested at 20 a second that was 4 % of the operator's CPU (py-spy).
+    It reads the source and target of each waiting request and nothing else, and still counts what
+    the gate holds on them."""
+    from collections.abc import Iterator, Mapping
+
+    class Recording(Mapping[str, object]):
+        def __init__(self, hosts: dict[str, object]) -> None:
+            self.hosts = hosts
+            self.read: set[str] = set()
+
+        def __getitem__(self, name: str) -> object:
+            self.read.add(name)
+            return self.hosts[name]
+
+        def __iter__(self) -> Iterator[str]:
+            self.read.update(self.hosts)
+            return iter(self.hosts)
+
+        def __len__(self) -> int:
+            return len(self.hosts)
+
+    fleet = Recording({f"h{i}": host(f"h{i}", max_concurrent_migrations=4, memory_mib=8192) for i in range(1, 201)})
+    gate = MigrationGate()
+    first = gate.enqueue(request("ns/a", "ns/va", source="h1", target="h2", memory=6144, created=1))
+    gate.admit(fleet, cluster_limit=None)  # type: ignore[arg-type]
+    assert first.admitted.is_set()
+    # h2 has 8192 MiB; the admitted migration holds 6144 of them: a second one of 4096 MiB must wait
+    second = gate.enqueue(request("ns/b", "ns/vb", source="h3", target="h2", memory=4096, created=2))
+    fleet.read.clear()
+    gate.admit(fleet, cluster_limit=None)  # type: ignore[arg-type]
+    assert not second.admitted.is_set() and "h2 has" in second.waiting_for, second.waiting_for
+    assert fleet.read == {"h2", "h3"}, f"the pass read {len(fleet.read)} hosts"

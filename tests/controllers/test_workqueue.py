@@ -113,3 +113,31 @@ async def test_an_event_without_uid_is_ignored_and_workers_must_be_positive() ->
     assert queue.idle()
     with pytest.raises(ValueError, match="workers must be at least 1, not 0"):
         WorkQueue(handler, workers=0)
+
+
+async def test_a_worker_lets_the_event_loop_run_between_events_whose_handler_never_waits() -> None:
+    """An echo of the operator's own write is skipped without awaiting anything: a worker that then
+    took the next event at once handled a whole burst in one step of the loop (583 ms with 3,000
+    VMs: every timer, watch and handler waited that long)."""
+    handled: list[str] = []
+
+    async def handler(kind: str, b: Mapping[str, Any]) -> None:
+        handled.append(b["metadata"]["uid"])  # returns without suspending, as a skipped echo does
+
+    queue = WorkQueue(handler, workers=1)
+    for i in range(50):
+        queue.put("MODIFIED", body(f"vm-{i}", 1))
+    seen_between: set[int] = set()
+
+    async def neighbour() -> None:
+        while len(handled) < 50:
+            seen_between.add(len(handled))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(queue.run())
+    try:
+        await asyncio.wait_for(neighbour(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(seen_between) >= 25, f"the other task ran only at {sorted(seen_between)} events handled"

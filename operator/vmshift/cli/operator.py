@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="file holding the webhook's bearer token (e.g. a mounted Secret)")
     parser.add_argument("--webhook-max-bytes", type=int, default=None,
                         help="largest webhook body accepted, in bytes (default 1 MiB)")
+    parser.add_argument("--loop-lag-record", default=None, metavar="FILE",
+                        help="also append every sample of the event loop's lag (every 10 ms) to FILE, one line "
+                             "'<monotonic seconds> <lag seconds>' each, flushed once a second (for benchmarks)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["VMSHIFT_AGENT_POLL_SECONDS"] = str(args.agent_poll_seconds)
     if args.keep_finished_migrations is not None:
         os.environ["VMSHIFT_KEEP_FINISHED_MIGRATIONS"] = str(args.keep_finished_migrations)
+    if args.loop_lag_record:
+        os.environ["VMSHIFT_LOOP_LAG_RECORD"] = args.loop_lag_record
     if args.namespace:  # the one namespace the token Secrets are made and read in
         os.environ["VMSHIFT_NAMESPACE"] = args.namespace
     if args.agent_token_secret or args.webhook_token_secret:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -110,14 +110,16 @@ class MigrationGate:
         last = self._last_pass
         if last is not None and last[0] is fleet_now and last[1:] == (cluster_limit, self.version):
             return
-        self.admit({h.name: h for h in fleet_now}, cluster_limit)
+        self.admit(fleet_now.hosts, cluster_limit)
         self._last_pass = (fleet_now, cluster_limit, self.version)
 
-    def admit(self, hosts: dict[str, HostView], cluster_limit: int | None) -> None:
+    def admit(self, hosts: Mapping[str, HostView], cluster_limit: int | None) -> None:
         """One admission pass over the waiting tickets against ``hosts``.
 
         ``hosts`` must not count the reservations of migrations in flight: the gate counts them
-        itself from what it admitted, which is ahead of the indexes.
+        itself from what it admitted, which is ahead of the indexes. Only the hosts the waiting
+        requests name are read (a pass that adjusted every host cost 4 % of the operator's CPU
+        with 1,000 hosts while migrations were requested at 20 a second).
         """
         if not self.pending:
             return
@@ -127,11 +129,16 @@ class MigrationGate:
                 h = held.setdefault(r.target, [0, 0])
                 h[0] += r.cpus
                 h[1] += r.memory_mib
-        adjusted = {name: replace(h, reserved_cpus=0, reserved_memory_mib=0) if h.reserved_cpus or h.reserved_memory_mib
-                    else h for name, h in hosts.items()}
-        for name, (cpus, memory) in held.items():
-            if name in adjusted:
-                adjusted[name] = replace(adjusted[name], reserved_cpus=cpus, reserved_memory_mib=memory)
+        named = {name for t in self.pending.values() for name in (t.request.source, t.request.target) if name}
+        adjusted: dict[str, HostView] = {}
+        for name in named:
+            host = hosts.get(name)
+            if host is None:
+                continue
+            cpus, memory = held.get(name, (0, 0))
+            if (host.reserved_cpus, host.reserved_memory_mib) != (cpus, memory):
+                host = replace(host, reserved_cpus=cpus, reserved_memory_mib=memory)
+            adjusted[name] = host
         answer = admit([t.request for t in self.pending.values()], list(self.in_flight.values()), adjusted,
                        cluster_limit=cluster_limit)
         for request in answer.admitted:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -31,7 +32,7 @@ from vmshift.controllers import (  # noqa: F401
 )
 from vmshift.controllers.events import REPORTING_COMPONENT, reporting_instance
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.supervisor import Supervisor, watch_loop_lag
+from vmshift.controllers.supervisor import GC_PAUSES, Supervisor, watch_loop_lag
 from vmshift.controllers.views import in_flight_summary
 
 WORKER_LIMIT = 300
@@ -81,7 +82,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
     background.start("resync", lambda: virtualmachines.resync_forever(resync_log), logger=resync_log)
-    background.start("loop-lag", watch_loop_lag)
+    lag_record = os.environ.get("VMSHIFT_LOOP_LAG_RECORD")
+    GC_PAUSES.install()
+    background.start("loop-lag", lambda: watch_loop_lag(record=Path(lag_record) if lag_record else None,
+                                                        collector=GC_PAUSES))
     logger.info("vmshift operator configured")
 
 

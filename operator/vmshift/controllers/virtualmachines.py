@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -452,6 +453,10 @@ def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
         runtime().resync_wake.set()
 
 
+#: How long a resync pass compares VMs with the agents before it lets the event loop run.
+RESYNC_STEP_SECONDS = 0.01
+
+
 async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     """One comparison of the fleet with the agents; one VM's failure does not stop the others.
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
@@ -465,9 +470,19 @@ async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     # Nor is one whose status was just written: until its echo is in, the cache shows it as before
     # (at 10,000 VMs a pass during adoption read every VM whose echo the API server had not sent yet).
     echoing = {key for key, _ in rt.echo_pending.items()}
-    candidates = resync_candidates([e for e in entries if e.key in rt.handled and e.key not in echoing
-                                    and not (queue and queue.holds(e.uid))],
-                                   rt.agents, rt.gate.holder, fleet(fresh=fresh), rt.deferred)
+    looked_at = [e for e in entries if e.key in rt.handled and e.key not in echoing
+                 and not (queue and queue.holds(e.uid))]
+    fleet_now = fleet(fresh=fresh)
+    candidates: list[VMEntry] = []
+    # A step of the event loop at a time, letting it run between them: the whole fleet at once held
+    # it for 0.15-0.5 s at 3,000 VMs (a VM on no host costs a placement plan over every host), and
+    # every handler, watch and timer waited. Each candidate is read fresh before anything is done.
+    step_ends = time.monotonic() + RESYNC_STEP_SECONDS
+    for entry in looked_at:
+        candidates += resync_candidates((entry,), rt.agents, rt.gate.holder, fleet_now, rt.deferred)
+        if time.monotonic() >= step_ends:
+            await asyncio.sleep(0)
+            step_ends = time.monotonic() + RESYNC_STEP_SECONDS
     if candidates:
         logger.info("resync: %d of %d VMs need a look (%s%s)", len(candidates), len(entries),
                     ", ".join(e.key for e in candidates[:5]), ", ..." if len(candidates) > 5 else "")

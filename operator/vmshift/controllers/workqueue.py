@@ -86,6 +86,10 @@ class WorkQueue:
                 self._busy.discard(uid)
                 if uid in self._latest:  # a newer event came while this one was handled: its turn
                     self._ready.put_nowait(uid)
+            # A handler that returned without waiting (a skipped echo) did not let the loop run, nor
+            # does a get from a queue that holds more: without this, a worker handled a whole burst
+            # of events in one step while every timer, watch and handler waited.
+            await asyncio.sleep(0)
 
     async def run(self) -> None:
         """The workers, until cancelled."""
