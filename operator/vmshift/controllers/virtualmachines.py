@@ -55,6 +55,10 @@ from vmshift.scheduling.placement import Refusal, plan_placement
 
 #: How many VMs a resync pass reads and reconciles at once.
 RESYNC_IN_FLIGHT = 16
+#: How often the resync's wait looks whether a VM was deferred meanwhile.
+RESYNC_CHECK_SECONDS = 1.0
+#: The resync's clock (a test replaces it).
+_clock = time.monotonic
 
 
 def _lock(key: str) -> asyncio.Lock:
@@ -414,11 +418,18 @@ async def resync_forever(logger: logging.Logger) -> None:
     operator's supervisor (startup.py), which restarts it if anything escapes a pass.
     """
     await indexes.ready()
-    woken = runtime().resync_wake
+    rt = runtime()
+    woken = rt.resync_wake
     while True:
-        with contextlib.suppress(TimeoutError):
-            # A VM deferred because an agent did not answer is looked at again soon, not a full period later.
-            await asyncio.wait_for(woken.wait(), DEFERRED_RESYNC_SECONDS if runtime().deferred else RESYNC_SECONDS)
+        started = _clock()
+        # A VM deferred because an agent did not answer is looked at again within DEFERRED_RESYNC_SECONDS,
+        # not a full period later, also when it was deferred while this wait had already begun.
+        while not woken.is_set():
+            left = started + (DEFERRED_RESYNC_SECONDS if rt.deferred else RESYNC_SECONDS) - _clock()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(left, RESYNC_CHECK_SECONDS))
         # Woken by a change the cached fleet may not show yet: the pass reads a fresh one.
         fresh = woken.is_set()
         woken.clear()
