@@ -168,8 +168,11 @@ class BreakingProxy:
                     damaged = bytearray(body)
                     damaged[self.corrupt_source_frame[2]] ^= 0x10
                     body = bytes(damaged)
-                writer.write(head + body)
-                await writer.drain()
+                try:
+                    writer.write(head + body)
+                    await writer.drain()
+                except ConnectionError:
+                    return  # the target closed: what it sent before that still reaches the source (downstream)
                 self.forwarded += len(head) + len(body)
                 if self.cut_after_bytes is not None and self.forwarded >= self.cut_after_bytes:
                     break

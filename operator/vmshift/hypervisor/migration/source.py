@@ -58,6 +58,7 @@ Expected = TypeVar("Expected", bound=ControlMessage)
 
 HANDSHAKE_TIMEOUT = 5.0
 RESUMED_TIMEOUT = 10.0
+ABORT_READ_SECONDS = 1.0  # after a failed send, how long the reader may take to reach the end of the stream
 #: How long the source asks the target after a broken switchover before it reports the migration in doubt.
 IN_DOUBT_AFTER = 10.0
 #: The longest pause between two questions to a target that cannot be asked.
@@ -155,7 +156,7 @@ class SourceMigration:
         except MigrationFailed as exc:
             failure = exc
         except (StreamClosed, OSError, ProtocolError) as exc:
-            failure = self._explain_stream_error(exc)
+            failure = await self._explain_stream_error(exc)
         except Exception as exc:  # never leave the VM paused because of a bug
             log.exception("migration %s failed unexpectedly", self.migration_id)
             failure = MigrationFailed(FailureReason.TargetLost, f"internal error on the source: {exc!r}")
@@ -172,7 +173,12 @@ class SourceMigration:
             await self._close()
             self.host.migration_ended(self)
 
-    def _explain_stream_error(self, exc: BaseException) -> MigrationFailed:
+    async def _explain_stream_error(self, exc: BaseException) -> MigrationFailed:
+        """Why the stream broke: the target's ABORT if it sent one. A target that refuses the copy sends ABORT and
+        closes; a send can fail on that close before the background reader has read the ABORT that came first, so
+        the reader gets a moment to read to the end of the stream."""
+        if self._reader is not None and self._target_abort is None:
+            await asyncio.wait({self._reader}, timeout=ABORT_READ_SECONDS)
         if self._target_abort is not None:
             return failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted")
         return MigrationFailed(FailureReason.TargetLost,
