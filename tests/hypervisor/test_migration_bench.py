@@ -3,28 +3,9 @@ socket's rate of the run (which the bench prints beside it as a ratio). Pure: no
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from tests.benches import load_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "migration.py"
-
-
-def _bench() -> ModuleType:
-    sys.path.insert(0, str(BENCH.parent))  # the bench imports agent_pool from beside it
-    try:
-        spec = importlib.util.spec_from_file_location("bench_migration", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_migration"] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH.parent))
-
-
-bench = _bench()
+bench = load_bench("migration")
 RAW = {"gib_per_s": 2.81, "seconds": 0.7, "source_cpu_s_per_gib": 0.28, "target_cpu_s_per_gib": 0.19,
        "load_average": 1.0}
 

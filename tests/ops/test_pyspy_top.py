@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location("pyspy_top", Path(__file__).parents[2] / "bench" / "pyspy_top.py")
-assert _spec is not None and _spec.loader is not None
-pyspy_top = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pyspy_top)
+from tests.benches import load_bench
+
+pyspy_top = load_bench("pyspy_top")
 
 
 def test_self_and_inclusive_samples_by_function_without_line_numbers() -> None:

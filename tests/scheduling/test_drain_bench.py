@@ -3,26 +3,11 @@ to leave VMs Pending for want of cpus), and the overhead it reports is measured 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "drain.py"
+from tests.benches import load_bench
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_drain", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_drain"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench()
+bench = load_bench("drain")
 
 
 @pytest.mark.parametrize("vms", [8, bench.REAL_VMS, 40, 100])
