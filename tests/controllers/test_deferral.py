@@ -239,3 +239,30 @@ async def test_a_resync_pass_compares_the_fleet_a_step_at_a_time_letting_the_loo
     during = {n for n in neighbour_ran_at if 0 < n < len(entries)}
     # 40 VMs of at least 2 ms each are 80 ms: the loop ran between steps of RESYNC_STEP_SECONDS
     assert len(during) >= 3, f"other tasks ran only after {sorted(neighbour_ran_at)} VMs were looked at"
+
+
+async def test_a_link_of_a_host_gone_unsupervised_is_forgotten_so_a_lost_guest_can_be_placed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Host deleted while the operator started kept the link the start's first round made (no supervisor
+    was there to forget it): its agent never answered, so every look for a lost guest found a silent agent
+    and the guest stayed on no host for over 50 s (fault campaign seeds 14063 and 14082). A resync pass
+    forgets such a link, and keeps the links of Hosts in the cache and of Hosts a supervisor owns (a Host
+    Kopf saw before the cache did)."""
+    class Client:
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    clients = {name: Client() for name in ("cached", "supervised", "gone")}
+    links = {name: AgentLink(host=name, endpoint="http://127.0.0.1:1", token="t", client=cast(Any, client),
+                             reachable=name != "gone") for name, client in clients.items()}
+    rt = runtime()
+    monkeypatch.setattr(rt.agents, "_links", links)
+    monkeypatch.setattr(rt, "host_wakers", {"supervised": asyncio.Event()})
+    monkeypatch.setattr(virtualmachines.indexes, "host_names", lambda: ["cached"])
+    _resync_over(monkeypatch, [], set(), _no_read)
+    assert rt.agents.unreachable() == ["gone"]
+    await virtualmachines.resync_pass(logging.getLogger("test.resync"))
+    assert sorted(links) == ["cached", "supervised"] and rt.agents.unreachable() == []
+    assert clients["gone"].closed and not clients["cached"].closed

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +219,10 @@ class AgentDirectory:
         if link is not None:
             self._reindex(host, link.vms, {})
             await link.client.close()
+
+    def strays(self, hosts: Container[str]) -> list[str]:
+        """The linked hosts not in ``hosts``, by name."""
+        return sorted(name for name in self._links if name not in hosts)
 
     async def poll(self, link: AgentLink) -> bool:
         """Ask the agent for its host info and VMs; update reachability. True if it answered.

@@ -468,10 +468,24 @@ def recheck_on_label_change(type: str, body: Mapping[str, Any]) -> None:
 RESYNC_STEP_SECONDS = 0.01
 
 
+async def forget_strays(logger: logging.Logger) -> None:
+    """Drop the agent links of Hosts that are gone and that no supervisor owns.
+
+    The start's first round links every listed Host; a Host deleted just then never gets a supervisor
+    to forget its link when it goes. Such a link's agent answers nothing, ever, and every live look for
+    a lost guest counts a silent agent as a place the guest may run: the guest was never placed again."""
+    rt = runtime()
+    known = set(indexes.host_names()) | set(rt.host_wakers)
+    for name in rt.agents.strays(known):
+        logger.info("forgetting the agent link of Host %s: the Host is gone", name)
+        await rt.agents.forget(name)
+
+
 async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
     """One comparison of the fleet with the agents; one VM's failure does not stop the others.
     ``fresh``: rebuild the fleet first (the reconciles of the pass then read it too)."""
     rt = runtime()
+    await forget_strays(logger)
     entries = values(indexes.vm_index)
     # A VM whose first event the work queue has not handled yet is left to it: after a start,
     # thousands of them would each cost a read, a placement plan and a second reconcile here. So is
