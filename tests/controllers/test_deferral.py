@@ -11,11 +11,13 @@ from typing import Any, cast
 
 import pytest
 
-from vmshift.controllers import virtualmachines
+from tests.controllers.test_resync_cleanups import guest
+from vmshift.controllers import guestcleanup, virtualmachines
 from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.vmstatus import DEFERRED_RESYNC_SECONDS, RESYNC_SECONDS
 from vmshift.controllers.workqueue import WorkQueue
+from vmshift.hypervisor.protocol import VmState
 
 
 async def _nothing(*_: Any) -> None:
@@ -266,3 +268,66 @@ async def test_a_link_of_a_host_gone_unsupervised_is_forgotten_so_a_lost_guest_c
     await virtualmachines.resync_pass(logging.getLogger("test.resync"))
     assert sorted(links) == ["cached", "supervised"] and rt.agents.unreachable() == []
     assert clients["gone"].closed and not clients["cached"].closed
+
+
+async def test_the_resync_comes_back_soon_for_the_guest_of_a_vm_deleted_during_its_migration(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM deleted during its migration: the migration was cancelled at once, but the pass its end woke
+    found the guest still leaving in the agent's last report and let it be; the guest ran on for the
+    resync's whole period (30 s, fault campaign seed 16208). While a deleted VM's guest is in a migration,
+    the resync comes back within DEFERRED_RESYNC_SECONDS."""
+    now = [0.0]
+    passes: list[float] = []
+    rt = runtime()
+
+    async def ready() -> None:
+        return None
+
+    async def wait_for(awaitable: Any, seconds: float) -> None:
+        awaitable.close()
+        now[0] += seconds
+        raise TimeoutError
+
+    async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
+        passes.append(now[0])
+        rt.orphans_moving = len(passes) == 1  # the first pass finds the guest leaving, the second settled
+        if len(passes) == 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(virtualmachines.indexes, "ready", ready)
+    monkeypatch.setattr(virtualmachines.asyncio, "wait_for", wait_for)
+    monkeypatch.setattr(virtualmachines, "_clock", lambda: now[0])
+    monkeypatch.setattr(virtualmachines, "resync_pass", resync_pass)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await virtualmachines.resync_forever(logging.getLogger("test.deferral"))
+    finally:
+        rt.orphans_moving = False
+    first = RESYNC_SECONDS
+    assert passes == [first, first + DEFERRED_RESYNC_SECONDS, first + DEFERRED_RESYNC_SECONDS + RESYNC_SECONDS]
+
+
+async def test_the_orphan_collection_notes_a_deleted_vms_guest_still_in_its_migration(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest of a deleted VM is left alone while its agent reports it leaving, and the pass says so
+    (the resync then comes back soon); once the report shows it settled, it is deleted."""
+    rt = runtime()
+    deleted: list[str] = []
+
+    class Client:
+        async def delete_vm(self, vm_id: str, force: bool = False) -> None:
+            deleted.append(vm_id)
+
+    link = AgentLink(host="h1", endpoint="http://127.0.0.1:1", token="t", client=cast(Any, Client()))
+    reports = {"h1": {"gone": guest("gone", VmState.Running, "m1")}}
+    monkeypatch.setattr(rt.agents, "reports", lambda: reports)
+    monkeypatch.setattr(rt.agents, "_links", {"h1": link})
+    monkeypatch.setattr(guestcleanup.kubeapi, "get", lambda *args: _nothing())
+    try:
+        await guestcleanup.collect_orphans([], logging.getLogger("test.resync"))
+        assert rt.orphans_moving and deleted == []
+        reports["h1"] = {"gone": guest("gone", VmState.Running)}  # its migration was cancelled
+        await guestcleanup.collect_orphans([], logging.getLogger("test.resync"))
+        assert not rt.orphans_moving and deleted == ["gone"]
+    finally:
+        rt.orphans_moving = False

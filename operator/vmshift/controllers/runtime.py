@@ -188,6 +188,8 @@ class Runtime:
     vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     #: VMs whose last reconcile could not finish (an agent did not answer): the resync retries them.
     deferred: set[str] = field(default_factory=set)
+    #: Whether the last resync pass found guests of deleted VMs still in a migration (it comes back soon).
+    orphans_moving: bool = False
     #: Why each deferred VM waits, as last logged (a reason is logged once, not at every pass).
     deferral_told: dict[str, str] = field(default_factory=dict)
     #: VMs whose watch event this process has handled: the resync looks only at those. One the work

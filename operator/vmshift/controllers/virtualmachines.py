@@ -425,7 +425,8 @@ async def resync_forever(logger: logging.Logger) -> None:
         # A VM deferred because an agent did not answer is looked at again within DEFERRED_RESYNC_SECONDS,
         # not a full period later, also when it was deferred while this wait had already begun.
         while not woken.is_set():
-            left = started + (DEFERRED_RESYNC_SECONDS if rt.deferred else RESYNC_SECONDS) - _clock()
+            soon = rt.deferred or rt.orphans_moving
+            left = started + (DEFERRED_RESYNC_SECONDS if soon else RESYNC_SECONDS) - _clock()
             if left <= 0:
                 break
             with contextlib.suppress(TimeoutError):

@@ -416,6 +416,13 @@ def orphan_guests(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection
             if vm_id not in known and info.state in RESIDENT and info.migration_id is None]
 
 
+def moving_orphans(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection[str]) -> list[tuple[str, VmInfo]]:
+    """Guests the agents hold in a migration whose VirtualMachine the API no longer has (pure): orphans
+    once their migration ends, which the agents' next reports show."""
+    return [(host, info) for host, guests in sorted(reports.items()) for vm_id, info in sorted(guests.items())
+            if vm_id not in known and info.state in RESIDENT and info.migration_id is not None]
+
+
 def label_rechecks(entries: Iterable[VMEntry], changed: str, labels: Mapping[str, Mapping[str, str]]) -> list[str]:
     """The VMs to look at again when Host ``changed``'s labels changed (pure): those on it, and those
     with a host selector their own host does not match (a relabelled host may be where they go)."""
