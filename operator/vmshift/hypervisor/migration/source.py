@@ -174,15 +174,10 @@ class SourceMigration:
             self.host.migration_ended(self)
 
     async def _explain_stream_error(self, exc: BaseException) -> MigrationFailed:
-        """Why the stream broke: the target's ABORT if it sent one. A target that refuses the copy sends ABORT and
-        closes; a send can fail on that close before the background reader has read the ABORT that came first, so
-        the reader gets a moment to read to the end of the stream."""
+        """A send fails on the close after an ABORT not read yet: the reader gets time to read to the end."""
         if self._reader is not None and self._target_abort is None:
             await asyncio.wait({self._reader}, timeout=ABORT_READ_SECONDS)
-        if self._target_abort is not None:
-            return failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted")
-        return MigrationFailed(FailureReason.TargetLost,
-                       f"the migration stream to the target broke ({exc}); the VM keeps running on the source")
+        return self._target_failure(f"the migration stream to the target broke ({exc})")
 
     async def _precommit(self) -> None:
         request = self.request
@@ -230,13 +225,15 @@ class SourceMigration:
         finally:
             self._inbox.put_nowait(None)
 
-    def _check_target(self) -> None:
+    def _target_failure(self, how: str) -> MigrationFailed:
+        """The target's ABORT if it sent one, else how the stream ended: the VM keeps running here."""
         if self._target_abort is not None:
-            raise failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted")
-        if self._target_gone is not None:
-            raise MigrationFailed(FailureReason.TargetLost,
-                          f"the target closed the migration stream ({self._target_gone}); the VM keeps "
-                          "running on the source")
+            return failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted")
+        return MigrationFailed(FailureReason.TargetLost, f"{how}; the VM keeps running on the source")
+
+    def _check_target(self) -> None:
+        if self._target_abort is not None or self._target_gone is not None:
+            raise self._target_failure(f"the target closed the migration stream ({self._target_gone})")
 
     async def _expect(self, kind: type[Expected], within: float) -> Expected:
         try:
@@ -372,9 +369,7 @@ class SourceMigration:
 
     def _link_rate(self) -> float:
         """Bytes per second the switchover threshold assumes: the configured rate, else the measured one."""
-        if not math.isinf(self.rate):
-            return self.rate
-        return self._measured_rate or 1e9
+        return self.rate if not math.isinf(self.rate) else self._measured_rate or 1e9
 
     def _not_converging(self, dirty: int, round_index: int, extra: str | None) -> str:
         threshold_mib = self._link_rate() * self.request.threshold_ms / 1000 / 2**20
@@ -498,8 +493,7 @@ class SourceMigration:
         except (MigrationFailed, StreamClosed, OSError, ProtocolError) as exc:
             self._release_gate()
             if self._target_abort is not None:  # the target refused explicitly: it did not resume
-                raise failure_from_abort(self._target_abort, FailureReason.TargetLost, "the target aborted") \
-                    from None
+                raise self._target_failure("the target aborted") from None
             log.warning("migration %s: stream lost during the switchover (%s); asking the target",
                         self.migration_id, exc)
             await self._resolve(str(exc))
