@@ -263,7 +263,10 @@ async def supervise(name: str, body: Mapping[str, Any], stop: Stop, *,
 async def host_ended(name: str, remediator: remediation.HostRemediator | None, logger: logging.Logger) -> None:
     """What a deleted Host leaves to do: remove the migrations its drains made, forget its alerts
     and its agent. Only a deleted Host loses its link: while the operator stops, migration daemons
-    may still ask this agent, and a dropped link would make a healthy host look unreachable to them."""
+    may still ask this agent, and a dropped link would make a healthy host look unreachable to them.
+    The migrations come from the cache: at a start, a Host listed already marked for deletion ends
+    before the migrations' first listing is in."""
+    await indexes.MIGRATIONS.synced.wait()
     await drains.host_deleted(name, logger)
     if remediator is not None:
         remediation.remediation_ended(remediator)
