@@ -71,6 +71,17 @@ def test_a_host_listed_already_marked_for_deletion_gets_its_end_without_a_superv
     assert decide("ADDED", marked, None) == SupervisorDecision(end_without_supervisor=True, release_finalizer=True)
 
 
+def test_the_deletion_of_another_host_of_the_name_ends_nothing_that_runs() -> None:
+    """A deleted Host's end is by name (its drains' migrations, its agent link): run for a stale event
+    while a live Host of that name is supervised, it would undo the live one's drains."""
+    live = Slot("u2", Stop())
+    assert decide("DELETED", host("h1", "u1"), live) == SupervisorDecision()
+    # while the old one still ends, a new one listed already marked gets its own end after it
+    ending = Slot("u1", Stop(), ending=True)
+    assert decide("ADDED", host("h1", "u2", deleting=True, finalizers=[LEGACY_FINALIZER]), ending) == \
+        SupervisorDecision(end_without_supervisor=True, release_finalizer=True)
+
+
 def test_a_new_host_under_a_known_name_replaces_the_old_ones_supervisor() -> None:
     """The old Host's DELETED event is lost when the watch has to list again."""
     assert decide("ADDED", host("h1", "u2"), Slot("u1", Stop())) == SupervisorDecision(end_running=True, start=True)

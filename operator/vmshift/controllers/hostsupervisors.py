@@ -96,12 +96,16 @@ def decide(kind: str, body: Body, slot: Slot | None) -> SupervisorDecision:
     """What a Host event asks of the supervisors, given what runs for its name (pure).
 
     A new uid under a known name is a new Host (the old one's DELETED event can be lost when the
-    watch had to list again): the old supervisor ends as for a deletion, the new one starts after it."""
+    watch had to list again): the old supervisor ends as for a deletion, the new one starts after it.
+    A deletion of a uid other than the one a live supervisor runs for is not that Host's, and ends
+    nothing (a deleted Host's end is by name: it would remove the live one's drains)."""
     uid = uid_of(body)
     same = slot is not None and slot.uid == uid
     if deleting(kind, body):
+        if slot is not None and not same and not slot.ending:
+            return SupervisorDecision()
         return SupervisorDecision(
-            end_running=slot is not None and not slot.ending,
+            end_running=same and slot is not None and not slot.ending,
             end_without_supervisor=not same,
             release_finalizer=(kind != "DELETED" and holds_legacy_finalizer(body)
                                and not (same and slot is not None and slot.releasing)))
