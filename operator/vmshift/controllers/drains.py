@@ -171,7 +171,7 @@ def _limits(fleet_now: Fleet, migrations: Store[MigrationEntry], policies: list[
 class Evacuator:
     """The drain of one host: the last ``status.drain`` written, and the passes that advance it."""
 
-    def __init__(self, host: str, body: kopf.Body, drain: Mapping[str, Any] | None,
+    def __init__(self, host: str, body: Mapping[str, Any], drain: Mapping[str, Any] | None,
                  flush: Callable[[], Awaitable[None]]) -> None:
         self.host = host
         self.body = body

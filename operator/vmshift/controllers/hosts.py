@@ -18,7 +18,7 @@ from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.api.host import DrainState, HostPhase, HostSpec, SensorReading
 from vmshift.controllers.agents import AgentConfigError, AgentLink
-from vmshift.controllers.indexes import HOSTS, MIGRATIONS
+from vmshift.controllers.indexes import HOSTS, MIGRATIONS, host_names
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import index_migration, parse_host_spec
 from vmshift.hypervisor.protocol import HostInfo
@@ -53,6 +53,13 @@ def wake_on_host_event(type: str, body: Mapping[str, Any]) -> None:
     _seen[name] = body
     if before is None or status_inputs(before) != status_inputs(body):
         runtime().wake_host(name)
+
+
+@HOSTS.on_listed
+def forget_unlisted_hosts() -> None:
+    """A listing after the watch lost its place drops Hosts without a DELETED event: forget them too."""
+    for name in set(_seen) - set(host_names()):
+        del _seen[name]
 
 
 #: ``status.sensors`` by reading: a fleet's hosts mostly read alike, and every poll of every host asks.

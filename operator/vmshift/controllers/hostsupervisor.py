@@ -12,6 +12,9 @@ It sleeps until the earliest of: the agent's next poll (backing off while it doe
 the next remediation deadline, the next drain pass; or until woken (a change of the Host's spec,
 labels or annotations, an alert, a migration of its drain, a migration entering or leaving flight
 to or from it: see ``hosts``, ``drains``, ``remediation``).
+
+Who starts and stops the supervisors is ``hostsupervisors`` (from the Host informer, not Kopf); this
+module is one supervisor's loop, and what a Host's end leaves to do.
 """
 
 from __future__ import annotations
@@ -24,16 +27,23 @@ from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
 
 from vmshift import metrics
 from vmshift.api import conditions as cond
 from vmshift.controllers import drains, events, hosts, indexes, kubeapi, remediation
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
-from vmshift.controllers.indexes import GROUP, VERSION, host_index, one, values
-from vmshift.controllers.runtime import runtime, until_woken
+from vmshift.controllers.indexes import host_index, one, values
+from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import parse_host_spec
+
+log = logging.getLogger("vmshift.hosts")
+
+
+def uid_of(body: Mapping[str, Any]) -> str | None:
+    """``metadata.uid`` of an object (pure)."""
+    uid = (body.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
 
 
 def _answered(link: AgentLink | None) -> datetime | None:
@@ -43,31 +53,33 @@ def _answered(link: AgentLink | None) -> datetime | None:
     return datetime.now(UTC) - timedelta(seconds=time.monotonic() - link.reported_at)
 
 
-def newer(informer: Mapping[str, Any], kopf_meta: Mapping[str, Any]) -> bool:
-    """Whether the informer's copy of an object is newer than Kopf's (pure): resourceVersions of one
-    object from one API server grow; an unreadable one counts as not newer."""
-    try:
-        return int((informer.get("metadata") or {}).get("resourceVersion") or 0) > int(
-            kopf_meta.get("resourceVersion") or 0)
-    except ValueError:
-        return False
+class Stop:
+    """A supervisor's stop flag: set once, when the operator stops or the Host is deleted (then
+    ``deleted``, which a later set does not take back)."""
 
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.deleted = False
 
-def newest_of(name: str, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[Mapping[str, Any],
-                                                                                     Mapping[str, Any]]:
-    """The Host's spec and metadata: the informer's when newer than Kopf's, else Kopf's."""
-    fresh = hosts.last_seen(name)
-    if fresh is not None and newer(fresh, meta):
-        return fresh.get("spec") or {}, fresh.get("metadata") or {}
-    return spec, meta
+    def set(self, *, deleted: bool) -> None:
+        self.deleted = self.deleted or deleted
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 class HostSupervisor:
     """The state of one Host's loop: what its status holds, and each pass's own memory."""
 
-    def __init__(self, name: str, body: kopf.Body, status: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, body: Mapping[str, Any]) -> None:
         self.name = name
+        #: The Host as the supervisor started on it: the object its events name (its uid does not change).
         self.body = body
+        status: Mapping[str, Any] = body.get("status") or {}
         #: The host part of the status as stored, then as this supervisor last wrote it.
         self.last: Mapping[str, Any] = dict(status)
         self.remediator = remediation.HostRemediator(name, body, status)
@@ -78,11 +90,17 @@ class HostSupervisor:
         self.told = ""
         self.next_poll = 0.0
 
-    def stored(self, kopf_status: Mapping[str, Any]) -> dict[str, Any]:
-        """The Host's status with the passes' decisions as made: the informer's copy of the stored
-        status (Kopf's own view may lag behind it), overlaid with what the passes hold in memory."""
+    def current(self) -> Mapping[str, Any]:
+        """The newest body of this Host the informer delivered (the one it started on, if none since)."""
         fresh = hosts.last_seen(self.name)
-        stored = dict((fresh or {}).get("status") or {}) if fresh is not None else dict(kopf_status)
+        if fresh is None or uid_of(fresh) != uid_of(self.body):
+            return self.body  # gone, or already a new Host of the same name: this supervisor is ending
+        return fresh
+
+    def stored(self) -> dict[str, Any]:
+        """The Host's status with the passes' decisions as made: the informer's copy of the stored
+        status, overlaid with what the passes hold in memory."""
+        stored = dict(self.current().get("status") or {})
         stored["drain"] = self.evacuator.drain or None
         stored["remediation"] = self.remediator.remediation
         stored["lastRemediation"] = self.remediator.last
@@ -108,18 +126,8 @@ class HostSupervisor:
         self.was_reachable = link.reachable if link is not None else self.was_reachable
 
     async def first_poll(self, spec: Mapping[str, Any]) -> None:
-        """The agent's first poll, before the caches are in, unless the start's :func:`first_round`
-        has just asked it (Kopf starts the supervisors at its own pace: 1,000 took over 10 s). A
-        failure here is the first pass's to meet again (``next_poll`` stays due) and report."""
-        rt = runtime()
-        known = rt.agents.get(self.name)
-        if known is not None and known.reported_at and time.monotonic() - known.reported_at < rt.poll_interval:
-            with contextlib.suppress(AgentConfigError):  # the first pass polls again and reports it
-                self.link = await rt.agents.link(self.name, spec)
-            if self.link is known:  # same endpoint and token as the round asked
-                self.was_reachable = known.reachable
-                self.next_poll = known.reported_at + rt.poll_interval
-                return
+        """The agent's first poll, before the caches are in. A failure here is the first pass's to meet
+        again (``next_poll`` stays due) and report."""
         with contextlib.suppress(Exception):
             await self.poll(spec)
 
@@ -163,19 +171,20 @@ class HostSupervisor:
         self.evacuator.written = dict(self.evacuator.drain)
         self.remediator.staged.clear()
 
-    async def run_pass(self, spec: Mapping[str, Any], meta: Mapping[str, Any], kopf_status: Mapping[str, Any],
-                       logger: kopf.Logger | logging.Logger) -> float:
+    async def run_pass(self, logger: logging.Logger) -> float:
         """Poll (when due), remediate, drain, write; returns how long to sleep unless woken.
 
-        The passes read the newest of the Host as Kopf handed it and as the informer delivered it:
-        the informer's event is what woke the supervisor, and Kopf's copy may not have caught up, so
-        a maintenance turned off or a release annotation just set would otherwise be seen a pass late."""
-        spec, meta = newest_of(self.name, spec, meta)
+        The passes read the Host as the informer delivered it last: its event is what woke the
+        supervisor, so a maintenance turned off or a release annotation just set is seen in the pass
+        it wakes."""
+        body = self.current()
+        spec: Mapping[str, Any] = body.get("spec") or {}
+        meta: Mapping[str, Any] = body.get("metadata") or {}
         if time.monotonic() >= self.next_poll:
             await self.poll(spec)
         remediation_due = await remediation.remediation_pass(self.remediator, meta.get("annotations") or {}, logger)
-        drain_due = await drains.drain_pass(self.evacuator, spec, self.stored(kopf_status), logger)
-        new = self.host_part(spec, int(meta.get("generation") or 0), self.stored(kopf_status))
+        drain_due = await drains.drain_pass(self.evacuator, spec, self.stored(), logger)
+        new = self.host_part(spec, int(meta.get("generation") or 0), self.stored())
         hosts.record_phase(self.name, new["phase"])
         await self.write(new)
         return min(self.next_poll - time.monotonic(), remediation_due, drain_due)
@@ -185,45 +194,10 @@ class HostSupervisor:
         await self.write(None)
 
 
-#: How many agents the start's first round asks at once.
-FIRST_ROUND_IN_FLIGHT = 64
-
-
-async def first_round() -> None:
-    """At a start, ask every Host's agent once, as soon as the Host cache's first listing is in.
-
-    No VM is placed or adopted until every agent has answered (any of them may run its guest), and
-    the supervisors, which poll from then on, are Kopf daemons that Kopf starts one Host at a time
-    (a finalizer write and its echo each): at 1,000 Hosts the last started over 10 s after the first.
-    A Host whose agent settings are wrong is left to its supervisor, which reports it. Runs once
-    under the operator's supervisor, then sleeps (returning would have it started again)."""
-    await indexes.HOSTS.synced.wait()
-    rt = runtime()
-    gate = asyncio.Semaphore(FIRST_ROUND_IN_FLIGHT)
-
-    async def ask(name: str) -> None:
-        async with gate:
-            body = hosts.last_seen(name)
-            if body is None or rt.agents.get(name) is not None:
-                return  # gone, or its supervisor (or an earlier round) has a link
-            try:
-                link = await rt.agents.link(name, body.get("spec") or {})
-            except AgentConfigError:
-                return
-            await rt.agents.poll(link)
-        if hosts.last_seen(name) is None and name not in rt.host_wakers:
-            # Deleted meanwhile, with no supervisor to forget its link: a link left behind would be asked
-            # by every live look for a guest (live_locate) and, unanswered, make every location unknown.
-            await rt.agents.forget(name)
-
-    await asyncio.gather(*(ask(name) for name in list(indexes.host_names())))
-    await asyncio.Event().wait()
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: kopf.DaemonStopped) -> None:
-    """``work``, given up when the daemon is asked to stop first (the operator exiting must not wait for
-    an agent that is slow to answer, nor have Kopf cancel the daemon)."""
-    doing, halt = asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: Stop) -> None:
+    """``work``, given up when the supervisor is asked to stop first (the operator exiting must not wait
+    for an agent that is slow to answer, nor for the caches' first listing)."""
+    doing, halt = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([doing, halt], return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -232,36 +206,70 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stopped: kopf.DaemonS
         await asyncio.gather(doing, halt, return_exceptions=True)
 
 
-@kopf.daemon(GROUP, VERSION, "hosts", cancellation_backoff=15.0, cancellation_timeout=10.0)
-async def supervise_host(name: str, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.Body,
-                         stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
-    """Poll, remediate, drain, write: one loop per Host."""
+async def _until_woken(wake: asyncio.Event, stop: Stop, seconds: float) -> None:
+    """The supervisor's sleep: until woken, asked to stop, or ``seconds`` passed."""
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _gated(work: Coroutine[Any, Any, None], gate: asyncio.Semaphore | None) -> None:
+    if gate is None:
+        await work
+        return
+    async with gate:
+        await work
+
+
+async def supervise(name: str, body: Mapping[str, Any], stop: Stop, *,
+                    first_polls: asyncio.Semaphore | None = None, logger: logging.Logger = log) -> None:
+    """Poll, remediate, drain, write: one Host's loop, until ``stop``; then, for a deleted Host, its end.
+
+    The agent's first answer needs only the Host's spec, and every VM waits for all of them (none is
+    placed until every agent has said what it runs): it is asked before the caches' first listing
+    is in, ``first_polls`` bounding how many agents are asked at once."""
     rt = runtime()
     wake = rt.host_wakers.setdefault(name, asyncio.Event())
-    supervisor = HostSupervisor(name, body, status)
-    # The agent's first answer needs only the Host's spec, and every VM waits for all of them (none is
-    # placed until every agent has said what it runs): ask before the caches' first listing is in.
-    await _unless_stopped(supervisor.first_poll(spec), stopped)
-    await indexes.ready()
-    supervisor.remediator.seed({p.name: p for p in values(remediation.remediation_policy_index)})
-    while not stopped:
-        wake.clear()
-        try:
-            sleep = await supervisor.run_pass(spec, meta, status, logger)
-        except ApiException as exc:  # written again next pass: nothing is marked written
-            metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
-            logger.warning(f"status of Host {name} not written, retrying: {exc.status} {exc.reason}")
-            sleep = 2.0
-        except Exception:  # a bug must not end the host's supervisor: log it and try again
-            metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
-            logger.exception(f"pass of Host {name} failed, retrying")
-            sleep = 5.0
-        await until_woken(wake, stopped, sleep)
-    rt.host_wakers.pop(name, None)
-    hosts.forget_phase(name)
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-        await drains.host_deleted(name, logger)
-        remediation.remediation_ended(supervisor.remediator)
-        # Only a deleted Host loses its link: while the operator stops, migration daemons may still
-        # ask this agent, and a dropped link would make a healthy host look unreachable to them.
-        await rt.agents.forget(name)
+    supervisor = HostSupervisor(name, body)
+    try:
+        await _unless_stopped(_gated(supervisor.first_poll(body.get("spec") or {}), first_polls), stop)
+        await _unless_stopped(indexes.ready(), stop)
+        if not stop:
+            supervisor.remediator.seed({p.name: p for p in values(remediation.remediation_policy_index)})
+        while not stop:
+            wake.clear()
+            try:
+                sleep = await supervisor.run_pass(logger)
+            except ApiException as exc:  # written again next pass: nothing is marked written
+                metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
+                logger.warning(f"status of Host {name} not written, retrying: {exc.status} {exc.reason}")
+                sleep = 2.0
+            except Exception:  # a bug must not end the host's supervisor: log it and try again
+                metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
+                logger.exception(f"pass of Host {name} failed, retrying")
+                sleep = 5.0
+            await _until_woken(wake, stop, sleep)
+    finally:
+        if rt.host_wakers.get(name) is wake:
+            del rt.host_wakers[name]
+        hosts.forget_phase(name)
+    if stop.deleted:
+        await host_ended(name, supervisor.remediator, logger)
+
+
+async def host_ended(name: str, remediator: remediation.HostRemediator | None, logger: logging.Logger) -> None:
+    """What a deleted Host leaves to do: remove the migrations its drains made, forget its alerts
+    and its agent. Only a deleted Host loses its link: while the operator stops, migration daemons
+    may still ask this agent, and a dropped link would make a healthy host look unreachable to them.
+    The migrations come from the cache: at a start, a Host listed already marked for deletion ends
+    before the migrations' first listing is in."""
+    await indexes.MIGRATIONS.synced.wait()
+    await drains.host_deleted(name, logger)
+    if remediator is not None:
+        remediation.remediation_ended(remediator)
+    else:
+        remediation.receiver.book.forget_host(name)
+    await runtime().agents.forget(name)

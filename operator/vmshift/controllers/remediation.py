@@ -193,7 +193,7 @@ def _ref(entry: Entry) -> dict[str, Any]:
 class HostRemediator:
     """One host's remediation: the status it last wrote, the events it last told, the decisions."""
 
-    def __init__(self, host: str, body: kopf.Body, status: Mapping[str, Any]) -> None:
+    def __init__(self, host: str, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         self.host = host
         self.body = body
         self.remediation: dict[str, Any] | None = dict(status["remediation"]) if status.get("remediation") else None

@@ -20,7 +20,7 @@ from vmshift.api.labels import FINALIZER, KOPF_PREFIX
 from vmshift.controllers import (  # noqa: F401
     drains,
     hosts,
-    hostsupervisor,
+    hostsupervisors,
     imports,
     indexes,
     kubeapi,
@@ -76,8 +76,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     rt.keep_finished_migrations = int(os.environ.get("VMSHIFT_KEEP_FINISHED_MIGRATIONS",
                                                      rt.keep_finished_migrations))
     background.start("vm-events", vmevents.start_event_workers().run)
+    # The Hosts' supervisors start from the Host informer's events (hostsupervisors: not Kopf's).
+    background.start("hosts-gone-while-down", hostsupervisors.start().collect)
     indexes.start()
-    background.start("agents-first-round", hostsupervisor.first_round)
     metrics.MIGRATIONS_IN_FLIGHT.set_function(lambda: _in_flight()[0])
     metrics.OLDEST_IN_FLIGHT.set_function(lambda: _in_flight()[1])
     resync_log = logging.getLogger("vmshift.resync")
@@ -115,6 +116,7 @@ background = Supervisor()
 @kopf.on.cleanup()
 async def close_agents(**_: Any) -> None:
     runtime().stopping = True
+    await hostsupervisors.stop()  # they use the agent links and the API session closed below
     await background.stop()
     for informer in indexes.INFORMERS:
         informer.stop()
