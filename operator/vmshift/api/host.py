@@ -175,6 +175,15 @@ class HostMigrations(ApiModel):
 
     inbound: int = Field(0, description="Migrations coming in to this host.", ge=0)
     outbound: int = Field(0, description="Migrations leaving this host.", ge=0)
+    streamMbps: float | None = Field(
+        None,
+        description="What one migration stream out of this host really carries, in Mbit/s, as its agent measured "
+        "it: the highest rate among its last few outgoing pre-copy rounds that the link's shaper did not hold. A "
+        "stream's sender and receiver are bound by their CPUs and may carry less than "
+        "spec.migrationBandwidthMbps; the drain planner then runs several migrations at once, each expected to "
+        "carry at most this much. Unset until a migration out of the host has sent such a round.",
+        ge=0,
+    )
 
 
 class HostProcessor(ApiModel):

@@ -149,6 +149,8 @@ def host_status(
         status["processor"] = {"model": info.cpu_model, "vendor": info.vendor, "features": info.features}
         status["allocated"] = {"cpus": info.allocated.cpus, "memoryMiB": info.allocated.memory_mib}
         status["vms"] = info.vms
+        if info.migration_stream_mbps is not None:
+            status["migrations"]["streamMbps"] = info.migration_stream_mbps
         status["sensors"] = _sensors(info)
     remediation = previous.get("remediation") or {}
     quarantine = remediation.get("action")

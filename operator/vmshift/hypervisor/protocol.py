@@ -228,6 +228,10 @@ class HostInfo(Response):
     boot_id: str = Field(description="Changes each time the agent process starts.")
     migration_port: int = Field(description="TCP port of the migration listener.")
     migrations: int = Field(0, description="Migrations in flight on this host (either role).")
+    migration_stream_mbps: float | None = Field(
+        None, description="What one outgoing migration stream carried when the link's shaper did not hold it, in "
+        "Mbit/s: the highest rate among the last few such pre-copy rounds (a stream's sender and receiver are "
+        "bound by their CPUs and may not fill the link). None until a migration has sent such a round.")
     driver: str = Field("simulated", description="What runs the guests: simulated, or qemu (real guests).")
     accelerator: str | None = Field(None, description="QEMU driver: kvm or tcg, once chosen.")
     cpu_models: list[str] = Field(default_factory=list, description="QEMU driver: the CPU models QEMU offers "

@@ -18,6 +18,10 @@ How the plan aims at a short drain (makespan), not just short moves:
   that fall off geometrically), while the others fill whatever that one cannot use (its target's
   link, a per-migration cap, a switchover gap). How many at once and which weights are chosen by
   simulating the candidates (``simulate.py``) and keeping the shortest drain.
+* One migration stream may not fill the link: its sender and receiver are bound by their CPUs. The
+  source's agent measures what one stream carried (``HostView.stream_mbps``); each move is capped
+  at that, like a policy's cap, so the simulation finds that two or more at once finish sooner.
+  Unmeasured, a stream is taken to fill the link.
 * Order: most important first (priority, highest first), then the longest first (LPT: large and
   slow-converging guests start early so none is left alone at the end), then by name.
 * Targets: the same filters and scores as placement, counting capacity already promised to
@@ -77,7 +81,10 @@ def _policy_of(vm: VMView, policy: MigrationPolicyView | None,
 
 
 def _cap_mbps(source: HostView, policy: MigrationPolicyView, limits: DrainLimits) -> float:
-    caps = [c for c in (source.bandwidth_mbps, policy.bandwidth_mbps, limits.per_migration_mbps) if c]
+    """The most one move out of ``source`` can carry: its link, the policy's and the drain's caps, and
+    what one migration stream really carries there (``HostView.stream_mbps``, when measured)."""
+    caps = [c for c in (source.bandwidth_mbps, policy.bandwidth_mbps, limits.per_migration_mbps,
+                        source.stream_mbps) if c]
     return min(caps)
 
 
@@ -111,10 +118,11 @@ def drain_lower_bound(
     """No schedule of ``plan``'s moves can finish sooner than this (seconds).
 
     Each move sends at least what the pre-copy model predicts at the fastest rate it could ever get
-    (the source's link, the fastest other host's link, the policy's cap), and everything crosses the
-    source's outbound link (or, if slower, the sum of every other host's inbound links). The bound
-    is the larger of that total over that rate and the longest single move at its best rate, plus
-    one ``setup_seconds`` (no byte crosses before the first move is set up).
+    (the source's link, the fastest other host's link, the policy's cap, what one stream carries),
+    and everything crosses the source's outbound link (or, if slower, the sum of every other host's
+    inbound links, or as many streams as the source has migration slots). The bound is the larger of
+    that total over that rate and the longest single move at its best rate, plus one
+    ``setup_seconds`` (no byte crosses before the first move is set up).
     """
     limits = limits or DrainLimits()
     source = fleet.hosts[plan.host]
@@ -130,7 +138,10 @@ def drain_lower_bound(
         seconds, mib = estimate_move(vm, vm_policy, rate, quick=move.mode is MigrationMode.Quick)
         total_mib += mib
         longest = max(longest, seconds)
-    aggregate = mbps_to_mibps(min(source.bandwidth_mbps, inbound_total))
+    carried = [source.bandwidth_mbps, inbound_total]
+    if source.stream_mbps:
+        carried.append(source.stream_mbps * max(source.max_concurrent_migrations, 1))
+    aggregate = mbps_to_mibps(min(carried))
     return setup_seconds + max(total_mib / aggregate, longest)
 
 

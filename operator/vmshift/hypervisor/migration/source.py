@@ -27,6 +27,7 @@ from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.resolve import resolve_with_target
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
+from vmshift.hypervisor.migration.streamrate import RoundSample
 from vmshift.hypervisor.migration.wire import (
     BULK_CHUNK_PAGES,
     CHUNK_PAGES,
@@ -258,7 +259,8 @@ class SourceMigration:
     # -- pre-copy ----------------------------------------------------------------------------------
 
     async def _send_pages(self, round_index: int, pages: range | list[int], final: bool = False) -> float:
-        """Send ``pages`` in large frames, shaped to the link; return the seconds it took."""
+        """Send ``pages`` in large frames, shaped to the link; return the seconds it took. The round is a
+        sample of what this agent's migration streams carry (``streamrate``)."""
         assert self._stream is not None
         stream = self._stream
         record = self.record
@@ -266,6 +268,7 @@ class SourceMigration:
         flags = FLAG_FINAL if final else 0
         started = time.monotonic()
         sent_bytes = 0
+        held = 0.0  # seconds spent waiting on the shaper (buckets, another switchover): not the stream's limit
         total = len(pages)
         lo = 0
         while lo < total:
@@ -274,10 +277,12 @@ class SourceMigration:
             chunk = pages[lo:lo + step]
             prefix = pages_prefix(round_index, len(chunk), flags)
             size = frame_size(len(chunk))
+            waiting = time.monotonic()
             await self.bucket.consume(size)
             await self.host.egress.consume(size)
             if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
                 await self.host.switchover_gate.wait()
+            held += time.monotonic() - waiting
             self._check_target()
             await stream.send_parts(memory.frame_parts(chunk, prefix))
             sent_bytes += size
@@ -289,7 +294,9 @@ class SourceMigration:
             if elapsed > 0.02:
                 record.throughput_mbps = sent_bytes * 8 / 1e6 / elapsed
             record.touch()
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        self.host.stream_rates.record(RoundSample(sent_bytes, seconds, held))
+        return seconds
 
     async def _round(self, round_index: int, pages: range | list[int], final: bool = False) -> None:
         record = self.record
