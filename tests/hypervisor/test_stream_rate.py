@@ -24,6 +24,44 @@ def test_only_long_rounds_the_shaper_hardly_held_tell_the_stream_rate() -> None:
     assert RoundSample(0, 1.0).unshaped_rate is None
 
 
+def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> None:
+    rates = StreamRates()
+    rates.round_started(0.0)
+    rates.sent(1470 * MIB)
+    rates.round_ended(1.0)
+    assert rates.record(RoundSample(1470 * MIB, 1.0))
+    assert rates.together_mbps() is None  # never several at once
+    # two streams on two busy cores from t=10: 1,800 MiB/s together while both send (10.5 to 11.5)
+    rates.round_started(10.0)
+    rates.sent(450 * MIB)
+    rates.round_started(10.5)
+    rates.sent(1800 * MIB)
+    rates.round_ended(11.5)
+    rates.sent(450 * MIB)
+    rates.round_ended(12.0)
+    assert rates.together_mbps() == round(1800 * MIB * 8 / 1e6)
+    assert rates.figure_mbps() == round(1470 * MIB * 8 / 1e6)
+    # an epoch the shaper held (each stream waited half of it) tells nothing
+    rates.round_started(20.0)
+    rates.round_started(20.0)
+    rates.sent(5000 * MIB)
+    rates.held(1.0)
+    rates.round_ended(21.0)
+    rates.round_ended(21.0)
+    assert rates.together_mbps() == round(1800 * MIB * 8 / 1e6)
+    # together is never below what one stream carried alone (another stream may have been held)
+    fresh = StreamRates()
+    fresh.round_started(0.0)
+    fresh.round_started(0.0)
+    fresh.sent(1000 * MIB)
+    fresh.round_ended(1.0)
+    fresh.round_ended(1.0)
+    fresh.record(RoundSample(1600 * MIB, 1.0))
+    assert fresh.together_mbps() == fresh.figure_mbps()
+    with pytest.raises(ValueError, match="never started"):
+        StreamRates().round_ended(1.0)
+
+
 def test_the_figure_is_the_best_of_the_recent_rounds_in_mbit_per_second() -> None:
     rates = StreamRates()
     assert rates.figure_mbps() is None  # nothing sent yet: unknown
@@ -59,6 +97,17 @@ async def test_an_agent_reports_what_an_unshaped_stream_carried_and_nothing_for_
         assert carried is not None and carried > 400, carried
         report = await h1.report()
         assert report.host.migration_stream_mbps == carried
+        assert report.host.migration_streams_together_mbps is None  # one stream at a time so far
+
+        await running_vm(h1, "one", memory_mib=2048, prefill=2048)
+        await running_vm(h1, "two", memory_mib=2048, prefill=2048)
+        await begin_migration(h1, h2, "one", "mig-one")
+        await begin_migration(h1, h2, "two", "mig-two")
+        one, two = await finished(h1, "mig-one"), await finished(h1, "mig-two")
+        assert one.phase is two.phase is MigrationPhase.Succeeded, (one, two)
+        info = await h1.host()
+        assert info.migration_streams_together_mbps is not None and info.migration_stream_mbps is not None
+        assert info.migration_streams_together_mbps >= info.migration_stream_mbps
 
         await running_vm(h3, "held", memory_mib=64, prefill=64)
         await begin_migration(h3, h2, "held", "mig-held")

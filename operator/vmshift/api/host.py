@@ -184,6 +184,14 @@ class HostMigrations(ApiModel):
         "carry at most this much. Unset until a migration out of the host has sent such a round.",
         ge=0,
     )
+    streamsTogetherMbps: float | None = Field(
+        None,
+        description="What several migration streams out of this host carried together, in Mbit/s, as its agent "
+        "measured it: the highest total among its last few rounds sent while other outgoing streams sent all "
+        "along. Streams that share the same CPUs carry less than the sum of their single rates; the drain "
+        "planner expects no more than this out of the host at once. Unset until several have sent at once.",
+        ge=0,
+    )
 
 
 class HostProcessor(ApiModel):

@@ -226,6 +226,7 @@ class HypervisorHost:
             migration_port=self.migration_port,
             migrations=sum(1 for m in self.migrations.values() if not m.record.finished),
             migration_stream_mbps=self.stream_rates.figure_mbps(),
+            migration_streams_together_mbps=self.stream_rates.together_mbps(),
         )
 
     def change_sensors(self, change: SensorChange) -> HostInfo:

@@ -261,14 +261,28 @@ class SourceMigration:
     async def _send_pages(self, round_index: int, pages: range | list[int], final: bool = False) -> float:
         """Send ``pages`` in large frames, shaped to the link; return the seconds it took. The round is a
         sample of what this agent's migration streams carry (``streamrate``)."""
+        rates = self.host.stream_rates
+        started = time.monotonic()
+        rates.round_started(started)
+        try:
+            sent_bytes, held = await self._send_frames(round_index, pages, final, started)
+        finally:
+            rates.round_ended(time.monotonic())
+        seconds = time.monotonic() - started
+        rates.record(RoundSample(sent_bytes, seconds, held))
+        return seconds
+
+    async def _send_frames(self, round_index: int, pages: range | list[int], final: bool,
+                           started: float) -> tuple[int, float]:
+        """The frames of one round; (bytes sent, seconds spent waiting on the shaper: not the stream's limit)."""
         assert self._stream is not None
         stream = self._stream
         record = self.record
         memory = self.memory
+        rates = self.host.stream_rates
         flags = FLAG_FINAL if final else 0
-        started = time.monotonic()
         sent_bytes = 0
-        held = 0.0  # seconds spent waiting on the shaper (buckets, another switchover): not the stream's limit
+        held = 0.0
         total = len(pages)
         lo = 0
         while lo < total:
@@ -282,10 +296,13 @@ class SourceMigration:
             await self.host.egress.consume(size)
             if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
                 await self.host.switchover_gate.wait()
-            held += time.monotonic() - waiting
+            waited = time.monotonic() - waiting
+            held += waited
+            rates.held(waited)
             self._check_target()
             await stream.send_parts(memory.frame_parts(chunk, prefix))
             sent_bytes += size
+            rates.sent(size)
             record.pages_sent += len(chunk)
             record.wire_bytes += size
             lo += len(chunk)
@@ -294,9 +311,7 @@ class SourceMigration:
             if elapsed > 0.02:
                 record.throughput_mbps = sent_bytes * 8 / 1e6 / elapsed
             record.touch()
-        seconds = time.monotonic() - started
-        self.host.stream_rates.record(RoundSample(sent_bytes, seconds, held))
-        return seconds
+        return sent_bytes, held
 
     async def _round(self, round_index: int, pages: range | list[int], final: bool = False) -> None:
         record = self.record

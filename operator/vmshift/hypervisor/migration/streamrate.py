@@ -9,8 +9,16 @@ Each pre-copy round the source sends is a sample: its bytes over its seconds. On
 enough to tell (``MIN_SAMPLE_SECONDS``) and that the shaper hardly held (it waited on the token
 buckets or on another migration's switchover for at most ``HELD_FRACTION`` of its time) counts: a
 shaped round carried what it was allowed, not what the stream can do. The figure is the highest rate
-among the last ``WINDOW`` such rounds: a stream that carried that much once can again, and a
-machine that became slower for good shows it after ``WINDOW`` new rounds.
+among the last ``WINDOW`` such rounds: a stream that carried that much once can again (also one
+that carried it while others sent beside it), and a machine that became slower for good shows it
+after ``WINDOW`` new rounds.
+
+Several streams at once do not carry several times one stream's rate when they share the same
+CPUs. So the agent's time is also cut into epochs at every start and end of an outgoing round:
+an epoch during which several rounds sent all along, long enough to tell and hardly held by the
+shaper, is a sample of what the streams carry together (every byte they sent in it over its
+seconds). That figure is the highest among the last ``WINDOW`` such epochs (never below one
+stream's), and unknown until several streams have sent at once.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ class RoundSample:
     held_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.sent_bytes < 0 or self.seconds < 0 or self.held_seconds < 0:
+        if min(self.sent_bytes, self.seconds, self.held_seconds) < 0:
             raise ValueError(f"a round sample's bytes and seconds cannot be negative: {self}")
 
     @property
@@ -51,16 +59,57 @@ class RoundSample:
         return self.sent_bytes / self.seconds
 
 
+def _mbps(rate: float) -> float:
+    return float(round(rate * _MBPS_PER_BYTE_PER_SECOND))
+
+
 class StreamRates:
-    """The recent unshaped rates of this agent's outgoing migration streams."""
+    """The recent unshaped rates of this agent's outgoing migration streams, alone and together.
+
+    The sender calls :meth:`round_started` and :meth:`round_ended` around each round (with the
+    monotonic time), :meth:`sent` and :meth:`held` as it goes, and :meth:`record` with the round's
+    sample at its end.
+    """
 
     def __init__(self, window: int = WINDOW) -> None:
         if window < 1:
             raise ValueError(f"the window of stream rates must hold at least one round, not {window}")
         self._rates: deque[float] = deque(maxlen=window)
+        self._together: deque[float] = deque(maxlen=window)
+        #: Outgoing rounds being sent now.
+        self.sending = 0
+        self._epoch_started = 0.0
+        self._epoch_bytes = 0
+        self._epoch_held = 0.0
+
+    def round_started(self, now: float) -> None:
+        self._close_epoch(now)
+        self.sending += 1
+
+    def round_ended(self, now: float) -> None:
+        if self.sending < 1:
+            raise ValueError("a round ended that never started: round_started and round_ended must pair")
+        self._close_epoch(now)
+        self.sending -= 1
+
+    def sent(self, n: int) -> None:
+        """``n`` bytes of some outgoing round went on the wire."""
+        self._epoch_bytes += n
+
+    def held(self, seconds: float) -> None:
+        """Some outgoing round waited ``seconds`` on the shaper."""
+        self._epoch_held += seconds
+
+    def _close_epoch(self, now: float) -> None:
+        seconds = now - self._epoch_started
+        streams = self.sending
+        if (streams >= 2 and seconds >= MIN_SAMPLE_SECONDS and self._epoch_bytes > 0
+                and self._epoch_held <= HELD_FRACTION * seconds * streams):
+            self._together.append(self._epoch_bytes / seconds)
+        self._epoch_started, self._epoch_bytes, self._epoch_held = now, 0, 0.0
 
     def record(self, sample: RoundSample) -> bool:
-        """Count ``sample`` if it tells what the stream carries; True if it did."""
+        """Count ``sample`` if it tells what one stream carries; True if it did."""
         rate = sample.unshaped_rate
         if rate is None:
             return False
@@ -71,4 +120,11 @@ class StreamRates:
         """What one unshaped migration stream carried, in Mbit/s (whole), or None before any did."""
         if not self._rates:
             return None
-        return float(round(max(self._rates) * _MBPS_PER_BYTE_PER_SECOND))
+        return _mbps(max(self._rates))
+
+    def together_mbps(self) -> float | None:
+        """What several unshaped streams carried together, in Mbit/s (whole; never below one stream's
+        figure), or None before several sent at once."""
+        if not self._together:
+            return None
+        return _mbps(max(max(self._together), max(self._rates, default=0.0)))

@@ -1,0 +1,92 @@
+"""The drain planner given what one migration stream really carries (``HostView.stream_mbps``, measured by
+the source's agent): below the link's rate it runs several moves at once instead of one after another;
+unknown, it plans as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmshift.precopy.model import mbps_to_mibps
+from vmshift.scheduling.drain import DrainLimits, drain_lower_bound, plan_drain, simulate_drain
+from vmshift.scheduling.fleet import Fleet
+
+from .strategies import host, vm
+
+LINK_MBPS = 25_000.0
+#: What one stream carried on the two shared cores of the bench machine: about 1,470 MiB/s.
+STREAM_MBPS = 12_330.0
+SETUP_SECONDS = 1.0
+
+
+def bench_fleet(stream_mbps: float | None, together_mbps: float | None = None) -> Fleet:
+    """The ``bench/drain.py --real`` drain: 12 guests of 1-4 GiB (28,672 MiB) on a 25 Gbit/s host with two
+    migration slots, three targets on 25 Gbit/s links."""
+    sizes = [4096, 2048, 1024, 4096, 2048, 1024, 4096, 2048, 2048, 1024, 4096, 1024]
+    dirty = [5, 20, 60, 150, 5, 20, 60, 150, 5, 20, 60, 150]
+    src = host("src", schedulable=False, unschedulable_reason="maintenance", bandwidth_mbps=LINK_MBPS,
+               max_concurrent_migrations=2, stream_mbps=stream_mbps, streams_together_mbps=together_mbps)
+    targets = [host(f"t{i}", bandwidth_mbps=LINK_MBPS, max_concurrent_migrations=2) for i in range(3)]
+    guests = [vm(f"g{i:02d}", on=src, memory_mib=m, dirty_rate_mibps=float(d), working_set_mib=m / 8)
+              for i, (m, d) in enumerate(zip(sizes, dirty, strict=True))]
+    assert sum(sizes) == 28_672
+    return Fleet([src, *targets], guests)
+
+
+def test_a_stream_that_cannot_fill_the_link_makes_the_plan_run_two_at_once() -> None:
+    fleet = bench_fleet(STREAM_MBPS)
+    plan = plan_drain("src", fleet, setup_seconds=SETUP_SECONDS)
+    assert plan.parallelism == 2, plan.strategy
+    serial = plan_drain("src", fleet, setup_seconds=SETUP_SECONDS, limits=DrainLimits(max_parallel=1))
+    assert serial.parallelism == 1
+    # two streams carry almost twice what one does: the drain takes little more than half as long
+    assert plan.expected_makespan_seconds < 0.6 * serial.expected_makespan_seconds, (
+        plan.expected_makespan_seconds, serial.expected_makespan_seconds)
+    # each move is expected to carry no more than one stream does, and the simulation agrees with the plan
+    assert max(m.bandwidth_mbps for m in plan.moves) <= STREAM_MBPS + 0.1
+    result = simulate_drain(plan, fleet, setup_seconds=SETUP_SECONDS)
+    assert result.makespan_seconds == pytest.approx(plan.expected_makespan_seconds)
+    assert max(result.first_rate_mbps.values()) <= STREAM_MBPS + 1e-6
+    assert plan.expected_makespan_seconds <= 1.15 * plan.lower_bound_seconds
+
+
+def test_streams_that_carry_little_more_together_than_alone_are_planned_as_they_carry() -> None:
+    # on two shared cores two streams carried 1,800 MiB/s together, one 1,470 MiB/s alone
+    fleet = bench_fleet(STREAM_MBPS, together_mbps=15_100.0)
+    plan = plan_drain("src", fleet, setup_seconds=SETUP_SECONDS)
+    alone = plan_drain("src", bench_fleet(STREAM_MBPS), setup_seconds=SETUP_SECONDS)
+    assert plan.parallelism == 2, plan.strategy
+    assert plan.expected_makespan_seconds > 1.15 * alone.expected_makespan_seconds  # less than twice one stream
+    assert plan.lower_bound_seconds >= 28_672 / mbps_to_mibps(15_100.0)
+    assert plan.expected_makespan_seconds <= 1.15 * plan.lower_bound_seconds
+    # streams that carry no more together than alone (a busy machine): one at a time, the next set up ahead
+    busy = plan_drain("src", bench_fleet(STREAM_MBPS, together_mbps=STREAM_MBPS), setup_seconds=SETUP_SECONDS)
+    assert busy.parallelism == 1 and busy.prepare_ahead == 1, busy.strategy
+    assert busy.expected_makespan_seconds <= 1.15 * busy.lower_bound_seconds
+
+
+def test_unknown_or_link_filling_streams_plan_as_before() -> None:
+    unknown = plan_drain("src", bench_fleet(None), setup_seconds=SETUP_SECONDS)
+    filling = plan_drain("src", bench_fleet(LINK_MBPS * 2), setup_seconds=SETUP_SECONDS)
+    # one stream fills the link: one move sends at a time (the next one set up ahead), at the whole link
+    assert unknown.parallelism == 1 and unknown.prepare_ahead == 1, unknown.strategy
+    assert unknown.moves[0].bandwidth_mbps == pytest.approx(LINK_MBPS, rel=1e-3)
+    assert filling == unknown
+
+
+def test_the_lower_bound_counts_the_slots_each_move_holds_from_its_setup() -> None:
+    fleet = bench_fleet(STREAM_MBPS)
+    plan = plan_drain("src", fleet, setup_seconds=SETUP_SECONDS)
+    # two slots, each move holding one for a second of setup and at least its bytes at one stream's rate
+    slot_seconds = 12 * SETUP_SECONDS + 28_672 / mbps_to_mibps(STREAM_MBPS)
+    assert drain_lower_bound(plan, fleet, setup_seconds=SETUP_SECONDS) >= slot_seconds / 2
+    assert drain_lower_bound(plan, fleet) < slot_seconds / 2  # no setup: only the bytes count
+
+
+def test_the_lower_bound_counts_what_the_source_slots_streams_can_carry() -> None:
+    plan = plan_drain("src", bench_fleet(None), setup_seconds=SETUP_SECONDS)
+    narrow = bench_fleet(5_000.0)  # two slots of 5 Gbit/s streams: 10 Gbit/s at most, not the 25 Gbit/s link
+    unknown_bound = drain_lower_bound(plan, bench_fleet(None))
+    narrow_bound = drain_lower_bound(plan, narrow)
+    assert narrow_bound > 2.4 * unknown_bound
+    assert narrow_bound >= 28_672 / mbps_to_mibps(10_000.0)
+
