@@ -306,9 +306,10 @@ def plan_drain(
     moves, blocked = _assign_targets(order, source, fleet, limits, policy, vm_policies, window=k_max - 1)
     base = DrainPlan(host=host, moves=tuple(moves), blocked=tuple(blocked), skipped=tuple(sorted(skipped)))
     best: tuple[tuple[int, float, int, int, int], DrainPlan, SimResult] | None = None
+    weightings = ("equal", "priority") if fills_link(source) else ("equal",)
     for k in range(1, min(k_max, max(len(moves), 1)) + 1):
         for ahead in (0, 1) if setup_seconds > 0 and k < k_max else (0,):
-            for w_index, weighting in enumerate(("equal", "priority")):
+            for w_index, weighting in enumerate(weightings):
                 if k == 1 and weighting != "equal":
                     continue
                 label = f"{k} at once{' +1 ready' if ahead else ''}, {weighting} shares"
@@ -335,6 +336,16 @@ def plan_drain(
         chosen, fleet, limits=limits, policy=policy, vm_policies=vm_policies, setup_seconds=setup_seconds
     )
     return replace(chosen, lower_bound_seconds=bound)
+
+
+def fills_link(source: HostView) -> bool:
+    """Whether one migration stream out of ``source`` fills its link (or nothing says it does not).
+
+    The source's agent shares its link among the moves sending at once by their weights; that pays
+    only while the link is what limits them. Streams bound by their CPUs leave the link unfull, and
+    uneven weights would only hold the later moves back below what their CPUs could carry, so the
+    plan then shares equally."""
+    return source.stream_mbps is None or source.stream_mbps >= source.bandwidth_mbps
 
 
 def share_ratio(parallelism: int, weighting: str) -> float:
