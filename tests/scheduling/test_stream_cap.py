@@ -4,6 +4,8 @@ unknown, it plans as before."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from vmshift.precopy.model import mbps_to_mibps
@@ -92,3 +94,16 @@ def test_the_lower_bound_counts_what_the_source_slots_streams_can_carry() -> Non
     assert narrow_bound > 2.4 * unknown_bound
     assert narrow_bound >= 28_672 / mbps_to_mibps(10_000.0)
 
+
+
+def test_cpu_bound_streams_go_to_a_target_no_other_stream_is_coming_in_to() -> None:
+    def first_target(stream_mbps: float | None) -> str:
+        fleet = bench_fleet(stream_mbps)
+        busy = replace(fleet.hosts["t0"], inbound_migrations=1)  # a move of this drain already on its way
+        fleet = Fleet([busy, *(h for h in fleet if h.name != "t0")], fleet.vms.values())
+        return plan_drain("src", fleet, setup_seconds=SETUP_SECONDS).moves[0].target
+
+    # one stream fills the link: sharing a target's 25 Gbit/s link costs nothing, the score decides
+    assert first_target(None) == "t0"
+    # streams bound by their CPUs: two into one target share its receiver's CPUs
+    assert first_target(STREAM_MBPS) != "t0"

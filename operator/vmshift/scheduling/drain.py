@@ -175,13 +175,20 @@ def _drain_rank(
     plus a fast path (the target's inbound link and any path cap, against the source's link), minus
     contention with the moves planned just before (likely concurrent). Sharing a target only costs
     when its path is slower than the source's link (else the moves share the source's link anyway)
-    or when the target runs out of migration slots."""
+    or when the target runs out of migration slots. A stream bound by its CPUs (``fills_link``) is
+    such a slow path: streams into one target share its receiver's CPUs, so the migrations already
+    coming in to a target count as sharing it too."""
     target = fleet.hosts[p.host]
     path = min(target.bandwidth_mbps, limits.link_mbps.get((source.name, p.host), float("inf")))
+    planned_here = recent.count(p.host)
+    sharing = planned_here
+    if not fills_link(source):
+        assert source.stream_mbps is not None
+        path = min(path, source.stream_mbps)
+        sharing += target.inbound_migrations
     ratio = min(path / max(source.bandwidth_mbps, 1.0), 1.0)
-    sharing = recent.count(p.host)
     penalty = SPREAD_PENALTY * sharing * (1.0 - ratio)
-    if sharing >= target.free_migration_slots:
+    if planned_here >= target.free_migration_slots:
         penalty += SPREAD_PENALTY
     return (p.waits, -round(p.score + LINK_WEIGHT * ratio - penalty, 4), p.host)
 
