@@ -171,7 +171,8 @@ REAL_DIRTY_MIBPS = (5, 20, 60, 150)
 #: VMs on the drained host in ``--real`` by default (the target: 10 or more on a 25 Gbit/s link).
 REAL_VMS = 12
 #: Warm-up guests each source of ``--real`` sends away before the drains: the first alone, the others at once.
-WARM_UP = (RealGuest("warm-a", 1024, 5, 0), RealGuest("warm-b", 1024, 5, 0), RealGuest("warm-c", 1024, 5, 0))
+#: The two sent at once are large enough that their rounds overlap for seconds, even as admission staggers them.
+WARM_UP = (RealGuest("warm-a", 1024, 5, 0), RealGuest("warm-b", 2048, 5, 0), RealGuest("warm-c", 2048, 5, 0))
 
 
 def real_guests(vms: int, seed: int = 7) -> list[RealGuest]:
@@ -340,7 +341,8 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
                  for s in sources for i, g in enumerate(rest)])
         streams = {s: (status("host", s).get("migrations") or {}) for s in sources}
         deadline = time.monotonic() + 30
-        while not all("streamMbps" in m for m in streams.values()) and time.monotonic() < deadline:
+        while (not all("streamMbps" in m and "streamsTogetherMbps" in m for m in streams.values())
+               and time.monotonic() < deadline):
             time.sleep(0.5)  # the next poll of the agents brings the figures to the Host status
             streams = {s: (status("host", s).get("migrations") or {}) for s in sources}
 
