@@ -182,8 +182,7 @@ def _drain_rank(
     path = min(target.bandwidth_mbps, limits.link_mbps.get((source.name, p.host), float("inf")))
     planned_here = recent.count(p.host)
     sharing = planned_here
-    if not fills_link(source):
-        assert source.stream_mbps is not None
+    if source.stream_mbps is not None and not fills_link(source):
         path = min(path, source.stream_mbps)
         sharing += target.inbound_migrations
     ratio = min(path / max(source.bandwidth_mbps, 1.0), 1.0)
