@@ -38,8 +38,8 @@ over a run, so compare both orders.
 
 Before either drain, each source sends a few warm-up guests away (one alone, then two at once), as a
 host in service has: its agent measures what one migration stream and several together really carry
-(``Host.status.migrations.streamMbps`` and ``streamsTogetherMbps``), and the planner plans with those
-figures; the table shows them. The warm-up guests are not part of either drain.
+(``Host.status.migrations.streamMbps`` and ``streamsTogetherMbps``), and the planner plans with the
+first (each move at most what one stream carries); the table shows both. The warm-up guests are not part of either drain.
 """
 
 from __future__ import annotations
@@ -386,7 +386,7 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
         load_after = os.getloadavg()
         measured = streams["src-plan"]
         print(f"src-plan's agent measured in the warm-up: one stream {_mibps(measured.get('streamMbps'))}, "
-              f"several together {_mibps(measured.get('streamsTogetherMbps'))} (the planner's bound counts them)")
+              f"several together {_mibps(measured.get('streamsTogetherMbps'))} (the planner plans on the first)")
         print_real_table(vms=vms, memory_mib=sum(g.memory_mib for g in guests), link_mbps=link_mbps,
                          targets=targets, planned=planned, strategy=str(drain.get("strategy")), bound=bound,
                          planner=planner_run, fixed=fixed_run)

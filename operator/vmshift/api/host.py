@@ -188,8 +188,8 @@ class HostMigrations(ApiModel):
         None,
         description="What several migration streams out of this host carried together, in Mbit/s, as its agent "
         "measured it: the highest total among its last few rounds sent while other outgoing streams sent all "
-        "along. Streams that share the same CPUs carry less than the sum of their single rates; the drain "
-        "planner expects no more than this out of the host at once. Unset until several have sent at once.",
+        "along. Streams that share the same CPUs carry less than the sum of their single rates. Shown for "
+        "information: the drain planner plans on streamMbps only. Unset until several have sent at once.",
         ge=0,
     )
 

@@ -105,7 +105,6 @@ class AgentLink:
             vendor=self.info.vendor,
             features=frozenset(self.info.features),
             stream_mbps=self.info.migration_stream_mbps,
-            streams_together_mbps=self.info.migration_streams_together_mbps,
         )
 
 

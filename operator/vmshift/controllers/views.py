@@ -296,8 +296,6 @@ class AgentFacts:
     features: frozenset[str] = frozenset()
     #: What one outgoing migration stream carried, in Mbit/s (None: not measured yet).
     stream_mbps: float | None = None
-    #: What several outgoing migration streams carried together, in Mbit/s (None: not measured yet).
-    streams_together_mbps: float | None = None
 
 
 def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | None = None) -> VMView:
@@ -419,7 +417,6 @@ def host_view(h: HostEntry, facts: AgentFacts, used: Sequence[int], reserved: Se
         outbound_migrations=outbound,
         bandwidth_mbps=float(spec.migrationBandwidthMbps),
         stream_mbps=facts.stream_mbps,
-        streams_together_mbps=facts.streams_together_mbps,
     )
 
 

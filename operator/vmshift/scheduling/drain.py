@@ -19,10 +19,12 @@ How the plan aims at a short drain (makespan), not just short moves:
   link, a per-migration cap, a switchover gap). How many at once and which weights are chosen by
   simulating the candidates (``simulate.py``) and keeping the shortest drain.
 * One migration stream may not fill the link: its sender and receiver are bound by their CPUs. The
-  source's agent measures what one stream carried (``HostView.stream_mbps``) and what several carried
-  together (``streams_together_mbps``: on shared CPUs less than their sum); each move is capped at
-  the first, like a policy's cap, and the source's outbound at the second, so the simulation finds
-  whether two or more at once finish sooner. Unmeasured, a stream is taken to fill the link.
+  source's agent measures what one stream carried (``HostView.stream_mbps``); each move is capped
+  at that, like a policy's cap, so the simulation finds that two or more at once finish sooner.
+  Unmeasured, a stream is taken to fill the link. (Several streams on shared CPUs carry less than
+  the sum of their rates; the agents report that figure too, but measured at other moments than
+  the single stream's on a shared machine the two do not compare, so the plan does not use it: it
+  would keep one stream at a time where two carry more, as every real run showed.)
 * Order: most important first (priority, highest first), then the longest first (LPT: large and
   slow-converging guests start early so none is left alone at the end), then by name.
 * Targets: the same filters and scores as placement, counting capacity already promised to
@@ -121,8 +123,7 @@ def drain_lower_bound(
     Each move sends at least what the pre-copy model predicts at the fastest rate it could ever get
     (the source's link, the fastest other host's link, the policy's cap, what one stream carries),
     and everything crosses the source's outbound link (or, if slower, the sum of every other host's
-    inbound links, as many streams as the source has migration slots, or what its streams were
-    measured to carry together). The bound is the larger of
+    inbound links, or as many streams as the source has migration slots). The bound is the larger of
     that total over that rate and the longest single move at its best rate, plus one
     ``setup_seconds`` (no byte crosses before the first move is set up); and never less than the
     slot-seconds all moves need (each holds one of the source's free migration slots for its setup
@@ -148,8 +149,6 @@ def drain_lower_bound(
     carried = [source.bandwidth_mbps, inbound_total]
     if source.stream_mbps:
         carried.append(source.stream_mbps * max(source.max_concurrent_migrations, 1))
-    if source.streams_together_mbps:
-        carried.append(max(source.streams_together_mbps, source.stream_mbps or 0.0))
     aggregate = mbps_to_mibps(min(carried))
     return max(setup_seconds + max(total_mib / aggregate, longest), busy / slots)
 

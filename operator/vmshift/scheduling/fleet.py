@@ -50,8 +50,8 @@ class HostView:
     maintenance or quarantined; ``unschedulable_reason`` then says which, for messages.
     ``inbound_migrations``/``outbound_migrations`` count migrations in flight, both of which
     use one of ``max_concurrent_migrations`` slots (as on Hyper-V). ``bandwidth_mbps`` is the
-    migration link's rate; ``stream_mbps`` what one migration stream really carries on it,
-    ``streams_together_mbps`` what several carry at once (both measured by the host's agent).
+    migration link's rate; ``stream_mbps`` what one migration stream really carries on it (as the
+    host's agent measured it).
     """
 
     name: str
@@ -78,9 +78,6 @@ class HostView:
     #: What one migration stream out of this host really carries (Mbit/s, its agent's measure; None:
     #: unknown, taken to fill the link). Below ``bandwidth_mbps`` a drain runs several streams at once.
     stream_mbps: float | None = None
-    #: What several migration streams out of this host carried together (Mbit/s, its agent's measure;
-    #: None: unknown, taken to be the link's rate): streams sharing CPUs carry less than their sum.
-    streams_together_mbps: float | None = None
 
     @classmethod
     def of(cls, name: str, cpu_model: str, *, cores: int, memory_mib: int, **kwargs: object) -> HostView:

@@ -299,11 +299,8 @@ def simulate(
 
 
 def link_capacities(fleet: Fleet, source: str, targets: Sequence[str], limits: DrainLimits) -> dict[str, float]:
-    """Link capacities in MiB/s: the source's outbound (its link, or what its migration streams carried
-    together if less), each target's inbound, any path caps."""
-    host = fleet.hosts[source]
-    outbound = min(host.bandwidth_mbps, host.streams_together_mbps or host.bandwidth_mbps)
-    capacity = {f"out:{source}": mbps_to_mibps(outbound)}
+    """Link capacities in MiB/s: the source's outbound, each target's inbound, any path caps."""
+    capacity = {f"out:{source}": mbps_to_mibps(fleet.hosts[source].bandwidth_mbps)}
     for t in targets:
         capacity[f"in:{t}"] = mbps_to_mibps(fleet.hosts[t].bandwidth_mbps)
     for (s, t), mbps in limits.link_mbps.items():
