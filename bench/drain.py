@@ -39,7 +39,8 @@ over a run, so compare both orders.
 Before either drain, each source sends a few warm-up guests away (one alone, then two at once), as a
 host in service has: its agent measures what one migration stream and several together really carry
 (``Host.status.migrations.streamMbps`` and ``streamsTogetherMbps``), and the planner plans with the
-first (each move at most what one stream carries); the table shows both. The warm-up guests are not part of either drain.
+first (each move at most what one stream carries); the table shows both. The warm-up guests are not
+part of either drain.
 """
 
 from __future__ import annotations
