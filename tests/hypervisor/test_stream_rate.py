@@ -85,12 +85,13 @@ def test_bad_samples_and_windows_are_refused_with_what_is_wrong() -> None:
 async def test_an_agent_reports_what_an_unshaped_stream_carried_and_nothing_for_a_shaped_one(
     spawn: Callable[..., AgentProcess],
 ) -> None:
-    # no shaper between these two: the stream goes as fast as its sender's and receiver's CPUs let it
+    # no shaper between these two: the stream goes as fast as its sender's and receiver's CPUs let it; 4 GiB
+    # take longer than MIN_SAMPLE_SECONDS even at the raw socket limit of a quiet machine (about 6 GiB/s)
     fast, other = spawn("stream-h1", bandwidth_mbps=0.0), spawn("stream-h2", bandwidth_mbps=0.0)
     slow = spawn("stream-h3", bandwidth_mbps=400.0)  # every round out of it held to 400 Mbit/s by the shaper
     async with fast.client() as h1, other.client() as h2, slow.client() as h3:
         assert (await h1.host()).migration_stream_mbps is None
-        await running_vm(h1, "quick", memory_mib=1024, prefill=1024)
+        await running_vm(h1, "quick", memory_mib=4096, prefill=4096)
         await begin_migration(h1, h2, "quick", "mig-fast")
         assert (await finished(h1, "mig-fast")).phase is MigrationPhase.Succeeded
         carried = (await h1.host()).migration_stream_mbps
@@ -99,8 +100,8 @@ async def test_an_agent_reports_what_an_unshaped_stream_carried_and_nothing_for_
         assert report.host.migration_stream_mbps == carried
         assert report.host.migration_streams_together_mbps is None  # one stream at a time so far
 
-        await running_vm(h1, "one", memory_mib=2048, prefill=2048)
-        await running_vm(h1, "two", memory_mib=2048, prefill=2048)
+        await running_vm(h1, "one", memory_mib=4096, prefill=4096)
+        await running_vm(h1, "two", memory_mib=4096, prefill=4096)
         await begin_migration(h1, h2, "one", "mig-one")
         await begin_migration(h1, h2, "two", "mig-two")
         one, two = await finished(h1, "mig-one"), await finished(h1, "mig-two")
