@@ -26,10 +26,9 @@ from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.resolve import resolve_with_target
+from vmshift.hypervisor.migration.sendround import send_round
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
-from vmshift.hypervisor.migration.streamrate import RoundSample
 from vmshift.hypervisor.migration.wire import (
-    BULK_CHUNK_PAGES,
     CHUNK_PAGES,
     FLAG_FINAL,
     MAX_CONTROL_BYTES,
@@ -46,7 +45,6 @@ from vmshift.hypervisor.migration.wire import (
     Welcome,
     decode,
     encode,
-    frame_size,
     pages_prefix,
 )
 from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRequest, MigrationRole, RoundInfo, VmState
@@ -258,66 +256,13 @@ class SourceMigration:
 
     # -- pre-copy ----------------------------------------------------------------------------------
 
-    async def _send_pages(self, round_index: int, pages: range | list[int], final: bool = False) -> float:
-        """Send ``pages`` in large frames, shaped to the link; return the seconds it took. The round is a
-        sample of what this agent's migration streams carry (``streamrate``)."""
-        rates = self.host.stream_rates
-        started = time.monotonic()
-        rates.round_started(started)
-        try:
-            sent_bytes, held = await self._send_frames(round_index, pages, final, started)
-        finally:
-            rates.round_ended(time.monotonic())
-        seconds = time.monotonic() - started
-        rates.record(RoundSample(sent_bytes, seconds, held))
-        return seconds
-
-    async def _send_frames(self, round_index: int, pages: range | list[int], final: bool,
-                           started: float) -> tuple[int, float]:
-        """The frames of one round; (bytes sent, seconds spent waiting on the shaper: not the stream's limit)."""
-        assert self._stream is not None
-        stream = self._stream
-        record = self.record
-        memory = self.memory
-        rates = self.host.stream_rates
-        flags = FLAG_FINAL if final else 0
-        sent_bytes = 0
-        held = 0.0
-        total = len(pages)
-        lo = 0
-        while lo < total:
-            # Bulk frames only while nothing shapes this migration (a share can come with another's start).
-            step = BULK_CHUNK_PAGES if self.bucket.unlimited and self.host.egress.unlimited else CHUNK_PAGES
-            chunk = pages[lo:lo + step]
-            prefix = pages_prefix(round_index, len(chunk), flags)
-            size = frame_size(len(chunk))
-            waiting = time.monotonic()
-            await self.bucket.consume(size)
-            await self.host.egress.consume(size)
-            if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
-                await self.host.switchover_gate.wait()
-            waited = time.monotonic() - waiting
-            held += waited
-            rates.held(waited)
-            self._check_target()
-            await stream.send_parts(memory.frame_parts(chunk, prefix))
-            sent_bytes += size
-            rates.sent(size)
-            record.pages_sent += len(chunk)
-            record.wire_bytes += size
-            lo += len(chunk)
-            record.remaining_pages = (total - lo) + memory.dirty_count()
-            elapsed = time.monotonic() - started
-            if elapsed > 0.02:
-                record.throughput_mbps = sent_bytes * 8 / 1e6 / elapsed
-            record.touch()
-        return sent_bytes, held
-
     async def _round(self, round_index: int, pages: range | list[int], final: bool = False) -> None:
         record = self.record
         record.round = round_index
         writes_before = self.memory.writes
-        seconds = await self._send_pages(round_index, pages, final)
+        assert self._stream is not None
+        seconds = await send_round(self._stream, self.host, self.bucket, self.memory, record, self._check_target,
+                                   round_index, pages, final)
         if seconds > 0.01 and pages:
             self._measured_rate = len(pages) * PAGE_SIZE / seconds
         self.guest.advance()
