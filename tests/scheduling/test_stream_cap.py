@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import pytest
 
+from vmshift.api.reasons import MigrationPhase
 from vmshift.precopy.model import mbps_to_mibps
 from vmshift.scheduling.drain import DrainLimits, drain_lower_bound, plan_drain, simulate_drain
-from vmshift.scheduling.evacuation import SETUP_SECONDS
+from vmshift.scheduling.evacuation import SETUP_SECONDS, Attempt, Goal, evacuation_step
 from vmshift.scheduling.fleet import Fleet
 
 from .strategies import host, vm
@@ -99,3 +100,17 @@ def test_cpu_bound_streams_go_to_a_target_no_other_stream_is_coming_in_to() -> N
     assert first_target(None) == "t0"
     # streams bound by their CPUs: two into one target share its receiver's CPUs
     assert first_target(STREAM_MBPS) != "t0"
+
+
+def test_a_move_planned_while_another_is_queued_goes_to_another_target() -> None:
+    """The bench's later passes sent consecutive moves to one target: the queued one was not yet counted
+    as coming in to it (the migration index counts a migration once admitted)."""
+    fleet = bench_fleet(STREAM_MBPS)
+    fleet = fleet.with_host(replace(fleet.hosts["src"], max_concurrent_migrations=3, outbound_migrations=1))
+    fleet = fleet.with_host(replace(fleet.hosts["t0"], inbound_migrations=1))
+    episode = "ep"
+    sending = Attempt("default", "g00-m", "default/g00", episode, 1, MigrationPhase.Transferring, "t0")
+    queued = Attempt("default", "g01-m", "default/g01", episode, 1, MigrationPhase.Pending, "t1")
+    step = evacuation_step(Goal("src", "spec.maintenance"), episode, fleet, [sending, queued])
+    # t1 looks free in the index, but g01 is queued for it: the next move goes to t2
+    assert [c.move.target for c in step.create] == ["t2"], step.create

@@ -217,6 +217,7 @@ def evacuation_step(
     waiting = 0
     total = len(moved) + len(covered) + len(landing)
     if candidates:
+        fleet = _with_queued(fleet, [a for a in unfinished.values() if not a.admitted])
         plan = plan_drain(goal.host, fleet, limits, only=_member(candidates), vm_policies=vm_policies,
                           setup_seconds=setup_seconds)
         blocked.extend(plan.blocked)
@@ -288,6 +289,17 @@ def wind_down(previous: DrainState | None, episode: str, fleet: Fleet, host: str
         failed=sum(1 for a in mine if a.phase is MigrationPhase.Failed),
     )
     return Step(progress, (), cancel, None, tuple(a for a in attempts if a.episode != episode and a.finished))
+
+
+def _with_queued(fleet: Fleet, queued: Sequence[Attempt]) -> Fleet:
+    """``fleet`` with this drain's queued migrations counted as coming in to their targets: the migration
+    index counts a migration only once admitted, and the next move planned meanwhile would go to the
+    same target (two streams into one receiver share its CPUs and its migration slots)."""
+    for a in queued:
+        target = fleet.host(a.target) if a.target else None
+        if target is not None:
+            fleet = fleet.with_host(replace(target, inbound_migrations=target.inbound_migrations + 1))
+    return fleet
 
 
 def _drain_share_ratio(plan: DrainPlan, goal: Goal, fleet: Fleet, source: HostView | None, own: int,
