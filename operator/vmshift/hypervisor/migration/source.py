@@ -256,13 +256,17 @@ class SourceMigration:
 
     # -- pre-copy ----------------------------------------------------------------------------------
 
+    async def _send_pages(self, round_index: int, pages: range | list[int], final: bool = False) -> float:
+        """Send ``pages`` shaped to the link (``sendround``); return the seconds it took."""
+        assert self._stream is not None
+        return await send_round(self._stream, self.host, self.bucket, self.memory, self.record, self._check_target,
+                                round_index, pages, final)
+
     async def _round(self, round_index: int, pages: range | list[int], final: bool = False) -> None:
         record = self.record
         record.round = round_index
         writes_before = self.memory.writes
-        assert self._stream is not None
-        seconds = await send_round(self._stream, self.host, self.bucket, self.memory, record, self._check_target,
-                                   round_index, pages, final)
+        seconds = await self._send_pages(round_index, pages, final)
         if seconds > 0.01 and pages:
             self._measured_rate = len(pages) * PAGE_SIZE / seconds
         self.guest.advance()
