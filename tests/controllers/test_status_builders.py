@@ -11,6 +11,7 @@ from vmshift.api.migrationpolicy import MigrationStrategy
 from vmshift.api.reasons import MigrationMode, MigrationPhase
 from vmshift.api.statuspatch import StatusPatchError, status_patch
 from vmshift.api.virtualmachine import VirtualMachineSpec
+from vmshift.controllers.agents import AgentLink
 from vmshift.controllers.hosts import HostInputs, heartbeat, host_status
 from vmshift.controllers.migration_decisions import (
     RoundLedger,
@@ -30,6 +31,9 @@ from vmshift.controllers.vmstatus import (
     running_status,
     selector_candidates,
 )
+from vmshift.hypervisor.host import HypervisorHost
+from vmshift.hypervisor.hostconfig import HostConfig
+from vmshift.hypervisor.migration.streamrate import RoundSample
 from vmshift.hypervisor.protocol import GuestIoCeilings, MigrationRole, MigrationStatus, RoundInfo, VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet
 
@@ -199,3 +203,24 @@ def test_a_guest_left_paused_by_a_lost_post_copy_is_failed_stalled_and_never_sai
     assert where_it_is_left("vm", "h1", "h2", before) == " vm keeps running on h1."
     note = where_it_is_left("vm", "h1", "h2", after)
     assert "runs on neither h1 nor h2" in note and "keeps running" not in note
+
+
+def test_what_the_agent_measured_its_migration_streams_carry_reaches_the_host_status_and_the_planner() -> None:
+    agent = HypervisorHost(HostConfig(name="h1", cpu_model="icelake", cores=32, memory_mib=65536,
+                                      bandwidth_mbps=25_000.0))
+    link = AgentLink("h1", "http://127.0.0.1:1", "token", client=None, info=agent.host_info(),  # type: ignore[arg-type]
+                     reachable=True)
+    unmeasured = host_status("h1", HostInputs.of(HOST_SPEC, 1), {}, link, None)
+    assert "streamMbps" not in unmeasured["migrations"] and link.facts().stream_mbps is None
+    agent.stream_rates.round_started(0.0)
+    agent.stream_rates.round_started(0.0)
+    agent.stream_rates.sent(1800 * 2**20)
+    agent.stream_rates.round_ended(1.0)
+    agent.stream_rates.round_ended(1.0)
+    agent.stream_rates.record(RoundSample(1470 * 2**20, 1.0))
+    link.info = agent.host_info()
+    s = host_status("h1", HostInputs.of(HOST_SPEC, 1), {}, link, None)
+    assert s["migrations"]["streamMbps"] == round(1470 * 2**20 * 8 / 1e6)
+    assert s["migrations"]["streamsTogetherMbps"] == round(1800 * 2**20 * 8 / 1e6)
+    status_patch("hosts", s)  # the model knows both fields
+    assert link.facts().stream_mbps == s["migrations"]["streamMbps"]

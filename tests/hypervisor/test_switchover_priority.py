@@ -23,6 +23,7 @@ from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.priority import SwitchoverGate, read_frame_spinning
 from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.stream import FrameStream, Received, StreamClosed
+from vmshift.hypervisor.migration.streamrate import StreamRates
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.wire import (
     MAGIC,
@@ -162,6 +163,7 @@ class FakeHost:
     ingress: TokenBucket = field(default_factory=lambda: TokenBucket.mbps(0))
     migration_port: int = 1
     switchover_gate: SwitchoverGate = field(default_factory=SwitchoverGate)
+    stream_rates: StreamRates = field(default_factory=StreamRates)
     released: list[str] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -22,6 +22,12 @@ def test_agent_facts_come_from_host_status() -> None:
     facts = fleetview.agent_facts(h)
     assert facts.reachable and not facts.healthy and facts.vendor == "AMD" and "avx2" in facts.features
     assert not fleetview.agent_facts(host("h", phase="Unreachable")).reachable
+    assert facts.stream_mbps is None  # no migration measured yet
+    measured = fleetview.agent_facts(host("h", migrations={"inbound": 0, "outbound": 0, "streamMbps": 12330,
+                                                           "streamsTogetherMbps": 15100}))
+    assert measured.stream_mbps == 12330.0
+    fleet = fleetview.fleet_of([host("h", migrations={"streamMbps": 12330})], [], [])
+    assert fleet.hosts["h"].stream_mbps == 12330.0
 
 
 def test_why_gives_each_hosts_verdict_and_the_migratable_answer() -> None:

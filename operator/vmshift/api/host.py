@@ -175,6 +175,23 @@ class HostMigrations(ApiModel):
 
     inbound: int = Field(0, description="Migrations coming in to this host.", ge=0)
     outbound: int = Field(0, description="Migrations leaving this host.", ge=0)
+    streamMbps: float | None = Field(
+        None,
+        description="What one migration stream out of this host really carries, in Mbit/s, as its agent measured "
+        "it: the highest rate among its last few outgoing pre-copy rounds that the link's shaper did not hold. A "
+        "stream's sender and receiver are bound by their CPUs and may carry less than "
+        "spec.migrationBandwidthMbps; the drain planner then runs several migrations at once, each expected to "
+        "carry at most this much. Unset until a migration out of the host has sent such a round.",
+        ge=0,
+    )
+    streamsTogetherMbps: float | None = Field(
+        None,
+        description="What several migration streams out of this host carried together, in Mbit/s, as its agent "
+        "measured it: the highest total among its last few rounds sent while other outgoing streams sent all "
+        "along. Streams that share the same CPUs carry less than the sum of their single rates. Shown for "
+        "information: the drain planner plans on streamMbps only. Unset until several have sent at once.",
+        ge=0,
+    )
 
 
 class HostProcessor(ApiModel):

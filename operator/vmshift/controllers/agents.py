@@ -104,6 +104,7 @@ class AgentLink:
             cpu_model=self.info.cpu_model,
             vendor=self.info.vendor,
             features=frozenset(self.info.features),
+            stream_mbps=self.info.migration_stream_mbps,
         )
 
 

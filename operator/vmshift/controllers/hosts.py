@@ -156,6 +156,10 @@ def host_status(
         status["processor"] = {"model": info.cpu_model, "vendor": info.vendor, "features": info.features}
         status["allocated"] = {"cpus": info.allocated.cpus, "memoryMiB": info.allocated.memory_mib}
         status["vms"] = info.vms
+        if info.migration_stream_mbps is not None:
+            status["migrations"]["streamMbps"] = info.migration_stream_mbps
+        if info.migration_streams_together_mbps is not None:
+            status["migrations"]["streamsTogetherMbps"] = info.migration_streams_together_mbps
         status["sensors"] = _sensors(info)
     remediation = previous.get("remediation") or {}
     quarantine = remediation.get("action")

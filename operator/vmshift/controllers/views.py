@@ -294,6 +294,8 @@ class AgentFacts:
     cpu_model: str | None = None
     vendor: str | None = None
     features: frozenset[str] = frozenset()
+    #: What one outgoing migration stream carried, in Mbit/s (None: not measured yet).
+    stream_mbps: float | None = None
 
 
 def vm_view(entry: VMEntry, *, migration_target: str | None = None, host: str | None = None) -> VMView:
@@ -414,6 +416,7 @@ def host_view(h: HostEntry, facts: AgentFacts, used: Sequence[int], reserved: Se
         inbound_migrations=inbound,
         outbound_migrations=outbound,
         bandwidth_mbps=float(spec.migrationBandwidthMbps),
+        stream_mbps=facts.stream_mbps,
     )
 
 

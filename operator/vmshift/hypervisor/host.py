@@ -21,6 +21,7 @@ from vmshift.hypervisor.hardware import SensorState
 from vmshift.hypervisor.hostconfig import ApiError, HostConfig
 from vmshift.hypervisor.migration.priority import SwitchoverGate
 from vmshift.hypervisor.migration.source import SourceMigration
+from vmshift.hypervisor.migration.streamrate import StreamRates
 from vmshift.hypervisor.migration.target import TargetMigration
 from vmshift.hypervisor.migration.tickets import TicketIssuer
 from vmshift.hypervisor.protocol import (
@@ -101,6 +102,7 @@ class HypervisorHost:
         self.ingress = TokenBucket.mbps(config.bandwidth_mbps, burst_seconds=0.05)
         self.migration_port = 0
         self.switchover_gate = SwitchoverGate()
+        self.stream_rates = StreamRates()
         self._ticker: asyncio.Task[None] | None = None
         #: VMs that migrated away, oldest first, with when (monotonic): bounded by prune_tombstones.
         self._tombstones: OrderedDict[str, float] = OrderedDict()
@@ -223,6 +225,8 @@ class HypervisorHost:
             boot_id=self.boot_id,
             migration_port=self.migration_port,
             migrations=sum(1 for m in self.migrations.values() if not m.record.finished),
+            migration_stream_mbps=self.stream_rates.figure_mbps(),
+            migration_streams_together_mbps=self.stream_rates.together_mbps(),
         )
 
     def change_sensors(self, change: SensorChange) -> HostInfo:

@@ -228,6 +228,9 @@ class HostInfo(Response):
     boot_id: str = Field(description="Changes each time the agent process starts.")
     migration_port: int = Field(description="TCP port of the migration listener.")
     migrations: int = Field(0, description="Migrations in flight on this host (either role).")
+    migration_stream_mbps: float | None = Field(None, description="Mbit/s one outgoing migration stream carried "
+                                                "unshaped (best of the last few such rounds); None before any.")
+    migration_streams_together_mbps: float | None = Field(None, description="The same for several at once, together.")
     driver: str = Field("simulated", description="What runs the guests: simulated, or qemu (real guests).")
     accelerator: str | None = Field(None, description="QEMU driver: kvm or tcg, once chosen.")
     cpu_models: list[str] = Field(default_factory=list, description="QEMU driver: the CPU models QEMU offers "

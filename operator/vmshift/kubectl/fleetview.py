@@ -44,8 +44,10 @@ def agent_facts(host: Mapping[str, Any]) -> AgentFacts:
     processor = status.get("processor") or {}
     reachable = bool(status.get("phase")) and status.get("phase") != "Unreachable"
     healthy = _condition(host, "HardwareHealthy").get("status") != "False"
+    stream = (status.get("migrations") or {}).get("streamMbps")
     return AgentFacts(reachable=reachable, healthy=healthy, cpu_model=processor.get("model"),
-                      vendor=processor.get("vendor"), features=frozenset(processor.get("features") or ()))
+                      vendor=processor.get("vendor"), features=frozenset(processor.get("features") or ()),
+                      stream_mbps=float(stream) if stream is not None else None)
 
 
 def fleet_of(hosts: Iterable[Mapping[str, Any]], vms: Iterable[Mapping[str, Any]],

@@ -18,6 +18,13 @@ How the plan aims at a short drain (makespan), not just short moves:
   that fall off geometrically), while the others fill whatever that one cannot use (its target's
   link, a per-migration cap, a switchover gap). How many at once and which weights are chosen by
   simulating the candidates (``simulate.py``) and keeping the shortest drain.
+* One migration stream may not fill the link: its sender and receiver are bound by their CPUs. The
+  source's agent measures what one stream carried (``HostView.stream_mbps``); each move is capped
+  at that, like a policy's cap, so the simulation finds that two or more at once finish sooner.
+  Unmeasured, a stream is taken to fill the link. (Several streams on shared CPUs carry less than
+  the sum of their rates; the agents report that figure too, but measured at other moments than
+  the single stream's on a shared machine the two do not compare, so the plan does not use it: it
+  would keep one stream at a time where two carry more, as every real run showed.)
 * Order: most important first (priority, highest first), then the longest first (LPT: large and
   slow-converging guests start early so none is left alone at the end), then by name.
 * Targets: the same filters and scores as placement, counting capacity already promised to
@@ -77,7 +84,10 @@ def _policy_of(vm: VMView, policy: MigrationPolicyView | None,
 
 
 def _cap_mbps(source: HostView, policy: MigrationPolicyView, limits: DrainLimits) -> float:
-    caps = [c for c in (source.bandwidth_mbps, policy.bandwidth_mbps, limits.per_migration_mbps) if c]
+    """The most one move out of ``source`` can carry: its link, the policy's and the drain's caps, and
+    what one migration stream really carries there (``HostView.stream_mbps``, when measured)."""
+    caps = [c for c in (source.bandwidth_mbps, policy.bandwidth_mbps, limits.per_migration_mbps,
+                        source.stream_mbps) if c]
     return min(caps)
 
 
@@ -111,10 +121,13 @@ def drain_lower_bound(
     """No schedule of ``plan``'s moves can finish sooner than this (seconds).
 
     Each move sends at least what the pre-copy model predicts at the fastest rate it could ever get
-    (the source's link, the fastest other host's link, the policy's cap), and everything crosses the
-    source's outbound link (or, if slower, the sum of every other host's inbound links). The bound
-    is the larger of that total over that rate and the longest single move at its best rate, plus
-    one ``setup_seconds`` (no byte crosses before the first move is set up).
+    (the source's link, the fastest other host's link, the policy's cap, what one stream carries),
+    and everything crosses the source's outbound link (or, if slower, the sum of every other host's
+    inbound links, or as many streams as the source has migration slots). The bound is the larger of
+    that total over that rate and the longest single move at its best rate, plus one
+    ``setup_seconds`` (no byte crosses before the first move is set up); and never less than the
+    slot-seconds all moves need (each holds one of the source's free migration slots for its setup
+    and its whole transfer at its best rate) over those slots.
     """
     limits = limits or DrainLimits()
     source = fleet.hosts[plan.host]
@@ -123,6 +136,7 @@ def drain_lower_bound(
     inbound_total = sum(h.bandwidth_mbps for h in others) or source.bandwidth_mbps
     total_mib = 0.0
     longest = 0.0
+    busy = 0.0  # slot-seconds: each move holds one of the source's slots from its setup to its end
     for move in plan.moves:
         vm = fleet.vms[move.vm]
         vm_policy = _policy_of(vm, policy, vm_policies)
@@ -130,8 +144,13 @@ def drain_lower_bound(
         seconds, mib = estimate_move(vm, vm_policy, rate, quick=move.mode is MigrationMode.Quick)
         total_mib += mib
         longest = max(longest, seconds)
-    aggregate = mbps_to_mibps(min(source.bandwidth_mbps, inbound_total))
-    return setup_seconds + max(total_mib / aggregate, longest)
+        busy += setup_seconds + seconds
+    slots = max(source.max_concurrent_migrations - source.migrations_in_flight, 1)
+    carried = [source.bandwidth_mbps, inbound_total]
+    if source.stream_mbps:
+        carried.append(source.stream_mbps * max(source.max_concurrent_migrations, 1))
+    aggregate = mbps_to_mibps(min(carried))
+    return max(setup_seconds + max(total_mib / aggregate, longest), busy / slots)
 
 
 def _blocked(vm: VMView, problems: dict[str, list[Problem]], fleet: Fleet, policy: MigrationPolicyView, source: str
@@ -155,13 +174,19 @@ def _drain_rank(
     plus a fast path (the target's inbound link and any path cap, against the source's link), minus
     contention with the moves planned just before (likely concurrent). Sharing a target only costs
     when its path is slower than the source's link (else the moves share the source's link anyway)
-    or when the target runs out of migration slots."""
+    or when the target runs out of migration slots. A stream bound by its CPUs (``fills_link``) is
+    such a slow path: streams into one target share its receiver's CPUs, so the migrations already
+    coming in to a target count as sharing it too."""
     target = fleet.hosts[p.host]
     path = min(target.bandwidth_mbps, limits.link_mbps.get((source.name, p.host), float("inf")))
+    planned_here = recent.count(p.host)
+    sharing = planned_here
+    if source.stream_mbps is not None and not fills_link(source):
+        path = min(path, source.stream_mbps)
+        sharing += target.inbound_migrations
     ratio = min(path / max(source.bandwidth_mbps, 1.0), 1.0)
-    sharing = recent.count(p.host)
     penalty = SPREAD_PENALTY * sharing * (1.0 - ratio)
-    if sharing >= target.free_migration_slots:
+    if planned_here >= target.free_migration_slots:
         penalty += SPREAD_PENALTY
     return (p.waits, -round(p.score + LINK_WEIGHT * ratio - penalty, 4), p.host)
 
@@ -286,9 +311,10 @@ def plan_drain(
     moves, blocked = _assign_targets(order, source, fleet, limits, policy, vm_policies, window=k_max - 1)
     base = DrainPlan(host=host, moves=tuple(moves), blocked=tuple(blocked), skipped=tuple(sorted(skipped)))
     best: tuple[tuple[int, float, int, int, int], DrainPlan, SimResult] | None = None
+    weightings = ("equal", "priority") if fills_link(source) else ("equal",)
     for k in range(1, min(k_max, max(len(moves), 1)) + 1):
         for ahead in (0, 1) if setup_seconds > 0 and k < k_max else (0,):
-            for w_index, weighting in enumerate(("equal", "priority")):
+            for w_index, weighting in enumerate(weightings):
                 if k == 1 and weighting != "equal":
                     continue
                 label = f"{k} at once{' +1 ready' if ahead else ''}, {weighting} shares"
@@ -315,6 +341,16 @@ def plan_drain(
         chosen, fleet, limits=limits, policy=policy, vm_policies=vm_policies, setup_seconds=setup_seconds
     )
     return replace(chosen, lower_bound_seconds=bound)
+
+
+def fills_link(source: HostView) -> bool:
+    """Whether one migration stream out of ``source`` fills its link (or nothing says it does not).
+
+    The source's agent shares its link among the moves sending at once by their weights; that pays
+    only while the link is what limits them. Streams bound by their CPUs leave the link unfull, and
+    uneven weights would only hold the later moves back below what their CPUs could carry, so the
+    plan then shares equally."""
+    return source.stream_mbps is None or source.stream_mbps >= source.bandwidth_mbps
 
 
 def share_ratio(parallelism: int, weighting: str) -> float:

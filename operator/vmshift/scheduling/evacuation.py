@@ -38,7 +38,7 @@ from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.remediationpolicy import RemediationAction
 from vmshift.scheduling.drain import next_attempt, plan_drain
-from vmshift.scheduling.fleet import Fleet, VMView
+from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
 from vmshift.scheduling.policy import MigrationPolicyView
 
@@ -49,8 +49,11 @@ _NO_POLICIES: Mapping[str, MigrationPolicyView] = MappingProxyType({})
 _GIVE_UP = frozenset({FailureReason.Cancelled, FailureReason.SourceLost})
 
 #: Seconds a real migration spends before its first byte (validation, queueing, preparing the
-#: target): the planner uses it to decide how many moves overlap.
-SETUP_SECONDS = 1.0
+#: target): the planner uses it to decide how many moves overlap. ``bench/drain.py --real`` measured
+#: 0.1-0.3 s from one move's end to the next one's first byte (p50, two busy shared cores; p90 up to
+#: 0.8 s): half a second is on the safe side, where a whole second made one stream at a time look
+#: better than two when one stream carries half the link.
+SETUP_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def evacuation_step(
     waiting = 0
     total = len(moved) + len(covered) + len(landing)
     if candidates:
+        fleet = _with_queued(fleet, [a for a in unfinished.values() if not a.admitted])
         plan = plan_drain(goal.host, fleet, limits, only=_member(candidates), vm_policies=vm_policies,
                           setup_seconds=setup_seconds)
         blocked.extend(plan.blocked)
@@ -222,6 +226,8 @@ def evacuation_step(
         # migrations also cap it (all the source's slots plus one queued), so a pass that sees the
         # two indexes a moment apart never starts more.
         source = fleet.host(goal.host)
+        ratio = _drain_share_ratio(plan, goal, fleet, source, sum(1 for a in mine if a.admitted), limits,
+                                   _member(candidates), vm_policies, setup_seconds)
         withdrawn = {(a.namespace, a.name) for a in cancel}
         holding = sum(1 for a in mine if not a.finished and (a.namespace, a.name) not in withdrawn)
         cap = (source.max_concurrent_migrations if source else 1) + 1 - holding
@@ -242,7 +248,7 @@ def evacuation_step(
             # Ranks grow with every migration this drain creates, so one created later never takes the
             # link from one already sending (only differences of rank count on the agents).
             create.append(Create(move, migration_name(move.vm.split("/", 1)[1], episode, attempt), attempt, total,
-                                 rank=len(mine) + len(create), ratio=plan.share_ratio))
+                                 rank=len(mine) + len(create), ratio=ratio))
             budget -= 1
     in_flight = len(moving) + len(create) + len(landing)
     # Running while anything moves or waits for its turn; then Blocked if VMs are left that cannot
@@ -283,6 +289,34 @@ def wind_down(previous: DrainState | None, episode: str, fleet: Fleet, host: str
         failed=sum(1 for a in mine if a.phase is MigrationPhase.Failed),
     )
     return Step(progress, (), cancel, None, tuple(a for a in attempts if a.episode != episode and a.finished))
+
+
+def _with_queued(fleet: Fleet, queued: Sequence[Attempt]) -> Fleet:
+    """``fleet`` with this drain's queued migrations counted as coming in to their targets: the migration
+    index counts a migration only once admitted, and the next move planned meanwhile would go to the
+    same target (two streams into one receiver share its CPUs and its migration slots)."""
+    for a in queued:
+        target = fleet.host(a.target) if a.target else None
+        if target is not None:
+            fleet = fleet.with_host(replace(target, inbound_migrations=target.inbound_migrations + 1))
+    return fleet
+
+
+def _drain_share_ratio(plan: DrainPlan, goal: Goal, fleet: Fleet, source: HostView | None, own: int,
+                       limits: DrainLimits, only: Callable[[VMView], bool],
+                       vm_policies: Mapping[str, MigrationPolicyView], setup_seconds: float) -> float:
+    """How the migrations this pass creates share the source's link with the drain's own ones under way.
+
+    ``plan`` sees the slots this drain's own ``own`` admitted migrations hold as taken, so once they
+    fill them it plans one at a time, whose ratio would make the next migration only trickle beside
+    them (its rank is after theirs) even where the drain runs two at once. The ratio is the one of
+    the plan that counts the drain's own slots as its own."""
+    if own <= 0 or source is None:
+        return plan.share_ratio
+    freed = replace(source, outbound_migrations=max(source.outbound_migrations - own, 0))
+    whole = plan_drain(goal.host, fleet.with_host(freed), limits, only=only, vm_policies=vm_policies,
+                       setup_seconds=setup_seconds)
+    return whole.share_ratio
 
 
 def _member(keys: set[str]) -> Callable[[VMView], bool]:

@@ -49,7 +49,9 @@ class HostView:
     plans) have claimed but not yet used. ``schedulable`` is False when the host is cordoned, in
     maintenance or quarantined; ``unschedulable_reason`` then says which, for messages.
     ``inbound_migrations``/``outbound_migrations`` count migrations in flight, both of which
-    use one of ``max_concurrent_migrations`` slots (as on Hyper-V).
+    use one of ``max_concurrent_migrations`` slots (as on Hyper-V). ``bandwidth_mbps`` is the
+    migration link's rate; ``stream_mbps`` what one migration stream really carries on it (as the
+    host's agent measured it).
     """
 
     name: str
@@ -73,6 +75,9 @@ class HostView:
     inbound_migrations: int = 0
     outbound_migrations: int = 0
     bandwidth_mbps: float = 10_000.0
+    #: What one migration stream out of this host really carries (Mbit/s, its agent's measure; None:
+    #: unknown, taken to fill the link). Below ``bandwidth_mbps`` a drain runs several streams at once.
+    stream_mbps: float | None = None
 
     @classmethod
     def of(cls, name: str, cpu_model: str, *, cores: int, memory_mib: int, **kwargs: object) -> HostView:

@@ -331,7 +331,8 @@ def simulate_drain(
     switchover_overhead_ms: float = 0.0,
 ) -> SimResult:
     """Simulate ``plan`` on ``fleet``: its order, targets, weights and parallelism; each target's free
-    migration slots (or the plan's ``per_host_limit``); the cluster's slots and the policy's cap.
+    migration slots (or the plan's ``per_host_limit``); the cluster's slots; the policy's cap and what
+    one migration stream out of the source carries (``HostView.stream_mbps``), whichever is lower.
     """
     limits = limits or DrainLimits()
     migrations: list[SimMigration] = []
@@ -357,7 +358,8 @@ def simulate_drain(
         slots = {t: plan.per_host_limit for t in targets}
     else:
         slots = {t: fleet.hosts[t].free_migration_slots for t in targets}
-    caps = [c for c in (limits.per_migration_mbps, (policy or DEFAULT_POLICY).bandwidth_mbps) if c]
+    caps = [c for c in (limits.per_migration_mbps, (policy or DEFAULT_POLICY).bandwidth_mbps,
+                        fleet.hosts[plan.host].stream_mbps) if c]
     return simulate(
         migrations,
         parallelism=max(plan.parallelism, 1),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.migration.priority import SwitchoverGate
+from vmshift.hypervisor.migration.streamrate import StreamRates
 from vmshift.hypervisor.protocol import VmState
 from vmshift.hypervisor.ratelimit import TokenBucket
 
@@ -26,6 +27,8 @@ class MigrationHost(Protocol):
     migration_port: int
     #: Closed while a switchover of this agent's is in its critical section: other migrations' bulk waits.
     switchover_gate: SwitchoverGate
+    #: What this agent's outgoing migration streams carried when the shaper did not hold them.
+    stream_rates: StreamRates
 
     def release_source_vm(self, guest: Guest) -> None: ...
 

@@ -26,9 +26,9 @@ from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.priority import GateHold, read_frame_spinning
 from vmshift.hypervisor.migration.record import MigrationFailed, MigrationRecord, failure_from_abort
 from vmshift.hypervisor.migration.resolve import resolve_with_target
+from vmshift.hypervisor.migration.sendround import send_round
 from vmshift.hypervisor.migration.stream import FrameStream, StreamClosed, open_stream
 from vmshift.hypervisor.migration.wire import (
-    BULK_CHUNK_PAGES,
     CHUNK_PAGES,
     FLAG_FINAL,
     MAX_CONTROL_BYTES,
@@ -45,7 +45,6 @@ from vmshift.hypervisor.migration.wire import (
     Welcome,
     decode,
     encode,
-    frame_size,
     pages_prefix,
 )
 from vmshift.hypervisor.protocol import MigrationFailureReport, MigrationRequest, MigrationRole, RoundInfo, VmState
@@ -255,38 +254,10 @@ class SourceMigration:
     # -- pre-copy ----------------------------------------------------------------------------------
 
     async def _send_pages(self, round_index: int, pages: range | list[int], final: bool = False) -> float:
-        """Send ``pages`` in large frames, shaped to the link; return the seconds it took."""
+        """Send ``pages`` shaped to the link (``sendround``); return the seconds it took."""
         assert self._stream is not None
-        stream = self._stream
-        record = self.record
-        memory = self.memory
-        flags = FLAG_FINAL if final else 0
-        started = time.monotonic()
-        sent_bytes = 0
-        total = len(pages)
-        lo = 0
-        while lo < total:
-            # Bulk frames only while nothing shapes this migration (a share can come with another's start).
-            step = BULK_CHUNK_PAGES if self.bucket.unlimited and self.host.egress.unlimited else CHUNK_PAGES
-            chunk = pages[lo:lo + step]
-            prefix = pages_prefix(round_index, len(chunk), flags)
-            size = frame_size(len(chunk))
-            await self.bucket.consume(size)
-            await self.host.egress.consume(size)
-            if self.host.switchover_gate.closed:  # another migration's guest is paused: it goes first
-                await self.host.switchover_gate.wait()
-            self._check_target()
-            await stream.send_parts(memory.frame_parts(chunk, prefix))
-            sent_bytes += size
-            record.pages_sent += len(chunk)
-            record.wire_bytes += size
-            lo += len(chunk)
-            record.remaining_pages = (total - lo) + memory.dirty_count()
-            elapsed = time.monotonic() - started
-            if elapsed > 0.02:
-                record.throughput_mbps = sent_bytes * 8 / 1e6 / elapsed
-            record.touch()
-        return time.monotonic() - started
+        return await send_round(self._stream, self.host, self.bucket, self.memory, self.record, self._check_target,
+                                round_index, pages, final)
 
     async def _round(self, round_index: int, pages: range | list[int], final: bool = False) -> None:
         record = self.record
