@@ -472,9 +472,9 @@ RESYNC_STEP_SECONDS = 0.01
 async def forget_strays(logger: logging.Logger) -> None:
     """Drop the agent links of Hosts that are gone and that no supervisor owns.
 
-    The start's first round links every listed Host; a Host deleted just then never gets a supervisor
-    to forget its link when it goes. Such a link's agent answers nothing, ever, and every live look for
-    a lost guest counts a silent agent as a place the guest may run: the guest was never placed again."""
+    A Host's supervisor drops its link when the Host goes; a link made without one (the start's first polls
+    of a Host being deleted just then) stayed. Its agent answers nothing, ever, and every live look for a
+    lost guest counted it as a silent agent that may run the guest: the guest was never placed again."""
     rt = runtime()
     known = set(indexes.host_names()) | set(rt.host_wakers)
     for name in rt.agents.strays(known):
