@@ -12,15 +12,8 @@ import pytest
 
 from vmshift.controllers import agents, hostsupervisor, hostsupervisors, indexes, kubeapi, runtime
 from vmshift.controllers.hostsupervisor import HostSupervisor, Stop
-from vmshift.controllers.hostsupervisors import (
-    LEGACY_FINALIZER,
-    HostSupervisors,
-    Slot,
-    SupervisorDecision,
-    decide,
-    finalizer_release,
-    orphaned_drain_hosts,
-)
+from vmshift.controllers.hostsupervisors import HostSupervisors, Slot, SupervisorDecision, decide, orphaned_drain_hosts
+from vmshift.controllers.legacyfinalizer import LEGACY_FINALIZER, finalizer_release
 
 DELETING = "2026-11-30T10:00:00Z"
 

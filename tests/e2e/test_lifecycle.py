@@ -4,6 +4,7 @@ its go), orphans, guests running twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from tests.e2e.conftest import Fleet
 from tests.hypervisor.helpers import running_vm
 from tests.kube import wait_for
+from vmshift.api.labels import FINALIZER
 from vmshift.api.reasons import MigrationPhase
 from vmshift.hypervisor.protocol import MigrationStatus
 
@@ -136,6 +138,22 @@ def test_a_vm_deleted_while_the_operator_is_down_has_its_guest_stopped_once_it_i
         fleet.stack.start_operator("--keep-finished-migrations", "50")
     wait_for(lambda: not fleet.copies(uid), "the restarted operator to stop the orphaned guest", 120,
              describe=lambda: f"copies {list(fleet.copies(uid))}\n{fleet.stack.operator_log_tail(15)}")
+
+
+def test_a_vm_an_earlier_release_gave_its_finalizer_is_deleted_and_its_guest_stopped(fleet: Fleet) -> None:
+    """VMs carry no finalizer since the VM controller left Kopf, but one an earlier release gave Kopf's
+    finalizer still has it: nothing took it off, and deleting that VM hung in Terminating for ever. The
+    operator stops its guest, as the finalizer promised, and then takes the finalizer off."""
+    ns = fleet.namespace()
+    fleet.running_vm(ns, "legacy", host="h-icelake-2", compatibility=True, memory=128, dirty=1)
+    uid = fleet.uid(ns, "legacy")
+    fleet.kube.kubectl("patch", "vsvm", "legacy", "-n", ns, "--type=merge",
+                       "-p", json.dumps({"metadata": {"finalizers": [FINALIZER]}}))
+    fleet.kube.kubectl("delete", "vsvm", "legacy", "-n", ns, "--wait=true", "--timeout=60s", timeout=70)
+    assert not fleet.get("vsvm", "legacy", ns), "the VM is still there"
+    wait_for(lambda: not fleet.copies(uid), "the operator to stop the deleted VM's guest", 15,
+             describe=lambda: f"copies {list(fleet.copies(uid))}\n{fleet.stack.operator_log_tail(15)}")
+    assert "removed the finalizer" in fleet.stack.operator_log_tail(400)
 
 
 def test_a_deleted_vm_has_its_guest_stopped(fleet: Fleet) -> None:

@@ -31,13 +31,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from vmshift.api.labels import FINALIZER
-from vmshift.controllers import drains, hostsupervisor, indexes, kubeapi
+from vmshift.controllers import drains, hostsupervisor, indexes
 from vmshift.controllers.hostsupervisor import Stop, uid_of
 from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.informer import wait_synced
+from vmshift.controllers.legacyfinalizer import holds_legacy_finalizer, release_legacy_finalizer
 
 log = logging.getLogger("vmshift.hosts")
 
@@ -45,10 +43,6 @@ log = logging.getLogger("vmshift.hosts")
 FIRST_POLLS_IN_FLIGHT = 64
 #: How long a stopping operator lets each supervisor finish the pass it is in before cancelling it.
 STOP_GRACE_SECONDS = 2.0
-#: The finalizer Kopf kept on Hosts for their daemons (releases before the supervisors left Kopf).
-LEGACY_FINALIZER = FINALIZER
-#: How often taking the legacy finalizer off is tried again when the Host changed meanwhile.
-RELEASE_ATTEMPTS = 5
 
 Body = Mapping[str, Any]
 Supervise = Callable[[str, Body, Stop, asyncio.Semaphore], Awaitable[None]]
@@ -88,10 +82,6 @@ def deleting(kind: str, body: Body) -> bool:
     return kind == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def holds_legacy_finalizer(body: Body) -> bool:
-    return LEGACY_FINALIZER in ((body.get("metadata") or {}).get("finalizers") or [])
-
-
 def decide(kind: str, body: Body, slot: Slot | None) -> SupervisorDecision:
     """What a Host event asks of the supervisors, given what runs for its name (pure).
 
@@ -114,20 +104,6 @@ def decide(kind: str, body: Body, slot: Slot | None) -> SupervisorDecision:
     return SupervisorDecision(end_running=slot is not None and not slot.ending, start=True)
 
 
-def finalizer_release(body: Body, finalizer: str = LEGACY_FINALIZER) -> dict[str, Any] | None:
-    """The merge patch that takes ``finalizer`` off the object, conditional on the version seen (the
-    API server answers 409 if the object changed meanwhile, so no other finalizer added since is
-    lost); None when the object does not carry it (pure)."""
-    meta = body.get("metadata") or {}
-    finalizers = list(meta.get("finalizers") or [])
-    if finalizer not in finalizers:
-        return None
-    patch: dict[str, Any] = {"finalizers": [f for f in finalizers if f != finalizer]}
-    if meta.get("resourceVersion"):
-        patch["resourceVersion"] = str(meta["resourceVersion"])
-    return {"metadata": patch}
-
-
 def orphaned_drain_hosts(drained: Iterable[str], known: Collection[str]) -> list[str]:
     """Hosts named by drain migrations that no Host object carries any more (pure): the Host was
     deleted while the operator did not run, and what its end would have removed is still there."""
@@ -135,25 +111,8 @@ def orphaned_drain_hosts(drained: Iterable[str], known: Collection[str]) -> list
 
 
 async def release_finalizer(name: str, body: Body) -> None:
-    """Take the legacy finalizer off Host ``name`` (a vanished Host is not an error); on a conflict,
-    read the Host again and retry."""
-    for _ in range(RELEASE_ATTEMPTS):
-        patch = finalizer_release(body)
-        if patch is None:
-            return
-        try:
-            await kubeapi.patch("hosts", None, name, patch)
-            log.info("Host %s: removed the finalizer %s an earlier release had set", name, LEGACY_FINALIZER)
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        fresh = await kubeapi.get("hosts", None, name)
-        if fresh is None or uid_of(fresh) != uid_of(body):
-            return
-        body = fresh
-    raise RuntimeError(f"Host {name}: the finalizer {LEGACY_FINALIZER} could not be removed: the Host changed "
-                       f"under each of {RELEASE_ATTEMPTS} attempts")
+    """Take the legacy finalizer off Host ``name`` (a vanished Host is not an error)."""
+    await release_legacy_finalizer("hosts", None, name, body)
 
 
 async def _supervise(name: str, body: Body, stop: Stop, first_polls: asyncio.Semaphore) -> None:

@@ -28,6 +28,7 @@ from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.agents import RESIDENT, AgentDirectory
 from vmshift.controllers.guestcleanup import collect_orphans, resolve_duplicates
 from vmshift.controllers.indexes import GROUP, HOSTS, VERSION, fleet, values
+from vmshift.controllers.legacyfinalizer import holds_legacy_finalizer, release_legacy_finalizer
 from vmshift.controllers.runtime import runtime
 from vmshift.controllers.views import VMEntry, index_vm, operator_labels, vm_view
 from vmshift.controllers.vmstatus import (
@@ -372,6 +373,12 @@ async def vm_event(type: str | None, body: Mapping[str, Any], logger: kopf.Logge
         await release(body, logger)
         return
     await indexes.ready()
+    if holds_legacy_finalizer(body) and (body.get("metadata") or {}).get("deletionTimestamp"):
+        # What the finalizer of an earlier release held the deletion for: the guest stopped, then let go.
+        await release(body, logger)
+        meta = body.get("metadata") or {}
+        await release_legacy_finalizer("virtualmachines", meta.get("namespace"), str(meta.get("name")), body)
+        return
     runtime().handled.add(_key(body))
     if settled(body, runtime().agents):
         return
