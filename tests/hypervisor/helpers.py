@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -125,39 +126,62 @@ class BreakingProxy:
         self.forwarded = 0
         self.target_kinds: list[int] = []
         self.broken = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._listener))
+        return int(self._listener.getsockname()[1])
 
     async def close(self) -> None:
         self._break()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
 
     def _break(self) -> None:
+        """Close every connection at once: their pumps stop and _serve closes both sockets."""
         self.broken.set()
-        for writer in self._writers:
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
+        for pump in self._pumps:
+            pump.cancel()
 
-    async def _serve(self, src_reader: asyncio.StreamReader, src_writer: asyncio.StreamWriter) -> None:
-        dst_reader, dst_writer = await asyncio.open_connection(*self.target)
-        self._writers += [src_writer, dst_writer]
-        await asyncio.gather(self._upstream(src_reader, dst_writer), self._downstream(dst_reader, src_writer),
-                             return_exceptions=True)
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _address = await loop.sock_accept(listener)
+            client.setblocking(False)
+            connection = asyncio.create_task(self._serve(client))
+            self._connections.add(connection)
+            connection.add_done_callback(self._connections.discard)
 
-    async def _upstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
         try:
-            magic = await reader.readexactly(8)
-            writer.write(magic)
+            await loop.sock_connect(upstream, self.target)
+            pumps = [asyncio.create_task(self._upstream(_Side(client), _Side(upstream))),
+                     asyncio.create_task(self._downstream(_Side(upstream), _Side(client)))]
+            self._pumps.update(pumps)
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            upstream.close()
+            client.close()
+
+    async def _upstream(self, reader: _Side, writer: _Side) -> None:
+        try:
+            await writer.send(await reader.read_exactly(8))  # the magic
             while not self.broken.is_set():
-                head = await reader.readexactly(_HEADER.size)
+                head = await reader.read_exactly(_HEADER.size)
                 kind, _flags, _reserved, length = _HEADER.unpack(head)
-                body = await reader.readexactly(length)
+                body = await reader.read_exactly(length)
                 if kind == self.close_on_source_frame:
                     break
                 self.source_frames[kind] = self.source_frames.get(kind, 0) + 1
@@ -169,31 +193,52 @@ class BreakingProxy:
                     damaged[self.corrupt_source_frame[2]] ^= 0x10
                     body = bytes(damaged)
                 try:
-                    writer.write(head + body)
-                    await writer.drain()
-                except ConnectionError:
+                    await writer.send(head + body)
+                except OSError:
                     return  # the target closed: what it sent before that still reaches the source (downstream)
                 self.forwarded += len(head) + len(body)
                 if self.cut_after_bytes is not None and self.forwarded >= self.cut_after_bytes:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except OSError:
             pass
         self._break()
 
-    async def _downstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while not self.broken.is_set():
-            try:
-                head = await reader.readexactly(_HEADER.size)
-                body = await reader.readexactly(_HEADER.unpack(head)[3])
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            kind = _HEADER.unpack(head)[0]
-            self.target_kinds.append(kind)
-            if kind == self.close_on_target_frame:
-                break
-            if kind == Frame.WELCOME and self.resolve_port is not None:
-                body = json.dumps({**json.loads(body), "resolvePort": self.resolve_port}).encode()
-                head = _HEADER.pack(*_HEADER.unpack(head)[:3], len(body))
-            writer.write(head + body)
-            await writer.drain()
+    async def _downstream(self, reader: _Side, writer: _Side) -> None:
+        with contextlib.suppress(OSError):
+            while not self.broken.is_set():
+                head = await reader.read_exactly(_HEADER.size)
+                body = await reader.read_exactly(_HEADER.unpack(head)[3])
+                kind = _HEADER.unpack(head)[0]
+                self.target_kinds.append(kind)
+                if kind == self.close_on_target_frame:
+                    break
+                if kind == Frame.WELCOME and self.resolve_port is not None:
+                    body = json.dumps({**json.loads(body), "resolvePort": self.resolve_port}).encode()
+                    head = _HEADER.pack(*_HEADER.unpack(head)[:3], len(body))
+                await writer.send(head + body)
         self._break()
+
+
+class _Side:
+    """One side of the proxy: a non-blocking socket read into a buffer. A failed send leaves reads alone, so
+    what a peer sent before it reset the connection still comes out (an asyncio stream drops it: a failed
+    write closes its transport at once)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+
+    async def read_exactly(self, n: int) -> bytes:
+        """The next ``n`` bytes; ConnectionError if the peer closes first."""
+        while len(self._buffer) < n:
+            chunk = await self._loop.sock_recv(self.sock, max(n - len(self._buffer), 1 << 20))
+            if not chunk:
+                raise ConnectionError("the peer closed the connection")
+            self._buffer += chunk
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    async def send(self, data: bytes) -> None:
+        await self._loop.sock_sendall(self.sock, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from vmshift.hypervisor.guest import GuestMemory
 from vmshift.hypervisor.migration.stream import IOV_MAX, FrameStream, StreamClosed, _rest
-from vmshift.hypervisor.migration.wire import MAX_PAGES_BODY, Frame, pages_prefix, parse_pages
+from vmshift.hypervisor.migration.wire import MAX_PAGES_BODY, Abort, Frame, decode, pages_prefix, parse_pages
 
 
 async def test_a_scatter_gather_write_arrives_whole_through_a_small_socket_buffer() -> None:
@@ -89,6 +90,38 @@ async def test_frames_arrive_whole_however_the_bytes_are_cut_and_a_silent_peer_t
         await receiver.read_frame(0.05, MAX_PAGES_BODY)
     sender.close()
     receiver.close()
+
+
+async def _after_the_last_word(end: Callable[[FrameStream], Awaitable[None]]) -> str:
+    """Over real TCP, the sender has sent what the receiver never reads; the receiver answers with an ABORT
+    and ends the connection with ``end``. What the sender's read after the ABORT says."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        left = socket.create_connection(listener.getsockname())
+        right, _ = listener.accept()
+    sender, receiver = FrameStream(left), FrameStream(right)
+    await sender.send(b"\0" * 256 * 1024)  # unread by the receiver: closing on it resets the connection
+    await receiver.send_message(Abort(reason="MemoryMismatch", message="page 7 differs"))
+    ending = asyncio.create_task(end(receiver))
+    frame = await sender.read_frame(10.0, 4096)
+    assert decode(frame.kind, frame.body) == Abort(reason="MemoryMismatch", message="page 7 differs")
+    with pytest.raises(StreamClosed) as after:
+        await sender.read_frame(10.0, 4096)
+    sender.close()
+    await asyncio.wait_for(ending, 30)  # a lingering receiver ends once the sender closed, not at its timeout
+    receiver.close()
+    return str(after.value)
+
+
+async def _close(stream: FrameStream) -> None:
+    stream.close()
+
+
+async def test_a_last_word_then_a_linger_ends_the_stream_cleanly_where_a_close_resets_it() -> None:
+    """An agent that refuses a migration sends ABORT, then lingers: the source, still sending, reads the ABORT
+    and then the end of the stream. A plain close with the source's data unread resets the connection,
+    and a source (or a relay between) whose send fails on that reset may never read the ABORT."""
+    assert await _after_the_last_word(FrameStream.linger) == "the peer closed the connection"
+    assert "Connection reset by peer" in await _after_the_last_word(_close)
 
 
 @settings(max_examples=200, deadline=None)

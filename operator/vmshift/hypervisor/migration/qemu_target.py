@@ -118,8 +118,9 @@ class QemuTargetMigration(TargetMigration):
             except asyncio.CancelledError:
                 raise self._interrupted() from None
         except MigrationFailed as failure:
+            reader.cancel()  # before _fail: its linger reads the stream to the end
+            await asyncio.gather(reader, return_exceptions=True)
             await self._fail(stream, failure)
-            reader.cancel()
             return
         self._commit()
         with contextlib.suppress(StreamClosed, OSError, ProtocolError, TimeoutError):

@@ -57,7 +57,7 @@ Expected = TypeVar("Expected", bound=ControlMessage)
 
 HANDSHAKE_TIMEOUT = 5.0
 RESUMED_TIMEOUT = 10.0
-ABORT_READ_SECONDS = 1.0  # after a failed send, how long the reader may take to reach the end of the stream
+ABORT_READ_SECONDS = 5.0  # after a failed send, how long the reader may take to reach the end of the stream
 #: How long the source asks the target after a broken switchover before it reports the migration in doubt.
 IN_DOUBT_AFTER = 10.0
 #: The longest pause between two questions to a target that cannot be asked.

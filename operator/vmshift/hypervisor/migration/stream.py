@@ -23,6 +23,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 READ_AHEAD = 64 * 1024
 CONNECT_TIMEOUT = 5.0
 SEND_STALL_TIMEOUT = 30.0
+#: After a last word (an ABORT), how long to read and drop what the peer still sends before closing.
+LINGER_SECONDS = 5.0
 #: The most buffers one sendmsg() takes (the kernel's IOV_MAX).
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
@@ -235,6 +237,24 @@ class FrameStream:
         body = self._view[self._start + HEADER.size:self._start + whole]
         self._start += whole
         return Received(kind, flags, body)
+
+    async def linger(self, within: float = LINGER_SECONDS) -> None:
+        """Close after a last word: end our side, then read and drop what the peer still sends until it
+        closes too, for at most ``within`` seconds.
+
+        Closing a socket that holds unread data resets the connection at once. The peer's next send then
+        fails before it may have read our last frame, and a relay on the way may drop that frame. Once the
+        peer has read it, it stops sending and closes, and so do we."""
+        if self.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self._start = self._end = 0
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(within):
+                while await self._loop.sock_recv_into(self.sock, self._view):
+                    pass
+        self.close()
 
     def close(self) -> None:
         if not self.closed:

@@ -153,6 +153,7 @@ class TargetMigration:
         with contextlib.suppress(StreamClosed, OSError, TimeoutError):
             await stream.send_message(failure.abort(), within=1.0)
         self._discard(failure)
+        await stream.linger()  # the source reads the ABORT before the connection ends
 
     async def serve(self, stream: FrameStream, hello: Hello) -> None:
         """Run the target side on an accepted, authenticated stream."""
