@@ -22,6 +22,7 @@ from vmshift.api.common import (
     Resource,
     ResourceInfo,
     SecretKeyReference,
+    list_atomic,
     list_map,
     list_set,
 )
@@ -204,7 +205,7 @@ class HostProcessor(ApiModel):
     features: list[str] = Field(
         default_factory=list,
         description="Instruction-set features of the processor (archspec's flag names), sorted.",
-        json_schema_extra=list_set(),
+        json_schema_extra=list_atomic(),
     )
 
 

@@ -25,8 +25,8 @@ from vmshift.api.common import (
     ResourceInfo,
     cel,
     exactly_one,
+    list_atomic,
     list_map,
-    list_set,
 )
 from vmshift.api.host import VolumeName
 from vmshift.api.reasons import MigrationMode, MigrationPhase
@@ -225,7 +225,7 @@ class ProcessorBaseline(ApiModel):
         default_factory=list,
         description="The features common to every host of that vendor that spec.placement allows, sorted: "
         "what the guest sees when it next starts.",
-        json_schema_extra=list_set(),
+        json_schema_extra=list_atomic(),
     )
     hostCount: int = Field(
         0,
@@ -244,7 +244,7 @@ class GuestProcessor(ApiModel):
     features: list[str] = Field(
         default_factory=list,
         description="Instruction-set features the guest sees, sorted. A target host must have them all.",
-        json_schema_extra=list_set(),
+        json_schema_extra=list_atomic(),
     )
     compatibility: bool | None = Field(None, description="Whether the guest started in compatibility mode.")
     baseline: ProcessorBaseline | None = Field(
@@ -297,7 +297,7 @@ class VirtualMachineStatus(ConditionsStatus):
     drivers: list[str] = Field(
         default_factory=list,
         description="Drivers installed in the guest (e.g. vmbus, netvsc, storvsc, e1000).",
-        json_schema_extra=list_set(),
+        json_schema_extra=list_atomic(),
     )
     ioCeilings: IoCeilings | None = Field(None, description="I/O throughput the guest's drivers allow.")
     startedAt: datetime | None = Field(None, description="When the guest last started.")
