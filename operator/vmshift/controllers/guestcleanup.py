@@ -15,7 +15,7 @@ from typing import Any
 from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.indexes import GROUP, VERSION
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import VMEntry
+from vmshift.controllers.views import VMEntry, uid_of
 from vmshift.controllers.vmstatus import choose_copy, moving_orphans, orphan_guests, running_copies
 from vmshift.hypervisor.client import AgentError
 from vmshift.hypervisor.protocol import VmState
@@ -89,7 +89,7 @@ async def collect_orphans(entries: Iterable[VMEntry], logger: logging.Logger) ->
     rt.orphans_moving = bool(moving_orphans(reports, known))
     for host, info in orphan_guests(reports, known):
         body = await kubeapi.get("virtualmachines", info.namespace, info.name)
-        if body is not None and body.get("metadata", {}).get("uid") == info.id:
+        if body is not None and uid_of(body) == info.id:
             continue  # the cache lags: the VM exists
         link = rt.agents.get(host)
         if link is None:

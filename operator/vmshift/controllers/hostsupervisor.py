@@ -35,15 +35,9 @@ from vmshift.controllers import drains, events, hosts, indexes, kubeapi, remedia
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import host_index, one, values
 from vmshift.controllers.runtime import runtime, until_woken
-from vmshift.controllers.views import parse_host_spec
+from vmshift.controllers.views import parse_host_spec, uid_of
 
 log = logging.getLogger("vmshift.hosts")
-
-
-def uid_of(body: Mapping[str, Any]) -> str | None:
-    """``metadata.uid`` of an object (pure)."""
-    uid = (body.get("metadata") or {}).get("uid")
-    return str(uid) if uid else None
 
 
 def _answered(link: AgentLink | None) -> datetime | None:
