@@ -40,6 +40,38 @@ def _resync_over(monkeypatch: pytest.MonkeyPatch, entries: list[Any], handled: s
     monkeypatch.setattr(runtime(), "handled", handled)
 
 
+async def _resync_pass_times(monkeypatch: pytest.MonkeyPatch, count: int, *,
+                             after_wait: Callable[[float, list[float]], None] = lambda now, passes: None,
+                             in_pass: Callable[[list[float]], None] = lambda passes: None) -> list[float]:
+    """When ``resync_forever`` runs its first ``count`` passes, on a clock that only its waits move (each
+    wait runs to its end: nothing wakes the resync). ``after_wait(now, passes)`` runs after each wait,
+    ``in_pass(passes)`` in each pass, ``passes`` being the times of the passes so far."""
+    now = [0.0]
+    passes: list[float] = []
+
+    async def ready() -> None:
+        return None
+
+    async def wait_for(awaitable: Any, seconds: float) -> None:
+        awaitable.close()
+        now[0] += seconds
+        after_wait(now[0], passes)
+        raise TimeoutError
+
+    async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
+        passes.append(now[0])
+        in_pass(passes)
+        if len(passes) == count:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(virtualmachines.indexes, "ready", ready)
+    monkeypatch.setattr(virtualmachines.asyncio, "wait_for", wait_for)
+    monkeypatch.setattr(virtualmachines, "_clock", lambda: now[0])
+    monkeypatch.setattr(virtualmachines, "resync_pass", resync_pass)
+    with pytest.raises(asyncio.CancelledError):
+        await virtualmachines.resync_forever(logging.getLogger("test.deferral"))
+    return passes
+
 
 def test_a_deferral_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
     log = logging.getLogger("test.deferral")
@@ -72,31 +104,12 @@ async def test_the_resync_comes_back_soon_while_a_vm_waits(monkeypatch: pytest.M
     seconds once it answers: the resync waits the short period while anything is deferred, also when
     the VM was deferred after the long wait had begun (it used to come back a full period later:
     seed 13043 of the fault campaign)."""
-    now = [0.0]
-    passes: list[float] = []
-
-    async def ready() -> None:
-        return None
-
-    async def wait_for(awaitable: Any, seconds: float) -> None:
-        awaitable.close()
-        now[0] += seconds
-        if passes == [RESYNC_SECONDS] and now[0] >= RESYNC_SECONDS + 1:
+    def defer_late(now: float, passes: list[float]) -> None:
+        if passes == [RESYNC_SECONDS] and now >= RESYNC_SECONDS + 1:
             runtime().deferred.add("ns/lost")  # deferred one second into the second wait
-        raise TimeoutError
 
-    async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
-        passes.append(now[0])
-        if len(passes) == 2:
-            raise asyncio.CancelledError
-
-    monkeypatch.setattr(virtualmachines.indexes, "ready", ready)
-    monkeypatch.setattr(virtualmachines.asyncio, "wait_for", wait_for)
-    monkeypatch.setattr(virtualmachines, "_clock", lambda: now[0])
-    monkeypatch.setattr(virtualmachines, "resync_pass", resync_pass)
     try:
-        with pytest.raises(asyncio.CancelledError):
-            await virtualmachines.resync_forever(logging.getLogger("test.deferral"))
+        passes = await _resync_pass_times(monkeypatch, 2, after_wait=defer_late)
     finally:
         runtime().deferred.discard("ns/lost")
     assert passes == [RESYNC_SECONDS, RESYNC_SECONDS + DEFERRED_RESYNC_SECONDS]
@@ -276,31 +289,13 @@ async def test_the_resync_comes_back_soon_for_the_guest_of_a_vm_deleted_during_i
     found the guest still leaving in the agent's last report and let it be; the guest ran on for the
     resync's whole period (30 s, fault campaign seed 16208). While a deleted VM's guest is in a migration,
     the resync comes back within DEFERRED_RESYNC_SECONDS."""
-    now = [0.0]
-    passes: list[float] = []
     rt = runtime()
 
-    async def ready() -> None:
-        return None
-
-    async def wait_for(awaitable: Any, seconds: float) -> None:
-        awaitable.close()
-        now[0] += seconds
-        raise TimeoutError
-
-    async def resync_pass(logger: logging.Logger, *, fresh: bool = False) -> None:
-        passes.append(now[0])
+    def settle_after_first(passes: list[float]) -> None:
         rt.orphans_moving = len(passes) == 1  # the first pass finds the guest leaving, the second settled
-        if len(passes) == 3:
-            raise asyncio.CancelledError
 
-    monkeypatch.setattr(virtualmachines.indexes, "ready", ready)
-    monkeypatch.setattr(virtualmachines.asyncio, "wait_for", wait_for)
-    monkeypatch.setattr(virtualmachines, "_clock", lambda: now[0])
-    monkeypatch.setattr(virtualmachines, "resync_pass", resync_pass)
     try:
-        with pytest.raises(asyncio.CancelledError):
-            await virtualmachines.resync_forever(logging.getLogger("test.deferral"))
+        passes = await _resync_pass_times(monkeypatch, 3, in_pass=settle_after_first)
     finally:
         rt.orphans_moving = False
     first = RESYNC_SECONDS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmshift.controllers.vmstatus import choose_copy, moving_orphans, orphan_guests, running_copies
+from vmshift.controllers.vmstatus import choose_copy, orphan_guests, running_copies
 from vmshift.hypervisor.guest import Guest
 from vmshift.hypervisor.protocol import VmDefinition, VmInfo, VmState
 
@@ -43,8 +43,8 @@ def test_orphans_are_settled_guests_the_api_does_not_know() -> None:
                "leaving": guest("leaving", VmState.Running, "m2")},
         "h2": {"tomb": guest("tomb", VmState.MigratedAway), "stopped": guest("stopped", VmState.Stopped)},
     }
-    found = [(host, info.id) for host, info in orphan_guests(reports, {"known"})]
-    assert found == [("h1", "gone"), ("h2", "stopped")]
+    orphans = orphan_guests(reports, {"known"})
+    assert [(host, info.id) for host, info in orphans.settled] == [("h1", "gone"), ("h2", "stopped")]
     # the one leaving by migration is an orphan once its migration ends: the resync comes back for it soon
-    assert [(host, info.id) for host, info in moving_orphans(reports, {"known"})] == [("h1", "leaving")]
-    assert moving_orphans(reports, {"known", "leaving"}) == []
+    assert [(host, info.id) for host, info in orphans.moving] == [("h1", "leaving")]
+    assert orphan_guests(reports, {"known", "leaving"}).moving == []

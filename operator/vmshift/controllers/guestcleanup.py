@@ -15,8 +15,8 @@ from typing import Any
 from vmshift.controllers import events, indexes, kubeapi
 from vmshift.controllers.indexes import GROUP, VERSION
 from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import VMEntry
-from vmshift.controllers.vmstatus import choose_copy, moving_orphans, orphan_guests, running_copies
+from vmshift.controllers.views import VMEntry, uid_of
+from vmshift.controllers.vmstatus import choose_copy, orphan_guests, running_copies
 from vmshift.hypervisor.client import AgentError
 from vmshift.hypervisor.protocol import VmState
 
@@ -86,10 +86,11 @@ async def collect_orphans(entries: Iterable[VMEntry], logger: logging.Logger) ->
     # A VM deleted during its migration: the migration is cancelled at once, but the pass its end wakes
     # still finds the guest leaving in the last report. Until a later report shows it settled, the resync
     # comes back within DEFERRED_RESYNC_SECONDS, not a full period later (it ran 30 s more).
-    rt.orphans_moving = bool(moving_orphans(reports, known))
-    for host, info in orphan_guests(reports, known):
+    orphans = orphan_guests(reports, known)
+    rt.orphans_moving = bool(orphans.moving)
+    for host, info in orphans.settled:
         body = await kubeapi.get("virtualmachines", info.namespace, info.name)
-        if body is not None and body.get("metadata", {}).get("uid") == info.id:
+        if body is not None and uid_of(body) == info.id:
             continue  # the cache lags: the VM exists
         link = rt.agents.get(host)
         if link is None:

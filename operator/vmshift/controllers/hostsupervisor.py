@@ -34,16 +34,10 @@ from vmshift.api import conditions as cond
 from vmshift.controllers import drains, events, hosts, indexes, kubeapi, remediation
 from vmshift.controllers.agents import AgentConfigError, AgentLink, poll_delay
 from vmshift.controllers.indexes import host_index, one, values
-from vmshift.controllers.runtime import runtime
-from vmshift.controllers.views import parse_host_spec
+from vmshift.controllers.runtime import runtime, until_woken
+from vmshift.controllers.views import parse_host_spec, uid_of
 
 log = logging.getLogger("vmshift.hosts")
-
-
-def uid_of(body: Mapping[str, Any]) -> str | None:
-    """``metadata.uid`` of an object (pure)."""
-    uid = (body.get("metadata") or {}).get("uid")
-    return str(uid) if uid else None
 
 
 def _answered(link: AgentLink | None) -> datetime | None:
@@ -206,16 +200,6 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: Stop) -> None:
         await asyncio.gather(doing, halt, return_exceptions=True)
 
 
-async def _until_woken(wake: asyncio.Event, stop: Stop, seconds: float) -> None:
-    """The supervisor's sleep: until woken, asked to stop, or ``seconds`` passed."""
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
 async def _gated(work: Coroutine[Any, Any, None], gate: asyncio.Semaphore | None) -> None:
     if gate is None:
         await work
@@ -251,7 +235,7 @@ async def supervise(name: str, body: Mapping[str, Any], stop: Stop, *,
                 metrics.RECONCILE_ERRORS.labels(kind="Host").inc()
                 logger.exception(f"pass of Host {name} failed, retrying")
                 sleep = 5.0
-            await _until_woken(wake, stop, sleep)
+            await until_woken(wake, stop, sleep)
     finally:
         if rt.host_wakers.get(name) is wake:
             del rt.host_wakers[name]

@@ -32,10 +32,11 @@ from functools import partial
 from typing import Any
 
 from vmshift.controllers import drains, hostsupervisor, indexes
-from vmshift.controllers.hostsupervisor import Stop, uid_of
+from vmshift.controllers.hostsupervisor import Stop
 from vmshift.controllers.indexes import HOSTS, MIGRATIONS
 from vmshift.controllers.informer import wait_synced
 from vmshift.controllers.legacyfinalizer import holds_legacy_finalizer, release_legacy_finalizer
+from vmshift.controllers.views import uid_of
 
 log = logging.getLogger("vmshift.hosts")
 

@@ -66,6 +66,7 @@ from vmshift.controllers.importsteps import (
 )
 from vmshift.controllers.indexes import VMS, Store, one, ready
 from vmshift.controllers.runtime import runtime
+from vmshift.controllers.views import uid_of
 from vmshift.conversion import ConversionPlan, plan_report
 from vmshift.conversion.driversteps import DRIVER_STEPS, DriverEdit, describe_change, driver_problems, planned_messages
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError, HypervisorClient
@@ -332,7 +333,7 @@ class ImportJob:
         if recorded:
             if entry is None or entry.uid != recorded:
                 body = await kubeapi.get("virtualmachines", self.vm_namespace, self.vm_name)
-                if not body or (body.get("metadata") or {}).get("uid") != recorded:
+                if not body or uid_of(body) != recorded:
                     raise self._lost()
             uid = recorded
         elif entry is not None and entry.import_uid == self.uid:
@@ -407,7 +408,7 @@ class ImportJob:
         if entry is None and time.monotonic() - since < INDEX_GRACE_SECONDS:
             return None
         body = await kubeapi.get("virtualmachines", self.vm_namespace, self.vm_name)
-        if body and (body.get("metadata") or {}).get("uid") == uid and not body["metadata"].get("deletionTimestamp"):
+        if body and uid_of(body) == uid and not body["metadata"].get("deletionTimestamp"):
             return imported_vm(body)
         raise self._lost()
 

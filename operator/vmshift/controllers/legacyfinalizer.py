@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from vmshift.api.labels import FINALIZER
 from vmshift.controllers import kubeapi
+from vmshift.controllers.views import uid_of
 
 log = logging.getLogger("vmshift.finalizers")
 
@@ -42,11 +43,6 @@ def finalizer_release(body: Mapping[str, Any], finalizer: str = LEGACY_FINALIZER
     return {"metadata": patch}
 
 
-def _uid(body: Mapping[str, Any]) -> str | None:
-    uid = (body.get("metadata") or {}).get("uid")
-    return str(uid) if uid else None
-
-
 async def release_legacy_finalizer(plural: str, namespace: str | None, name: str, body: Mapping[str, Any]) -> None:
     """Take the legacy finalizer off the object (a vanished object is not an error); on a conflict, read
     it again and retry."""
@@ -63,7 +59,7 @@ async def release_legacy_finalizer(plural: str, namespace: str | None, name: str
             if exc.status != 409:
                 raise
         fresh = await kubeapi.get(plural, namespace, name)
-        if fresh is None or _uid(fresh) != _uid(body):
+        if fresh is None or uid_of(fresh) != uid_of(body):
             return
         body = fresh
     raise RuntimeError(f"{where}: the finalizer {LEGACY_FINALIZER} could not be removed: the object changed "

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import kopf
+from typing import Any, Protocol
 
 from vmshift.controllers.agents import AgentDirectory
 from vmshift.controllers.expectations import Expectations
@@ -246,8 +244,14 @@ def reset_runtime() -> None:
     _runtime = None
 
 
-async def until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    """A daemon's sleep: return when ``event`` is set, the daemon is asked to stop, or ``seconds`` passed."""
+class StopFlag(Protocol):
+    """What a loop is asked to stop by: Kopf's ``stopped`` for a daemon, a ``Stop`` for a Host's supervisor."""
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+async def until_woken(event: asyncio.Event, stopped: StopFlag, seconds: float) -> None:
+    """A loop's sleep: return when ``event`` is set, the loop is asked to stop, or ``seconds`` passed."""
     waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
     try:
         await asyncio.wait(waiters, timeout=max(seconds, 0.05), return_when=asyncio.FIRST_COMPLETED)

@@ -242,6 +242,12 @@ def index_migration(body: Mapping[str, Any]) -> MigrationEntry:
     )
 
 
+def uid_of(body: Mapping[str, Any]) -> str | None:
+    """``metadata.uid`` of an object body, None when it has none (pure)."""
+    uid = (body.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
+
+
 def operator_labels(**labels: str) -> dict[str, str]:
     """The labels of an object the operator creates: ``labels`` plus the managed-by mark (pure)."""
     return {**labels, MANAGED_BY_LABEL: MANAGED_BY}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -406,21 +406,26 @@ def choose_copy(hosts: Collection[str], completed_target: str | None, status_hos
     return None
 
 
-def orphan_guests(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection[str]) -> list[tuple[str, VmInfo]]:
-    """Guests the agents hold whose VirtualMachine the API no longer has, by the cache (pure).
+class Orphans(NamedTuple):
+    """Resident guests the agents hold whose VirtualMachine the API no longer has, by the cache, each with
+    its host. A guest still arriving by migration is in neither list: it belongs to the migration."""
 
-    Only settled guests count: one that is arriving or leaving by migration belongs to it. The
-    caller confirms each with a live read before it acts (the cache may lag a VM just created).
-    """
-    return [(host, info) for host, guests in sorted(reports.items()) for vm_id, info in sorted(guests.items())
-            if vm_id not in known and info.state in RESIDENT and info.migration_id is None]
+    #: Guests in no migration: the orphans to delete. The caller confirms each with a live read before it
+    #: acts (the cache may lag a VM just created).
+    settled: list[tuple[str, VmInfo]]
+    #: Guests still in a migration (a source's copy leaving): orphans once it ends, which the agents' next
+    #: reports show.
+    moving: list[tuple[str, VmInfo]]
 
 
-def moving_orphans(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection[str]) -> list[tuple[str, VmInfo]]:
-    """Guests the agents hold in a migration whose VirtualMachine the API no longer has (pure): orphans
-    once their migration ends, which the agents' next reports show."""
-    return [(host, info) for host, guests in sorted(reports.items()) for vm_id, info in sorted(guests.items())
-            if vm_id not in known and info.state in RESIDENT and info.migration_id is not None]
+def orphan_guests(reports: Mapping[str, Mapping[str, VmInfo]], known: Collection[str]) -> Orphans:
+    """The agents' resident guests whose VM uid is not ``known``, settled or in a migration (pure)."""
+    orphans = Orphans(settled=[], moving=[])
+    for host, guests in sorted(reports.items()):
+        for vm_id, info in sorted(guests.items()):
+            if vm_id not in known and info.state in RESIDENT:
+                (orphans.settled if info.migration_id is None else orphans.moving).append((host, info))
+    return orphans
 
 
 def label_rechecks(entries: Iterable[VMEntry], changed: str, labels: Mapping[str, Mapping[str, str]]) -> list[str]:

@@ -38,12 +38,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from vmshift.api.reasons import FailureReason, MigrationMode
-from vmshift.precopy.model import mbps_to_mibps, predict_precopy, quick_migration_seconds
+from vmshift.precopy.model import mbps_to_mibps, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, check_target
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
 from vmshift.scheduling.placement import HostChoice, rank_targets, summarize_refusal
-from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, choose_mode
+from vmshift.scheduling.policy import DEFAULT_POLICY, MigrationPolicyView, choose_mode, predict_live
 from vmshift.scheduling.simulate import SimResult, simulate_drain
 
 __all__ = [
@@ -97,15 +97,7 @@ def estimate_move(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float
     if quick:
         size = vm.memory_mib + vm.local_disk_mib
         return quick_migration_seconds(size, bandwidth_mbps), float(size)
-    prediction = predict_precopy(
-        max(vm.memory_mib, 1),
-        vm.dirty_rate_mibps,
-        vm.working_set_mib,
-        bandwidth_mbps,
-        threshold_ms=policy.threshold_ms,
-        max_rounds=policy.max_rounds,
-        stall_rounds=policy.stall_rounds,
-    )
+    prediction = predict_live(vm, policy, bandwidth_mbps)
     return prediction.total_seconds, prediction.transferred_mib
 
 

@@ -19,7 +19,7 @@ from vmshift.api.migrationpolicy import MigrationPolicyStatus
 from vmshift.api.reasons import FailureReason, MigrationMode
 from vmshift.precopy.convergence import DEFAULTS as CONVERGENCE
 from vmshift.precopy.convergence import ConvergencePolicy
-from vmshift.precopy.model import predict_precopy, quick_migration_seconds
+from vmshift.precopy.model import PrecopyPrediction, predict_precopy, quick_migration_seconds
 from vmshift.scheduling.compatibility import Problem, blocking
 from vmshift.scheduling.fleet import VMView
 
@@ -169,8 +169,9 @@ def migration_bandwidth_mbps(policy: MigrationPolicyView, *links_mbps: float) ->
     return min(rates) if rates else 10_000.0
 
 
-def _live_estimate(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float) -> tuple[float, float, bool]:
-    prediction = predict_precopy(
+def predict_live(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: float) -> PrecopyPrediction:
+    """The pre-copy model's prediction for moving ``vm`` live, alone, at ``bandwidth_mbps`` under ``policy`` (pure)."""
+    return predict_precopy(
         max(vm.memory_mib, 1),
         vm.dirty_rate_mibps,
         vm.working_set_mib,
@@ -179,7 +180,6 @@ def _live_estimate(vm: VMView, policy: MigrationPolicyView, bandwidth_mbps: floa
         max_rounds=policy.max_rounds,
         stall_rounds=policy.stall_rounds,
     )
-    return prediction.total_seconds, prediction.downtime_ms, prediction.converges
 
 
 def choose_mode(
@@ -215,10 +215,10 @@ def choose_mode(
             expected_downtime_ms=quick_seconds * 1000,
         )
     if not live_blockers:
-        seconds, downtime_ms, converges = _live_estimate(vm, policy, rate)
+        live = predict_live(vm, policy, rate)
         origin = "as requested" if mode is MigrationMode.Live else "chosen by Auto"
-        if converges:
-            detail = f"expected about {seconds:.1f} s with about {downtime_ms:.1f} ms of downtime"
+        if live.converges:
+            detail = f"expected about {live.total_seconds:.1f} s with about {live.downtime_ms:.1f} ms of downtime"
         else:
             ladder = ", ".join(r.value for r in policy.ladder)
             detail = (
@@ -228,8 +228,8 @@ def choose_mode(
         return ModeChoice(
             MigrationMode.Live,
             f"Live migration {origin}: {detail}.",
-            expected_seconds=seconds,
-            expected_downtime_ms=downtime_ms,
+            expected_seconds=live.total_seconds,
+            expected_downtime_ms=live.downtime_ms,
         )
     why = live_blockers[0].message
     if mode is MigrationMode.Live:
