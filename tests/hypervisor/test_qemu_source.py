@@ -14,9 +14,11 @@ import pytest
 from vmshift.api.reasons import FailureReason, MigrationPhase
 from vmshift.hypervisor.driver import GuestDriver, TransferPhase, TransferProgress
 from vmshift.hypervisor.guest import Guest
+from vmshift.hypervisor.migration import qemu_source
 from vmshift.hypervisor.migration.host import MigrationHost
-from vmshift.hypervisor.migration.qemu_source import QemuSourceMigration, parameters
+from vmshift.hypervisor.migration.qemu_source import QemuPasses, QemuSourceMigration, parameters
 from vmshift.hypervisor.migration.record import MigrationFailed
+from vmshift.hypervisor.migration.streamrate import RoundSample, StreamRates
 from vmshift.hypervisor.protocol import AutoConvergeSettings, MigrationRequest, MigrationTarget, VmDefinition, VmState
 from vmshift.hypervisor.qemu.driver import QEMU_THROTTLE, throttle_settings
 
@@ -56,13 +58,15 @@ def look(rounds: int, sent: float, remaining: float, phase: TransferPhase = ACTI
 NOT_CONVERGING = [look(1, 4, 92), look(2, 96, 8), look(2, 100, 6), look(3, 104, 8), look(4, 112, 8)]
 
 
-def migration(looks: list[TransferProgress], **request: Any) -> tuple[QemuSourceMigration, ScriptedDriver]:
+def migration(looks: list[TransferProgress], bandwidth_mbps: float = 8,
+              **request: Any) -> tuple[QemuSourceMigration, ScriptedDriver]:
     driver = ScriptedDriver(looks)
     guest = Guest("v-1", VmDefinition(name="v-1", cpus=1, memory_mib=96))
     target = MigrationTarget(host="127.0.0.1", port=1, ticket="t", bandwidth_mbps=0)
-    source = QemuSourceMigration(cast(MigrationHost, object()), guest, MigrationRequest(
+    host = SimpleNamespace(stream_rates=StreamRates())
+    source = QemuSourceMigration(cast(MigrationHost, host), guest, MigrationRequest(
         migration_id="m-1", vm_id="v-1", target=target, max_rounds=2, stall_rounds=1, **request),
-        bandwidth_mbps=8, driver=cast(GuestDriver, driver), shared_dir=Path("/nonexistent"))
+        bandwidth_mbps=bandwidth_mbps, driver=cast(GuestDriver, driver), shared_dir=Path("/nonexistent"))
     return source, driver
 
 
@@ -237,3 +241,44 @@ def test_the_policys_auto_converge_throttle_becomes_qemus_only_when_auto_converg
                                                                        step_percent=99.9, max_percent=99.9)})
     assert throttle_settings(parameters(tiny, 8)) == {"cpu-throttle-initial": 1, "cpu-throttle-increment": 99,
                                                       "max-cpu-throttle": 99}, "QEMU takes whole percents 1-99"
+
+
+def test_a_pass_qemu_finished_is_a_sample_of_its_stream_when_long_enough_and_not_held_by_its_cap() -> None:
+    """Timed from the look that saw one pass end to the look that saw the next end: a pass shorter than a
+    second is too coarsely timed by polling to count, and one that ran at QEMU's cap says only the cap."""
+    passes = QemuPasses(cap=None)
+    assert passes.look(look(1, 0, 96), 10.0) is None  # round 0 under way
+    assert passes.look(look(1, 50, 46), 10.5) is None
+    assert passes.look(look(2, 100, 8), 11.0) == RoundSample(100 * 2**20, 1.0, 0.0)
+    assert passes.look(look(3, 104, 8), 11.5) is None  # half a second: too short to tell
+    assert passes.look(look(4, 204, 8), 12.5) == RoundSample(100 * 2**20, 1.0, 0.0)
+    assert passes.look(look(5, 212, 8, TransferPhase.Completed), 13.5) is None
+    capped = QemuPasses(cap=100 * 2**20)  # bytes per second
+    capped.look(look(1, 0, 96), 0.0)
+    at_the_cap = capped.look(look(2, 95, 8), 1.0)
+    assert at_the_cap is not None and at_the_cap.unshaped_rate is None, "95 % of the cap: the cap held it"
+    below = capped.look(look(3, 145, 8), 2.0)
+    assert below is not None and below.unshaped_rate == 50 * 2**20, "half the cap: the stream's own rate"
+
+
+async def test_qemus_passes_give_the_host_its_stream_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Followed to its end, an unshaped QEMU move leaves its stream's figure on the host, as a simulated one
+    does (so the drain planner knows what one QEMU stream carries); a move at its cap leaves none."""
+    now = [0.0]
+    monkeypatch.setattr(qemu_source, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    async def follow(bandwidth_mbps: float) -> StreamRates:
+        source, driver = migration(NOT_CONVERGING, bandwidth_mbps=bandwidth_mbps)
+        progress_of = driver.progress
+
+        async def a_second_later(vm_id: str) -> TransferProgress:
+            now[0] += 1.0  # the looks are a (fake) second apart
+            return await progress_of(vm_id)
+        driver.progress = a_second_later  # type: ignore[method-assign]
+        with pytest.raises(MigrationFailed):
+            await source._follow()
+        return cast(StreamRates, cast(SimpleNamespace, source.host).stream_rates)
+
+    # The first pass: 92 MiB between two looks a second apart; the later ones 8 MiB in one or two seconds.
+    assert (await follow(0)).figure_mbps() == round(92 * 2**20 * 8 / 1e6)
+    assert (await follow(8)).figure_mbps() is None, "every pass ran at the 8 Mbit/s cap"

@@ -52,6 +52,7 @@ from vmshift.hypervisor.migration.host import MigrationHost
 from vmshift.hypervisor.migration.record import MigrationFailed, failure_from_abort
 from vmshift.hypervisor.migration.source import SourceMigration
 from vmshift.hypervisor.migration.stream import StreamClosed
+from vmshift.hypervisor.migration.streamrate import RoundSample
 from vmshift.hypervisor.migration.wire import ProtocolError, Resumed, Switchover
 from vmshift.hypervisor.protocol import MigrationRequest, RoundInfo, VmState
 from vmshift.precopy.convergence import Action, ActionKind, ConvergencePolicy, RoundStats, next_action
@@ -116,6 +117,42 @@ class QemuRounds:
         return action
 
 
+#: A pass over memory timed by polling (POLL_SECONDS apart) shorter than this says little of its rate.
+MIN_PASS_SECONDS = 1.0
+#: A pass that sent at this fraction of QEMU's bandwidth cap or more was held by the cap.
+CAPPED_FRACTION = 0.9
+
+
+@dataclass
+class QemuPasses:
+    """What QEMU's migration stream carries, pass by pass, for the host's stream figure (``streamrate``).
+
+    QEMU sends without the agents' shaper, so a pass it finished is a sample: the bytes sent since the look
+    that saw the previous pass end, over the seconds between the two looks. Polled looks time a pass to a
+    poll or so, hence only passes of MIN_PASS_SECONDS or more count. A pass that ran at QEMU's bandwidth cap
+    (``cap``, bytes per second; None: no cap) carried what it was allowed, so it counts as held throughout.
+    """
+
+    cap: float | None
+    mark: tuple[int, float, float] | None = None  # (dirty-sync-count, MiB sent, when) at the last pass's end
+
+    def look(self, progress: TransferProgress, now: float) -> RoundSample | None:
+        """The sample of the pass(es) ``progress`` shows ended since the last look, if one can tell."""
+        if progress.phase is not TransferPhase.Active or progress.switching_over or progress.rounds < 1:
+            self.mark = None
+            return None
+        mark, self.mark = self.mark, (progress.rounds, progress.transferred_mib, now)
+        if mark is None or progress.rounds == mark[0]:
+            self.mark = mark or self.mark
+            return None
+        sent = int((progress.transferred_mib - mark[1]) * 2**20)
+        seconds = now - mark[2]
+        if seconds < MIN_PASS_SECONDS:
+            return None
+        capped = self.cap is not None and sent / seconds >= CAPPED_FRACTION * self.cap
+        return RoundSample(sent, seconds, seconds if capped else 0.0)
+
+
 class QemuSourceMigration(SourceMigration):
     """Sends one QEMU guest to a target agent that runs the QEMU driver too."""
 
@@ -135,6 +172,7 @@ class QemuSourceMigration(SourceMigration):
         self._postcopy = False  # switched to post-copy: the guest runs on the target, no way back
         self.rounds = QemuRounds(request.convergence(),
                                  None if math.isinf(self.rate) else self.rate)
+        self.passes = QemuPasses(None if math.isinf(self.rate) else self.rate)
 
     @property
     def vm_id(self) -> str:
@@ -206,6 +244,9 @@ class QemuSourceMigration(SourceMigration):
             if progress.held and not self._continued:
                 await self._held()
                 continue
+            sample = self.passes.look(progress, time.monotonic())
+            if sample is not None:
+                self.host.stream_rates.record(sample)
             action = self.rounds.judge(progress)
             if action is not None:
                 await self._act(action, progress)
