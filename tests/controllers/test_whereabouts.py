@@ -3,6 +3,7 @@ last report listed it. An unrelated host whose agent stays down does not keep it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -176,3 +177,49 @@ async def test_a_vm_never_placed_is_still_judged_by_the_reports(agents: dict[str
     body = lost_vm(host=None, startedAt=None)
     assert await virtualmachines._locate(index_vm(body), False, body["status"]) is None
     assert all(agent.calls == 0 for agent in agents.values())
+
+
+# --- a guest found defined off its status host gets status.host before it starts ---------------
+
+
+class Halt(Exception):
+    """Ends the reconcile once the start was asked for: what came before it is what is checked."""
+
+
+class Keeper(Agent):
+    """An agent holding a defined copy of the guest (a cold move's), recording when it is started."""
+
+    def __init__(self, done: list[tuple[str, Any]]) -> None:
+        super().__init__(VmState.Defined)
+        self.done = done
+
+    async def start_vm(self, vm_id: str, *, baseline: frozenset[str] | None = None) -> VmInfo:
+        self.done.append(("start", "h2"))
+        raise Halt
+
+
+async def test_a_guest_found_defined_on_a_host_status_does_not_name_is_put_on_record_before_it_starts(
+        agents: dict[str, Agent], monkeypatch: pytest.MonkeyPatch) -> None:
+    done: list[tuple[str, Any]] = []
+    rt = runtime()
+    h2 = rt.agents.get("h2")
+    assert h2 is not None
+    h2.client = cast(Any, Keeper(done))
+    rt.agents._reindex("h2", {}, {"u-a": VmInfo.model_construct(id="u-a", state=VmState.Defined)})
+    h2.vms = {"u-a": VmInfo.model_construct(id="u-a", state=VmState.Defined)}
+
+    async def patch_status(plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        done.append(("patch", status))
+
+    async def synced(*_: Any, **__: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(virtualmachines.kubeapi, "patch_status", patch_status)
+    monkeypatch.setattr(rt.agents, "wait_synced", synced)
+    monkeypatch.setattr(virtualmachines, "fleet", lambda fresh=False: None)
+    monkeypatch.setattr(virtualmachines, "start_baseline", lambda *a: None)
+    with pytest.raises(Halt):
+        await virtualmachines.reconcile(lost_vm(), logging.getLogger("test.whereabouts"))
+    assert done == [("patch", {"host": "h2"}), ("start", "h2")]
+    hinted = rt.placements.get("ns/a")
+    assert hinted is not None and hinted[0] == "h2"

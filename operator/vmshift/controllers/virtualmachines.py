@@ -202,6 +202,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
         elif entry.spec.running and info.state in (VmState.Defined, VmState.Stopped):
             if entry.host != host:  # as a placement does: the host a guest is started on is in status first
+                rt.placements.expect(entry.key, (host, entry.spec.cpus, entry.spec.memoryMiB))
                 await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": host})
             info = await rt.agents.get(host).client.start_vm(  # type: ignore[union-attr]
                 entry.uid, baseline=start_baseline(vm_view(entry), host, fleet()))
