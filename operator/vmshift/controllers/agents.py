@@ -348,23 +348,25 @@ class AgentDirectory:
         """What every reachable agent last reported, by host: its guests by VM id."""
         return {name: link.vms for name, link in self._links.items() if link.reachable}
 
-    async def live_locate(self, vm_id: str, concurrency: int = 50) -> list[tuple[str, VmInfo]] | None:
+    def reported_by(self, vm_id: str) -> frozenset[str]:
+        """Hosts whose agent's last report lists ``vm_id``, in any state (a half-received copy included)."""
+        return frozenset(self._where.get(vm_id, ()))
+
+    async def live_locate(self, vm_id: str, concurrency: int = 50) -> tuple[list[tuple[str, VmInfo]], list[str]]:
         """Ask every agent now (not its last report) whether it holds ``vm_id``: the hosts that do, with
-        what they said; None when any agent does not answer (then nobody can say the guest runs nowhere)."""
+        what they said, and the hosts whose agent did not answer (any of those may hold it too)."""
         gate = asyncio.Semaphore(concurrency)
 
-        async def ask(link: AgentLink) -> tuple[str, VmInfo | None] | None:
+        async def ask(link: AgentLink) -> tuple[str, VmInfo | None, bool]:
             async with gate:
                 try:
-                    return link.host, await link.client.get_vm(vm_id)
+                    return link.host, await link.client.get_vm(vm_id), True
                 except AgentError as exc:
-                    return (link.host, None) if exc.status == 404 else None
+                    return link.host, None, exc.status == 404
 
         answers = await asyncio.gather(*(ask(link) for link in list(self._links.values())))
-        if any(answer is None for answer in answers):
-            return None
-        return [(host, info) for host, info in (a for a in answers if a is not None)
-                if info is not None and info.state in RESIDENT]
+        found = [(host, info) for host, info, _ in answers if info is not None and info.state in RESIDENT]
+        return found, sorted(host for host, _, answered in answers if not answered)
 
     def unreachable(self) -> list[str]:
         """The hosts whose agents do not answer now, by name."""

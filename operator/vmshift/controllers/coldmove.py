@@ -54,6 +54,9 @@ async def move_cold(run: Run, vm: VMEntry, spec: VirtualMachineMigrationSpec) ->
                                    f"{run.vm_name} is {info.state.value} on {run.source}, not stopped, so it cannot "
                                    f"move cold; create the migration again to move it live.")
     started = timestamps.rfc3339()
+    # The target is on record before it holds a definition: a look for this VM's guest after a crash
+    # here waits for that agent's answer (whereabouts.may_hold).
+    await run.patch({"sourceHost": run.source, "targetHost": run.target})
     # the guest keeps the drivers it has (an import may have changed them since it was defined)
     wanted = definition(vm).model_copy(update={"drivers": list(info.drivers)})
     try:

@@ -49,6 +49,7 @@ from vmshift.controllers.vmstatus import (
     start_baseline,
     start_outcome_unknown,
 )
+from vmshift.controllers.whereabouts import blocking, may_hold
 from vmshift.hypervisor.client import AgentError, AgentUnreachableError
 from vmshift.hypervisor.protocol import VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet, VMView
@@ -87,11 +88,14 @@ def _moved_here(key: str) -> bool:
     return any(m.key in finished for m in indexes.migrations_by_vm.get(key) or [])
 
 
-async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | None:
+async def _locate(entry: VMEntry, ever: bool = False,
+                  status: Mapping[str, Any] | None = None) -> tuple[str, VmInfo] | None:
     """Where the guest lives: (host, info), or None when nowhere; _UnknownLocation when it cannot be known now.
 
     ``ever``: the VM had a host once. Then "nowhere" needs a live look at every agent (the reports
-    may be a poll old), and any agent that does not answer makes the location unknown.
+    may be a poll old), and an agent that does not answer makes the location unknown if it may hold
+    the guest (:func:`whereabouts.may_hold`: the hosts the VM's records name, and those whose last
+    report listed it); an unrelated silent host does not. ``status``: the VM's status as read.
     """
     rt = runtime()
     # A placement this process just made may not be in the (older) body yet: follow it too.
@@ -119,15 +123,19 @@ async def _locate(entry: VMEntry, ever: bool = False) -> tuple[str, VmInfo] | No
     found = rt.agents.locate(entry.uid)
     if len(found) >= 1:
         return found[0]
-    silent = rt.agents.unreachable()
-    if host and silent:
+    if not (host or ever):
+        return None
+    candidates = may_hold({**(status or {}), "host": entry.host}, hinted[0] if hinted else None,
+                          indexes.migrations_by_vm.get(entry.key) or [], rt.agents.reported_by(entry.uid))
+    silent = blocking(candidates, rt.agents.unreachable())
+    if silent:
         raise _UnknownLocation(", ".join(silent[:5]))
-    if host or ever:
-        live = await rt.agents.live_locate(entry.uid)
-        if live is None:
-            raise _UnknownLocation(host or "an agent")
-        if live:
-            return live[0]
+    live, unanswered = await rt.agents.live_locate(entry.uid)
+    if live:
+        return live[0]
+    silent = blocking(candidates, unanswered)
+    if silent:
+        raise _UnknownLocation(", ".join(silent[:5]))
     return None
 
 
@@ -168,7 +176,7 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
             _defer(entry.key, "not every agent has answered yet", logger)
             return
         try:
-            located = await _locate(entry, ever_placed(previous))
+            located = await _locate(entry, ever_placed(previous), previous)
         except _UnknownLocation as exc:
             _defer(entry.key, f"where its guest runs is unknown while the agent(s) of {exc} do not answer", logger)
             return
@@ -193,6 +201,9 @@ async def reconcile(body: Mapping[str, Any], logger: kopf.Logger | logging.Logge
         if not entry.spec.running and info.state in (VmState.Running, VmState.Paused):
             info = await rt.agents.get(host).client.stop_vm(entry.uid)  # type: ignore[union-attr]
         elif entry.spec.running and info.state in (VmState.Defined, VmState.Stopped):
+            if entry.host != host:  # as a placement does: the host a guest is started on is in status first
+                rt.placements.expect(entry.key, (host, entry.spec.cpus, entry.spec.memoryMiB))
+                await kubeapi.patch_status("virtualmachines", entry.namespace, entry.name, {"host": host})
             info = await rt.agents.get(host).client.start_vm(  # type: ignore[union-attr]
                 entry.uid, baseline=start_baseline(vm_view(entry), host, fleet()))
         if entry.host == host:
