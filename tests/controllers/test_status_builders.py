@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +34,7 @@ from vmshift.controllers.vmstatus import (
 )
 from vmshift.hypervisor.host import HypervisorHost
 from vmshift.hypervisor.hostconfig import HostConfig
-from vmshift.hypervisor.migration.streamrate import RoundSample
+from vmshift.hypervisor.migration.streamrate import MAX_AGE_SECONDS, RoundSample, StreamRates
 from vmshift.hypervisor.protocol import GuestIoCeilings, MigrationRole, MigrationStatus, RoundInfo, VmInfo, VmState
 from vmshift.scheduling.fleet import Fleet
 
@@ -212,15 +213,26 @@ def test_what_the_agent_measured_its_migration_streams_carry_reaches_the_host_st
                      reachable=True)
     unmeasured = host_status("h1", HostInputs.of(HOST_SPEC, 1), {}, link, None)
     assert "streamMbps" not in unmeasured["migrations"] and link.facts().stream_mbps is None
-    agent.stream_rates.round_started(0.0)
-    agent.stream_rates.round_started(0.0)
-    agent.stream_rates.sent(1800 * 2**20)
-    agent.stream_rates.round_ended(1.0)
-    agent.stream_rates.round_ended(1.0)
-    agent.stream_rates.record(RoundSample(1470 * 2**20, 1.0))
-    link.info = agent.host_info()
+
+    def measured(at: float) -> None:  # one stream alone and two at once, ending at ``at`` (monotonic)
+        agent.stream_rates = StreamRates()
+        agent.stream_rates.round_started(at - 1.0)
+        agent.stream_rates.round_started(at - 1.0)
+        agent.stream_rates.sent(1800 * 2**20)
+        agent.stream_rates.round_ended(at)
+        agent.stream_rates.round_ended(at)
+        agent.stream_rates.record(RoundSample(1470 * 2**20, 1.0), at)
+        link.info = agent.host_info()
+
+    measured(time.monotonic())
     s = host_status("h1", HostInputs.of(HOST_SPEC, 1), {}, link, None)
     assert s["migrations"]["streamMbps"] == round(1470 * 2**20 * 8 / 1e6)
     assert s["migrations"]["streamsTogetherMbps"] == round(1800 * 2**20 * 8 / 1e6)
     status_patch("hosts", s)  # the model knows both fields
     assert link.facts().stream_mbps == s["migrations"]["streamMbps"]
+    # Figures too old to count any more leave the status (null clears them in the merge patch) and the planner.
+    measured(time.monotonic() - MAX_AGE_SECONDS - 10)
+    aged = host_status("h1", HostInputs.of(HOST_SPEC, 1), s, link, None)
+    assert aged["migrations"]["streamMbps"] is None and aged["migrations"]["streamsTogetherMbps"] is None
+    assert status_patch("hosts", aged)["migrations"]["streamMbps"] is None
+    assert link.facts().stream_mbps is None

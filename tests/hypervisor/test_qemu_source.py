@@ -280,5 +280,5 @@ async def test_qemus_passes_give_the_host_its_stream_figure(monkeypatch: pytest.
         return cast(StreamRates, cast(SimpleNamespace, source.host).stream_rates)
 
     # The first pass: 92 MiB between two looks a second apart; the later ones 8 MiB in one or two seconds.
-    assert (await follow(0)).figure_mbps() == round(92 * 2**20 * 8 / 1e6)
-    assert (await follow(8)).figure_mbps() is None, "every pass ran at the 8 Mbit/s cap"
+    assert (await follow(0)).figure_mbps(now[0]) == round(92 * 2**20 * 8 / 1e6)
+    assert (await follow(8)).figure_mbps(now[0]) is None, "every pass ran at the 8 Mbit/s cap"

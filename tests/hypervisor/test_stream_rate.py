@@ -11,7 +11,13 @@ from tests.hypervisor.helpers import finished, running_vm
 from vmshift.api.reasons import MigrationPhase
 from vmshift.hypervisor.client import begin_migration
 from vmshift.hypervisor.launcher import AgentProcess
-from vmshift.hypervisor.migration.streamrate import MIN_SAMPLE_SECONDS, WINDOW, RoundSample, StreamRates
+from vmshift.hypervisor.migration.streamrate import (
+    MAX_AGE_SECONDS,
+    MIN_SAMPLE_SECONDS,
+    WINDOW,
+    RoundSample,
+    StreamRates,
+)
 
 MIB = 2**20
 
@@ -29,8 +35,8 @@ def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> 
     rates.round_started(0.0)
     rates.sent(1470 * MIB)
     rates.round_ended(1.0)
-    assert rates.record(RoundSample(1470 * MIB, 1.0))
-    assert rates.together_mbps() is None  # never several at once
+    assert rates.record(RoundSample(1470 * MIB, 1.0), 1.0)
+    assert rates.together_mbps(1.0) is None  # never several at once
     # two streams on two busy cores from t=10: 1,800 MiB/s together while both send (10.5 to 11.5)
     rates.round_started(10.0)
     rates.sent(450 * MIB)
@@ -39,8 +45,8 @@ def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> 
     rates.round_ended(11.5)
     rates.sent(450 * MIB)
     rates.round_ended(12.0)
-    assert rates.together_mbps() == round(1800 * MIB * 8 / 1e6)
-    assert rates.figure_mbps() == round(1470 * MIB * 8 / 1e6)
+    assert rates.together_mbps(12.0) == round(1800 * MIB * 8 / 1e6)
+    assert rates.figure_mbps(12.0) == round(1470 * MIB * 8 / 1e6)
     # an epoch the shaper held (each stream waited half of it) tells nothing
     rates.round_started(20.0)
     rates.round_started(20.0)
@@ -48,7 +54,7 @@ def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> 
     rates.held(1.0)
     rates.round_ended(21.0)
     rates.round_ended(21.0)
-    assert rates.together_mbps() == round(1800 * MIB * 8 / 1e6)
+    assert rates.together_mbps(21.0) == round(1800 * MIB * 8 / 1e6)
     # together is never below what one stream carried alone (another stream may have been held)
     fresh = StreamRates()
     fresh.round_started(0.0)
@@ -56,23 +62,44 @@ def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> 
     fresh.sent(1000 * MIB)
     fresh.round_ended(1.0)
     fresh.round_ended(1.0)
-    fresh.record(RoundSample(1600 * MIB, 1.0))
-    assert fresh.together_mbps() == fresh.figure_mbps()
+    fresh.record(RoundSample(1600 * MIB, 1.0), 2.0)
+    assert fresh.together_mbps(2.0) == fresh.figure_mbps(2.0)
     with pytest.raises(ValueError, match="never started"):
         StreamRates().round_ended(1.0)
 
 
 def test_the_figure_is_the_best_of_the_recent_rounds_in_mbit_per_second() -> None:
     rates = StreamRates()
-    assert rates.figure_mbps() is None  # nothing sent yet: unknown
-    assert not rates.record(RoundSample(2000 * MIB, 1.0, held_seconds=0.9))
-    assert rates.figure_mbps() is None
-    assert rates.record(RoundSample(1470 * MIB, 1.0))
-    assert rates.record(RoundSample(900 * MIB, 1.0))  # two streams at once on two busy cores
-    assert rates.figure_mbps() == round(1470 * MIB * 8 / 1e6)
-    for _ in range(WINDOW):  # the machine became slower for good: the old best ages out
-        rates.record(RoundSample(700 * MIB, 1.0))
-    assert rates.figure_mbps() == round(700 * MIB * 8 / 1e6)
+    assert rates.figure_mbps(0.0) is None  # nothing sent yet: unknown
+    assert not rates.record(RoundSample(2000 * MIB, 1.0, held_seconds=0.9), 1.0)
+    assert rates.figure_mbps(1.0) is None
+    assert rates.record(RoundSample(1470 * MIB, 1.0), 2.0)
+    assert rates.record(RoundSample(900 * MIB, 1.0), 3.0)  # two streams at once on two busy cores
+    assert rates.figure_mbps(3.0) == round(1470 * MIB * 8 / 1e6)
+    for i in range(WINDOW):  # the machine became slower for good: the old best ages out
+        rates.record(RoundSample(700 * MIB, 1.0), 4.0 + i)
+    assert rates.figure_mbps(20.0) == round(700 * MIB * 8 / 1e6)
+
+
+def test_rounds_older_than_the_age_limit_no_longer_count() -> None:
+    """A figure measured on a quiet machine long ago would steer plans for ever: after MAX_AGE_SECONDS
+    without a new round it is unknown again (the planner plans as it does before any measure)."""
+    rates = StreamRates()
+    rates.round_started(0.0)
+    rates.round_started(0.0)
+    rates.sent(1800 * MIB)
+    rates.round_ended(1.0)
+    rates.round_ended(1.0)
+    rates.record(RoundSample(1470 * MIB, 1.0), 1.0)
+    rates.record(RoundSample(700 * MIB, 1.0), 100.0)  # a slower round later
+    assert rates.figure_mbps(1.0 + MAX_AGE_SECONDS) == round(1470 * MIB * 8 / 1e6)
+    assert rates.together_mbps(1.0 + MAX_AGE_SECONDS) == round(1800 * MIB * 8 / 1e6)
+    # the best round is too old now: the figure is the best of those that are not
+    assert rates.figure_mbps(2.0 + MAX_AGE_SECONDS) == round(700 * MIB * 8 / 1e6)
+    assert rates.together_mbps(2.0 + MAX_AGE_SECONDS) is None  # no epoch with several streams is recent
+    assert rates.figure_mbps(101.0 + MAX_AGE_SECONDS) is None  # none is recent: unknown
+    assert rates.record(RoundSample(900 * MIB, 1.0), 2000.0)  # the next migration's first round
+    assert rates.figure_mbps(2000.0) == round(900 * MIB * 8 / 1e6)
 
 
 def test_bad_samples_and_windows_are_refused_with_what_is_wrong() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from vmshift.api.reasons import MigrationPhase
 from vmshift.precopy.model import mbps_to_mibps
-from vmshift.scheduling.drain import DrainLimits, drain_lower_bound, plan_drain, simulate_drain
+from vmshift.scheduling.drain import READY_RATIO, DrainLimits, drain_lower_bound, plan_drain, simulate_drain
 from vmshift.scheduling.evacuation import SETUP_SECONDS, Attempt, Goal, evacuation_step
 from vmshift.scheduling.fleet import Fleet
 
@@ -114,3 +114,29 @@ def test_a_move_planned_while_another_is_queued_goes_to_another_target() -> None
     step = evacuation_step(Goal("src", "spec.maintenance"), episode, fleet, [sending, queued])
     # t1 looks free in the index, but g01 is queued for it: the next move goes to t2
     assert [c.move.target for c in step.create] == ["t2"], step.create
+
+
+@pytest.mark.parametrize("stream_mbps, limits, ratio", [
+    (STREAM_MBPS, DrainLimits(), 1.0),
+    (None, DrainLimits(), READY_RATIO),
+    (STREAM_MBPS, DrainLimits(max_parallel=1), READY_RATIO),
+])
+def test_the_last_move_shares_the_link_with_the_drains_moves_under_way_as_the_drain_runs(
+        stream_mbps: float | None, limits: DrainLimits, ratio: float) -> None:
+    """The plan of the one move left is "1 at once" whatever the streams carry: its ratio made the bench's last
+    move trickle beside the one under way where two streams carry more than one (the last two ran one after
+    the other). Where one stream fills the link, or the drain may run only one at a time, it still waits,
+    prepared, for the one under way to end."""
+    fleet = bench_fleet(stream_mbps)
+    src = replace(fleet.hosts["src"], outbound_migrations=1)
+    t0 = replace(fleet.hosts["t0"], inbound_migrations=1)
+    left = [replace(v, migration_target="t0") if v.name == "g10" else v for v in fleet.vms.values()
+            if v.name in ("g10", "g11")]
+    fleet = Fleet([src, t0, *(h for h in fleet if h.name not in ("src", "t0"))], left)
+    episode = "ep"
+    moved = [Attempt("default", f"g{i:02d}-m", f"default/g{i:02d}", episode, 1, MigrationPhase.Succeeded, "t1")
+             for i in range(10)]
+    sending = Attempt("default", "g10-m", "default/g10", episode, 1, MigrationPhase.Transferring, "t0")
+    step = evacuation_step(Goal("src", "spec.maintenance"), episode, fleet, [*moved, sending], limits=limits)
+    assert [c.move.vm for c in step.create] == ["default/g11"], step.create
+    assert step.create[0].ratio == ratio, step.plan

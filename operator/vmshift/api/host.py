@@ -182,7 +182,8 @@ class HostMigrations(ApiModel):
         "it: the highest rate among its last few outgoing pre-copy rounds that the link's shaper did not hold. A "
         "stream's sender and receiver are bound by their CPUs and may carry less than "
         "spec.migrationBandwidthMbps; the drain planner then runs several migrations at once, each expected to "
-        "carry at most this much. Unset until a migration out of the host has sent such a round.",
+        "carry at most this much. Unset until a migration out of the host has sent such a round, and again when "
+        "none did in the last 10 minutes (the machine's load may have changed since).",
         ge=0,
     )
     streamsTogetherMbps: float | None = Field(
@@ -190,7 +191,8 @@ class HostMigrations(ApiModel):
         description="What several migration streams out of this host carried together, in Mbit/s, as its agent "
         "measured it: the highest total among its last few rounds sent while other outgoing streams sent all "
         "along. Streams that share the same CPUs carry less than the sum of their single rates. Shown for "
-        "information: the drain planner plans on streamMbps only. Unset until several have sent at once.",
+        "information: the drain planner plans on streamMbps only. Unset until several have sent at once, and "
+        "again when none did in the last 10 minutes.",
         ge=0,
     )
 

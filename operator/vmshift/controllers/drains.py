@@ -210,7 +210,11 @@ class Evacuator:
         if goal is None and not self.open and not winding_down:
             await self._delete([a for a in attempts if a.finished and a.episode != self.episode])
             return False
-        fleet_now = fleet()
+        # Fresh: the plan counts the source's free slots from the fleet and the drain's own migrations
+        # from the index, and both must show the same moment. A fleet up to FLEET_MAX_AGE old still
+        # counted a migration that had just ended (the bench's warm-up): one slot looked taken and the
+        # drain was planned one at a time.
+        fleet_now = fleet(fresh=True)
         migration_policies = values(policies)
         if goal is not None and not self.open:
             await self._start(goal, fleet_now, vms, migrations, migration_policies)

@@ -156,10 +156,12 @@ def host_status(
         status["processor"] = {"model": info.cpu_model, "vendor": info.vendor, "features": info.features}
         status["allocated"] = {"cpus": info.allocated.cpus, "memoryMiB": info.allocated.memory_mib}
         status["vms"] = info.vms
-        if info.migration_stream_mbps is not None:
-            status["migrations"]["streamMbps"] = info.migration_stream_mbps
-        if info.migration_streams_together_mbps is not None:
-            status["migrations"]["streamsTogetherMbps"] = info.migration_streams_together_mbps
+        # A figure the agent no longer reports (its samples aged out) is taken out of the status (null).
+        shown = previous.get("migrations") or {}
+        for key, figure in (("streamMbps", info.migration_stream_mbps),
+                            ("streamsTogetherMbps", info.migration_streams_together_mbps)):
+            if figure is not None or shown.get(key) is not None:
+                status["migrations"][key] = figure
         status["sensors"] = _sensors(info)
     remediation = previous.get("remediation") or {}
     quarantine = remediation.get("action")

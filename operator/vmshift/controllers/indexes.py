@@ -90,8 +90,8 @@ async def ready() -> None:
 
 
 #: How old a fleet may be for decisions that tolerate it (conditions, queue passes): a fleet
-#: assembled this recently serves them as is. A ``fresh`` fleet (placement, validation) shows every
-#: change the caches, the agents' facts and this process's placements hold when it is asked for.
+#: assembled this recently serves them as is. A ``fresh`` fleet (placement, validation, drain passes) shows
+#: every change the caches, the agents' facts and this process's placements hold when it is asked for.
 FLEET_MAX_AGE = 1.0
 
 

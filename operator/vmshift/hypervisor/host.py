@@ -225,8 +225,8 @@ class HypervisorHost:
             boot_id=self.boot_id,
             migration_port=self.migration_port,
             migrations=sum(1 for m in self.migrations.values() if not m.record.finished),
-            migration_stream_mbps=self.stream_rates.figure_mbps(),
-            migration_streams_together_mbps=self.stream_rates.together_mbps(),
+            migration_stream_mbps=self.stream_rates.figure_mbps(time.monotonic()),
+            migration_streams_together_mbps=self.stream_rates.together_mbps(time.monotonic()),
         )
 
     def change_sensors(self, change: SensorChange) -> HostInfo:

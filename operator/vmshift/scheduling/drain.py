@@ -54,7 +54,9 @@ __all__ = [
     "Move",
     "drain_lower_bound",
     "estimate_move",
+    "fills_link",
     "fixed_parallelism_plan",
+    "most_at_once",
     "next_attempt",
     "plan_drain",
     "share_ratio",
@@ -297,9 +299,7 @@ def plan_drain(
         return (-vm.priority, -round(seconds, 6), vm.key)
 
     order = sorted(movable, key=lpt_key)
-    slots = source.max_concurrent_migrations - source.migrations_in_flight
-    bounds = [slots] + [x for x in (limits.max_parallel, limits.cluster_available) if x is not None]
-    k_max = max(min(bounds), 1)
+    k_max = most_at_once(source, limits)
     moves, blocked = _assign_targets(order, source, fleet, limits, policy, vm_policies, window=k_max - 1)
     base = DrainPlan(host=host, moves=tuple(moves), blocked=tuple(blocked), skipped=tuple(sorted(skipped)))
     best: tuple[tuple[int, float, int, int, int], DrainPlan, SimResult] | None = None
@@ -333,6 +333,14 @@ def plan_drain(
         chosen, fleet, limits=limits, policy=policy, vm_policies=vm_policies, setup_seconds=setup_seconds
     )
     return replace(chosen, lower_bound_seconds=bound)
+
+
+def most_at_once(source: HostView, limits: DrainLimits) -> int:
+    """How many moves a drain of ``source`` may run at once: its free migration slots, the drain's and
+    the cluster's limits; at least one."""
+    slots = source.max_concurrent_migrations - source.migrations_in_flight
+    bounds = [slots] + [x for x in (limits.max_parallel, limits.cluster_available) if x is not None]
+    return max(min(bounds), 1)
 
 
 def fills_link(source: HostView) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 from vmshift.api.host import DrainState
 from vmshift.api.reasons import FailureReason, MigrationMode, MigrationPhase
 from vmshift.api.remediationpolicy import RemediationAction
-from vmshift.scheduling.drain import next_attempt, plan_drain
+from vmshift.scheduling.drain import fills_link, most_at_once, next_attempt, plan_drain, share_ratio
 from vmshift.scheduling.fleet import Fleet, HostView, VMView
 from vmshift.scheduling.moves import Blocked, DrainLimits, DrainPlan, Failure, Move
 from vmshift.scheduling.policy import MigrationPolicyView
@@ -310,12 +310,16 @@ def _drain_share_ratio(plan: DrainPlan, goal: Goal, fleet: Fleet, source: HostVi
     ``plan`` sees the slots this drain's own ``own`` admitted migrations hold as taken, so once they
     fill them it plans one at a time, whose ratio would make the next migration only trickle beside
     them (its rank is after theirs) even where the drain runs two at once. The ratio is the one of
-    the plan that counts the drain's own slots as its own."""
+    the plan that counts the drain's own slots as its own. A plan of one move is one at a time
+    whatever the streams carry: the drain's last move shares equally with its moves under way where
+    the drain may run several at once and one stream cannot fill the link (two carry more)."""
     if own <= 0 or source is None:
         return plan.share_ratio
     freed = replace(source, outbound_migrations=max(source.outbound_migrations - own, 0))
     whole = plan_drain(goal.host, fleet.with_host(freed), limits, only=only, vm_policies=vm_policies,
                        setup_seconds=setup_seconds)
+    if len(whole.moves) == 1 and most_at_once(freed, limits) > 1 and not fills_link(freed):
+        return share_ratio(2, "equal")
     return whole.share_ratio
 
 

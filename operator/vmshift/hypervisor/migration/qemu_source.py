@@ -244,9 +244,10 @@ class QemuSourceMigration(SourceMigration):
             if progress.held and not self._continued:
                 await self._held()
                 continue
-            sample = self.passes.look(progress, time.monotonic())
+            now = time.monotonic()
+            sample = self.passes.look(progress, now)
             if sample is not None:
-                self.host.stream_rates.record(sample)
+                self.host.stream_rates.record(sample, now)
             action = self.rounds.judge(progress)
             if action is not None:
                 await self._act(action, progress)

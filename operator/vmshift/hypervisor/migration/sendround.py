@@ -61,6 +61,7 @@ async def send_round(stream: FrameStream, host: MigrationHost, bucket: TokenBuck
             record.touch()
     finally:
         rates.round_ended(time.monotonic())
-    seconds = time.monotonic() - started
-    rates.record(RoundSample(sent_bytes, seconds, held))
+    ended = time.monotonic()
+    seconds = ended - started
+    rates.record(RoundSample(sent_bytes, seconds, held), ended)
     return seconds

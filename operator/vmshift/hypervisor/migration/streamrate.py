@@ -11,14 +11,16 @@ buckets or on another migration's switchover for at most ``HELD_FRACTION`` of it
 shaped round carried what it was allowed, not what the stream can do. The figure is the highest rate
 among the last ``WINDOW`` such rounds: a stream that carried that much once can again (also one
 that carried it while others sent beside it), and a machine that became slower for good shows it
-after ``WINDOW`` new rounds.
+after ``WINDOW`` new rounds. A round older than ``MAX_AGE_SECONDS`` no longer counts: what the
+machine's CPUs carried then says little about now (its load may have changed), so a host that sent
+nothing for that long reports no figure (unknown) until its next migration's first rounds.
 
 Several streams at once do not carry several times one stream's rate when they share the same
 CPUs. So the agent's time is also cut into epochs at every start and end of an outgoing round:
 an epoch during which several rounds sent all along, long enough to tell and hardly held by the
 shaper, is a sample of what the streams carry together (every byte they sent in it over its
-seconds). That figure is the highest among the last ``WINDOW`` such epochs (never below one
-stream's), and unknown until several streams have sent at once.
+seconds). That figure is the highest among the last ``WINDOW`` such epochs no older than
+``MAX_AGE_SECONDS`` (never below one stream's), and unknown until several streams have sent at once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ MIN_SAMPLE_SECONDS = 0.25
 HELD_FRACTION = 0.1
 #: How many recent unshaped rounds the figure looks at.
 WINDOW = 8
+#: Seconds after which a round (or epoch) no longer counts toward the figures.
+MAX_AGE_SECONDS = 600.0
 #: Bits per byte over bits per megabit.
 _MBPS_PER_BYTE_PER_SECOND = 8 / 1_000_000
 
@@ -68,14 +72,16 @@ class StreamRates:
 
     The sender calls :meth:`round_started` and :meth:`round_ended` around each round (with the
     monotonic time), :meth:`sent` and :meth:`held` as it goes, and :meth:`record` with the round's
-    sample at its end.
+    sample at its end (and the time). The figures are asked with the time too: samples older than
+    ``MAX_AGE_SECONDS`` then are left out.
     """
 
     def __init__(self, window: int = WINDOW) -> None:
         if window < 1:
             raise ValueError(f"the window of stream rates must hold at least one round, not {window}")
-        self._rates: deque[float] = deque(maxlen=window)
-        self._together: deque[float] = deque(maxlen=window)
+        #: (when, bytes per second) of the recent samples, oldest first.
+        self._rates: deque[tuple[float, float]] = deque(maxlen=window)
+        self._together: deque[tuple[float, float]] = deque(maxlen=window)
         #: Outgoing rounds being sent now.
         self.sending = 0
         self._epoch_started = 0.0
@@ -105,26 +111,32 @@ class StreamRates:
         streams = self.sending
         if (streams >= 2 and seconds >= MIN_SAMPLE_SECONDS and self._epoch_bytes > 0
                 and self._epoch_held <= HELD_FRACTION * seconds * streams):
-            self._together.append(self._epoch_bytes / seconds)
+            self._together.append((now, self._epoch_bytes / seconds))
         self._epoch_started, self._epoch_bytes, self._epoch_held = now, 0, 0.0
 
-    def record(self, sample: RoundSample) -> bool:
-        """Count ``sample`` if it tells what one stream carries; True if it did."""
+    def record(self, sample: RoundSample, now: float) -> bool:
+        """Count ``sample`` (a round that ended at ``now``) if it tells what one stream carries; True if it did."""
         rate = sample.unshaped_rate
         if rate is None:
             return False
-        self._rates.append(rate)
+        self._rates.append((now, rate))
         return True
 
-    def figure_mbps(self) -> float | None:
-        """What one unshaped migration stream carried, in Mbit/s (whole), or None before any did."""
-        if not self._rates:
-            return None
-        return _mbps(max(self._rates))
+    def figure_mbps(self, now: float) -> float | None:
+        """What one unshaped migration stream carried, in Mbit/s (whole), or None when none did in the
+        last ``MAX_AGE_SECONDS`` before ``now``."""
+        rates = _recent(self._rates, now)
+        return _mbps(max(rates)) if rates else None
 
-    def together_mbps(self) -> float | None:
+    def together_mbps(self, now: float) -> float | None:
         """What several unshaped streams carried together, in Mbit/s (whole; never below one stream's
-        figure), or None before several sent at once."""
-        if not self._together:
+        figure), or None when several did not send at once in the last ``MAX_AGE_SECONDS`` before ``now``."""
+        together = _recent(self._together, now)
+        if not together:
             return None
-        return _mbps(max(max(self._together), max(self._rates, default=0.0)))
+        return _mbps(max(max(together), max(_recent(self._rates, now), default=0.0)))
+
+
+def _recent(samples: deque[tuple[float, float]], now: float) -> list[float]:
+    """The rates of ``samples`` taken no more than ``MAX_AGE_SECONDS`` before ``now``."""
+    return [rate for at, rate in samples if now - at <= MAX_AGE_SECONDS]
