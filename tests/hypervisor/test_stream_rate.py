@@ -57,15 +57,20 @@ def test_epochs_with_several_streams_sending_tell_what_they_carry_together() -> 
     assert rates.together_mbps(21.0) == round(1800 * MIB * 8 / 1e6)
     # together is never below what one stream carried alone (another stream may have been held)
     fresh = StreamRates()
-    fresh.round_started(0.0)
-    fresh.round_started(0.0)
-    fresh.sent(1000 * MIB)
-    fresh.round_ended(1.0)
-    fresh.round_ended(1.0)
+    _two_streams_send(fresh, 1000 * MIB, 0.0, 1.0)
     fresh.record(RoundSample(1600 * MIB, 1.0), 2.0)
     assert fresh.together_mbps(2.0) == fresh.figure_mbps(2.0)
     with pytest.raises(ValueError, match="never started"):
         StreamRates().round_ended(1.0)
+
+
+def _two_streams_send(rates: StreamRates, sent: int, start: float, end: float) -> None:
+    """Two rounds send ``sent`` bytes together from ``start`` to ``end``, unheld."""
+    rates.round_started(start)
+    rates.round_started(start)
+    rates.sent(sent)
+    rates.round_ended(end)
+    rates.round_ended(end)
 
 
 def test_the_figure_is_the_best_of_the_recent_rounds_in_mbit_per_second() -> None:
@@ -85,11 +90,7 @@ def test_rounds_older_than_the_age_limit_no_longer_count() -> None:
     """A figure measured on a quiet machine long ago would steer plans for ever: after MAX_AGE_SECONDS
     without a new round it is unknown again (the planner plans as it does before any measure)."""
     rates = StreamRates()
-    rates.round_started(0.0)
-    rates.round_started(0.0)
-    rates.sent(1800 * MIB)
-    rates.round_ended(1.0)
-    rates.round_ended(1.0)
+    _two_streams_send(rates, 1800 * MIB, 0.0, 1.0)
     rates.record(RoundSample(1470 * MIB, 1.0), 1.0)
     rates.record(RoundSample(700 * MIB, 1.0), 100.0)  # a slower round later
     assert rates.figure_mbps(1.0 + MAX_AGE_SECONDS) == round(1470 * MIB * 8 / 1e6)
