@@ -141,10 +141,12 @@ class QemuPasses:
         if progress.phase is not TransferPhase.Active or progress.switching_over or progress.rounds < 1:
             self.mark = None
             return None
-        mark, self.mark = self.mark, (progress.rounds, progress.transferred_mib, now)
-        if mark is None or progress.rounds == mark[0]:
-            self.mark = mark or self.mark
+        if self.mark is None:  # the first look of the transfer (or since it left the active phase)
+            self.mark = (progress.rounds, progress.transferred_mib, now)
             return None
+        if progress.rounds == self.mark[0]:  # the same pass goes on
+            return None
+        mark, self.mark = self.mark, (progress.rounds, progress.transferred_mib, now)
         sent = int((progress.transferred_mib - mark[1]) * 2**20)
         seconds = now - mark[2]
         if seconds < MIN_PASS_SECONDS:
@@ -170,9 +172,9 @@ class QemuSourceMigration(SourceMigration):
         self._qemu_started = False
         self._saved: SavedState | None = None
         self._postcopy = False  # switched to post-copy: the guest runs on the target, no way back
-        self.rounds = QemuRounds(request.convergence(),
-                                 None if math.isinf(self.rate) else self.rate)
-        self.passes = QemuPasses(None if math.isinf(self.rate) else self.rate)
+        cap = None if math.isinf(self.rate) else self.rate  # bytes per second; None: unshaped
+        self.rounds = QemuRounds(request.convergence(), cap)
+        self.passes = QemuPasses(cap)
 
     @property
     def vm_id(self) -> str:
