@@ -57,3 +57,24 @@ def test_a_drains_migration_is_the_operators_and_collected_once_finished() -> No
     entry = index_migration(body)
     assert entry.made_by_operator
     assert migrations_to_collect([entry], keep=1, current="later") == [entry]
+
+
+def _moved(name: str, created: str, source: str, target: str) -> dict[str, Any]:
+    body = _body(name, "Succeeded", created, ours=True)
+    body["spec"]["targetHost"] = target
+    body["status"] |= {"sourceHost": source, "targetHost": target}
+    return body
+
+
+def test_a_finished_migration_naming_a_silent_host_is_kept_past_the_newest_few() -> None:
+    """The oldest record is the only one naming h-gone (a copy may still run there); while h-gone's
+    agent does not answer it stays, however many later migrations there were. Once h-gone answers
+    it is collected like the others."""
+    mine = [index_migration(_moved("op-1", "2026-01-01T00:00:00Z", "h-gone", "h2")),
+            index_migration(_moved("op-2", "2026-01-01T00:00:01Z", "h2", "h3")),
+            index_migration(_moved("op-3", "2026-01-01T00:00:02Z", "h3", "h2")),
+            index_migration(_moved("op-4", "2026-01-01T00:00:03Z", "h2", "h3"))]
+    assert (mine[0].source, mine[0].target) == ("h-gone", "h2")
+    assert [m.name for m in migrations_to_collect(mine, keep=2, current="op-4", silent={"h-gone"})] == ["op-2"]
+    assert [m.name for m in migrations_to_collect(mine, keep=2, current="op-4", silent={"h3"})] == ["op-1"]
+    assert [m.name for m in migrations_to_collect(mine, keep=2, current="op-4")] == ["op-2", "op-1"]

@@ -434,9 +434,11 @@ async def _finish(run: Run, phase: MigrationPhase, *, report: MigrationStatus | 
 
 async def _collect_garbage(run: Run) -> None:
     """Keep the newest few finished migrations the operator made for the VM; never touch unfinished
-    ones, nor any a person or a GitOps tool applied (:func:`migrations_to_collect`)."""
+    ones, nor any a person or a GitOps tool applied, nor any that names a host whose agent does not
+    answer (:func:`migrations_to_collect`)."""
     mine = indexes.migrations_by_vm.get(run.vm_key) or []
-    for old in migrations_to_collect(mine, runtime().keep_finished_migrations, run.name):
+    rt = runtime()
+    for old in migrations_to_collect(mine, rt.keep_finished_migrations, run.name, frozenset(rt.agents.unreachable())):
         await kubeapi.delete("virtualmachinemigrations", old.namespace, old.name)
 
 

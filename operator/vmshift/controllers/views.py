@@ -7,7 +7,7 @@ into a :class:`~vmshift.scheduling.fleet.Fleet`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -253,17 +253,21 @@ def operator_labels(**labels: str) -> dict[str, str]:
     return {**labels, MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: str) -> list[MigrationEntry]:
+def migrations_to_collect(mine: Iterable[MigrationEntry], keep: int, current: str,
+                          silent: Collection[str] = ()) -> list[MigrationEntry]:
     """The finished migrations of one VM that garbage collection deletes (pure).
 
     Only the operator's own (``made_by_operator``): one applied by a person or from Git stays until
     they delete it, so the operator never fights a GitOps tool over an object it did not create. Of
     the operator's finished ones, the newest ``keep`` stay, counting ``current`` (the one that just
-    finished, never collected here); unfinished ones are never touched.
+    finished, never collected here); unfinished ones are never touched. Nor is one that names a host
+    in ``silent`` (whose agent does not answer now): it may be the only record that a copy of the
+    guest was left there, and while that host is silent the record keeps the VM from being placed
+    again should its guest be lost (``whereabouts.may_hold``).
     """
     finished = sorted((m for m in mine if m.made_by_operator and m.phase.finished and m.name != current),
                       key=lambda m: (m.created, m.name), reverse=True)
-    return finished[max(keep - 1, 0):]
+    return [m for m in finished[max(keep - 1, 0):] if m.source not in silent and m.target not in silent]
 
 
 def policy_view(name: str, spec: Mapping[str, Any]) -> MigrationPolicyView:
