@@ -16,6 +16,9 @@ Measured, in one run, each beside its floor and the target the project set itsel
     time of a phase depends on the neighbours, its CPU time much less;
   * API requests per minute while idle (from kube-apiserver's own request counter).
 
+  * the CPU the first start and the floor took on the machine, by process (the control plane, the
+    operator or the floor's client, the fake agents, this script's watch of Ready VMs): on two cores a
+    phase takes at least half its CPU seconds of wall time, whoever spends them;
   * the API server's and etcd's CPU time per VM in the floor and in the first start: what a write
     costs the control plane, the operator's own requests and watches included.
 
@@ -38,6 +41,7 @@ import concurrent.futures
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -74,6 +78,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time (user + system) this process has used so far (the floor's client, the Ready watch)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_seconds(pid: int) -> float:
@@ -396,6 +406,12 @@ def per_vm_ms(cpu: dict[str, float], vms: int) -> str:
     return f"{cpu['kube-apiserver'] * 1000 / vms:.2f}/{cpu['etcd'] * 1000 / vms:.2f} ms"
 
 
+def cpu_total(plane: dict[str, float], *processes: float) -> float:
+    """CPU seconds the control plane and the other processes named used together: on two cores a phase
+    cannot take less wall time than half of it."""
+    return sum(plane.values()) + sum(processes)
+
+
 def met(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -447,10 +463,11 @@ def main() -> int:
         vms = create_objects(api, args.hosts, args.vms, f"http://127.0.0.1:{port}")
         create_seconds = time.monotonic() - t
         apiprof = ApiserverProfile(plane, state.server, args.apiserver_profile)
-        cpu = control_plane_cpu(state)
+        cpu, own = control_plane_cpu(state), own_cpu_seconds()
         apiprof.start("floor", max(5, round(args.vms / 1000)))
         floor_seconds = floor_status_writes(plane, state.server, vms)
         floor_cpu = {k: v - cpu[k] for k, v in control_plane_cpu(state).items()}
+        floor_client_cpu = own_cpu_seconds() - own
         apiprof.stop()
         spec_file = work / "fake-spec.json"
         spec_file.write_text(json.dumps({
@@ -466,7 +483,7 @@ def main() -> int:
 
         before_sync = apiserver_requests(plane, state.server)
         t0 = time.monotonic()
-        cpu = control_plane_cpu(state)
+        cpu, own, fake_cpu = control_plane_cpu(state), own_cpu_seconds(), cpu_seconds(fake.pid)
         lag_record = work / "loop-lag.txt"
         lag_record.unlink(missing_ok=True)
         proc = stack.start_operator("--agent-poll-seconds", "30", "--loop-lag-record", str(lag_record))
@@ -482,6 +499,7 @@ def main() -> int:
         sync_seconds = time.monotonic() - t0
         sync_cpu = cpu_seconds(proc.pid)
         sync_plane_cpu = {k: v - cpu[k] for k, v in control_plane_cpu(state).items()}
+        sync_fake_cpu, sync_own_cpu = cpu_seconds(fake.pid) - fake_cpu, own_cpu_seconds() - own
         profiler.stop()
         apiprof.stop()
         loads["after the first start"] = os.getloadavg()
@@ -554,6 +572,14 @@ def main() -> int:
             ("  operator CPU time in it", f"{sync_cpu:.1f} s", "", "", "", ""),
             ("  API server / etcd CPU per VM", per_vm_ms(sync_plane_cpu, args.vms),
              per_vm_ms(floor_cpu, args.vms), "", "", ""),
+            ("  CPU on the machine (s), of which:",
+             f"{cpu_total(sync_plane_cpu, sync_cpu, sync_fake_cpu, sync_own_cpu):.1f}",
+             f"{cpu_total(floor_cpu, floor_client_cpu):.1f}", "", "", ""),
+            ("    API server + etcd", f"{sum(sync_plane_cpu.values()):.1f}", f"{sum(floor_cpu.values()):.1f}", "", "",
+             ""),
+            ("    the operator / the floor's client", f"{sync_cpu:.1f}", f"{floor_client_cpu:.1f}", "", "", ""),
+            ("    fake agents (test double)", f"{sync_fake_cpu:.1f}", "", "", "", ""),
+            ("    this bench's Ready watch", f"{sync_own_cpu:.1f}", "", "", "", ""),
             ("  then until API writes stop", f"{settle_seconds:.1f} s", "", "", "", ""),
             ratio_row("restart: re-check all VMs", restart_seconds, floor_seconds, 0.5),
             ("  of which process start-up", f"{restart_startup_seconds:.1f} s", "", "", "", ""),
