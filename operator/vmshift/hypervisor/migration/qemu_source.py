@@ -128,9 +128,12 @@ class QemuPasses:
     """What QEMU's migration stream carries, pass by pass, for the host's stream figure (``streamrate``).
 
     QEMU sends without the agents' shaper, so a pass it finished is a sample: the bytes sent since the look
-    that saw the previous pass end, over the seconds between the two looks. Polled looks time a pass to a
-    poll or so, hence only passes of MIN_PASS_SECONDS or more count. A pass that ran at QEMU's bandwidth cap
-    (``cap``, bytes per second; None: no cap) carried what it was allowed, so it counts as held throughout.
+    that saw the previous pass end, over the seconds between the two looks. A pass also ends when QEMU
+    switches over (or has completed) at the next look: a guest whose dirty pages fit the downtime after its
+    one long pass goes from that pass straight to the switchover, and that pass is the one worth timing.
+    Polled looks time a pass to a poll or so, hence only passes of MIN_PASS_SECONDS or more count. A pass
+    that ran at QEMU's bandwidth cap (``cap``, bytes per second; None: no cap) carried what it was allowed,
+    so it counts as held throughout.
     """
 
     cap: float | None
@@ -138,15 +141,17 @@ class QemuPasses:
 
     def look(self, progress: TransferProgress, now: float) -> RoundSample | None:
         """The sample of the pass(es) ``progress`` shows ended since the last look, if one can tell."""
-        if progress.phase is not TransferPhase.Active or progress.switching_over or progress.rounds < 1:
+        ended = progress.switching_over or progress.phase is TransferPhase.Completed  # no pass goes on
+        if (progress.phase is not TransferPhase.Active and not ended) or progress.rounds < 1 or (
+                ended and self.mark is None):
             self.mark = None
             return None
         if self.mark is None:  # the first look of the transfer (or since it left the active phase)
             self.mark = (progress.rounds, progress.transferred_mib, now)
             return None
-        if progress.rounds == self.mark[0]:  # the same pass goes on
+        if progress.rounds == self.mark[0] and not ended:  # the same pass goes on
             return None
-        mark, self.mark = self.mark, (progress.rounds, progress.transferred_mib, now)
+        mark, self.mark = self.mark, None if ended else (progress.rounds, progress.transferred_mib, now)
         sent = int((progress.transferred_mib - mark[1]) * 2**20)
         seconds = now - mark[2]
         if seconds < MIN_PASS_SECONDS:
@@ -223,6 +228,10 @@ class QemuSourceMigration(SourceMigration):
                 raise MigrationFailed(FailureReason.SourceLost, f"the source's QEMU stopped answering: {exc}") \
                     from None
             self._record(progress)
+            now = time.monotonic()
+            sample = self.passes.look(progress, now)
+            if sample is not None:
+                self.host.stream_rates.record(sample, now)
             if progress.phase is TransferPhase.Completed:
                 return progress
             if self._postcopy and progress.phase in (TransferPhase.Failed, TransferPhase.Cancelled) \
@@ -246,10 +255,6 @@ class QemuSourceMigration(SourceMigration):
             if progress.held and not self._continued:
                 await self._held()
                 continue
-            now = time.monotonic()
-            sample = self.passes.look(progress, now)
-            if sample is not None:
-                self.host.stream_rates.record(sample, now)
             action = self.rounds.judge(progress)
             if action is not None:
                 await self._act(action, progress)
