@@ -16,9 +16,9 @@ def test_every_guest_fits_its_source_and_the_targets(vms: int) -> None:
     (src_cores, src_memory), (t_cores, t_memory) = bench.real_host_sizes(guests, targets=3)
     assert src_cores >= sum(g.cpus for g in guests), (src_cores, vms)
     assert src_memory >= sum(g.memory_mib for g in guests), (src_memory, vms)
-    # both sources' guests may land on one target
-    assert t_cores >= 2 * sum(g.cpus for g in guests)
-    assert t_memory >= 2 * sum(g.memory_mib for g in guests)
+    # each drain has targets of its own, and the planner may send every guest to one of them
+    assert t_cores >= sum(g.cpus for g in guests)
+    assert t_memory >= sum(g.memory_mib for g in guests)
 
 
 def test_host_sizes_refuse_no_targets() -> None:
