@@ -295,14 +295,24 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
     def patch_host(name: str, spec: dict[str, Any]) -> None:
         stack.kubectl("patch", "host", name, "--type=merge", "-p", json.dumps({"spec": spec}))
 
-    def measure(names: list[str], makespan: float, failed: int) -> RealRun:
+    moves: dict[str, list[tuple[float, str]]] = {}
+
+    def measure(drain: str, names: list[str], makespan: float, failed: int) -> RealRun:
+        """The drain's figures; also each move's VM, target, time and rate into ``moves[drain]``."""
         spans, mib = [], 0.0
         for name in names:
-            s = status("vsmig", name, ns)
-            mib += float((s.get("progress") or {}).get("transferredMiB") or 0)
+            obj = get("vsmig", name, ns)
+            s, vm = dict(obj.get("status") or {}), str((obj.get("spec") or {}).get("vmName") or name)
+            sent = float((s.get("progress") or {}).get("transferredMiB") or 0)
+            mib += sent
             if s.get("startedAt") and s.get("finishedAt"):
-                spans.append((datetime.fromisoformat(s["startedAt"]).timestamp(),
-                              datetime.fromisoformat(s["finishedAt"]).timestamp()))
+                span = (datetime.fromisoformat(s["startedAt"]).timestamp(),
+                        datetime.fromisoformat(s["finishedAt"]).timestamp())
+                spans.append(span)
+                seconds = max(span[1] - span[0], 1e-3)
+                moves.setdefault(drain, []).append(
+                    (span[0], f"{vm} -> {s.get('targetHost')} {seconds:.1f} s "
+                              f"{sent / seconds:.0f} MiB/s"))
         return RealRun(makespan, spans, mib, failed)
 
     try:
@@ -365,7 +375,7 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
             listing = json.loads(stack.kubectl("get", "vsmig", "-n", ns, "-l", "vmshift.io/evacuation=src-plan",
                                                "-o", "json").stdout)
             names = [m["metadata"]["name"] for m in listing["items"]]
-            return measure(names, makespan, int(drain.get("failed") or 0)), drain
+            return measure("planner", names, makespan, int(drain.get("failed") or 0)), drain
 
         def run_fixed() -> RealRun:
             # every move asked at once, round-robin over the targets; the queue runs 2 per host
@@ -378,7 +388,7 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
             results = [reaches("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) for name in names]
             makespan = time.monotonic() - began
             loads["fixed-2"] = (load, os.getloadavg()[0])
-            return measure(names, makespan, sum(1 for r in results if r != "Succeeded"))
+            return measure("fixed-2", names, makespan, sum(1 for r in results if r != "Succeeded"))
 
         if fixed_first:
             fixed_run = run_fixed()
@@ -395,6 +405,10 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
         print_real_table(vms=vms, memory_mib=sum(g.memory_mib for g in guests), link_mbps=link_mbps,
                          targets=targets, planned=planned, strategy=str(drain.get("strategy")), bound=bound,
                          planner=planner_run, fixed=fixed_run)
+        for drain_name, done in moves.items():
+            began = min(t for t, _ in done)
+            print(f"{drain_name} moves by first byte: "
+                  + "; ".join(f"+{t - began:.1f} s {what}" for t, what in sorted(done)))
         print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
               f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; 1 min at the start and end of "
               + ", ".join(f"{k} {v[0]:.2f} -> {v[1]:.2f}" for k, v in loads.items())
