@@ -266,6 +266,35 @@ def test_maintenance_drains_twenty_vms_with_visible_progress(drains: Drains) -> 
     assert after["state"] == "Completed" and not after.get("trigger"), after
 
 
+def test_a_drain_plans_on_what_the_sources_migration_stream_was_measured_to_carry(drains: Drains) -> None:
+    """The source's agent measures what one migration stream carries (a real stream over TCP) and the
+    figure reaches the Host's status; the drain then plans on it. No stream fills a 100 Gbit/s link on
+    these machines, so two moves at once is the shorter drain. Unmeasured, one stream is taken to fill the
+    link on its own, and the same fleet is planned "1 at once +1 ready"."""
+    pool = f"p-{uuid.uuid4().hex[:5]}"
+    link = 100_000
+    src, first, _ = drains.pool(pool, *[HostPlan(f"{pool}-{n}", bandwidth_mbps=link) for n in ("src", "t0", "t1")])
+    ns = drains.namespace()
+    drains.vms(ns, pool, src, [("warm", 0)], memory=1536, dirty=5, working_set=64)
+    uids = drains.vms(ns, pool, src, [(f"vm-{i}", 0) for i in range(4)], memory=256, dirty=5, working_set=16)
+    assert "streamMbps" not in (drains.fleet.status("host", src).get("migrations") or {}), "measured before any move"
+
+    drains.fleet.apply(drains.fleet.migration(ns, "warm-up", "warm", first))
+    warm_up = drains.fleet.wait_phase("vsmig", "warm-up", ns, FINISHED, timeout=120)
+    assert warm_up["phase"] == "Succeeded", warm_up
+    figure = wait_for(lambda: (drains.fleet.status("host", src).get("migrations") or {}).get("streamMbps"),
+                      f"{src}'s status to show what its stream carried", 30, interval=0.5,
+                      describe=lambda: json.dumps(drains.fleet.status("host", src).get("migrations")))
+    assert 0 < figure < link, figure
+
+    drains.maintenance(src, True)
+    drains.fleet.wait_phase("host", src, None, {"Maintenance"}, timeout=300)
+    drain = drains.drain(src)
+    assert drain["state"] == "Completed" and drain["moved"] == 4 and not drain.get("blocked"), drain
+    assert drain["strategy"].startswith("2 at once"), (figure, drain)
+    assert src not in drains.settled(ns, uids).values()
+
+
 def test_a_vm_that_cannot_move_is_blocked_and_the_drain_stalls(drains: Drains) -> None:
     pool = f"p-{uuid.uuid4().hex[:5]}"
     src, _ = drains.pool(pool, HostPlan(f"{pool}-src"), HostPlan(f"{pool}-t0"))
