@@ -207,6 +207,7 @@ class HypervisorHost:
 
     def host_info(self) -> HostInfo:
         allocated, reserved = self._usage()
+        now = time.monotonic()  # both stream figures leave out the samples older than the same moment
         return HostInfo(
             name=self.config.name,
             cpu_model=self.processor.model,
@@ -225,8 +226,8 @@ class HypervisorHost:
             boot_id=self.boot_id,
             migration_port=self.migration_port,
             migrations=sum(1 for m in self.migrations.values() if not m.record.finished),
-            migration_stream_mbps=self.stream_rates.figure_mbps(time.monotonic()),
-            migration_streams_together_mbps=self.stream_rates.together_mbps(time.monotonic()),
+            migration_stream_mbps=self.stream_rates.figure_mbps(now),
+            migration_streams_together_mbps=self.stream_rates.together_mbps(now),
         )
 
     def change_sensors(self, change: SensorChange) -> HostInfo:

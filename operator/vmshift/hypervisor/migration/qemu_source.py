@@ -142,16 +142,17 @@ class QemuPasses:
     def look(self, progress: TransferProgress, now: float) -> RoundSample | None:
         """The sample of the pass(es) ``progress`` shows ended since the last look, if one can tell."""
         ended = progress.switching_over or progress.phase is TransferPhase.Completed  # no pass goes on
-        if (progress.phase is not TransferPhase.Active and not ended) or progress.rounds < 1 or (
-                ended and self.mark is None):
+        if progress.rounds < 1 or not (ended or progress.phase is TransferPhase.Active):
             self.mark = None
             return None
-        if self.mark is None:  # the first look of the transfer (or since it left the active phase)
-            self.mark = (progress.rounds, progress.transferred_mib, now)
+        mark = self.mark
+        if mark is None:  # the first look of the transfer (or since it left the active phase)
+            if not ended:  # a switchover seen first ends a pass no look saw begin: nothing to time
+                self.mark = (progress.rounds, progress.transferred_mib, now)
             return None
-        if progress.rounds == self.mark[0] and not ended:  # the same pass goes on
+        if progress.rounds == mark[0] and not ended:  # the same pass goes on
             return None
-        mark, self.mark = self.mark, None if ended else (progress.rounds, progress.transferred_mib, now)
+        self.mark = None if ended else (progress.rounds, progress.transferred_mib, now)
         sent = int((progress.transferred_mib - mark[1]) * 2**20)
         seconds = now - mark[2]
         if seconds < MIN_PASS_SECONDS:
