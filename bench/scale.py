@@ -82,7 +82,7 @@ def rss_mib(pid: int) -> float:
 
 
 def own_cpu_seconds() -> float:
-    """CPU time (user + system) this process has used so far (the floor's client, the Ready watch)."""
+    """CPU time (user + system) this process has used so far (the floor's client, its polls of /metrics)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

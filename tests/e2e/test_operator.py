@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -47,6 +48,13 @@ def test_vms_and_hosts_become_ready_on_satisfying_hosts(fleet: Fleet) -> None:
         assert conditions["Migratable"]["status"] in ("True", "False") and conditions["Migratable"]["message"]
     # the cordoned and the small host take nothing
     assert fleet.status("host", "h-cordoned")["phase"] == "Cordoned"
+    # the fields the operator writes name it, not its HTTP library, as their manager
+    for kind, name, namespace in (("vsvm", "any-1", ns), ("host", "h-cordoned", None)):
+        where = ["-n", namespace] if namespace else []
+        managed = json.loads(fleet.kube.kubectl("get", kind, name, *where, "-o", "json",
+                                                "--show-managed-fields").stdout)["metadata"]["managedFields"]
+        status_managers = {m["manager"] for m in managed if m.get("subresource") == "status"}
+        assert status_managers == {"vmshift-operator"}, f"{kind} {name}: status managed by {status_managers}"
 
 
 def test_changing_placement_host_live_migrates_with_verified_memory(fleet: Fleet) -> None:

@@ -27,7 +27,7 @@ import kubernetes
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from vmshift import metrics
+from vmshift import __version__, metrics
 from vmshift.api.common import GROUP, VERSION
 from vmshift.api.statuspatch import StatusPatchError, status_patch
 
@@ -41,6 +41,11 @@ RETRY_SECONDS = 30.0
 #: Core kinds (cluster-scoped) the informers also cache: namespaces, for their labels
 #: (MigrationPolicy's namespaceSelector).
 CLUSTER_CORE = frozenset({"namespaces"})
+
+#: Who the API server sees calling: its audit log's userAgent, and (the part before the slash) the
+#: manager of every field the operator writes in ``metadata.managedFields``, as virt-controller is
+#: KubeVirt's. Without it the API server names the HTTP library ("Python", "OpenAPI-Generator").
+USER_AGENT = f"vmshift-operator/{__version__}"
 
 #: The longest one call may take.
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -57,6 +62,7 @@ def configure() -> None:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     api = kubernetes.client.ApiClient()
+    api.user_agent = USER_AGENT
     _clients["config"] = api.configuration
     _clients["api"] = api
     _clients["custom"] = kubernetes.client.CustomObjectsApi(api)
@@ -78,7 +84,8 @@ def _session() -> aiohttp.ClientSession:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         if config.cert_file:
             context.load_cert_chain(config.cert_file, config.key_file)
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=32))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=32),
+                                        headers={"User-Agent": USER_AGENT})
         _clients["session"] = session
     return session
 
