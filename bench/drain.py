@@ -16,7 +16,7 @@ guests that needed auto-converge (their vCPUs slowed) or failed, ours / fixed-2.
     .venv/bin/python bench/drain.py                    # every scenario, seeds 1-3, 40 VMs
     .venv/bin/python bench/drain.py --seeds 5 --vms 60 --setup-seconds 0
     .venv/bin/python bench/drain.py --real              # the real thing: control plane, agents, operator
-    .venv/bin/python bench/drain.py --real --fixed-first   # the same, fixed-2 drained first
+    .venv/bin/python bench/drain.py --real --rounds 9   # more rounds, a steadier median
 
 ``--real`` runs the product instead of the simulator: the embedded control plane, one agent process
 per host, the operator as a process. Two identical source hosts hold the same VMs (real guests that
@@ -27,19 +27,24 @@ them two per host first come first served (fixed-2). Each drain has targets of i
 guests the first drain moved run, and dirty memory, on hosts the second does not send to: on shared
 CPUs a receiving agent that also runs a dozen busy guests receives slower, which favoured whichever
 drain ran first by up to 14 % when both shared the targets. Defaults: 12 VMs of 1-4 GiB on 25 Gbit/s
-links, 3 targets each; every host is sized so that all guests fit. It prints one
-table: each measured makespan beside the lower bound from ``status.drain`` (the planner's, from the
-link and what the source's agent measured its streams to carry) and beside the data-plane floor
-(the fewest bytes either schedule sent at the best aggregate rate either reached: on two shared
-cores the agents' CPUs, not a 25 Gbit/s link, bound the data plane), the ratio and the target (the
-planner also beside the guests' memory over the nominal link, which no machine whose CPUs bound
-its streams can reach), the best any schedule could do against fixed-2 by either measure, and the
-per-migration overhead (from one migration's end to the next one's first byte, and the link's idle
-time at each hand-over, from the migrations' ``startedAt`` and ``finishedAt``), with the load
-average. The planner drains first unless ``--fixed-first``: the load of a shared machine drifts
-over a run, so compare both orders.
+links, 3 targets each; every host is sized so that all guests fit.
 
-Before either drain, each source sends a few warm-up guests away (one alone, then two at once), as a
+It runs both drains in rounds (``--rounds``, 5 by default), each with guests of its own placed on
+both sources afresh, the last round's guests deleted first; the order alternates from round to round
+(the planner first unless ``--fixed-first``). On a shared machine one round says little: two drains
+of the same guests in the same order differed by as much as 13.5 % here. Each round prints its two
+makespans, rates and moves (VM, target, seconds, MiB/s, in the order they started); then one table
+gives, as the median over the rounds with their range, each makespan beside the lower bound from
+``status.drain`` (the planner's, from the link and what the source's agent measured its streams to
+carry) and beside the data-plane floor (the fewest bytes either schedule sent at the best aggregate
+rate either reached: on two shared cores the agents' CPUs, not a 25 Gbit/s link, bound the data
+plane), the ratio and the target (the planner also beside the guests' memory over the nominal link,
+which no machine whose CPUs bound its streams can reach), the best any schedule could do against
+fixed-2 by either measure, and the per-migration overhead (from one migration's end to the next
+one's first byte, and the link's idle time at each hand-over, from the migrations' ``startedAt`` and
+``finishedAt``), with the load average. Verdicts are on the medians.
+
+Before the first round, each source sends a few warm-up guests away (one alone, then two at once), as a
 host in service has: its agent measures what one migration stream and several together really carry
 (``Host.status.migrations.streamMbps`` and ``streamsTogetherMbps``), and the planner plans with the
 first (each move at most what one stream carries); the table shows both. The warm-up guests are not
@@ -50,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -174,6 +180,8 @@ REAL_MEMORY_MIB = (1024, 1024, 2048, 2048, 4096)
 REAL_DIRTY_MIBPS = (5, 20, 60, 150)
 #: VMs on the drained host in ``--real`` by default (the target: 10 or more on a 25 Gbit/s link).
 REAL_VMS = 12
+#: Rounds of ``--real`` by default: each drains both sources once, in alternating order (the median decides).
+REAL_ROUNDS = 5
 #: Warm-up guests each source of ``--real`` sends away before the drains: the first alone, the others at once.
 #: The two sent at once are large enough that their rounds overlap for seconds, even as admission staggers them.
 WARM_UP = (RealGuest("warm-a", 1024, 5, 0), RealGuest("warm-b", 2048, 5, 0), RealGuest("warm-c", 2048, 5, 0))
@@ -249,8 +257,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first: bool = False) -> int:
-    """Drain a real source with the planner and another with fixed-2; print one table of both."""
+def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first: bool = False,
+             rounds: int = REAL_ROUNDS) -> int:
+    """Drain a real source with the planner and another with fixed-2, ``rounds`` times in alternating order;
+    print each round and one table of their medians."""
+    import asyncio
     import json
     import os
     import tempfile
@@ -260,7 +271,10 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
 
     from vmshift.devcluster.cluster import ControlPlane, default_dir
     from vmshift.devcluster.stack import HostPlan, Stack, wait_until
+    from vmshift.hypervisor.protocol import VmState
 
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {rounds}")
     guests = real_guests(vms)
     (src_cores, src_memory), (t_cores, t_memory) = real_host_sizes([*guests, *WARM_UP], targets)
     plane = ControlPlane(default_dir(f"bench-drain-{time.time_ns()}"), tie_to_parent=True)
@@ -295,11 +309,19 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
     def patch_host(name: str, spec: dict[str, Any]) -> None:
         stack.kubectl("patch", "host", name, "--type=merge", "-p", json.dumps({"spec": spec}))
 
-    moves: dict[str, list[tuple[float, str]]] = {}
+    def guests_on(host: str) -> int:
+        """Guests running on ``host``, as its agent says."""
+        async def ask() -> int:
+            async with stack.agents[host].client() as client:
+                return sum(1 for vm in await client.list_vms() if vm.state is VmState.Running)
+        return asyncio.run(ask())
 
-    def measure(drain: str, names: list[str], makespan: float, failed: int) -> RealRun:
-        """The drain's figures; also each move's VM, target, time and rate into ``moves[drain]``."""
-        spans, mib = [], 0.0
+    #: Each target's guests after the warm-up (warm-up guests, which stay), to which it returns between rounds.
+    resident: dict[str, int] = {}
+
+    def measure(names: list[str], makespan: float, failed: int) -> RealRun:
+        """One drain's figures, each move's VM, target, seconds and rate among them."""
+        spans, mib, moves = [], 0.0, []
         for name in names:
             obj = get("vsmig", name, ns)
             s, vm = dict(obj.get("status") or {}), str((obj.get("spec") or {}).get("vmName") or name)
@@ -310,10 +332,73 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
                         datetime.fromisoformat(s["finishedAt"]).timestamp())
                 spans.append(span)
                 seconds = max(span[1] - span[0], 1e-3)
-                moves.setdefault(drain, []).append(
-                    (span[0], f"{vm} -> {s.get('targetHost')} {seconds:.1f} s "
-                              f"{sent / seconds:.0f} MiB/s"))
-        return RealRun(makespan, spans, mib, failed)
+                moves.append((span[0], f"{vm} -> {s.get('targetHost')} {seconds:.1f} s {sent / seconds:.0f} MiB/s"))
+        return RealRun(makespan, spans, mib, failed, tuple(moves))
+
+    def place(round_: int) -> None:
+        """This round's guests on both sources, Running, then free to move (the warm-up guests too in
+        the first); the last round's leave the targets first, so the receivers run only the warm-ups."""
+        if round_ > 0:
+            stack.kubectl("delete", "vsvm", "-n", ns, "-l", f"vmshift-bench/round={round_ - 1}", "--wait=true",
+                          timeout=120)
+            for target, count in resident.items():
+                def left(target: str = target, count: int = count) -> bool:
+                    return guests_on(target) <= count
+                wait_until(left, f"the last round's guests to leave {target}", 60)
+            for source in sources:
+                patch_host(source, {"maintenance": False, "unschedulable": False})
+            for source in sources:
+                reaches("host", source, None, {"Ready"}, 90)
+        batch = [*guests, *WARM_UP] if round_ == 0 else guests
+        names = {g.name: f"{g.name}" if g in WARM_UP else f"r{round_}-{g.name}" for g in batch}
+        for source in sources:
+            stack.apply([{
+                "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": f"{source}-{names[g.name]}", "namespace": ns,
+                             "labels": {} if g in WARM_UP else {"vmshift-bench/round": str(round_)}},
+                "spec": {"cpus": g.cpus, "memoryMiB": g.memory_mib, "priority": g.priority,
+                         "processor": {"compatibility": True},
+                         "disks": [{"name": "os", "sizeGiB": 10, "volume": "csv-1"}],
+                         "workload": {"dirtyRateMiBps": g.dirty_mibps, "workingSetMiB": max(g.memory_mib // 8, 16)},
+                         "placement": {"host": source, "hostSelector": {"matchLabels": {"pool": source}}}},
+            } for g in batch])
+        for name in [f"{s}-{names[g.name]}" for s in sources for g in batch]:
+            reaches("vsvm", name, ns, {"Running"}, 180)
+            stack.kubectl("patch", "vsvm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"placement":{"host":null}}}')
+
+    def migrate(pairs: list[tuple[str, str, str]]) -> None:
+        """Move (vm, target, migration name) each at once; wait for all to succeed."""
+        stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                      "metadata": {"name": mig, "namespace": ns}, "spec": {"vmName": vm, "targetHost": target}}
+                     for vm, target, mig in pairs])
+        for _, _, mig in pairs:
+            if reaches("vsmig", mig, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) != "Succeeded":
+                raise RuntimeError(f"warm-up migration {mig} did not succeed: {status('vsmig', mig, ns)}")
+
+    def run_planner(round_: int) -> tuple[RealRun, dict[str, Any]]:
+        began = time.monotonic()
+        patch_host("src-plan", {"maintenance": True})
+        reaches("host", "src-plan", None, {"Maintenance"}, timeout)
+        makespan = time.monotonic() - began
+        drain = status("host", "src-plan").get("drain") or {}
+        listing = json.loads(stack.kubectl("get", "vsmig", "-n", ns, "-l", "vmshift.io/evacuation=src-plan",
+                                           "-o", "json").stdout)
+        names = [m["metadata"]["name"] for m in listing["items"]
+                 if str(m["spec"].get("vmName", "")).startswith(f"src-plan-r{round_}-")]
+        return measure(names, makespan, int(drain.get("failed") or 0)), drain
+
+    def run_fixed(round_: int) -> RealRun:
+        # every move asked at once, round-robin over the targets; the queue runs 2 per host
+        began = time.monotonic()
+        names = [f"fixed-r{round_}-{g.name}" for g in guests]
+        stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
+                      "metadata": {"name": name, "namespace": ns},
+                      "spec": {"vmName": f"src-fixed-r{round_}-{g.name}",
+                               "targetHost": pools["src-fixed"][i % targets]}}
+                     for i, (name, g) in enumerate(zip(names, guests, strict=True))])
+        results = [reaches("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) for name in names]
+        makespan = time.monotonic() - began
+        return measure(names, makespan, sum(1 for r in results if r != "Succeeded"))
 
     try:
         stack.install_crds()
@@ -326,93 +411,45 @@ def real_run(vms: int, link_mbps: int, targets: int, timeout: float, fixed_first
         stack.kubectl("create", "namespace", ns)
         for h in sources + pools["src-plan"] + pools["src-fixed"]:
             reaches("host", h, None, {"Ready"}, 90)
-        for source in sources:
-            stack.apply([{
-                "apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachine",
-                "metadata": {"name": f"{source}-{g.name}", "namespace": ns},
-                "spec": {"cpus": g.cpus, "memoryMiB": g.memory_mib, "priority": g.priority,
-                         "processor": {"compatibility": True},
-                         "disks": [{"name": "os", "sizeGiB": 10, "volume": "csv-1"}],
-                         "workload": {"dirtyRateMiBps": g.dirty_mibps, "workingSetMiB": max(g.memory_mib // 8, 16)},
-                         "placement": {"host": source, "hostSelector": {"matchLabels": {"pool": source}}}},
-            } for g in [*guests, *WARM_UP]])
-        for name in [f"{s}-{g.name}" for s in sources for g in [*guests, *WARM_UP]]:
-            reaches("vsvm", name, ns, {"Running"}, 180)
-            stack.kubectl("patch", "vsvm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"placement":{"host":null}}}')
-
-        def migrate(pairs: list[tuple[str, str, str]]) -> None:
-            """Move (vm, target, migration name) each at once; wait for all to succeed."""
-            stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
-                          "metadata": {"name": mig, "namespace": ns}, "spec": {"vmName": vm, "targetHost": target}}
-                         for vm, target, mig in pairs])
-            for _, _, mig in pairs:
-                if reaches("vsmig", mig, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) != "Succeeded":
-                    raise RuntimeError(f"warm-up migration {mig} did not succeed: {status('vsmig', mig, ns)}")
-
-        # Warm-up: each source's agent measures what its streams carry, alone and two at once.
-        first, *rest = WARM_UP
-        migrate([(f"{s}-{first.name}", pools[s][0], f"warm-{s}-{first.name}") for s in sources])
-        migrate([(f"{s}-{g.name}", pools[s][(i + 1) % targets], f"warm-{s}-{g.name}")
-                 for s in sources for i, g in enumerate(rest)])
-        streams = {s: (status("host", s).get("migrations") or {}) for s in sources}
-        deadline = time.monotonic() + 30
-        while (not all("streamMbps" in m and "streamsTogetherMbps" in m for m in streams.values())
-               and time.monotonic() < deadline):
-            time.sleep(0.5)  # the next poll of the agents brings the figures to the Host status
-            streams = {s: (status("host", s).get("migrations") or {}) for s in sources}
-
-        # Each drain sends only into its own pool; the source not being drained is cordoned as well.
-        patch_host("src-fixed", {"unschedulable": True})
-        loads: dict[str, tuple[float, float]] = {}
-
-        def run_planner() -> tuple[RealRun, dict[str, Any]]:
-            began, load = time.monotonic(), os.getloadavg()[0]
-            patch_host("src-plan", {"maintenance": True})
-            reaches("host", "src-plan", None, {"Maintenance"}, timeout)
-            makespan = time.monotonic() - began
-            loads["planner"] = (load, os.getloadavg()[0])
-            drain = status("host", "src-plan").get("drain") or {}
-            listing = json.loads(stack.kubectl("get", "vsmig", "-n", ns, "-l", "vmshift.io/evacuation=src-plan",
-                                               "-o", "json").stdout)
-            names = [m["metadata"]["name"] for m in listing["items"]]
-            return measure("planner", names, makespan, int(drain.get("failed") or 0)), drain
-
-        def run_fixed() -> RealRun:
-            # every move asked at once, round-robin over the targets; the queue runs 2 per host
-            began, load = time.monotonic(), os.getloadavg()[0]
-            names = [f"fixed-{g.name}" for g in guests]
-            stack.apply([{"apiVersion": "vmshift.io/v1alpha1", "kind": "VirtualMachineMigration",
-                          "metadata": {"name": f"fixed-{g.name}", "namespace": ns},
-                          "spec": {"vmName": f"src-fixed-{g.name}", "targetHost": pools["src-fixed"][i % targets]}}
-                         for i, g in enumerate(guests)])
-            results = [reaches("vsmig", name, ns, {"Succeeded", "Failed", "Cancelled"}, timeout) for name in names]
-            makespan = time.monotonic() - began
-            loads["fixed-2"] = (load, os.getloadavg()[0])
-            return measure("fixed-2", names, makespan, sum(1 for r in results if r != "Succeeded"))
-
-        if fixed_first:
-            fixed_run = run_fixed()
-            planner_run, drain = run_planner()
-        else:
-            planner_run, drain = run_planner()
-            fixed_run = run_fixed()
-        bound = float(drain.get("lowerBoundSeconds") or 0)
-        planned = float(drain.get("expectedSeconds") or 0)
-        load_after = os.getloadavg()
-        measured = streams["src-plan"]
+        measured: dict[str, Any] = {}
+        done: list[RealRound] = []
+        for round_ in range(rounds):
+            place(round_)
+            if round_ == 0:
+                # Warm-up: each source's agent measures what its streams carry, alone and two at once.
+                first, *rest = WARM_UP
+                migrate([(f"{s}-{first.name}", pools[s][0], f"warm-{s}-{first.name}") for s in sources])
+                migrate([(f"{s}-{g.name}", pools[s][(i + 1) % targets], f"warm-{s}-{g.name}")
+                         for s in sources for i, g in enumerate(rest)])
+                deadline = time.monotonic() + 30
+                while True:  # the next poll of the agents brings the figures to the Host status
+                    measured = status("host", "src-plan").get("migrations") or {}
+                    if ("streamMbps" in measured and "streamsTogetherMbps" in measured) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                resident.update({t: guests_on(t) for pool in pools.values() for t in pool})
+            # Each drain sends only into its own pool; the source not being drained is cordoned as well.
+            patch_host("src-fixed", {"unschedulable": True})
+            planner_first = (round_ % 2 == 0) != fixed_first
+            load = os.getloadavg()[0]
+            if planner_first:
+                planner_run, drain = run_planner(round_)
+                fixed_run = run_fixed(round_)
+            else:
+                fixed_run = run_fixed(round_)
+                planner_run, drain = run_planner(round_)
+            done.append(RealRound(planner_run, fixed_run, bound=float(drain.get("lowerBoundSeconds") or 0),
+                                  planned=float(drain.get("expectedSeconds") or 0),
+                                  strategy=str(drain.get("strategy")), planner_first=planner_first,
+                                  load=(load, os.getloadavg()[0])))
+            print_round(len(done), done[-1], link_mbps)
         print(f"src-plan's agent measured in the warm-up: one stream {_mibps(measured.get('streamMbps'))}, "
               f"several together {_mibps(measured.get('streamsTogetherMbps'))} (the planner plans on the first)")
         print_real_table(vms=vms, memory_mib=sum(g.memory_mib for g in guests), link_mbps=link_mbps,
-                         targets=targets, planned=planned, strategy=str(drain.get("strategy")), bound=bound,
-                         planner=planner_run, fixed=fixed_run)
-        for drain_name, done in moves.items():
-            began = min(t for t, _ in done)
-            print(f"{drain_name} moves by first byte: "
-                  + "; ".join(f"+{t - began:.1f} s {what}" for t, what in sorted(done)))
+                         targets=targets, rounds=done)
+        load_after = os.getloadavg()
         print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-              f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; 1 min at the start and end of "
-              + ", ".join(f"{k} {v[0]:.2f} -> {v[1]:.2f}" for k, v in loads.items())
-              + f" ({'fixed-2' if fixed_first else 'planner'} ran first)")
+              f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
         return 0
     finally:
         stack.stop()
@@ -425,19 +462,46 @@ def _mibps(mbps: object) -> str:
 
 @dataclass(frozen=True)
 class RealRun:
-    """What one drain of the ``--real`` run measured: its makespan, each migration's (first byte, end)
-    and the MiB all its migrations sent."""
+    """What one drain of the ``--real`` run measured: its makespan, each migration's (first byte, end),
+    the MiB all its migrations sent, and each move (first byte, "VM -> target, seconds, rate")."""
 
     makespan: float
     spans: list[tuple[float, float]]
     mib: float
     failed: int
+    moves: tuple[tuple[float, str], ...] = ()
 
     @property
     def rate_mibps(self) -> float:
         """The data plane's aggregate rate while anything was sending (MiB/s)."""
         busy = busy_seconds(self.spans)
         return self.mib / busy if busy > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class RealRound:
+    """One round of the ``--real`` run: both drains of the same guests, one after the other."""
+
+    planner: RealRun
+    fixed: RealRun
+    #: The planner's lower bound (``status.drain.lowerBoundSeconds``: the link and the measured streams).
+    bound: float
+    planned: float
+    strategy: str
+    planner_first: bool
+    #: The 1-minute load average at the round's start and end.
+    load: tuple[float, float] = (0.0, 0.0)
+
+    def floor(self, link_mbps: float) -> float:
+        return data_plane_floor(self.planner, self.fixed, link_mbps)
+
+    def shorter(self) -> float:
+        """How much shorter the planner's drain was than fixed-2's (negative: longer)."""
+        return 1 - self.planner.makespan / self.fixed.makespan if self.fixed.makespan else 0.0
+
+    def best(self, link_mbps: float) -> float:
+        """The most any schedule could gain over fixed-2 in this round: fixed-2 against the data-plane floor."""
+        return 1 - self.floor(link_mbps) / self.fixed.makespan if self.fixed.makespan else 0.0
 
 
 def data_plane_floor(planner: RealRun, fixed: RealRun, link_mbps: float) -> float:
@@ -449,52 +513,83 @@ def data_plane_floor(planner: RealRun, fixed: RealRun, link_mbps: float) -> floa
     return mib / rate if rate > 0 else 0.0
 
 
-def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int, planned: float, strategy: str,
-                     bound: float, planner: RealRun, fixed: RealRun) -> None:
-    """The ``--real`` result from one run: each makespan beside its bound or floor, ratio and target."""
-    floor = data_plane_floor(planner, fixed, link_mbps)
+def print_round(number: int, r: RealRound, link_mbps: float) -> None:
+    """One round as it ends: both drains, and each one's moves in the order they started."""
+    first = "planner" if r.planner_first else "fixed-2"
+    print(f"round {number} ({first} first; load {r.load[0]:.1f} -> {r.load[1]:.1f}; plan: {r.strategy}, "
+          f"{r.planned:.1f} s planned): planner {r.planner.makespan:.1f} s at {r.planner.rate_mibps:.0f} MiB/s, "
+          f"fixed-2 {r.fixed.makespan:.1f} s at {r.fixed.rate_mibps:.0f} MiB/s; planner shorter {r.shorter():.1%}, "
+          f"best possible {r.best(link_mbps):.1%}")
+    for label, run in (("planner", r.planner), ("fixed-2", r.fixed)):
+        if run.moves:
+            began = min(t for t, _ in run.moves)
+            print(f"  {label} moves by first byte: "
+                  + "; ".join(f"+{t - began:.1f} s {what}" for t, what in sorted(run.moves)))
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{format(min(values), fmt)} to {format(max(values), fmt)}"
+
+
+def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int, rounds: list[RealRound]) -> None:
+    """The ``--real`` result: the median over the rounds of each makespan beside its bound or floor, the
+    median of the rounds' ratios, the range over the rounds, the target and the verdict on the median.
+    One round says little on a shared machine: there, two drains of the same guests in the same order
+    differ by as much as 13.5 %."""
     link_mibps = link_mbps * 1e6 / 8 / 2**20
+    strategies = sorted({r.strategy for r in rounds})
     print(f"real drain of one host: {vms} VMs ({memory_mib} MiB), links {link_mbps} Mbps ({link_mibps:.0f} MiB/s), "
-          f"{targets} targets, 2 migration slots per host; plan: {strategy}, {planned:.1f} s planned")
-    print(f"data plane reached {planner.rate_mibps:.0f} MiB/s (planner) and {fixed.rate_mibps:.0f} MiB/s (fixed-2) "
-          f"while sending; sent {planner.mib:.0f} and {fixed.mib:.0f} MiB")
-    header = f"{'what':<44} {'measured':>9} {'bound':>8} {'ratio':>7} {'target':>18}  verdict"
+          f"{targets} targets, 2 migration slots per host; {len(rounds)} round(s), orders alternating; "
+          f"plans: {'; '.join(strategies)}, {statistics.median(r.planned for r in rounds):.1f} s planned (median)")
+    header = (f"{'what (median over the rounds)':<44} {'measured':>9} {'bound':>8} {'ratio':>7} "
+              f"{'rounds':>16} {'target':>18}  verdict")
     print(header)
     print("-" * len(header))
 
-    def row(what: str, measured: float, against: float, target: float | None) -> None:
-        ratio = measured / against if against else float("inf")
+    def row(what: str, measured: list[float], against: list[float], target: float | None) -> None:
+        ratios = [m / a if a else float("inf") for m, a in zip(measured, against, strict=True)]
+        ratio = statistics.median(ratios)
         verdict = "" if target is None else ("meets" if ratio <= target else "MISSES")
         goal = "(baseline)" if target is None else f"<= {target:.2f} x bound"
-        print(f"{what:<44} {measured:>9.1f} {against:>8.1f} {ratio:>7.3f} {goal:>18}  {verdict}")
+        print(f"{what:<44} {statistics.median(measured):>9.1f} {statistics.median(against):>8.1f} {ratio:>7.3f} "
+              f"{_spread(ratios, '.3f'):>16} {goal:>18}  {verdict}")
 
-    nominal = memory_mib / link_mibps
-    row("planner / memory over the nominal link (s)", planner.makespan, nominal, 1.15)
-    row("planner / bound, measured streams (s)", planner.makespan, bound, 1.15)
-    row("planner / data-plane floor (s)", planner.makespan, floor, 1.15)
-    row("fixed-2 / bound, measured streams (s)", fixed.makespan, bound, None)
-    row("fixed-2 / data-plane floor (s)", fixed.makespan, floor, None)
-    shorter = 1 - planner.makespan / fixed.makespan if fixed.makespan else 0.0
-    best_link = 1 - bound / fixed.makespan if fixed.makespan else 0.0
-    best_floor = 1 - floor / fixed.makespan if fixed.makespan else 0.0
-    if shorter >= SHORTER_TARGET:
+    planner = [r.planner.makespan for r in rounds]
+    fixed = [r.fixed.makespan for r in rounds]
+    bounds = [r.bound for r in rounds]
+    floors = [r.floor(link_mbps) for r in rounds]
+    row("planner / memory over the nominal link (s)", planner, [memory_mib / link_mibps] * len(rounds), 1.15)
+    row("planner / bound, measured streams (s)", planner, bounds, 1.15)
+    row("planner / data-plane floor (s)", planner, floors, 1.15)
+    row("fixed-2 / bound, measured streams (s)", fixed, bounds, None)
+    row("fixed-2 / data-plane floor (s)", fixed, floors, None)
+    shorter = [r.shorter() for r in rounds]
+    best_link = [1 - b / f if f else 0.0 for b, f in zip(bounds, fixed, strict=True)]
+    best_floor = [r.best(link_mbps) for r in rounds]
+    median_shorter, median_best = statistics.median(shorter), statistics.median(best_floor)
+    if median_shorter >= SHORTER_TARGET:
         verdict = "meets"
-    elif best_floor < SHORTER_TARGET:
-        verdict = f"no schedule can here: best possible {best_floor:.1%} (data-plane floor)"
+    elif median_best < SHORTER_TARGET:
+        verdict = f"no schedule can here: best possible {median_best:.1%} (data-plane floor)"
     else:
         verdict = "MISSES"
-    print(f"{'planner shorter than fixed-2':<44} {shorter:>9.1%} {'':>8} {'':>7} {'>= 15 %':>18}  {verdict}")
-    print(f"{'best possible vs fixed-2: bound':<44} {best_link:>9.1%}")
-    print(f"{'best possible vs fixed-2: data-plane floor':<44} {best_floor:>9.1%}")
-    for label, run in (("planner", planner), ("fixed-2", fixed)):
-        gaps, idle = migration_gaps(run.spans), idle_handovers(run.spans)
+    print(f"{'planner shorter than fixed-2':<44} {median_shorter:>9.1%} {'':>8} {'':>7} {_spread(shorter, '.1%'):>16} "
+          f"{'>= 15 %':>18}  {verdict}")
+    print(f"{'best possible vs fixed-2: bound':<44} {statistics.median(best_link):>9.1%} {'':>8} {'':>7} "
+          f"{_spread(best_link, '.1%'):>16}")
+    print(f"{'best possible vs fixed-2: data-plane floor':<44} {median_best:>9.1%} {'':>8} {'':>7} "
+          f"{_spread(best_floor, '.1%'):>16}")
+    for label, runs in (("planner", [r.planner for r in rounds]), ("fixed-2", [r.fixed for r in rounds])):
+        gaps = [g for run in runs for g in migration_gaps(run.spans)]
+        idle = [g for run in runs for g in idle_handovers(run.spans)]
         print(f"{label + ': end -> next first byte (ms)':<44} {_percentile(gaps, 0.5) * 1000:>9.0f} "
-              f"{'':>8} {'':>7} {'p50; p90 ' + format(_percentile(gaps, 0.9) * 1000, '.0f'):>18}  "
+              f"{'':>8} {'':>7} {'':>16} {'p50; p90 ' + format(_percentile(gaps, 0.9) * 1000, '.0f'):>18}  "
               f"{len(gaps)} new migrations after an end")
         print(f"{label + ': link idle per hand-over (ms)':<44} {_percentile(idle, 0.5) * 1000:>9.0f} "
-              f"{'':>8} {'':>7} {'p50; p90 ' + format(_percentile(idle, 0.9) * 1000, '.0f'):>18}  "
+              f"{'':>8} {'':>7} {'':>16} {'p50; p90 ' + format(_percentile(idle, 0.9) * 1000, '.0f'):>18}  "
               f"{sum(idle):.1f} s idle in {len(idle)} hand-overs")
-    print(f"failed attempts: planner {planner.failed}, fixed-2 {fixed.failed}")
+    print(f"failed attempts: planner {sum(r.planner.failed for r in rounds)}, "
+          f"fixed-2 {sum(r.fixed.failed for r in rounds)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,14 +604,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, default=3, help="with --real: target hosts of each drain")
     parser.add_argument("--timeout", type=float, default=1800.0, help="with --real: seconds each drain may take")
     parser.add_argument("--fixed-first", action="store_true",
-                        help="with --real: fixed-2 first (a shared machine's load drifts: run both orders)")
+                        help="with --real: fixed-2 first in the first round (the order alternates from there)")
+    parser.add_argument("--rounds", type=int, default=REAL_ROUNDS,
+                        help=f"with --real: rounds of both drains, the median of which decides (default {REAL_ROUNDS})")
     args = parser.parse_args(argv)
     args.vms_given = args.vms is not None
     if args.vms is None:
         args.vms = 40
     if args.real:
         return real_run(args.vms if args.vms_given else REAL_VMS, args.link_mbps, args.targets, args.timeout,
-                        fixed_first=args.fixed_first)
+                        fixed_first=args.fixed_first, rounds=args.rounds)
     header = (
         f"{'scenario':<19} {'seed':>4} {'VMs':>3} {'bound s':>7} {'planner s':>9} {'x bound':>7} "
         f"{'fixed-2 s':>9} {'x bound':>7} {'shorter':>7} {'best':>6} {'throttled':>9}  {'plan (ms to plan)'}"
