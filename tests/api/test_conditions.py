@@ -1,5 +1,5 @@
 """The conditions helper: one condition per type, lastTransitionTime moves only on a status flip,
-Reconciling and Stalled never both True."""
+Reconciling and Stalled never both True, and there only while True."""
 
 from __future__ import annotations
 
@@ -58,13 +58,25 @@ def test_input_list_is_not_changed_and_dicts_are_accepted() -> None:
     assert result[0].status == "True"
 
 
-def test_stalled_true_turns_reconciling_false() -> None:
+def test_stalled_true_removes_reconciling() -> None:
     start = cond.first_look([], "looking at web-1", observed_generation=1, now=T0)
     result = cond.stalled(start, True, "NoCompatibleHost", "no host has avx512f", now=T1)
     assert cond.is_true(result, "Stalled")
-    reconciling = cond.find_condition(result, "Reconciling")
-    assert reconciling is not None and reconciling.status == "False"
-    assert reconciling.reason == "NoCompatibleHost" and reconciling.lastTransitionTime == T1
+    assert cond.find_condition(result, "Reconciling") is None
+    assert [c.type for c in result] == ["Ready", "Stalled"]
+
+
+def test_reconciling_and_stalled_are_there_only_while_true() -> None:
+    """kstatus's abnormal-true pair: False is written as absence (kstatus, Flux and the Argo CD health
+    check read it so), and a condition that was True goes away."""
+    start = cond.first_look([], "looking at web-1", observed_generation=1, now=T0)
+    done = cond.reconciling(cond.ready(start, True, "Running", "web-1 runs on h-1.", now=T1), False, "Reconciled",
+                            "web-1 is where its spec asks.", now=T1)
+    assert [(c.type, c.status) for c in done] == [("Ready", "True")]
+    assert cond.stalled(done, False, "Reconciled", "", now=T1) == done
+    assert cond.set_condition([], "Stalled", False, "Reconciled", "", now=T0) == []
+    unknown = cond.set_condition([], "Stalled", "Unknown", "NotChecked", "", now=T0)
+    assert [(c.type, c.status) for c in unknown] == [("Stalled", "Unknown")]  # only False is absence
 
 
 def test_reconciling_true_turns_stalled_false() -> None:
@@ -100,6 +112,9 @@ def test_invariants_hold_after_any_sequence(steps: list[tuple[str, bool | Litera
         now = T0 + timedelta(minutes=minutes)
         conditions = cond.set_condition(conditions, type_, status, "Because", "", now=now)
         after = cond.find_condition(conditions, type_)
+        if type_ in ("Reconciling", "Stalled") and status is False:
+            assert after is None  # abnormal-true: False is absence
+            continue
         assert after is not None
         if before is not None and before.status == after.status:
             assert after.lastTransitionTime == before.lastTransitionTime

@@ -255,7 +255,8 @@ class ConditionsStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Conditions in metav1.Condition form, one per type: Ready, Reconciling (work under "
-        "way) and Stalled (cannot progress), plus kind-specific types.",
+        "way) and Stalled (cannot progress), plus kind-specific types. Reconciling and Stalled are there "
+        "only while True (kstatus reads their absence as False).",
         max_length=32,
         json_schema_extra=list_map("type"),
     )

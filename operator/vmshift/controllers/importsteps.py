@@ -372,7 +372,7 @@ def throughput(ceilings: GuestIoCeilings) -> dict[str, int]:
 
 def progressing(previous: Sequence[Mapping[str, Any]], reason: str, message: str, generation: int,
                 now: datetime | None = None) -> list[dict[str, Any]]:
-    """Work under way: Ready=False, Reconciling=True (Stalled False)."""
+    """Work under way: Ready=False, Reconciling=True (no Stalled)."""
     conditions = cond.ready(previous, False, reason, message, observed_generation=generation, now=now)
     conditions = cond.reconciling(conditions, True, reason, message, observed_generation=generation, now=now)
     return cond.dump(conditions)
@@ -380,7 +380,7 @@ def progressing(previous: Sequence[Mapping[str, Any]], reason: str, message: str
 
 def waiting(previous: Sequence[Mapping[str, Any]], reason: str, message: str, generation: int,
             now: datetime | None = None) -> list[dict[str, Any]]:
-    """Cannot progress until the world changes: Ready=False, Stalled=True (Reconciling False)."""
+    """Cannot progress until the world changes: Ready=False, Stalled=True (no Reconciling)."""
     conditions = cond.ready(previous, False, reason, message, observed_generation=generation, now=now)
     conditions = cond.stalled(conditions, True, reason, message, observed_generation=generation, now=now)
     return cond.dump(conditions)
