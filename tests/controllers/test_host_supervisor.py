@@ -58,6 +58,26 @@ async def test_a_failed_write_is_written_again(monkeypatch: pytest.MonkeyPatch) 
     assert supervisor.patch({"phase": "Cordoned"}) == {"phase": "Cordoned", "remediation": QUARANTINE}
 
 
+def test_a_migration_entering_or_leaving_flight_makes_the_agents_next_answer_due(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the agent holds changes when a migration ends (the guest left, its memory freed) or starts
+    (a reservation): the pass that event wakes asks the agent then, not at the next interval."""
+    from types import SimpleNamespace
+
+    supervisor = HostSupervisor("h1", {})
+    supervisor.next_poll = 1000.0  # the interval is far off
+    supervisor.link = SimpleNamespace(reachable=True)  # type: ignore[assignment]
+    monkeypatch.setattr(hosts, "_flights", {"m1": ("h1", "h2")})
+    supervisor.polled_flights = hosts.in_flight("h1")
+    assert supervisor.polled_flights == (0, 1)
+    assert not supervisor.poll_due(10.0)  # nothing changed since the last answer
+    assert supervisor.poll_due(1000.0)  # the interval
+    monkeypatch.setattr(hosts, "_flights", {})  # m1 ended: the guest left h1
+    assert supervisor.poll_due(10.0)
+    supervisor.link = SimpleNamespace(reachable=False)  # type: ignore[assignment]
+    assert not supervisor.poll_due(10.0)  # an agent that does not answer keeps its back-off
+
+
 def test_the_passes_read_the_newest_host_the_informer_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
     """The informer's event wakes the supervisor: maintenance just turned off, or a release annotation
     just set, must be what the passes see; a new Host of the same name is not this supervisor's."""

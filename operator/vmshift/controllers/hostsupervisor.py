@@ -83,6 +83,8 @@ class HostSupervisor:
         self.was_reachable: bool | None = None
         self.told = ""
         self.next_poll = 0.0
+        #: Migrations in flight (inbound, outbound) when the agent was last asked.
+        self.polled_flights: tuple[int, int] | None = None
 
     def current(self) -> Mapping[str, Any]:
         """The newest body of this Host the informer delivered (the one it started on, if none since)."""
@@ -100,9 +102,20 @@ class HostSupervisor:
         stored["lastRemediation"] = self.remediator.last
         return stored
 
+    def poll_due(self, now: float) -> bool:
+        """Whether the pass asks the agent: at its interval, and also when a migration entered or left
+        flight since the last answer, since the agent then holds other guests (a Host read right after
+        a drain completed showed the moved guest and its memory until the next interval). An agent
+        that does not answer keeps its back-off."""
+        if now >= self.next_poll:
+            return True
+        reachable = self.link is not None and self.link.reachable
+        return reachable and hosts.in_flight(self.name) != self.polled_flights
+
     async def poll(self, spec: Mapping[str, Any]) -> None:
         rt = runtime()
         self.config_error = None
+        self.polled_flights = hosts.in_flight(self.name)
         try:
             self.link = await rt.agents.link(self.name, spec)
             await rt.agents.poll(self.link)
@@ -174,7 +187,7 @@ class HostSupervisor:
         body = self.current()
         spec: Mapping[str, Any] = body.get("spec") or {}
         meta: Mapping[str, Any] = body.get("metadata") or {}
-        if time.monotonic() >= self.next_poll:
+        if self.poll_due(time.monotonic()):
             await self.poll(spec)
         remediation_due = await remediation.remediation_pass(self.remediator, meta.get("annotations") or {}, logger)
         drain_due = await drains.drain_pass(self.evacuator, spec, self.stored(), logger)
