@@ -199,6 +199,9 @@ def test_changing_the_placement_host_live_migrates_it_with_qemus_downtime(guest:
             return done[0] if done else None
         migration = wait_for(moved, "the placement change's migration to finish", MOVE_SECONDS,
                              describe=lambda: fleet.stack.operator_log_tail(25))
+        # the list answered before the watch's reader had the last event: stop the watch once it has it
+        wait_for(lambda: any((o.get("status") or {}).get("phase") in FINISHED for o in watch.seen),
+                 "the watch to see the migration finish", 30)
         seen = watch.stop()
     status = migration["status"]
     assert status["phase"] == "Succeeded", status
