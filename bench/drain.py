@@ -495,13 +495,17 @@ class RealRound:
     def floor(self, link_mbps: float) -> float:
         return data_plane_floor(self.planner, self.fixed, link_mbps)
 
+    def gain(self, seconds: float) -> float:
+        """How much shorter than fixed-2's drain ``seconds`` is (negative: longer)."""
+        return 1 - seconds / self.fixed.makespan if self.fixed.makespan else 0.0
+
     def shorter(self) -> float:
         """How much shorter the planner's drain was than fixed-2's (negative: longer)."""
-        return 1 - self.planner.makespan / self.fixed.makespan if self.fixed.makespan else 0.0
+        return self.gain(self.planner.makespan)
 
     def best(self, link_mbps: float) -> float:
         """The most any schedule could gain over fixed-2 in this round: fixed-2 against the data-plane floor."""
-        return 1 - self.floor(link_mbps) / self.fixed.makespan if self.fixed.makespan else 0.0
+        return self.gain(self.floor(link_mbps))
 
 
 def data_plane_floor(planner: RealRun, fixed: RealRun, link_mbps: float) -> float:
@@ -564,7 +568,7 @@ def print_real_table(*, vms: int, memory_mib: int, link_mbps: int, targets: int,
     row("fixed-2 / bound, measured streams (s)", fixed, bounds, None)
     row("fixed-2 / data-plane floor (s)", fixed, floors, None)
     shorter = [r.shorter() for r in rounds]
-    best_link = [1 - b / f if f else 0.0 for b, f in zip(bounds, fixed, strict=True)]
+    best_link = [r.gain(r.bound) for r in rounds]
     best_floor = [r.best(link_mbps) for r in rounds]
     median_shorter, median_best = statistics.median(shorter), statistics.median(best_floor)
     if median_shorter >= SHORTER_TARGET:
